@@ -1,0 +1,1 @@
+"""The stateless Flask control plane: the only writer of PostgreSQL."""

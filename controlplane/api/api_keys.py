@@ -1,0 +1,43 @@
+"""A user's API keys: list, create (the key is shown once), delete."""
+from __future__ import annotations
+
+from flask import Blueprint, g, jsonify, request
+
+from controlplane import accounts, db
+from controlplane.auth import require_user
+from controlplane.errors import BadRequest, NotFound
+from controlplane.validation import text_field
+from controlplane.views import api_key_view
+
+bp = Blueprint("api_keys", __name__, url_prefix="/api/v1/api_keys")
+
+
+@bp.get("")
+@require_user
+def list_keys():
+    with db.transaction() as conn:
+        return jsonify([api_key_view(r) for r in accounts.list_api_keys(conn, g.user["id"])])
+
+
+@bp.post("")
+@require_user
+def create_key():
+    form = request.get_json(silent=True) if request.is_json else request.form
+    if not isinstance(form, dict):
+        raise BadRequest("JSON body must be an object")
+    name = text_field(form, "name", 200).strip() or "api key"
+    with db.transaction() as conn:
+        row, key = accounts.create_api_key(conn, g.user["id"], name)
+    return jsonify(api_key_view(row, key)), 201
+
+
+@bp.delete("")
+@require_user
+def delete_key():
+    target = request.args.get("key") or request.args.get("id") or ""
+    if not target:
+        raise BadRequest("name the key to delete: ?key=<key> or ?id=<key id>")
+    with db.transaction() as conn:
+        if not accounts.delete_api_key(conn, g.user["id"], target):
+            raise NotFound("API key not found")
+    return jsonify(deleted=True)

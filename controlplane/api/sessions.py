@@ -1,0 +1,95 @@
+"""The Helix sessions routes, and the session's live events stream."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+
+from controlplane import db, events, sessions_store
+from controlplane.auth import require_user
+from controlplane.errors import BadRequest, NotFound
+from controlplane.validation import optional_int
+from controlplane.views import session_view
+
+bp = Blueprint("sessions", __name__, url_prefix="/api/v1/sessions")
+
+
+def _service():
+    return current_app.extensions["session_service"]
+
+
+def _form() -> dict[str, str]:
+    """Form fields from urlencoded or multipart bodies, or a JSON object for SDK users."""
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise BadRequest("JSON body must be an object")
+        return {k: v if isinstance(v, str) else str(v) for k, v in body.items() if v is not None}
+    return request.form.to_dict()
+
+
+def _session_or_404(conn, session_id: str):
+    row = sessions_store.get_session_with_interactions(conn, session_id, g.user["id"])
+    if row is None:
+        raise NotFound("session not found")
+    return row
+
+
+@bp.post("")
+@require_user
+def create_session():
+    form = _form()
+    files = [f for f in request.files.getlist("files") if f.filename]
+    with db.transaction() as conn:
+        session = _service().create(conn, g.user, form, files)
+    return jsonify(session_view(session)), 201
+
+
+@bp.get("")
+@require_user
+def list_sessions():
+    offset = optional_int(request.args, "offset", 0, 10**9) or 0
+    limit = optional_int(request.args, "limit", 1, 1000) or 50
+    with db.transaction() as conn:
+        rows, total = sessions_store.list_sessions(conn, g.user["id"], offset, limit)
+    return jsonify(sessions=[session_view(r, []) for r in rows], offset=offset, limit=limit,
+                   total_count=total)
+
+
+@bp.get("/<session_id>")
+@require_user
+def get_session(session_id: str):
+    with db.transaction() as conn:
+        return jsonify(session_view(_session_or_404(conn, session_id)))
+
+
+@bp.put("/<session_id>")
+@require_user
+def continue_session(session_id: str):
+    with db.transaction() as conn:
+        session = _service().continue_chat(conn, g.user, session_id, _form())
+    return jsonify(session_view(session))
+
+
+@bp.delete("/<session_id>")
+@require_user
+def delete_session(session_id: str):
+    with db.transaction() as conn:
+        session = _service().delete(conn, g.user, session_id)
+    return jsonify(session_view(session, []))
+
+
+@bp.get("/<session_id>/events")
+@require_user
+def session_events(session_id: str):
+    owner = g.user["id"]
+    with db.transaction() as conn:
+        snapshot = session_view(_session_or_404(conn, session_id))
+    app = current_app._get_current_object()
+
+    def is_done() -> bool:
+        with app.app_context(), db.transaction() as conn:
+            row = sessions_store.get_session_with_interactions(conn, session_id, owner)
+        return row is None or all(i["finished"] for i in row["interactions"])
+
+    body = events.stream(app.extensions["redis"], session_id, snapshot, is_done)
+    return Response(stream_with_context(body), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,49 @@
+"""The Flask application factory."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from redis import Redis
+
+from controlplane import db, errors
+from controlplane.config import Config
+from controlplane.dispatch import Dispatcher
+from controlplane.migrate import apply_migrations
+from controlplane.session_service import SessionService
+
+
+def create_app(config: Config | None = None, *, start_reconciler: bool = True) -> Flask:
+    config = config or Config.from_env()
+    if not config.database_url:
+        raise RuntimeError("DATABASE_URL is not set (`helix up` sets it to the embedded server)")
+    app = Flask(__name__)
+    app.config["HELIX"] = config
+    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
+    app.json.sort_keys = False
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    apply_migrations(config.database_url)  # safe when every replica does it at once
+    errors.init_app(app)
+    db.init_app(app)
+    redis = Redis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=5,
+                           health_check_interval=30)
+    dispatcher = Dispatcher(redis, config)
+    app.extensions.update(redis=redis, dispatcher=dispatcher,
+                          session_service=SessionService(config, dispatcher))
+
+    from controlplane.api import api_keys, runner, sessions
+
+    for bp in (sessions.bp, api_keys.bp, runner.bp):
+        app.register_blueprint(bp)
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(ok=True)
+
+    if start_reconciler and config.reconcile_interval > 0:
+        from controlplane.reconciler import Reconciler
+
+        app.extensions["reconciler"] = Reconciler(app)
+        app.extensions["reconciler"].start_thread(config.reconcile_interval)
+    return app

@@ -1,0 +1,128 @@
+"""The `helix` command: accounts and tokens for admins, the one-machine launcher, the runner.
+
+Subcommands import what they need when they run, so `helix runner` works on a runner-only
+install (no Flask, no psycopg) and account commands never load the runner.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+STATE_DIR = Path(os.environ.get("HELIX_STATE_DIR", ".helix"))
+
+
+def _load_state_env() -> None:
+    """Commands run beside `helix up` find its embedded servers through .helix/env."""
+    env_file = STATE_DIR / "env"
+    if env_file.exists():
+        for line in env_file.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key and value:
+                os.environ.setdefault(key, value)
+
+
+def _connect():
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from controlplane.migrate import apply_migrations
+
+    _load_state_env()
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        sys.exit("DATABASE_URL is not set and no .helix/env was found: start `helix up` first")
+    apply_migrations(url)
+    return psycopg.connect(url, row_factory=dict_row)
+
+
+def cmd_users_create(args) -> None:
+    from controlplane import accounts
+
+    with _connect() as conn:
+        if accounts.get_user_by_email(conn, args.email):
+            sys.exit(f"a user {args.email} already exists: use `helix keys create --email {args.email}`")
+        user = accounts.create_user(conn, args.email, is_admin=args.admin)
+        _, key = accounts.create_api_key(conn, user["id"], args.key_name)
+    print(f"created user {user['email']} ({user['id']}){' as admin' if args.admin else ''}")
+    print(key)
+
+
+def cmd_keys_create(args) -> None:
+    from controlplane import accounts
+
+    with _connect() as conn:
+        user = accounts.get_user_by_email(conn, args.email)
+        if user is None:
+            sys.exit(f"no user {args.email}: create one with `helix users create {args.email}`")
+        _, key = accounts.create_api_key(conn, user["id"], args.name)
+    print(key)
+
+
+def cmd_runner_token(args) -> None:
+    from controlplane import accounts
+
+    with _connect() as conn:
+        _, token = accounts.create_runner_token(conn, args.name)
+    print(token)
+
+
+def cmd_migrate(args) -> None:
+    with _connect():
+        pass
+    print("database is up to date")
+
+
+def cmd_up(args) -> None:
+    from controlplane.devstack import run_stack
+
+    run_stack(STATE_DIR, port=args.port, with_runner=not args.no_runner)
+
+
+def cmd_runner(args) -> None:
+    os.execvp(sys.executable, [sys.executable, "-m", "runner", *args.runner_args])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="helix", description="Helix-compatible GenAI platform")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
+    uc = users.add_parser("create", help="create a user; prints its API key as the last line")
+    uc.add_argument("email")
+    uc.add_argument("--admin", action="store_true")
+    uc.add_argument("--key-name", default="default")
+    uc.set_defaults(func=cmd_users_create)
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    kc = keys.add_parser("create", help="create another API key for a user; prints it")
+    kc.add_argument("--email", required=True)
+    kc.add_argument("--name", default="cli")
+    kc.set_defaults(func=cmd_keys_create)
+
+    runners = sub.add_parser("runners", help="manage runner tokens").add_subparsers(dest="action", required=True)
+    rt = runners.add_parser("token", help="create a runner token; prints it")
+    rt.add_argument("name")
+    rt.set_defaults(func=cmd_runner_token)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+
+    up = sub.add_parser("up", help="run the whole platform on this machine (what `make run` does)")
+    up.add_argument("--port", type=int, default=int(os.environ.get("HELIX_PORT", "8080")))
+    up.add_argument("--no-runner", action="store_true", help="start the control plane only")
+    up.set_defaults(func=cmd_up)
+
+    run = sub.add_parser("runner", help="run a runner node (configured by HELIX_RUNNER_* variables)")
+    run.add_argument("runner_args", nargs=argparse.REMAINDER)
+    run.set_defaults(func=cmd_runner)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Control-plane settings, read from environment variables with documented defaults."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_TEXT_MODEL = "helix/tiny-chat"
+DEFAULT_IMAGE_MODEL = "helix/tiny-sd"
+
+
+def _list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@dataclass
+class Config:
+    # PostgreSQL and Redis/Valkey; `helix up` sets both to its embedded servers.
+    database_url: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Models users may ask for; the first of each list is the default for its type.
+    text_models: list[str] = field(default_factory=lambda: [DEFAULT_TEXT_MODEL])
+    image_models: list[str] = field(default_factory=lambda: [DEFAULT_IMAGE_MODEL])
+    # Largest request body accepted (uploads included).
+    max_upload_bytes: int = 100 * 1024 * 1024
+    # Longest chat input accepted, in characters.
+    max_input_chars: int = 100_000
+    # Filestore: a local directory, or s3://bucket/prefix (S3-compatible endpoint below).
+    filestore: str = ".helix/filestore"
+    s3_endpoint_url: str = ""
+    # Seconds between reconciler passes in each replica; 0 turns it off.
+    reconcile_interval: float = 5.0
+    # How long a queued job may run before RQ gives up on it.
+    text_job_timeout: int = 600
+    image_job_timeout: int = 1800
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Config":
+        env = dict(os.environ if env is None else env)
+        c = cls()
+        c.database_url = env.get("DATABASE_URL", c.database_url)
+        c.redis_url = env.get("REDIS_URL", c.redis_url)
+        if env.get("HELIX_TEXT_MODELS"):
+            c.text_models = _list(env["HELIX_TEXT_MODELS"])
+        if env.get("HELIX_IMAGE_MODELS"):
+            c.image_models = _list(env["HELIX_IMAGE_MODELS"])
+        c.max_upload_bytes = int(env.get("HELIX_MAX_UPLOAD_BYTES", c.max_upload_bytes))
+        c.max_input_chars = int(env.get("HELIX_MAX_INPUT_CHARS", c.max_input_chars))
+        c.filestore = env.get("HELIX_FILESTORE", c.filestore)
+        c.s3_endpoint_url = env.get("HELIX_S3_ENDPOINT_URL", c.s3_endpoint_url)
+        c.reconcile_interval = float(env.get("HELIX_RECONCILE_INTERVAL", c.reconcile_interval))
+        return c

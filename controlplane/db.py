@@ -1,0 +1,32 @@
+"""PostgreSQL connection pool, one per app, with rows as dicts."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg
+from flask import Flask, current_app
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+
+def init_app(app: Flask) -> None:
+    pool = ConnectionPool(
+        app.config["HELIX"].database_url,
+        min_size=1,
+        max_size=int(app.config.get("DB_POOL_SIZE", 10)),
+        kwargs={"row_factory": dict_row, "autocommit": False},
+        open=True,
+    )
+    app.extensions["db_pool"] = pool
+
+
+def pool() -> ConnectionPool:
+    return current_app.extensions["db_pool"]
+
+
+@contextmanager
+def transaction() -> Iterator[psycopg.Connection]:
+    """A connection inside one transaction: committed on success, rolled back on error."""
+    with pool().connection() as conn:
+        yield conn

@@ -1,0 +1,115 @@
+"""`helix up` (what `make run` runs): the whole platform on one machine, nothing installed by hand.
+
+Starts an embedded PostgreSQL and Valkey on fixed loopback ports (unless DATABASE_URL and
+REDIS_URL name servers to use), applies migrations, makes a development admin and API key,
+runs the control plane under gunicorn and one CPU runner. State lives under .helix/; a second
+run reuses it. Ctrl-C or SIGTERM stops every process started here.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg.rows import dict_row
+
+from controlplane import accounts
+from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey
+from controlplane.migrate import apply_migrations
+from shared.processes import die_with_parent, stop, wait_for_port
+
+DEV_EMAIL = "dev@helix.local"
+
+
+def _dev_secret(conn, path: Path, valid, create) -> str:
+    """Reuse the secret saved by an earlier run while the database still accepts it."""
+    if path.exists():
+        saved = path.read_text().strip()
+        if valid(conn, saved):
+            return saved
+    secret = create(conn)
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret
+
+
+def prepare_database(database_url: str, state_dir: Path) -> tuple[str, str]:
+    """Migrations, the development admin with an API key, and a runner token."""
+    apply_migrations(database_url)
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        user = accounts.get_user_by_email(conn, DEV_EMAIL) or accounts.create_user(conn, DEV_EMAIL, is_admin=True)
+        api_key = _dev_secret(
+            conn, state_dir / "dev-api-key",
+            lambda c, k: (u := accounts.user_for_api_key(c, k)) is not None and u["id"] == user["id"],
+            lambda c: accounts.create_api_key(c, user["id"], "development")[1])
+        runner_token = _dev_secret(
+            conn, state_dir / "runner-token",
+            lambda c, t: accounts.runner_token_row(c, t) is not None,
+            lambda c: accounts.create_runner_token(c, "local runner")[1])
+    return api_key, runner_token
+
+
+def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
+    state_dir = state_dir.absolute()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    children: list[subprocess.Popen] = []
+    services = []
+
+    def shutdown(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        database_url = os.environ.get("DATABASE_URL", "")
+        redis_url = os.environ.get("REDIS_URL", "")
+        if not database_url:
+            pg = EmbeddedPostgres(state_dir / "postgres", int(os.environ.get("HELIX_PG_PORT", "25432"))).start()
+            services.append(pg)
+            database_url = pg.url
+        if not redis_url:
+            vk = EmbeddedValkey(state_dir / "valkey", int(os.environ.get("HELIX_REDIS_PORT", "26379"))).start()
+            services.append(vk)
+            redis_url = vk.url
+        api_key, runner_token = prepare_database(database_url, state_dir)
+        (state_dir / "env").write_text(f"DATABASE_URL={database_url}\nREDIS_URL={redis_url}\n")
+
+        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gthread",
+             "-w", os.environ.get("HELIX_WEB_WORKERS", "2"), "--threads", "16",
+             "-b", f"127.0.0.1:{port}", "--access-logfile", "-", "controlplane.app:create_app()"],
+            env=env, preexec_fn=die_with_parent()))
+        wait_for_port(port, 60, children[-1])
+        api_url = f"http://127.0.0.1:{port}"
+
+        if with_runner:
+            models = state_dir / "models"
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "runner"],
+                env={**env, "HELIX_API_URL": api_url, "HELIX_RUNNER_TOKEN": runner_token,
+                     "HELIX_RUNNER_ID": os.environ.get("HELIX_RUNNER_ID", "local-runner"),
+                     "HELIX_TEXT_MODEL": os.environ.get("HELIX_TEXT_MODEL", "helix/tiny-chat"),
+                     "HELIX_TEXT_MODEL_PATH": os.environ.get("HELIX_TEXT_MODEL_PATH", str(models / "tiny-chat")),
+                     "HELIX_IMAGE_MODEL": os.environ.get("HELIX_IMAGE_MODEL", "helix/tiny-sd"),
+                     "HELIX_IMAGE_MODEL_PATH": os.environ.get("HELIX_IMAGE_MODEL_PATH", str(models / "tiny-sd"))},
+                preexec_fn=die_with_parent()))
+
+        print(f"\nHelix is up at {api_url}\nAPI key (also in {state_dir / 'dev-api-key'}):\n{api_key}\n"
+              f"Try: curl {api_url}/api/v1/sessions -H 'Authorization: Bearer {api_key}'"
+              f" -d \"input=yo&mode=inference&type=text\"\n", flush=True)
+        while all(c.poll() is None for c in children):
+            time.sleep(0.5)
+        failed = next(c for c in children if c.poll() is not None)
+        print(f"a platform process exited with {failed.returncode}; stopping", file=sys.stderr)
+        raise SystemExit(1)
+    except KeyboardInterrupt:
+        print("stopping…", flush=True)
+    finally:
+        for child in reversed(children):
+            stop(child, timeout=20)
+        for service in reversed(services):
+            service.stop()

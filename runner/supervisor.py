@@ -1,0 +1,118 @@
+"""`helix runner`: supervises the runner node's processes.
+
+Starts the vLLM server for the text model, K text workers that call it concurrently, and one
+image worker holding the diffusers pipeline. Restarts a worker that dies; stops everything on
+SIGTERM/SIGINT; and every child carries a parent-death signal, so a runner killed with SIGKILL
+leaves nothing behind (its jobs are re-queued by the control plane when heartbeats stop).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+
+from runner.config import RunnerConfig
+from runner.control_plane import ControlPlane
+from runner.vllm_server import VllmServer
+from shared.jobs import WorkKind
+from shared.processes import die_with_parent, stop
+
+log = logging.getLogger("runner")
+
+
+class Supervisor:
+    def __init__(self, config: RunnerConfig):
+        self.config = config
+        self.client = ControlPlane(config.api_url, config.token, config.runner_id)
+        self.vllm: VllmServer | None = None
+        self.workers: dict[tuple[WorkKind, int], subprocess.Popen] = {}
+        self.stopping = threading.Event()
+
+    def register(self, timeout: float = 120) -> None:
+        models = {"text": [self.config.text_model] if self.config.text_model else [],
+                  "image": [self.config.image_model] if self.config.image_model else []}
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.client.register(models, {"text_workers": self.config.text_workers})
+                return
+            except requests.HTTPError as err:
+                if err.response is not None and err.response.status_code in (401, 403):
+                    raise SystemExit(f"control plane refused the runner token: {err.response.text[:200]}")
+                problem = err
+            except requests.RequestException as err:
+                problem = err
+            if time.monotonic() > deadline:
+                raise SystemExit(f"control plane at {self.config.api_url} unreachable: {problem}")
+            time.sleep(1)
+
+    def _spawn(self, kind: WorkKind, index: int) -> None:
+        cmd = [sys.executable, "-m", "runner.worker", "--kind", kind.value, "--index", str(index)]
+        if kind == WorkKind.TEXT_INFERENCE and self.vllm is not None:
+            cmd += ["--vllm-url", self.vllm.base_url]
+        self.workers[(kind, index)] = subprocess.Popen(cmd, preexec_fn=die_with_parent())
+
+    def start(self) -> None:
+        self.register()
+        if self.config.text_model:
+            self.vllm = VllmServer(
+                self.config.text_model_path or self.config.text_model, self.config.text_model,
+                port=self.config.vllm_port, max_model_len=self.config.max_model_len,
+                kv_cache_gib=self.config.kv_cache_gib, extra_args=self.config.vllm_args,
+            ).start()
+        if self.config.image_model:
+            self._spawn(WorkKind.IMAGE_INFERENCE, 0)
+        if self.vllm is not None:
+            log.info("vLLM healthy after %.1fs", self.vllm.wait_ready())
+            for i in range(self.config.text_workers):
+                self._spawn(WorkKind.TEXT_INFERENCE, i)
+        log.info("runner %s ready: text=%r image=%r", self.config.runner_id,
+                 self.config.text_model, self.config.image_model)
+
+    def watch(self) -> None:
+        """Restart what dies until asked to stop."""
+        while not self.stopping.wait(1.0):
+            if self.vllm is not None and not self.vllm.alive():
+                log.error("vLLM exited (%s); restarting it", self.vllm.proc.returncode)
+                self.vllm.start()
+                self.vllm.wait_ready()
+            for (kind, index), proc in list(self.workers.items()):
+                if proc.poll() is not None and not self.stopping.is_set():
+                    log.error("worker %s.%d exited with %s; restarting", kind.value, index, proc.returncode)
+                    self._spawn(kind, index)
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        for proc in self.workers.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # RQ: finish the current job, then exit
+        for proc in self.workers.values():
+            stop(proc, timeout=10, sig=signal.SIGINT)
+        if self.vllm is not None:
+            self.vllm.stop()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    supervisor = Supervisor(RunnerConfig.from_env())
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        supervisor.start()
+        supervisor.watch()
+    except KeyboardInterrupt:
+        log.info("stopping runner")
+    finally:
+        supervisor.shutdown()
+
+
+if __name__ == "__main__":
+    main()

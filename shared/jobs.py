@@ -1,0 +1,80 @@
+"""Job payloads that travel through the RQ queues, and the queues' names.
+
+The control plane enqueues a job by the dotted name of a runner entry point with one JSON
+payload argument; the runner refuses any other function. Payloads are plain dicts built and
+read by the dataclasses below so both sides agree on every field.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+
+class WorkKind(StrEnum):
+    TEXT_INFERENCE = "text-inference"
+    IMAGE_INFERENCE = "image-inference"
+
+
+# Dotted names of the runner's job entry points, one per kind of work. The runner executes
+# jobs whose function is in this table and nothing else.
+ENTRY_POINTS: dict[WorkKind, str] = {
+    WorkKind.TEXT_INFERENCE: "runner.jobs.text_inference",
+    WorkKind.IMAGE_INFERENCE: "runner.jobs.image_inference",
+}
+
+
+def queue_name(kind: WorkKind | str, model: str) -> str:
+    """One queue per kind of work and model, so a runner listens only where its models are warm."""
+    return f"helix:{WorkKind(kind).value}:{model}"
+
+
+def job_id_for(interaction_id: str) -> str:
+    """A job's id is derived from its interaction, so the reconciler can tell whether it exists."""
+    return f"interaction-{interaction_id}"
+
+
+class _Payload:
+    """Round-trips a dataclass through a JSON-safe dict, ignoring unknown keys (newer senders)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class ChatMessage(_Payload):
+    role: str  # "user" | "assistant" | "system"
+    content: str
+
+
+@dataclass
+class TextInferenceJob(_Payload):
+    session_id: str
+    interaction_id: str
+    model: str
+    messages: list[dict[str, str]]
+    lora_dir: str = ""
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass
+class ImageInferenceJob(_Payload):
+    session_id: str
+    interaction_id: str
+    model: str
+    prompt: str
+    num_images: int = 1
+    # None: the runner uses the pipeline's own default (64 px for the tiny model, 1024 for SDXL).
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    lora_dir: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)

