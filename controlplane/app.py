@@ -9,6 +9,7 @@ from redis import Redis
 from controlplane import db, errors
 from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
+from controlplane.filestore import from_config
 from controlplane.migrate import apply_migrations
 from controlplane.session_service import SessionService
 
@@ -29,12 +30,13 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     redis = Redis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=5,
                            health_check_interval=30)
     dispatcher = Dispatcher(redis, config)
-    app.extensions.update(redis=redis, dispatcher=dispatcher,
-                          session_service=SessionService(config, dispatcher))
+    filestore = from_config(config.filestore, config.s3_endpoint_url)
+    app.extensions.update(redis=redis, dispatcher=dispatcher, filestore=filestore,
+                          session_service=SessionService(config, dispatcher, filestore))
 
-    from controlplane.api import api_keys, runner, sessions
+    from controlplane.api import api_keys, filestore as filestore_routes, runner, sessions
 
-    for bp in (sessions.bp, api_keys.bp, runner.bp):
+    for bp in (sessions.bp, api_keys.bp, runner.bp, filestore_routes.bp):
         app.register_blueprint(bp)
 
     @app.get("/healthz")

@@ -33,9 +33,21 @@ def register_runner(conn: psycopg.Connection, token_id: str, body: dict[str, Any
     ).fetchone()
 
 
+def _without_nul(value: Any) -> Any:
+    """PostgreSQL text and jsonb cannot hold NUL, and models do emit it: store U+FFFD instead."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
+
+
 def _parse_update(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("update must be a JSON object")
+    body = _without_nul(body)
     state = body.get("state") or InteractionState.WAITING.value
     if state not in {s.value for s in InteractionState}:
         raise BadRequest(f"unknown state {state!r}")

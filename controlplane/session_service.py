@@ -10,6 +10,7 @@ from controlplane import sessions_store
 from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.filestore import Filestore, UserFiles, session_folder
 from controlplane.validation import optional_float, optional_int, required_choice, text_field
 from shared.types import Creator, InteractionState, SessionMode, SessionType
 
@@ -60,9 +61,10 @@ def _job_params(form: Mapping[str, str], session_type: SessionType) -> dict[str,
 
 
 class SessionService:
-    def __init__(self, config: Config, dispatcher: Dispatcher):
+    def __init__(self, config: Config, dispatcher: Dispatcher, filestore: Filestore):
         self.config = config
         self.dispatcher = dispatcher
+        self.filestore = filestore
 
     def create(self, conn: psycopg.Connection, user: dict[str, Any], form: Mapping[str, str],
                files: list[Any]) -> dict[str, Any]:
@@ -123,4 +125,9 @@ class SessionService:
         for interaction in interactions:
             if not interaction["finished"]:
                 self.dispatcher.cancel(interaction["id"])
+        files = UserFiles(self.filestore, user["id"])
+        try:
+            files.store.delete(files.key(session_folder(session_id)))
+        except NotFound:
+            pass
         return session

@@ -56,6 +56,11 @@ def get_session(conn: psycopg.Connection, session_id: str, owner: str, *,
     ).fetchone()
 
 
+def get_session_any_owner(conn: psycopg.Connection, session_id: str) -> dict[str, Any] | None:
+    """For runner routes only: a runner works for every user, a user only for themselves."""
+    return conn.execute("SELECT * FROM sessions WHERE id = %s", (session_id,)).fetchone()
+
+
 def get_interactions(conn: psycopg.Connection, session_id: str) -> list[dict[str, Any]]:
     return conn.execute(
         f"SELECT {_INTERACTION_COLUMNS} FROM interactions WHERE session_id = %s ORDER BY seq",

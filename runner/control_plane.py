@@ -44,6 +44,17 @@ class ControlPlane:
             log.warning("update for %s not delivered: %s", interaction_id, err)
             return False
 
+    def upload_result(self, session_id: str, interaction_id: str, name: str, data: bytes) -> str:
+        """Stores an output file through the control plane; returns its path in the owner's files."""
+        url = f"{self.api_url}/api/v1/runner/sessions/{session_id}/interactions/{interaction_id}/files"
+
+        def post() -> str:
+            r = self.http.post(url, files={"file": (name, data)}, timeout=60)
+            r.raise_for_status()
+            return r.json()["path"]
+
+        return _retrying(post, f"upload of {name}")
+
     def finish(self, session_id: str, interaction_id: str, update: InteractionUpdate,
                deadline_seconds: float = 600) -> None:
         """Delivers the final update, retrying with backoff; raises if it never lands."""
@@ -63,6 +74,22 @@ class ControlPlane:
                 raise RuntimeError(f"final update for {interaction_id} never landed")
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _retrying(action, what: str, attempts: int = 5):
+    """Runs a delivery that must land, retrying transient failures with backoff."""
+    delay = 0.2
+    for attempt in range(attempts):
+        try:
+            return action()
+        except requests.RequestException as err:
+            response = getattr(err, "response", None)
+            client_error = response is not None and 400 <= response.status_code < 500
+            if client_error or attempt == attempts - 1:
+                raise
+            log.warning("%s failed (%s); retrying", what, err)
+            time.sleep(delay)
+            delay *= 2
 
 
 class TextStream:

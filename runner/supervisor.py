@@ -55,7 +55,9 @@ class Supervisor:
         cmd = [sys.executable, "-m", "runner.worker", "--kind", kind.value, "--index", str(index)]
         if kind == WorkKind.TEXT_INFERENCE and self.vllm is not None:
             cmd += ["--vllm-url", self.vllm.base_url]
-        self.workers[(kind, index)] = subprocess.Popen(cmd, preexec_fn=die_with_parent())
+        # SIGKILL, not SIGTERM: RQ treats SIGTERM as "finish the current job first", and a
+        # runner that died must not keep a job (and its heartbeat) alive in an orphan.
+        self.workers[(kind, index)] = subprocess.Popen(cmd, preexec_fn=die_with_parent(signal.SIGKILL))
 
     def start(self) -> None:
         self.register()

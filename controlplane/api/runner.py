@@ -1,10 +1,13 @@
-"""Routes for runners, authenticated by runner token: registration and interaction updates."""
+"""Routes for runners, authenticated by runner token: registration, interaction updates and
+output files (runners never hold the filestore's credentials)."""
 from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from controlplane import db, runner_service
+from controlplane import db, runner_service, sessions_store
 from controlplane.auth import require_runner
+from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.filestore import UserFiles, session_outputs, user_path
 from controlplane.views import iso_time
 
 bp = Blueprint("runner", __name__, url_prefix="/api/v1/runner")
@@ -25,3 +28,26 @@ def update_interaction(session_id: str, interaction_id: str):
         view = runner_service.apply_update(conn, current_app.extensions["redis"], session_id,
                                            interaction_id, request.get_json(silent=True))
     return jsonify(view)
+
+
+@bp.post("/sessions/<session_id>/interactions/<interaction_id>/files")
+@require_runner
+def upload_result(session_id: str, interaction_id: str):
+    """A runner's output file, stored in the session owner's filestore under the session."""
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        raise BadRequest("send the file in the multipart field 'file'")
+    name = user_path(upload.filename, allow_root=False)
+    if "/" in name:
+        raise BadRequest("file names must not contain '/'")
+    with db.transaction() as conn:
+        session = sessions_store.get_session_any_owner(conn, session_id)
+        interaction = session and sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
+        if not interaction:
+            raise NotFound("interaction not found")
+        if interaction["finished"]:
+            raise Conflict("interaction already finished")
+        files = UserFiles(current_app.extensions["filestore"], session["owner"])
+        path = f"{session_outputs(session_id)}/{interaction_id}/{name}"
+        files.store.write(files.key(path), upload.stream)
+    return jsonify(path=path), 201

@@ -1,0 +1,99 @@
+"""Helix's filestore routes, confined to the caller's own root."""
+from __future__ import annotations
+
+import mimetypes
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+
+from controlplane.auth import require_user
+from controlplane.errors import BadRequest
+from controlplane.filestore import FileInfo, UserFiles, user_path
+from controlplane.views import iso_time
+
+bp = Blueprint("filestore", __name__, url_prefix="/api/v1/filestore")
+
+
+def _files() -> UserFiles:
+    return UserFiles(current_app.extensions["filestore"], g.user["id"])
+
+
+def file_view(files: UserFiles, info: FileInfo) -> dict:
+    info = files.relative(info)
+    return {"name": info.name, "path": info.path, "directory": info.directory, "size": info.size,
+            "created": iso_time(info.created),
+            "url": None if info.directory else url_for("filestore.viewer", path=info.path)}
+
+
+@bp.get("/list")
+@require_user
+def list_files():
+    files = _files()
+    path = user_path(request.args.get("path"))
+    return jsonify([file_view(files, i) for i in files.store.list(files.key(path))])
+
+
+@bp.get("/get")
+@require_user
+def get_file():
+    files = _files()
+    path = user_path(request.args.get("path"), allow_root=False)
+    return jsonify(file_view(files, files.store.stat(files.key(path))))
+
+
+@bp.get("/viewer/<path:path>")
+@require_user
+def viewer(path: str):
+    files = _files()
+    key = files.key(user_path(path, allow_root=False))
+    info = files.store.stat(key)
+    if info.directory:
+        raise BadRequest("path is a folder")
+    body = files.store.open(key)
+    mimetype = mimetypes.guess_type(info.name)[0] or "application/octet-stream"
+    return Response(body, mimetype=mimetype, headers={"Content-Length": str(info.size),
+                                                      "X-Content-Type-Options": "nosniff"},
+                    direct_passthrough=True)
+
+
+@bp.post("/upload")
+@require_user
+def upload():
+    files = _files()
+    folder = user_path(request.args.get("path"))
+    uploads = [f for f in request.files.getlist("files") if f.filename]
+    if not uploads:
+        raise BadRequest("send one or more files in the multipart field 'files'")
+    saved = []
+    for upload in uploads:
+        name = user_path(upload.filename, allow_root=False)
+        if "/" in name:
+            raise BadRequest("file names must not contain '/'")
+        target = f"{folder}/{name}" if folder else name
+        saved.append(file_view(files, files.store.write(files.key(target), upload.stream)))
+    return jsonify(saved), 201
+
+
+@bp.post("/folder")
+@require_user
+def folder():
+    files = _files()
+    path = user_path(request.args.get("path"), allow_root=False)
+    return jsonify(file_view(files, files.store.mkdir(files.key(path)))), 201
+
+
+@bp.put("/rename")
+@require_user
+def rename():
+    files = _files()
+    path = user_path(request.args.get("path"), allow_root=False)
+    new_path = user_path(request.args.get("new_path"), allow_root=False)
+    return jsonify(file_view(files, files.store.rename(files.key(path), files.key(new_path))))
+
+
+@bp.delete("/delete")
+@require_user
+def delete():
+    files = _files()
+    path = user_path(request.args.get("path"), allow_root=False)
+    files.store.delete(files.key(path))
+    return jsonify(deleted=path)

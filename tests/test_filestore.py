@@ -1,0 +1,93 @@
+"""The filestore routes: confinement to the user's root, isolation, limits (local directory)."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+
+def upload(client, user, path, name, data: bytes):
+    return client.post(f"/api/v1/filestore/upload?path={path}", headers=user.headers,
+                       data={"files": (io.BytesIO(data), name)}, content_type="multipart/form-data")
+
+
+def test_upload_list_get_download_rename_delete(client, user):
+    r = upload(client, user, "docs", "a.txt", b"hello")
+    assert r.status_code == 201, r.json
+    assert r.json[0]["path"] == "docs/a.txt" and r.json[0]["size"] == 5
+    listed = client.get("/api/v1/filestore/list?path=docs", headers=user.headers).json
+    assert [(f["name"], f["directory"]) for f in listed] == [("a.txt", False)]
+    root = client.get("/api/v1/filestore/list", headers=user.headers).json
+    assert [(f["name"], f["directory"]) for f in root] == [("docs", True)]
+    info = client.get("/api/v1/filestore/get?path=docs/a.txt", headers=user.headers).json
+    body = client.get(info["url"], headers=user.headers)
+    assert body.status_code == 200 and body.data == b"hello"
+    assert client.post("/api/v1/filestore/folder?path=more/deep", headers=user.headers).status_code == 201
+    r = client.put("/api/v1/filestore/rename?path=docs/a.txt&new_path=more/deep/b.txt", headers=user.headers)
+    assert r.status_code == 200 and r.json["path"] == "more/deep/b.txt"
+    assert client.get("/api/v1/filestore/get?path=docs/a.txt", headers=user.headers).status_code == 404
+    assert client.delete("/api/v1/filestore/delete?path=more", headers=user.headers).status_code == 200
+    assert client.get("/api/v1/filestore/get?path=more/deep/b.txt", headers=user.headers).status_code == 404
+
+
+@pytest.mark.parametrize("path", ["../x", "docs/../../x", "/etc/passwd", "a\\..\\b", "a/..", "a%00b"])
+def test_hostile_paths_are_refused(client, user, path):
+    for url in (f"/api/v1/filestore/list?path={path}", f"/api/v1/filestore/get?path={path}"):
+        r = client.get(url, headers=user.headers)
+        assert r.status_code == 400, (url, r.json)
+        assert "path" in r.json["error"]
+    assert upload(client, user, path, "f.txt", b"x").status_code == 400
+    assert client.delete(f"/api/v1/filestore/delete?path={path}", headers=user.headers).status_code == 400
+
+
+def test_hostile_upload_file_names_are_refused(client, user):
+    assert upload(client, user, "", "../escape.txt", b"x").status_code == 400
+    assert upload(client, user, "", "..", b"x").status_code == 400
+
+
+def test_viewer_refuses_traversal(client, user):
+    r = client.get("/api/v1/filestore/viewer/..%2F..%2Fetc%2Fpasswd", headers=user.headers)
+    assert r.status_code in (400, 404)
+    assert client.get("/api/v1/filestore/viewer/a/../../x", headers=user.headers).status_code in (400, 404)
+
+
+def test_symlink_out_of_the_root_is_refused(client, user, app, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    upload(client, user, "", "ok.txt", b"fine")
+    user_root = Path(app.config["HELIX"].filestore) / "users" / user.id
+    os.symlink(secret, user_root / "link.txt")
+    os.symlink(tmp_path, user_root / "linkdir")
+    assert client.get("/api/v1/filestore/viewer/link.txt", headers=user.headers).status_code == 400
+    assert client.get("/api/v1/filestore/list?path=linkdir", headers=user.headers).status_code == 400
+    assert upload(client, user, "linkdir", "x.txt", b"x").status_code == 400
+    assert not (tmp_path / "x.txt").exists()
+
+
+def test_other_users_files_are_404(client, make_user):
+    alice, bob = make_user(), make_user()
+    upload(client, alice, "private", "a.txt", b"alice only")
+    assert client.get("/api/v1/filestore/get?path=private/a.txt", headers=bob.headers).status_code == 404
+    assert client.get("/api/v1/filestore/viewer/private/a.txt", headers=bob.headers).status_code == 404
+    assert client.get("/api/v1/filestore/list?path=private", headers=bob.headers).json == []
+    assert client.delete("/api/v1/filestore/delete?path=private/a.txt", headers=bob.headers).status_code == 404
+    assert client.get("/api/v1/filestore/viewer/private/a.txt", headers=alice.headers).data == b"alice only"
+    assert client.get("/api/v1/filestore/list").status_code == 401
+
+
+def test_oversized_upload_is_413(client, user):
+    r = upload(client, user, "", "big.bin", b"x" * (3 * 1024 * 1024))
+    assert r.status_code == 413 and "error" in r.json
+    assert client.get("/api/v1/filestore/get?path=big.bin", headers=user.headers).status_code == 404
+
+
+def test_upload_needs_files_and_rename_needs_free_target(client, user):
+    r = client.post("/api/v1/filestore/upload", headers=user.headers, data={}, content_type="multipart/form-data")
+    assert r.status_code == 400 and "files" in r.json["error"]
+    upload(client, user, "", "one.txt", b"1")
+    upload(client, user, "", "two.txt", b"2")
+    r = client.put("/api/v1/filestore/rename?path=one.txt&new_path=two.txt", headers=user.headers)
+    assert r.status_code == 409
+    assert client.post("/api/v1/filestore/folder", headers=user.headers).status_code == 400
