@@ -32,7 +32,14 @@ def services(tmp_path_factory):
     pg = EmbeddedPostgres(root / "pg", free_port()).start()
     vk = EmbeddedValkey(root / "valkey", free_port()).start()
     apply_migrations(pg.url)
-    yield {"database_url": pg.url, "redis_url": vk.url, "valkey": vk, "postgres": pg}
+    # In-process API tests get their own database and Redis db, so the live server's reconciler
+    # and runners never pick up their sessions (and they never race with them).
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE api_tests")
+    api_database_url = pg.url.rsplit("/", 1)[0] + "/api_tests"
+    apply_migrations(api_database_url)
+    yield {"database_url": pg.url, "redis_url": vk.url, "valkey": vk, "postgres": pg,
+           "api_database_url": api_database_url, "api_redis_url": vk.url.rsplit("/", 1)[0] + "/1"}
     vk.stop()
     pg.stop()
 
@@ -50,7 +57,7 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def config(services) -> Config:
-    return Config(database_url=services["database_url"], redis_url=services["redis_url"],
+    return Config(database_url=services["api_database_url"], redis_url=services["api_redis_url"],
                   text_models=[TEXT_MODEL], image_models=[IMAGE_MODEL], max_upload_bytes=2 * 1024 * 1024,
                   max_input_chars=10_000, reconcile_interval=0)
 
@@ -67,7 +74,15 @@ def client(app):
 
 
 @pytest.fixture()
-def db(services):
+def db(config):
+    """The in-process app's database."""
+    with psycopg.connect(config.database_url, row_factory=dict_row, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture()
+def live_db(services):
+    """The live server's database."""
     with psycopg.connect(services["database_url"], row_factory=dict_row, autocommit=True) as conn:
         yield conn
 
@@ -81,14 +96,16 @@ class User:
         return {"Authorization": f"Bearer {self.key}"}
 
 
+def _make_user(conn) -> User:
+    row = accounts.create_user(conn, f"user-{uuid.uuid4().hex[:10]}@example.com")
+    _, key = accounts.create_api_key(conn, row["id"], "test")
+    return User(row, key)
+
+
 @pytest.fixture()
 def make_user(db):
-    def make(admin: bool = False) -> User:
-        row = accounts.create_user(db, f"user-{uuid.uuid4().hex[:10]}@example.com", is_admin=admin)
-        _, key = accounts.create_api_key(db, row["id"], "test")
-        return User(row, key)
-
-    return make
+    """Users of the in-process app."""
+    return lambda: _make_user(db)
 
 
 @pytest.fixture()
@@ -96,10 +113,32 @@ def user(make_user) -> User:
     return make_user()
 
 
+@pytest.fixture()
+def make_live_user(live_db):
+    """Users of the live server."""
+    return lambda: _make_user(live_db)
+
+
+@pytest.fixture()
+def live_user(make_live_user) -> User:
+    return make_live_user()
+
+
+def _runner_token(database_url: str) -> str:
+    with psycopg.connect(database_url, row_factory=dict_row, autocommit=True) as conn:
+        return accounts.create_runner_token(conn, "test runner")[1]
+
+
 @pytest.fixture(scope="session")
 def runner_token(services) -> str:
-    with psycopg.connect(services["database_url"], row_factory=dict_row, autocommit=True) as conn:
-        return accounts.create_runner_token(conn, "test runner")[1]
+    """A runner token of the live server."""
+    return _runner_token(services["database_url"])
+
+
+@pytest.fixture(scope="session")
+def api_runner_token(config) -> str:
+    """A runner token of the in-process app."""
+    return _runner_token(config.database_url)
 
 
 class Process:

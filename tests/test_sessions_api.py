@@ -97,12 +97,12 @@ def test_malformed_bodies_are_4xx_json(client, user):
     assert r.status_code == 404 and "error" in r.json
 
 
-def test_auth_is_required_and_checked(client, user, runner_token):
+def test_auth_is_required_and_checked(client, user, api_runner_token):
     assert client.get("/api/v1/sessions").status_code == 401
     r = client.get("/api/v1/sessions", headers={"Authorization": "Bearer hl-not-a-real-key"})
     assert r.status_code == 401 and "not valid" in r.json["error"]
     # A runner token is not a user key, and a user key is not a runner token.
-    r = client.get("/api/v1/sessions", headers={"Authorization": f"Bearer {runner_token}"})
+    r = client.get("/api/v1/sessions", headers={"Authorization": f"Bearer {api_runner_token}"})
     assert r.status_code == 401
     r = client.post("/api/v1/runner/register", headers=user.headers, json={"runner_id": "x"})
     assert r.status_code == 401

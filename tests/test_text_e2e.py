@@ -12,33 +12,33 @@ import requests
 from tests.conftest import TEXT_MODEL, start_runner, wait_for_session
 
 
-def test_reference_curl_line_answers_a_chat(live_server, runner, user):
+def test_reference_curl_line_answers_a_chat(live_server, runner, live_user):
     # The Helix reference's curl line, verbatim but for the address and key.
     out = subprocess.run(
-        ["curl", "-s", f"{live_server}/api/v1/sessions", "-H", f"Authorization: Bearer {user.key}",
+        ["curl", "-s", f"{live_server}/api/v1/sessions", "-H", f"Authorization: Bearer {live_user.key}",
          "-d", "input=yo&mode=inference&type=text"],
         check=True, capture_output=True, text=True).stdout
     created = json.loads(out)
     assert created["interactions"][-1]["state"] == "waiting"
-    done = wait_for_session(live_server, user, created["id"])
+    done = wait_for_session(live_server, live_user, created["id"])
     reply = done["interactions"][-1]
     assert reply["state"] == "complete" and reply["finished"] is True
     assert reply["message"] and reply["progress"] == 100 and reply["runner"] == "runner-main"
     assert reply["completed"] is not None and reply["error"] == ""
 
 
-def test_continued_chat_sends_the_whole_history(live_server, runner, user, services):
+def test_continued_chat_sends_the_whole_history(live_server, runner, live_user, services):
     from redis import Redis
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
     from shared.jobs import job_id_for
 
-    s = requests.post(f"{live_server}/api/v1/sessions", headers=user.headers,
+    s = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                       data={"input": "first question", "mode": "inference", "type": "text",
                             "max_tokens": "8"}).json()
-    first = wait_for_session(live_server, user, s["id"])
-    r = requests.put(f"{live_server}/api/v1/sessions/{s['id']}", headers=user.headers,
+    first = wait_for_session(live_server, live_user, s["id"])
+    r = requests.put(f"{live_server}/api/v1/sessions/{s['id']}", headers=live_user.headers,
                      data={"input": "second question"})
     assert r.status_code == 200, r.text
     assert len(r.json()["interactions"]) == 4
@@ -49,17 +49,17 @@ def test_continued_chat_sends_the_whole_history(live_server, runner, user, servi
         {"role": "assistant", "content": first["interactions"][1]["message"]},
         {"role": "user", "content": "second question"},
     ]
-    done = wait_for_session(live_server, user, s["id"])
+    done = wait_for_session(live_server, live_user, s["id"])
     assert [i["state"] for i in done["interactions"]] == ["complete"] * 4
     assert done["interactions"][3]["message"]
 
 
-def test_events_stream_tokens_then_the_final_interaction(live_server, runner, user):
-    s = requests.post(f"{live_server}/api/v1/sessions", headers=user.headers,
+def test_events_stream_tokens_then_the_final_interaction(live_server, runner, live_user):
+    s = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                       data={"input": "stream please", "mode": "inference", "type": "text",
                             "max_tokens": "200"}).json()
     events: list[tuple[str, dict]] = []
-    with requests.get(f"{live_server}/api/v1/sessions/{s['id']}/events", headers=user.headers,
+    with requests.get(f"{live_server}/api/v1/sessions/{s['id']}/events", headers=live_user.headers,
                       stream=True, timeout=60) as r:
         assert r.headers["Content-Type"].startswith("text/event-stream")
         name = None
@@ -73,18 +73,19 @@ def test_events_stream_tokens_then_the_final_interaction(live_server, runner, us
     names = [n for n, _ in events]
     assert names[0] == "session" and names[-1] == "end"
     final = [d for n, d in events if n == "interaction" and d["finished"]]
-    assert final and final[-1]["state"] == "complete"
+    assert final and final[-1]["state"] == "complete" and final[-1]["message"]
     streamed = "".join(d["delta"] for n, d in events if n == "delta")
-    if names.index("session") == 0 and events[0][1]["interactions"][-1]["message"] == "":
-        # Everything after the snapshot arrived as deltas, so together they are the reply.
-        assert streamed and final[-1]["message"].endswith(streamed)
+    # Deltas arrive from the moment the stream opened: together they end the final reply.
+    assert final[-1]["message"].endswith(streamed)
+    if not events[0][1]["interactions"][-1]["finished"] and events[0][1]["interactions"][-1]["message"] == "":
+        assert streamed, "the reply was generated after the stream opened but no delta arrived"
 
 
-def test_concurrent_sessions_batch_on_one_warm_model(live_server, runner, user):
+def test_concurrent_sessions_batch_on_one_warm_model(live_server, runner, live_user):
     ids = []
 
     def create(i):
-        ids.append(requests.post(f"{live_server}/api/v1/sessions", headers=user.headers,
+        ids.append(requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                                  data={"input": f"q{i}", "mode": "inference", "type": "text",
                                        "max_tokens": "64"}).json()["id"])
 
@@ -94,7 +95,7 @@ def test_concurrent_sessions_batch_on_one_warm_model(live_server, runner, user):
     for t in threads:
         t.join()
     for sid in ids:
-        assert wait_for_session(live_server, user, sid)["interactions"][-1]["state"] == "complete"
+        assert wait_for_session(live_server, live_user, sid)["interactions"][-1]["state"] == "complete"
 
 
 def test_unknown_job_function_is_refused_by_the_runner(live_server, runner, services, tmp_path):
@@ -117,7 +118,7 @@ def test_unknown_job_function_is_refused_by_the_runner(live_server, runner, serv
 
 
 def test_runner_killed_mid_job_does_not_lose_the_session(live_server, services, runner_token, models_dir,
-                                                          user, tmp_path):
+                                                          live_user, tmp_path):
     """Two runners serve one model; the one that takes the job is SIGKILLed while it streams."""
     model = "helix/tiny-chat-failover"
     slow = {"HELIX_SAMPLING_EXTRA": json.dumps({"ignore_eos": True}), "HELIX_TEXT_WORKERS": "1",
@@ -128,16 +129,16 @@ def test_runner_killed_mid_job_does_not_lose_the_session(live_server, services, 
     try:
         for proc in runners.values():
             proc.wait_for_log("ready:", timeout=300)
-        s = requests.post(f"{live_server}/api/v1/sessions", headers=user.headers,
+        s = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                           data={"input": "long one", "mode": "inference", "type": "text",
                                 "model_name": model}).json()
-        streaming = wait_for_session(live_server, user, s["id"], timeout=60,
+        streaming = wait_for_session(live_server, live_user, s["id"], timeout=60,
                                      until=lambda x: x["interactions"][-1]["message"] != "")
         victim = streaming["interactions"][-1]["runner"]
         assert not streaming["interactions"][-1]["finished"], "reply finished before the kill"
         runners[victim].proc.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
-        done = wait_for_session(live_server, user, s["id"], timeout=60)
+        done = wait_for_session(live_server, live_user, s["id"], timeout=60)
         reply = done["interactions"][-1]
         assert reply["state"] == "complete", reply
         assert reply["runner"] != victim

@@ -1,0 +1,91 @@
+"""The reconciler makes Redis agree with PostgreSQL (no runner: jobs stay queued or are faked
+as started by a worker whose heartbeat is gone)."""
+from __future__ import annotations
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from controlplane.reconciler import MAX_ATTEMPTS, Reconciler
+from shared.jobs import job_id_for
+from shared.runners import worker_alive_key
+
+
+@pytest.fixture()
+def reconciler(app):
+    r = Reconciler(app)
+    r.grace_seconds = 0
+    return r
+
+
+@pytest.fixture()
+def redis(config):
+    return Redis.from_url(config.redis_url)
+
+
+def new_session(client, user) -> tuple[str, str]:
+    s = client.post("/api/v1/sessions", headers=user.headers,
+                    data={"input": "hi", "mode": "inference", "type": "text"}).json
+    return s["id"], s["interactions"][-1]["id"]
+
+
+def fetch(redis, interaction_id):
+    return Job.fetch(job_id_for(interaction_id), connection=redis, serializer=JSONSerializer)
+
+
+def test_job_lost_by_redis_is_queued_again(client, user, reconciler, redis):
+    _, iid = new_session(client, user)
+    fetch(redis, iid).delete()  # as after a Redis restart without persistence
+    assert reconciler.run_once()[iid] == "requeued-missing"
+    job = fetch(redis, iid)
+    assert job.get_status() == "queued" and job.args[0]["interaction_id"] == iid
+    assert reconciler.run_once()[iid] == "queued"  # nothing more to do
+
+
+def test_job_of_a_dead_worker_is_queued_again_then_given_up(client, user, reconciler, redis, db):
+    sid, iid = new_session(client, user)
+    for attempt in range(2, MAX_ATTEMPTS + 2):
+        job = fetch(redis, iid)
+        job.set_status("started")
+        job.worker_name = "ghost-runner.text-inference.0"
+        job.save()
+        redis.delete(worker_alive_key(job.worker_name))
+        result = reconciler.run_once()[iid]
+        if attempt <= MAX_ATTEMPTS:
+            assert result == "requeued-dead-worker"
+            assert fetch(redis, iid).get_status() == "queued"
+    row = db.execute("SELECT state, finished, error, metadata FROM interactions WHERE id = %s", (iid,)).fetchone()
+    assert row["state"] == "error" and row["finished"]
+    assert "gave up" in row["error"] and row["metadata"]["attempts"] == MAX_ATTEMPTS
+
+
+def test_job_of_a_live_worker_is_left_alone(client, user, reconciler, redis):
+    _, iid = new_session(client, user)
+    job = fetch(redis, iid)
+    job.set_status("started")
+    job.worker_name = "busy-runner.text-inference.0"
+    job.save()
+    redis.set(worker_alive_key(job.worker_name), "1", ex=30)
+    assert reconciler.run_once()[iid] == "running"
+
+
+def test_failed_job_ends_the_interaction_with_an_error(client, user, reconciler, redis, db):
+    _, iid = new_session(client, user)
+    job = fetch(redis, iid)
+    job.set_status("failed")
+    assert reconciler.run_once()[iid] == "failed"
+    row = db.execute("SELECT state, finished FROM interactions WHERE id = %s", (iid,)).fetchone()
+    assert (row["state"], row["finished"]) == ("error", True)
+
+
+def test_only_one_pass_runs_at_a_time(client, user, reconciler, redis):
+    _, iid = new_session(client, user)
+    fetch(redis, iid).delete()
+    redis.set("helix:reconciler:lock", "1", ex=30)  # another replica is mid-pass
+    try:
+        assert reconciler.run_once() == {}
+    finally:
+        redis.delete("helix:reconciler:lock")
+    assert reconciler.run_once()[iid] == "requeued-missing"

@@ -1,0 +1,89 @@
+"""The runner routes: token checks, update validation, and no update after the final one."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture()
+def runner_headers(api_runner_token):
+    return {"Authorization": f"Bearer {api_runner_token}"}
+
+
+def new_turn(client, user):
+    s = client.post("/api/v1/sessions", headers=user.headers,
+                    data={"input": "hi", "mode": "inference", "type": "text"}).json
+    return s["id"], s["interactions"][-1]["id"]
+
+
+def test_updates_stream_then_final_closes(client, user, runner_headers):
+    sid, iid = new_turn(client, user)
+    url = f"/api/v1/runner/sessions/{sid}/interactions/{iid}"
+    assert client.post(url, headers=runner_headers, json={"runner": "r1", "message": "", "progress": 0}).status_code == 200
+    client.post(url, headers=runner_headers, json={"runner": "r1", "delta": "Hel"})
+    r = client.post(url, headers=runner_headers, json={"runner": "r1", "delta": "lo\x00"})
+    assert r.json["message"] == "Hello\ufffd"  # NUL from a model is stored as U+FFFD
+    r = client.post(url, headers=runner_headers, json={"runner": "r1", "state": "complete", "message": "Hello",
+                                                       "final": True})
+    assert r.json["finished"] and r.json["progress"] == 100 and r.json["state"] == "complete"
+    late = client.post(url, headers=runner_headers, json={"runner": "r2", "delta": "late"})
+    assert late.status_code == 409
+    s = client.get(f"/api/v1/sessions/{sid}", headers=user.headers).json
+    assert s["interactions"][-1]["message"] == "Hello" and s["interactions"][-1]["runner"] == "r1"
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ([1, 2], "JSON object"),
+    ({"state": "dancing"}, "unknown state"),
+    ({"progress": 101}, "progress"),
+    ({"progress": "half"}, "progress"),
+    ({"files": "a.png"}, "files"),
+    ({"delta": 5}, "delta"),
+    ({"metadata": []}, "metadata"),
+])
+def test_bad_updates_are_400(client, user, runner_headers, body, fragment):
+    sid, iid = new_turn(client, user)
+    r = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}", headers=runner_headers, json=body)
+    assert r.status_code == 400 and fragment in r.json["error"]
+
+
+def test_unknown_interaction_is_404_and_user_keys_are_refused(client, user, runner_headers):
+    sid, iid = new_turn(client, user)
+    assert client.post(f"/api/v1/runner/sessions/{sid}/interactions/nope", headers=runner_headers,
+                       json={}).status_code == 404
+    assert client.post(f"/api/v1/runner/sessions/other/interactions/{iid}", headers=runner_headers,
+                       json={}).status_code == 404
+    assert client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}", headers=user.headers,
+                       json={}).status_code == 401
+    assert client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}",
+                       headers={"Authorization": "Bearer hr-forged"}, json={}).status_code == 401
+
+
+def test_registered_runner_models_become_valid_choices(client, user, runner_headers):
+    r = client.post("/api/v1/runner/register", headers=runner_headers,
+                    json={"runner_id": "gpu-1", "models": {"text": ["acme/custom-7b"], "image": []}})
+    assert r.status_code == 200
+    r = client.post("/api/v1/sessions", headers=user.headers,
+                    data={"input": "hi", "mode": "inference", "type": "text", "model_name": "acme/custom-7b"})
+    assert r.status_code == 201 and r.json["model_name"] == "acme/custom-7b"
+    bad = client.post("/api/v1/runner/register", headers=runner_headers, json={"runner_id": "", "models": {}})
+    assert bad.status_code == 400
+    bad = client.post("/api/v1/runner/register", headers=runner_headers, json={"runner_id": "x", "models": {"text": "m"}})
+    assert bad.status_code == 400
+
+
+def test_runner_upload_goes_to_the_owners_files(client, user, runner_headers):
+    import io
+
+    sid, iid = new_turn(client, user)
+    r = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}/files", headers=runner_headers,
+                    data={"file": (io.BytesIO(b"PNGDATA"), "image-0.png")}, content_type="multipart/form-data")
+    assert r.status_code == 201
+    path = r.json["path"]
+    assert path == f"sessions/{sid}/outputs/{iid}/image-0.png"
+    assert client.get(f"/api/v1/filestore/viewer/{path}", headers=user.headers).data == b"PNGDATA"
+    r = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}/files", headers=runner_headers,
+                    data={"file": (io.BytesIO(b"x"), "../../escape.png")}, content_type="multipart/form-data")
+    assert r.status_code == 400
+    # Deleting the session deletes its files.
+    client.delete(f"/api/v1/sessions/{sid}", headers=user.headers)
+    assert client.get(f"/api/v1/filestore/viewer/{path}", headers=user.headers).status_code == 404
