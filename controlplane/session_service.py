@@ -1,5 +1,7 @@
 """Creating, continuing and deleting sessions: the serving logic behind the sessions routes,
-testable without HTTP. Each change is one transaction; the job is queued after it commits."""
+testable without HTTP. Each change is one transaction, committed before its job is queued:
+a runner that dequeues at once must find the rows, and if the enqueue fails the reconciler
+re-creates the job from those rows."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -85,6 +87,7 @@ class SessionService:
                 name=name, config=config,
             )
             interactions = self._add_turn(conn, session, prompt)
+        conn.commit()  # a runner must find the rows its job names
         self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
         return {**session, "interactions": interactions}
 
@@ -102,6 +105,7 @@ class SessionService:
                 raise Conflict("the previous reply is still being generated: wait for it to finish")
             interactions = previous + self._add_turn(conn, session, prompt)
             sessions_store.touch_session(conn, session_id)
+        conn.commit()
         self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
         return {**session, "interactions": interactions}
 
@@ -122,6 +126,7 @@ class SessionService:
             session = sessions_store.delete_session(conn, session_id, user["id"])
             if session is None:
                 raise NotFound("session not found")
+        conn.commit()
         for interaction in interactions:
             if not interaction["finished"]:
                 self.dispatcher.cancel(interaction["id"])

@@ -104,9 +104,14 @@ def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
             runner="", progress=min(99, int(step * 100 / total)), status=f"step {step}/{total}"))
 
     started = time.monotonic()
-    images = ctx.image_pipeline.generate(
-        job.prompt, num_images=job.num_images, width=job.width, height=job.height,
-        steps=job.steps, guidance=job.guidance, seed=job.seed, on_step=on_step)
+    try:
+        images = ctx.image_pipeline.generate(
+            job.prompt, num_images=job.num_images, width=job.width, height=job.height,
+            steps=job.steps, guidance=job.guidance, seed=job.seed, on_step=on_step)
+    except ValueError as err:  # parameters this pipeline cannot take (e.g. size not a multiple)
+        ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
+            runner="", state=InteractionState.ERROR.value, error=str(err), status="error"))
+        return {"error": str(err)}
     files = []
     for n, image in enumerate(images):
         png = io.BytesIO()

@@ -1,0 +1,136 @@
+"""How much the platform adds to a chat reply, measured against calling vLLM directly.
+
+Starts an embedded PostgreSQL and Valkey, the control plane under gunicorn and one runner with
+the tiny chat model, then for the same prompts and token counts measures:
+  baseline  - a streamed chat completion straight to the runner's own vLLM server;
+  platform  - POST /api/v1/sessions, then the reply read from the session's events stream;
+  pickup    - from the POST's answer to the runner's first update (queue + dequeue + HTTP);
+and prints medians and the platform/baseline ratio, one run, same machine.
+
+    .venv/bin/python bench/session_latency.py [--requests 20] [--max-tokens 64]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from controlplane import accounts  # noqa: E402
+from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey, free_port  # noqa: E402
+from controlplane.migrate import apply_migrations  # noqa: E402
+from shared.processes import die_with_parent, stop, wait_for_port  # noqa: E402
+
+MODEL = "helix/tiny-chat"
+
+
+def stream_events(url: str, headers: dict, session_id: str, posted_at: float) -> tuple[float, float]:
+    """Returns (seconds to the runner's first update, seconds to the final interaction)."""
+    first = None
+    with requests.get(f"{url}/api/v1/sessions/{session_id}/events", headers=headers, stream=True,
+                      timeout=120) as r:
+        name = None
+        for line in r.iter_lines(decode_unicode=True):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:") and name == "interaction":
+                data = json.loads(line[5:])
+                if first is None and data["runner"]:
+                    first = time.monotonic() - posted_at
+                if data["finished"]:
+                    return first or 0.0, time.monotonic() - posted_at
+    raise RuntimeError("stream ended without a final interaction")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--requests", type=int, default=20)
+    p.add_argument("--max-tokens", type=int, default=64)
+    args = p.parse_args()
+    models = Path(os.environ.get("HELIX_MODELS_DIR", REPO / ".helix" / "models"))
+    work = Path(tempfile.mkdtemp(prefix="helix-bench-"))
+    pg = EmbeddedPostgres(work / "pg", free_port()).start()
+    vk = EmbeddedValkey(work / "vk", free_port()).start()
+    procs = []
+    try:
+        apply_migrations(pg.url)
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            from psycopg.rows import dict_row
+            conn.row_factory = dict_row
+            user = accounts.create_user(conn, "bench@example.com")
+            key = accounts.create_api_key(conn, user["id"], "bench")[1]
+            token = accounts.create_runner_token(conn, "bench")[1]
+        port = free_port()
+        env = {**os.environ, "DATABASE_URL": pg.url, "REDIS_URL": vk.url,
+               "HELIX_FILESTORE": str(work / "files")}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gthread", "-w", "2",
+             "--threads", "16", "-b", f"127.0.0.1:{port}", "controlplane.app:create_app()"],
+            env=env, cwd=REPO, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent()))
+        wait_for_port(port, 60, procs[-1])
+        url = f"http://127.0.0.1:{port}"
+        log = open(work / "runner.log", "w+")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "runner"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            env={**env, "HELIX_API_URL": url, "HELIX_RUNNER_TOKEN": token, "HELIX_RUNNER_ID": "bench",
+                 "HELIX_TEXT_MODEL": MODEL, "HELIX_TEXT_MODEL_PATH": str(models / "tiny-chat"),
+                 "HELIX_SAMPLING_EXTRA": json.dumps({"ignore_eos": True})},
+            preexec_fn=die_with_parent()))
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            text = (work / "runner.log").read_text()
+            if "ready:" in text:
+                break
+            time.sleep(0.5)
+        port_match = re.search(r"Starting vLLM server on (http://[\d.:]+)", (work / "runner.log").read_text())
+        vllm_url = port_match.group(1) if port_match else None
+        time.sleep(2)  # let the text workers connect to Redis
+
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {"model": MODEL, "max_tokens": args.max_tokens, "ignore_eos": True, "stream": True}
+        baseline, platform, pickup = [], [], []
+        for i in range(args.requests + 2):  # the first two warm both paths up
+            prompt = f"question number {i}"
+            t = time.monotonic()
+            with requests.post(f"{vllm_url}/v1/chat/completions", stream=True, timeout=120,
+                               json={**body, "messages": [{"role": "user", "content": prompt}]}) as r:
+                for _ in r.iter_lines():
+                    pass
+            base = time.monotonic() - t
+            t = time.monotonic()
+            r = requests.post(f"{url}/api/v1/sessions", headers=headers,
+                              data={"input": prompt, "mode": "inference", "type": "text",
+                                    "max_tokens": str(args.max_tokens)})
+            first, total = stream_events(url, headers, r.json()["id"], t)
+            if i >= 2:
+                baseline.append(base)
+                platform.append(total)
+                pickup.append(first)
+        b, pl, pk = (statistics.median(x) * 1000 for x in (baseline, platform, pickup))
+        print(f"requests: {args.requests} x {args.max_tokens} tokens, one at a time")
+        print(f"baseline (vLLM direct, streamed)  median {b:7.1f} ms")
+        print(f"platform (POST -> final event)    median {pl:7.1f} ms")
+        print(f"pickup   (POST -> runner's first update) median {pk:7.1f} ms")
+        print(f"overhead per session              median {pl - b:7.1f} ms")
+        print(f"ratio platform/baseline           {pl / b:.2f}")
+    finally:
+        for proc in reversed(procs):
+            stop(proc, timeout=20)
+        vk.stop()
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()
