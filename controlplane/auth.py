@@ -22,33 +22,26 @@ def _bearer() -> str:
     raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
 
 
-def require_user(view: Callable) -> Callable:
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        key = _bearer()
-        if not key.startswith(API_KEY_PREFIX):
-            raise Unauthorized(f"this route takes a user API key (it starts {API_KEY_PREFIX!r})")
-        with db.transaction() as conn:
-            user = accounts.user_for_api_key(conn, key)
-        if user is None:
-            raise Unauthorized("API key is not valid")
-        g.user = user
-        return view(*args, **kwargs)
+def _require(prefix: str, what: str, lookup: Callable, attribute: str) -> Callable:
+    """A decorator admitting only secrets of one kind: user keys never pass as runner tokens."""
 
-    return wrapper
+    def decorator(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            secret = _bearer()
+            if not secret.startswith(prefix):
+                raise Unauthorized(f"this route takes a {what} (it starts {prefix!r})")
+            with db.transaction() as conn:
+                found = lookup(conn, secret)
+            if found is None:
+                raise Unauthorized(f"{what} is not valid")
+            setattr(g, attribute, found)
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
 
 
-def require_runner(view: Callable) -> Callable:
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        token = _bearer()
-        if not token.startswith(RUNNER_TOKEN_PREFIX):
-            raise Unauthorized(f"this route takes a runner token (it starts {RUNNER_TOKEN_PREFIX!r})")
-        with db.transaction() as conn:
-            row = accounts.runner_token_row(conn, token)
-        if row is None:
-            raise Unauthorized("runner token is not valid")
-        g.runner_token = row
-        return view(*args, **kwargs)
-
-    return wrapper
+require_user = _require(API_KEY_PREFIX, "API key", accounts.user_for_api_key, "user")
+require_runner = _require(RUNNER_TOKEN_PREFIX, "runner token", accounts.runner_token_row, "runner_token")

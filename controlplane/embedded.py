@@ -41,12 +41,19 @@ class EmbeddedPostgres:
         """PostgreSQL refuses to run as root: as root, run it as a system user `pgserver`."""
         if os.geteuid() != 0:
             return
-        from pgserver.utils import ensure_prefix_permissions, ensure_user_exists
+        import stat
+
+        from pgserver._commands import POSTGRES_BIN_PATH
+        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
         ensure_user_exists("pgserver")
         self._run_as = "pgserver"
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # That user must reach the data and the server's own binaries and libraries (a
+        # virtualenv inside a private folder, say): let others traverse the folders above them.
         ensure_prefix_permissions(self.data_dir)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH.parent)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent, stat.S_IROTH)
         entry = pwd.getpwnam("pgserver")
         for path in [self.data_dir, *self.data_dir.rglob("*")]:
             os.chown(path, entry.pw_uid, entry.pw_gid)

@@ -2,6 +2,7 @@
 (in-process for API tests, under gunicorn for end-to-end ones) and real runner processes."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -223,3 +224,18 @@ def wait_for_session(base_url: str, user: User, session_id: str, timeout: float 
         if time.monotonic() > deadline:
             raise TimeoutError(f"session not done after {timeout}s: {session}")
         time.sleep(0.1)
+
+
+def read_events(base_url: str, user: User, session_id: str, timeout: float = 120):
+    """Yields (event name, data) from a session's events stream until its `end` event."""
+    with requests.get(f"{base_url}/api/v1/sessions/{session_id}/events", headers=user.headers,
+                      stream=True, timeout=timeout) as r:
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+        name = None
+        for line in r.iter_lines(decode_unicode=True):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                yield name, json.loads(line[5:])
+                if name == "end":
+                    return

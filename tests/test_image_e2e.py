@@ -10,7 +10,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import wait_for_session
+from tests.conftest import read_events, wait_for_session
 
 
 def png(live_server, live_user, path) -> Image.Image:
@@ -70,19 +70,9 @@ def test_progress_streams_per_step_up_to_100(live_server, runner, live_user):
                       data={"mode": "inference", "type": "image", "input": "slow lighthouse",
                             "steps": "40", "width": "256", "height": "256"})
     sid = r.json()["id"]
-    progress, statuses = [], []
-    with requests.get(f"{live_server}/api/v1/sessions/{sid}/events", headers=live_user.headers,
-                      stream=True, timeout=120) as stream:
-        name = None
-        for line in stream.iter_lines(decode_unicode=True):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:") and name == "interaction":
-                data = json.loads(line[5:])
-                progress.append(data["progress"])
-                statuses.append(data["status"])
-            elif name == "end":
-                break
+    updates = [d for n, d in read_events(live_server, live_user, sid) if n == "interaction"]
+    progress = [d["progress"] for d in updates]
+    statuses = [d["status"] for d in updates]
     assert progress[-1] == 100
     assert progress == sorted(progress)  # never goes backwards
     assert any(0 < p < 100 for p in progress), progress

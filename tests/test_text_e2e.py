@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from tests.conftest import TEXT_MODEL, start_runner, wait_for_session
+from tests.conftest import TEXT_MODEL, read_events, start_runner, wait_for_session
 
 
 def test_reference_curl_line_answers_a_chat(live_server, runner, live_user):
@@ -58,18 +58,7 @@ def test_events_stream_tokens_then_the_final_interaction(live_server, runner, li
     s = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                       data={"input": "stream please", "mode": "inference", "type": "text",
                             "max_tokens": "200"}).json()
-    events: list[tuple[str, dict]] = []
-    with requests.get(f"{live_server}/api/v1/sessions/{s['id']}/events", headers=live_user.headers,
-                      stream=True, timeout=60) as r:
-        assert r.headers["Content-Type"].startswith("text/event-stream")
-        name = None
-        for line in r.iter_lines(decode_unicode=True):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                events.append((name, json.loads(line[5:])))
-                if name == "end":
-                    break
+    events = list(read_events(live_server, live_user, s["id"]))
     names = [n for n, _ in events]
     assert names[0] == "session" and names[-1] == "end"
     final = [d for n, d in events if n == "interaction" and d["finished"]]
