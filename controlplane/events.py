@@ -27,17 +27,17 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-def stream(redis: Redis, session_id: str, snapshot: dict[str, Any],
-           is_done, max_seconds: float = 3600) -> Iterator[str]:
+def stream(redis: Redis, session_id: str, snapshot, is_done, max_seconds: float = 3600) -> Iterator[str]:
     """Yields the session as it is now, then every event until its last interaction finishes.
 
-    `is_done()` re-reads PostgreSQL, so a stream opened after the finish ends at once and one
-    that missed the final event (a pub/sub gap) still ends within a keep-alive period.
+    The snapshot is read after subscribing, so no update falls between the two (one may appear
+    in both). `is_done()` re-reads PostgreSQL, so a stream opened after the finish ends at once
+    and one that missed the final event still ends within a keep-alive period.
     """
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(session_channel(session_id))
     try:
-        yield sse("session", snapshot)
+        yield sse("session", snapshot())
         if is_done():
             yield sse("end", {"session_id": session_id})
             return

@@ -55,6 +55,17 @@ class ControlPlane:
 
         return _retrying(post, f"upload of {name}")
 
+    def download(self, session_id: str, path: str) -> bytes:
+        """A file of the session (an uploaded input) fetched through the control plane."""
+        url = f"{self.api_url}/api/v1/runner/sessions/{session_id}/files"
+
+        def get() -> bytes:
+            r = self.http.get(url, params={"path": path}, timeout=120)
+            r.raise_for_status()
+            return r.content
+
+        return _retrying(get, f"download of {path}")
+
     def finish(self, session_id: str, interaction_id: str, update: InteractionUpdate,
                deadline_seconds: float = 600) -> None:
         """Delivers the final update, retrying with backoff; raises if it never lands."""

@@ -84,6 +84,14 @@ def test_runner_upload_goes_to_the_owners_files(client, user, runner_headers):
     r = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}/files", headers=runner_headers,
                     data={"file": (io.BytesIO(b"x"), "../../escape.png")}, content_type="multipart/form-data")
     assert r.status_code == 400
+    # Runners read a session's own files through the control plane, and nothing else.
+    got = client.get(f"/api/v1/runner/sessions/{sid}/files?path={path}", headers=runner_headers)
+    assert got.status_code == 200 and got.data == b"PNGDATA"
+    elsewhere = client.get(f"/api/v1/runner/sessions/{sid}/files?path=private/notes.txt", headers=runner_headers)
+    assert elsewhere.status_code == 400
+    sneaky = f"sessions/{sid}/../../private/notes.txt"
+    assert client.get(f"/api/v1/runner/sessions/{sid}/files?path={sneaky}", headers=runner_headers).status_code == 400
+    assert client.get(f"/api/v1/runner/sessions/{sid}/files?path={path}", headers=user.headers).status_code == 401
     # Deleting the session deletes its files.
     client.delete(f"/api/v1/sessions/{sid}", headers=user.headers)
     assert client.get(f"/api/v1/filestore/viewer/{path}", headers=user.headers).status_code == 404

@@ -170,3 +170,32 @@ def test_api_keys_are_stored_as_digests(client, user, db):
 def test_finetune_is_refused_clearly_for_now(client, user):
     r = create(client, user, mode="finetune", type="text")
     assert r.status_code == 400 and "finetune" in r.json["error"]
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("width", "100", "multiple of 8"),
+    ("height", "4096", "between 64 and 2048"),
+    ("num_images", "5", "between 1 and 4"),
+    ("steps", "0", "between 1 and 150"),
+    ("guidance", "-1", "between 0.0 and 30.0"),
+    ("guidance", "inf", "between 0.0 and 30.0"),
+    ("seed", "-1", "between 0 and"),
+    ("seed", "1.5", "whole number"),
+])
+def test_bad_image_parameters_are_400(client, user, field, value, fragment):
+    r = create(client, user, input="a cat", mode="inference", type="image", **{field: value})
+    assert r.status_code == 400
+    assert field in r.json["error"] and fragment in r.json["error"]
+
+
+def test_image_session_queues_validated_parameters(client, user, config):
+    r = create(client, user, input="a cat", mode="inference", type="image", width="128", height="64",
+               num_images="2", steps="5", guidance="3.5", seed="42")
+    assert r.status_code == 201, r.json
+    assert r.json["model_name"] == "helix/tiny-sd"
+    job = Job.fetch(job_id_for(r.json["interactions"][-1]["id"]), connection=Redis.from_url(config.redis_url),
+                    serializer=JSONSerializer)
+    assert job.origin == queue_name("image-inference", "helix/tiny-sd")
+    payload = job.args[0]
+    assert (payload["prompt"], payload["width"], payload["height"], payload["num_images"], payload["steps"],
+            payload["guidance"], payload["seed"]) == ("a cat", 128, 64, 2, 5, 3.5, 42)

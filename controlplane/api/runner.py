@@ -2,12 +2,12 @@
 output files (runners never hold the filestore's credentials)."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from controlplane import db, runner_service, sessions_store
 from controlplane.auth import require_runner
 from controlplane.errors import BadRequest, Conflict, NotFound
-from controlplane.filestore import UserFiles, session_outputs, user_path
+from controlplane.filestore import UserFiles, session_folder, session_outputs, user_path
 from controlplane.views import iso_time
 
 bp = Blueprint("runner", __name__, url_prefix="/api/v1/runner")
@@ -51,3 +51,22 @@ def upload_result(session_id: str, interaction_id: str):
         path = f"{session_outputs(session_id)}/{interaction_id}/{name}"
         files.store.write(files.key(path), upload.stream)
     return jsonify(path=path), 201
+
+
+@bp.get("/sessions/<session_id>/files")
+@require_runner
+def download_input(session_id: str):
+    """A file of the session (its inputs, say), for a runner: only inside that session's folder."""
+    path = user_path(request.args.get("path"), allow_root=False)
+    if not path.startswith(session_folder(session_id) + "/"):
+        raise BadRequest(f"runners may read only files under {session_folder(session_id)}/")
+    with db.transaction() as conn:
+        session = sessions_store.get_session_any_owner(conn, session_id)
+    if session is None:
+        raise NotFound("session not found")
+    files = UserFiles(current_app.extensions["filestore"], session["owner"])
+    info = files.store.stat(files.key(path))
+    if info.directory:
+        raise BadRequest("path is a folder")
+    return Response(files.store.open(files.key(path)), mimetype="application/octet-stream",
+                    headers={"Content-Length": str(info.size)}, direct_passthrough=True)

@@ -82,12 +82,19 @@ def delete_session(session_id: str):
 def session_events(session_id: str):
     owner = g.user["id"]
     with db.transaction() as conn:
-        snapshot = session_view(_session_or_404(conn, session_id))
+        _session_or_404(conn, session_id)
     app = current_app._get_current_object()
 
-    def is_done() -> bool:
+    def read() -> dict | None:
         with app.app_context(), db.transaction() as conn:
-            row = sessions_store.get_session_with_interactions(conn, session_id, owner)
+            return sessions_store.get_session_with_interactions(conn, session_id, owner)
+
+    def snapshot() -> dict:
+        row = read()
+        return session_view(row) if row else {"id": session_id, "interactions": []}
+
+    def is_done() -> bool:
+        row = read()
         return row is None or all(i["finished"] for i in row["interactions"])
 
     body = events.stream(app.extensions["redis"], session_id, snapshot, is_done)
