@@ -47,17 +47,11 @@ class _Payload:
 
 
 @dataclass
-class ChatMessage(_Payload):
-    role: str  # "user" | "assistant" | "system"
-    content: str
-
-
-@dataclass
 class TextInferenceJob(_Payload):
     session_id: str
     interaction_id: str
     model: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, str]]  # [{"role": "user"|"assistant", "content": "..."}]
     lora_dir: str = ""
     max_tokens: int | None = None
     temperature: float | None = None

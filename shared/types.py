@@ -24,9 +24,5 @@ class InteractionState(StrEnum):
     ERROR = "error"
 
 
-class OwnerType(StrEnum):
-    USER = "user"
-
-
 API_KEY_PREFIX = "hl-"
 RUNNER_TOKEN_PREFIX = "hr-"

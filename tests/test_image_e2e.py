@@ -6,7 +6,6 @@ import json
 import subprocess
 import threading
 
-import pytest
 import requests
 from PIL import Image
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from redis import Redis
-from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
