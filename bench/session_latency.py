@@ -5,9 +5,11 @@ the tiny chat model, then for the same prompts and token counts measures:
   baseline  - a streamed chat completion straight to the runner's own vLLM server;
   platform  - POST /api/v1/sessions, then the reply read from the session's events stream;
   pickup    - from the POST's answer to the runner's first update (queue + dequeue + HTTP);
-and prints medians and the platform/baseline ratio, one run, same machine.
+and prints medians and the platform/baseline ratio; then the same with --concurrency requests at
+once (wall time of the whole batch), which shows concurrent sessions batching on one vLLM.
+One run, same machine, both paths warmed up first.
 
-    .venv/bin/python bench/session_latency.py [--requests 20] [--max-tokens 64]
+    .venv/bin/python bench/session_latency.py [--requests 20] [--max-tokens 64] [--concurrency 16]
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -58,6 +61,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=16)
     args = p.parse_args()
     models = Path(os.environ.get("HELIX_MODELS_DIR", REPO / ".helix" / "models"))
     work = Path(tempfile.mkdtemp(prefix="helix-bench-"))
@@ -125,6 +129,30 @@ def main() -> None:
         print(f"pickup   (POST -> runner's first update) median {pk:7.1f} ms")
         print(f"overhead per session              median {pl - b:7.1f} ms")
         print(f"ratio platform/baseline           {pl / b:.2f}")
+
+        def direct(i):
+            with requests.post(f"{vllm_url}/v1/chat/completions", stream=True, timeout=120,
+                               json={**body, "messages": [{"role": "user", "content": f"c{i}"}]}) as r:
+                for _ in r.iter_lines():
+                    pass
+
+        def via_platform(i):
+            t = time.monotonic()
+            r = requests.post(f"{url}/api/v1/sessions", headers=headers,
+                              data={"input": f"c{i}", "mode": "inference", "type": "text",
+                                    "max_tokens": str(args.max_tokens)})
+            stream_events(url, headers, r.json()["id"], t)
+
+        n = args.concurrency
+        with ThreadPoolExecutor(n) as pool:
+            t = time.monotonic()
+            list(pool.map(direct, range(n)))
+            direct_wall = time.monotonic() - t
+            t = time.monotonic()
+            list(pool.map(via_platform, range(n)))
+            platform_wall = time.monotonic() - t
+        print(f"{n} at once: vLLM direct {direct_wall * 1000:.0f} ms, platform {platform_wall * 1000:.0f} ms,"
+              f" ratio {platform_wall / direct_wall:.2f}; one-at-a-time platform would take ~{pl * n:.0f} ms")
     finally:
         for proc in reversed(procs):
             stop(proc, timeout=20)

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator, Protocol
 
 from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.validation import ensure_utf8
 
 
 @dataclass
@@ -28,7 +29,7 @@ class FileInfo:
 
 def user_path(raw: str | None, *, allow_root: bool = True) -> str:
     """Normalises a user-supplied path inside their root, or answers 400 saying why not."""
-    raw = raw or ""
+    raw = ensure_utf8(raw or "", "path")
     if "\x00" in raw:
         raise BadRequest("path must not contain NUL bytes")
     if "\\" in raw:

@@ -49,8 +49,17 @@ def optional_float(form: Mapping[str, str], name: str, low: float, high: float) 
     return value
 
 
+def ensure_utf8(value: str, name: str) -> str:
+    """Lone surrogates (possible in JSON bodies) cannot be stored or written to disk."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"'{name}' is not valid Unicode text") from None
+    return value
+
+
 def text_field(form: Mapping[str, str], name: str, max_chars: int, required: bool = False) -> str:
-    value = form.get(name) or ""
+    value = ensure_utf8(form.get(name) or "", name)
     if "\x00" in value:
         raise BadRequest(f"'{name}' must not contain NUL characters")
     if required and not value.strip():

@@ -53,6 +53,15 @@ def test_multipart_form_is_accepted(client, user):
     assert r.json["interactions"][0]["message"] == "hi there"
 
 
+def test_lone_surrogates_in_json_are_400(client, user):
+    body = '{"input": "\\ud800", "mode": "inference", "type": "text"}'
+    r = client.post("/api/v1/sessions", headers={**user.headers, "Content-Type": "application/json"}, data=body)
+    assert r.status_code == 400 and "not valid Unicode" in r.json["error"]
+    body = '{"input": "hi", "mode": "inference", "type": "text", "name": "\\udfff"}'
+    r = client.post("/api/v1/sessions", headers={**user.headers, "Content-Type": "application/json"}, data=body)
+    assert r.status_code == 400
+
+
 def test_json_body_is_accepted(client, user):
     r = client.post("/api/v1/sessions", headers=user.headers,
                     json={"input": "hi", "mode": "inference", "type": "text"})
