@@ -21,15 +21,25 @@ log = logging.getLogger(__name__)
 
 
 def chat_history(interactions: list[dict[str, Any]], upto_id: str) -> list[dict[str, str]]:
-    """The messages before the system interaction `upto_id`, in the roles a chat model expects."""
+    """The messages before the system interaction `upto_id`, in the roles a chat model expects.
+
+    A turn whose reply failed is left out whole, so user and assistant still alternate (many
+    chat templates refuse anything else) and the model never sees a question without answer.
+    """
     messages: list[dict[str, str]] = []
+    pending_user: dict[str, str] | None = None
     for i in interactions:
-        if i["id"] == upto_id:
-            break
         if i["creator"] == Creator.USER:
-            messages.append({"role": "user", "content": i["message"]})
-        elif i["state"] == InteractionState.COMPLETE and i["message"]:
-            messages.append({"role": "assistant", "content": i["message"]})
+            pending_user = {"role": "user", "content": i["message"]}
+        elif i["id"] == upto_id:
+            break
+        elif pending_user and i["state"] == InteractionState.COMPLETE and i["message"]:
+            messages += [pending_user, {"role": "assistant", "content": i["message"]}]
+            pending_user = None
+        else:
+            pending_user = None
+    if pending_user:
+        messages.append(pending_user)
     return messages
 
 

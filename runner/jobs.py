@@ -17,6 +17,7 @@ import requests
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane, TextStream
 from runner.text_generation import ModelError, stream_chat
+from runner.vllm_server import wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
 from shared.types import InteractionState
 from shared.updates import InteractionUpdate
@@ -66,20 +67,28 @@ def _start(ctx: WorkerContext, session_id: str, interaction_id: str, status: str
 def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
     ctx = _ctx()
     job = TextInferenceJob.from_dict(payload)
-    _start(ctx, job.session_id, job.interaction_id, "generating")
-    stream = TextStream(ctx.client, job.session_id, job.interaction_id, ctx.config.delta_interval)
     started = time.monotonic()
-    try:
-        for delta in stream_chat(ctx.vllm_url, job.model, job.messages,
-                                 max_tokens=job.max_tokens or ctx.config.max_tokens,
-                                 temperature=job.temperature, extra=ctx.config.sampling_extra,
-                                 session=ctx.http):
-            stream.add(delta)
-    except ModelError as err:
-        ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
-            runner="", state=InteractionState.ERROR.value, message=stream.text, error=str(err),
-            status="error"))
-        return {"error": str(err)}
+    for attempt in (1, 2):
+        _start(ctx, job.session_id, job.interaction_id, "generating")
+        stream = TextStream(ctx.client, job.session_id, job.interaction_id, ctx.config.delta_interval)
+        try:
+            for delta in stream_chat(ctx.vllm_url, job.model, job.messages,
+                                     max_tokens=job.max_tokens or ctx.config.max_tokens,
+                                     temperature=job.temperature, extra=ctx.config.sampling_extra,
+                                     session=ctx.http):
+                stream.add(delta)
+            break
+        except ModelError as err:
+            ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
+                runner="", state=InteractionState.ERROR.value, message=stream.text, error=str(err),
+                status="error"))
+            return {"error": str(err)}
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+            if attempt == 2:
+                raise  # RQ retries the job; the reconciler ends it if that fails too
+            # The supervisor restarts a vLLM that died: wait for it, then start over.
+            log.warning("vLLM unreachable during %s; waiting for it", job.interaction_id)
+            wait_healthy(ctx.vllm_url, timeout=300)
     elapsed = time.monotonic() - started
     ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
         runner="", state=InteractionState.COMPLETE.value, message=stream.text, progress=100,

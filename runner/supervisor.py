@@ -82,7 +82,7 @@ class Supervisor:
             if self.vllm is not None and not self.vllm.alive():
                 log.error("vLLM exited (%s); restarting it", self.vllm.proc.returncode)
                 self.vllm.start()
-                self.vllm.wait_ready()
+                log.info("vLLM healthy again after %.1fs", self.vllm.wait_ready())
             for (kind, index), proc in list(self.workers.items()):
                 if proc.poll() is not None and not self.stopping.is_set():
                     log.error("worker %s.%d exited with %s; restarting", kind.value, index, proc.returncode)

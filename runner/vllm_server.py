@@ -20,6 +20,21 @@ from shared.processes import die_with_parent, free_port, stop
 log = logging.getLogger(__name__)
 
 
+def wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None = None) -> float:
+    """Blocks until the server's /health answers; returns the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"vLLM exited with code {proc.returncode} while starting")
+        try:
+            if requests.get(base_url + "/health", timeout=2).ok:
+                return time.monotonic() - started
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"vLLM at {base_url} did not become healthy in {timeout}s")
+
+
 class VllmServer:
     def __init__(self, model_path: str, served_name: str, *, port: int = 0, max_model_len: int = 2048,
                  kv_cache_gib: int = 1, extra_args: str = "", log_dir: Path | None = None):
@@ -66,18 +81,7 @@ class VllmServer:
         return self
 
     def wait_ready(self, timeout: float = 300) -> float:
-        """Blocks until /health answers; returns the seconds it took."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with code {self.proc.returncode} while starting")
-            try:
-                if requests.get(self.base_url + "/health", timeout=2).ok:
-                    return time.monotonic() - started
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"vLLM did not become healthy in {timeout}s")
+        return wait_healthy(self.base_url, timeout, self.proc)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

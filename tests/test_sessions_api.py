@@ -132,7 +132,7 @@ def test_list_sessions_pages_newest_first(client, make_user):
     u = make_user()
     ids = [create(client, u, input=f"n{i}", mode="inference", type="text").json["id"] for i in range(5)]
     page = client.get("/api/v1/sessions?offset=1&limit=2", headers=u.headers).json
-    assert page["total_count"] == 5
+    assert page["total_count"] == 5 and page["counter"] == {"count": 5}
     assert [s["id"] for s in page["sessions"]] == ids[::-1][1:3]
     assert client.get("/api/v1/sessions?limit=0", headers=u.headers).status_code == 400
     assert client.get("/api/v1/sessions?offset=-1", headers=u.headers).status_code == 400
@@ -208,3 +208,21 @@ def test_image_session_queues_validated_parameters(client, user, config):
     payload = job.args[0]
     assert (payload["prompt"], payload["width"], payload["height"], payload["num_images"], payload["steps"],
             payload["guidance"], payload["seed"]) == ("a cat", 128, 64, 2, 5, 3.5, 42)
+
+
+def test_chat_history_leaves_out_failed_turns():
+    from controlplane.dispatch import chat_history
+
+    def turn(n, creator, state="complete", message=""):
+        return {"id": str(n), "creator": creator, "state": state, "message": message}
+
+    interactions = [
+        turn(1, "user", message="q1"), turn(2, "system", message="a1"),
+        turn(3, "user", message="q2"), turn(4, "system", state="error"),
+        turn(5, "user", message="q3"), turn(6, "system", state="waiting"),
+    ]
+    assert chat_history(interactions, "6") == [
+        {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q3"},
+    ]
+    assert chat_history(interactions, "2") == [{"role": "user", "content": "q1"}]

@@ -138,3 +138,32 @@ def test_runner_killed_mid_job_does_not_lose_the_session(live_server, services, 
     finally:
         for proc in runners.values():
             proc.stop()
+
+
+def test_vllm_dying_mid_reply_is_restarted_and_the_reply_completes(live_server, services, runner_token,
+                                                                   models_dir, live_user, tmp_path):
+    import psutil
+
+    model = "helix/tiny-chat-restart"
+    proc = start_runner(live_server, services, runner_token, models_dir, tmp_path, runner_id="runner-r",
+                        text_model=model,
+                        extra_env={"HELIX_SAMPLING_EXTRA": json.dumps({"ignore_eos": True}),
+                                   "HELIX_TEXT_WORKERS": "1", "HELIX_MAX_TOKENS": "1500",
+                                   "HELIX_DELTA_INTERVAL": "0.05"})
+    try:
+        proc.wait_for_log("ready:", timeout=300)
+        s = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
+                          data={"input": "keep going", "mode": "inference", "type": "text",
+                                "model_name": model}).json()
+        wait_for_session(live_server, live_user, s["id"], timeout=60,
+                         until=lambda x: x["interactions"][-1]["message"] != "")
+        vllm = [p for p in psutil.Process(proc.proc.pid).children()
+                if "vllm.entrypoints" in " ".join(p.cmdline())]
+        assert len(vllm) == 1
+        vllm[0].kill()
+        done = wait_for_session(live_server, live_user, s["id"], timeout=240)
+        reply = done["interactions"][-1]
+        assert reply["state"] == "complete" and reply["runner"] == "runner-r", reply
+        assert "restarting it" in proc.log()
+    finally:
+        proc.stop()

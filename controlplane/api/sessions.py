@@ -50,8 +50,9 @@ def list_sessions():
     limit = optional_int(request.args, "limit", 1, 1000) or 50
     with db.transaction() as conn:
         rows, total = sessions_store.list_sessions(conn, g.user["id"], offset, limit)
+    # `counter` is Helix's spelling of the total; `total_count` the plainer one.
     return jsonify(sessions=[session_view(r, []) for r in rows], offset=offset, limit=limit,
-                   total_count=total)
+                   total_count=total, counter={"count": total})
 
 
 @bp.get("/<session_id>")
