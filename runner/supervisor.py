@@ -81,6 +81,7 @@ class Supervisor:
         while not self.stopping.wait(1.0):
             if self.vllm is not None and not self.vllm.alive():
                 log.error("vLLM exited (%s); restarting it", self.vllm.proc.returncode)
+                self.vllm.stop()  # what is left of its process group
                 self.vllm.start()
                 log.info("vLLM healthy again after %.1fs", self.vllm.wait_ready())
             for (kind, index), proc in list(self.workers.items()):

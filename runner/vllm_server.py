@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -76,8 +77,10 @@ class VllmServer:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / "vllm.log", "ab")
         log.info("starting vLLM for %s on port %d", self.served_name, self.port)
+        # Its own process group: vLLM's engine processes are its children, and a server that died
+        # hard (OOM, SIGKILL) would leave them holding the memory; stop() ends the whole group.
         self.proc = subprocess.Popen(self.command(), env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                     preexec_fn=die_with_parent())
+                                     preexec_fn=die_with_parent(), start_new_session=True)
         return self
 
     def wait_ready(self, timeout: float = 300) -> float:
@@ -87,4 +90,13 @@ class VllmServer:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
+        """Ends the server and every process of its group (its engine workers too)."""
+        if self.proc is None:
+            return
         stop(self.proc, timeout=20)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            time.sleep(1)

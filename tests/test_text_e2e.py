@@ -160,10 +160,14 @@ def test_vllm_dying_mid_reply_is_restarted_and_the_reply_completes(live_server, 
         vllm = [p for p in psutil.Process(proc.proc.pid).children()
                 if "vllm.entrypoints" in " ".join(p.cmdline())]
         assert len(vllm) == 1
+        engine = vllm[0].children(recursive=True)
+        assert engine, "vLLM runs its engine in child processes"
         vllm[0].kill()
         done = wait_for_session(live_server, live_user, s["id"], timeout=240)
         reply = done["interactions"][-1]
         assert reply["state"] == "complete" and reply["runner"] == "runner-r", reply
         assert "restarting it" in proc.log()
+        # The dead server's engine processes were ended, not left holding memory.
+        assert not [p for p in engine if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     finally:
         proc.stop()
