@@ -15,12 +15,15 @@ import threading
 import time
 
 import requests
+from redis import Redis
 
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane
 from runner.vllm_server import VllmServer
+from runner.worker import worker_name
 from shared.jobs import WorkKind
 from shared.processes import die_with_parent, stop
+from shared.runners import worker_alive_key
 
 log = logging.getLogger("runner")
 
@@ -73,8 +76,22 @@ class Supervisor:
             log.info("vLLM healthy after %.1fs", self.vllm.wait_ready())
             for i in range(self.config.text_workers):
                 self._spawn(WorkKind.TEXT_INFERENCE, i)
+        self._wait_for_workers()
         log.info("runner %s ready: text=%r image=%r", self.config.runner_id,
                  self.config.text_model, self.config.image_model)
+
+    def _wait_for_workers(self, timeout: float = 300) -> None:
+        """Ready means listening: each worker's heartbeat key appears just before it dequeues."""
+        redis = Redis.from_url(self.config.redis_url)
+        keys = [worker_alive_key(worker_name(self.config.runner_id, kind, i)) for kind, i in self.workers]
+        deadline = time.monotonic() + timeout
+        while keys and redis.exists(*keys) < len(keys):
+            dead = [k for k, p in self.workers.items() if p.poll() is not None]
+            if dead:
+                raise SystemExit(f"worker {dead[0][0].value}.{dead[0][1]} exited while starting")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"runner workers not listening after {timeout}s")
+            time.sleep(0.2)
 
     def watch(self) -> None:
         """Restart what dies until asked to stop."""

@@ -20,6 +20,8 @@ from collections import Counter
 from pathlib import Path
 
 MARKER = ".tiny-model-complete"
+# Written into the marker: a model built by an older recipe is rebuilt.
+RECIPE_VERSION = "3"
 SEED = 0
 
 # Small English text to train the tokenizers on. The models' weights are random, so the text only
@@ -83,19 +85,27 @@ CHAT_TEMPLATE = (
 
 
 def build_chat_tokenizer():
-    """Train a byte-level BPE (any text round-trips, as vLLM's detokenizer needs) and wrap it
-    as a PreTrainedTokenizerFast with Llama-style special tokens and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """Train a SentencePiece-style BPE over whole characters (Metaspace, as Llama's tokenizer)
+    and wrap it as a PreTrainedTokenizerFast with Llama-style special tokens and a chat template.
+
+    Not byte-level: every token decodes to whole printable characters, so a stream of random
+    tokens is readable text, never control characters or half a UTF-8 sequence (which vLLM's
+    detokenizer holds back, stalling streamed replies). Characters outside the corpus map to <unk>.
+    """
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     special = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(
         vocab_size=1024,
         special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation + "\n"),
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
@@ -299,7 +309,8 @@ def build(out: str | Path, names: list[str] | None = None) -> dict[str, Path]:
     for name in names or list(BUILDERS):
         path = out / name
         paths[name] = path
-        if (path / MARKER).exists():
+        marker = path / MARKER
+        if marker.exists() and marker.read_text().strip() == RECIPE_VERSION:
             print(f"{name}: already built at {path}, skipped", flush=True)
             continue
         started = time.monotonic()
@@ -314,7 +325,7 @@ def build(out: str | Path, names: list[str] | None = None) -> dict[str, Path]:
             (staging / "model").rename(path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        (path / MARKER).write_text("ok\n")
+        (path / MARKER).write_text(RECIPE_VERSION + "\n")
         print(f"{name}: built at {path} in {time.monotonic() - started:.1f}s", flush=True)
     return paths
 

@@ -48,6 +48,10 @@ def _heartbeat(redis: Redis, key: str, stop: threading.Event) -> None:
         stop.wait(HEARTBEAT_INTERVAL_SECONDS)
 
 
+def worker_name(runner_id: str, kind: WorkKind, index: int) -> str:
+    return f"{runner_id}.{kind.value}.{index}"
+
+
 def run_worker(kind: WorkKind, index: int, config: RunnerConfig, vllm_url: str = "") -> None:
     model = config.text_model if kind == WorkKind.TEXT_INFERENCE else config.image_model
     client = ControlPlane(config.api_url, config.token, config.runner_id)
@@ -56,7 +60,7 @@ def run_worker(kind: WorkKind, index: int, config: RunnerConfig, vllm_url: str =
     redis = Redis.from_url(config.redis_url, health_check_interval=30)
     queue = Queue(queue_name(kind, model), connection=redis, serializer=JSONSerializer)
     worker = SimpleWorker([queue], connection=redis, serializer=JSONSerializer,
-                          job_class=AllowlistedJob, name=f"{config.runner_id}.{kind.value}.{index}")
+                          job_class=AllowlistedJob, name=worker_name(config.runner_id, kind, index))
     stop = threading.Event()
     threading.Thread(target=_heartbeat, args=(redis, worker_alive_key(worker.name), stop),
                      daemon=True, name="heartbeat").start()

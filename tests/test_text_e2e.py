@@ -108,14 +108,34 @@ def test_unknown_job_function_is_refused_by_the_runner(live_server, runner, serv
     assert not marker.exists()
 
 
+# Runners whose replies run to 3,500 tokens (a few seconds on the tiny model): long enough to
+# kill something in the middle of one.
+LONG_REPLIES = {"HELIX_SAMPLING_EXTRA": json.dumps({"ignore_eos": True}), "HELIX_TEXT_WORKERS": "1",
+                "HELIX_MAX_TOKENS": "3500", "HELIX_MAX_MODEL_LEN": "4096", "HELIX_DELTA_INTERVAL": "0.05"}
+
+
+def generating_runner(base_url, user, session_id) -> str:
+    """Waits until a runner has started generating the reply; returns that runner's id.
+
+    (Not the first delta: on 2 cores vLLM's CPU engine starves its own API server and streams
+    in bursts seconds apart, so the first tokens may only come with the last.)
+    """
+    for name, data in read_events(base_url, user, session_id):
+        if name == "session":
+            data = data["interactions"][-1]
+        if name in ("session", "interaction") and data["runner"]:
+            assert not data["finished"], "reply finished before the test could interrupt it"
+            time.sleep(0.3)  # into the generation
+            return data["runner"]
+    raise AssertionError("the reply ended before a runner took it")
+
+
 def test_runner_killed_mid_job_does_not_lose_the_session(live_server, services, runner_token, models_dir,
                                                           live_user, tmp_path):
     """Two runners serve one model; the one that takes the job is SIGKILLed while it streams."""
     model = "helix/tiny-chat-failover"
-    slow = {"HELIX_SAMPLING_EXTRA": json.dumps({"ignore_eos": True}), "HELIX_TEXT_WORKERS": "1",
-            "HELIX_MAX_TOKENS": "1500", "HELIX_DELTA_INTERVAL": "0.05"}
     runners = {rid: start_runner(live_server, services, runner_token, models_dir, tmp_path,
-                                 runner_id=rid, text_model=model, extra_env=slow)
+                                 runner_id=rid, text_model=model, extra_env=LONG_REPLIES)
                for rid in ("runner-a", "runner-b")}
     try:
         for proc in runners.values():
@@ -123,10 +143,7 @@ def test_runner_killed_mid_job_does_not_lose_the_session(live_server, services, 
         s = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                           data={"input": "long one", "mode": "inference", "type": "text",
                                 "model_name": model}).json()
-        streaming = wait_for_session(live_server, live_user, s["id"], timeout=60,
-                                     until=lambda x: x["interactions"][-1]["message"] != "")
-        victim = streaming["interactions"][-1]["runner"]
-        assert not streaming["interactions"][-1]["finished"], "reply finished before the kill"
+        victim = generating_runner(live_server, live_user, s["id"])
         runners[victim].proc.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         done = wait_for_session(live_server, live_user, s["id"], timeout=60)
@@ -146,17 +163,13 @@ def test_vllm_dying_mid_reply_is_restarted_and_the_reply_completes(live_server, 
 
     model = "helix/tiny-chat-restart"
     proc = start_runner(live_server, services, runner_token, models_dir, tmp_path, runner_id="runner-r",
-                        text_model=model,
-                        extra_env={"HELIX_SAMPLING_EXTRA": json.dumps({"ignore_eos": True}),
-                                   "HELIX_TEXT_WORKERS": "1", "HELIX_MAX_TOKENS": "1500",
-                                   "HELIX_DELTA_INTERVAL": "0.05"})
+                        text_model=model, extra_env=LONG_REPLIES)
     try:
         proc.wait_for_log("ready:", timeout=300)
         s = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                           data={"input": "keep going", "mode": "inference", "type": "text",
                                 "model_name": model}).json()
-        wait_for_session(live_server, live_user, s["id"], timeout=60,
-                         until=lambda x: x["interactions"][-1]["message"] != "")
+        assert generating_runner(live_server, live_user, s["id"]) == "runner-r"
         vllm = [p for p in psutil.Process(proc.proc.pid).children()
                 if "vllm.entrypoints" in " ".join(p.cmdline())]
         assert len(vllm) == 1
