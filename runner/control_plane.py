@@ -125,7 +125,7 @@ class TextStream:
         if not self._pending:
             return
         sent = self.client.update(self.session_id, self.interaction_id,
-                                  InteractionUpdate(runner="", delta=self._pending,
+                                  InteractionUpdate(delta=self._pending,
                                                     state=InteractionState.WAITING.value))
         if sent:
             self._pending = ""

@@ -61,7 +61,7 @@ def _ctx() -> WorkerContext:
 def _start(ctx: WorkerContext, session_id: str, interaction_id: str, status: str) -> None:
     """The first update of an attempt clears what an earlier, interrupted attempt streamed."""
     ctx.client.update(session_id, interaction_id, InteractionUpdate(
-        runner="", message="", progress=0, status=status, state=InteractionState.WAITING.value))
+        message="", progress=0, status=status, state=InteractionState.WAITING.value))
 
 
 def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
             break
         except ModelError as err:
             ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
-                runner="", state=InteractionState.ERROR.value, message=stream.text, error=str(err),
+                state=InteractionState.ERROR.value, message=stream.text, error=str(err),
                 status="error"))
             return {"error": str(err)}
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
@@ -91,7 +91,7 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
             wait_healthy(ctx.vllm_url, timeout=300)
     elapsed = time.monotonic() - started
     ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
-        runner="", state=InteractionState.COMPLETE.value, message=stream.text, progress=100,
+        state=InteractionState.COMPLETE.value, message=stream.text, progress=100,
         status="complete", metadata={"generation_seconds": round(elapsed, 3)}))
     return {"chars": len(stream.text), "seconds": elapsed}
 
@@ -110,7 +110,7 @@ def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
             return
         last_sent[0] = time.monotonic()
         ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
-            runner="", progress=min(99, int(step * 100 / total)), status=f"step {step}/{total}"))
+            progress=min(99, int(step * 100 / total)), status=f"step {step}/{total}"))
 
     started = time.monotonic()
     try:
@@ -119,7 +119,7 @@ def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
             steps=job.steps, guidance=job.guidance, seed=job.seed, on_step=on_step)
     except ValueError as err:  # parameters this pipeline cannot take (e.g. size not a multiple)
         ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
-            runner="", state=InteractionState.ERROR.value, error=str(err), status="error"))
+            state=InteractionState.ERROR.value, error=str(err), status="error"))
         return {"error": str(err)}
     files = []
     for n, image in enumerate(images):
@@ -128,7 +128,7 @@ def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
         files.append(ctx.client.upload_result(job.session_id, job.interaction_id,
                                               f"image-{n}.png", png.getvalue()))
     ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
-        runner="", state=InteractionState.COMPLETE.value, message="", files=files, progress=100,
+        state=InteractionState.COMPLETE.value, message="", files=files, progress=100,
         status="complete", metadata={"generation_seconds": round(time.monotonic() - started, 3),
                                      "pipeline_loads": ImagePipeline.load_count,
                                      "seed": job.seed}))

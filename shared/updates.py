@@ -16,7 +16,7 @@ class InteractionUpdate:
     job that ran twice cannot overwrite the result that landed first.
     """
 
-    runner: str
+    runner: str = ""  # filled in by the runner's client
     state: str = InteractionState.WAITING.value
     delta: str = ""
     message: str | None = None
