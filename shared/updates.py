@@ -25,7 +25,6 @@ class InteractionUpdate:
     files: list[str] | None = None
     error: str = ""
     final: bool = False
-    attempt: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
