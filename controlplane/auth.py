@@ -1,8 +1,16 @@
-"""Request authentication: users by API key, runners by runner token, never one for the other."""
+"""Request authentication: users by API key, runners by runner token, never one for the other.
+
+Valid secrets are remembered for a few seconds per process, so a status poll or a streamed
+delta costs no key lookup: one indexed query for a poll. A key deleted here stops working at
+once; on other replicas within SECRET_CACHE_SECONDS.
+"""
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Callable
+
+from cachetools import TTLCache
 
 from flask import g, request
 
@@ -22,6 +30,30 @@ def _bearer() -> str:
     raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
 
 
+SECRET_CACHE_SECONDS = 5
+_valid_secrets: TTLCache = TTLCache(maxsize=10_000, ttl=SECRET_CACHE_SECONDS)
+_cache_lock = threading.Lock()
+
+
+def forget_secrets() -> None:
+    """Called when a key is deleted: this replica must refuse it from now on."""
+    with _cache_lock:
+        _valid_secrets.clear()
+
+
+def _lookup_cached(lookup: Callable, secret: str):
+    cache_key = (lookup.__name__, accounts.digest(secret))
+    with _cache_lock:
+        found = _valid_secrets.get(cache_key)
+    if found is None:
+        with db.transaction() as conn:
+            found = lookup(conn, secret)
+        if found is not None:
+            with _cache_lock:
+                _valid_secrets[cache_key] = found
+    return found
+
+
 def _require(prefix: str, what: str, lookup: Callable, attribute: str) -> Callable:
     """A decorator admitting only secrets of one kind: user keys never pass as runner tokens."""
 
@@ -31,8 +63,7 @@ def _require(prefix: str, what: str, lookup: Callable, attribute: str) -> Callab
             secret = _bearer()
             if not secret.startswith(prefix):
                 raise Unauthorized(f"this route takes a {what} (it starts {prefix!r})")
-            with db.transaction() as conn:
-                found = lookup(conn, secret)
+            found = _lookup_cached(lookup, secret)
             if found is None:
                 raise Unauthorized(f"{what} is not valid")
             setattr(g, attribute, found)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, g, jsonify, request
 
 from controlplane import accounts, db
-from controlplane.auth import require_user
+from controlplane.auth import forget_secrets, require_user
 from controlplane.errors import BadRequest, NotFound
 from controlplane.validation import text_field
 from controlplane.views import api_key_view
@@ -40,4 +40,5 @@ def delete_key():
     with db.transaction() as conn:
         if not accounts.delete_api_key(conn, g.user["id"], target):
             raise NotFound("API key not found")
+    forget_secrets()
     return jsonify(deleted=True)
