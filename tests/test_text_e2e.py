@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -108,51 +109,71 @@ def test_unknown_job_function_is_refused_by_the_runner(live_server, runner, serv
     assert not marker.exists()
 
 
-# Runners whose replies run to 3,500 tokens (a few seconds on the tiny model): long enough to
-# kill something in the middle of one.
-LONG_REPLIES = {"HELIX_SAMPLING_EXTRA": json.dumps({"ignore_eos": True}), "HELIX_TEXT_WORKERS": "1",
-                "HELIX_MAX_TOKENS": "3500", "HELIX_MAX_MODEL_LEN": "4096", "HELIX_DELTA_INTERVAL": "0.05"}
+def vllm_server(runner) -> "psutil.Process":
+    """The runner's vLLM server process (the leader of its own process group)."""
+    import psutil
+
+    found = [p for p in psutil.Process(runner.proc.pid).children()
+             if "vllm.entrypoints" in " ".join(p.cmdline())]
+    assert len(found) == 1, found
+    return found[0]
 
 
-def generating_runner(base_url, user, session_id) -> str:
-    """Waits until a runner has started generating the reply; returns that runner's id.
+def freeze(server) -> None:
+    """Stops vLLM and its engine where they are: a request sent to it now stays in flight,
+    so a test can kill something mid-reply without racing the generation."""
+    os.killpg(server.pid, signal.SIGSTOP)
 
-    (Not the first delta: on 2 cores vLLM's CPU engine starves its own API server and streams
-    in bursts seconds apart, so the first tokens may only come with the last.)
-    """
+
+def thaw(server) -> None:
+    try:
+        os.killpg(server.pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+def runner_that_took(base_url, user, session_id) -> str:
+    """Waits until a runner has started on the reply (its first update); returns that runner's id."""
     for name, data in read_events(base_url, user, session_id):
         if name == "session":
             data = data["interactions"][-1]
         if name in ("session", "interaction") and data["runner"]:
-            assert not data["finished"], "reply finished before the test could interrupt it"
-            time.sleep(0.3)  # into the generation
+            assert not data["finished"], data
             return data["runner"]
     raise AssertionError("the reply ended before a runner took it")
 
 
 def test_runner_killed_mid_job_does_not_lose_the_session(live_server, services, runner_token, models_dir,
                                                           live_user, tmp_path):
-    """Two runners serve one model; the one that takes the job is SIGKILLed while it streams."""
+    """Two runners serve one model; the one that takes the job is SIGKILLed while it is generating."""
     model = "helix/tiny-chat-failover"
     runners = {rid: start_runner(live_server, services, runner_token, models_dir, tmp_path,
-                                 runner_id=rid, text_model=model, extra_env=LONG_REPLIES)
+                                 runner_id=rid, text_model=model, extra_env={"HELIX_TEXT_WORKERS": "1"})
                for rid in ("runner-a", "runner-b")}
+    servers = {}
     try:
-        for proc in runners.values():
+        for rid, proc in runners.items():
             proc.wait_for_log("ready:", timeout=300)
+            servers[rid] = vllm_server(proc)
+            freeze(servers[rid])
         s = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                           data={"input": "long one", "mode": "inference", "type": "text",
                                 "model_name": model}).json()
-        victim = generating_runner(live_server, live_user, s["id"])
+        victim = runner_that_took(live_server, live_user, s["id"])
+        time.sleep(0.5)  # its request is now waiting on the frozen server
         runners[victim].proc.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
+        for server in servers.values():
+            thaw(server)
         done = wait_for_session(live_server, live_user, s["id"], timeout=60)
         reply = done["interactions"][-1]
-        assert reply["state"] == "complete", reply
+        assert reply["state"] == "complete" and reply["message"], reply
         assert reply["runner"] != victim
         assert reply["metadata"].get("attempts") == 2
         assert time.monotonic() - killed_at < 60
     finally:
+        for server in servers.values():
+            thaw(server)
         for proc in runners.values():
             proc.stop()
 
@@ -163,24 +184,30 @@ def test_vllm_dying_mid_reply_is_restarted_and_the_reply_completes(live_server, 
 
     model = "helix/tiny-chat-restart"
     proc = start_runner(live_server, services, runner_token, models_dir, tmp_path, runner_id="runner-r",
-                        text_model=model, extra_env=LONG_REPLIES)
+                        text_model=model, extra_env={"HELIX_TEXT_WORKERS": "1"})
+    server = None
     try:
         proc.wait_for_log("ready:", timeout=300)
+        server = vllm_server(proc)
+        engine = server.children(recursive=True)
+        assert engine, "vLLM runs its engine in child processes"
+        freeze(server)
         s = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                           data={"input": "keep going", "mode": "inference", "type": "text",
                                 "model_name": model}).json()
-        assert generating_runner(live_server, live_user, s["id"]) == "runner-r"
-        vllm = [p for p in psutil.Process(proc.proc.pid).children()
-                if "vllm.entrypoints" in " ".join(p.cmdline())]
-        assert len(vllm) == 1
-        engine = vllm[0].children(recursive=True)
-        assert engine, "vLLM runs its engine in child processes"
-        vllm[0].kill()
+        assert runner_that_took(live_server, live_user, s["id"]) == "runner-r"
+        time.sleep(0.5)  # the worker's request is now waiting on the frozen server
+        server.kill()
+        thaw(server)
         done = wait_for_session(live_server, live_user, s["id"], timeout=240)
         reply = done["interactions"][-1]
-        assert reply["state"] == "complete" and reply["runner"] == "runner-r", reply
+        assert reply["state"] == "complete" and reply["runner"] == "runner-r" and reply["message"], reply
+        # The worker lost vLLM in the middle of the request and waited for the restarted server.
+        assert f"vLLM unreachable during {reply['id']}" in proc.log()
         assert "restarting it" in proc.log()
         # The dead server's engine processes were ended, not left holding memory.
         assert not [p for p in engine if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     finally:
+        if server is not None:
+            thaw(server)
         proc.stop()
