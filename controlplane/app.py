@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from redis import Redis
 
 from controlplane import db, errors
@@ -12,6 +12,7 @@ from controlplane.dispatch import Dispatcher
 from controlplane.filestore import from_config
 from controlplane.migrate import apply_migrations
 from controlplane.session_service import SessionService
+from controlplane.validation import refuse_nul_in_url
 
 
 def create_app(config: Config | None = None, *, start_reconciler: bool = True) -> Flask:
@@ -38,6 +39,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
 
     for bp in (sessions.bp, api_keys.bp, runner.bp, filestore_routes.bp):
         app.register_blueprint(bp)
+    app.before_request(lambda: refuse_nul_in_url(request.path, request.args))
 
     @app.get("/healthz")
     def healthz():

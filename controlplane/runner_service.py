@@ -16,8 +16,26 @@ from shared.updates import EVENT_DELTA, EVENT_INTERACTION
 _FINAL_STATES = {InteractionState.COMPLETE.value, InteractionState.ERROR.value}
 
 
-def register_runner(conn: psycopg.Connection, token_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    runner_id = str(body.get("runner_id") or "").strip()
+def _storable(value: Any) -> Any:
+    """PostgreSQL text and jsonb hold neither NUL nor lone surrogates, and models do emit NUL:
+    store U+FFFD and '?' instead."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    return value
+
+
+def register_runner(conn: psycopg.Connection, token_id: str, body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("registration must be a JSON object with runner_id and models")
+    body = _storable(body)
+    if not isinstance(body.get("info") or {}, dict):
+        raise BadRequest("info must be an object")
+    runner_id = body.get("runner_id")
+    runner_id = runner_id.strip() if isinstance(runner_id, str) else ""
     models = body.get("models") or {}
     if not runner_id or len(runner_id) > 200:
         raise BadRequest("runner_id is required (at most 200 characters)")
@@ -33,26 +51,15 @@ def register_runner(conn: psycopg.Connection, token_id: str, body: dict[str, Any
     ).fetchone()
 
 
-def _without_nul(value: Any) -> Any:
-    """PostgreSQL text and jsonb cannot hold NUL, and models do emit it: store U+FFFD instead."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, list):
-        return [_without_nul(v) for v in value]
-    if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
-    return value
-
-
 def _parse_update(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("update must be a JSON object")
-    body = _without_nul(body)
+    body = _storable(body)
     state = body.get("state") or InteractionState.WAITING.value
     if state not in {s.value for s in InteractionState}:
         raise BadRequest(f"unknown state {state!r}")
     progress = body.get("progress")
-    if progress is not None and (not isinstance(progress, int) or not 0 <= progress <= 100):
+    if progress is not None and (type(progress) is not int or not 0 <= progress <= 100):
         raise BadRequest("progress must be a whole number from 0 to 100")
     files = body.get("files")
     if files is not None and (not isinstance(files, list) or not all(isinstance(f, str) for f in files)):

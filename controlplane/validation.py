@@ -4,6 +4,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Mapping, TypeVar
 
+from werkzeug.datastructures import MultiDict
+
 from controlplane.errors import BadRequest
 
 E = TypeVar("E", bound=StrEnum)
@@ -59,7 +61,10 @@ def ensure_utf8(value: str, name: str) -> str:
 
 
 def text_field(form: Mapping[str, str], name: str, max_chars: int, required: bool = False) -> str:
-    value = ensure_utf8(form.get(name) or "", name)
+    value = form.get(name) or ""
+    if not isinstance(value, str):
+        raise BadRequest(f"'{name}' must be a string")
+    ensure_utf8(value, name)
     if "\x00" in value:
         raise BadRequest(f"'{name}' must not contain NUL characters")
     if required and not value.strip():
@@ -67,3 +72,9 @@ def text_field(form: Mapping[str, str], name: str, max_chars: int, required: boo
     if len(value) > max_chars:
         raise BadRequest(f"'{name}' is {len(value)} characters; the limit is {max_chars}")
     return value
+
+
+def refuse_nul_in_url(path: str, args: MultiDict) -> None:
+    """NUL cannot be stored or looked up in PostgreSQL text: refuse it before any route runs."""
+    if "\x00" in path or any("\x00" in k or "\x00" in v for k, v in args.items(multi=True)):
+        raise BadRequest("the URL path and query must not contain NUL bytes (%00)")

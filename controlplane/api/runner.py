@@ -17,7 +17,7 @@ bp = Blueprint("runner", __name__, url_prefix="/api/v1/runner")
 @require_runner
 def register():
     with db.transaction() as conn:
-        row = runner_service.register_runner(conn, g.runner_token["id"], request.get_json(silent=True) or {})
+        row = runner_service.register_runner(conn, g.runner_token["id"], request.get_json(silent=True))
     return jsonify(id=row["id"], models=row["models"], first_seen=iso_time(row["first_seen"]))
 
 

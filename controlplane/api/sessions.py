@@ -22,7 +22,15 @@ def _form() -> dict[str, str]:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise BadRequest("JSON body must be an object")
-        return {k: v if isinstance(v, str) else str(v) for k, v in body.items() if v is not None}
+        form = {}
+        for key, value in body.items():
+            if isinstance(value, (dict, list)):
+                raise BadRequest(f"'{key}' must be a string or a number, not {type(value).__name__}")
+            if isinstance(value, bool):
+                value = str(value).lower()
+            if value is not None:
+                form[key] = value if isinstance(value, str) else str(value)
+        return form
     return request.form.to_dict()
 
 

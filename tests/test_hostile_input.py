@@ -1,0 +1,121 @@
+"""Every route answers malformed and hostile input with a 4xx JSON error, never a 500, and
+nothing half-written is left behind."""
+from __future__ import annotations
+
+import io
+
+import pytest
+
+SESSION = "/api/v1/sessions"
+WEIRD_IDS = ["%00", "a%00b", "x" * 5000, "'; DROP TABLE sessions; --", "%ED%A0%80", "..%2F..", "💥"]
+
+
+def new_turn(client, user):
+    s = client.post(SESSION, headers=user.headers, data={"input": "hi", "mode": "inference", "type": "text"}).json
+    return s["id"], s["interactions"][-1]["id"]
+
+
+def assert_clear_4xx(r):
+    assert 400 <= r.status_code < 500, (r.status_code, r.data[:300])
+    assert isinstance(r.json, dict) and isinstance(r.json.get("error"), str) and r.json["error"]
+
+
+@pytest.mark.parametrize("weird", WEIRD_IDS)
+def test_weird_session_ids(client, user, weird):
+    for method in ("get", "put", "delete"):
+        r = getattr(client, method)(f"{SESSION}/{weird}", headers=user.headers, data={"input": "x"})
+        assert_clear_4xx(r)
+    assert_clear_4xx(client.get(f"{SESSION}/{weird}/events", headers=user.headers))
+
+
+@pytest.mark.parametrize("query", ["offset=%00", "limit=abc", "offset=1e9999", "limit=-5", "offset=99999999999999",
+                                   "limit=%ED%A0%80"])
+def test_weird_list_queries(client, user, query):
+    assert_clear_4xx(client.get(f"{SESSION}?{query}", headers=user.headers))
+
+
+@pytest.mark.parametrize("body", [
+    '"just a string"', "null", "12", "[]", '{"input": ["a"], "mode": "inference", "type": "text"}',
+    '{"input": {"a": 1}, "mode": "inference", "type": "text"}',
+    '{"input": "x", "mode": ["inference"], "type": "text"}',
+    '{"input": "x", "mode": "inference", "type": "text", "max_tokens": 1e308}',
+    '{"input": "x", "mode": "inference", "type": "text", "max_tokens": true}',
+    '{"input": "x", "mode": "inference", "type": "image", "seed": 99999999999999999999999}',
+    '{"input": "x", "mode": "inference", "type": "text", "model_name": "\\u0000"}',
+    '{"input": "\\udc00", "mode": "inference", "type": "text"}',
+])
+def test_hostile_json_session_bodies(client, user, db, body):
+    before = db.execute("SELECT count(*) AS n FROM sessions WHERE owner = %s", (user.id,)).fetchone()["n"]
+    r = client.post(SESSION, headers={**user.headers, "Content-Type": "application/json"}, data=body)
+    assert_clear_4xx(r)
+    after = db.execute("SELECT count(*) AS n FROM sessions WHERE owner = %s", (user.id,)).fetchone()["n"]
+    assert after == before
+
+
+def test_hostile_form_bodies(client, user):
+    bad_utf8 = b"input=%FF%FE&mode=inference&type=text"
+    r = client.post(SESSION, headers={**user.headers, "Content-Type": "application/x-www-form-urlencoded"},
+                    data=bad_utf8)
+    # Undecodable bytes become U+FFFD; the prompt is still a prompt.
+    assert r.status_code == 201, r.json
+    r = client.post(SESSION, headers={**user.headers, "Content-Type": "multipart/form-data; boundary=zzz"},
+                    data=b"--zzz\r\nthis is not a part\r\n--zzz--")
+    assert_clear_4xx(r)
+    r = client.post(SESSION, headers={**user.headers, "Content-Type": "multipart/form-data"}, data=b"garbage")
+    assert_clear_4xx(r)
+    files = {"mode": "inference", "type": "text", "input": "x", "files": (io.BytesIO(b"data"), "a.txt")}
+    assert_clear_4xx(client.post(SESSION, headers=user.headers, data=files, content_type="multipart/form-data"))
+
+
+@pytest.mark.parametrize("header", ["Bearer", "Bearer ", "Basic abc", "Bearer hl-\u00e9\u00e9", "Bearer hr-x",
+                                    "bearer " + "hl-" + "a" * 10000])
+def test_hostile_authorization_headers(client, header):
+    assert_clear_4xx(client.get(SESSION, headers={"Authorization": header}))
+
+
+@pytest.mark.parametrize("body", ['{"name": 5}', '{"name": ["a"]}', '{"name": "\\udc00"}', "[1]", '"x"'])
+def test_hostile_api_key_bodies(client, user, body):
+    r = client.post("/api/v1/api_keys", headers={**user.headers, "Content-Type": "application/json"}, data=body)
+    assert_clear_4xx(r)
+
+
+@pytest.mark.parametrize("query", ["id=%00", "key=a%00b", "id=" + "x" * 5000])
+def test_hostile_api_key_deletes(client, user, query):
+    assert_clear_4xx(client.delete(f"/api/v1/api_keys?{query}", headers=user.headers))
+
+
+@pytest.mark.parametrize("body", [
+    "[1]", '"x"', "null", '{"runner_id": {"a": 1}}', '{"runner_id": "r\\u0000"}',
+    '{"runner_id": "r", "models": {"text": ["\\u0000"]}, "info": "nope"}', '{"runner_id": "r", "models": []}',
+])
+def test_hostile_runner_registrations(client, api_runner_token, body):
+    r = client.post("/api/v1/runner/register", data=body,
+                    headers={"Authorization": f"Bearer {api_runner_token}", "Content-Type": "application/json"})
+    if r.status_code == 200:  # NUL was stored as U+FFFD; everything else must be refused
+        assert "\x00" not in str(r.json)
+    else:
+        assert_clear_4xx(r)
+
+
+@pytest.mark.parametrize("body", [
+    '{"delta": "\\udc00 lone surrogate"}', '{"message": "a\\u0000b", "metadata": {"k\\u0000": "\\u0000"}}',
+    '{"files": ["\\udc00.png"]}', '{"progress": true}', '{"progress": 1.5}', '{"final": "yes", "state": 3}',
+])
+def test_hostile_runner_updates(client, user, api_runner_token, body):
+    sid, iid = new_turn(client, user)
+    r = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}", data=body,
+                    headers={"Authorization": f"Bearer {api_runner_token}", "Content-Type": "application/json"})
+    assert r.status_code < 500, r.data[:300]
+    if r.status_code != 200:
+        assert_clear_4xx(r)
+    assert client.get(f"{SESSION}/{sid}", headers=user.headers).status_code == 200
+
+
+@pytest.mark.parametrize("weird", WEIRD_IDS)
+def test_weird_ids_on_runner_routes(client, api_runner_token, weird):
+    headers = {"Authorization": f"Bearer {api_runner_token}"}
+    assert_clear_4xx(client.post(f"/api/v1/runner/sessions/{weird}/interactions/{weird}", headers=headers, json={}))
+    assert_clear_4xx(client.get(f"/api/v1/runner/sessions/{weird}/files?path=sessions/{weird}/x", headers=headers))
+    r = client.post(f"/api/v1/runner/sessions/{weird}/interactions/{weird}/files", headers=headers,
+                    data={"file": (io.BytesIO(b"x"), "a.png")}, content_type="multipart/form-data")
+    assert_clear_4xx(r)
