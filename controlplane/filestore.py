@@ -83,11 +83,17 @@ class LocalFilestore:
                         size=0 if path.is_dir() else st.st_size,
                         created=datetime.fromtimestamp(st.st_mtime, timezone.utc))
 
+    def _make_parents(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise Conflict("a file stands where a folder of this path should be") from None
+
     def write(self, key: str, data: BinaryIO) -> FileInfo:
         path = self._path(key)
         if path.is_dir():
             raise Conflict("a folder with that name exists")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_parents(path)
         tmp = path.with_name(f".{path.name}.uploading-{os.getpid()}")
         with open(tmp, "wb") as out:
             shutil.copyfileobj(data, out, 1024 * 1024)
@@ -119,7 +125,8 @@ class LocalFilestore:
         path = self._path(key)
         if path.is_file():
             raise Conflict("a file with that name exists")
-        path.mkdir(parents=True, exist_ok=True)
+        self._make_parents(path)
+        path.mkdir(exist_ok=True)
         return self._info(key, path)
 
     def rename(self, key: str, new_key: str) -> FileInfo:
@@ -128,7 +135,7 @@ class LocalFilestore:
             raise NotFound("file not found")
         if dst.exists():
             raise Conflict("something already exists at the new path")
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        self._make_parents(dst)
         os.replace(src, dst)
         return self._info(new_key, dst)
 
@@ -159,7 +166,28 @@ class S3Filestore:
         code = getattr(err, "response", {}).get("Error", {}).get("Code", "")
         return code in ("404", "NoSuchKey", "NotFound")
 
+    def _is_file(self, key: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except Exception as err:
+            if self._missing(err):
+                return False
+            raise
+
+    def _is_folder(self, key: str) -> bool:
+        return next(self._objects(key), None) is not None
+
+    def _check_parents(self, key: str) -> None:
+        """Buckets allow 'a' and 'a/b' side by side; a filesystem, and so this store, does not."""
+        for parent in PurePosixPath(key).parents:
+            if str(parent) != "." and self._is_file(str(parent)):
+                raise Conflict("a file stands where a folder of this path should be")
+
     def write(self, key: str, data: BinaryIO) -> FileInfo:
+        if self._is_folder(key):
+            raise Conflict("a folder with that name exists")
+        self._check_parents(key)
         self.s3.upload_fileobj(data, self.bucket, self._key(key))
         return self.stat(key)
 
@@ -199,11 +227,17 @@ class S3Filestore:
         return [found[n] for n in sorted(found)]
 
     def mkdir(self, key: str) -> FileInfo:
+        if self._is_file(key):
+            raise Conflict("a file with that name exists")
+        self._check_parents(key)
         self.s3.put_object(Bucket=self.bucket, Key=self._key(key).rstrip("/") + "/.keep", Body=b"")
         return FileInfo(key, PurePosixPath(key).name, True, 0, None)
 
     def rename(self, key: str, new_key: str) -> FileInfo:
         info = self.stat(key)
+        if self._is_file(new_key) or self._is_folder(new_key):
+            raise Conflict("something already exists at the new path")
+        self._check_parents(new_key)
         sources = [o["Key"] for o in self._objects(key)] if info.directory else [self._key(key)]
         for src in sources:
             dst = self._key(new_key) + src[len(self._key(key)):]

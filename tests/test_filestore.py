@@ -1,4 +1,5 @@
-"""The filestore routes: confinement to the user's root, isolation, limits (local directory)."""
+"""The filestore routes: confinement to the user's root, isolation, limits; each on a local
+directory and on a real S3-compatible server."""
 from __future__ import annotations
 
 import io
@@ -6,6 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture()
+def client(files_client):
+    """Every test here runs on both filestore backends."""
+    return files_client
 
 
 def upload(client, user, path, name, data: bytes):
@@ -53,7 +60,8 @@ def test_viewer_refuses_traversal(client, user):
     assert client.get("/api/v1/filestore/viewer/a/../../x", headers=user.headers).status_code in (400, 404)
 
 
-def test_symlink_out_of_the_root_is_refused(client, user, app, tmp_path):
+def test_symlink_out_of_the_root_is_refused(user, app, tmp_path):
+    client = app.test_client()  # symbolic links exist only in the local directory
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret")
     upload(client, user, "", "ok.txt", b"fine")
@@ -91,3 +99,32 @@ def test_upload_needs_files_and_rename_needs_free_target(client, user):
     r = client.put("/api/v1/filestore/rename?path=one.txt&new_path=two.txt", headers=user.headers)
     assert r.status_code == 409
     assert client.post("/api/v1/filestore/folder", headers=user.headers).status_code == 400
+
+
+def test_files_and_folders_never_share_a_name(client, user):
+    assert upload(client, user, "", "note.txt", b"1").status_code == 201
+    assert client.post("/api/v1/filestore/folder?path=box", headers=user.headers).status_code == 201
+    # A file where a folder is, a folder where a file is, a file inside a file: 409, nothing changed.
+    r = upload(client, user, "", "box", b"x")
+    assert r.status_code == 409 and "error" in r.json
+    assert client.post("/api/v1/filestore/folder?path=note.txt", headers=user.headers).status_code == 409
+    assert client.post("/api/v1/filestore/folder?path=note.txt/inner", headers=user.headers).status_code == 409
+    assert upload(client, user, "note.txt", "inner.txt", b"x").status_code == 409
+    r = client.put("/api/v1/filestore/rename?path=note.txt&new_path=box", headers=user.headers)
+    assert r.status_code == 409
+    listed = client.get("/api/v1/filestore/list", headers=user.headers).json
+    assert sorted((f["name"], f["directory"]) for f in listed) == [("box", True), ("note.txt", False)]
+    assert client.get("/api/v1/filestore/viewer/note.txt", headers=user.headers).data == b"1"
+
+
+def test_folders_rename_with_their_contents(client, user):
+    upload(client, user, "album/2024", "a.txt", b"a")
+    upload(client, user, "album", "b.txt", b"b")
+    r = client.put("/api/v1/filestore/rename?path=album&new_path=photos", headers=user.headers)
+    assert r.status_code == 200 and r.json["directory"]
+    assert client.get("/api/v1/filestore/viewer/photos/2024/a.txt", headers=user.headers).data == b"a"
+    assert client.get("/api/v1/filestore/viewer/photos/b.txt", headers=user.headers).data == b"b"
+    assert client.get("/api/v1/filestore/list?path=album", headers=user.headers).json == []
+    r = client.put("/api/v1/filestore/rename?path=photos&new_path=photos/2024/again", headers=user.headers)
+    assert r.status_code == 400 and "inside" in r.json["error"]
+    assert client.get("/api/v1/filestore/viewer/photos/b.txt", headers=user.headers).data == b"b"

@@ -87,6 +87,8 @@ def rename():
     files = _files()
     path = user_path(request.args.get("path"), allow_root=False)
     new_path = user_path(request.args.get("new_path"), allow_root=False)
+    if new_path == path or new_path.startswith(path + "/"):
+        raise BadRequest("new_path must not be the path itself or inside it")
     return jsonify(file_view(files, files.store.rename(files.key(path), files.key(new_path))))
 
 
