@@ -9,7 +9,7 @@ and prints medians and the platform/baseline ratio; then the same with --concurr
 once (wall time of the whole batch), which shows concurrent sessions batching on one vLLM.
 One run, same machine, both paths warmed up first.
 
-    .venv/bin/python bench/session_latency.py [--requests 20] [--max-tokens 64] [--concurrency 16]
+    .venv/bin/python bench/session_latency.py [--requests 20] [--max-tokens 64] [--concurrency 16] [--rounds 5]
 """
 from __future__ import annotations
 
@@ -48,8 +48,10 @@ def stream_events(url: str, headers: dict, session_id: str, posted_at: float) ->
         for line in r.iter_lines(decode_unicode=True):
             if line.startswith("event:"):
                 name = line[6:].strip()
-            elif line.startswith("data:") and name == "interaction":
+            elif line.startswith("data:") and name in ("session", "interaction"):
                 data = json.loads(line[5:])
+                if name == "session":  # the snapshot: the reply may be done before the stream opened
+                    data = data["interactions"][-1]
                 if first is None and data["runner"]:
                     first = time.monotonic() - posted_at
                 if data["finished"]:
@@ -62,6 +64,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
     models = Path(os.environ.get("HELIX_MODELS_DIR", REPO / ".helix" / "models"))
     work = Path(tempfile.mkdtemp(prefix="helix-bench-"))
@@ -143,16 +146,22 @@ def main() -> None:
                                     "max_tokens": str(args.max_tokens)})
             stream_events(url, headers, r.json()["id"], t)
 
+        def batch_seconds(fn) -> float:
+            t = time.monotonic()
+            list(pool.map(fn, range(n)))
+            return time.monotonic() - t
+
+        # vLLM's CPU engine on few cores is jittery: alternate the two paths over several rounds
+        # and compare medians.
         n = args.concurrency
+        direct_walls, platform_walls = [], []
         with ThreadPoolExecutor(n) as pool:
-            t = time.monotonic()
-            list(pool.map(direct, range(n)))
-            direct_wall = time.monotonic() - t
-            t = time.monotonic()
-            list(pool.map(via_platform, range(n)))
-            platform_wall = time.monotonic() - t
-        print(f"{n} at once: vLLM direct {direct_wall * 1000:.0f} ms, platform {platform_wall * 1000:.0f} ms,"
-              f" ratio {platform_wall / direct_wall:.2f}; one-at-a-time platform would take ~{pl * n:.0f} ms")
+            for _ in range(args.rounds):
+                direct_walls.append(batch_seconds(direct))
+                platform_walls.append(batch_seconds(via_platform))
+        dw, pw = statistics.median(direct_walls) * 1000, statistics.median(platform_walls) * 1000
+        print(f"{n} at once, median of {args.rounds} rounds: vLLM direct {dw:.0f} ms, platform {pw:.0f} ms,"
+              f" ratio {pw / dw:.2f}; one at a time the platform would take ~{pl * n:.0f} ms")
     finally:
         for proc in reversed(procs):
             stop(proc, timeout=20)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from redis import Redis
 
@@ -27,18 +27,25 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-def stream(redis: Redis, session_id: str, snapshot, is_done, max_seconds: float = 3600) -> Iterator[str]:
+def _finished(view: dict[str, Any] | None) -> bool:
+    return view is None or all(i["finished"] for i in view["interactions"])
+
+
+def stream(redis: Redis, session_id: str, read_session: Callable[[], dict[str, Any] | None],
+           max_seconds: float = 3600) -> Iterator[str]:
     """Yields the session as it is now, then every event until its last interaction finishes.
 
     The snapshot is read after subscribing, so no update falls between the two (one may appear
-    in both). `is_done()` re-reads PostgreSQL, so a stream opened after the finish ends at once
-    and one that missed the final event still ends within a keep-alive period.
+    in both), and whether the stream is over is judged from that same snapshot: a reply that
+    finishes just after it still arrives as an event. A stream that missed the final event
+    (Redis restarted, say) re-reads the session at each keep-alive, sends it, and ends.
     """
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(session_channel(session_id))
     try:
-        yield sse("session", snapshot())
-        if is_done():
+        view = read_session()
+        yield sse("session", view or {"id": session_id, "interactions": []})
+        if _finished(view):
             yield sse("end", {"session_id": session_id})
             return
         deadline = time.monotonic() + max_seconds
@@ -47,7 +54,10 @@ def stream(redis: Redis, session_id: str, snapshot, is_done, max_seconds: float 
             message = pubsub.get_message(timeout=1.0)
             if message is None:
                 if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
-                    if is_done():
+                    view = read_session()
+                    if _finished(view):
+                        if view is not None:
+                            yield sse("session", view)
                         break
                     last_sent = time.monotonic()
                     yield ": keep-alive\n\n"

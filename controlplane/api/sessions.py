@@ -94,18 +94,11 @@ def session_events(session_id: str):
         _session_or_404(conn, session_id)
     app = current_app._get_current_object()
 
-    def read() -> dict | None:
+    def read_session() -> dict | None:
         with app.app_context(), db.transaction() as conn:
-            return sessions_store.get_session_with_interactions(conn, session_id, owner)
+            row = sessions_store.get_session_with_interactions(conn, session_id, owner)
+        return session_view(row) if row else None
 
-    def snapshot() -> dict:
-        row = read()
-        return session_view(row) if row else {"id": session_id, "interactions": []}
-
-    def is_done() -> bool:
-        row = read()
-        return row is None or all(i["finished"] for i in row["interactions"])
-
-    body = events.stream(app.extensions["redis"], session_id, snapshot, is_done)
+    body = events.stream(app.extensions["redis"], session_id, read_session)
     return Response(stream_with_context(body), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
