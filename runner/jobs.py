@@ -16,7 +16,7 @@ import requests
 
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane, TextStream
-from runner.text_generation import ModelError, stream_chat
+from runner.text_generation import ModelError, fit_history, stream_chat
 from runner.vllm_server import wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
 from shared.types import InteractionState
@@ -68,12 +68,14 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
     ctx = _ctx()
     job = TextInferenceJob.from_dict(payload)
     started = time.monotonic()
+    max_tokens = job.max_tokens or ctx.config.max_tokens
+    messages = job.messages
     for attempt in (1, 2):
         _start(ctx, job.session_id, job.interaction_id, "generating")
         stream = TextStream(ctx.client, job.session_id, job.interaction_id, ctx.config.delta_interval)
         try:
-            for delta in stream_chat(ctx.vllm_url, job.model, job.messages,
-                                     max_tokens=job.max_tokens or ctx.config.max_tokens,
+            messages = fit_history(ctx.vllm_url, job.model, job.messages, max_tokens, session=ctx.http)
+            for delta in stream_chat(ctx.vllm_url, job.model, messages, max_tokens=max_tokens,
                                      temperature=job.temperature, extra=ctx.config.sampling_extra,
                                      session=ctx.http):
                 stream.add(delta)
@@ -92,7 +94,8 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
     elapsed = time.monotonic() - started
     ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
         state=InteractionState.COMPLETE.value, message=stream.text, progress=100,
-        status="complete", metadata={"generation_seconds": round(elapsed, 3)}))
+        status="complete", metadata={"generation_seconds": round(elapsed, 3),
+                                     "history_messages_dropped": len(job.messages) - len(messages)}))
     return {"chars": len(stream.text), "seconds": elapsed}
 
 

@@ -11,6 +11,27 @@ class ModelError(Exception):
     """The model refused the request (prompt too long, bad parameters): the user must change it."""
 
 
+def fit_history(base_url: str, model: str, messages: list[dict[str, str]], reply_tokens: int,
+                session: requests.Session | None = None) -> list[dict[str, str]]:
+    """Drops the oldest exchanges until the prompt leaves room for the reply in the context.
+
+    A long chat must go on rather than fail once its history outgrows the model. A leading
+    system message stays; the newest user message always stays (if it alone is too long, vLLM
+    says so and the user sees why). Room for the reply is `reply_tokens`, at most half the context.
+    """
+    http = session or requests
+    keep = 1 if messages and messages[0]["role"] == "system" else 0
+    while len(messages) - keep > 1:
+        r = http.post(f"{base_url}/tokenize", json={"model": model, "messages": messages}, timeout=(5, 60))
+        if not r.ok:
+            return messages  # the chat request itself will report what is wrong
+        info = r.json()
+        if info["count"] + min(reply_tokens, info["max_model_len"] // 2) <= info["max_model_len"]:
+            break
+        messages = messages[:keep] + messages[keep + 2:]  # one user turn and its reply
+    return messages
+
+
 def stream_chat(base_url: str, model: str, messages: list[dict[str, str]], *,
                 max_tokens: int | None, temperature: float | None, extra: dict | None = None,
                 session: requests.Session | None = None) -> Iterator[str]:

@@ -55,6 +55,27 @@ def test_continued_chat_sends_the_whole_history(live_server, runner, live_user, 
     assert done["interactions"][3]["message"]
 
 
+def test_a_chat_outgrowing_the_context_drops_its_oldest_turns(live_server, runner, live_user):
+    """The runner's model has 2,048 tokens of context; each question here takes about 1,200."""
+    long_question = "word " * 400
+    s = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
+                      data={"input": long_question, "mode": "inference", "type": "text", "max_tokens": "8"}).json()
+    first = wait_for_session(live_server, live_user, s["id"])["interactions"][-1]
+    assert first["state"] == "complete", first
+    assert first["metadata"]["history_messages_dropped"] == 0
+    r = requests.put(f"{live_server}/api/v1/sessions/{s['id']}", headers=live_user.headers,
+                     data={"input": long_question + "again"})
+    assert r.status_code == 200, r.text
+    second = wait_for_session(live_server, live_user, s["id"])["interactions"][-1]
+    assert second["state"] == "complete" and second["message"], second
+    assert second["metadata"]["history_messages_dropped"] == 2
+    # A single question longer than the whole context is the user's to shorten: a clear error.
+    r = requests.put(f"{live_server}/api/v1/sessions/{s['id']}", headers=live_user.headers,
+                     data={"input": "word " * 1000})
+    third = wait_for_session(live_server, live_user, s["id"])["interactions"][-1]
+    assert third["state"] == "error" and "context length" in third["error"], third
+
+
 def test_events_stream_tokens_then_the_final_interaction(live_server, runner, live_user):
     s = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                       data={"input": "stream please", "mode": "inference", "type": "text",
