@@ -23,6 +23,9 @@ from controlplane.migrate import apply_migrations
 from shared.processes import die_with_parent, stop, wait_for_port
 
 DEV_EMAIL = "dev@helix.local"
+# gunicorn's default access line holds the query string, and a browser's events stream carries
+# its API key there (?access_token=): log the path alone.
+ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 
 
 def _dev_secret(conn, path: Path, valid, create) -> str:
@@ -81,7 +84,8 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
         children.append(subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gthread",
              "-w", os.environ.get("HELIX_WEB_WORKERS", "2"), "--threads", "16",
-             "-b", f"127.0.0.1:{port}", "--access-logfile", "-", "controlplane.app:create_app()"],
+             "-b", f"127.0.0.1:{port}", "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
+             "controlplane.app:create_app()"],
             env=env, preexec_fn=die_with_parent()))
         wait_for_port(port, 60, children[-1])
         api_url = f"http://127.0.0.1:{port}"

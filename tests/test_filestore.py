@@ -31,6 +31,7 @@ def test_upload_list_get_download_rename_delete(client, user):
     info = client.get("/api/v1/filestore/get?path=docs/a.txt", headers=user.headers).json
     body = client.get(info["url"], headers=user.headers)
     assert body.status_code == 200 and body.data == b"hello"
+    assert "sandbox" in body.headers["Content-Security-Policy"]  # never a page of this origin
     assert client.post("/api/v1/filestore/folder?path=more/deep", headers=user.headers).status_code == 201
     r = client.put("/api/v1/filestore/rename?path=docs/a.txt&new_path=more/deep/b.txt", headers=user.headers)
     assert r.status_code == 200 and r.json["path"] == "more/deep/b.txt"

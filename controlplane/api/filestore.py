@@ -50,8 +50,10 @@ def viewer(path: str):
         raise BadRequest("path is a folder")
     body = files.store.open(key)
     mimetype = mimetypes.guess_type(info.name)[0] or "application/octet-stream"
+    # A user's HTML or SVG must never run as a page of this origin: a sandboxed, script-free view.
     return Response(body, mimetype=mimetype, headers={"Content-Length": str(info.size),
-                                                      "X-Content-Type-Options": "nosniff"},
+                                                      "X-Content-Type-Options": "nosniff",
+                                                      "Content-Security-Policy": "default-src 'none'; sandbox"},
                     direct_passthrough=True)
 
 
