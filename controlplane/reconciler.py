@@ -50,8 +50,8 @@ class Reconciler:
             self._fail(conn, interaction, session["id"],
                        f"gave up after {MAX_ATTEMPTS} attempts: {reason}")
             return
-        conn.execute("UPDATE interactions SET metadata = metadata || %s WHERE id = %s",
-                     (Jsonb({"attempts": attempts}), interaction["id"]))
+        conn.execute("UPDATE interactions SET metadata = metadata || %s, status = %s WHERE id = %s",
+                     (Jsonb({"attempts": attempts}), f"queued again ({reason})", interaction["id"]))
         self.dispatcher.enqueue(session, sessions_store.get_interactions(conn, session["id"]),
                                 interaction["id"])
         log.warning("re-queued interaction %s (%s), attempt %d", interaction["id"], reason, attempts)

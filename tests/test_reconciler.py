@@ -55,6 +55,8 @@ def test_job_of_a_dead_worker_is_queued_again_then_given_up(client, user, reconc
         if attempt <= MAX_ATTEMPTS:
             assert result == "requeued-dead-worker"
             assert fetch(redis, iid).get_status() == "queued"
+            status = db.execute("SELECT status FROM interactions WHERE id = %s", (iid,)).fetchone()["status"]
+            assert status == "queued again (runner worker ghost-runner.text-inference.0 died)"
     row = db.execute("SELECT state, finished, error, metadata FROM interactions WHERE id = %s", (iid,)).fetchone()
     assert row["state"] == "error" and row["finished"]
     assert "gave up" in row["error"] and row["metadata"]["attempts"] == MAX_ATTEMPTS
