@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
+import redis.exceptions
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -56,6 +58,13 @@ def init_app(app: Flask) -> None:
             413: "request body is larger than this server accepts",
         }.get(err.code or 0, err.description or err.name)
         return jsonify(error=message), err.code
+
+    @app.errorhandler(psycopg.OperationalError)
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    def _store_unavailable(err: Exception):
+        log.warning("a store is unavailable: %s", err)
+        return jsonify(error="the service's database or queue is unavailable: retry shortly"), 503
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):

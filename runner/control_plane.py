@@ -17,6 +17,10 @@ from shared.updates import InteractionUpdate
 log = logging.getLogger(__name__)
 
 
+class Gone(Exception):
+    """The interaction was deleted, or an earlier attempt already finished it: stop working on it."""
+
+
 class ControlPlane:
     def __init__(self, api_url: str, token: str, runner_id: str):
         self.api_url = api_url.rstrip("/")
@@ -35,14 +39,17 @@ class ControlPlane:
         return self.http.post(url, json=update.to_dict(), timeout=timeout)
 
     def update(self, session_id: str, interaction_id: str, update: InteractionUpdate) -> bool:
-        """Best effort: a lost progress report is replaced by the next one."""
+        """Best effort: a lost progress report is replaced by the next one. Raises Gone when the
+        control plane says there is nothing to work on any more."""
         update.runner = self.runner_id
         try:
             r = self._post_update(session_id, interaction_id, update, timeout=5)
-            return r.ok
         except requests.RequestException as err:
             log.warning("update for %s not delivered: %s", interaction_id, err)
             return False
+        if r.status_code in (404, 409):
+            raise Gone(interaction_id)
+        return r.ok
 
     def upload_result(self, session_id: str, interaction_id: str, name: str, data: bytes) -> str:
         """Stores an output file through the control plane; returns its path in the owner's files."""
@@ -50,6 +57,8 @@ class ControlPlane:
 
         def post() -> str:
             r = self.http.post(url, files={"file": (name, data)}, timeout=60)
+            if r.status_code in (404, 409):
+                raise Gone(interaction_id)
             r.raise_for_status()
             return r.json()["path"]
 

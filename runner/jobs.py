@@ -6,6 +6,7 @@ an infrastructure failure raises, so RQ retries the job.
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import time
@@ -15,7 +16,7 @@ from typing import Any
 import requests
 
 from runner.config import RunnerConfig
-from runner.control_plane import ControlPlane, TextStream
+from runner.control_plane import ControlPlane, Gone, TextStream
 from runner.text_generation import ModelError, fit_history, stream_chat
 from runner.vllm_server import wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
@@ -64,6 +65,22 @@ def _start(ctx: WorkerContext, session_id: str, interaction_id: str, status: str
         message="", progress=0, status=status, state=InteractionState.WAITING.value))
 
 
+def _unless_gone(job_function):
+    """A job whose interaction is gone (deleted, or finished by an earlier attempt) stops at the
+    next report instead of generating for nobody; closing vLLM's stream aborts the request."""
+
+    @functools.wraps(job_function)
+    def wrapper(payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return job_function(payload)
+        except Gone as gone:
+            log.info("interaction %s was deleted or already finished; skipped", gone)
+            return {"skipped": str(gone)}
+
+    return wrapper
+
+
+@_unless_gone
 def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
     ctx = _ctx()
     job = TextInferenceJob.from_dict(payload)
@@ -99,6 +116,7 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
     return {"chars": len(stream.text), "seconds": elapsed}
 
 
+@_unless_gone
 def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
     from runner.image_pipeline import ImagePipeline
 

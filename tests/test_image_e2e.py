@@ -5,6 +5,7 @@ import io
 import json
 import subprocess
 import threading
+import time
 
 import requests
 from PIL import Image
@@ -97,3 +98,20 @@ def test_chat_and_image_at_once_on_one_runner_without_reloading(live_server, run
     # Every image job in this run was served by the pipeline loaded once at start-up.
     assert image["metadata"]["pipeline_loads"] == 1
     assert runner.log().count("image pipeline helix/tiny-sd loaded") == 1
+
+
+def test_deleting_a_session_stops_its_running_job(live_server, runner, live_user):
+    r = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
+                      data={"mode": "inference", "type": "image", "input": "a very slow sunset",
+                            "steps": "150", "width": "512", "height": "512"})
+    sid, iid = r.json()["id"], r.json()["interactions"][-1]["id"]
+    for name, data in read_events(live_server, live_user, sid):
+        if name == "interaction" and data["status"].startswith("step "):
+            break  # the runner is denoising
+    assert requests.delete(f"{live_server}/api/v1/sessions/{sid}", headers=live_user.headers).status_code == 200
+    runner.wait_for_log(f"interaction {iid} was deleted or already finished; skipped", timeout=30)
+    # The worker is free again at once: the next image does not wait for 150 steps at 512 px.
+    started = time.monotonic()
+    reply = image_session(live_server, live_user, input="next", steps="2")["interactions"][-1]
+    assert reply["state"] == "complete"
+    assert time.monotonic() - started < 30
