@@ -84,7 +84,7 @@ def main() -> None:
                "HELIX_FILESTORE": str(work / "files")}
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gthread", "-w", "2",
-             "--threads", "16", "-b", f"127.0.0.1:{port}", "controlplane.app:create_app()"],
+             "--threads", "32", "-b", f"127.0.0.1:{port}", "controlplane.app:create_app()"],
             env=env, cwd=REPO, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent()))
         wait_for_port(port, 60, procs[-1])
         url = f"http://127.0.0.1:{port}"

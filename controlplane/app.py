@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from flask import Flask, jsonify, request
 from redis import Redis
@@ -33,7 +34,8 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     dispatcher = Dispatcher(redis, config)
     filestore = from_config(config.filestore, config.s3_endpoint_url)
     app.extensions.update(redis=redis, dispatcher=dispatcher, filestore=filestore,
-                          session_service=SessionService(config, dispatcher, filestore))
+                          session_service=SessionService(config, dispatcher, filestore),
+                          event_streams=threading.BoundedSemaphore(config.max_event_streams))
 
     from controlplane.api import api_keys, filestore as filestore_routes, runner, sessions
 

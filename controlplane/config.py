@@ -27,6 +27,10 @@ class Config:
     # Filestore: a local directory, or s3://bucket/prefix (S3-compatible endpoint below).
     filestore: str = ".helix/filestore"
     s3_endpoint_url: str = ""
+    # Live event streams one control-plane process holds at once; each holds a server thread,
+    # so this stays below the threads per process (32 under `helix up`) to leave some for
+    # every other request. Past it, a stream request gets 503 and can poll instead.
+    max_event_streams: int = 24
     # Seconds between reconciler passes in each replica; 0 turns it off.
     reconcile_interval: float = 5.0
     # How long a queued job may run before RQ gives up on it.
@@ -48,4 +52,5 @@ class Config:
         c.filestore = env.get("HELIX_FILESTORE", c.filestore)
         c.s3_endpoint_url = env.get("HELIX_S3_ENDPOINT_URL", c.s3_endpoint_url)
         c.reconcile_interval = float(env.get("HELIX_RECONCILE_INTERVAL", c.reconcile_interval))
+        c.max_event_streams = int(env.get("HELIX_MAX_EVENT_STREAMS", c.max_event_streams))
         return c

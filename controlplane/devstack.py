@@ -83,7 +83,7 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
         children.append(subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gthread",
-             "-w", os.environ.get("HELIX_WEB_WORKERS", "2"), "--threads", "16",
+             "-w", os.environ.get("HELIX_WEB_WORKERS", "2"), "--threads", "32",
              "-b", f"127.0.0.1:{port}", "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
              "controlplane.app:create_app()"],
             env=env, preexec_fn=die_with_parent()))

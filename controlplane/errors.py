@@ -29,10 +29,6 @@ class Unauthorized(ApiError):
     status = 401
 
 
-class Forbidden(ApiError):
-    status = 403
-
-
 class NotFound(ApiError):
     status = 404
 
@@ -41,8 +37,8 @@ class Conflict(ApiError):
     status = 409
 
 
-class TooLarge(ApiError):
-    status = 413
+class ServiceUnavailable(ApiError):
+    status = 503
 
 
 def init_app(app: Flask) -> None:

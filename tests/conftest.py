@@ -257,7 +257,7 @@ def live_server(services, tmp_path_factory):
            "HELIX_TEXT_MODELS": TEXT_MODEL, "HELIX_IMAGE_MODELS": IMAGE_MODEL,
            "HELIX_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024)}
     proc = Process([sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gthread", "-w", "2",
-                    "--threads", "16", "-b", f"127.0.0.1:{port}", "controlplane.app:create_app()"],
+                    "--threads", "32", "-b", f"127.0.0.1:{port}", "controlplane.app:create_app()"],
                    env, logs / "gunicorn.log")
     wait_for_port(port, 60, proc.proc)
     url = f"http://127.0.0.1:{port}"

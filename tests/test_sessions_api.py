@@ -227,3 +227,22 @@ def test_chat_history_leaves_out_failed_turns():
         {"role": "user", "content": "q3"},
     ]
     assert chat_history(interactions, "2") == [{"role": "user", "content": "q1"}]
+
+
+def test_event_streams_are_capped_so_other_requests_always_get_a_thread(config, user):
+    from dataclasses import replace
+
+    from controlplane.app import create_app
+
+    app = create_app(replace(config, max_event_streams=1), start_reconciler=False)
+    client = app.test_client()
+    sid = create(client, user, input="wait", mode="inference", type="text").json["id"]
+    first = client.get(f"/api/v1/sessions/{sid}/events", headers=user.headers, buffered=False)
+    assert first.status_code == 200
+    second = client.get(f"/api/v1/sessions/{sid}/events", headers=user.headers, buffered=False)
+    assert second.status_code == 503 and f"GET /api/v1/sessions/{sid}" in second.json["error"]
+    assert client.get(f"/api/v1/sessions/{sid}", headers=user.headers).status_code == 200
+    first.close()  # the client went away: its slot is free again
+    third = client.get(f"/api/v1/sessions/{sid}/events", headers=user.headers, buffered=False)
+    assert third.status_code == 200
+    third.close()

@@ -5,7 +5,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, stream_
 
 from controlplane import db, events, sessions_store
 from controlplane.auth import require_user
-from controlplane.errors import BadRequest, NotFound
+from controlplane.errors import BadRequest, NotFound, ServiceUnavailable
 from controlplane.validation import optional_int
 from controlplane.views import session_view
 
@@ -99,6 +99,12 @@ def session_events(session_id: str):
             row = sessions_store.get_session_with_interactions(conn, session_id, owner)
         return session_view(row) if row else None
 
+    slots = app.extensions["event_streams"]
+    if not slots.acquire(blocking=False):
+        raise ServiceUnavailable("too many live event streams on this server right now: retry, or poll "
+                                 f"GET /api/v1/sessions/{session_id}")
     body = events.stream(app.extensions["redis"], session_id, read_session)
-    return Response(stream_with_context(body), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = Response(stream_with_context(body), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response.call_on_close(slots.release)
+    return response
