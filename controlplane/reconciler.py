@@ -15,6 +15,7 @@ import time
 
 from flask import Flask
 from psycopg.types.json import Jsonb
+from redis.exceptions import LockError
 from rq.job import JobStatus
 
 from controlplane import events, sessions_store
@@ -85,7 +86,10 @@ class Reconciler:
         from controlplane import db
 
         results: dict[str, str] = {}
-        if not self.redis.set(_LOCK, "1", nx=True, ex=30):
+        # redis-py's lock releases only its own token: a pass that outlived the timeout never
+        # removes the lock of the replica that took over.
+        lock = self.redis.lock(_LOCK, timeout=30)
+        if not lock.acquire(blocking=False):
             return results
         try:
             with self.app.app_context(), db.pool().connection() as conn:
@@ -96,7 +100,10 @@ class Reconciler:
                     except Exception:
                         log.exception("reconciling interaction %s failed", row["id"])
         finally:
-            self.redis.delete(_LOCK)
+            try:
+                lock.release()
+            except LockError:
+                log.warning("a reconciler pass outlived its lock")
         return results
 
     def start_thread(self, interval: float) -> threading.Thread:
