@@ -7,11 +7,17 @@ PY := $(VENV)/bin/python
 setup:
 	bash deploy/setup.sh
 
-run:
+run: $(PY)
 	$(PY) -m controlplane.cli up
 
-test:
+test: $(PY)
 	$(PY) -m pytest -q
+
+bench: $(PY)
+	$(PY) bench/session_latency.py
+
+$(PY):
+	@echo "no $(VENV) yet: run 'make setup' first" >&2; exit 1
 
 clean:
 	rm -rf .helix/postgres .helix/valkey .helix/filestore .helix/env

@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 from controlplane import accounts
 from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey
 from controlplane.migrate import apply_migrations
-from shared.processes import die_with_parent, stop, wait_for_port
+from shared.processes import die_with_parent, port_in_use, stop, wait_for_port
 
 DEV_EMAIL = "dev@helix.local"
 # gunicorn's default access line holds the query string, and a browser's events stream carries
@@ -65,16 +65,25 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
     def shutdown(*_):
         raise KeyboardInterrupt
 
+    database_url = os.environ.get("DATABASE_URL", "")
+    redis_url = os.environ.get("REDIS_URL", "")
+    pg_port = int(os.environ.get("HELIX_PG_PORT", "25432"))
+    redis_port = int(os.environ.get("HELIX_REDIS_PORT", "26379"))
+    needed = {"HELIX_PORT": port, **({} if database_url else {"HELIX_PG_PORT": pg_port}),
+              **({} if redis_url else {"HELIX_REDIS_PORT": redis_port})}
+    for variable, taken in needed.items():
+        if port_in_use(taken):
+            raise SystemExit(f"port {taken} is already in use (another `make run`?): stop that, "
+                             f"or choose another port with {variable}=...")
+
     signal.signal(signal.SIGTERM, shutdown)
     try:
-        database_url = os.environ.get("DATABASE_URL", "")
-        redis_url = os.environ.get("REDIS_URL", "")
         if not database_url:
-            pg = EmbeddedPostgres(state_dir / "postgres", int(os.environ.get("HELIX_PG_PORT", "25432"))).start()
+            pg = EmbeddedPostgres(state_dir / "postgres", pg_port).start()
             services.append(pg)
             database_url = pg.url
         if not redis_url:
-            vk = EmbeddedValkey(state_dir / "valkey", int(os.environ.get("HELIX_REDIS_PORT", "26379"))).start()
+            vk = EmbeddedValkey(state_dir / "valkey", redis_port).start()
             services.append(vk)
             redis_url = vk.url
         api_key, runner_token = prepare_database(database_url, state_dir)

@@ -68,9 +68,7 @@ class EmbeddedPostgres:
                  "--auth=trust", "--encoding=UTF8", "--no-sync"],
                 check=True, capture_output=True, user=self._run_as,
             )
-        stale_pid = self.data_dir / "postmaster.pid"
-        if stale_pid.exists():  # left by a killed run; our children never outlive us
-            stale_pid.unlink()
+        self._remove_stale_pid_file()
         log = open(self.data_dir / "server.log", "ab")
         self.proc = subprocess.Popen(
             [self._bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
@@ -82,6 +80,19 @@ class EmbeddedPostgres:
         wait_for_port(self.port, timeout, self.proc)
         self._wait_ready(timeout)
         return self
+
+    def _remove_stale_pid_file(self) -> None:
+        """A killed run leaves postmaster.pid behind; a live server's must never be touched."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, 0)
+        except (ValueError, IndexError, ProcessLookupError):
+            pid_file.unlink()
+            return
+        raise RuntimeError(f"PostgreSQL (pid {pid}) is already running on {self.data_dir}: stop it first")
 
     def _wait_ready(self, timeout: float) -> None:
         import psycopg

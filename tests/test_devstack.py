@@ -76,3 +76,33 @@ def test_up_prints_a_working_key_stops_cleanly_and_keeps_data(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
+
+
+def test_up_refuses_a_port_in_use_before_touching_anything(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = start_up(tmp_path, port, free_port(), free_port())
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert f"port {port} is already in use" in out and "HELIX_PORT" in out
+    assert not (tmp_path / "postgres").exists()
+
+
+def test_a_live_postgres_data_directory_is_never_taken_over(tmp_path):
+    from controlplane.embedded import EmbeddedPostgres
+
+    first = EmbeddedPostgres(tmp_path / "pg", free_port()).start()
+    try:
+        second = EmbeddedPostgres(tmp_path / "pg", free_port())
+        try:
+            second.start()
+            raise AssertionError("a second server started on a live data directory")
+        except RuntimeError as err:
+            assert "already running" in str(err)
+        assert (tmp_path / "pg" / "postmaster.pid").exists()
+    finally:
+        first.stop()
