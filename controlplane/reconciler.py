@@ -36,6 +36,7 @@ class Reconciler:
         self.redis = app.extensions["redis"]
         self.dispatcher: Dispatcher = app.extensions["dispatcher"]
         self.grace_seconds = 3.0  # leave the request that created an interaction time to enqueue it
+        self.page_size = 500
 
     def _fail(self, conn, interaction: dict, session_id: str, error: str) -> None:
         row = sessions_store.apply_update(
@@ -93,12 +94,19 @@ class Reconciler:
             return results
         try:
             with self.app.app_context(), db.pool().connection() as conn:
-                for row in sessions_store.unfinished_system_interactions(conn, self.grace_seconds):
+                after = None
+                # Every unfinished interaction, a page at a time: a backlog queued for a model
+                # no runner serves must not hide the jobs Redis lost behind it.
+                while page := sessions_store.unfinished_system_interactions(
+                        conn, self.grace_seconds, after, self.page_size):
                     conn.commit()
-                    try:
-                        results[row["id"]] = self.check(conn, row["id"], row["session_id"], row["owner"])
-                    except Exception:
-                        log.exception("reconciling interaction %s failed", row["id"])
+                    for row in page:
+                        try:
+                            results[row["id"]] = self.check(conn, row["id"], row["session_id"], row["owner"])
+                        except Exception:
+                            log.exception("reconciling interaction %s failed", row["id"])
+                    after = (page[-1]["created"], page[-1]["id"])
+                    lock.reacquire()  # a long pass keeps its lock
         finally:
             try:
                 lock.release()

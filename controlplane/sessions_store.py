@@ -122,11 +122,18 @@ def apply_update(conn: psycopg.Connection, interaction_id: str, *, runner: str, 
     ).fetchone()
 
 
-def unfinished_system_interactions(conn: psycopg.Connection, older_than_seconds: float) -> list:
-    """Work that PostgreSQL says should be queued or running: the reconciler's source of truth."""
+def unfinished_system_interactions(conn: psycopg.Connection, older_than_seconds: float,
+                                   after: tuple | None = None, limit: int = 500) -> list:
+    """Work that PostgreSQL says should be queued or running: the reconciler's source of truth.
+
+    One page, oldest first; pass the last row's (created, id) as `after` for the next page.
+    """
+    after_clause = " AND (i.created, i.id) > (%s, %s)" if after else ""
     return conn.execute(
-        "SELECT i.id, i.session_id, s.owner FROM interactions i JOIN sessions s ON s.id = i.session_id"
+        "SELECT i.id, i.session_id, i.created, s.owner FROM interactions i"
+        " JOIN sessions s ON s.id = i.session_id"
         " WHERE NOT i.finished AND i.creator = 'system'"
-        " AND i.created < now() - make_interval(secs => %s) ORDER BY i.created LIMIT 1000",
-        (older_than_seconds,),
+        f" AND i.created < now() - make_interval(secs => %s){after_clause}"
+        " ORDER BY i.created, i.id LIMIT %s",
+        (older_than_seconds, *(after or ()), limit),
     ).fetchall()

@@ -90,3 +90,13 @@ def test_only_one_pass_runs_at_a_time(client, user, reconciler, redis):
     finally:
         redis.delete("helix:reconciler:lock")
     assert reconciler.run_once()[iid] == "requeued-missing"
+
+
+def test_every_unfinished_interaction_is_checked_page_by_page(client, make_user, reconciler, redis):
+    reconciler.page_size = 2
+    user = make_user()
+    lost = [new_session(client, user)[1] for _ in range(5)]
+    for iid in lost:
+        fetch(redis, iid).delete()
+    results = reconciler.run_once()
+    assert all(results[iid] == "requeued-missing" for iid in lost), results
