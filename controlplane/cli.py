@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from shared.settings import env_int
+
 STATE_DIR = Path(os.environ.get("HELIX_STATE_DIR", ".helix"))
 
 
@@ -109,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
 
     up = sub.add_parser("up", help="run the whole platform on this machine (what `make run` does)")
-    up.add_argument("--port", type=int, default=int(os.environ.get("HELIX_PORT", "8080")))
+    up.add_argument("--port", type=int, default=env_int(os.environ, "HELIX_PORT", 8080))
     up.add_argument("--no-runner", action="store_true", help="start the control plane only")
     up.set_defaults(func=cmd_up)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from shared.settings import env_float, env_int
+
 DEFAULT_TEXT_MODEL = "helix/tiny-chat"
 DEFAULT_IMAGE_MODEL = "helix/tiny-sd"
 
@@ -47,10 +49,10 @@ class Config:
             c.text_models = _list(env["HELIX_TEXT_MODELS"])
         if env.get("HELIX_IMAGE_MODELS"):
             c.image_models = _list(env["HELIX_IMAGE_MODELS"])
-        c.max_upload_bytes = int(env.get("HELIX_MAX_UPLOAD_BYTES", c.max_upload_bytes))
-        c.max_input_chars = int(env.get("HELIX_MAX_INPUT_CHARS", c.max_input_chars))
+        c.max_upload_bytes = env_int(env, "HELIX_MAX_UPLOAD_BYTES", c.max_upload_bytes)
+        c.max_input_chars = env_int(env, "HELIX_MAX_INPUT_CHARS", c.max_input_chars)
         c.filestore = env.get("HELIX_FILESTORE", c.filestore)
         c.s3_endpoint_url = env.get("HELIX_S3_ENDPOINT_URL", c.s3_endpoint_url)
-        c.reconcile_interval = float(env.get("HELIX_RECONCILE_INTERVAL", c.reconcile_interval))
-        c.max_event_streams = int(env.get("HELIX_MAX_EVENT_STREAMS", c.max_event_streams))
+        c.reconcile_interval = env_float(env, "HELIX_RECONCILE_INTERVAL", c.reconcile_interval)
+        c.max_event_streams = env_int(env, "HELIX_MAX_EVENT_STREAMS", c.max_event_streams)
         return c

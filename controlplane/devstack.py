@@ -21,6 +21,7 @@ from controlplane import accounts
 from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey
 from controlplane.migrate import apply_migrations
 from shared.processes import die_with_parent, port_in_use, stop, wait_for_port
+from shared.settings import env_int
 
 DEV_EMAIL = "dev@helix.local"
 # gunicorn's default access line holds the query string, and a browser's events stream carries
@@ -67,8 +68,8 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
 
     database_url = os.environ.get("DATABASE_URL", "")
     redis_url = os.environ.get("REDIS_URL", "")
-    pg_port = int(os.environ.get("HELIX_PG_PORT", "25432"))
-    redis_port = int(os.environ.get("HELIX_REDIS_PORT", "26379"))
+    pg_port = env_int(os.environ, "HELIX_PG_PORT", 25432)
+    redis_port = env_int(os.environ, "HELIX_REDIS_PORT", 26379)
     needed = {"HELIX_PORT": port, **({} if database_url else {"HELIX_PG_PORT": pg_port}),
               **({} if redis_url else {"HELIX_REDIS_PORT": redis_port})}
     for variable, taken in needed.items():

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import socket
-import json
 from dataclasses import dataclass, field
+
+from shared.settings import env_float, env_int, env_json_object
 
 
 @dataclass
@@ -42,12 +43,12 @@ class RunnerConfig:
             text_model_path=env.get("HELIX_TEXT_MODEL_PATH", ""),
             image_model=env.get("HELIX_IMAGE_MODEL", ""),
             image_model_path=env.get("HELIX_IMAGE_MODEL_PATH", ""),
-            text_workers=int(env.get("HELIX_TEXT_WORKERS", "8")),
-            max_tokens=int(env.get("HELIX_MAX_TOKENS", "512")),
-            max_model_len=int(env.get("HELIX_MAX_MODEL_LEN", "2048")),
-            vllm_port=int(env.get("HELIX_VLLM_PORT", "0")),
+            text_workers=env_int(env, "HELIX_TEXT_WORKERS", 8),
+            max_tokens=env_int(env, "HELIX_MAX_TOKENS", 512),
+            max_model_len=env_int(env, "HELIX_MAX_MODEL_LEN", 2048),
+            vllm_port=env_int(env, "HELIX_VLLM_PORT", 0),
             vllm_args=env.get("HELIX_VLLM_ARGS", ""),
-            kv_cache_gib=int(env.get("HELIX_VLLM_KV_CACHE_GIB", "1")),
-            delta_interval=float(env.get("HELIX_DELTA_INTERVAL", "0.1")),
-            sampling_extra=json.loads(env.get("HELIX_SAMPLING_EXTRA") or "{}"),
+            kv_cache_gib=env_int(env, "HELIX_VLLM_KV_CACHE_GIB", 1),
+            delta_interval=env_float(env, "HELIX_DELTA_INTERVAL", 0.1),
+            sampling_extra=env_json_object(env, "HELIX_SAMPLING_EXTRA"),
         )

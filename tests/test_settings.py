@@ -1,0 +1,44 @@
+"""Settings from the environment: documented defaults, and a bad value named in one clear line."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from controlplane.config import Config
+from runner.config import RunnerConfig
+from tests.conftest import REPO
+
+RUNNER_ENV = {"HELIX_API_URL": "http://cp:8080/", "HELIX_RUNNER_TOKEN": "hr-x", "REDIS_URL": "redis://r"}
+
+
+def test_defaults_and_overrides():
+    assert Config.from_env({}).max_event_streams == 24
+    c = Config.from_env({"HELIX_MAX_EVENT_STREAMS": "3", "HELIX_RECONCILE_INTERVAL": "0.5",
+                         "HELIX_TEXT_MODELS": "a, b"})
+    assert (c.max_event_streams, c.reconcile_interval, c.text_models) == (3, 0.5, ["a", "b"])
+    r = RunnerConfig.from_env({**RUNNER_ENV, "HELIX_SAMPLING_EXTRA": '{"top_k": 5}'})
+    assert (r.api_url, r.text_workers, r.sampling_extra) == ("http://cp:8080", 8, {"top_k": 5})
+
+
+@pytest.mark.parametrize("build, env, fragment", [
+    (Config.from_env, {"HELIX_MAX_UPLOAD_BYTES": "10MB"}, "HELIX_MAX_UPLOAD_BYTES must be a whole number"),
+    (Config.from_env, {"HELIX_RECONCILE_INTERVAL": "soon"}, "HELIX_RECONCILE_INTERVAL must be a number"),
+    (RunnerConfig.from_env, {**RUNNER_ENV, "HELIX_TEXT_WORKERS": "many"}, "HELIX_TEXT_WORKERS must be"),
+    (RunnerConfig.from_env, {**RUNNER_ENV, "HELIX_SAMPLING_EXTRA": "{bad"}, "HELIX_SAMPLING_EXTRA must be a JSON object"),
+    (RunnerConfig.from_env, {**RUNNER_ENV, "HELIX_SAMPLING_EXTRA": "[1]"}, "HELIX_SAMPLING_EXTRA must be a JSON object"),
+    (RunnerConfig.from_env, {"HELIX_API_URL": "http://cp"}, "HELIX_RUNNER_TOKEN, REDIS_URL"),
+])
+def test_bad_settings_stop_with_the_variable_named(build, env, fragment):
+    with pytest.raises(SystemExit) as stopped:
+        build(env)
+    assert fragment in str(stopped.value)
+
+
+def test_the_cli_says_which_variable_is_wrong():
+    result = subprocess.run([sys.executable, "-m", "controlplane.cli", "up", "--no-runner"], cwd=REPO,
+                            env={"HELIX_PORT": "eighty", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "HELIX_PORT must be a whole number, got 'eighty'" in result.stderr
+    assert "Traceback" not in result.stderr
