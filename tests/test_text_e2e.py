@@ -232,3 +232,18 @@ def test_vllm_dying_mid_reply_is_restarted_and_the_reply_completes(live_server, 
         if server is not None:
             thaw(server)
         proc.stop()
+
+
+def test_deleting_a_chat_mid_reply_stops_its_job(live_server, runner, live_user):
+    server = vllm_server(runner)
+    freeze(server)  # the reply cannot finish before the delete
+    try:
+        r = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
+                          data={"input": "talk for a long time", "mode": "inference", "type": "text"})
+        sid, iid = r.json()["id"], r.json()["interactions"][-1]["id"]
+        assert runner_that_took(live_server, live_user, sid) == "runner-main"
+        assert requests.delete(f"{live_server}/api/v1/sessions/{sid}", headers=live_user.headers).status_code == 200
+    finally:
+        thaw(server)
+    # The first streamed tokens meet a 404: the worker ends the job instead of generating on.
+    runner.wait_for_log(f"interaction {iid} was deleted or already finished; skipped", timeout=60)
