@@ -34,6 +34,7 @@ class Supervisor:
         self.client = ControlPlane(config.api_url, config.token, config.runner_id)
         self.vllm: VllmServer | None = None
         self.workers: dict[tuple[WorkKind, int], subprocess.Popen] = {}
+        self.worker_names: dict[tuple[WorkKind, int], str] = {}
         self.stopping = threading.Event()
 
     def register(self, timeout: float = 120) -> None:
@@ -55,7 +56,9 @@ class Supervisor:
             time.sleep(1)
 
     def _spawn(self, kind: WorkKind, index: int) -> None:
-        cmd = [sys.executable, "-m", "runner.worker", "--kind", kind.value, "--index", str(index)]
+        name = worker_name(self.config.runner_id, kind, index)
+        self.worker_names[(kind, index)] = name
+        cmd = [sys.executable, "-m", "runner.worker", "--kind", kind.value, "--name", name]
         if kind == WorkKind.TEXT_INFERENCE and self.vllm is not None:
             cmd += ["--vllm-url", self.vllm.base_url]
         # SIGKILL, not SIGTERM: RQ treats SIGTERM as "finish the current job first", and a
@@ -83,7 +86,7 @@ class Supervisor:
     def _wait_for_workers(self, timeout: float = 300) -> None:
         """Ready means listening: each worker's heartbeat key appears just before it dequeues."""
         redis = Redis.from_url(self.config.redis_url)
-        keys = [worker_alive_key(worker_name(self.config.runner_id, kind, i)) for kind, i in self.workers]
+        keys = [worker_alive_key(name) for name in self.worker_names.values()]
         deadline = time.monotonic() + timeout
         while keys and redis.exists(*keys) < len(keys):
             dead = [k for k, p in self.workers.items() if p.poll() is not None]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import threading
 
 from redis import Redis
@@ -49,10 +50,12 @@ def _heartbeat(redis: Redis, key: str, stop: threading.Event) -> None:
 
 
 def worker_name(runner_id: str, kind: WorkKind, index: int) -> str:
-    return f"{runner_id}.{kind.value}.{index}"
+    """A name new for every worker process: RQ refuses a name whose last owner died without
+    saying so, and the reconciler must tell a dead worker's job from a live successor's."""
+    return f"{runner_id}.{kind.value}.{index}.{secrets.token_hex(3)}"
 
 
-def run_worker(kind: WorkKind, index: int, config: RunnerConfig, vllm_url: str = "") -> None:
+def run_worker(kind: WorkKind, name: str, config: RunnerConfig, vllm_url: str = "") -> None:
     model = config.text_model if kind == WorkKind.TEXT_INFERENCE else config.image_model
     client = ControlPlane(config.api_url, config.token, config.runner_id)
     jobs.init_context(kind, config, client, vllm_url)
@@ -60,7 +63,7 @@ def run_worker(kind: WorkKind, index: int, config: RunnerConfig, vllm_url: str =
     redis = Redis.from_url(config.redis_url, health_check_interval=30)
     queue = Queue(queue_name(kind, model), connection=redis, serializer=JSONSerializer)
     worker = SimpleWorker([queue], connection=redis, serializer=JSONSerializer,
-                          job_class=AllowlistedJob, name=worker_name(config.runner_id, kind, index))
+                          job_class=AllowlistedJob, name=name)
     stop = threading.Event()
     threading.Thread(target=_heartbeat, args=(redis, worker_alive_key(worker.name), stop),
                      daemon=True, name="heartbeat").start()
@@ -75,11 +78,11 @@ def run_worker(kind: WorkKind, index: int, config: RunnerConfig, vllm_url: str =
 def main() -> None:
     p = argparse.ArgumentParser(description="one runner worker process (started by the supervisor)")
     p.add_argument("--kind", required=True, choices=[k.value for k in WorkKind])
-    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--name", required=True, help="this worker's name, from worker_name()")
     p.add_argument("--vllm-url", default="")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(WorkKind(args.kind), args.index, RunnerConfig.from_env(), args.vllm_url)
+    run_worker(WorkKind(args.kind), args.name, RunnerConfig.from_env(), args.vllm_url)
 
 
 if __name__ == "__main__":

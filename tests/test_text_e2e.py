@@ -247,3 +247,39 @@ def test_deleting_a_chat_mid_reply_stops_its_job(live_server, runner, live_user)
         thaw(server)
     # The first streamed tokens meet a 404: the worker ends the job instead of generating on.
     runner.wait_for_log(f"interaction {iid} was deleted or already finished; skipped", timeout=60)
+
+
+def test_a_runner_restarted_after_a_crash_finishes_the_interrupted_reply(live_server, services, runner_token,
+                                                                        models_dir, live_user, tmp_path):
+    """One machine (a laptop's `make run`): the only runner dies mid-reply and comes back under the
+    same id. It must start (RQ refuses a worker name whose owner died) and redo the reply."""
+    model = "helix/tiny-chat-restart-after-crash"
+
+    def start(log_dir):
+        log_dir.mkdir()
+        proc = start_runner(live_server, services, runner_token, models_dir, log_dir, runner_id="laptop",
+                            text_model=model, extra_env={"HELIX_TEXT_WORKERS": "1"})
+        proc.wait_for_log("ready:", timeout=300)
+        return proc
+
+    first = start(tmp_path / "first")
+    server = vllm_server(first)
+    try:
+        freeze(server)
+        s = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
+                          data={"input": "before the crash", "mode": "inference", "type": "text",
+                                "model_name": model}).json()
+        assert runner_that_took(live_server, live_user, s["id"]) == "laptop"
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait()
+    finally:
+        thaw(server)
+        first.stop()
+    second = start(tmp_path / "second")
+    try:
+        done = wait_for_session(live_server, live_user, s["id"], timeout=60)
+        reply = done["interactions"][-1]
+        assert reply["state"] == "complete" and reply["message"] and reply["runner"] == "laptop", reply
+        assert reply["metadata"]["attempts"] == 2
+    finally:
+        second.stop()
