@@ -117,6 +117,11 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
               f" -d \"input=yo&mode=inference&type=text\"\n", flush=True)
         while all(c.poll() is None for c in children):
             time.sleep(0.5)
+            for service in services:  # the embedded stores come back on their own data
+                if service.proc.poll() is not None:
+                    print(f"{type(service).__name__} exited with {service.proc.returncode}; restarting it",
+                          file=sys.stderr, flush=True)
+                    service.start()
         failed = next(c for c in children if c.poll() is not None)
         print(f"a platform process exited with {failed.returncode}; stopping", file=sys.stderr)
         raise SystemExit(1)

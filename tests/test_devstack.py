@@ -106,3 +106,34 @@ def test_a_live_postgres_data_directory_is_never_taken_over(tmp_path):
         assert (tmp_path / "pg" / "postmaster.pid").exists()
     finally:
         first.stop()
+
+
+def test_up_brings_back_an_embedded_store_that_dies(tmp_path):
+    port = free_port()
+    proc = start_up(tmp_path, port, free_port(), free_port())
+    try:
+        headers = {"Authorization": f"Bearer {wait_for_key(proc, tmp_path)}"}
+        url = f"http://127.0.0.1:{port}/api/v1/sessions"
+        first = requests.post(url, headers=headers, data={"input": "a", "mode": "inference", "type": "text"})
+        assert first.status_code == 201
+        for name in ("valkey", "postgres"):
+            store = next(c for c in psutil.Process(proc.pid).children() if name in " ".join(c.cmdline()))
+            store.kill()
+            deadline = time.monotonic() + 60
+            while True:  # requests in between may get a 503; then the store is back
+                try:
+                    r = requests.post(url, headers=headers, data={"input": name, "mode": "inference", "type": "text"},
+                                      timeout=10)
+                    if r.status_code == 201:
+                        break
+                    assert r.status_code == 503, r.text
+                except requests.ConnectionError:
+                    pass
+                assert time.monotonic() < deadline, f"{name} did not come back"
+                time.sleep(0.5)
+        # Nothing stored before the crashes was lost.
+        assert requests.get(f"{url}/{first.json()['id']}", headers=headers).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert "EmbeddedValkey exited" in out and "EmbeddedPostgres exited" in out
