@@ -57,10 +57,41 @@ def prepare_database(database_url: str, state_dir: Path) -> tuple[str, str]:
     return api_key, runner_token
 
 
+class Child:
+    """A platform process of `helix up`, restarted when it dies after running a while. One that
+    dies right after starting, or keeps dying, has a problem a restart will not fix: then
+    `helix up` stops and says so."""
+
+    SETTLED_SECONDS = 10
+    MAX_RESTARTS = 5
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str]):
+        self.name, self.cmd, self.env = name, cmd, env
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+        self.restarts = -1
+
+    def start(self) -> "Child":
+        self.proc = subprocess.Popen(self.cmd, env=self.env, preexec_fn=die_with_parent())
+        self.started = time.monotonic()
+        self.restarts += 1
+        return self
+
+    def restart_if_dead(self) -> None:
+        if self.proc.poll() is None:
+            return
+        code = self.proc.returncode
+        if time.monotonic() - self.started < self.SETTLED_SECONDS or self.restarts >= self.MAX_RESTARTS:
+            raise SystemExit(f"the {self.name} exited with {code} (restarted {self.restarts} times);"
+                             " stopping: see its output above")
+        print(f"the {self.name} exited with {code}; restarting it", file=sys.stderr, flush=True)
+        self.start()
+
+
 def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
     state_dir = state_dir.absolute()
     state_dir.mkdir(parents=True, exist_ok=True)
-    children: list[subprocess.Popen] = []
+    children: list[Child] = []
     services = []
 
     def shutdown(*_):
@@ -91,44 +122,41 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
         (state_dir / "env").write_text(f"DATABASE_URL={database_url}\nREDIS_URL={redis_url}\n")
 
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gthread",
-             "-w", os.environ.get("HELIX_WEB_WORKERS", "2"), "--threads", "32",
-             "-b", f"127.0.0.1:{port}", "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
-             "controlplane.app:create_app()"],
-            env=env, preexec_fn=die_with_parent()))
-        wait_for_port(port, 60, children[-1])
+        children.append(Child("control plane", [
+            sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gthread",
+            "-w", os.environ.get("HELIX_WEB_WORKERS", "2"), "--threads", "32",
+            "-b", f"127.0.0.1:{port}", "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
+            "controlplane.app:create_app()"], env).start())
+        wait_for_port(port, 60, children[-1].proc)
         api_url = f"http://127.0.0.1:{port}"
 
         if with_runner:
             models = state_dir / "models"
-            children.append(subprocess.Popen(
-                [sys.executable, "-m", "runner"],
-                env={**env, "HELIX_API_URL": api_url, "HELIX_RUNNER_TOKEN": runner_token,
-                     "HELIX_RUNNER_ID": os.environ.get("HELIX_RUNNER_ID", "local-runner"),
-                     "HELIX_TEXT_MODEL": os.environ.get("HELIX_TEXT_MODEL", "helix/tiny-chat"),
-                     "HELIX_TEXT_MODEL_PATH": os.environ.get("HELIX_TEXT_MODEL_PATH", str(models / "tiny-chat")),
-                     "HELIX_IMAGE_MODEL": os.environ.get("HELIX_IMAGE_MODEL", "helix/tiny-sd"),
-                     "HELIX_IMAGE_MODEL_PATH": os.environ.get("HELIX_IMAGE_MODEL_PATH", str(models / "tiny-sd"))},
-                preexec_fn=die_with_parent()))
+            children.append(Child("runner", [sys.executable, "-m", "runner"], {
+                **env, "HELIX_API_URL": api_url, "HELIX_RUNNER_TOKEN": runner_token,
+                "HELIX_RUNNER_ID": os.environ.get("HELIX_RUNNER_ID", "local-runner"),
+                "HELIX_TEXT_MODEL": os.environ.get("HELIX_TEXT_MODEL", "helix/tiny-chat"),
+                "HELIX_TEXT_MODEL_PATH": os.environ.get("HELIX_TEXT_MODEL_PATH", str(models / "tiny-chat")),
+                "HELIX_IMAGE_MODEL": os.environ.get("HELIX_IMAGE_MODEL", "helix/tiny-sd"),
+                "HELIX_IMAGE_MODEL_PATH": os.environ.get("HELIX_IMAGE_MODEL_PATH", str(models / "tiny-sd"))},
+            ).start())
 
         print(f"\nHelix is up at {api_url}\nAPI key (also in {state_dir / 'dev-api-key'}):\n{api_key}\n"
               f"Try: curl {api_url}/api/v1/sessions -H 'Authorization: Bearer {api_key}'"
               f" -d \"input=yo&mode=inference&type=text\"\n", flush=True)
-        while all(c.poll() is None for c in children):
+        while True:
             time.sleep(0.5)
             for service in services:  # the embedded stores come back on their own data
                 if service.proc.poll() is not None:
                     print(f"{type(service).__name__} exited with {service.proc.returncode}; restarting it",
                           file=sys.stderr, flush=True)
                     service.start()
-        failed = next(c for c in children if c.poll() is not None)
-        print(f"a platform process exited with {failed.returncode}; stopping", file=sys.stderr)
-        raise SystemExit(1)
+            for child in children:
+                child.restart_if_dead()
     except KeyboardInterrupt:
         print("stopping…", flush=True)
     finally:
         for child in reversed(children):
-            stop(child, timeout=20)
+            stop(child.proc, timeout=20)
         for service in reversed(services):
             service.stop()

@@ -108,32 +108,65 @@ def test_a_live_postgres_data_directory_is_never_taken_over(tmp_path):
         first.stop()
 
 
-def test_up_brings_back_an_embedded_store_that_dies(tmp_path):
+def platform_child(up, needle):
+    """The live child of `helix up` whose command line holds `needle`, or None."""
+    for child in psutil.Process(up.pid).children():
+        try:
+            if needle in " ".join(child.cmdline()):
+                return child
+        except psutil.ZombieProcess:  # killed, not yet reaped
+            pass
+    return None
+
+
+def wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
+def healthy(port) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok
+    except requests.ConnectionError:
+        return False
+
+
+def test_up_restarts_parts_that_die_and_loses_nothing(tmp_path):
     port = free_port()
+    started = time.monotonic()
     proc = start_up(tmp_path, port, free_port(), free_port())
     try:
         headers = {"Authorization": f"Bearer {wait_for_key(proc, tmp_path)}"}
         url = f"http://127.0.0.1:{port}/api/v1/sessions"
+
+        def create(text: str) -> int:
+            try:
+                return requests.post(url, headers=headers, timeout=10,
+                                     data={"input": text, "mode": "inference", "type": "text"}).status_code
+            except requests.ConnectionError:
+                return 0
+
         first = requests.post(url, headers=headers, data={"input": "a", "mode": "inference", "type": "text"})
         assert first.status_code == 201
-        for name in ("valkey", "postgres"):
-            store = next(c for c in psutil.Process(proc.pid).children() if name in " ".join(c.cmdline()))
-            store.kill()
-            deadline = time.monotonic() + 60
-            while True:  # requests in between may get a 503; then the store is back
-                try:
-                    r = requests.post(url, headers=headers, data={"input": name, "mode": "inference", "type": "text"},
-                                      timeout=10)
-                    if r.status_code == 201:
-                        break
-                    assert r.status_code == 503, r.text
-                except requests.ConnectionError:
-                    pass
-                assert time.monotonic() < deadline, f"{name} did not come back"
-                time.sleep(0.5)
-        # Nothing stored before the crashes was lost.
+        for store in ("valkey", "postgres"):
+            platform_child(proc, store).kill()
+            # Requests in between get a 503 (or no answer); then the store is back on its data.
+            wait_until(lambda: create(store) == 201, f"{store} did not come back")
+        assert requests.get(f"{url}/{first.json()['id']}", headers=headers).status_code == 200
+
+        # The control plane, once it has run a while, is restarted too.
+        time.sleep(max(0.0, 11 - (time.monotonic() - started)))
+        killed = platform_child(proc, "gunicorn")
+        orphans = killed.children()  # they answer on their own for a moment, then exit
+        killed.kill()
+        wait_until(lambda: (platform_child(proc, "gunicorn") or killed).pid != killed.pid and healthy(port)
+                   and not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in orphans),
+                   "the control plane did not come back")
         assert requests.get(f"{url}/{first.json()['id']}", headers=headers).status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert "EmbeddedValkey exited" in out and "EmbeddedPostgres exited" in out
+    assert "the control plane exited with -9; restarting it" in out
