@@ -135,6 +135,7 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
             children.append(Child("runner", [sys.executable, "-m", "runner"], {
                 **env, "HELIX_API_URL": api_url, "HELIX_RUNNER_TOKEN": runner_token,
                 "HELIX_RUNNER_ID": os.environ.get("HELIX_RUNNER_ID", "local-runner"),
+                "HELIX_RUNNER_LOG_DIR": os.environ.get("HELIX_RUNNER_LOG_DIR", str(state_dir / "logs")),
                 "HELIX_TEXT_MODEL": os.environ.get("HELIX_TEXT_MODEL", "helix/tiny-chat"),
                 "HELIX_TEXT_MODEL_PATH": os.environ.get("HELIX_TEXT_MODEL_PATH", str(models / "tiny-chat")),
                 "HELIX_IMAGE_MODEL": os.environ.get("HELIX_IMAGE_MODEL", "helix/tiny-sd"),

@@ -27,6 +27,7 @@ class RunnerConfig:
     delta_interval: float = 0.1  # HELIX_DELTA_INTERVAL: seconds between streamed text updates
     sampling_extra: dict = field(default_factory=dict)  # HELIX_SAMPLING_EXTRA: JSON added to every
     # chat request, e.g. {"repetition_penalty": 1.1} or {"ignore_eos": true}
+    log_dir: str = ""            # HELIX_RUNNER_LOG_DIR: vLLM's own output goes to vllm.log there
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "RunnerConfig":
@@ -51,4 +52,5 @@ class RunnerConfig:
             kv_cache_gib=env_int(env, "HELIX_VLLM_KV_CACHE_GIB", 1),
             delta_interval=env_float(env, "HELIX_DELTA_INTERVAL", 0.1),
             sampling_extra=env_json_object(env, "HELIX_SAMPLING_EXTRA"),
+            log_dir=env.get("HELIX_RUNNER_LOG_DIR", ""),
         )

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import requests
 from redis import Redis
@@ -72,6 +73,7 @@ class Supervisor:
                 self.config.text_model_path or self.config.text_model, self.config.text_model,
                 port=self.config.vllm_port, max_model_len=self.config.max_model_len,
                 kv_cache_gib=self.config.kv_cache_gib, extra_args=self.config.vllm_args,
+                log_dir=Path(self.config.log_dir) if self.config.log_dir else None,
             ).start()
         if self.config.image_model:
             self._spawn(WorkKind.IMAGE_INFERENCE, 0)

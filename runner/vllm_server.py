@@ -84,7 +84,12 @@ class VllmServer:
         return self
 
     def wait_ready(self, timeout: float = 300) -> float:
-        return wait_healthy(self.base_url, timeout, self.proc)
+        try:
+            return wait_healthy(self.base_url, timeout, self.proc)
+        except (RuntimeError, TimeoutError) as err:
+            if self.log_dir is not None:
+                raise type(err)(f"{err}: see {self.log_dir / 'vllm.log'}") from None
+            raise
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
