@@ -116,7 +116,7 @@ class SessionService:
         )
         system_turn = sessions_store.insert_interaction(
             conn, session_id=session["id"], creator=Creator.SYSTEM, mode=session["mode"],
-            state=InteractionState.WAITING, scheduled=True, status="queued: waiting for a runner",
+            state=InteractionState.WAITING, status="queued: waiting for a runner",
         )
         return [user_turn, system_turn]
 

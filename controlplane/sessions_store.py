@@ -34,17 +34,17 @@ def insert_session(conn: psycopg.Connection, *, owner: str, mode: str, type: str
 
 def insert_interaction(conn: psycopg.Connection, *, session_id: str, creator: Creator, mode: str,
                        message: str = "", state: InteractionState, files: list[str] | None = None,
-                       metadata: dict | None = None, scheduled: bool = False,
-                       status: str = "") -> dict[str, Any]:
+                       metadata: dict | None = None, status: str = "") -> dict[str, Any]:
+    """`scheduled` stays empty until a runner's first report: it is when a runner took the work."""
     finished = state in (InteractionState.COMPLETE, InteractionState.ERROR)
     return conn.execute(
         f"INSERT INTO interactions (id, session_id, seq, creator, mode, message, state, files,"
-        f" metadata, finished, completed, scheduled, progress, status)"
+        f" metadata, finished, completed, progress, status)"
         f" VALUES (%s, %s, (SELECT coalesce(max(seq), 0) + 1 FROM interactions WHERE session_id = %s),"
-        f" %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END, CASE WHEN %s THEN now() END, %s, %s)"
+        f" %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END, %s, %s)"
         f" RETURNING {_INTERACTION_COLUMNS}",
         (new_id(), session_id, session_id, creator.value, mode, message, state.value,
-         Jsonb(files or []), Jsonb(metadata or {}), finished, finished, scheduled,
+         Jsonb(files or []), Jsonb(metadata or {}), finished, finished,
          100 if finished else 0, status),
     ).fetchone()
 

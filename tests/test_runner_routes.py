@@ -18,7 +18,8 @@ def new_turn(client, user):
 def test_updates_stream_then_final_closes(client, user, runner_headers):
     sid, iid = new_turn(client, user)
     url = f"/api/v1/runner/sessions/{sid}/interactions/{iid}"
-    assert client.post(url, headers=runner_headers, json={"runner": "r1", "message": "", "progress": 0}).status_code == 200
+    first = client.post(url, headers=runner_headers, json={"runner": "r1", "message": "", "progress": 0})
+    assert first.status_code == 200 and first.json["scheduled"] is not None  # when a runner took it
     client.post(url, headers=runner_headers, json={"runner": "r1", "delta": "Hel"})
     r = client.post(url, headers=runner_headers, json={"runner": "r1", "delta": "lo\x00"})
     assert r.json["message"] == "Hello\ufffd"  # NUL from a model is stored as U+FFFD
