@@ -70,6 +70,19 @@ def cmd_runner_token(args) -> None:
     print(token)
 
 
+def cmd_runners_list(args) -> None:
+    with _connect() as conn:
+        rows = conn.execute(
+            "SELECT r.id, r.models, r.last_seen, now() - r.last_seen AS ago, t.name AS token"
+            " FROM runners r JOIN runner_tokens t ON t.id = r.token_id ORDER BY r.last_seen DESC"
+        ).fetchall()
+    if not rows:
+        print("no runner has registered yet")
+    for r in rows:
+        models = ", ".join(f"{kind}: {' '.join(names)}" for kind, names in r["models"].items() if names)
+        print(f"{r['id']}  last seen {int(r['ago'].total_seconds())}s ago  token {r['token']!r}  {models}")
+
+
 def cmd_migrate(args) -> None:
     with _connect():
         pass
@@ -107,6 +120,8 @@ def parser() -> argparse.ArgumentParser:
     rt = runners.add_parser("token", help="create a runner token; prints it")
     rt.add_argument("name")
     rt.set_defaults(func=cmd_runner_token)
+    runners.add_parser("list", help="runners that registered, most recently seen first").set_defaults(
+        func=cmd_runners_list)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
 

@@ -28,6 +28,7 @@ class RunnerConfig:
     sampling_extra: dict = field(default_factory=dict)  # HELIX_SAMPLING_EXTRA: JSON added to every
     # chat request, e.g. {"repetition_penalty": 1.1} or {"ignore_eos": true}
     log_dir: str = ""            # HELIX_RUNNER_LOG_DIR: vLLM's own output goes to vllm.log there
+    register_interval: float = 30  # HELIX_REGISTER_INTERVAL: seconds between "still here" reports
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "RunnerConfig":
@@ -53,4 +54,5 @@ class RunnerConfig:
             delta_interval=env_float(env, "HELIX_DELTA_INTERVAL", 0.1),
             sampling_extra=env_json_object(env, "HELIX_SAMPLING_EXTRA"),
             log_dir=env.get("HELIX_RUNNER_LOG_DIR", ""),
+            register_interval=env_float(env, "HELIX_REGISTER_INTERVAL", 30),
         )

@@ -37,14 +37,19 @@ class Supervisor:
         self.workers: dict[tuple[WorkKind, int], subprocess.Popen] = {}
         self.worker_names: dict[tuple[WorkKind, int], str] = {}
         self.stopping = threading.Event()
+        self.announced = 0.0
 
-    def register(self, timeout: float = 120) -> None:
+    def _announce(self) -> None:
         models = {"text": [self.config.text_model] if self.config.text_model else [],
                   "image": [self.config.image_model] if self.config.image_model else []}
+        self.client.register(models, {"text_workers": self.config.text_workers})
+        self.announced = time.monotonic()
+
+    def register(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.client.register(models, {"text_workers": self.config.text_workers})
+                self._announce()
                 return
             except requests.HTTPError as err:
                 if err.response is not None and err.response.status_code in (401, 403):
@@ -99,8 +104,15 @@ class Supervisor:
             time.sleep(0.2)
 
     def watch(self) -> None:
-        """Restart what dies until asked to stop."""
+        """Restart what dies until asked to stop; tell the control plane now and then that this
+        runner is still here (its `last_seen`)."""
         while not self.stopping.wait(1.0):
+            if time.monotonic() - self.announced >= self.config.register_interval:
+                try:
+                    self._announce()
+                except requests.RequestException as err:
+                    log.warning("could not tell the control plane this runner is alive: %s", err)
+                    self.announced = time.monotonic()  # try again at the next interval
             if self.vllm is not None and not self.vllm.alive():
                 log.error("vLLM exited (%s); restarting it", self.vllm.proc.returncode)
                 self.vllm.stop()  # what is left of its process group
