@@ -166,14 +166,17 @@ class S3Filestore:
         code = getattr(err, "response", {}).get("Error", {}).get("Code", "")
         return code in ("404", "NoSuchKey", "NotFound")
 
-    def _is_file(self, key: str) -> bool:
+    def _head(self, key: str) -> dict | None:
+        """The object's metadata, or None where no object has that key."""
         try:
-            self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
+            return self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as err:
             if self._missing(err):
-                return False
+                return None
             raise
+
+    def _is_file(self, key: str) -> bool:
+        return self._head(key) is not None
 
     def _is_folder(self, key: str) -> bool:
         return next(self._objects(key), None) is not None
@@ -200,15 +203,12 @@ class S3Filestore:
             raise
 
     def stat(self, key: str) -> FileInfo:
-        try:
-            head = self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
-        except Exception as err:
-            if not self._missing(err):
-                raise
-            if self.list(key):
-                return FileInfo(key, PurePosixPath(key).name, True, 0, None)
-            raise NotFound("file not found") from None
-        return FileInfo(key, PurePosixPath(key).name, False, head["ContentLength"], head["LastModified"])
+        head = self._head(key)
+        if head is not None:
+            return FileInfo(key, PurePosixPath(key).name, False, head["ContentLength"], head["LastModified"])
+        if self._is_folder(key):
+            return FileInfo(key, PurePosixPath(key).name, True, 0, None)
+        raise NotFound("file not found")
 
     def _objects(self, key: str) -> Iterator[dict]:
         for page in self.s3.get_paginator("list_objects_v2").paginate(

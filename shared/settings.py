@@ -10,20 +10,20 @@ class SettingError(SystemExit):
     pass
 
 
-def env_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _number(env: Mapping[str, str], name: str, default, parse, kind: str):
     raw = env.get(name, "").strip()
     try:
-        return int(raw) if raw else default
+        return parse(raw) if raw else default
     except ValueError:
-        raise SettingError(f"{name} must be a whole number, got {raw!r}") from None
+        raise SettingError(f"{name} must be {kind}, got {raw!r}") from None
+
+
+def env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    return _number(env, name, default, int, "a whole number")
 
 
 def env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        raise SettingError(f"{name} must be a number, got {raw!r}") from None
+    return _number(env, name, default, float, "a number")
 
 
 def env_json_object(env: Mapping[str, str], name: str) -> dict[str, Any]:
