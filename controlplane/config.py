@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from shared.settings import env_float, env_int
 
-DEFAULT_TEXT_MODEL = "helix/tiny-chat"
+DEFAULT_TEXT_MODEL = "smollm2-135m-instruct"
 DEFAULT_IMAGE_MODEL = "helix/tiny-sd"
 
 

@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from controlplane import accounts
+from controlplane.config import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey
 from controlplane.migrate import apply_migrations
 from shared.processes import die_with_parent, port_in_use, stop, wait_for_port
@@ -121,7 +122,13 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
         api_key, runner_token = prepare_database(database_url, state_dir)
         (state_dir / "env").write_text(f"DATABASE_URL={database_url}\nREDIS_URL={redis_url}\n")
 
-        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+        models = state_dir / "models"
+        text_model = os.environ.get("HELIX_TEXT_MODEL", DEFAULT_TEXT_MODEL)
+        image_model = os.environ.get("HELIX_IMAGE_MODEL", DEFAULT_IMAGE_MODEL)
+        # Sessions that name no model go to the one this runner serves.
+        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+               "HELIX_TEXT_MODELS": os.environ.get("HELIX_TEXT_MODELS", text_model),
+               "HELIX_IMAGE_MODELS": os.environ.get("HELIX_IMAGE_MODELS", image_model)}
         children.append(Child("control plane", [
             sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gthread",
             "-w", os.environ.get("HELIX_WEB_WORKERS", "2"), "--threads", "32",
@@ -131,15 +138,14 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
         api_url = f"http://127.0.0.1:{port}"
 
         if with_runner:
-            models = state_dir / "models"
             children.append(Child("runner", [sys.executable, "-m", "runner"], {
                 **env, "HELIX_API_URL": api_url, "HELIX_RUNNER_TOKEN": runner_token,
                 "HELIX_RUNNER_ID": os.environ.get("HELIX_RUNNER_ID", "local-runner"),
                 "HELIX_RUNNER_LOG_DIR": os.environ.get("HELIX_RUNNER_LOG_DIR", str(state_dir / "logs")),
-                "HELIX_TEXT_MODEL": os.environ.get("HELIX_TEXT_MODEL", "helix/tiny-chat"),
-                "HELIX_TEXT_MODEL_PATH": os.environ.get("HELIX_TEXT_MODEL_PATH", str(models / "tiny-chat")),
-                "HELIX_IMAGE_MODEL": os.environ.get("HELIX_IMAGE_MODEL", "helix/tiny-sd"),
-                "HELIX_IMAGE_MODEL_PATH": os.environ.get("HELIX_IMAGE_MODEL_PATH", str(models / "tiny-sd"))},
+                "HELIX_TEXT_MODEL": text_model,
+                "HELIX_TEXT_MODEL_PATH": os.environ.get("HELIX_TEXT_MODEL_PATH", str(models / text_model.split("/")[-1])),
+                "HELIX_IMAGE_MODEL": image_model,
+                "HELIX_IMAGE_MODEL_PATH": os.environ.get("HELIX_IMAGE_MODEL_PATH", str(models / image_model.split("/")[-1]))},
             ).start())
 
         print(f"\nHelix is up at {api_url}\nAPI key (also in {state_dir / 'dev-api-key'}):\n{api_key}\n"

