@@ -12,6 +12,7 @@ from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.filestore import from_config
 from controlplane.migrate import apply_migrations
+from controlplane.finetune_service import FinetuneService
 from controlplane.session_service import SessionService
 from controlplane.validation import refuse_nul_in_url
 
@@ -33,13 +34,14 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
                            health_check_interval=30)
     dispatcher = Dispatcher(redis, config)
     filestore = from_config(config.filestore, config.s3_endpoint_url)
-    app.extensions.update(redis=redis, dispatcher=dispatcher, filestore=filestore,
-                          session_service=SessionService(config, dispatcher, filestore),
+    finetune = FinetuneService(config, dispatcher, filestore, redis)
+    app.extensions.update(redis=redis, dispatcher=dispatcher, filestore=filestore, finetune_service=finetune,
+                          session_service=SessionService(config, dispatcher, filestore, finetune),
                           event_streams=threading.BoundedSemaphore(config.max_event_streams))
 
-    from controlplane.api import api_keys, filestore as filestore_routes, runner, sessions
+    from controlplane.api import api_keys, filestore as filestore_routes, finetune as finetune_routes, runner, sessions
 
-    for bp in (sessions.bp, api_keys.bp, runner.bp, filestore_routes.bp):
+    for bp in (sessions.bp, finetune_routes.bp, api_keys.bp, runner.bp, filestore_routes.bp):
         app.register_blueprint(bp)
     app.before_request(lambda: refuse_nul_in_url(request.path, request.args))
 

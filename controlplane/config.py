@@ -38,6 +38,12 @@ class Config:
     # How long a queued job may run before RQ gives up on it.
     text_job_timeout: int = 600
     image_job_timeout: int = 1800
+    dataprep_job_timeout: int = 3 * 3600
+    finetune_job_timeout: int = 12 * 3600
+    # Largest file a runner may upload (adapters, training checkpoints).
+    max_runner_upload_bytes: int = 8 * 1024**3
+    # Fine-tunes: most documents (files and URLs) in one session.
+    max_finetune_documents: int = 50
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Config":
@@ -51,6 +57,8 @@ class Config:
             c.image_models = _list(env["HELIX_IMAGE_MODELS"])
         c.max_upload_bytes = env_int(env, "HELIX_MAX_UPLOAD_BYTES", c.max_upload_bytes)
         c.max_input_chars = env_int(env, "HELIX_MAX_INPUT_CHARS", c.max_input_chars)
+        c.max_runner_upload_bytes = env_int(env, "HELIX_MAX_RUNNER_UPLOAD_BYTES", c.max_runner_upload_bytes)
+        c.max_finetune_documents = env_int(env, "HELIX_MAX_FINETUNE_DOCUMENTS", c.max_finetune_documents)
         c.filestore = env.get("HELIX_FILESTORE", c.filestore)
         c.s3_endpoint_url = env.get("HELIX_S3_ENDPOINT_URL", c.s3_endpoint_url)
         c.reconcile_interval = env_float(env, "HELIX_RECONCILE_INTERVAL", c.reconcile_interval)

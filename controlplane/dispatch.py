@@ -14,8 +14,10 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from controlplane.config import Config
-from shared.jobs import ENTRY_POINTS, ImageInferenceJob, TextInferenceJob, WorkKind, job_id_for, queue_name
-from shared.types import Creator, InteractionState, SessionType
+from shared.finetune import DEFAULT_EVAL_SHARE
+from shared.jobs import (ENTRY_POINTS, ImageInferenceJob, TextDataPrepJob, TextFinetuneJob, TextInferenceJob,
+                         WorkKind, job_id_for, queue_name)
+from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ def chat_history(interactions: list[dict[str, Any]], upto_id: str) -> list[dict[
     messages: list[dict[str, str]] = []
     pending_user: dict[str, str] | None = None
     for i in interactions:
+        if i["mode"] == SessionMode.FINETUNE:
+            continue  # the documents and the training run are not part of the conversation
         if i["creator"] == Creator.USER:
             pending_user = {"role": "user", "content": i["message"]}
         elif i["id"] == upto_id:
@@ -43,8 +47,42 @@ def chat_history(interactions: list[dict[str, Any]], upto_id: str) -> list[dict[
     return messages
 
 
+def job_stage(session: dict[str, Any], interaction: dict[str, Any]) -> str:
+    """Which job an unfinished interaction needs: a fine-tune has two in turn, each its own id."""
+    if interaction["mode"] != SessionMode.FINETUNE:
+        return ""
+    return "finetune" if interaction["data_prep_stage"] == DataPrepStage.FINETUNE else "dataprep"
+
+
+def _finetune_job(session: dict[str, Any], interactions: list[dict[str, Any]],
+                  interaction: dict[str, Any]) -> tuple[WorkKind, dict[str, Any]]:
+    options = session["config"].get("finetune", {})
+    common = {"session_id": session["id"], "interaction_id": interaction["id"], "model": session["model_name"]}
+    if job_stage(session, interaction) == "finetune":
+        job = TextFinetuneJob(**common, system_prompt=options.get("system_prompt", ""),
+                              hyperparameters=options.get("hyperparameters", {}),
+                              eval_share=options.get("eval_share", DEFAULT_EVAL_SHARE),
+                              checkpoint=interaction["metadata"].get("checkpoint", {}).get("path", ""))
+        return WorkKind.TEXT_FINETUNE, job.to_dict()
+    # The documents are those of the user's turn just before this interaction.
+    before = interactions[:next(n for n, i in enumerate(interactions) if i["id"] == interaction["id"])]
+    documents = next((i for i in reversed(before) if i["creator"] == Creator.USER), None) or {}
+    done = [f"{name}#{chunk['index']}" for name, report in interaction["data_prep_chunks"].items()
+            for chunk in report.get("chunks", []) if chunk.get("state") == "done"]
+    job = TextDataPrepJob(**common, files=documents.get("files", []),
+                          urls=documents.get("metadata", {}).get("urls", []),
+                          question_styles=options.get("question_styles", []),
+                          questions_per_fact=options.get("questions_per_fact", 4),
+                          chunk_tokens=options.get("chunk_tokens", 384),
+                          overlap_tokens=options.get("overlap_tokens", 48), skip_chunks=done)
+    return WorkKind.TEXT_DATAPREP, job.to_dict()
+
+
 def build_job(session: dict[str, Any], interactions: list[dict[str, Any]],
               interaction_id: str) -> tuple[WorkKind, dict[str, Any]]:
+    interaction = next(i for i in interactions if i["id"] == interaction_id)
+    if interaction["mode"] == SessionMode.FINETUNE:
+        return _finetune_job(session, interactions, interaction)
     if session["type"] == SessionType.IMAGE:
         prompt = chat_history(interactions, interaction_id)[-1]["content"]
         params = session["config"].get("image", {})
@@ -53,9 +91,12 @@ def build_job(session: dict[str, Any], interactions: list[dict[str, Any]],
                                 lora_dir=session["lora_dir"], **params)
         return WorkKind.IMAGE_INFERENCE, job.to_dict()
     params = session["config"].get("text", {})
+    messages = chat_history(interactions, interaction_id)
+    system_prompt = session["config"].get("finetune", {}).get("system_prompt")
+    if session["lora_dir"] and system_prompt:  # served as it was trained
+        messages = [{"role": "system", "content": system_prompt}, *messages]
     job = TextInferenceJob(session_id=session["id"], interaction_id=interaction_id,
-                           model=session["model_name"],
-                           messages=chat_history(interactions, interaction_id),
+                           model=session["model_name"], messages=messages,
                            lora_dir=session["lora_dir"], **params)
     return WorkKind.TEXT_INFERENCE, job.to_dict()
 
@@ -66,14 +107,17 @@ class Dispatcher:
         self.config = config
 
     def _timeout(self, kind: WorkKind) -> int:
-        return self.config.image_job_timeout if kind == WorkKind.IMAGE_INFERENCE else self.config.text_job_timeout
+        return {WorkKind.IMAGE_INFERENCE: self.config.image_job_timeout,
+                WorkKind.TEXT_DATAPREP: self.config.dataprep_job_timeout,
+                WorkKind.TEXT_FINETUNE: self.config.finetune_job_timeout}.get(kind, self.config.text_job_timeout)
 
     def enqueue(self, session: dict[str, Any], interactions: list[dict[str, Any]], interaction_id: str) -> Job:
         kind, payload = build_job(session, interactions, interaction_id)
         queue = Queue(queue_name(kind, session["model_name"]), connection=self.redis,
                       serializer=JSONSerializer)
-        job_id = job_id_for(interaction_id)
-        existing = self.fetch(interaction_id)
+        stage = job_stage(session, next(i for i in interactions if i["id"] == interaction_id))
+        job_id = job_id_for(interaction_id, stage)
+        existing = self.fetch(interaction_id, stage)
         if existing is not None:
             existing.delete()  # a dead runner's copy: drop it from every registry first
         return queue.enqueue_call(
@@ -92,17 +136,19 @@ class Dispatcher:
                         exc_info=True)
             return False
 
-    def fetch(self, interaction_id: str) -> Job | None:
+    def fetch(self, interaction_id: str, stage: str = "") -> Job | None:
         try:
-            return Job.fetch(job_id_for(interaction_id), connection=self.redis, serializer=JSONSerializer)
+            return Job.fetch(job_id_for(interaction_id, stage), connection=self.redis,
+                             serializer=JSONSerializer)
         except Exception:  # NoSuchJobError, or a job hash left unreadable
             return None
 
     def cancel(self, interaction_id: str) -> None:
-        job = self.fetch(interaction_id)
-        if job is not None:
-            try:
-                job.cancel()
-            except Exception:
-                pass
-            job.delete()
+        for stage in ("", "dataprep", "finetune"):
+            job = self.fetch(interaction_id, stage)
+            if job is not None:
+                try:
+                    job.cancel()
+                except Exception:
+                    pass
+                job.delete()

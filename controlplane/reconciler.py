@@ -19,7 +19,7 @@ from redis.exceptions import LockError
 from rq.job import JobStatus
 
 from controlplane import events, sessions_store
-from controlplane.dispatch import Dispatcher
+from controlplane.dispatch import Dispatcher, job_stage
 from controlplane.views import interaction_view
 from shared.runners import worker_alive_key
 from shared.types import InteractionState
@@ -65,7 +65,7 @@ class Reconciler:
             interaction = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
             if session is None or interaction is None or interaction["finished"]:
                 return "done"
-            job = self.dispatcher.fetch(interaction_id)
+            job = self.dispatcher.fetch(interaction_id, job_stage(session, interaction))
             if job is None:
                 self._requeue(conn, session, interaction, "job missing from the queue")
                 return "requeued-missing"

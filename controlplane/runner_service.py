@@ -10,28 +10,29 @@ from redis import Redis
 from controlplane import events, sessions_store
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.views import interaction_view
-from shared.types import InteractionState
+from controlplane.filestore import session_outputs
+from shared.types import DataPrepStage, InteractionState
 from shared.updates import EVENT_DELTA, EVENT_INTERACTION
 
 _FINAL_STATES = {InteractionState.COMPLETE.value, InteractionState.ERROR.value}
 
 
-def _storable(value: Any) -> Any:
+def storable(value: Any) -> Any:
     """PostgreSQL text and jsonb hold neither NUL nor lone surrogates, and models do emit NUL:
     store U+FFFD and '?' instead."""
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, list):
-        return [_storable(v) for v in value]
+        return [storable(v) for v in value]
     if isinstance(value, dict):
-        return {_storable(k): _storable(v) for k, v in value.items()}
+        return {storable(k): storable(v) for k, v in value.items()}
     return value
 
 
 def register_runner(conn: psycopg.Connection, token_id: str, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("registration must be a JSON object with runner_id and models")
-    body = _storable(body)
+    body = storable(body)
     if not isinstance(body.get("info") or {}, dict):
         raise BadRequest("info must be an object")
     runner_id = body.get("runner_id")
@@ -54,7 +55,7 @@ def register_runner(conn: psycopg.Connection, token_id: str, body: Any) -> dict[
 def _parse_update(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("update must be a JSON object")
-    body = _storable(body)
+    body = storable(body)
     state = body.get("state") or InteractionState.WAITING.value
     if state not in {s.value for s in InteractionState}:
         raise BadRequest(f"unknown state {state!r}")
@@ -64,7 +65,10 @@ def _parse_update(body: Any) -> dict[str, Any]:
     files = body.get("files")
     if files is not None and (not isinstance(files, list) or not all(isinstance(f, str) for f in files)):
         raise BadRequest("files must be a list of paths")
-    for key in ("delta", "message", "status", "error", "runner"):
+    stage = body.get("data_prep_stage")
+    if stage is not None and stage not in {s.value for s in DataPrepStage}:
+        raise BadRequest(f"unknown data_prep_stage {stage!r}")
+    for key in ("delta", "message", "status", "error", "runner", "lora_dir"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise BadRequest(f"{key} must be a string")
     if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
@@ -95,8 +99,14 @@ def apply_update(conn: psycopg.Connection, redis: Redis, session_id: str, intera
             message=message, progress=progress,
             status=update["status"] if update.get("status") is not None else current["status"],
             files=update.get("files"), error=update.get("error") or "", finished=final,
-            metadata=update.get("metadata"),
+            metadata=update.get("metadata"), data_prep_stage=update.get("data_prep_stage"),
+            lora_dir=update.get("lora_dir"),
         )
+        if update.get("lora_dir"):
+            if not update["lora_dir"].startswith(session_outputs(session_id) + "/"):
+                raise BadRequest(f"lora_dir must be a folder under {session_outputs(session_id)}/")
+            if final and state == InteractionState.COMPLETE:
+                sessions_store.finish_finetune(conn, session_id, update["lora_dir"])
         sessions_store.touch_session(conn, session_id)
     view = interaction_view(row)
     # Streamed tokens go out as small delta events; every other change as the whole interaction.

@@ -13,6 +13,7 @@ from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.filestore import Filestore, UserFiles, session_folder
+from controlplane.finetune_service import FinetuneService
 from controlplane.validation import optional_float, optional_int, required_choice, text_field
 from shared.types import Creator, InteractionState, SessionMode, SessionType
 
@@ -63,17 +64,20 @@ def _job_params(form: Mapping[str, str], session_type: SessionType) -> dict[str,
 
 
 class SessionService:
-    def __init__(self, config: Config, dispatcher: Dispatcher, filestore: Filestore):
+    def __init__(self, config: Config, dispatcher: Dispatcher, filestore: Filestore, finetune: FinetuneService):
         self.config = config
         self.dispatcher = dispatcher
         self.filestore = filestore
+        self.finetune = finetune
 
     def create(self, conn: psycopg.Connection, user: dict[str, Any], form: Mapping[str, str],
                files: list[Any]) -> dict[str, Any]:
         mode = required_choice(form, "mode", SessionMode)
         session_type = required_choice(form, "type", SessionType)
         if mode == SessionMode.FINETUNE:
-            raise BadRequest("mode=finetune is not available on this server yet: use mode=inference")
+            if session_type == SessionType.IMAGE:
+                raise BadRequest("image fine-tuning is not available on this server yet: use type=text")
+            return self.finetune.create(conn, user, form, files, _model_name(conn, self.config, form, session_type))
         if files:
             raise BadRequest("inference sessions take no files: send the prompt as input=...")
         prompt = text_field(form, "input", self.config.max_input_chars, required=True)
@@ -99,7 +103,8 @@ class SessionService:
             if session is None:
                 raise NotFound("session not found")
             if session["mode"] != SessionMode.INFERENCE:
-                raise BadRequest("only inference sessions take new input")
+                raise Conflict("this session is still being fine-tuned: chat with it once its"
+                               " fine-tune interaction is complete")
             previous = sessions_store.get_interactions(conn, session_id)
             if previous and not previous[-1]["finished"]:
                 raise Conflict("the previous reply is still being generated: wait for it to finish")

@@ -10,10 +10,18 @@ from psycopg.types.json import Jsonb
 
 from shared.types import Creator, InteractionState
 
-_INTERACTION_COLUMNS = (
+INTERACTION_COLUMNS = (
     "id, session_id, seq, created, updated, scheduled, completed, creator, mode, runner, message,"
     " progress, files, finished, metadata, state, status, error, lora_dir, data_prep_chunks,"
     " data_prep_stage"
+)
+
+# A fine-tune interaction's question/answer pairs, listed with it (the Helix reference promises
+# "all of the generated QA pairs" in the session's GET response).
+_QA_PAIRS = (
+    "CASE WHEN mode = 'finetune' AND creator = 'system' THEN coalesce((SELECT json_agg(p ORDER BY p.seq)"
+    " FROM (SELECT id, seq, document, chunk_index, fact, style, question, answer FROM qa_pairs"
+    " WHERE interaction_id = interactions.id) p), '[]'::json) END AS qa_pairs"
 )
 
 
@@ -34,18 +42,19 @@ def insert_session(conn: psycopg.Connection, *, owner: str, mode: str, type: str
 
 def insert_interaction(conn: psycopg.Connection, *, session_id: str, creator: Creator, mode: str,
                        message: str = "", state: InteractionState, files: list[str] | None = None,
-                       metadata: dict | None = None, status: str = "") -> dict[str, Any]:
+                       metadata: dict | None = None, status: str = "",
+                       data_prep_stage: str = "", lora_dir: str = "") -> dict[str, Any]:
     """`scheduled` stays empty until a runner's first report: it is when a runner took the work."""
     finished = state in (InteractionState.COMPLETE, InteractionState.ERROR)
     return conn.execute(
         f"INSERT INTO interactions (id, session_id, seq, creator, mode, message, state, files,"
-        f" metadata, finished, completed, progress, status)"
+        f" metadata, finished, completed, progress, status, data_prep_stage, lora_dir)"
         f" VALUES (%s, %s, (SELECT coalesce(max(seq), 0) + 1 FROM interactions WHERE session_id = %s),"
-        f" %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END, %s, %s)"
-        f" RETURNING {_INTERACTION_COLUMNS}",
+        f" %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END, %s, %s, %s, %s)"
+        f" RETURNING {INTERACTION_COLUMNS}",
         (new_id(), session_id, session_id, creator.value, mode, message, state.value,
          Jsonb(files or []), Jsonb(metadata or {}), finished, finished,
-         100 if finished else 0, status),
+         100 if finished else 0, status, data_prep_stage, lora_dir),
     ).fetchone()
 
 
@@ -64,7 +73,7 @@ def get_session_any_owner(conn: psycopg.Connection, session_id: str) -> dict[str
 
 def get_interactions(conn: psycopg.Connection, session_id: str) -> list[dict[str, Any]]:
     return conn.execute(
-        f"SELECT {_INTERACTION_COLUMNS} FROM interactions WHERE session_id = %s ORDER BY seq",
+        f"SELECT {INTERACTION_COLUMNS} FROM interactions WHERE session_id = %s ORDER BY seq",
         (session_id,),
     ).fetchall()
 
@@ -74,7 +83,7 @@ def get_session_with_interactions(conn: psycopg.Connection, session_id: str,
     """The session row with its interactions, in one round trip on indexed lookups."""
     row = conn.execute(
         f"SELECT s.*, coalesce((SELECT json_agg(i ORDER BY i.seq) FROM"
-        f" (SELECT {_INTERACTION_COLUMNS} FROM interactions WHERE session_id = s.id) i),"
+        f" (SELECT {INTERACTION_COLUMNS}, {_QA_PAIRS} FROM interactions WHERE session_id = s.id) i),"
         f" '[]'::json) AS interactions FROM sessions s WHERE s.id = %s AND s.owner = %s",
         (session_id, owner),
     ).fetchone()
@@ -103,28 +112,47 @@ def touch_session(conn: psycopg.Connection, session_id: str) -> None:
 def get_interaction_for_runner(conn: psycopg.Connection, session_id: str,
                                interaction_id: str) -> dict[str, Any] | None:
     return conn.execute(
-        f"SELECT {_INTERACTION_COLUMNS} FROM interactions WHERE id = %s AND session_id = %s FOR UPDATE",
+        f"SELECT {INTERACTION_COLUMNS} FROM interactions WHERE id = %s AND session_id = %s FOR UPDATE",
         (interaction_id, session_id),
     ).fetchone()
 
 
 def apply_update(conn: psycopg.Connection, interaction_id: str, *, runner: str, state: str,
                  message: str, progress: int, status: str, files: list[str] | None, error: str,
-                 finished: bool, metadata: dict | None) -> dict[str, Any]:
+                 finished: bool, metadata: dict | None, data_prep_stage: str | None = None,
+                 lora_dir: str | None = None) -> dict[str, Any]:
     return conn.execute(
         f"UPDATE interactions SET updated = now(), runner = %s, state = %s, message = %s,"
         f" progress = %s, status = %s, files = coalesce(%s, files), error = %s, finished = %s,"
         f" completed = CASE WHEN %s THEN now() ELSE completed END,"
         f" scheduled = coalesce(scheduled, now()),"
-        f" metadata = metadata || %s WHERE id = %s RETURNING {_INTERACTION_COLUMNS}",
+        f" data_prep_stage = coalesce(%s, data_prep_stage), lora_dir = coalesce(%s, lora_dir),"
+        f" metadata = metadata || %s WHERE id = %s RETURNING {INTERACTION_COLUMNS}",
         (runner, state, message, progress, status, Jsonb(files) if files is not None else None,
-         error, finished, finished, Jsonb(metadata or {}), interaction_id),
+         error, finished, finished, data_prep_stage, lora_dir, Jsonb(metadata or {}), interaction_id),
     ).fetchone()
+
+
+def reopen_interaction(conn: psycopg.Connection, interaction_id: str, *, stage: str,
+                       status: str) -> dict[str, Any]:
+    """A fine-tune interaction taken up again (retry, start after review): waiting, unfinished."""
+    return conn.execute(
+        f"UPDATE interactions SET updated = now(), state = 'waiting', finished = false,"
+        f" completed = NULL, error = '', progress = 0, status = %s, data_prep_stage = %s"
+        f" WHERE id = %s RETURNING {INTERACTION_COLUMNS}", (status, stage, interaction_id),
+    ).fetchone()
+
+
+def finish_finetune(conn: psycopg.Connection, session_id: str, lora_dir: str) -> None:
+    """A trained session goes back to inference, served with its adapter (Helix's behaviour)."""
+    conn.execute("UPDATE sessions SET mode = 'inference', lora_dir = %s, updated = now() WHERE id = %s",
+                 (lora_dir, session_id))
 
 
 def unfinished_system_interactions(conn: psycopg.Connection, older_than_seconds: float,
                                    after: tuple | None = None, limit: int = 500) -> list:
     """Work that PostgreSQL says should be queued or running: the reconciler's source of truth.
+    An interaction in `editing` waits for its user (a fine-tune's review), not for a runner.
 
     One page, oldest first; pass the last row's (created, id) as `after` for the next page.
     """
@@ -132,7 +160,7 @@ def unfinished_system_interactions(conn: psycopg.Connection, older_than_seconds:
     return conn.execute(
         "SELECT i.id, i.session_id, i.created, s.owner FROM interactions i"
         " JOIN sessions s ON s.id = i.session_id"
-        " WHERE NOT i.finished AND i.creator = 'system'"
+        " WHERE NOT i.finished AND i.creator = 'system' AND i.state <> 'editing'"
         f" AND i.created < now() - make_interval(secs => %s){after_clause}"
         " ORDER BY i.created, i.id LIMIT %s",
         (older_than_seconds, *(after or ()), limit),

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+import tempfile
 from dataclasses import dataclass, field
 
 from shared.settings import env_float, env_int, env_json_object
@@ -29,6 +31,13 @@ class RunnerConfig:
     # chat request, e.g. {"repetition_penalty": 1.1} or {"ignore_eos": true}
     log_dir: str = ""            # HELIX_RUNNER_LOG_DIR: vLLM's own output goes to vllm.log there
     register_interval: float = 30  # HELIX_REGISTER_INTERVAL: seconds between "still here" reports
+    finetune_workers: int = 1    # HELIX_FINETUNE_WORKERS: training runs at once (0: this runner trains nothing)
+    work_dir: str = ""           # HELIX_RUNNER_WORK_DIR: adapters and checkpoints (default: a temp dir)
+    qa_api_url: str = ""         # HELIX_QA_API_URL: OpenAI-compatible server that writes the questions
+    qa_api_key: str = ""         # HELIX_QA_API_KEY   (default: this runner's own vLLM and model)
+    qa_model: str = ""           # HELIX_QA_MODEL
+    qa_concurrency: int = 32     # HELIX_QA_CONCURRENCY: question requests in flight at once
+    url_allow_private: bool = False  # HELIX_URL_ALLOW_PRIVATE=1: fetch URLs on private addresses too
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "RunnerConfig":
@@ -36,11 +45,12 @@ class RunnerConfig:
         missing = [k for k in ("HELIX_API_URL", "HELIX_RUNNER_TOKEN", "REDIS_URL") if not env.get(k)]
         if missing:
             raise SystemExit("runner needs " + ", ".join(missing) + " in its environment")
+        env.setdefault("HELIX_RUNNER_ID", f"{socket.gethostname()}-{os.getpid()}")
         return cls(
             api_url=env["HELIX_API_URL"].rstrip("/"),
             token=env["HELIX_RUNNER_TOKEN"],
             redis_url=env["REDIS_URL"],
-            runner_id=env.get("HELIX_RUNNER_ID") or f"{socket.gethostname()}-{os.getpid()}",
+            runner_id=env["HELIX_RUNNER_ID"],
             text_model=env.get("HELIX_TEXT_MODEL", ""),
             text_model_path=env.get("HELIX_TEXT_MODEL_PATH", ""),
             image_model=env.get("HELIX_IMAGE_MODEL", ""),
@@ -55,4 +65,16 @@ class RunnerConfig:
             sampling_extra=env_json_object(env, "HELIX_SAMPLING_EXTRA"),
             log_dir=env.get("HELIX_RUNNER_LOG_DIR", ""),
             register_interval=env_float(env, "HELIX_REGISTER_INTERVAL", 30),
+            finetune_workers=env_int(env, "HELIX_FINETUNE_WORKERS", 1),
+            work_dir=env.get("HELIX_RUNNER_WORK_DIR", "")
+            or os.path.join(tempfile.gettempdir(), "helix-runner", runner_id_safe(env)),
+            qa_api_url=env.get("HELIX_QA_API_URL", "").rstrip("/"),
+            qa_api_key=env.get("HELIX_QA_API_KEY", ""),
+            qa_model=env.get("HELIX_QA_MODEL", ""),
+            qa_concurrency=env_int(env, "HELIX_QA_CONCURRENCY", 32),
+            url_allow_private=env.get("HELIX_URL_ALLOW_PRIVATE", "").lower() in ("1", "true", "yes"),
         )
+
+
+def runner_id_safe(env: dict[str, str]) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", env["HELIX_RUNNER_ID"])[:100]

@@ -75,6 +75,21 @@ class ControlPlane:
 
         return _retrying(get, f"download of {path}")
 
+    def report(self, session_id: str, interaction_id: str, what: str, body: dict[str, Any] | None = None,
+               method: str = "POST") -> Any:
+        """A fine-tune report that must land (`document`, `chunk`, `prepared`, `metrics`), or a
+        read (`pairs`), retried on transient failures; Gone once the interaction is over."""
+        url = f"{self.api_url}/api/v1/runner/sessions/{session_id}/interactions/{interaction_id}/finetune/{what}"
+
+        def send() -> Any:
+            r = self.http.request(method, url, json=body, timeout=60)
+            if r.status_code in (404, 409):
+                raise Gone(interaction_id)
+            r.raise_for_status()
+            return r.json()
+
+        return _retrying(send, f"fine-tune {what}")
+
     def finish(self, session_id: str, interaction_id: str, update: InteractionUpdate,
                deadline_seconds: float = 600) -> None:
         """Delivers the final update, retrying with backoff; raises if it never lands."""

@@ -11,10 +11,12 @@ import io
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
 
+from runner import adapters
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane, Gone, TextStream
 from runner.text_generation import ModelError, fit_history, stream_chat
@@ -53,19 +55,19 @@ def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vll
     return _context
 
 
-def _ctx() -> WorkerContext:
+def context() -> WorkerContext:
     if _context is None:
         raise RuntimeError("runner job executed outside a runner worker")
     return _context
 
 
-def _start(ctx: WorkerContext, session_id: str, interaction_id: str, status: str) -> None:
+def start_attempt(ctx: WorkerContext, session_id: str, interaction_id: str, status: str) -> None:
     """The first update of an attempt clears what an earlier, interrupted attempt streamed."""
     ctx.client.update(session_id, interaction_id, InteractionUpdate(
         message="", progress=0, status=status, state=InteractionState.WAITING.value))
 
 
-def _unless_gone(job_function):
+def unless_gone(job_function):
     """A job whose interaction is gone (deleted, or finished by an earlier attempt) stops at the
     next report instead of generating for nobody; closing vLLM's stream aborts the request."""
 
@@ -80,24 +82,27 @@ def _unless_gone(job_function):
     return wrapper
 
 
-@_unless_gone
+@unless_gone
 def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
-    ctx = _ctx()
+    ctx = context()
     job = TextInferenceJob.from_dict(payload)
     started = time.monotonic()
     max_tokens = job.max_tokens or ctx.config.max_tokens
     messages = job.messages
     for attempt in (1, 2):
-        _start(ctx, job.session_id, job.interaction_id, "generating")
+        start_attempt(ctx, job.session_id, job.interaction_id, "generating")
         stream = TextStream(ctx.client, job.session_id, job.interaction_id, ctx.config.delta_interval)
         try:
             messages = fit_history(ctx.vllm_url, job.model, job.messages, max_tokens, session=ctx.http)
-            for delta in stream_chat(ctx.vllm_url, job.model, messages, max_tokens=max_tokens,
+            # A fine-tuned session: the same warm base model, with its adapter by name.
+            model = adapters.ensure(ctx.client, ctx.vllm_url, job.session_id, job.lora_dir,
+                                    Path(ctx.config.work_dir) / "adapters", ctx.http) if job.lora_dir else job.model
+            for delta in stream_chat(ctx.vllm_url, model, messages, max_tokens=max_tokens,
                                      temperature=job.temperature, extra=ctx.config.sampling_extra,
                                      session=ctx.http):
                 stream.add(delta)
             break
-        except ModelError as err:
+        except (ModelError, adapters.AdapterError) as err:
             ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
                 state=InteractionState.ERROR.value, message=stream.text, error=str(err),
                 status="error"))
@@ -116,13 +121,13 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
     return {"chars": len(stream.text), "seconds": elapsed}
 
 
-@_unless_gone
+@unless_gone
 def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
     from runner.image_pipeline import ImagePipeline
 
-    ctx = _ctx()
+    ctx = context()
     job = ImageInferenceJob.from_dict(payload)
-    _start(ctx, job.session_id, job.interaction_id, "generating image")
+    start_attempt(ctx, job.session_id, job.interaction_id, "generating image")
     last_sent = [0.0]
 
     def on_step(step: int, total: int) -> None:

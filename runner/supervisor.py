@@ -8,6 +8,7 @@ leaves nothing behind (its jobs are re-queued by the control plane when heartbea
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ log = logging.getLogger("runner")
 class Supervisor:
     def __init__(self, config: RunnerConfig):
         self.config = config
+        os.environ["HELIX_RUNNER_ID"] = config.runner_id  # its workers report under the same name
         self.client = ControlPlane(config.api_url, config.token, config.runner_id)
         self.vllm: VllmServer | None = None
         self.workers: dict[tuple[WorkKind, int], subprocess.Popen] = {}
@@ -42,7 +44,8 @@ class Supervisor:
     def _announce(self) -> None:
         models = {"text": [self.config.text_model] if self.config.text_model else [],
                   "image": [self.config.image_model] if self.config.image_model else []}
-        self.client.register(models, {"text_workers": self.config.text_workers})
+        self.client.register(models, {"text_workers": self.config.text_workers,
+                                      "finetune_workers": self.config.finetune_workers if self.config.text_model else 0})
         self.announced = time.monotonic()
 
     def register(self, timeout: float = 120) -> None:
@@ -65,7 +68,7 @@ class Supervisor:
         name = worker_name(self.config.runner_id, kind, index)
         self.worker_names[(kind, index)] = name
         cmd = [sys.executable, "-m", "runner.worker", "--kind", kind.value, "--name", name]
-        if kind == WorkKind.TEXT_INFERENCE and self.vllm is not None:
+        if kind in (WorkKind.TEXT_INFERENCE, WorkKind.TEXT_FINETUNE) and self.vllm is not None:
             cmd += ["--vllm-url", self.vllm.base_url]
         # SIGKILL, not SIGTERM: RQ treats SIGTERM as "finish the current job first", and a
         # runner that died must not keep a job (and its heartbeat) alive in an orphan.
@@ -86,6 +89,8 @@ class Supervisor:
             log.info("vLLM healthy after %.1fs", self.vllm.wait_ready())
             for i in range(self.config.text_workers):
                 self._spawn(WorkKind.TEXT_INFERENCE, i)
+            for i in range(self.config.finetune_workers):
+                self._spawn(WorkKind.TEXT_FINETUNE, i)
         self._wait_for_workers()
         log.info("runner %s ready: text=%r image=%r", self.config.runner_id,
                  self.config.text_model, self.config.image_model)

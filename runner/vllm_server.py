@@ -61,7 +61,10 @@ class VllmServer:
             "--served-model-name", self.served_name,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--max-model-len", str(self.max_model_len),
-            "--enable-lora", "--max-loras", "4", "--max-lora-rank", "64",
+            "--enable-lora", "--max-loras", "4", "--max-lora-rank", "64", "--max-cpu-loras", "32",
+            # JSON-schema output for question generation: guidance gave valid JSON on the CPU,
+            # where xgrammar let raw control characters into strings.
+            "--structured-outputs-config", '{"backend": "guidance"}',
             "--disable-uvicorn-access-log",
             *shlex.split(self.extra_args),
         ]

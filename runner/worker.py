@@ -25,6 +25,13 @@ from shared.runners import HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_TTL_SECONDS, wo
 
 log = logging.getLogger(__name__)
 ALLOWED_FUNCTIONS = frozenset(ENTRY_POINTS.values())
+# The queues each kind of worker takes work from, first listed first served: text workers
+# prepare fine-tune data on the warm vLLM server between chats, never before them.
+QUEUES_OF_WORKER = {
+    WorkKind.TEXT_INFERENCE: (WorkKind.TEXT_INFERENCE, WorkKind.TEXT_DATAPREP),
+    WorkKind.IMAGE_INFERENCE: (WorkKind.IMAGE_INFERENCE,),
+    WorkKind.TEXT_FINETUNE: (WorkKind.TEXT_FINETUNE,),
+}
 
 
 class RefusedJob(Exception):
@@ -56,18 +63,19 @@ def worker_name(runner_id: str, kind: WorkKind, index: int) -> str:
 
 
 def run_worker(kind: WorkKind, name: str, config: RunnerConfig, vllm_url: str = "") -> None:
-    model = config.text_model if kind == WorkKind.TEXT_INFERENCE else config.image_model
+    model = config.image_model if kind == WorkKind.IMAGE_INFERENCE else config.text_model
     client = ControlPlane(config.api_url, config.token, config.runner_id)
     jobs.init_context(kind, config, client, vllm_url)
 
     redis = Redis.from_url(config.redis_url, health_check_interval=30)
-    queue = Queue(queue_name(kind, model), connection=redis, serializer=JSONSerializer)
-    worker = SimpleWorker([queue], connection=redis, serializer=JSONSerializer,
+    queues = [Queue(queue_name(k, model), connection=redis, serializer=JSONSerializer)
+              for k in QUEUES_OF_WORKER[kind]]
+    worker = SimpleWorker(queues, connection=redis, serializer=JSONSerializer,
                           job_class=AllowlistedJob, name=name)
     stop = threading.Event()
     threading.Thread(target=_heartbeat, args=(redis, worker_alive_key(worker.name), stop),
                      daemon=True, name="heartbeat").start()
-    log.info("worker %s listening on %s", worker.name, queue.name)
+    log.info("worker %s listening on %s", worker.name, ", ".join(q.name for q in queues))
     try:
         worker.work(logging_level="WARNING", with_scheduler=False)
     finally:

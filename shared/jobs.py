@@ -14,6 +14,8 @@ from typing import Any
 class WorkKind(StrEnum):
     TEXT_INFERENCE = "text-inference"
     IMAGE_INFERENCE = "image-inference"
+    TEXT_DATAPREP = "text-dataprep"    # documents -> chunks -> question/answer pairs (warm vLLM)
+    TEXT_FINETUNE = "text-finetune"    # LoRA training, evaluation, adapter upload
 
 
 # Dotted names of the runner's job entry points, one per kind of work. The runner executes
@@ -21,6 +23,8 @@ class WorkKind(StrEnum):
 ENTRY_POINTS: dict[WorkKind, str] = {
     WorkKind.TEXT_INFERENCE: "runner.jobs.text_inference",
     WorkKind.IMAGE_INFERENCE: "runner.jobs.image_inference",
+    WorkKind.TEXT_DATAPREP: "runner.dataprep.job.prepare_text",
+    WorkKind.TEXT_FINETUNE: "runner.training.job.train_text",
 }
 
 
@@ -29,9 +33,10 @@ def queue_name(kind: WorkKind | str, model: str) -> str:
     return f"helix:{WorkKind(kind).value}:{model}"
 
 
-def job_id_for(interaction_id: str) -> str:
-    """A job's id is derived from its interaction, so the reconciler can tell whether it exists."""
-    return f"interaction-{interaction_id}"
+def job_id_for(interaction_id: str, stage: str = "") -> str:
+    """A job's id is derived from its interaction (and, for a fine-tune, its stage), so the
+    reconciler can tell whether it exists; a stage's job never overwrites the next stage's."""
+    return f"interaction-{interaction_id}" + (f"-{stage}" if stage else "")
 
 
 class _Payload:
@@ -72,3 +77,30 @@ class ImageInferenceJob(_Payload):
     seed: int | None = None
     lora_dir: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TextDataPrepJob(_Payload):
+    """Documents of a fine-tune session to question/answer pairs, chunk by chunk."""
+    session_id: str
+    interaction_id: str
+    model: str
+    files: list[str]                  # filestore paths of the uploaded documents
+    urls: list[str] = field(default_factory=list)
+    chunk_tokens: int = 384
+    overlap_tokens: int = 48
+    question_styles: list[str] = field(default_factory=list)  # empty: the runner's defaults
+    questions_per_fact: int = 4
+    skip_chunks: list[str] = field(default_factory=list)  # "document#index" already done (retry)
+
+
+@dataclass
+class TextFinetuneJob(_Payload):
+    """LoRA training on the session's pairs, then evaluation on the held-out ones."""
+    session_id: str
+    interaction_id: str
+    model: str
+    system_prompt: str                # the pairs themselves are read from the control plane
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    eval_share: float = 0.2
+    checkpoint: str = ""              # filestore path of the last checkpoint: resume from it

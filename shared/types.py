@@ -24,5 +24,15 @@ class InteractionState(StrEnum):
     ERROR = "error"
 
 
+class DataPrepStage(StrEnum):
+    """Helix's stages of a text fine-tune, in order."""
+    EDIT_FILES = "edit_files"
+    EXTRACT_TEXT = "extract_text"
+    GENERATE_QUESTIONS = "generate_questions"
+    EDIT_QUESTIONS = "edit_questions"
+    FINETUNE = "finetune"
+    COMPLETE = "complete"
+
+
 API_KEY_PREFIX = "hl-"
 RUNNER_TOKEN_PREFIX = "hr-"

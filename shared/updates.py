@@ -26,6 +26,9 @@ class InteractionUpdate:
     error: str = ""
     final: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Fine-tunes: the stage reached, and the adapter's folder once trained.
+    data_prep_stage: str | None = None
+    lora_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

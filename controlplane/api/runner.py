@@ -8,9 +8,15 @@ from controlplane import db, runner_service, sessions_store
 from controlplane.auth import require_runner
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.filestore import UserFiles, session_folder, session_outputs, user_path
-from controlplane.views import iso_time
+from controlplane.views import interaction_view, iso_time
 
 bp = Blueprint("runner", __name__, url_prefix="/api/v1/runner")
+
+
+@bp.before_request
+def _runner_upload_limit():
+    """Runners upload adapters and training checkpoints, far larger than a user's request."""
+    request.max_content_length = current_app.config["HELIX"].max_runner_upload_bytes
 
 
 @bp.post("/register")
@@ -70,3 +76,48 @@ def download_input(session_id: str):
         raise BadRequest("path is a folder")
     return Response(files.store.open(files.key(path)), mimetype="application/octet-stream",
                     headers={"Content-Length": str(info.size)}, direct_passthrough=True)
+
+
+# -- text fine-tunes: what the runner reports as it prepares data and trains ------------------
+
+def _finetune():
+    return current_app.extensions["finetune_service"]
+
+
+@bp.post("/sessions/<session_id>/interactions/<interaction_id>/finetune/document")
+@require_runner
+def report_document(session_id: str, interaction_id: str):
+    with db.transaction() as conn:
+        _finetune().report_document(conn, session_id, interaction_id, request.get_json(silent=True))
+    return jsonify(ok=True)
+
+
+@bp.post("/sessions/<session_id>/interactions/<interaction_id>/finetune/chunk")
+@require_runner
+def report_chunk(session_id: str, interaction_id: str):
+    with db.transaction() as conn:
+        _finetune().report_chunk(conn, session_id, interaction_id, request.get_json(silent=True))
+    return jsonify(ok=True)
+
+
+@bp.post("/sessions/<session_id>/interactions/<interaction_id>/finetune/prepared")
+@require_runner
+def report_prepared(session_id: str, interaction_id: str):
+    with db.transaction() as conn:
+        row = _finetune().report_prepared(conn, session_id, interaction_id)
+    return jsonify(interaction_view(row))
+
+
+@bp.get("/sessions/<session_id>/interactions/<interaction_id>/finetune/pairs")
+@require_runner
+def training_pairs(session_id: str, interaction_id: str):
+    with db.transaction() as conn:
+        return jsonify(_finetune().pairs_for_training(conn, session_id, interaction_id))
+
+
+@bp.post("/sessions/<session_id>/interactions/<interaction_id>/finetune/metrics")
+@require_runner
+def report_metrics(session_id: str, interaction_id: str):
+    with db.transaction() as conn:
+        _finetune().report_metrics(conn, session_id, interaction_id, request.get_json(silent=True))
+    return jsonify(ok=True)

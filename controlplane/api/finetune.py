@@ -1,0 +1,44 @@
+"""Helix's fine-tune routes on a session: the question/answer pairs for review, starting the
+training after it, and retrying the chunks that failed."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from controlplane import db
+from controlplane.auth import require_user
+from controlplane.views import session_view
+
+bp = Blueprint("finetune", __name__, url_prefix="/api/v1/sessions/<session_id>/finetune")
+
+
+def _service():
+    return current_app.extensions["finetune_service"]
+
+
+@bp.get("/text/conversations/<interaction_id>")
+@require_user
+def get_pairs(session_id: str, interaction_id: str):
+    with db.transaction() as conn:
+        return jsonify(_service().get_pairs(conn, g.user, session_id, interaction_id))
+
+
+@bp.put("/text/conversations/<interaction_id>")
+@require_user
+def put_pairs(session_id: str, interaction_id: str):
+    with db.transaction() as conn:
+        pairs = _service().put_pairs(conn, g.user, session_id, interaction_id, request.get_json(silent=True))
+    return jsonify(pairs)
+
+
+@bp.post("/start")
+@require_user
+def start(session_id: str):
+    with db.transaction() as conn:
+        return jsonify(session_view(_service().start(conn, g.user, session_id)))
+
+
+@bp.put("/text/retry")
+@require_user
+def retry(session_id: str):
+    with db.transaction() as conn:
+        return jsonify(session_view(_service().retry(conn, g.user, session_id)))

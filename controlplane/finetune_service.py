@@ -1,0 +1,374 @@
+"""Text fine-tunes, behind the sessions routes: creating one from documents, the runner's reports
+as it reads them and writes question/answer pairs, the review, retries, and the hand-over from
+data preparation to training. PostgreSQL holds every stage, so any stage can be resumed."""
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Any, Mapping
+
+import psycopg
+
+from controlplane import events, finetune_store, sessions_store
+from controlplane.config import Config
+from controlplane.dispatch import Dispatcher
+from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.runner_service import storable
+from controlplane.filestore import Filestore, UserFiles, session_folder
+from controlplane.validation import optional_float, optional_int, text_field
+from controlplane.views import interaction_view
+from shared.finetune import (DEFAULT_EVAL_SHARE, DOCUMENT_EXTENSIONS, HYPERPARAMETERS, INTEGER_HYPERPARAMETERS,
+                             QUESTION_STYLES, system_prompt)
+from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
+from shared.updates import EVENT_INTERACTION
+
+MAX_PAIRS = 20_000
+MAX_PAIR_CHARS = 4_000
+_URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
+
+
+def _yes(form: Mapping[str, str], name: str) -> bool:
+    value = (form.get(name) or "").strip().lower()
+    if value in ("", "no", "false", "0", "off"):
+        return False
+    if value in ("yes", "true", "1", "on"):
+        return True
+    raise BadRequest(f"'{name}' must be yes or no, got {value[:20]!r}")
+
+
+def parse_options(form: Mapping[str, str]) -> dict[str, Any]:
+    """Every optional fine-tune setting, validated now so a bad value never reaches a runner."""
+    styles = [s.strip() for s in (form.get("question_styles") or "").split(",") if s.strip()]
+    unknown = [s for s in styles if s not in QUESTION_STYLES]
+    if unknown:
+        raise BadRequest(f"unknown question style {unknown[0][:40]!r}: use any of {', '.join(QUESTION_STYLES)}")
+    hyper: dict[str, Any] = {}
+    for name, (_, low, high) in HYPERPARAMETERS.items():
+        value = (optional_int(form, name, int(low), int(high)) if name in INTEGER_HYPERPARAMETERS
+                 else optional_float(form, name, low, high))
+        if value is not None:
+            hyper[name] = value
+    chunk_tokens = optional_int(form, "chunk_tokens", 64, 2048) or 384
+    overlap = optional_int(form, "overlap_tokens", 0, chunk_tokens // 2)
+    eval_share = optional_float(form, "eval_share", 0.0, 0.5)
+    return {
+        "manually_review_questions": _yes(form, "manually_review_questions"),
+        "question_styles": list(dict.fromkeys(styles)),
+        "questions_per_fact": optional_int(form, "questions_per_fact", 1, 10) or 4,
+        "chunk_tokens": chunk_tokens,
+        "overlap_tokens": overlap if overlap is not None else min(48, chunk_tokens // 8),
+        "eval_share": eval_share if eval_share is not None else DEFAULT_EVAL_SHARE,
+        "hyperparameters": hyper,
+    }
+
+
+def parse_urls(raw: str) -> list[str]:
+    urls = (raw or "").split()
+    for url in urls:
+        if len(url) > 2000 or not _URL.match(url):
+            raise BadRequest(f"'urls' holds {url[:80]!r}, which is not an http(s) URL")
+    return list(dict.fromkeys(urls))
+
+
+def document_name(filename: str) -> str:
+    """A document's name as stored: its base name, checked like any filestore path segment."""
+    name = PurePosixPath(filename.replace("\\", "/")).name.strip()
+    if not name or name in (".", ".."):
+        raise BadRequest(f"file {filename[:80]!r} has no usable name")
+    if "\x00" in name or len(name.encode("utf-8", "replace")) > 200:
+        raise BadRequest(f"file name {name[:80]!r} is too long or holds NUL (200 bytes at most)")
+    if PurePosixPath(name.lower()).suffix not in DOCUMENT_EXTENSIONS:
+        raise BadRequest(f"file {name[:80]!r} is not a document this server reads: use "
+                         + ", ".join(DOCUMENT_EXTENSIONS))
+    return name
+
+
+def parse_pairs(body: Any) -> list[dict[str, str]]:
+    """A reviewer's pairs: a list of {question, answer} (or Helix's ShareGPT-style
+    {"conversations": [{"from": "human", ...}, {"from": "gpt", ...}]}), or {"pairs": [...]}."""
+    if isinstance(body, dict) and "pairs" in body:
+        body = body["pairs"]
+    if not isinstance(body, list):
+        raise BadRequest('send a JSON list of {"question": ..., "answer": ...} objects')
+    if len(body) > MAX_PAIRS:
+        raise BadRequest(f"at most {MAX_PAIRS} pairs")
+    pairs = []
+    for n, item in enumerate(body):
+        if isinstance(item, dict) and isinstance(item.get("conversations"), list) and len(item["conversations"]) >= 2:
+            turns = item["conversations"]
+            item = {"question": turns[0].get("value") if isinstance(turns[0], dict) else None,
+                    "answer": turns[1].get("value") if isinstance(turns[1], dict) else None}
+        if not isinstance(item, dict):
+            raise BadRequest(f"pair {n} must be an object with question and answer")
+        pair = {}
+        for key in ("question", "answer"):
+            value = item.get(key)
+            if not isinstance(value, str) or not value.strip():
+                raise BadRequest(f"pair {n}: '{key}' must be a non-empty string")
+            if len(value) > MAX_PAIR_CHARS or "\x00" in value:
+                raise BadRequest(f"pair {n}: '{key}' is longer than {MAX_PAIR_CHARS} characters or holds NUL")
+            text_field({key: value}, key, MAX_PAIR_CHARS)
+            pair[key] = value.strip()
+        for key in ("fact", "document", "style"):
+            if isinstance(item.get(key), str):
+                pair[key] = item[key][:500]
+        pair.setdefault("fact", f"reviewed-{n}")
+        pairs.append(pair)
+    if not pairs:
+        raise BadRequest("send at least one pair")
+    return pairs
+
+
+class FinetuneService:
+    def __init__(self, config: Config, dispatcher: Dispatcher, filestore: Filestore, redis):
+        self.config = config
+        self.dispatcher = dispatcher
+        self.filestore = filestore
+        self.redis = redis
+
+    # -- the user's side ------------------------------------------------------------------
+
+    def create(self, conn: psycopg.Connection, user: dict[str, Any], form: Mapping[str, str],
+               files: list[Any], model: str) -> dict[str, Any]:
+        options = parse_options(form)
+        urls = parse_urls(form.get("urls", ""))
+        message = text_field(form, "input", self.config.max_input_chars)
+        names = [document_name(f.filename) for f in files]
+        if len(set(names)) != len(names):
+            raise BadRequest("two files share a name: give each document its own")
+        if not names and not urls:
+            raise BadRequest("a fine-tune needs documents: send them as files (multipart) or urls=...")
+        if len(names) + len(urls) > self.config.max_finetune_documents:
+            raise BadRequest(f"at most {self.config.max_finetune_documents} documents per session")
+        session_id = sessions_store.new_id()
+        options["system_prompt"] = system_prompt(names + urls)
+        stored = self._store_documents(user["id"], session_id, files, names)
+        try:
+            with conn.transaction():
+                session = sessions_store.insert_session(
+                    conn, owner=user["id"], mode=SessionMode.FINETUNE, type=SessionType.TEXT,
+                    model_name=model, name=text_field(form, "name", 200) or f"fine-tune on {(names + urls)[0][:50]}",
+                    config={"finetune": options}, session_id=session_id)
+                interactions = self._add_documents_turn(conn, session, message, stored, urls)
+        except BaseException:
+            self._remove_documents(user["id"], session_id)  # a refused request stores nothing
+            raise
+        conn.commit()
+        self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
+        return {**session, "interactions": interactions}
+
+    def _store_documents(self, owner: str, session_id: str, files: list[Any], names: list[str]) -> list[str]:
+        store = UserFiles(self.filestore, owner)
+        paths = []
+        try:
+            for upload, name in zip(files, names):
+                path = f"{session_folder(session_id)}/documents/{name}"
+                store.store.write(store.key(path), upload.stream)
+                paths.append(path)
+        except BaseException:
+            self._remove_documents(owner, session_id)
+            raise
+        return paths
+
+    def _remove_documents(self, owner: str, session_id: str) -> None:
+        files = UserFiles(self.filestore, owner)
+        try:
+            files.store.delete(files.key(session_folder(session_id)))
+        except NotFound:
+            pass
+
+    def _add_documents_turn(self, conn, session, message: str, paths: list[str], urls: list[str]) -> list[dict]:
+        user_turn = sessions_store.insert_interaction(
+            conn, session_id=session["id"], creator=Creator.USER, mode=SessionMode.FINETUNE,
+            message=message, state=InteractionState.COMPLETE, files=paths, metadata={"urls": urls})
+        system_turn = sessions_store.insert_interaction(
+            conn, session_id=session["id"], creator=Creator.SYSTEM, mode=SessionMode.FINETUNE,
+            state=InteractionState.WAITING, data_prep_stage=DataPrepStage.EXTRACT_TEXT,
+            status="queued: waiting for a runner to read the documents")
+        return [user_turn, system_turn]
+
+    def _finetune_interaction(self, conn, user, session_id: str, interaction_id: str | None = None):
+        session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
+        if session is None:
+            raise NotFound("session not found")
+        interactions = sessions_store.get_interactions(conn, session_id)
+        candidates = [i for i in interactions if i["mode"] == SessionMode.FINETUNE and i["creator"] == Creator.SYSTEM]
+        if interaction_id is not None:
+            candidates = [i for i in candidates if i["id"] == interaction_id]
+        if not candidates:
+            raise NotFound("no fine-tune interaction with that id in this session")
+        return session, interactions, candidates[-1]
+
+    def get_pairs(self, conn, user, session_id: str, interaction_id: str) -> list[dict[str, Any]]:
+        self._finetune_interaction(conn, user, session_id, interaction_id)
+        return finetune_store.list_pairs(conn, interaction_id)
+
+    def put_pairs(self, conn, user, session_id: str, interaction_id: str, body: Any) -> list[dict[str, Any]]:
+        pairs = parse_pairs(body)
+        with conn.transaction():
+            _, _, interaction = self._finetune_interaction(conn, user, session_id, interaction_id)
+            if interaction["state"] != InteractionState.EDITING:
+                raise Conflict("pairs can be edited only while the fine-tune waits for review"
+                               " (data_prep_stage edit_questions)")
+            finetune_store.replace_all_pairs(conn, interaction_id, pairs)
+            rows = finetune_store.list_pairs(conn, interaction_id)
+        return rows
+
+    def start(self, conn, user, session_id: str) -> dict[str, Any]:
+        """After the review: train on the pairs as they now stand."""
+        with conn.transaction():
+            session, interactions, interaction = self._finetune_interaction(conn, user, session_id)
+            if interaction["state"] != InteractionState.EDITING:
+                raise Conflict("this fine-tune is not waiting for review: nothing to start")
+            if not finetune_store.count_pairs(conn, interaction["id"]):
+                raise BadRequest("there are no question/answer pairs to train on: PUT some first")
+            row = sessions_store.reopen_interaction(conn, interaction["id"], stage=DataPrepStage.FINETUNE,
+                                                    status="queued: waiting for a runner to train")
+        return self._enqueue(conn, session, row)
+
+    def retry(self, conn, user, session_id: str) -> dict[str, Any]:
+        """Runs data preparation again for the chunks (and files) that failed; done ones stay."""
+        with conn.transaction():
+            session, interactions, interaction = self._finetune_interaction(conn, user, session_id)
+            stage = interaction["data_prep_stage"]
+            retryable = interaction["state"] == InteractionState.EDITING or (
+                interaction["state"] == InteractionState.ERROR
+                and stage in (DataPrepStage.EXTRACT_TEXT, DataPrepStage.GENERATE_QUESTIONS))
+            if not retryable:
+                raise Conflict("only a fine-tune whose data preparation failed or waits for review can retry")
+            row = sessions_store.reopen_interaction(conn, interaction["id"], stage=DataPrepStage.GENERATE_QUESTIONS,
+                                                    status="queued: retrying the failed chunks")
+        return self._enqueue(conn, session, row)
+
+    def _enqueue(self, conn, session, interaction) -> dict[str, Any]:
+        conn.commit()
+        interactions = sessions_store.get_interactions(conn, session["id"])
+        self.dispatcher.try_enqueue(session, interactions, interaction["id"])
+        events.publish(self.redis, session["id"], EVENT_INTERACTION, interaction_view(interaction))
+        return {**session, "interactions": interactions}
+
+    # -- the runner's reports -------------------------------------------------------------
+
+    def _running(self, conn, session_id: str, interaction_id: str) -> dict[str, Any]:
+        interaction = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
+        if interaction is None or interaction["mode"] != SessionMode.FINETUNE:
+            raise NotFound("fine-tune interaction not found")
+        if interaction["finished"]:
+            raise Conflict("interaction already finished")
+        return interaction
+
+    def report_document(self, conn, session_id: str, interaction_id: str, body: Any) -> None:
+        """A document read (or not): its characters, chunk count and error."""
+        body = _object(body)
+        name, error = _string(body, "document", 2000), _string(body, "error", 4000)
+        chunks, chars = _count(body, "chunks"), _count(body, "chars")
+        with conn.transaction():
+            interaction = self._running(conn, session_id, interaction_id)
+            # A retry reads the document again: the chunks an earlier attempt finished stay done.
+            earlier = {c["index"]: c for c in interaction["data_prep_chunks"].get(name, {}).get("chunks", [])
+                       if c.get("state") == "done"}
+            finetune_store.set_document(conn, interaction_id, name, {
+                "chars": chars, "error": error,
+                "chunks": [earlier.get(i) or {"index": i, "state": "pending", "question_count": 0, "error": ""}
+                           for i in range(chunks)]})
+
+    def report_chunk(self, conn, session_id: str, interaction_id: str, body: Any) -> None:
+        """One chunk's pairs (replacing any from an earlier attempt), filter counts and error."""
+        body = _object(body)
+        name, error = _string(body, "document", 2000), _string(body, "error", 4000)
+        note, coverage = _string(body, "note", 500), body.get("coverage") or {}
+        index = _count(body, "index")
+        if not isinstance(coverage, dict):
+            raise BadRequest("coverage must be an object")
+        pairs = body.get("pairs") or []
+        if not isinstance(pairs, list) or not all(
+                isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("question", "answer", "fact", "style"))
+                for p in pairs):
+            raise BadRequest("pairs must be a list of {question, answer, fact, style} strings")
+        dropped = body.get("dropped") or {}
+        if not isinstance(dropped, dict) or not all(type(v) is int for v in dropped.values()):
+            raise BadRequest("dropped must map a filter's name to a count")
+        with conn.transaction():
+            interaction = self._running(conn, session_id, interaction_id)
+            if name not in interaction["data_prep_chunks"]:
+                raise BadRequest(f"report document {name[:80]!r} before its chunks")
+            finetune_store.replace_chunk_pairs(conn, interaction_id, name, index, pairs)
+            finetune_store.set_chunk(conn, interaction_id, name, index, {
+                "index": index, "state": "error" if error or not (pairs or note) else "done",
+                "question_count": len(pairs), "error": error or ("" if pairs or note else "no pairs"),
+                "note": note, "dropped": dropped, "coverage": coverage})
+
+    def pairs_for_training(self, conn, session_id: str, interaction_id: str) -> list[dict[str, Any]]:
+        self._running(conn, session_id, interaction_id)
+        return finetune_store.session_pairs(conn, session_id)
+
+    def report_metrics(self, conn, session_id: str, interaction_id: str, body: Any) -> None:
+        points = _object(body).get("points")
+        if not isinstance(points, list) or len(points) > 10_000 or not all(
+                isinstance(p, dict) and all(type(v) in (int, float) for v in p.values()) for p in points):
+            raise BadRequest("points must be a list of objects of numbers")
+        with conn.transaction():
+            self._running(conn, session_id, interaction_id)
+            finetune_store.append_history(conn, interaction_id, points)
+
+    def report_prepared(self, conn, session_id: str, interaction_id: str) -> dict[str, Any]:
+        """Data preparation is over: stop in error when no chunk made a pair; else wait for the
+        review, or queue the training."""
+        with conn.transaction():
+            interaction = self._running(conn, session_id, interaction_id)
+            session = sessions_store.get_session_any_owner(conn, session_id)
+            pairs = finetune_store.count_pairs(conn, interaction_id)
+            failed = _failures(interaction["data_prep_chunks"])
+            review = session["config"].get("finetune", {}).get("manually_review_questions")
+            if not pairs and not review:
+                row = sessions_store.apply_update(
+                    conn, interaction_id, runner=interaction["runner"], state=InteractionState.ERROR,
+                    message=interaction["message"], progress=interaction["progress"], status="failed",
+                    files=None, finished=True, metadata=None,
+                    error="no question/answer pairs could be made from the documents: "
+                          + ("; ".join(failed[:10]) or "no text"))
+            elif review:  # with no pairs too: the reviewer can write their own
+                row = finetune_store.set_stage(
+                    conn, interaction_id, DataPrepStage.EDIT_QUESTIONS, state=InteractionState.EDITING,
+                    progress=100, status=f"{pairs} question/answer pairs ready for review"
+                    + (f" ({len(failed)} failed: retry them with PUT .../finetune/text/retry)" if failed else "")
+                    + "; start training with POST .../finetune/start")
+            else:
+                row = finetune_store.set_stage(
+                    conn, interaction_id, DataPrepStage.FINETUNE, state=InteractionState.WAITING,
+                    status=f"queued: training on {pairs} question/answer pairs"
+                    + (f" ({len(failed)} chunks or files failed)" if failed else ""))
+        events.publish(self.redis, session_id, EVENT_INTERACTION, interaction_view(row))
+        if row["data_prep_stage"] == DataPrepStage.FINETUNE:
+            self.dispatcher.try_enqueue(session, sessions_store.get_interactions(conn, session_id), interaction_id)
+        return row
+
+
+def _failures(chunks: dict[str, Any]) -> list[str]:
+    failed = []
+    for name, report in chunks.items():
+        if report.get("error"):
+            failed.append(f"{name}: {report['error']}")
+        failed += [f"{name} chunk {c['index']}: {c.get('error') or 'no pairs'}"
+                   for c in report.get("chunks", []) if c.get("state") == "error"]
+    return failed
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("send a JSON object")
+    return storable(body)  # models do emit NUL, which PostgreSQL cannot store
+
+
+def _string(body: dict, key: str, limit: int) -> str:
+    value = body.get(key) or ""
+    if not isinstance(value, str) or len(value) > limit:
+        raise BadRequest(f"{key} must be a string of at most {limit} characters")
+    return value
+
+
+def _count(body: dict, key: str) -> int:
+    value = body.get(key) or 0
+    if type(value) is not int or not 0 <= value <= 1_000_000:
+        raise BadRequest(f"{key} must be a whole number")
+    return value

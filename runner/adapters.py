@@ -1,0 +1,55 @@
+"""LoRA adapters on the warm vLLM server: a fine-tuned session is served by the base model with its
+adapter loaded at run time (multi-LoRA), never by a second model instance.
+
+An adapter's files are fetched from the control plane once per runner and kept on disk; the load
+request is repeated before every use (vLLM answers in milliseconds, and a vLLM restarted by the
+supervisor has forgotten its adapters). The adapter's name is derived from its session and folder,
+which come from the session's own row: a job can only name the adapter of its own session.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import requests
+
+log = logging.getLogger(__name__)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class AdapterError(Exception):
+    """vLLM refused the adapter (rank above its limit, a base model it does not fit)."""
+
+
+def adapter_name(session_id: str, lora_dir: str) -> str:
+    return "lora-" + hashlib.sha256(f"{session_id}\0{lora_dir}".encode()).hexdigest()[:20]
+
+
+def fetch(client, session_id: str, lora_dir: str, cache_dir: Path) -> Path:
+    """The adapter's files in the runner's cache, downloaded through the control plane if new."""
+    folder = cache_dir / adapter_name(session_id, lora_dir)
+    if all((folder / name).exists() for name in ADAPTER_FILES):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:
+        data = client.download(session_id, f"{lora_dir}/{name}")
+        tmp = folder / f".{name}.{os.getpid()}"
+        tmp.write_bytes(data)
+        tmp.replace(folder / name)
+    return folder
+
+
+def load(vllm_url: str, name: str, folder: Path, http: requests.Session | None = None) -> str:
+    """Makes `name` callable as a model on the vLLM server; returns it."""
+    r = (http or requests).post(f"{vllm_url}/v1/load_lora_adapter", timeout=(5, 120),
+                                json={"lora_name": name, "lora_path": str(folder)})
+    if r.ok or (r.status_code == 400 and "already" in r.text.lower()):
+        return name
+    raise AdapterError(f"the model server refused adapter {name}: {r.status_code} {r.text[:300]}")
+
+
+def ensure(client, vllm_url: str, session_id: str, lora_dir: str, cache_dir: Path,
+           http: requests.Session | None = None) -> str:
+    return load(vllm_url, adapter_name(session_id, lora_dir), fetch(client, session_id, lora_dir, cache_dir), http)

@@ -1,0 +1,371 @@
+"""Plain text out of the documents a user uploads for a text fine-tune (the `extract_text` stage).
+
+The next stages cut the text into chunks and ask a model questions about each, so all we want is
+the words, in reading order, with paragraph breaks kept ("\n\n") and every other run of whitespace
+collapsed. Anything we cannot turn into real text (an unknown type, an empty or binary file, a
+scanned PDF, a broken .docx) fails with a `DocumentError` that names the file and says what to do,
+instead of training a model on nothing or on noise.
+
+A `.url` file (one URL per line) and URL form fields are fetched by `UrlFetcher`, which refuses
+loopback, private, link-local and other non-public addresses: the runner sits inside the
+deployment's network, and a user's URL must not reach the cloud metadata service or an internal
+host.
+"""
+from __future__ import annotations
+
+import codecs
+import io
+import ipaddress
+import re
+import socket
+import time
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+SUPPORTED_EXTENSIONS = (".txt", ".md", ".html", ".htm", ".pdf", ".docx", ".url")
+MAX_URLS = 20  # per .url file or form field: each one can take the fetcher's whole timeout
+
+# Elements whose text is not part of the page's content.
+_DROPPED_HTML = ("script", "style", "noscript", "template", "nav", "head")
+# Elements that start a new paragraph; table cells are only set apart by a space.
+_BLOCK_HTML = ("p", "div", "section", "article", "main", "header", "footer", "aside", "h1", "h2",
+               "h3", "h4", "h5", "h6", "li", "ul", "ol", "dl", "dt", "dd", "blockquote", "pre",
+               "table", "tr", "figure", "figcaption", "hr", "form", "fieldset", "address")
+_MARKDOWN_HEADING = re.compile(r"^[ \t]*#{1,6}[ \t].*$", re.MULTILINE)
+_MARKDOWN_ITEM = re.compile(r"^[ \t]*([-*+][ \t]|\d+[.)][ \t]|>)", re.MULTILINE)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv4 addresses seen through a NAT64 gateway
+_CONTENT_TYPES = {
+    "text/plain": ".txt", "text/markdown": ".md", "text/x-markdown": ".md",
+    "text/html": ".html", "application/xhtml+xml": ".html", "application/pdf": ".pdf",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ".docx",
+}
+
+
+class DocumentError(Exception):
+    """A document (or URL) that yields no usable text; str() names it and says why."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def extract_text(filename: str, data: bytes, *, fetcher: UrlFetcher | None = None) -> str:
+    """The plain text of one uploaded file, chosen by its extension (see SUPPORTED_EXTENSIONS)."""
+    ext = _extension(filename)
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise DocumentError(filename, f"unsupported file type {repr(ext) if ext else '(no extension)'}; "
+                                      f"supported: {', '.join(SUPPORTED_EXTENSIONS)}")
+    if not data:
+        raise DocumentError(filename, "the file is empty")
+    if ext == ".url":
+        urls = _urls_in_file(filename, _decode_text(filename, data))
+        return "\n\n".join(text for _, text in _fetch_all(filename, urls, fetcher))
+    return _extract_as(filename, ext, data)
+
+
+def extract_url_field(value: str, fetcher: UrlFetcher | None = None) -> list[tuple[str, str]]:
+    """(url, text) for each URL in a form field (URLs separated by whitespace)."""
+    return _fetch_all("URL field", value.split(), fetcher)
+
+
+def extract_fetched(url: str, content_type: str, data: bytes) -> str:
+    """The text of a fetched page, by its content type (or its path's extension when the server
+    sends none we know)."""
+    mime, _, params = content_type.partition(";")
+    ext = _CONTENT_TYPES.get(mime.strip().lower()) or _extension(urlsplit(url).path)
+    if ext not in SUPPORTED_EXTENSIONS or ext == ".url":
+        raise DocumentError(url, f"unsupported content type {mime.strip() or '(none)'!r}; "
+                                 "fetch HTML, PDF, Word (.docx) or plain text")
+    if not data:
+        raise DocumentError(url, "the response is empty")
+    charset = re.search(r"charset\s*=\s*\"?([\w.:-]+)", params, re.IGNORECASE)
+    return _extract_as(url, ext, data, charset.group(1) if charset else None)
+
+
+def normalise_whitespace(text: str) -> str:
+    """Paragraphs (separated by a blank line) joined by "\n\n"; inside one, any whitespace
+    (line breaks from a PDF's layout included) becomes a single space."""
+    paragraphs = (" ".join(p.split()) for p in re.split(r"\n[^\S\n]*\n", _unix_newlines(text)))
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+def _extract_as(source: str, ext: str, data: bytes, charset: str | None = None) -> str:
+    if ext == ".pdf":
+        text = _pdf_text(source, data)
+    elif ext == ".docx":
+        text = _docx_text(source, data)
+    elif ext in (".html", ".htm"):
+        text = _html_text(_decode_text(source, data, charset))
+    elif ext == ".md":
+        # A heading, list item or quote is its own paragraph even without blank lines around it.
+        text = _unix_newlines(_decode_text(source, data, charset))
+        text = _MARKDOWN_HEADING.sub(lambda m: f"\n{m.group(0)}\n", text)
+        text = _MARKDOWN_ITEM.sub(lambda m: "\n" + m.group(0), text)
+    else:
+        text = _decode_text(source, data, charset)
+    text = normalise_whitespace(text)
+    if not text:
+        raise DocumentError(source, "no text in it (only whitespace or markup)")
+    return text
+
+
+def _extension(name: str) -> str:
+    base = name.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
+    return "." + base.rsplit(".", 1)[1].lower() if "." in base.strip(".") else ""
+
+
+def _unix_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _decode_text(source: str, data: bytes, charset: str | None = None) -> str:
+    """The declared charset, else UTF-8 (UTF-16 with a byte-order mark, as Windows saves it);
+    failing those Windows-1252 or latin-1, kept only when the result reads as text."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        charset = "utf-16"
+    elif b"\x00" in data:
+        raise DocumentError(source, "binary content (NUL bytes), not text")
+    text = None
+    for encoding in filter(None, (charset, "utf-8-sig", "cp1252")):
+        try:
+            text = data.decode(encoding)
+            break
+        except (UnicodeDecodeError, LookupError):
+            continue
+    if text is None:
+        text = data.decode("latin-1")
+    unprintable = sum(1 for ch in text if not (ch.isprintable() or ch.isspace()))
+    if unprintable > 0.05 * len(text):
+        raise DocumentError(source, "binary content (too many unprintable characters), not text")
+    return text
+
+
+def _html_text(html: str) -> str:
+    from bs4 import BeautifulSoup  # imported here: only HTML needs it
+
+    soup = BeautifulSoup(html, "html.parser")
+    for tag in soup.find_all(_DROPPED_HTML):
+        tag.decompose()
+    for tag in soup.find_all("br"):
+        tag.replace_with("\n")
+    for tag in soup.find_all(_BLOCK_HTML):
+        tag.insert_before("\n\n")
+        tag.insert_after("\n\n")
+    for tag in soup.find_all(("td", "th")):
+        tag.insert_after(" ")
+    return soup.get_text()
+
+
+def _pdf_text(source: str, data: bytes) -> str:
+    from pypdf import PdfReader
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise DocumentError(source, "the PDF is password-protected; upload an unlocked copy")
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except DocumentError:
+        raise
+    except Exception as exc:  # pypdf raises many types on a malformed file
+        raise DocumentError(source, f"not a readable PDF ({exc})") from exc
+    if not pages:
+        raise DocumentError(source, "the PDF has no pages")
+    if not any(page.strip() for page in pages):
+        raise DocumentError(source, "looks scanned: no text layer; run OCR first")
+    return "\n\n".join(pages)
+
+
+def _docx_text(source: str, data: bytes) -> str:
+    import docx
+    from docx.table import Table
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except Exception as exc:  # a zip error, a missing part, the wrong content type...
+        raise DocumentError(source, "not a valid .docx (Word 2007 or later) document; "
+                                    "save it as .docx or export it to PDF") from exc
+    paragraphs = []
+    for block in document.iter_inner_content():  # paragraphs and tables, in document order
+        if isinstance(block, Table):
+            for row in block.rows:
+                cells = []
+                for cell in row.cells:  # a merged cell appears once per grid column it spans
+                    if not cells or cell._tc is not cells[-1]._tc:
+                        cells.append(cell)
+                paragraphs.append(" | ".join(" ".join(c.text.split()) for c in cells))
+        else:
+            paragraphs.append(block.text)
+    return "\n\n".join(paragraphs)
+
+
+def _urls_in_file(source: str, text: str) -> list[str]:
+    """One URL per line; blank lines, "#" comments and a Windows shortcut's other keys are
+    skipped ("[InternetShortcut]" files keep theirs in a "URL=" line)."""
+    urls = []
+    for line in (line.strip() for line in text.splitlines()):
+        key = re.match(r"(?i)url\s*=\s*(\S.*)$", line)
+        if key:
+            urls.append(key.group(1).strip())
+        elif line and not line.startswith(("#", "[")) and not re.match(r"\w+\s*=", line):
+            urls.append(line)
+    if not urls:
+        raise DocumentError(source, "no URL in it; put one http(s) URL on each line")
+    return urls
+
+
+def _fetch_all(source: str, urls: list[str], fetcher: UrlFetcher | None) -> list[tuple[str, str]]:
+    if not urls:
+        raise DocumentError(source, "no URL given")
+    if len(urls) > MAX_URLS:
+        raise DocumentError(source, f"{len(urls)} URLs; at most {MAX_URLS} at a time")
+    fetcher = fetcher or UrlFetcher()
+    results = []
+    for url in urls:
+        try:
+            content_type, body = fetcher.fetch(url)
+            results.append((url, extract_fetched(url, content_type, body)))
+        except DocumentError as exc:
+            raise DocumentError(source, str(exc)) from exc
+    return results
+
+
+def is_public_address(address: str) -> bool:
+    """False for loopback, private, link-local, multicast, reserved, unspecified and shared
+    (carrier-grade NAT) addresses, also when an IPv6 address carries one of them inside
+    (IPv4-mapped, 6to4, Teredo, NAT64)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
+    if ip.version == 6 and (ip.ipv4_mapped or ip in _NAT64):
+        return is_public_address(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
+    if ip.version == 6 and any(e is not None and not is_public_address(str(e))
+                               for e in (ip.sixtofour, ip.teredo[1] if ip.teredo else None)):
+        return False
+    return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local
+                                 or ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+
+
+def resolve_public(host: str, port: int = 80) -> list[str]:
+    """The addresses `host` resolves to; DocumentError when any of them is not public (a name
+    with one public and one private address could be steered to the private one)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise DocumentError(host, f"cannot resolve the host ({exc})") from exc
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    for address in addresses:
+        if not is_public_address(address):
+            raise DocumentError(host, f"refused: resolves to {address}, a loopback, private, "
+                                      "link-local or otherwise non-public address")
+    return addresses
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """Connects to the address we checked, not to whatever a second DNS lookup says (DNS
+    rebinding), while TLS still sends and verifies the URL's host name."""
+
+    def __init__(self, address: str, hostname: str):
+        self.address, self.hostname = address, hostname
+        super().__init__(max_retries=0)
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        host_params["host"] = self.address
+        if host_params["scheme"] == "https":
+            pool_kwargs["server_hostname"] = self.hostname
+            pool_kwargs["assert_hostname"] = self.hostname
+        return host_params, pool_kwargs
+
+
+class UrlFetcher:
+    """Fetches a user-given http(s) URL for data prep, safely.
+
+    Every hop (redirects are followed by hand, at most `max_redirects`) is checked: the host must
+    resolve only to public addresses (unless `allow_private`), and the connection goes to the
+    checked address. The body is streamed and cut off past `max_bytes`; `timeout` bounds the
+    connect and each read, and an overall deadline is checked between reads. Limits: headers are
+    bounded only by the per-read timeout; the first resolved address is used, with no fallback to
+    the others; proxies from the environment are ignored (a proxy would resolve names itself).
+    """
+
+    def __init__(self, allow_private: bool = False, max_bytes: int = 10_000_000,
+                 timeout: float = 20.0, max_redirects: int = 5):
+        self.allow_private = allow_private
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.max_redirects = max_redirects
+
+    def fetch(self, url: str) -> tuple[str, bytes]:
+        """(content type, body) of `url`; DocumentError(url, reason) on any failure."""
+        deadline = time.monotonic() + self.timeout
+        for _ in range(self.max_redirects + 1):
+            with self._request(url, deadline) as response:
+                if response.is_redirect:
+                    url = urljoin(url, response.headers["Location"])
+                    continue
+                if response.status_code >= 400:
+                    raise DocumentError(url, f"HTTP {response.status_code} {response.reason}")
+                return response.headers.get("Content-Type", ""), self._read(url, response, deadline)
+        raise DocumentError(url, f"too many redirects (more than {self.max_redirects})")
+
+    def _request(self, url: str, deadline: float) -> requests.Response:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise DocumentError(url, "only http and https URLs can be fetched")
+        try:
+            host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise DocumentError(url, f"invalid URL ({exc})") from exc
+        if not host:
+            raise DocumentError(url, "the URL has no host")
+        address = self._address(url, host, port)
+        session = requests.Session()
+        session.trust_env = False
+        session.mount(f"{parts.scheme}://", _PinnedAdapter(address, host))
+        headers = {"Host": parts.netloc.rpartition("@")[2], "Accept-Encoding": "identity",
+                   "User-Agent": "helix-dataprep/1"}
+        remaining = self._remaining(url, deadline)
+        try:
+            return session.get(url, headers=headers, stream=True, allow_redirects=False,
+                               timeout=(remaining, remaining))
+        except requests.RequestException as exc:
+            raise DocumentError(url, f"request failed ({type(exc).__name__}: {exc})") from exc
+        finally:
+            session.close()  # the response keeps its own connection until it is closed
+
+    def _address(self, url: str, host: str, port: int) -> str:
+        """Where to connect for `host`: its first address once all are checked."""
+        if self.allow_private:
+            return host
+        try:
+            return resolve_public(host, port)[0]
+        except DocumentError as exc:
+            raise DocumentError(url, exc.reason) from exc
+
+    def _read(self, url: str, response: requests.Response, deadline: float) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise DocumentError(url, f"larger than {self.max_bytes} bytes ({declared})")
+        body = bytearray()
+        try:
+            while True:
+                self._remaining(url, deadline)
+                # read1 returns after one socket read, so a trickling server cannot hold one
+                # call past the deadline; decoding (if the server compresses anyway) is capped too
+                chunk = response.raw.read1(65536, decode_content=True)
+                if not chunk:
+                    return bytes(body)
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise DocumentError(url, f"larger than {self.max_bytes} bytes")
+        except DocumentError:
+            raise
+        except Exception as exc:  # urllib3 timeouts and protocol errors
+            raise DocumentError(url, f"reading the response failed ({type(exc).__name__}: {exc})") from exc
+
+    def _remaining(self, url: str, deadline: float) -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DocumentError(url, f"timed out after {self.timeout} s")
+        return remaining

@@ -1,0 +1,156 @@
+"""The data-preparation job of a text fine-tune: documents → text → chunks → question/answer pairs.
+
+Runs on a text worker beside the warm vLLM server. Every file is read first, so one that yields
+no text fails early with an error naming it; then the questions for every fact of every chunk go
+to the model at once (vLLM batches them). Each chunk's pairs, filter counts and error are reported
+as the chunk completes; chunks listed in `skip_chunks` (done by an earlier attempt) are not redone.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from runner.dataprep.chunking import split_into_chunks, split_into_sentences
+from runner.dataprep.documents import DocumentError, UrlFetcher, extract_fetched, extract_text
+from runner.dataprep.quality import Candidate, balance, filter_candidates
+from runner.dataprep.questions import GenerationError, QuestionWriter
+from runner.jobs import context, unless_gone
+from shared.finetune import DEFAULT_QUESTION_STYLES
+from shared.jobs import TextDataPrepJob
+from shared.types import DataPrepStage
+from shared.updates import InteractionUpdate
+
+log = logging.getLogger(__name__)
+MIN_FACT_WORDS = 4       # shorter "sentences" are headings and captions, nothing to ask about
+QUESTIONS_PER_REQUEST = 3
+
+
+@dataclass
+class ChunkWork:
+    document: str
+    index: int
+    facts: list[str]
+    ask: list[int]                       # indices of the facts not asked about in an earlier chunk
+    candidates: list[Candidate] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    pending: int = 0
+
+
+@functools.lru_cache(maxsize=2)
+def _token_counter(model_path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _read_documents(ctx, job: TextDataPrepJob) -> list[tuple[str, str]]:
+    """(name, text) of every document that yielded text; the others are reported with their error."""
+    fetcher = UrlFetcher(allow_private=ctx.config.url_allow_private)
+    sources = [(PurePosixPath(p).name, p) for p in job.files] + [(u, None) for u in job.urls]
+    texts = []
+    for name, path in sources:
+        try:
+            if path is not None:
+                text = extract_text(name, ctx.client.download(job.session_id, path), fetcher=fetcher)
+            else:
+                text = extract_fetched(name, *fetcher.fetch(name))
+            texts.append((name, text))
+        except DocumentError as err:
+            ctx.client.report(job.session_id, job.interaction_id, "document",
+                              {"document": name, "error": str(err)})
+    return texts
+
+
+def _plan(ctx, job: TextDataPrepJob, texts: list[tuple[str, str]]) -> list[ChunkWork]:
+    """Chunks in the model's tokens; a fact repeated by the overlap is asked about once."""
+    count = _token_counter(ctx.config.text_model_path or job.model)
+    skip, seen_facts, work = set(job.skip_chunks), set(), []
+    for name, text in texts:
+        chunks = split_into_chunks(text, count, chunk_tokens=job.chunk_tokens, overlap_tokens=job.overlap_tokens)
+        ctx.client.report(job.session_id, job.interaction_id, "document",
+                          {"document": name, "chars": len(text), "chunks": len(chunks)})
+        for index, chunk in enumerate(chunks):
+            facts = [s for s in split_into_sentences(chunk) if len(s.split()) >= MIN_FACT_WORDS]
+            ask = [i for i, f in enumerate(facts) if " ".join(f.lower().split()) not in seen_facts]
+            seen_facts.update(" ".join(f.lower().split()) for f in facts)
+            if f"{name}#{index}" not in skip:
+                work.append(ChunkWork(name, index, facts, ask))
+    return work
+
+
+def _finish_chunk(ctx, job: TextDataPrepJob, chunk: ChunkWork, seen: set[str], lock: threading.Lock) -> int:
+    body: dict[str, Any] = {"document": chunk.document, "index": chunk.index, "pairs": [], "dropped": {}}
+    if chunk.errors and not chunk.candidates:
+        body["error"] = chunk.errors[0]
+    elif not chunk.ask:
+        body["note"] = "every sentence was asked about in the chunk before" if chunk.facts else "no sentences to ask about"
+    else:
+        with lock:  # one `seen` set: a question repeated in another chunk is a duplicate there
+            accepted, dropped = filter_candidates(chunk.candidates, chunk.facts, seen)
+        kept, coverage = balance(accepted, chunk.facts, job.questions_per_fact)
+        dropped["over_cap"] = coverage["over_cap"]
+        body.update(dropped=dropped, coverage={k: v for k, v in coverage.items() if k != "over_cap"},
+                    pairs=[{"question": c.question, "answer": c.answer, "style": c.style,
+                            "fact": f"{chunk.document}#{chunk.index}#{c.fact_index}"} for c in kept])
+        if not kept:
+            body["error"] = ("no question survived the filters: "
+                             + ", ".join(f"{k} {v}" for k, v in dropped.items() if v))
+    ctx.client.report(job.session_id, job.interaction_id, "chunk", body)
+    return len(body["pairs"])
+
+
+@unless_gone
+def prepare_text(payload: dict[str, Any]) -> dict[str, Any]:
+    ctx = context()
+    job = TextDataPrepJob.from_dict(payload)
+    started = time.monotonic()
+    n_docs = len(job.files) + len(job.urls)
+    ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
+        data_prep_stage=DataPrepStage.EXTRACT_TEXT.value, progress=0, status=f"reading {n_docs} documents"))
+    work = _plan(ctx, job, _read_documents(ctx, job))
+
+    ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
+        data_prep_stage=DataPrepStage.GENERATE_QUESTIONS.value, progress=0,
+        status=f"writing questions for {len(work)} chunks"))
+    writer = QuestionWriter(ctx.config.qa_api_url or ctx.vllm_url, ctx.config.qa_model or job.model,
+                            ctx.config.qa_api_key)
+    styles = job.question_styles or list(DEFAULT_QUESTION_STYLES)
+    requests_ = [(chunk, i, style) for chunk in work for i in chunk.ask for style in styles]
+    for chunk, _, _ in requests_:
+        chunk.pending += 1
+    seen, lock, done, pairs = set(), threading.Lock(), 0, 0
+    for chunk in [c for c in work if not c.pending]:
+        pairs += _finish_chunk(ctx, job, chunk, seen, lock)
+        done += 1
+
+    def ask(chunk: ChunkWork, i: int, style: str) -> tuple[ChunkWork, list[Candidate], str]:
+        context_text = " ".join(chunk.facts[max(0, i - 1):i + 1])
+        try:
+            questions = writer.write(chunk.facts[i], context_text, chunk.document, style, QUESTIONS_PER_REQUEST)
+            return chunk, [Candidate(q, chunk.facts[i], i, style) for q in questions], ""
+        except GenerationError as err:
+            return chunk, [], str(err)
+
+    with ThreadPoolExecutor(max(1, ctx.config.qa_concurrency)) as pool:
+        futures = [pool.submit(ask, *r) for r in requests_]
+        for future in as_completed(futures):
+            chunk, candidates, error = future.result()
+            chunk.candidates += candidates
+            if error:
+                chunk.errors.append(error)
+            chunk.pending -= 1
+            if chunk.pending == 0:
+                pairs += _finish_chunk(ctx, job, chunk, seen, lock)
+                done += 1
+                ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
+                    progress=min(99, done * 100 // max(1, len(work))),
+                    status=f"questions written for {done} of {len(work)} chunks ({pairs} pairs so far)"))
+    ctx.client.report(job.session_id, job.interaction_id, "prepared", {})
+    return {"chunks": len(work), "pairs": pairs, "seconds": round(time.monotonic() - started, 1)}

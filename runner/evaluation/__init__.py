@@ -1,0 +1,1 @@
+"""Measuring whether a fine-tune learned: scoring model answers against reference answers."""

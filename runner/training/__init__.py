@@ -1,0 +1,1 @@
+"""LoRA fine-tuning: the training job and the child process that trains."""

@@ -1,0 +1,185 @@
+"""The training job of a text fine-tune: held-out split, LoRA training in a child process,
+checkpoints and the adapter uploaded to the control plane, evaluation before and after.
+
+A runner killed mid-training loses nothing but the steps since the last checkpoint: the
+reconciler queues the job again, and the payload names the last uploaded checkpoint to resume from.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from runner import adapters
+from runner.dataprep.quality import hold_out
+from runner.evaluation.compare import evaluate
+from runner.jobs import context, unless_gone
+from shared.finetune import hyperparameters
+from shared.jobs import TextFinetuneJob
+from shared.processes import die_with_parent
+from shared.types import DataPrepStage, InteractionState
+from shared.updates import InteractionUpdate
+
+log = logging.getLogger(__name__)
+REPORT_INTERVAL = 1.0  # seconds between loss reports: a history, not a stream
+
+
+def _rows(pairs: list[dict], system_prompt: str) -> list[dict]:
+    return [{"messages": [{"role": "system", "content": system_prompt},
+                          {"role": "user", "content": p["question"]},
+                          {"role": "assistant", "content": p["answer"]}]} for p in pairs]
+
+
+def _tar(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(folder, arcname="checkpoint")
+    return buffer.getvalue()
+
+
+def _untar(data: bytes, into: Path) -> Path:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(into, filter="data")
+    return into / "checkpoint"
+
+
+class _Reporter:
+    """Turns the child's events into throttled progress, a loss history and uploaded checkpoints."""
+
+    def __init__(self, ctx, job: TextFinetuneJob):
+        self.ctx, self.job = ctx, job
+        self.points: list[dict] = []
+        self.last_sent = 0.0
+        self.total_steps = 1
+        self.last_loss: float | None = None
+
+    def flush(self, force: bool = False) -> None:
+        if not self.points or (not force and time.monotonic() - self.last_sent < REPORT_INTERVAL):
+            return
+        self.ctx.client.report(self.job.session_id, self.job.interaction_id, "metrics", {"points": self.points})
+        step = self.points[-1].get("step", 0)
+        self.ctx.client.update(self.job.session_id, self.job.interaction_id, InteractionUpdate(
+            progress=min(89, int(step * 90 / self.total_steps)),
+            status=f"training: step {step}/{self.total_steps}, loss {self.last_loss}"))
+        self.points, self.last_sent = [], time.monotonic()
+
+    def on(self, event: dict[str, Any]) -> None:
+        kind = event.pop("event")
+        if kind == "start":
+            self.total_steps = max(1, event["total_steps"])
+            self.ctx.client.update(self.job.session_id, self.job.interaction_id, InteractionUpdate(
+                status=f"training: {event['train_rows']} pairs, {self.total_steps} steps"
+                + (f", resuming at step {event['start_step']}" if event["start_step"] else ""),
+                metadata={"training": {k: v for k, v in event.items()}}))
+        elif kind in ("step", "eval"):
+            self.last_loss = event.get("loss", self.last_loss)
+            self.points.append(event)
+            self.flush(force=kind == "eval")
+        elif kind == "checkpoint":
+            self.flush(force=True)
+            path = self.ctx.client.upload_result(self.job.session_id, self.job.interaction_id, "checkpoint.tar",
+                                                 _tar(Path(event["path"])))
+            self.ctx.client.update(self.job.session_id, self.job.interaction_id, InteractionUpdate(
+                metadata={"checkpoint": {"path": path, "step": event["step"]}}))
+
+
+def _run_child(ctx, job: TextFinetuneJob, spec: dict, workdir: Path, reporter: _Reporter) -> dict:
+    spec_path = workdir / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    log_path = workdir / "train.log"
+    with open(log_path, "ab") as err:
+        # SIGKILL when this worker dies: an orphaned trainer would hold the memory and race the retry.
+        proc = subprocess.Popen([sys.executable, "-m", "runner.training.lora", str(spec_path)],
+                                stdout=subprocess.PIPE, stderr=err, text=True,
+                                preexec_fn=die_with_parent(signal.SIGKILL))
+        done: dict = {}
+        try:
+            for line in proc.stdout:
+                if not line.startswith("{"):
+                    continue
+                event = json.loads(line)
+                if event["event"] == "done":
+                    done = event
+                else:
+                    reporter.on(event)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    reporter.flush(force=True)
+    if proc.returncode != 0 or not done:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        raise TrainingFailed(f"training exited with {proc.returncode}: " + " | ".join(tail)[-800:])
+    return done
+
+
+class TrainingFailed(Exception):
+    pass
+
+
+@unless_gone
+def train_text(payload: dict[str, Any]) -> dict[str, Any]:
+    ctx = context()
+    job = TextFinetuneJob.from_dict(payload)
+    sid, iid = job.session_id, job.interaction_id
+    started = time.monotonic()
+    ctx.client.update(sid, iid, InteractionUpdate(data_prep_stage=DataPrepStage.FINETUNE.value, progress=0,
+                                                  status="preparing the training data"))
+    pairs = ctx.client.report(sid, iid, "pairs", method="GET")
+    train, held = hold_out([{**p, "fact_key": p.get("fact") or p["question"]} for p in pairs],
+                           job.eval_share, seed=iid)
+    if not train:
+        ctx.client.finish(sid, iid, InteractionUpdate(state=InteractionState.ERROR.value, status="failed",
+                                                      error="there are no question/answer pairs to train on"))
+        return {"error": "no pairs"}
+
+    workdir = Path(ctx.config.work_dir) / "training" / iid
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    resume = _untar(ctx.client.download(sid, job.checkpoint), workdir / "resume") if job.checkpoint else None
+    hp = hyperparameters(job.hyperparameters)
+    spec = {"model_path": ctx.config.text_model_path or job.model, "output_dir": str(workdir / "out"),
+            "train": _rows(train, job.system_prompt), "eval": _rows(held, job.system_prompt),
+            "hyperparameters": hp, "seed": 0, "resume_from": str(resume) if resume else ""}
+    reporter = _Reporter(ctx, job)
+    try:
+        done = _run_child(ctx, job, spec, workdir, reporter)
+    except TrainingFailed as err:
+        ctx.client.finish(sid, iid, InteractionUpdate(state=InteractionState.ERROR.value, status="failed",
+                                                      error=str(err)))
+        return {"error": str(err)}
+
+    ctx.client.update(sid, iid, InteractionUpdate(progress=90, status="uploading the adapter"))
+    adapter_dir = Path(done["adapter_dir"])
+    paths = [ctx.client.upload_result(sid, iid, name, (adapter_dir / name).read_bytes())
+             for name in adapters.ADAPTER_FILES]
+    lora_dir = paths[0].rsplit("/", 1)[0]
+
+    ctx.client.update(sid, iid, InteractionUpdate(progress=95, status=f"evaluating on {len(held)} held-out questions"))
+    # Kept in the runner's adapter cache (vLLM reads the files again whenever it reloads them).
+    name = adapters.adapter_name(sid, lora_dir)
+    cached = shutil.copytree(adapter_dir, Path(ctx.config.work_dir) / "adapters" / name, dirs_exist_ok=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+    tuned = adapters.load(ctx.vllm_url, name, Path(cached), ctx.http)
+    evaluation = evaluate(ctx.vllm_url, job.model, tuned, job.system_prompt, held) if held else {
+        "held_out": 0, "note": "too few questions per fact to hold any out"}
+
+    summary = (f"Fine-tuned on {len(train)} question/answer pairs in {done['seconds']:.0f}s"
+               + (f"; held-out token F1 {evaluation['before']['token_f1']:.2f} before,"
+                  f" {evaluation['after']['token_f1']:.2f} after" if held else "") + ".")
+    ctx.client.finish(sid, iid, InteractionUpdate(
+        state=InteractionState.COMPLETE.value, progress=100, status="complete", message=summary,
+        data_prep_stage=DataPrepStage.COMPLETE.value, lora_dir=lora_dir,
+        metadata={"evaluation": evaluation,
+                  "training": {"train_pairs": len(train), "eval_pairs": len(held), "hyperparameters": hp,
+                               "steps": done["steps"], "train_seconds": done["seconds"],
+                               "total_seconds": round(time.monotonic() - started, 1)}}))
+    return {"lora_dir": lora_dir, "evaluation": evaluation.get("after")}

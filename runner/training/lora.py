@@ -1,0 +1,156 @@
+"""One LoRA training run, in a child process of the fine-tune worker (a crash or an out-of-memory
+kill takes this process, never the worker):
+
+    python -m runner.training.lora SPEC.json
+
+SPEC names the base model, the chat rows to train on and to validate with, the hyperparameters,
+an output folder and, to resume, a checkpoint folder. Rows are rendered with the base model's own
+chat template, the one vLLM serves with, and the loss counts only the assistant's reply. Progress
+goes to stdout as JSON lines (`start`, `step`, `eval`, `checkpoint`, `done`) for the worker to report.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+IGNORE = -100
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def encode(tokenizer, messages: list[dict[str, str]], max_tokens: int) -> dict[str, list[int]]:
+    """Token ids of the whole conversation, labels only on the final assistant reply."""
+    full = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True,
+                                           return_dict=True)["input_ids"]
+    if full[:len(prompt)] != prompt:  # a template that rewrites earlier turns: train on it all
+        prompt = []
+    full = full[:max_tokens]
+    labels = [IGNORE] * min(len(prompt), len(full)) + full[len(prompt):]
+    return {"input_ids": full, "labels": labels}
+
+
+def collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = [r["input_ids"] + [pad_id] * (width - len(r["input_ids"])) for r in rows]
+    labels = [r["labels"] + [IGNORE] * (width - len(r["labels"])) for r in rows]
+    mask = [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def batches_of_epoch(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The same order for the same epoch on any machine, so a resumed run sees what the lost one would."""
+    order = list(range(n_rows))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, n_rows, batch_size)]
+
+
+def validation_loss(model, rows, batch_size: int, pad_id: int, device) -> float | None:
+    if not rows:
+        return None
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            batch = {k: v.to(device) for k, v in collate(rows[i:i + batch_size], pad_id).items()}
+            total += model(**batch).loss.item() * len(rows[i:i + batch_size])
+            count += len(rows[i:i + batch_size])
+    model.train()
+    return total / count
+
+
+def save_checkpoint(model, optimizer, scheduler, step: int, folder: Path) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp / "adapter")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+               tmp / "state.pt")
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def train(spec: dict[str, Any]) -> None:
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
+
+    hp = spec["hyperparameters"]
+    seed = int(spec.get("seed", 0))
+    torch.manual_seed(seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    tokenizer = AutoTokenizer.from_pretrained(spec["model_path"])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    max_tokens = int(spec.get("max_tokens", 512))
+    train_rows = [encode(tokenizer, r["messages"], max_tokens) for r in spec["train"]]
+    eval_rows = [encode(tokenizer, r["messages"], max_tokens) for r in spec.get("eval", [])]
+
+    dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=dtype)
+    model = get_peft_model(model, LoraConfig(
+        r=int(hp["lora_rank"]), lora_alpha=int(hp["lora_alpha"]), lora_dropout=0.05,
+        target_modules="all-linear", task_type="CAUSAL_LM"))
+    batch_size, epochs = int(hp["batch_size"]), int(hp["epochs"])
+    steps_per_epoch = math.ceil(len(train_rows) / batch_size)
+    total_steps = steps_per_epoch * epochs
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(hp["learning_rate"]))
+    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 20), total_steps)
+
+    step = 0
+    resume = spec.get("resume_from")
+    if resume and (Path(resume) / "state.pt").exists():
+        set_peft_model_state_dict(model, load_file(str(Path(resume) / "adapter" / "adapter_model.safetensors")))
+        state = torch.load(Path(resume) / "state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    emit("start", total_steps=total_steps, start_step=step, train_rows=len(train_rows), eval_rows=len(eval_rows),
+         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+    started = time.monotonic()
+    checkpoint_every = int(spec.get("checkpoint_every", steps_per_epoch))
+    output = Path(spec["output_dir"])
+    while step < total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        batch_indices = batches_of_epoch(len(train_rows), batch_size, seed, epoch)[offset]
+        batch = {k: v.to(accelerator.device) for k, v in collate([train_rows[i] for i in batch_indices], pad_id).items()}
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        step += 1
+        emit("step", step=step, epoch=round(step / steps_per_epoch, 3), loss=round(loss.item(), 5),
+             learning_rate=scheduler.get_last_lr()[0])
+        if step % steps_per_epoch == 0 or step == total_steps:
+            val = validation_loss(model, eval_rows, batch_size, pad_id, accelerator.device)
+            if val is not None:
+                emit("eval", step=step, epoch=round(step / steps_per_epoch, 3), val_loss=round(val, 5))
+        if step % checkpoint_every == 0 and step < total_steps:
+            folder = output / "checkpoint"
+            save_checkpoint(accelerator.unwrap_model(model), optimizer, scheduler, step, folder)
+            emit("checkpoint", step=step, path=str(folder))
+    adapter_dir = output / "adapter"
+    accelerator.unwrap_model(model).save_pretrained(adapter_dir)
+    emit("done", adapter_dir=str(adapter_dir), seconds=round(time.monotonic() - started, 2), steps=total_steps)
+
+
+def main() -> None:
+    train(json.loads(Path(sys.argv[1]).read_text()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""What both sides agree on about text fine-tunes: question styles, hyperparameters and their
+bounds. The control plane validates a request against these; the runner applies them."""
+from __future__ import annotations
+
+# Documents a fine-tune reads (a .url file holds one http(s) URL per line).
+DOCUMENT_EXTENSIONS = (".txt", ".md", ".html", ".htm", ".pdf", ".docx", ".url")
+
+# Each fact of a document is asked in several ways (Helix ran nine styles per chunk); the runner
+# holds each style's instruction to the model. The first three are the default.
+QUESTION_STYLES = ("quiz", "paraphrase", "wh", "curious", "keyword")
+DEFAULT_QUESTION_STYLES = QUESTION_STYLES[:3]
+
+# name: (default, low, high). Defaults measured on SmolLM2-135M on a CPU (DESIGN.md): r=16 and
+# lr 5e-4 for 8 epochs taught it unseen paraphrases of every fact.
+HYPERPARAMETERS: dict[str, tuple[float, float, float]] = {
+    "epochs": (8, 1, 50),
+    "learning_rate": (5e-4, 1e-6, 1e-2),
+    "lora_rank": (16, 1, 64),         # the runner's vLLM serves adapters up to rank 64
+    "lora_alpha": (32, 1, 256),
+    "batch_size": (8, 1, 64),
+}
+INTEGER_HYPERPARAMETERS = {"epochs", "lora_rank", "lora_alpha", "batch_size"}
+
+DEFAULT_EVAL_SHARE = 0.2  # of each fact's questions, held out to score before and after
+
+
+def hyperparameters(given: dict) -> dict:
+    """The defaults, overridden by what was given (already validated)."""
+    return {name: given.get(name, default) for name, (default, _, _) in HYPERPARAMETERS.items()}
+
+
+def system_prompt(documents: list[str]) -> str:
+    """Saved with the session and used for training rows and for every later chat alike, so the
+    model is served in the format it was trained in."""
+    names = ", ".join(documents[:20]) + (f" and {len(documents) - 20} more" if len(documents) > 20 else "")
+    return (f"You are an assistant fine-tuned on these documents: {names}. "
+            "Answer questions about them with the facts they state.")

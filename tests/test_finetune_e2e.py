@@ -1,0 +1,102 @@
+"""Text fine-tuning end to end on the real default model: the Helix reference's multipart form,
+stages moving, question/answer pairs in the session, training with a loss history, evaluation
+before and after, and a chat answered by the fine-tuned adapter on the same warm vLLM."""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+import requests
+
+from conftest import REAL_TEXT_MODEL, wait_for_session
+
+# The reference's heredoc, verbatim (bash writes it; the boundary and bare LF line ends are its own).
+REFERENCE_FORM = r'''cat >session-data.form <<EOL
+-----BOUNDARY
+Content-Disposition: form-data; name="files"; filename="textfile-1.txt"
+Content-Type: application/octet-stream
+
+This is the text for the first file. Create your own AI using any data\\nBuild and optimize text and image AI for your needs. Train, fine-tune, and generate from your data. Deploy in your cloud â€” or use ours
+-----BOUNDARY
+Content-Disposition: form-data; name="files"; filename="textfile-2.txt"
+Content-Type: application/octet-stream
+
+This is the text for the second file.
+-----BOUNDARY
+Content-Disposition: form-data; name="mode"
+
+finetune
+-----BOUNDARY
+Content-Disposition: form-data; name="type"
+
+text
+-----BOUNDARY--
+EOL
+'''
+
+
+def _system(session: dict) -> dict:
+    return [i for i in session["interactions"] if i["creator"] == "system"][-1]
+
+
+@pytest.mark.timeout(1200)
+def test_reference_flow_fine_tunes_and_chats_with_the_adapter(live_server, real_runner, live_user, tmp_path):
+    subprocess.run(["bash", "-c", REFERENCE_FORM], cwd=tmp_path, check=True)
+    started = time.monotonic()
+    form = (tmp_path / "session-data.form").read_bytes()
+    # This test server's default model is the tiny one: name the real one in one more part.
+    form = form.replace(b"-----BOUNDARY--", b'-----BOUNDARY\nContent-Disposition: form-data; name="model_name"\n\n'
+                        + REAL_TEXT_MODEL.encode() + b"\n-----BOUNDARY--")
+    r = requests.post(f"{live_server}/api/v1/sessions",
+                      headers={**live_user.headers, "Content-Type": "multipart/form-data; boundary=---BOUNDARY"},
+                      data=form)
+    assert r.status_code == 201, r.text
+    session = r.json()
+    assert session["mode"] == "finetune" and session["type"] == "text"
+    user_turn = session["interactions"][0]
+    assert [f.rsplit("/", 1)[-1] for f in user_turn["files"]] == ["textfile-1.txt", "textfile-2.txt"]
+
+    stages = []
+
+    def done(s):
+        stage = _system(s)["data_prep_stage"]
+        if not stages or stages[-1] != stage:
+            stages.append(stage)
+        return _system(s)["finished"]
+
+    session = wait_for_session(live_server, live_user, session["id"], timeout=900, until=done)
+    final = _system(session)
+    assert final["state"] == "complete", final
+    elapsed = time.monotonic() - started
+    # The stages move in Helix's order (polling may miss a short one, never reorder them).
+    order = ["extract_text", "generate_questions", "finetune", "complete"]
+    seen = [s for s in stages if s in order]
+    assert seen == sorted(seen, key=order.index) and seen[-1] == "complete", stages
+    assert "finetune" in seen
+
+    # Both files read, every chunk accounted for, the pairs listed in the session.
+    chunks = final["data_prep_chunks"]
+    assert set(chunks) == {"textfile-1.txt", "textfile-2.txt"}
+    assert all(not c["error"] for c in chunks.values())
+    pairs = final["qa_pairs"]
+    assert pairs and all(p["question"].endswith("?") and p["answer"] for p in pairs)
+    assert sum(ch["question_count"] for c in chunks.values() for ch in c["chunks"]) == len(pairs)
+
+    # Training left a loss history that went down, and the session serves the adapter.
+    history = [p for p in final["metadata"]["training_history"] if "loss" in p]
+    assert len(history) >= 4
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert session["mode"] == "inference" and session["lora_dir"] == final["lora_dir"]
+    assert final["lora_dir"].endswith(final["id"])
+    evaluation = final["metadata"]["evaluation"]
+    assert set(evaluation["before"]) >= {"token_f1", "rouge_l"}
+    print(f"reference fine-tune: {elapsed:.0f}s, {len(pairs)} pairs, evaluation {evaluation.get('before')} -> "
+          f"{evaluation.get('after')}")
+
+    r = requests.put(f"{live_server}/api/v1/sessions/{session['id']}", headers=live_user.headers,
+                     data={"input": "What is the second file about?"})
+    assert r.status_code == 200, r.text
+    chat = wait_for_session(live_server, live_user, session["id"], timeout=120)
+    reply = chat["interactions"][-1]
+    assert reply["state"] == "complete" and reply["message"].strip(), reply
