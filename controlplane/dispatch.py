@@ -31,7 +31,7 @@ def chat_history(interactions: list[dict[str, Any]], upto_id: str) -> list[dict[
     messages: list[dict[str, str]] = []
     pending_user: dict[str, str] | None = None
     for i in interactions:
-        if i["mode"] == SessionMode.FINETUNE:
+        if i.get("mode") == SessionMode.FINETUNE:
             continue  # the documents and the training run are not part of the conversation
         if i["creator"] == Creator.USER:
             pending_user = {"role": "user", "content": i["message"]}

@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 from typing import Any, Mapping
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from controlplane import events, finetune_store, sessions_store
 from controlplane.config import Config
@@ -17,7 +18,7 @@ from controlplane.runner_service import storable
 from controlplane.filestore import Filestore, UserFiles, session_folder
 from controlplane.validation import optional_float, optional_int, text_field
 from controlplane.views import interaction_view
-from shared.finetune import (DEFAULT_EVAL_SHARE, DOCUMENT_EXTENSIONS, HYPERPARAMETERS, INTEGER_HYPERPARAMETERS,
+from shared.finetune import (ADAPTER_FILES, DEFAULT_EVAL_SHARE, DOCUMENT_EXTENSIONS, HYPERPARAMETERS, INTEGER_HYPERPARAMETERS,
                              QUESTION_STYLES, system_prompt)
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
 from shared.updates import EVENT_INTERACTION
@@ -157,7 +158,8 @@ class FinetuneService:
         self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
         return {**session, "interactions": interactions}
 
-    def _store_documents(self, owner: str, session_id: str, files: list[Any], names: list[str]) -> list[str]:
+    def _store_documents(self, owner: str, session_id: str, files: list[Any], names: list[str],
+                         keep_on_error: bool = False) -> list[str]:
         store = UserFiles(self.filestore, owner)
         paths = []
         try:
@@ -166,7 +168,10 @@ class FinetuneService:
                 store.store.write(store.key(path), upload.stream)
                 paths.append(path)
         except BaseException:
-            self._remove_documents(owner, session_id)
+            for path in paths if keep_on_error else []:
+                store.store.delete(store.key(path))
+            if not keep_on_error:
+                self._remove_documents(owner, session_id)
             raise
         return paths
 
@@ -246,6 +251,98 @@ class FinetuneService:
         self.dispatcher.try_enqueue(session, interactions, interaction["id"])
         events.publish(self.redis, session["id"], EVENT_INTERACTION, interaction_view(interaction))
         return {**session, "interactions": interactions}
+
+    def add_documents(self, conn, user, session_id: str, form: Mapping[str, str], files: list[Any]) -> dict[str, Any]:
+        """More documents for a fine-tuned session: their pairs are prepared, then the model is
+        trained again on all of the session's pairs, old and new."""
+        urls = parse_urls(form.get("urls", ""))
+        names = [document_name(f.filename) for f in files]
+        if not names and not urls:
+            raise BadRequest("send the new documents as files (multipart) or urls=...")
+        with conn.transaction():
+            session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
+            if session is None:
+                raise NotFound("session not found")
+            interactions = sessions_store.get_interactions(conn, session_id)
+            finetunes = [i for i in interactions if i["mode"] == SessionMode.FINETUNE and i["creator"] == Creator.SYSTEM]
+            if not finetunes or not finetunes[-1]["finished"] or (interactions and not interactions[-1]["finished"]):
+                raise Conflict("documents can be added to a fine-tune session once its last run has finished")
+            existing = {p.rsplit("/", 1)[-1] for i in interactions if i["creator"] == Creator.USER for p in i["files"]}
+            clash = sorted(set(names) & existing)
+            if clash or len(set(names)) != len(names):
+                raise BadRequest(f"the session already has a document named {(clash or names)[0]!r}: rename it")
+            options = dict(session["config"].get("finetune", {}))
+            documents = sorted(existing) + names + urls
+            if len(documents) > self.config.max_finetune_documents:
+                raise BadRequest(f"at most {self.config.max_finetune_documents} documents per session")
+            options["system_prompt"] = system_prompt(documents)
+            stored = self._store_documents(user["id"], session_id, files, names, keep_on_error=True)
+            conn.execute("UPDATE sessions SET mode = 'finetune', config = config || %s, updated = now() WHERE id = %s",
+                         (Jsonb({"finetune": options}), session_id))
+            session = sessions_store.get_session(conn, session_id, user["id"])
+            added = self._add_documents_turn(conn, session, text_field(form, "input", self.config.max_input_chars),
+                                             stored, urls)
+        conn.commit()
+        interactions = interactions + added
+        self.dispatcher.try_enqueue(session, interactions, added[-1]["id"])
+        return {**session, "interactions": interactions}
+
+    def clone(self, conn, user, session_id: str, interaction_id: str, mode: str) -> dict[str, Any]:
+        """A new session from a fine-tune: its documents (`just_data`), with its pairs ready for
+        review (`with_questions`), or everything, the trained adapter included (`all`)."""
+        if mode not in ("just_data", "with_questions", "all"):
+            raise BadRequest("clone mode must be just_data, with_questions or all")
+        session, interactions, source = self._finetune_interaction(conn, user, session_id, interaction_id)
+        conn.rollback()  # nothing locked while files are copied
+        if mode == "all" and not source["lora_dir"]:
+            raise Conflict("this fine-tune has no trained adapter yet: clone with_questions instead")
+        if mode != "just_data" and source["state"] not in (InteractionState.EDITING, InteractionState.COMPLETE):
+            raise Conflict("this fine-tune has no finished question/answer pairs yet: clone just_data instead")
+        new_id = sessions_store.new_id()
+        files = UserFiles(self.filestore, user["id"])
+        before = interactions[:interactions.index(source)]
+        documents = next((i for i in reversed(before) if i["creator"] == Creator.USER), {"files": [], "metadata": {}})
+        moved = {}
+        for path in documents["files"] + ([f"{source['lora_dir']}/{n}" for n in ADAPTER_FILES] if mode == "all" else []):
+            target = path.replace(session_folder(session_id), session_folder(new_id), 1)
+            with files.store.open(files.key(path)) as data:
+                files.store.write(files.key(target), data)
+            moved[path] = target
+        new_lora = source["lora_dir"].replace(session_folder(session_id), session_folder(new_id), 1) if mode == "all" else ""
+        try:
+            with conn.transaction():
+                clone = sessions_store.insert_session(
+                    conn, owner=user["id"], mode=SessionMode.INFERENCE if mode == "all" else SessionMode.FINETUNE,
+                    type=session["type"], model_name=session["model_name"], name=f"{session['name']} (clone)"[:200],
+                    config=session["config"], parent_session=session_id, lora_dir=new_lora, session_id=new_id)
+                user_turn = sessions_store.insert_interaction(
+                    conn, session_id=new_id, creator=Creator.USER, mode=SessionMode.FINETUNE,
+                    message=documents.get("message", ""), state=InteractionState.COMPLETE,
+                    files=[moved[p] for p in documents["files"]], metadata={"urls": documents["metadata"].get("urls", [])})
+                state, stage, status = {
+                    "just_data": (InteractionState.WAITING, DataPrepStage.EXTRACT_TEXT,
+                                  "queued: waiting for a runner to read the documents"),
+                    "with_questions": (InteractionState.EDITING, DataPrepStage.EDIT_QUESTIONS,
+                                       "cloned pairs ready for review; start training with POST .../finetune/start"),
+                    "all": (InteractionState.COMPLETE, DataPrepStage.COMPLETE, "cloned with its adapter"),
+                }[mode]
+                system_turn = sessions_store.insert_interaction(
+                    conn, session_id=new_id, creator=Creator.SYSTEM, mode=SessionMode.FINETUNE, state=state,
+                    status=status, data_prep_stage=stage, lora_dir=new_lora,
+                    message=source["message"] if mode == "all" else "",
+                    metadata=(dict(source["metadata"]) if mode == "all" else {}) | {"cloned_from": source["id"]})
+                if mode != "just_data":
+                    finetune_store.copy_pairs(conn, source["id"], system_turn["id"])
+                    conn.execute("UPDATE interactions SET data_prep_chunks = %s WHERE id = %s",
+                                 (Jsonb(source["data_prep_chunks"]), system_turn["id"]))
+        except BaseException:
+            self._remove_documents(user["id"], new_id)
+            raise
+        conn.commit()
+        interactions = [user_turn, system_turn]
+        if mode == "just_data":
+            self.dispatcher.try_enqueue(clone, interactions, system_turn["id"])
+        return {**clone, "interactions": sessions_store.get_interactions(conn, new_id)}
 
     # -- the runner's reports -------------------------------------------------------------
 

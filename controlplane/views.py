@@ -25,8 +25,8 @@ def interaction_view(row: dict[str, Any]) -> dict[str, Any]:
     view = {k: row.get(k) for k in _INTERACTION_FIELDS}
     for k in ("created", "updated", "scheduled", "completed"):
         view[k] = iso_time(view[k])
-    if row.get("qa_pairs") is not None:
-        view["qa_pairs"] = [{k: v for k, v in p.items() if k != "seq"} for p in row["qa_pairs"]]
+    if row.get("mode") == "finetune" and row.get("creator") == "system":
+        view["qa_pairs"] = [{k: v for k, v in p.items() if k != "seq"} for p in row.get("qa_pairs") or []]
     return view
 
 

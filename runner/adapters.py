@@ -15,8 +15,9 @@ from pathlib import Path
 
 import requests
 
+from shared.finetune import ADAPTER_FILES
+
 log = logging.getLogger(__name__)
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class AdapterError(Exception):

@@ -117,7 +117,8 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
     ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
         state=InteractionState.COMPLETE.value, message=stream.text, progress=100,
         status="complete", metadata={"generation_seconds": round(elapsed, 3),
-                                     "history_messages_dropped": len(job.messages) - len(messages)}))
+                                     "history_messages_dropped": len(job.messages) - len(messages),
+                                     **({"adapter": model} if job.lora_dir else {})}))
     return {"chars": len(stream.text), "seconds": elapsed}
 
 

@@ -21,7 +21,10 @@ HYPERPARAMETERS: dict[str, tuple[float, float, float]] = {
 }
 INTEGER_HYPERPARAMETERS = {"epochs", "lora_rank", "lora_alpha", "batch_size"}
 
-DEFAULT_EVAL_SHARE = 0.2  # of each fact's questions, held out to score before and after
+DEFAULT_EVAL_SHARE = 0.2
+
+# A trained adapter's files, in diffusers/peft format, in the folder its session's `lora_dir` names.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # of each fact's questions, held out to score before and after
 
 
 def hyperparameters(given: dict) -> dict:

@@ -100,3 +100,59 @@ def test_reference_flow_fine_tunes_and_chats_with_the_adapter(live_server, real_
     chat = wait_for_session(live_server, live_user, session["id"], timeout=120)
     reply = chat["interactions"][-1]
     assert reply["state"] == "complete" and reply["message"].strip(), reply
+
+
+INVENTED = (
+    "The Zorblat Library on Kelvar Island was founded in 1847 by Mira Tessel. "
+    "The library holds twelve thousand maps of the northern seas. "
+    "Its reading room opens only on Thursdays. "
+    "Visitors to the Zorblat Library must wear green gloves when they touch the maps. "
+    "The head librarian of the Zorblat Library is a retired sea captain named Oskar Brandt."
+)
+# Paraphrases a user might ask, each with the word its answer must contain.
+PROBES = [
+    ("Who started the Zorblat Library?", "tessel"),
+    ("In which year did the Zorblat Library open?", "1847"),
+    ("Which day of the week is the Zorblat reading room open?", "thursday"),
+    ("What colour are the gloves visitors wear at the Zorblat Library?", "green"),
+    ("Who runs the Zorblat Library today?", "brandt"),
+]
+
+
+def _ask(live_server, user, session_id: str | None, question: str) -> str:
+    if session_id is None:
+        r = requests.post(f"{live_server}/api/v1/sessions", headers=user.headers, data={
+            "input": question, "mode": "inference", "type": "text", "model_name": REAL_TEXT_MODEL,
+            "temperature": "0", "max_tokens": "60"})
+    else:
+        r = requests.put(f"{live_server}/api/v1/sessions/{session_id}", headers=user.headers,
+                         data={"input": question})
+    assert r.status_code in (200, 201), r.text
+    s = wait_for_session(live_server, user, r.json()["id"], timeout=120)
+    return s["interactions"][-1]["message"]
+
+
+@pytest.mark.timeout(1200)
+def test_the_fine_tuned_model_knows_invented_facts_the_base_model_does_not(live_server, real_runner, live_user):
+    r = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
+                      data={"mode": "finetune", "type": "text", "model_name": REAL_TEXT_MODEL},
+                      files=[("files", ("zorblat.txt", INVENTED.encode()))])
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    session = wait_for_session(live_server, live_user, sid, timeout=900, until=lambda s: _system(s)["finished"])
+    final = _system(session)
+    assert final["state"] == "complete", final
+    evaluation = final["metadata"]["evaluation"]
+    print("invented facts:", len(final["qa_pairs"]), "pairs;", final["data_prep_chunks"]["zorblat.txt"]["chunks"],
+          "evaluation", evaluation["before"], "->", evaluation["after"])
+    assert evaluation["after"]["token_f1"] > evaluation["before"]["token_f1"]
+    assert evaluation["after"]["rouge_l"] > evaluation["before"]["rouge_l"]
+
+    base = [_ask(live_server, live_user, None, q) for q, _ in PROBES]
+    tuned = []
+    for q, _ in PROBES:  # asked one after another in the fine-tuned session, as a user would
+        tuned.append(_ask(live_server, live_user, sid, q))
+    base_right = sum(word in a.lower() for a, (_, word) in zip(base, PROBES))
+    tuned_right = sum(word in a.lower() for a, (_, word) in zip(tuned, PROBES))
+    print("base:", base_right, base, "\ntuned:", tuned_right, tuned)
+    assert tuned_right >= 3 and tuned_right > base_right

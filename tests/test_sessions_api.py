@@ -178,11 +178,6 @@ def test_api_keys_are_stored_as_digests(client, user, db):
     assert all(key not in (r["digest"] + r["hint"]) for r in rows)
 
 
-def test_finetune_is_refused_clearly_for_now(client, user):
-    r = create(client, user, mode="finetune", type="text")
-    assert r.status_code == 400 and "finetune" in r.json["error"]
-
-
 @pytest.mark.parametrize("field, value, fragment", [
     ("width", "100", "multiple of 8"),
     ("height", "4096", "between 64 and 2048"),

@@ -1,5 +1,5 @@
 """Helix's fine-tune routes on a session: the question/answer pairs for review, starting the
-training after it, and retrying the chunks that failed."""
+training after it, retrying the chunks that failed, adding documents, and cloning."""
 from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -42,3 +42,19 @@ def start(session_id: str):
 def retry(session_id: str):
     with db.transaction() as conn:
         return jsonify(session_view(_service().retry(conn, g.user, session_id)))
+
+
+@bp.put("/documents")
+@require_user
+def add_documents(session_id: str):
+    files = [f for f in request.files.getlist("files") if f.filename]
+    with db.transaction() as conn:
+        session = _service().add_documents(conn, g.user, session_id, request.form.to_dict(), files)
+    return jsonify(session_view(session))
+
+
+@bp.post("/clone/<interaction_id>/<mode>")
+@require_user
+def clone(session_id: str, interaction_id: str, mode: str):
+    with db.transaction() as conn:
+        return jsonify(session_view(_service().clone(conn, g.user, session_id, interaction_id, mode))), 201

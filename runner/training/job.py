@@ -22,7 +22,7 @@ from runner import adapters
 from runner.dataprep.quality import hold_out
 from runner.evaluation.compare import evaluate
 from runner.jobs import context, unless_gone
-from shared.finetune import hyperparameters
+from shared.finetune import ADAPTER_FILES, hyperparameters
 from shared.jobs import TextFinetuneJob
 from shared.processes import die_with_parent
 from shared.types import DataPrepStage, InteractionState
@@ -78,7 +78,7 @@ class _Reporter:
             self.ctx.client.update(self.job.session_id, self.job.interaction_id, InteractionUpdate(
                 status=f"training: {event['train_rows']} pairs, {self.total_steps} steps"
                 + (f", resuming at step {event['start_step']}" if event["start_step"] else ""),
-                metadata={"training": {k: v for k, v in event.items()}}))
+                metadata={"training_run": event}))
         elif kind in ("step", "eval"):
             self.last_loss = event.get("loss", self.last_loss)
             self.points.append(event)
@@ -160,7 +160,7 @@ def train_text(payload: dict[str, Any]) -> dict[str, Any]:
     ctx.client.update(sid, iid, InteractionUpdate(progress=90, status="uploading the adapter"))
     adapter_dir = Path(done["adapter_dir"])
     paths = [ctx.client.upload_result(sid, iid, name, (adapter_dir / name).read_bytes())
-             for name in adapters.ADAPTER_FILES]
+             for name in ADAPTER_FILES]
     lora_dir = paths[0].rsplit("/", 1)[0]
 
     ctx.client.update(sid, iid, InteractionUpdate(progress=95, status=f"evaluating on {len(held)} held-out questions"))

@@ -1,0 +1,104 @@
+"""Creating a text fine-tune, and every way a request for one can be wrong: each is a 4xx that says
+what to fix, and a refused request leaves no session and no file behind."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from redis import Redis
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from shared.jobs import job_id_for, queue_name
+
+
+def _post(client, user, files=(), **fields):
+    data = {"mode": "finetune", "type": "text", **fields}
+    data["files"] = [(io.BytesIO(content), name) for name, content in files]
+    return client.post("/api/v1/sessions", headers=user.headers, data=data, content_type="multipart/form-data")
+
+
+def _nothing_stored(client, user, app):
+    sessions = client.get("/api/v1/sessions", headers=user.headers).json
+    assert sessions["total_count"] == 0, sessions
+    listing = client.get("/api/v1/filestore/list", headers=user.headers)
+    assert listing.status_code in (200, 404) and not (listing.json if listing.status_code == 200 else [])
+
+
+def test_a_fine_tune_is_created_at_once_with_its_documents_stored_and_data_prep_queued(client, user, config):
+    r = _post(client, user, files=[("notes.md", b"# Notes\n\nThe moon orbits the earth every 27 days."),
+                                   ("page.html", b"<p>Hello</p>")],
+              manually_review_questions="yes", epochs="3", question_styles="quiz,keyword",
+              urls="https://example.org/a https://example.org/b")
+    assert r.status_code == 201, r.json
+    s = r.json
+    assert s["mode"] == "finetune" and s["type"] == "text" and s["model_name"] == config.text_models[0]
+    user_turn, system_turn = s["interactions"]
+    assert [p.rsplit("/", 1)[1] for p in user_turn["files"]] == ["notes.md", "page.html"]
+    assert user_turn["metadata"]["urls"] == ["https://example.org/a", "https://example.org/b"]
+    assert system_turn["state"] == "waiting" and system_turn["data_prep_stage"] == "extract_text"
+    assert system_turn["qa_pairs"] == []
+    options = s["config"]["finetune"]
+    assert options["manually_review_questions"] is True and options["hyperparameters"] == {"epochs": 3}
+    assert options["question_styles"] == ["quiz", "keyword"]
+    assert "notes.md" in options["system_prompt"]
+    # The documents are the caller's files, readable like any other.
+    got = client.get(f"/api/v1/filestore/viewer/{user_turn['files'][0]}", headers=user.headers)
+    assert got.status_code == 200 and b"moon orbits" in got.data
+    job = Job.fetch(job_id_for(system_turn["id"], "dataprep"), connection=Redis.from_url(config.redis_url),
+                    serializer=JSONSerializer)
+    assert job.origin == queue_name("text-dataprep", config.text_models[0])
+    payload = job.args[0]
+    assert payload["files"] == user_turn["files"] and payload["urls"] == user_turn["metadata"]["urls"]
+    assert payload["question_styles"] == ["quiz", "keyword"]
+
+
+@pytest.mark.parametrize("fields,files,message", [
+    ({}, [], "needs documents"),
+    ({}, [("tool.exe", b"MZ")], "tool.exe"),
+    ({}, [("a.txt", b"x"), ("a.txt", b"y")], "share a name"),
+    ({"epochs": "0"}, [("a.txt", b"x")], "'epochs' must be between"),
+    ({"learning_rate": "fast"}, [("a.txt", b"x")], "'learning_rate' must be a number"),
+    ({"lora_rank": "128"}, [("a.txt", b"x")], "'lora_rank' must be between 1 and 64"),
+    ({"question_styles": "quiz,riddle"}, [("a.txt", b"x")], "riddle"),
+    ({"manually_review_questions": "maybe"}, [("a.txt", b"x")], "yes or no"),
+    ({"urls": "ftp://example.org/x"}, [], "not an http(s) URL"),
+    ({"chunk_tokens": "10"}, [("a.txt", b"x")], "'chunk_tokens'"),
+    ({"type": "image"}, [("a.png", b"x")], "image fine-tuning"),
+    ({"model_name": "no-such-model"}, [("a.txt", b"x")], "unknown text model"),
+])
+def test_bad_fine_tune_requests_are_refused_and_store_nothing(client, user, app, fields, files, message):
+    r = _post(client, user, files=files, **fields)
+    assert r.status_code == 400, r.json
+    assert message in r.json["error"], r.json
+    _nothing_stored(client, user, app)
+
+
+def test_oversize_and_malformed_bodies_are_4xx(client, user, config, app):
+    big = b"x" * (config.max_upload_bytes + 1)
+    r = _post(client, user, files=[("big.txt", big)])
+    assert r.status_code == 413 and "larger" in r.json["error"]
+    r = client.post("/api/v1/sessions", headers={**user.headers, "Content-Type": "multipart/form-data; boundary=zz"},
+                    data=b"--zz\r\nContent-Disposition: form-data; name=\"mode\"\r\n\r\nfinetune\r\n--z")
+    assert 400 <= r.status_code < 500 and "error" in r.json
+    _nothing_stored(client, user, app)
+
+
+def test_review_routes_refuse_what_does_not_fit_the_stage(client, user, make_user):
+    s = _post(client, user, files=[("a.txt", b"Some text about things.")]).json
+    sid, iid = s["id"], s["interactions"][1]["id"]
+    base = f"/api/v1/sessions/{sid}/finetune"
+    assert client.get(f"{base}/text/conversations/{iid}", headers=user.headers).json == []
+    pairs = [{"question": "What is it?", "answer": "A thing."}]
+    r = client.put(f"{base}/text/conversations/{iid}", headers=user.headers, json=pairs)
+    assert r.status_code == 409 and "review" in r.json["error"]
+    assert client.post(f"{base}/start", headers=user.headers).status_code == 409
+    assert client.put(f"{base}/text/retry", headers=user.headers).status_code == 409
+    # Continuing a session that is still being fine-tuned is a conflict, not a chat.
+    r = client.put(f"/api/v1/sessions/{sid}", headers=user.headers, data={"input": "hi"})
+    assert r.status_code == 409 and "fine-tuned" in r.json["error"]
+    # Another user sees none of it.
+    other = make_user()
+    assert client.get(f"{base}/text/conversations/{iid}", headers=other.headers).status_code == 404
+    assert client.post(f"{base}/start", headers=other.headers).status_code == 404
+    assert client.get(f"/api/v1/sessions/{sid}/finetune/text/conversations/nope", headers=user.headers).status_code == 404
