@@ -119,3 +119,12 @@ def test_weird_ids_on_runner_routes(client, api_runner_token, weird):
     r = client.post(f"/api/v1/runner/sessions/{weird}/interactions/{weird}/files", headers=headers,
                     data={"file": (io.BytesIO(b"x"), "a.png")}, content_type="multipart/form-data")
     assert_clear_4xx(r)
+
+
+@pytest.mark.parametrize("name", ["a" * 239, "文" * 100], ids=["239-bytes", "100-cjk-300-bytes"])
+def test_runner_upload_of_a_name_too_long_is_400(client, user, api_runner_token, name):
+    sid, iid = new_turn(client, user)
+    r = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}/files",
+                    headers={"Authorization": f"Bearer {api_runner_token}"},
+                    data={"file": (io.BytesIO(b"x"), name)}, content_type="multipart/form-data")
+    assert r.status_code == 400 and "bytes" in r.json["error"]  # was a 500 (OSError, errno 36)
