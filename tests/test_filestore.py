@@ -178,3 +178,10 @@ def test_concurrent_uploads_of_one_name_all_succeed(app, user):
     folder = Path(app.config["HELIX"].filestore) / "users" / user.id / "race"
     assert os.listdir(folder) == ["same.txt"]  # no file written aside is left behind
 
+
+def test_a_refused_upload_stores_nothing(client, user):
+    r = client.post("/api/v1/filestore/upload", headers=user.headers, content_type="multipart/form-data",
+                    data={"files": [(io.BytesIO(b"1"), "ok1.txt"), (io.BytesIO(b"2"), "..")]})
+    assert r.status_code == 400
+    assert client.get("/api/v1/filestore/get?path=ok1.txt", headers=user.headers).status_code == 404
+    assert client.get("/api/v1/filestore/list", headers=user.headers).json == []

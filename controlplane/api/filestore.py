@@ -69,13 +69,14 @@ def upload():
     uploads = [f for f in request.files.getlist("files") if f.filename]
     if not uploads:
         raise BadRequest("send one or more files in the multipart field 'files'")
-    saved = []
-    for upload in uploads:
+    targets = []
+    for upload in uploads:  # every name is checked before any file is written: a refusal stores nothing
         name = _path(upload.filename, allow_root=False)
         if "/" in name:
             raise BadRequest("file names must not contain '/'")
-        target = f"{folder}/{name}" if folder else name
-        saved.append(file_view(files, files.store.write(files.key(target), upload.stream)))
+        targets.append(f"{folder}/{name}" if folder else name)
+    saved = [file_view(files, files.store.write(files.key(target), upload.stream))
+             for upload, target in zip(uploads, targets)]
     return jsonify(saved), 201
 
 
