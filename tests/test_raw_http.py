@@ -1,0 +1,73 @@
+"""Raw HTTP on a socket to the control plane under gunicorn, as `make run` serves it: requests no
+well-behaved client sends are answered like every other error of the API, JSON `{"error": ...}`
+with a 4xx status, never a 500 and never an HTML page, whether Flask or gunicorn answers."""
+from __future__ import annotations
+
+import json
+import socket
+from urllib.parse import urlparse
+
+import pytest
+
+LIMIT = 2 * 1024 * 1024  # HELIX_MAX_UPLOAD_BYTES of the live server
+BOUNDARY = b"zzz"
+
+
+def exchange(base_url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Sends raw bytes, reads one response: its status, headers (lower-case names) and body."""
+    url = urlparse(base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered before reading everything: read its answer
+        reader = sock.makefile("rb")
+        status = reader.readline()
+        headers = {}
+        while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = reader.read(int(headers.get("content-length", "0")))
+    assert status.startswith(b"HTTP/1.1 "), status
+    return int(status.split()[1]), headers, body
+
+
+def assert_json_error(status: int, headers: dict[str, str], body: bytes, expected: int | None = None) -> str:
+    assert 400 <= status < 500 if expected is None else status == expected, (status, body[:300])
+    assert headers["content-type"] == "application/json", (headers, body[:300])
+    error = json.loads(body)["error"]
+    assert isinstance(error, str) and error
+    return error
+
+
+def post(path: str, headers: dict[str, str], body: bytes, framing: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: localhost", "Connection: close",
+             *(f"{k}: {v}" for k, v in headers.items()), framing]
+    return "\r\n".join(lines).encode() + b"\r\n\r\n" + body
+
+
+def chunked(body: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 65536]), body[i:i + 65536])
+                    for i in range(0, len(body), 65536)) + b"0\r\n\r\n"
+
+
+def multipart_of_size(size: int) -> bytes:
+    """A multipart body of exactly `size` bytes: one file in the field 'files'."""
+    head = (b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="files"; filename="exact.bin"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n")
+    tail = b"\r\n--" + BOUNDARY + b"--\r\n"
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+MULTIPART = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY.decode()}"}
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: a\r\n" % i for i in range(500)) + b"\r\n", 431),
+    (b"GET /healthz?" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"POST /api/v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+], ids=["header-over-8KB", "500-headers", "url-over-4KB", "bad-request-line", "content-length-minus-1"])
+def test_gunicorns_own_refusals_are_json(live_server, request_bytes, status):
+    assert_json_error(*exchange(live_server, request_bytes), expected=status)  # were HTML pages
