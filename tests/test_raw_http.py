@@ -62,6 +62,15 @@ def multipart_of_size(size: int) -> bytes:
 MULTIPART = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY.decode()}"}
 
 
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "application/json",
+                                          "multipart/form-data; boundary=zzz"])
+def test_malformed_chunked_body_is_400(live_server, live_user, content_type):
+    headers = {"Authorization": f"Bearer {live_user.key}", "Content-Type": content_type}
+    request = post("/api/v1/sessions", headers, b"ZZ\r\nabc\r\n0\r\n\r\n", "Transfer-Encoding: chunked")
+    error = assert_json_error(*exchange(live_server, request), expected=400)  # was a 500
+    assert "chunk" in error
+
+
 @pytest.mark.parametrize("request_bytes, status", [
     (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
     (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: a\r\n" % i for i in range(500)) + b"\r\n", 431),
