@@ -46,6 +46,8 @@ class Config:
     max_finetune_documents: int = 50
     # Longest file or folder name in the filestore, in UTF-8 bytes: most filesystems stop at 255.
     max_name_bytes: int = 200
+    # Deepest nesting of arrays and objects a JSON body may have (deeper: 400, never a RecursionError).
+    max_json_depth: int = 64
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Config":
@@ -64,6 +66,7 @@ class Config:
         c.max_name_bytes = env_int(env, "HELIX_MAX_NAME_BYTES", c.max_name_bytes)
         if not 1 <= c.max_name_bytes <= 255:
             raise SettingError(f"HELIX_MAX_NAME_BYTES must be between 1 and 255, got {c.max_name_bytes}")
+        c.max_json_depth = env_int(env, "HELIX_MAX_JSON_DEPTH", c.max_json_depth)
         c.filestore = env.get("HELIX_FILESTORE", c.filestore)
         c.s3_endpoint_url = env.get("HELIX_S3_ENDPOINT_URL", c.s3_endpoint_url)
         c.reconcile_interval = env_float(env, "HELIX_RECONCILE_INTERVAL", c.reconcile_interval)

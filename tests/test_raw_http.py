@@ -80,3 +80,11 @@ def test_malformed_chunked_body_is_400(live_server, live_user, content_type):
 ], ids=["header-over-8KB", "500-headers", "url-over-4KB", "bad-request-line", "content-length-minus-1"])
 def test_gunicorns_own_refusals_are_json(live_server, request_bytes, status):
     assert_json_error(*exchange(live_server, request_bytes), expected=status)  # were HTML pages
+
+
+
+def test_deeply_nested_json_is_400(live_server, live_user):
+    headers = {"Authorization": f"Bearer {live_user.key}", "Content-Type": "application/json"}
+    body = b"[" * 100_000 + b"]" * 100_000
+    request = post("/api/v1/sessions", headers, body, f"Content-Length: {len(body)}")
+    assert "JSON nested too deeply" in assert_json_error(*exchange(live_server, request), expected=400)
