@@ -160,3 +160,15 @@ def test_json_nested_up_to_the_limit_is_read(client, user, api_runner_token):
                     headers={"Authorization": f"Bearer {api_runner_token}"})
     assert r.status_code == 200, r.json
 
+
+def test_a_multipart_field_name_that_is_not_utf8_is_named(client, user):
+    body = (b'--zzz\r\nContent-Disposition: form-data; name="mode"\r\n\r\ninference\r\n'
+            b'--zzz\r\nContent-Disposition: form-data; name="type"\r\n\r\ntext\r\n'
+            b'--zzz\r\nContent-Disposition: form-data; name="in\xffput"\r\n\r\nhi\r\n--zzz--\r\n')
+    r = client.post(SESSION, headers={**user.headers, "Content-Type": "multipart/form-data; boundary=zzz"},
+                    data=body)
+    assert r.status_code == 400  # was "missing 'mode'": the whole form was dropped
+    assert "in\ufffdput" in r.json["error"] and "UTF-8" in r.json["error"], r.json
+    r = client.post(SESSION, headers={**user.headers, "Content-Type": "application/x-www-form-urlencoded"},
+                    data=b"input=\xff&mode=inference&type=text")  # a raw byte, not %FF
+    assert r.status_code == 400 and "UTF-8" in r.json["error"], r.json

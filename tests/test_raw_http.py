@@ -82,6 +82,34 @@ def test_gunicorns_own_refusals_are_json(live_server, request_bytes, status):
     assert_json_error(*exchange(live_server, request_bytes), expected=status)  # were HTML pages
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_of_exactly_the_limit_is_accepted(live_server, live_user, framing):
+    body = multipart_of_size(LIMIT)
+    headers = {"Authorization": f"Bearer {live_user.key}", **MULTIPART}
+    frame = f"Content-Length: {len(body)}" if framing == "content-length" else "Transfer-Encoding: chunked"
+    status, _, answer = exchange(live_server, post(f"/api/v1/filestore/upload?path={framing}", headers,
+                                                   body if framing == "content-length" else chunked(body), frame))
+    assert status == 201, answer[:300]  # was a 413
+    assert json.loads(answer)[0]["size"] == len(body) - len(multipart_of_size(0))
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_one_byte_over_the_limit_is_413(live_server, live_user, framing):
+    body = multipart_of_size(LIMIT + 1)
+    headers = {"Authorization": f"Bearer {live_user.key}", **MULTIPART}
+    frame = f"Content-Length: {len(body)}" if framing == "content-length" else "Transfer-Encoding: chunked"
+    request = post(f"/api/v1/filestore/upload?path=over-{framing}", headers,
+                   body if framing == "content-length" else chunked(body), frame)
+    assert_json_error(*exchange(live_server, request), expected=413)
+
+
+def test_a_chunked_json_body_over_the_limit_is_413_not_cut_short(live_server, live_user):
+    """werkzeug read such a body up to the limit and parsed what it had read."""
+    body = json.dumps({"name": "k" * LIMIT}).encode()
+    headers = {"Authorization": f"Bearer {live_user.key}", "Content-Type": "application/json"}
+    request = post("/api/v1/api_keys", headers, chunked(body), "Transfer-Encoding: chunked")
+    assert_json_error(*exchange(live_server, request), expected=413)
+
 
 def test_deeply_nested_json_is_400(live_server, live_user):
     headers = {"Authorization": f"Bearer {live_user.key}", "Content-Type": "application/json"}
