@@ -172,3 +172,10 @@ def test_a_multipart_field_name_that_is_not_utf8_is_named(client, user):
     r = client.post(SESSION, headers={**user.headers, "Content-Type": "application/x-www-form-urlencoded"},
                     data=b"input=\xff&mode=inference&type=text")  # a raw byte, not %FF
     assert r.status_code == 400 and "UTF-8" in r.json["error"], r.json
+
+
+def test_finetune_document_name_too_long_is_400(client, user):
+    """Fine-tune documents are checked like any filestore name (HELIX_MAX_NAME_BYTES)."""
+    r = client.post(SESSION, headers=user.headers, content_type="multipart/form-data",
+                    data={"mode": "finetune", "type": "text", "files": (io.BytesIO(b"facts"), "文" * 100 + ".txt")})
+    assert r.status_code == 400 and "200 bytes" in r.json["error"], r.json
