@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Sequence
 
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
@@ -16,7 +17,7 @@ from gunicorn.workers.gthread import ThreadWorker
 APP = "controlplane.app:create_app()"
 
 
-def gunicorn_command(port: int, workers: int = 2, threads: int = 32, extra: list[str] | tuple = ()) -> list[str]:
+def gunicorn_command(port: int, workers: int = 2, threads: int = 32, extra: Sequence[str] = ()) -> list[str]:
     """The one command line every launcher (`make run`, the tests, the bench) starts gunicorn with."""
     return [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", f"{__name__}.JsonErrorWorker",
             "-w", str(workers), "--threads", str(threads), "-b", f"127.0.0.1:{port}", *extra, APP]
