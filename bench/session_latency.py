@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from controlplane import accounts  # noqa: E402
 from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey, free_port  # noqa: E402
 from controlplane.migrate import apply_migrations  # noqa: E402
+from controlplane.serving import gunicorn_command  # noqa: E402
 from shared.processes import die_with_parent, stop, wait_for_port  # noqa: E402
 
 MODEL = "helix/tiny-chat"
@@ -83,9 +84,7 @@ def main() -> None:
         env = {**os.environ, "DATABASE_URL": pg.url, "REDIS_URL": vk.url,
                "HELIX_FILESTORE": str(work / "files")}
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gthread", "-w", "2",
-             "--threads", "32", "-b", f"127.0.0.1:{port}", "controlplane.app:create_app()"],
-            env=env, cwd=REPO, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent()))
+            gunicorn_command(port), env=env, cwd=REPO, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent()))
         wait_for_port(port, 60, procs[-1])
         url = f"http://127.0.0.1:{port}"
         log = open(work / "runner.log", "w+")

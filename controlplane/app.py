@@ -13,6 +13,7 @@ from controlplane.dispatch import Dispatcher
 from controlplane.filestore import from_config
 from controlplane.migrate import apply_migrations
 from controlplane.finetune_service import FinetuneService
+from controlplane.request_body import JSONProvider, Request
 from controlplane.session_service import SessionService
 from controlplane.validation import refuse_nul_in_url
 
@@ -24,7 +25,10 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     app = Flask(__name__)
     app.config["HELIX"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
+    app.request_class = Request
+    app.json = JSONProvider(app)
     app.json.sort_keys = False
+    app.json.max_depth = config.max_json_depth
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     apply_migrations(config.database_url)  # safe when every replica does it at once

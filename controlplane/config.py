@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from shared.settings import env_float, env_int
+from shared.settings import SettingError, env_float, env_int
 
 DEFAULT_TEXT_MODEL = "smollm2-135m-instruct"
 DEFAULT_IMAGE_MODEL = "helix/tiny-sd"
@@ -44,6 +44,10 @@ class Config:
     max_runner_upload_bytes: int = 8 * 1024**3
     # Fine-tunes: most documents (files and URLs) in one session.
     max_finetune_documents: int = 50
+    # Longest file or folder name in the filestore, in UTF-8 bytes: most filesystems stop at 255.
+    max_name_bytes: int = 200
+    # Deepest nesting of arrays and objects a JSON body may have (deeper: 400, never a RecursionError).
+    max_json_depth: int = 64
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Config":
@@ -59,6 +63,10 @@ class Config:
         c.max_input_chars = env_int(env, "HELIX_MAX_INPUT_CHARS", c.max_input_chars)
         c.max_runner_upload_bytes = env_int(env, "HELIX_MAX_RUNNER_UPLOAD_BYTES", c.max_runner_upload_bytes)
         c.max_finetune_documents = env_int(env, "HELIX_MAX_FINETUNE_DOCUMENTS", c.max_finetune_documents)
+        c.max_name_bytes = env_int(env, "HELIX_MAX_NAME_BYTES", c.max_name_bytes)
+        if not 1 <= c.max_name_bytes <= 255:
+            raise SettingError(f"HELIX_MAX_NAME_BYTES must be between 1 and 255, got {c.max_name_bytes}")
+        c.max_json_depth = env_int(env, "HELIX_MAX_JSON_DEPTH", c.max_json_depth)
         c.filestore = env.get("HELIX_FILESTORE", c.filestore)
         c.s3_endpoint_url = env.get("HELIX_S3_ENDPOINT_URL", c.s3_endpoint_url)
         c.reconcile_interval = env_float(env, "HELIX_RECONCILE_INTERVAL", c.reconcile_interval)

@@ -21,6 +21,7 @@ from controlplane import accounts
 from controlplane.config import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey
 from controlplane.migrate import apply_migrations
+from controlplane.serving import gunicorn_command
 from shared.processes import die_with_parent, port_in_use, stop, wait_for_port
 from shared.settings import env_int
 
@@ -129,11 +130,9 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
                "HELIX_TEXT_MODELS": os.environ.get("HELIX_TEXT_MODELS", text_model),
                "HELIX_IMAGE_MODELS": os.environ.get("HELIX_IMAGE_MODELS", image_model)}
-        children.append(Child("control plane", [
-            sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gthread",
-            "-w", os.environ.get("HELIX_WEB_WORKERS", "2"), "--threads", "32",
-            "-b", f"127.0.0.1:{port}", "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
-            "controlplane.app:create_app()"], env).start())
+        children.append(Child("control plane", gunicorn_command(
+            port, workers=env_int(os.environ, "HELIX_WEB_WORKERS", 2),
+            extra=["--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT]), env).start())
         wait_for_port(port, 60, children[-1].proc)
         api_url = f"http://127.0.0.1:{port}"
 

@@ -6,6 +6,7 @@ import logging
 import psycopg
 import redis.exceptions
 from flask import Flask, jsonify
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,12 @@ def init_app(app: Flask) -> None:
             413: "request body is larger than this server accepts",
         }.get(err.code or 0, err.description or err.name)
         return jsonify(error=message), err.code
+
+    @app.errorhandler(ParseException)
+    def _malformed_body(err: ParseException):
+        """gunicorn parses a chunked body only as the app reads it, so a malformed one (a chunk
+        size of 'ZZ', say) surfaces here: the client's mistake, not the server's."""
+        return jsonify(error=f"malformed request body: {err}"), 400
 
     @app.errorhandler(psycopg.OperationalError)
     @app.errorhandler(redis.exceptions.ConnectionError)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -27,8 +28,15 @@ class FileInfo:
     created: datetime | None
 
 
-def user_path(raw: str | None, *, allow_root: bool = True) -> str:
-    """Normalises a user-supplied path inside their root, or answers 400 saying why not."""
+# S3 keys are at most 1024 bytes; a local path of this length stays far under PATH_MAX.
+MAX_PATH_BYTES = 1024
+
+
+def user_path(raw: str | None, *, max_name_bytes: int, allow_root: bool = True) -> str:
+    """Normalises a user-supplied path inside their root, or answers 400 saying why not.
+
+    Lengths are counted in UTF-8 bytes, as filesystems and S3 count them: 100 × "文" is 100
+    characters but 300 bytes, more than a file name may hold (255 bytes on most filesystems)."""
     raw = ensure_utf8(raw or "", "path")
     if "\x00" in raw:
         raise BadRequest("path must not contain NUL bytes")
@@ -39,8 +47,12 @@ def user_path(raw: str | None, *, allow_root: bool = True) -> str:
     parts = [p for p in raw.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
         raise BadRequest("path must not contain '..'")
-    if len(raw) > 1024 or any(len(p) > 255 for p in parts):
-        raise BadRequest("path is too long")
+    for part in parts:
+        if len(part.encode()) > max_name_bytes:
+            raise BadRequest(f"path holds a name of {len(part.encode())} bytes ({part[:20]!r}…): "
+                             f"a file or folder name may be at most {max_name_bytes} bytes (UTF-8)")
+    if len(raw.encode()) > MAX_PATH_BYTES:
+        raise BadRequest(f"path is too long: at most {MAX_PATH_BYTES} bytes (UTF-8)")
     if not parts and not allow_root:
         raise BadRequest("path is required")
     return "/".join(parts)
@@ -94,10 +106,17 @@ class LocalFilestore:
         if path.is_dir():
             raise Conflict("a folder with that name exists")
         self._make_parents(path)
-        tmp = path.with_name(f".{path.name}.uploading-{os.getpid()}")
-        with open(tmp, "wb") as out:
-            shutil.copyfileobj(data, out, 1024 * 1024)
-        os.replace(tmp, path)  # readers never see half a file
+        # Readers never see half a file: it is written aside, then renamed into place. The name
+        # aside is unique per upload (two uploads of one name at once must not share it) and
+        # short whatever the file's name (which may already be as long as a name can be).
+        tmp = path.with_name(f".{uuid.uuid4().hex}.uploading")
+        try:
+            with open(tmp, "xb") as out:
+                shutil.copyfileobj(data, out, 1024 * 1024)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a refused or broken upload leaves nothing behind
+            raise
         return self._info(key, path)
 
     def open(self, key: str) -> BinaryIO:

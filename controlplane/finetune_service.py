@@ -15,7 +15,7 @@ from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.runner_service import storable
-from controlplane.filestore import Filestore, UserFiles, session_folder
+from controlplane.filestore import Filestore, UserFiles, session_folder, user_path
 from controlplane.validation import optional_float, optional_int, text_field
 from controlplane.views import interaction_view
 from shared.finetune import (ADAPTER_FILES, DEFAULT_EVAL_SHARE, DOCUMENT_EXTENSIONS, HYPERPARAMETERS, INTEGER_HYPERPARAMETERS,
@@ -71,13 +71,12 @@ def parse_urls(raw: str) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
-def document_name(filename: str) -> str:
+def document_name(filename: str, max_name_bytes: int) -> str:
     """A document's name as stored: its base name, checked like any filestore path segment."""
     name = PurePosixPath(filename.replace("\\", "/")).name.strip()
     if not name or name in (".", ".."):
         raise BadRequest(f"file {filename[:80]!r} has no usable name")
-    if "\x00" in name or len(name.encode("utf-8", "replace")) > 200:
-        raise BadRequest(f"file name {name[:80]!r} is too long or holds NUL (200 bytes at most)")
+    user_path(name, max_name_bytes=max_name_bytes, allow_root=False)
     if PurePosixPath(name.lower()).suffix not in DOCUMENT_EXTENSIONS:
         raise BadRequest(f"file {name[:80]!r} is not a document this server reads: use "
                          + ", ".join(DOCUMENT_EXTENSIONS))
@@ -134,7 +133,7 @@ class FinetuneService:
         options = parse_options(form)
         urls = parse_urls(form.get("urls", ""))
         message = text_field(form, "input", self.config.max_input_chars)
-        names = [document_name(f.filename) for f in files]
+        names = [document_name(f.filename, self.config.max_name_bytes) for f in files]
         if len(set(names)) != len(names):
             raise BadRequest("two files share a name: give each document its own")
         if not names and not urls:

@@ -20,6 +20,7 @@ from controlplane.app import create_app
 from controlplane.config import Config
 from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from controlplane.migrate import apply_migrations
+from controlplane.serving import gunicorn_command
 from shared.processes import die_with_parent, stop, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -265,9 +266,7 @@ def live_server(services, tmp_path_factory):
            "HELIX_RECONCILE_INTERVAL": "1", "HELIX_FILESTORE": str(tmp_path_factory.mktemp("files")),
            "HELIX_TEXT_MODELS": TEXT_MODEL, "HELIX_IMAGE_MODELS": IMAGE_MODEL,
            "HELIX_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024)}
-    proc = Process([sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", "gthread", "-w", "2",
-                    "--threads", "32", "-b", f"127.0.0.1:{port}", "controlplane.app:create_app()"],
-                   env, logs / "gunicorn.log")
+    proc = Process(gunicorn_command(port), env, logs / "gunicorn.log")
     wait_for_port(port, 60, proc.proc)
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -129,3 +132,56 @@ def test_folders_rename_with_their_contents(client, user):
     r = client.put("/api/v1/filestore/rename?path=photos&new_path=photos/2024/again", headers=user.headers)
     assert r.status_code == 400 and "inside" in r.json["error"]
     assert client.get("/api/v1/filestore/viewer/photos/b.txt", headers=user.headers).data == b"b"
+
+
+@pytest.mark.parametrize("name", ["a" * 239, "文" * 100], ids=["239-bytes", "100-cjk-300-bytes"])
+def test_names_longer_than_a_filesystem_allows_are_400(client, user, name):
+    q = quote(name)
+    assert upload(client, user, "", name, b"x").status_code == 400  # was a 500 (OSError, errno 36)
+    assert upload(client, user, q, "f.txt", b"x").status_code == 400
+    upload(client, user, "", "ok.txt", b"x")
+    for method, url in (("get", f"list?path={q}"), ("get", f"get?path={q}"), ("get", f"viewer/{q}"),
+                        ("post", f"folder?path={q}"), ("post", f"folder?path=deep/{q}/er"),
+                        ("put", f"rename?path=ok.txt&new_path={q}"), ("put", f"rename?path={q}&new_path=b"),
+                        ("delete", f"delete?path={q}")):
+        r = getattr(client, method)(f"/api/v1/filestore/{url}", headers=user.headers)
+        assert r.status_code == 400, (url, r.status_code, r.data[:200])
+        assert "200 bytes" in r.json["error"]
+    assert [f["name"] for f in client.get("/api/v1/filestore/list", headers=user.headers).json] == ["ok.txt"]
+
+
+def test_a_name_of_exactly_the_limit_works(client, user):
+    name = "文" * 66 + "ab"  # 200 bytes
+    r = upload(client, user, quote(name), name, b"hello")
+    assert r.status_code == 201, r.json
+    assert client.get(r.json[0]["url"], headers=user.headers).data == b"hello"
+    r = client.put(f"/api/v1/filestore/rename?path={quote(name)}/{quote(name)}&new_path={quote(name)}/b.txt",
+                   headers=user.headers)
+    assert r.status_code == 200, r.json
+
+
+def test_concurrent_uploads_of_one_name_all_succeed(app, user):
+    """Each upload is written aside under its own name, then renamed into place."""
+    bodies = [bytes([65 + i]) * 300_000 for i in range(20)]
+    start = threading.Barrier(len(bodies))
+
+    def send(body: bytes):
+        client = app.test_client()
+        start.wait()
+        return upload(client, user, "race", "same.txt", body).status_code
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        statuses = list(pool.map(send, bodies))
+    assert statuses == [201] * len(bodies)  # were 5-6 of 20 answering 500 (FileNotFoundError)
+    kept = app.test_client().get("/api/v1/filestore/viewer/race/same.txt", headers=user.headers).data
+    assert kept in bodies
+    folder = Path(app.config["HELIX"].filestore) / "users" / user.id / "race"
+    assert os.listdir(folder) == ["same.txt"]  # no file written aside is left behind
+
+
+def test_a_refused_upload_stores_nothing(client, user):
+    r = client.post("/api/v1/filestore/upload", headers=user.headers, content_type="multipart/form-data",
+                    data={"files": [(io.BytesIO(b"1"), "ok1.txt"), (io.BytesIO(b"2"), "..")]})
+    assert r.status_code == 400
+    assert client.get("/api/v1/filestore/get?path=ok1.txt", headers=user.headers).status_code == 404
+    assert client.get("/api/v1/filestore/list", headers=user.headers).json == []

@@ -3,6 +3,7 @@ nothing half-written is left behind."""
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -119,3 +120,62 @@ def test_weird_ids_on_runner_routes(client, api_runner_token, weird):
     r = client.post(f"/api/v1/runner/sessions/{weird}/interactions/{weird}/files", headers=headers,
                     data={"file": (io.BytesIO(b"x"), "a.png")}, content_type="multipart/form-data")
     assert_clear_4xx(r)
+
+
+@pytest.mark.parametrize("name", ["a" * 239, "文" * 100], ids=["239-bytes", "100-cjk-300-bytes"])
+def test_runner_upload_of_a_name_too_long_is_400(client, user, api_runner_token, name):
+    sid, iid = new_turn(client, user)
+    r = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}/files",
+                    headers={"Authorization": f"Bearer {api_runner_token}"},
+                    data={"file": (io.BytesIO(b"x"), name)}, content_type="multipart/form-data")
+    assert r.status_code == 400 and "bytes" in r.json["error"]  # was a 500 (OSError, errno 36)
+
+
+def json_routes(client, user, runner_token) -> list[tuple[str, str, dict]]:
+    """Every route that reads a JSON body, with the credentials it asks for."""
+    sid, iid = new_turn(client, user)
+    runner = {"Authorization": f"Bearer {runner_token}"}
+    turn = f"/api/v1/runner/sessions/{sid}/interactions/{iid}"
+    return [("post", SESSION, user.headers), ("put", f"{SESSION}/{sid}", user.headers),
+            ("post", "/api/v1/api_keys", user.headers),
+            ("put", f"{SESSION}/{sid}/finetune/text/conversations/{iid}", user.headers),
+            ("post", "/api/v1/runner/register", runner), ("post", turn, runner),
+            *(("post", f"{turn}/finetune/{report}", runner) for report in ("document", "chunk", "metrics"))]
+
+
+@pytest.mark.parametrize("body", ["[" * 990 + "]" * 990, '{"a": ' * 990 + "1" + "}" * 990,
+                                  "[" * 100_000 + "]" * 100_000, '{"metadata": ' + "[" * 65 + "]" * 65 + "}"],
+                         ids=["990-arrays", "990-objects", "100000-arrays", "66-levels"])
+def test_deeply_nested_json_is_400_on_every_json_route(client, user, api_runner_token, body):
+    for method, url, headers in json_routes(client, user, api_runner_token):
+        r = getattr(client, method)(url, data=body, headers={**headers, "Content-Type": "application/json"})
+        assert r.status_code == 400, (url, r.status_code, r.data[:200])  # was a 500 (RecursionError)
+        assert "JSON nested too deeply" in r.json["error"], url
+
+
+def test_json_nested_up_to_the_limit_is_read(client, user, api_runner_token):
+    sid, iid = new_turn(client, user)
+    metadata = {"deep": json.loads("[" * 62 + "]" * 62)}  # 64 levels with the body and metadata objects
+    r = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}", json={"metadata": metadata},
+                    headers={"Authorization": f"Bearer {api_runner_token}"})
+    assert r.status_code == 200, r.json
+
+
+def test_a_multipart_field_name_that_is_not_utf8_is_named(client, user):
+    body = (b'--zzz\r\nContent-Disposition: form-data; name="mode"\r\n\r\ninference\r\n'
+            b'--zzz\r\nContent-Disposition: form-data; name="type"\r\n\r\ntext\r\n'
+            b'--zzz\r\nContent-Disposition: form-data; name="in\xffput"\r\n\r\nhi\r\n--zzz--\r\n')
+    r = client.post(SESSION, headers={**user.headers, "Content-Type": "multipart/form-data; boundary=zzz"},
+                    data=body)
+    assert r.status_code == 400  # was "missing 'mode'": the whole form was dropped
+    assert "in\ufffdput" in r.json["error"] and "UTF-8" in r.json["error"], r.json
+    r = client.post(SESSION, headers={**user.headers, "Content-Type": "application/x-www-form-urlencoded"},
+                    data=b"input=\xff&mode=inference&type=text")  # a raw byte, not %FF
+    assert r.status_code == 400 and "UTF-8" in r.json["error"], r.json
+
+
+def test_finetune_document_name_too_long_is_400(client, user):
+    """Fine-tune documents are checked like any filestore name (HELIX_MAX_NAME_BYTES)."""
+    r = client.post(SESSION, headers=user.headers, content_type="multipart/form-data",
+                    data={"mode": "finetune", "type": "text", "files": (io.BytesIO(b"facts"), "文" * 100 + ".txt")})
+    assert r.status_code == 400 and "200 bytes" in r.json["error"], r.json

@@ -25,6 +25,7 @@ def test_defaults_and_overrides():
 @pytest.mark.parametrize("build, env, fragment", [
     (Config.from_env, {"HELIX_MAX_UPLOAD_BYTES": "10MB"}, "HELIX_MAX_UPLOAD_BYTES must be a whole number"),
     (Config.from_env, {"HELIX_RECONCILE_INTERVAL": "soon"}, "HELIX_RECONCILE_INTERVAL must be a number"),
+    (Config.from_env, {"HELIX_MAX_NAME_BYTES": "300"}, "HELIX_MAX_NAME_BYTES must be between 1 and 255"),
     (RunnerConfig.from_env, {**RUNNER_ENV, "HELIX_TEXT_WORKERS": "many"}, "HELIX_TEXT_WORKERS must be"),
     (RunnerConfig.from_env, {**RUNNER_ENV, "HELIX_SAMPLING_EXTRA": "{bad"}, "HELIX_SAMPLING_EXTRA must be a JSON object"),
     (RunnerConfig.from_env, {**RUNNER_ENV, "HELIX_SAMPLING_EXTRA": "[1]"}, "HELIX_SAMPLING_EXTRA must be a JSON object"),

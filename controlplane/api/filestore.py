@@ -17,6 +17,10 @@ def _files() -> UserFiles:
     return UserFiles(current_app.extensions["filestore"], g.user["id"])
 
 
+def _path(raw: str | None, allow_root: bool = True) -> str:
+    return user_path(raw, max_name_bytes=current_app.config["HELIX"].max_name_bytes, allow_root=allow_root)
+
+
 def file_view(files: UserFiles, info: FileInfo) -> dict:
     info = files.relative(info)
     return {"name": info.name, "path": info.path, "directory": info.directory, "size": info.size,
@@ -28,7 +32,7 @@ def file_view(files: UserFiles, info: FileInfo) -> dict:
 @require_user
 def list_files():
     files = _files()
-    path = user_path(request.args.get("path"))
+    path = _path(request.args.get("path"))
     return jsonify([file_view(files, i) for i in files.store.list(files.key(path))])
 
 
@@ -36,7 +40,7 @@ def list_files():
 @require_user
 def get_file():
     files = _files()
-    path = user_path(request.args.get("path"), allow_root=False)
+    path = _path(request.args.get("path"), allow_root=False)
     return jsonify(file_view(files, files.store.stat(files.key(path))))
 
 
@@ -44,7 +48,7 @@ def get_file():
 @require_user
 def viewer(path: str):
     files = _files()
-    key = files.key(user_path(path, allow_root=False))
+    key = files.key(_path(path, allow_root=False))
     info = files.store.stat(key)
     if info.directory:
         raise BadRequest("path is a folder")
@@ -61,17 +65,18 @@ def viewer(path: str):
 @require_user
 def upload():
     files = _files()
-    folder = user_path(request.args.get("path"))
+    folder = _path(request.args.get("path"))
     uploads = [f for f in request.files.getlist("files") if f.filename]
     if not uploads:
         raise BadRequest("send one or more files in the multipart field 'files'")
-    saved = []
-    for upload in uploads:
-        name = user_path(upload.filename, allow_root=False)
+    targets = []
+    for upload in uploads:  # every name is checked before any file is written: a refusal stores nothing
+        name = _path(upload.filename, allow_root=False)
         if "/" in name:
             raise BadRequest("file names must not contain '/'")
-        target = f"{folder}/{name}" if folder else name
-        saved.append(file_view(files, files.store.write(files.key(target), upload.stream)))
+        targets.append(f"{folder}/{name}" if folder else name)
+    saved = [file_view(files, files.store.write(files.key(target), upload.stream))
+             for upload, target in zip(uploads, targets)]
     return jsonify(saved), 201
 
 
@@ -79,7 +84,7 @@ def upload():
 @require_user
 def folder():
     files = _files()
-    path = user_path(request.args.get("path"), allow_root=False)
+    path = _path(request.args.get("path"), allow_root=False)
     return jsonify(file_view(files, files.store.mkdir(files.key(path)))), 201
 
 
@@ -87,8 +92,8 @@ def folder():
 @require_user
 def rename():
     files = _files()
-    path = user_path(request.args.get("path"), allow_root=False)
-    new_path = user_path(request.args.get("new_path"), allow_root=False)
+    path = _path(request.args.get("path"), allow_root=False)
+    new_path = _path(request.args.get("new_path"), allow_root=False)
     if new_path == path or new_path.startswith(path + "/"):
         raise BadRequest("new_path must not be the path itself or inside it")
     return jsonify(file_view(files, files.store.rename(files.key(path), files.key(new_path))))
@@ -98,6 +103,6 @@ def rename():
 @require_user
 def delete():
     files = _files()
-    path = user_path(request.args.get("path"), allow_root=False)
+    path = _path(request.args.get("path"), allow_root=False)
     files.store.delete(files.key(path))
     return jsonify(deleted=path)

@@ -19,6 +19,10 @@ def _runner_upload_limit():
     request.max_content_length = current_app.config["HELIX"].max_runner_upload_bytes
 
 
+def _max_name_bytes() -> int:
+    return current_app.config["HELIX"].max_name_bytes
+
+
 @bp.post("/register")
 @require_runner
 def register():
@@ -43,7 +47,7 @@ def upload_result(session_id: str, interaction_id: str):
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         raise BadRequest("send the file in the multipart field 'file'")
-    name = user_path(upload.filename, allow_root=False)
+    name = user_path(upload.filename, max_name_bytes=_max_name_bytes(), allow_root=False)
     if "/" in name:
         raise BadRequest("file names must not contain '/'")
     with db.transaction() as conn:
@@ -63,7 +67,7 @@ def upload_result(session_id: str, interaction_id: str):
 @require_runner
 def download_input(session_id: str):
     """A file of the session (its inputs, say), for a runner: only inside that session's folder."""
-    path = user_path(request.args.get("path"), allow_root=False)
+    path = user_path(request.args.get("path"), max_name_bytes=_max_name_bytes(), allow_root=False)
     if not path.startswith(session_folder(session_id) + "/"):
         raise BadRequest(f"runners may read only files under {session_folder(session_id)}/")
     with db.transaction() as conn:
