@@ -150,8 +150,11 @@ def test_the_fine_tuned_model_knows_invented_facts_the_base_model_does_not(live_
 
     base = [_ask(live_server, live_user, None, q) for q, _ in PROBES]
     tuned = []
-    for q, _ in PROBES:  # asked one after another in the fine-tuned session, as a user would
-        tuned.append(_ask(live_server, live_user, sid, q))
+    for q, _ in PROBES:  # each in a clone of the session with its adapter: no earlier answers in the chat
+        r = requests.post(f"{live_server}/api/v1/sessions/{sid}/finetune/clone/{final['id']}/all",
+                          headers=live_user.headers)
+        assert r.status_code == 201, r.text
+        tuned.append(_ask(live_server, live_user, r.json()["id"], q))
     base_right = sum(word in a.lower() for a, (_, word) in zip(base, PROBES))
     tuned_right = sum(word in a.lower() for a, (_, word) in zip(tuned, PROBES))
     print("base:", base_right, base, "\ntuned:", tuned_right, tuned)

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from shared.finetune import epochs_for
+
 IGNORE = -100
 
 
@@ -101,8 +103,9 @@ def train(spec: dict[str, Any]) -> None:
     model = get_peft_model(model, LoraConfig(
         r=int(hp["lora_rank"]), lora_alpha=int(hp["lora_alpha"]), lora_dropout=0.05,
         target_modules="all-linear", task_type="CAUSAL_LM"))
-    batch_size, epochs = int(hp["batch_size"]), int(hp["epochs"])
+    batch_size = int(hp["batch_size"])
     steps_per_epoch = math.ceil(len(train_rows) / batch_size)
+    epochs = epochs_for(hp.get("epochs"), steps_per_epoch)
     total_steps = steps_per_epoch * epochs
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(hp["learning_rate"]))
     scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 20), total_steps)
@@ -117,7 +120,7 @@ def train(spec: dict[str, Any]) -> None:
         step = int(state["step"])
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
-    emit("start", total_steps=total_steps, start_step=step, train_rows=len(train_rows), eval_rows=len(eval_rows),
+    emit("start", total_steps=total_steps, epochs=epochs, start_step=step, train_rows=len(train_rows), eval_rows=len(eval_rows),
          trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
 
     started = time.monotonic()
