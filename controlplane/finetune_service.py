@@ -361,12 +361,17 @@ class FinetuneService:
         with conn.transaction():
             interaction = self._running(conn, session_id, interaction_id)
             # A retry reads the document again: the chunks an earlier attempt finished stay done.
-            earlier = {c["index"]: c for c in interaction["data_prep_chunks"].get(name, {}).get("chunks", [])
-                       if c.get("state") == "done"}
+            earlier = {c["index"]: c for c in interaction["data_prep_chunks"].get(name, {}).get("chunks", [])}
+
+            def chunk_entry(i: int) -> dict:
+                before = earlier.get(i, {})
+                if before.get("state") == "done":
+                    return before
+                return {"index": i, "state": "pending", "question_count": 0, "error": "",
+                        "attempts": before.get("attempts", 0)}
+
             finetune_store.set_document(conn, interaction_id, name, {
-                "chars": chars, "error": error,
-                "chunks": [earlier.get(i) or {"index": i, "state": "pending", "question_count": 0, "error": ""}
-                           for i in range(chunks)]})
+                "chars": chars, "error": error, "chunks": [chunk_entry(i) for i in range(chunks)]})
 
     def report_chunk(self, conn, session_id: str, interaction_id: str, body: Any) -> None:
         """One chunk's pairs (replacing any from an earlier attempt), filter counts and error."""
@@ -388,8 +393,10 @@ class FinetuneService:
             interaction = self._running(conn, session_id, interaction_id)
             if name not in interaction["data_prep_chunks"]:
                 raise BadRequest(f"report document {name[:80]!r} before its chunks")
+            earlier = next((c for c in interaction["data_prep_chunks"][name].get("chunks", []) if c["index"] == index), {})
             finetune_store.replace_chunk_pairs(conn, interaction_id, name, index, pairs)
             finetune_store.set_chunk(conn, interaction_id, name, index, {
+                "attempts": earlier.get("attempts", 0) + 1,
                 "index": index, "state": "error" if error or not (pairs or note) else "done",
                 "question_count": len(pairs), "error": error or ("" if pairs or note else "no pairs"),
                 "note": note, "dropped": dropped, "coverage": coverage})

@@ -200,3 +200,25 @@ def test_clone_and_add_documents(live_server, runner, live_user):
     assert newest["metadata"]["training"]["train_pairs"] + newest["metadata"]["training"]["eval_pairs"] >= 9
     assert s["lora_dir"] == newest["lora_dir"] != system["lora_dir"]
     assert "more.md" in s["config"]["finetune"]["system_prompt"]
+
+
+@pytest.mark.timeout(300)
+def test_retry_runs_the_failed_chunks_again_and_leaves_done_ones(live_server, runner, live_user):
+    # headings.md has nothing to ask about (its chunk is done at once); the tiny model's questions
+    # about zorblat.txt are noise, so its chunk fails: that one, and only that one, runs again.
+    s = _create(live_server, live_user, [("headings.md", b"# Title\n\n## Part one\n\n## Part two"),
+                                         ("zorblat.txt", DOCUMENT.encode())])
+    sid = s["id"]
+    system = _system(_until_review(live_server, live_user, sid))
+    chunks = system["data_prep_chunks"]
+    assert [c["state"] for c in chunks["headings.md"]["chunks"]] == ["done"]
+    assert [c["state"] for c in chunks["zorblat.txt"]["chunks"]] == ["error"]
+    assert "failed" in system["status"] and "retry" in system["status"]
+    r = requests.put(f"{live_server}/api/v1/sessions/{sid}/finetune/text/retry", headers=live_user.headers)
+    assert r.status_code == 200, r.text
+    assert _system(r.json())["data_prep_stage"] == "generate_questions"
+    system = _system(wait_for_session(live_server, live_user, sid, timeout=120,
+                                      until=lambda x: _system(x)["state"] == "editing"))
+    chunks = system["data_prep_chunks"]
+    assert chunks["headings.md"]["chunks"][0]["attempts"] == 1
+    assert chunks["zorblat.txt"]["chunks"][0]["attempts"] == 2
