@@ -100,7 +100,7 @@ def parse_pairs(body: Any) -> list[dict[str, str]]:
         for key in ("fact", "document", "style"):
             if isinstance(item.get(key), str):
                 pair[key] = item[key][:500]
-        pair.setdefault("fact", f"reviewed-{n}")
+        pair.setdefault("fact", " ".join(pair["answer"].lower().split())[:500])  # same answer: same fact
         pairs.append(pair)
     if not pairs:
         raise BadRequest("send at least one pair")

@@ -325,6 +325,7 @@ class FinetuneService:
             session = sessions_store.get_session_any_owner(conn, session_id)
             pairs = finetune_store.count_pairs(conn, interaction_id)
             failed = _failures(interaction["data_prep_chunks"])
+            finetune_store.merge_metadata(conn, interaction_id, {"dataprep": _summary(interaction["data_prep_chunks"], pairs)})
             review = session["config"].get("finetune", {}).get("manually_review_questions")
             if not pairs and not review:
                 row = sessions_store.apply_update(
@@ -348,6 +349,19 @@ class FinetuneService:
         if row["data_prep_stage"] == DataPrepStage.FINETUNE:
             self.dispatcher.try_enqueue(session, sessions_store.get_interactions(conn, session_id), interaction_id)
         return row
+
+
+def _summary(chunks: dict[str, Any], pairs: int) -> dict[str, Any]:
+    """Totals over every file and chunk: what was made, what failed, what each filter removed."""
+    dropped: dict[str, int] = {}
+    for report in chunks.values():
+        for chunk in report.get("chunks", []):
+            for name, n in (chunk.get("dropped") or {}).items():
+                dropped[name] = dropped.get(name, 0) + n
+    all_chunks = [c for r in chunks.values() for c in r.get("chunks", [])]
+    return {"pairs": pairs, "files": len(chunks), "files_failed": sum(1 for r in chunks.values() if r.get("error")),
+            "chunks": len(all_chunks), "chunks_failed": sum(1 for c in all_chunks if c.get("state") == "error"),
+            "dropped": dropped}
 
 
 def _failures(chunks: dict[str, Any]) -> list[str]:

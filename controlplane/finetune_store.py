@@ -94,3 +94,8 @@ def set_stage(conn: psycopg.Connection, interaction_id: str, stage: str, *, stat
         f"UPDATE interactions SET updated = now(), data_prep_stage = %s, state = %s, status = %s,"
         f" progress = %s WHERE id = %s RETURNING {INTERACTION_COLUMNS}",
         (stage, state, status, progress, interaction_id)).fetchone()
+
+
+def merge_metadata(conn: psycopg.Connection, interaction_id: str, metadata: dict[str, Any]) -> None:
+    conn.execute("UPDATE interactions SET updated = now(), metadata = metadata || %s WHERE id = %s",
+                 (Jsonb(metadata), interaction_id))

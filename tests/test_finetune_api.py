@@ -102,3 +102,25 @@ def test_review_routes_refuse_what_does_not_fit_the_stage(client, user, make_use
     assert client.get(f"{base}/text/conversations/{iid}", headers=other.headers).status_code == 404
     assert client.post(f"{base}/start", headers=other.headers).status_code == 404
     assert client.get(f"/api/v1/sessions/{sid}/finetune/text/conversations/nope", headers=user.headers).status_code == 404
+
+
+def test_reviewed_pairs_in_either_shape_and_paraphrases_share_their_fact(client, user, db):
+    s = _post(client, user, files=[("a.txt", b"Some text about things.")]).json
+    sid, iid = s["id"], s["interactions"][1]["id"]
+    db.execute("UPDATE interactions SET state = 'editing', data_prep_stage = 'edit_questions' WHERE id = %s", (iid,))
+    url = f"/api/v1/sessions/{sid}/finetune/text/conversations/{iid}"
+    body = [{"question": "Who wrote it?", "answer": "Ada wrote it."},
+            {"conversations": [{"from": "human", "value": "Which person wrote it?"},
+                               {"from": "gpt", "value": "Ada  wrote it."}]},
+            {"question": "When?", "answer": "In 1843."}]
+    r = client.put(url, headers=user.headers, json=body)
+    assert r.status_code == 200, r.json
+    pairs = client.get(url, headers=user.headers).json
+    assert [p["question"] for p in pairs] == ["Who wrote it?", "Which person wrote it?", "When?"]
+    # The same answer makes two questions paraphrases of one fact (one of them can be held out).
+    assert pairs[0]["fact"] == pairs[1]["fact"] != pairs[2]["fact"]
+    for bad, message in [({"pairs": "x"}, "JSON list"), ([{"question": "q?"}], "'answer'"),
+                         ([{"question": "q?", "answer": "a" * 5000}], "longer than"), ([], "at least one")]:
+        r = client.put(url, headers=user.headers, json=bad)
+        assert r.status_code == 400 and message in r.json["error"], (bad, r.json)
+    assert len(client.get(url, headers=user.headers).json) == 3  # a refused edit changes nothing

@@ -9,6 +9,7 @@ token limit is retried once and then counts as an error for its chunk, never as 
 from __future__ import annotations
 
 import json
+import zlib
 
 import requests
 import requests.adapters
@@ -78,6 +79,9 @@ class QuestionWriter:
     def write(self, fact: str, context: str, document: str, style: str, count: int) -> list[str]:
         body = {"model": self.model, "messages": self.messages(fact, context, document, style, count),
                 "temperature": self.temperature, "max_tokens": 64 * count + 32,
+                # Sampled, yet the same for the same fact and style: a retried or repeated data
+                # preparation writes the same questions.
+                "seed": zlib.crc32(f"{style}\0{fact}".encode()),
                 "response_format": {"type": "json_schema",
                                     "json_schema": {"name": "questions", "schema": _schema(count)}}}
         for attempt in (1, 2):
