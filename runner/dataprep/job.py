@@ -122,8 +122,8 @@ def prepare_text(payload: dict[str, Any]) -> dict[str, Any]:
     writer = QuestionWriter(ctx.config.qa_api_url or ctx.vllm_url, ctx.config.qa_model or job.model,
                             ctx.config.qa_api_key)
     styles = job.question_styles or list(DEFAULT_QUESTION_STYLES)
-    requests_ = [(chunk, i, style) for chunk in work for i in chunk.ask for style in styles]
-    for chunk, _, _ in requests_:
+    asks = [(chunk, i, style) for chunk in work for i in chunk.ask for style in styles]
+    for chunk, _, _ in asks:
         chunk.pending += 1
     seen, lock, done, pairs = set(), threading.Lock(), 0, 0
     for chunk in [c for c in work if not c.pending]:
@@ -139,7 +139,7 @@ def prepare_text(payload: dict[str, Any]) -> dict[str, Any]:
             return chunk, [], str(err)
 
     with ThreadPoolExecutor(max(1, ctx.config.qa_concurrency)) as pool:
-        futures = [pool.submit(ask, *r) for r in requests_]
+        futures = [pool.submit(ask, *r) for r in asks]
         for future in as_completed(futures):
             chunk, candidates, error = future.result()
             chunk.candidates += candidates
