@@ -33,6 +33,8 @@ class Config:
     # so this stays below the threads per process (32 under `helix up`) to leave some for
     # every other request. Past it, a stream request gets 503 and can poll instead.
     max_event_streams: int = 24
+    # Of those, the most one user may hold (past it, 429): no user can take every slot.
+    max_event_streams_per_user: int = 4
     # Seconds between reconciler passes in each replica; 0 turns it off.
     reconcile_interval: float = 5.0
     # How long a queued job may run before RQ gives up on it.
@@ -71,4 +73,5 @@ class Config:
         c.s3_endpoint_url = env.get("HELIX_S3_ENDPOINT_URL", c.s3_endpoint_url)
         c.reconcile_interval = env_float(env, "HELIX_RECONCILE_INTERVAL", c.reconcile_interval)
         c.max_event_streams = env_int(env, "HELIX_MAX_EVENT_STREAMS", c.max_event_streams)
+        c.max_event_streams_per_user = env_int(env, "HELIX_MAX_EVENT_STREAMS_PER_USER", c.max_event_streams_per_user)
         return c

@@ -38,6 +38,10 @@ class Conflict(ApiError):
     status = 409
 
 
+class TooManyRequests(ApiError):
+    status = 429
+
+
 class ServiceUnavailable(ApiError):
     status = 503
 
