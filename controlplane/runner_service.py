@@ -1,6 +1,7 @@
 """What the control plane does with a runner's reports: registration and interaction updates."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -8,10 +9,11 @@ from psycopg.types.json import Jsonb
 from redis import Redis
 
 from controlplane import events, sessions_store
+from controlplane.config import Config
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.views import interaction_view
 from controlplane.filestore import session_outputs
-from shared.types import DataPrepStage, InteractionState
+from shared.types import DataPrepStage, InteractionState, SessionType
 from shared.updates import EVENT_DELTA, EVENT_INTERACTION
 
 _FINAL_STATES = {InteractionState.COMPLETE.value, InteractionState.ERROR.value}
@@ -29,26 +31,61 @@ def storable(value: Any) -> Any:
     return value
 
 
-def register_runner(conn: psycopg.Connection, token_id: str, body: Any) -> dict[str, Any]:
+# Runner ids and model names end up in queue names, Redis keys and error messages: plain names only.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,199}")
+_MAX_INFO_ENTRIES = 32
+
+
+_NAME_RULE = "letters, digits and . _ : @ + / - (at most 200, starting with a letter or digit)"
+
+
+def _check_info(info: Any) -> dict[str, Any]:
+    """A few plain facts about the runner (worker counts, its model's limits), nothing bulky."""
+    if not isinstance(info, dict) or len(info) > _MAX_INFO_ENTRIES:
+        raise BadRequest(f"info must be an object of at most {_MAX_INFO_ENTRIES} entries")
+    for key, value in info.items():
+        if len(key) > 64 or not (value is None or isinstance(value, (bool, int, float))
+                                 or (isinstance(value, str) and len(value) <= 200)):
+            raise BadRequest(f"info {key[:64]!r}: names are at most 64 characters and values numbers,"
+                             " booleans or strings of at most 200 characters")
+    return info
+
+
+def register_runner(conn: psycopg.Connection, config: Config, token_id: str, body: Any) -> dict[str, Any]:
+    """Records what a runner announces, within limits: a runner cannot flood the model list
+    users choose from (every session request reads it), nor its error messages."""
     if not isinstance(body, dict):
         raise BadRequest("registration must be a JSON object with runner_id and models")
     body = storable(body)
-    if not isinstance(body.get("info") or {}, dict):
-        raise BadRequest("info must be an object")
+    info = _check_info(body.get("info") or {})
     runner_id = body.get("runner_id")
     runner_id = runner_id.strip() if isinstance(runner_id, str) else ""
+    if not SAFE_NAME.fullmatch(runner_id):
+        raise BadRequest(f"runner_id is required: {_NAME_RULE}")
     models = body.get("models") or {}
-    if not runner_id or len(runner_id) > 200:
-        raise BadRequest("runner_id is required (at most 200 characters)")
-    if not isinstance(models, dict) or not all(
-        isinstance(v, list) and all(isinstance(m, str) for m in v) for v in models.values()
-    ):
-        raise BadRequest("models must map a session type to a list of model names")
+    types = {t.value for t in SessionType}
+    if not isinstance(models, dict) or not set(models) <= types or not all(
+            isinstance(v, list) and all(isinstance(m, str) for m in v) for v in models.values()):
+        raise BadRequest("models must map a session type (text, image) to a list of model names")
+    for names in models.values():
+        if len(names) > config.max_runner_models:
+            raise BadRequest(f"a runner may announce at most {config.max_runner_models} models of a type,"
+                             f" not {len(names)}")
+        bad = next((m for m in names if not SAFE_NAME.fullmatch(m)), None)
+        if bad is not None:
+            raise BadRequest(f"model name {bad[:60]!r} is not allowed: {_NAME_RULE}")
+    live = conn.execute(
+        "SELECT count(*) AS n FROM runners WHERE token_id = %s AND id <> %s"
+        " AND last_seen > now() - make_interval(secs => %s)", (token_id, runner_id, config.runner_ttl),
+    ).fetchone()["n"]
+    if live >= config.max_runners_per_token:
+        raise Conflict(f"this runner token already has {live} live runners, the most one token may have:"
+                       " reuse a runner id (HELIX_RUNNER_ID)")
     return conn.execute(
         "INSERT INTO runners (id, token_id, models, info) VALUES (%s, %s, %s, %s)"
         " ON CONFLICT (id) DO UPDATE SET token_id = excluded.token_id, models = excluded.models,"
         " info = excluded.info, last_seen = now() RETURNING id, models, first_seen, last_seen",
-        (runner_id, token_id, Jsonb(models), Jsonb(body.get("info") or {})),
+        (runner_id, token_id, Jsonb({k: list(dict.fromkeys(v)) for k, v in models.items()}), Jsonb(info)),
     ).fetchone()
 
 

@@ -19,11 +19,12 @@ from shared.types import Creator, InteractionState, SessionMode, SessionType
 
 
 def known_models(conn: psycopg.Connection, config: Config, session_type: SessionType) -> list[str]:
-    """Models from the configuration, then any a registered runner announced."""
+    """Models from the configuration, then any that a runner seen within HELIX_RUNNER_TTL announced."""
     models = list(config.text_models if session_type == SessionType.TEXT else config.image_models)
     for row in conn.execute(
-        "SELECT DISTINCT jsonb_array_elements_text(models -> %s) AS m FROM runners ORDER BY m",
-        (session_type.value,),
+        "SELECT DISTINCT jsonb_array_elements_text(models -> %s) AS m FROM runners"
+        " WHERE last_seen > now() - make_interval(secs => %s) ORDER BY m",
+        (session_type.value, config.runner_ttl),
     ):
         if row["m"] not in models:
             models.append(row["m"])
@@ -39,8 +40,9 @@ def _model_name(conn: psycopg.Connection, config: Config, form: Mapping[str, str
             raise BadRequest(f"no {session_type.value} model is configured on this server")
         return models[0]
     if requested not in models:
+        more = f" (and {len(models) - 5} more)" if len(models) > 5 else ""
         raise BadRequest(f"unknown {session_type.value} model {requested[:200]!r}: use one of "
-                         + ", ".join(models))
+                         + ", ".join(models[:5]) + more)
     return requested
 
 

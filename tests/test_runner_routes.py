@@ -1,6 +1,8 @@
 """The runner routes: token checks, update validation, and no update after the final one."""
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 
@@ -96,3 +98,60 @@ def test_runner_upload_goes_to_the_owners_files(client, user, runner_headers):
     # Deleting the session deletes its files.
     client.delete(f"/api/v1/sessions/{sid}", headers=user.headers)
     assert client.get(f"/api/v1/filestore/viewer/{path}", headers=user.headers).status_code == 404
+
+
+def register(client, headers, runner_id, models, info=None):
+    return client.post("/api/v1/runner/register", headers=headers,
+                       json={"runner_id": runner_id, "models": models, "info": info or {}})
+
+
+@pytest.mark.parametrize("registration, fragment", [
+    ({"models": {"text": [f"flood/m{i}" for i in range(5000)]}}, "at most 16 models"),
+    ({"models": {"text": [f"flood/m{i}" for i in range(17)]}}, "at most 16 models"),
+    ({"models": {"text": ["a" * 201]}}, "not allowed"),
+    ({"models": {"text": ["bad name"]}}, "not allowed"),
+    ({"models": {"text": ["<script>"]}}, "not allowed"),
+    ({"models": {"audio": ["m"]}}, "session type"),
+    ({"runner_id": "r" * 201}, "runner_id"),
+    ({"runner_id": "a b"}, "runner_id"),
+    ({"info": {f"k{i}": i for i in range(33)}}, "info"),
+    ({"info": {"blob": "x" * 201}}, "info"),
+    ({"info": {"nested": {"a": 1}}}, "info"),
+])
+def test_what_a_runner_announces_is_capped_and_checked(client, runner_headers, registration, fragment):
+    body = {"runner_id": "flooder", "models": {"text": ["acme/ok"]}, "info": {}, **registration}
+    r = client.post("/api/v1/runner/register", headers=runner_headers, json=body)
+    assert r.status_code == 400 and fragment in r.json["error"], r.json  # 5,000 names were accepted
+
+
+def test_error_bodies_list_a_few_models(client, user, runner_headers):
+    models = [f"acme/model-{uuid.uuid4().hex[:6]}-{i}" for i in range(16)]
+    assert register(client, runner_headers, "many-models", {"text": models}).status_code == 200
+    r = client.post("/api/v1/sessions", headers=user.headers,
+                    data={"input": "hi", "mode": "inference", "type": "text", "model_name": "nope"})
+    assert r.status_code == 400 and "more)" in r.json["error"] and len(r.data) < 500, r.json
+
+
+def test_runners_not_seen_for_a_while_are_forgotten(client, user, runner_headers, db, config):
+    model = f"acme/gone-{uuid.uuid4().hex[:8]}"
+    assert register(client, runner_headers, "soon-gone", {"text": [model]}).status_code == 200
+    ask = {"input": "hi", "mode": "inference", "type": "text", "model_name": model}
+    assert client.post("/api/v1/sessions", headers=user.headers, data=ask).status_code == 201
+    db.execute("UPDATE runners SET last_seen = now() - make_interval(secs => %s) WHERE id = 'soon-gone'",
+               (config.runner_ttl + 1,))
+    r = client.post("/api/v1/sessions", headers=user.headers, data=ask)
+    assert r.status_code == 400 and "unknown text model" in r.json["error"]  # was 201: never forgotten
+    assert register(client, runner_headers, "soon-gone", {"text": [model]}).status_code == 200  # back
+    assert client.post("/api/v1/sessions", headers=user.headers, data=ask).status_code == 201
+
+
+def test_one_token_cannot_register_runners_without_end(client, db, config):
+    from controlplane import accounts
+
+    headers = {"Authorization": f"Bearer {accounts.create_runner_token(db, 'flood')[1]}"}
+    prefix = uuid.uuid4().hex[:8]
+    for i in range(config.max_runners_per_token):
+        assert register(client, headers, f"{prefix}-{i}", {"text": ["acme/ok"]}).status_code == 200
+    r = register(client, headers, f"{prefix}-more", {"text": ["acme/ok"]})
+    assert r.status_code == 409 and "live runners" in r.json["error"]
+    assert register(client, headers, f"{prefix}-0", {"text": ["acme/ok"]}).status_code == 200  # a known id

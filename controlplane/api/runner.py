@@ -27,7 +27,8 @@ def _max_name_bytes() -> int:
 @require_runner
 def register():
     with db.transaction() as conn:
-        row = runner_service.register_runner(conn, g.runner_token["id"], request.get_json(silent=True))
+        row = runner_service.register_runner(conn, current_app.config["HELIX"], g.runner_token["id"],
+                                             request.get_json(silent=True))
     return jsonify(id=row["id"], models=row["models"], first_seen=iso_time(row["first_seen"]))
 
 
