@@ -48,6 +48,9 @@ def _check_info(info: Any) -> dict[str, Any]:
                                  or (isinstance(value, str) and len(value) <= 200)):
             raise BadRequest(f"info {key[:64]!r}: names are at most 64 characters and values numbers,"
                              " booleans or strings of at most 200 characters")
+    for key in ("max_model_len", "max_tokens"):  # the text model's limits, which requests are held to
+        if key in info and (type(info[key]) is not int or not 1 <= info[key] <= 10**7):
+            raise BadRequest(f"info {key} must be a whole number of tokens from 1 to 10000000")
     return info
 
 

@@ -44,8 +44,11 @@ class Supervisor:
     def _announce(self) -> None:
         models = {"text": [self.config.text_model] if self.config.text_model else [],
                   "image": [self.config.image_model] if self.config.image_model else []}
-        self.client.register(models, {"text_workers": self.config.text_workers,
-                                      "finetune_workers": self.config.finetune_workers if self.config.text_model else 0})
+        info = {"text_workers": self.config.text_workers,
+                "finetune_workers": self.config.finetune_workers if self.config.text_model else 0}
+        if self.config.text_model:  # the control plane refuses at once what the model cannot take
+            info.update(max_model_len=self.config.max_model_len, max_tokens=self.config.max_tokens)
+        self.client.register(models, info)
         self.announced = time.monotonic()
 
     def register(self, timeout: float = 120) -> None:

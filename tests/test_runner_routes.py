@@ -155,3 +155,26 @@ def test_one_token_cannot_register_runners_without_end(client, db, config):
     r = register(client, headers, f"{prefix}-more", {"text": ["acme/ok"]})
     assert r.status_code == 409 and "live runners" in r.json["error"]
     assert register(client, headers, f"{prefix}-0", {"text": ["acme/ok"]}).status_code == 200  # a known id
+
+
+def test_requests_the_model_cannot_take_are_refused_at_once(client, user, runner_headers):
+    """Runners announce their text model's limits; past them a request failed only on the runner."""
+    model = f"acme/small-{uuid.uuid4().hex[:8]}"
+    assert register(client, runner_headers, "small-context", {"text": [model]},
+                    {"max_model_len": 1024, "max_tokens": 256}).status_code == 200
+
+    def create(prompt="hi", **fields):
+        return client.post("/api/v1/sessions", headers=user.headers,
+                           data={"input": prompt, "mode": "inference", "type": "text", "model_name": model, **fields})
+
+    r = create(max_tokens="1024")
+    assert r.status_code == 400 and "context of 1024 tokens" in r.json["error"], r.json  # was 201
+    r = create("x" * (8 * 1024 + 1))
+    assert r.status_code == 400 and "8192 characters" in r.json["error"], r.json  # was 201
+    assert create(max_tokens="1023").status_code == 201
+    s = create("x" * 8 * 1024).json
+    r = client.put(f"/api/v1/sessions/{s['id']}", headers=user.headers, data={"input": "y" * (8 * 1024 + 1)})
+    assert r.status_code == 400 and "context is 1024 tokens" in r.json["error"], r.json
+    for bad in ({"max_model_len": "big"}, {"max_model_len": 0}, {"max_tokens": 1.5}):
+        r = register(client, runner_headers, "small-context", {"text": [model]}, bad)
+        assert r.status_code == 400 and "whole number of tokens" in r.json["error"]
