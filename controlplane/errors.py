@@ -34,6 +34,10 @@ class NotFound(ApiError):
     status = 404
 
 
+class Forbidden(ApiError):
+    status = 403
+
+
 class Conflict(ApiError):
     status = 409
 

@@ -1,4 +1,10 @@
-"""What the control plane does with a runner's reports: registration and interaction updates."""
+"""What the control plane does with a runner's reports: registration and interaction updates.
+
+Whom a runner token may act for: a runner id belongs to the token that first registered it, and
+a token acts only for its own runner ids. A runner writes only the interactions whose job one of
+its workers is running (a worker's name starts with its runner's id), and only files in that
+interaction's own outputs folder.
+"""
 from __future__ import annotations
 
 import re
@@ -10,9 +16,11 @@ from redis import Redis
 
 from controlplane import events, sessions_store
 from controlplane.config import Config
-from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.dispatch import Dispatcher, job_stage
+from controlplane.errors import BadRequest, Conflict, Forbidden, NotFound
 from controlplane.views import interaction_view
 from controlplane.filestore import session_outputs
+from shared.runners import RUNNER_HEADER, runner_of_worker
 from shared.types import DataPrepStage, InteractionState, SessionType
 from shared.updates import EVENT_DELTA, EVENT_INTERACTION
 
@@ -84,12 +92,49 @@ def register_runner(conn: psycopg.Connection, config: Config, token_id: str, bod
     if live >= config.max_runners_per_token:
         raise Conflict(f"this runner token already has {live} live runners, the most one token may have:"
                        " reuse a runner id (HELIX_RUNNER_ID)")
-    return conn.execute(
+    row = conn.execute(
         "INSERT INTO runners (id, token_id, models, info) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (id) DO UPDATE SET token_id = excluded.token_id, models = excluded.models,"
-        " info = excluded.info, last_seen = now() RETURNING id, models, first_seen, last_seen",
+        " ON CONFLICT (id) DO UPDATE SET models = excluded.models, info = excluded.info, last_seen = now()"
+        " WHERE runners.token_id = excluded.token_id RETURNING id, models, first_seen, last_seen",
         (runner_id, token_id, Jsonb({k: list(dict.fromkeys(v)) for k, v in models.items()}), Jsonb(info)),
     ).fetchone()
+    if row is None:
+        raise Conflict(f"runner id {runner_id!r} is registered with another runner token: a token cannot"
+                       " take over another's runner; pick another HELIX_RUNNER_ID")
+    return row
+
+
+def authorize(conn: psycopg.Connection, dispatcher: Dispatcher, token_id: str, runner_id: str,
+              session_id: str, interaction_id: str) -> dict[str, Any]:
+    """Checks that `runner_id` is registered with the request's token (else 403) and that one of
+    its workers is running the interaction's job (else 409, which tells a runner to stop);
+    returns the interaction, locked for the rest of the transaction."""
+    check_runner(conn, token_id, runner_id)
+    interaction = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
+    if interaction is None:
+        raise NotFound("interaction not found")
+    if interaction["finished"]:
+        raise Conflict("interaction already finished")
+    holder = dispatcher.holder(interaction_id, job_stage(interaction))
+    if runner_of_worker(holder) != runner_id:
+        raise Conflict(f"runner {runner_id!r} is not running this interaction's job"
+                       + (": another runner is" if holder else ": no runner is"))
+    return interaction
+
+
+def check_runner(conn: psycopg.Connection, token_id: str, runner_id: str) -> None:
+    """A token acts only for the runner ids registered with it (else 403)."""
+    if not runner_id:
+        raise BadRequest(f"name the runner: send its registered id in the {RUNNER_HEADER} header")
+    if conn.execute("SELECT 1 FROM runners WHERE id = %s AND token_id = %s", (runner_id, token_id)).fetchone() is None:
+        raise Forbidden(f"runner {runner_id[:200]!r} is not registered with this runner token: register it first")
+
+
+def own_output(path: str, session_id: str, interaction_id: str, folder_too: bool = False) -> bool:
+    """Whether `path` is in the interaction's own outputs folder (the folder itself if `folder_too`)."""
+    folder = f"{session_outputs(session_id)}/{interaction_id}"
+    return (path.startswith(folder + "/") or (folder_too and path == folder)) and all(
+        part not in ("", ".", "..") for part in path.split("/"))
 
 
 def _parse_update(body: Any) -> dict[str, Any]:
@@ -105,6 +150,8 @@ def _parse_update(body: Any) -> dict[str, Any]:
     files = body.get("files")
     if files is not None and (not isinstance(files, list) or not all(isinstance(f, str) for f in files)):
         raise BadRequest("files must be a list of paths")
+    if body.get("final") is not None and type(body["final"]) is not bool:
+        raise BadRequest("final must be true or false")
     stage = body.get("data_prep_stage")
     if stage is not None and stage not in {s.value for s in DataPrepStage}:
         raise BadRequest(f"unknown data_prep_stage {stage!r}")
@@ -116,17 +163,21 @@ def _parse_update(body: Any) -> dict[str, Any]:
     return body
 
 
-def apply_update(conn: psycopg.Connection, redis: Redis, session_id: str, interaction_id: str,
-                 body: Any) -> dict[str, Any]:
-    """Applies one update; a finished interaction refuses further updates with 409."""
+def apply_update(conn: psycopg.Connection, redis: Redis, current: dict[str, Any], body: Any,
+                 runner_id: str) -> dict[str, Any]:
+    """Applies one update of `runner_id` to the interaction that authorize() returned for it,
+    still locked; once it is finished, authorize() refuses further updates with 409."""
+    session_id, interaction_id = current["session_id"], current["id"]
     update = _parse_update(body)
+    if update.get("runner") not in (None, "", runner_id):
+        raise BadRequest(f"runner must be this runner's registered id, {runner_id!r}")
+    folder = f"{session_outputs(session_id)}/{interaction_id}"
+    if not all(own_output(f, session_id, interaction_id) for f in update.get("files") or []):
+        raise BadRequest(f"files must be paths under this interaction's outputs folder, {folder}/")
+    if update.get("lora_dir") and not own_output(update["lora_dir"], session_id, interaction_id, folder_too=True):
+        raise BadRequest(f"lora_dir must be this interaction's outputs folder, {folder}, or one under it")
     with conn.transaction():
-        current = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
-        if current is None:
-            raise NotFound("interaction not found")
-        if current["finished"]:
-            raise Conflict("interaction already finished")
-        final = bool(update.get("final")) or update.get("state") in _FINAL_STATES
+        final = update.get("final") is True or update.get("state") in _FINAL_STATES
         state = update.get("state") or InteractionState.WAITING.value
         if final and state not in _FINAL_STATES:
             state = InteractionState.COMPLETE.value
@@ -135,18 +186,15 @@ def apply_update(conn: psycopg.Connection, redis: Redis, session_id: str, intera
         progress = 100 if final and state == InteractionState.COMPLETE else (
             update["progress"] if update.get("progress") is not None else current["progress"])
         row = sessions_store.apply_update(
-            conn, interaction_id, runner=update.get("runner") or current["runner"], state=state,
+            conn, interaction_id, runner=runner_id, state=state,
             message=message, progress=progress,
             status=update["status"] if update.get("status") is not None else current["status"],
             files=update.get("files"), error=update.get("error") or "", finished=final,
             metadata=update.get("metadata"), data_prep_stage=update.get("data_prep_stage"),
             lora_dir=update.get("lora_dir"),
         )
-        if update.get("lora_dir"):
-            if not update["lora_dir"].startswith(session_outputs(session_id) + "/"):
-                raise BadRequest(f"lora_dir must be a folder under {session_outputs(session_id)}/")
-            if final and state == InteractionState.COMPLETE:
-                sessions_store.finish_finetune(conn, session_id, update["lora_dir"])
+        if update.get("lora_dir") and final and state == InteractionState.COMPLETE:
+            sessions_store.finish_finetune(conn, session_id, update["lora_dir"])
         sessions_store.touch_session(conn, session_id)
     view = interaction_view(row)
     # Streamed tokens go out as small delta events; every other change as the whole interaction.
