@@ -10,8 +10,8 @@ import requests
 
 from controlplane.embedded import free_port
 from controlplane.serving import gunicorn_command
-from tests.conftest import Process
 from shared.processes import wait_for_port
+from tests.conftest import Process
 
 MODEL = "helix/no-runner-serves-this"  # the sessions stay unfinished, so their streams stay open
 
@@ -54,7 +54,7 @@ def test_one_user_cannot_take_every_stream_and_a_closed_stream_frees_its_slot(st
         left = time.monotonic()
         while (r := open_stream(stream_server, carol)).status_code != 200:
             assert r.status_code == 503
-            assert time.monotonic() - left < 5, "the slot of a client that left was not freed"  # was ~16 s
+            assert time.monotonic() - left < 5, "the slot of a client that left was not freed"  # was 16-30 s
             time.sleep(0.2)
         held.append(r)
         assert next(r.iter_lines(decode_unicode=True)).startswith("event: session")
