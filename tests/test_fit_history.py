@@ -83,7 +83,8 @@ def chat(turns: int, user_chars: int, reply_chars: int, system: bool = False, se
     (chat(40, 300, 200), 512),                      # keeps its newest exchanges
     (chat(40, 300, 200, system=True), 512),         # the system message stays
     (chat(40, 300, 200, seed=1), 100_000),          # room for the reply is at most half the context
-    (chat(12, 300, 200) + [{"role": "assistant", "content": "x"}, {"role": "user", "content": text(random.Random(2), 20_000)}], 512),  # alone too long: kept, vLLM will say so
+    (chat(12, 300, 200) + [{"role": "assistant", "content": "x"},  # the newest alone is too long:
+                            {"role": "user", "content": text(random.Random(2), 20_000)}], 512),  # kept, vLLM says so
 ], ids=["fits", "long", "system", "half-context", "newest-too-long"])
 def test_keeps_what_the_old_algorithm_kept(vllm, messages, reply_tokens):
     with requests.Session() as http:
