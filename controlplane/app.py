@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 from flask import Flask, jsonify, request
 from redis import Redis
 
-from controlplane import db, errors
+from controlplane import db, errors, events
 from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.filestore import from_config
@@ -41,7 +40,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     finetune = FinetuneService(config, dispatcher, filestore, redis)
     app.extensions.update(redis=redis, dispatcher=dispatcher, filestore=filestore, finetune_service=finetune,
                           session_service=SessionService(config, dispatcher, filestore, finetune),
-                          event_streams=threading.BoundedSemaphore(config.max_event_streams))
+                          event_streams=events.StreamSlots(config.max_event_streams, config.max_event_streams_per_user))
 
     from controlplane.api import api_keys, filestore as filestore_routes, finetune as finetune_routes, runner, sessions
 

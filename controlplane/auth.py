@@ -19,13 +19,20 @@ from controlplane.errors import Unauthorized
 from shared.types import API_KEY_PREFIX, RUNNER_TOKEN_PREFIX
 
 
+# The one route that takes its key in the query: EventSource in browsers cannot set headers.
+# Anywhere else a key in a URL is refused, not read: URLs end up in logs, histories and proxies.
+QUERY_KEY_ENDPOINT = "sessions.session_events"
+
+
 def _bearer() -> str:
+    if "access_token" in request.args and not (request.endpoint == QUERY_KEY_ENDPOINT and request.method == "GET"):
+        raise Unauthorized("?access_token= is accepted only by GET /api/v1/sessions/{id}/events:"
+                           " send the key as 'Authorization: Bearer <key>'")
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    # EventSource in browsers cannot set headers: the events route also takes ?access_token=.
-    if request.method == "GET" and request.args.get("access_token"):
+    if request.args.get("access_token"):
         return request.args["access_token"]
     raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
 

@@ -33,6 +33,8 @@ class Config:
     # so this stays below the threads per process (32 under `helix up`) to leave some for
     # every other request. Past it, a stream request gets 503 and can poll instead.
     max_event_streams: int = 24
+    # Of those, the most one user may hold (past it, 429): no user can take every slot.
+    max_event_streams_per_user: int = 4
     # Seconds between reconciler passes in each replica; 0 turns it off.
     reconcile_interval: float = 5.0
     # How long a queued job may run before RQ gives up on it.
@@ -40,6 +42,12 @@ class Config:
     image_job_timeout: int = 1800
     dataprep_job_timeout: int = 3 * 3600
     finetune_job_timeout: int = 12 * 3600
+    # What a runner may announce: at most this many model names per session type.
+    max_runner_models: int = 16
+    # Runner ids one runner token may have live at once (seen within runner_ttl).
+    max_runners_per_token: int = 64
+    # Seconds after its last report that a runner is forgotten: its models are no longer offered.
+    runner_ttl: float = 300.0
     # Largest file a runner may upload (adapters, training checkpoints).
     max_runner_upload_bytes: int = 8 * 1024**3
     # Fine-tunes: most documents (files and URLs) in one session.
@@ -62,6 +70,9 @@ class Config:
         c.max_upload_bytes = env_int(env, "HELIX_MAX_UPLOAD_BYTES", c.max_upload_bytes)
         c.max_input_chars = env_int(env, "HELIX_MAX_INPUT_CHARS", c.max_input_chars)
         c.max_runner_upload_bytes = env_int(env, "HELIX_MAX_RUNNER_UPLOAD_BYTES", c.max_runner_upload_bytes)
+        c.max_runner_models = env_int(env, "HELIX_MAX_RUNNER_MODELS", c.max_runner_models)
+        c.max_runners_per_token = env_int(env, "HELIX_MAX_RUNNERS_PER_TOKEN", c.max_runners_per_token)
+        c.runner_ttl = env_float(env, "HELIX_RUNNER_TTL", c.runner_ttl)
         c.max_finetune_documents = env_int(env, "HELIX_MAX_FINETUNE_DOCUMENTS", c.max_finetune_documents)
         c.max_name_bytes = env_int(env, "HELIX_MAX_NAME_BYTES", c.max_name_bytes)
         if not 1 <= c.max_name_bytes <= 255:
@@ -71,4 +82,5 @@ class Config:
         c.s3_endpoint_url = env.get("HELIX_S3_ENDPOINT_URL", c.s3_endpoint_url)
         c.reconcile_interval = env_float(env, "HELIX_RECONCILE_INTERVAL", c.reconcile_interval)
         c.max_event_streams = env_int(env, "HELIX_MAX_EVENT_STREAMS", c.max_event_streams)
+        c.max_event_streams_per_user = env_int(env, "HELIX_MAX_EVENT_STREAMS_PER_USER", c.max_event_streams_per_user)
         return c

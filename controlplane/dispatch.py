@@ -10,7 +10,7 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue, Retry
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from controlplane.config import Config
@@ -47,7 +47,7 @@ def chat_history(interactions: list[dict[str, Any]], upto_id: str) -> list[dict[
     return messages
 
 
-def job_stage(session: dict[str, Any], interaction: dict[str, Any]) -> str:
+def job_stage(interaction: dict[str, Any]) -> str:
     """Which job an unfinished interaction needs: a fine-tune has two in turn, each its own id."""
     if interaction["mode"] != SessionMode.FINETUNE:
         return ""
@@ -58,7 +58,7 @@ def _finetune_job(session: dict[str, Any], interactions: list[dict[str, Any]],
                   interaction: dict[str, Any]) -> tuple[WorkKind, dict[str, Any]]:
     options = session["config"].get("finetune", {})
     common = {"session_id": session["id"], "interaction_id": interaction["id"], "model": session["model_name"]}
-    if job_stage(session, interaction) == "finetune":
+    if job_stage(interaction) == "finetune":
         job = TextFinetuneJob(**common, system_prompt=options.get("system_prompt", ""),
                               hyperparameters=options.get("hyperparameters", {}),
                               eval_share=options.get("eval_share", DEFAULT_EVAL_SHARE),
@@ -115,7 +115,7 @@ class Dispatcher:
         kind, payload = build_job(session, interactions, interaction_id)
         queue = Queue(queue_name(kind, session["model_name"]), connection=self.redis,
                       serializer=JSONSerializer)
-        stage = job_stage(session, next(i for i in interactions if i["id"] == interaction_id))
+        stage = job_stage(next(i for i in interactions if i["id"] == interaction_id))
         job_id = job_id_for(interaction_id, stage)
         existing = self.fetch(interaction_id, stage)
         if existing is not None:
@@ -142,6 +142,12 @@ class Dispatcher:
                              serializer=JSONSerializer)
         except Exception:  # NoSuchJobError, or a job hash left unreadable
             return None
+
+    def holder(self, interaction_id: str, stage: str = "") -> str:
+        """The name of the worker running the interaction's job now ("" when it is not running):
+        two fields of the job's hash, not the whole job with its payload (a chat's history)."""
+        status, worker = self.redis.hmget(Job.key_for(job_id_for(interaction_id, stage)), "status", "worker_name")
+        return worker.decode() if status == JobStatus.STARTED.value.encode() and worker else ""
 
     def cancel(self, interaction_id: str) -> None:
         for stage in ("", "dataprep", "finetune"):

@@ -34,8 +34,16 @@ class NotFound(ApiError):
     status = 404
 
 
+class Forbidden(ApiError):
+    status = 403
+
+
 class Conflict(ApiError):
     status = 409
+
+
+class TooManyRequests(ApiError):
+    status = 429
 
 
 class ServiceUnavailable(ApiError):

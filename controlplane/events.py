@@ -6,14 +6,57 @@ different replica than the one the runner reports to.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import Counter
 from typing import Any, Callable, Iterator
 
 from redis import Redis
 
+from controlplane.errors import ServiceUnavailable, TooManyRequests
 from shared.updates import session_channel
 
+# An idle stream writes a comment this often: a write is how a server learns that its client
+# left (the first write after the client closed still succeeds, the next one fails), so a slot
+# is freed within about two of these, not at the next 15-second keep-alive.
+PING_SECONDS = 1.0
+# An idle stream re-reads its session this often, in case the final event was missed.
 KEEPALIVE_SECONDS = 15
+
+
+class StreamSlots:
+    """This process's live event streams: at most `total`, and at most `per_user` for one user,
+    so one user holding many streams cannot answer every other user's stream with a 503."""
+
+    def __init__(self, total: int, per_user: int):
+        self.total, self.per_user = total, per_user
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def acquire(self, user_id: str, session_id: str) -> Callable[[], None]:
+        """Takes a slot, or refuses with 429 (this user's share is used) or 503 (the process's);
+        returns the slot's release, which may be called any number of times."""
+        poll = f"poll GET /api/v1/sessions/{session_id} instead"
+        with self._lock:
+            if self._held[user_id] >= self.per_user:
+                raise TooManyRequests(f"you have {self._held[user_id]} live event streams open on this server,"
+                                      f" the most one user may hold: close one, or {poll}")
+            if sum(self._held.values()) >= self.total:
+                raise ServiceUnavailable(f"too many live event streams on this server right now: retry, or {poll}")
+            self._held[user_id] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if released:
+                    return
+                released = True
+                self._held[user_id] -= 1
+                if not self._held[user_id]:
+                    del self._held[user_id]
+
+        return release
 
 
 def publish(redis: Redis, session_id: str, event: str, data: dict[str, Any]) -> None:
@@ -38,7 +81,8 @@ def stream(redis: Redis, session_id: str, read_session: Callable[[], dict[str, A
     The snapshot is read after subscribing, so no update falls between the two (one may appear
     in both), and whether the stream is over is judged from that same snapshot: a reply that
     finishes just after it still arrives as an event. A stream that missed the final event
-    (Redis restarted, say) re-reads the session at each keep-alive, sends it, and ends.
+    (Redis restarted, say) re-reads the session at each keep-alive, sends it, and ends. An idle
+    stream writes a comment every PING_SECONDS, so a client that left is noticed promptly.
     """
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(session_channel(session_id))
@@ -49,22 +93,21 @@ def stream(redis: Redis, session_id: str, read_session: Callable[[], dict[str, A
             yield sse("end", {"session_id": session_id})
             return
         deadline = time.monotonic() + max_seconds
-        last_sent = time.monotonic()
+        last_read = time.monotonic()
         while time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=1.0)
+            message = pubsub.get_message(timeout=PING_SECONDS)
             if message is None:
-                if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+                if time.monotonic() - last_read >= KEEPALIVE_SECONDS:
                     view = read_session()
                     if _finished(view):
                         if view is not None:
                             yield sse("session", view)
                         break
-                    last_sent = time.monotonic()
-                    yield ": keep-alive\n\n"
+                    last_read = time.monotonic()
+                yield ": keep-alive\n\n"
                 continue
             payload = json.loads(message["data"])
             yield sse(payload["event"], payload["data"])
-            last_sent = time.monotonic()
             if payload["event"] == "interaction" and payload["data"].get("finished"):
                 break
         yield sse("end", {"session_id": session_id})

@@ -65,7 +65,7 @@ class Reconciler:
             interaction = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
             if session is None or interaction is None or interaction["finished"]:
                 return "done"
-            job = self.dispatcher.fetch(interaction_id, job_stage(session, interaction))
+            job = self.dispatcher.fetch(interaction_id, job_stage(interaction))
             if job is None:
                 self._requeue(conn, session, interaction, "job missing from the queue")
                 return "requeued-missing"

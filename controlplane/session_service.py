@@ -19,11 +19,12 @@ from shared.types import Creator, InteractionState, SessionMode, SessionType
 
 
 def known_models(conn: psycopg.Connection, config: Config, session_type: SessionType) -> list[str]:
-    """Models from the configuration, then any a registered runner announced."""
+    """Models from the configuration, then any that a runner seen within HELIX_RUNNER_TTL announced."""
     models = list(config.text_models if session_type == SessionType.TEXT else config.image_models)
     for row in conn.execute(
-        "SELECT DISTINCT jsonb_array_elements_text(models -> %s) AS m FROM runners ORDER BY m",
-        (session_type.value,),
+        "SELECT DISTINCT jsonb_array_elements_text(models -> %s) AS m FROM runners"
+        " WHERE last_seen > now() - make_interval(secs => %s) ORDER BY m",
+        (session_type.value, config.runner_ttl),
     ):
         if row["m"] not in models:
             models.append(row["m"])
@@ -39,9 +40,39 @@ def _model_name(conn: psycopg.Connection, config: Config, form: Mapping[str, str
             raise BadRequest(f"no {session_type.value} model is configured on this server")
         return models[0]
     if requested not in models:
+        more = f" (and {len(models) - 5} more)" if len(models) > 5 else ""
         raise BadRequest(f"unknown {session_type.value} model {requested[:200]!r}: use one of "
-                         + ", ".join(models))
+                         + ", ".join(models[:5]) + more)
     return requested
+
+
+# A prompt of more characters than this many per token of the model's context is refused at once:
+# a cheap bound (English runs about 4 characters a token) that never needs the tokenizer.
+CHARS_PER_TOKEN_BOUND = 8
+
+
+def context_length(conn: psycopg.Connection, config: Config, model: str) -> int | None:
+    """The text model's context in tokens, as its live runners announced it (the smallest, since
+    any of them may take the job); None when none did."""
+    return conn.execute(
+        "SELECT min((info ->> 'max_model_len')::numeric)::bigint AS n FROM runners WHERE models -> 'text' ? %s"
+        " AND jsonb_typeof(info -> 'max_model_len') = 'number' AND last_seen > now() - make_interval(secs => %s)",
+        (model, config.runner_ttl),
+    ).fetchone()["n"]
+
+
+def check_fits(conn: psycopg.Connection, config: Config, model: str, prompt: str, max_tokens: int | None) -> None:
+    """Refuses now what the model cannot take, rather than letting the job fail on a runner later."""
+    context = context_length(conn, config, model)
+    if context is None:
+        return
+    if max_tokens is not None and max_tokens >= context:
+        raise BadRequest(f"model {model!r} has a context of {context} tokens (max_model_len) for the prompt"
+                         f" and the reply together: 'max_tokens' must be less than {context}, got {max_tokens}")
+    if len(prompt) > CHARS_PER_TOKEN_BOUND * context:
+        raise BadRequest(f"'input' is {len(prompt)} characters, more than model {model!r} can read: its context"
+                         f" is {context} tokens (max_model_len), at most {CHARS_PER_TOKEN_BOUND * context}"
+                         f" characters at {CHARS_PER_TOKEN_BOUND} a token")
 
 
 def _job_params(form: Mapping[str, str], session_type: SessionType) -> dict[str, Any]:
@@ -83,6 +114,8 @@ class SessionService:
         prompt = text_field(form, "input", self.config.max_input_chars, required=True)
         model = _model_name(conn, self.config, form, session_type)
         config = _job_params(form, session_type)
+        if session_type == SessionType.TEXT:
+            check_fits(conn, self.config, model, prompt, config["text"].get("max_tokens"))
         name = text_field(form, "name", 200) or prompt.strip()[:60]
 
         with conn.transaction():
@@ -105,6 +138,8 @@ class SessionService:
             if session["mode"] != SessionMode.INFERENCE:
                 raise Conflict("this session is still being fine-tuned: chat with it once its"
                                " fine-tune interaction is complete")
+            if session["type"] == SessionType.TEXT:
+                check_fits(conn, self.config, session["model_name"], prompt, None)
             previous = sessions_store.get_interactions(conn, session_id)
             if previous and not previous[-1]["finished"]:
                 raise Conflict("the previous reply is still being generated: wait for it to finish")

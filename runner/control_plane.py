@@ -11,6 +11,7 @@ from typing import Any
 
 import requests
 
+from shared.runners import RUNNER_HEADER
 from shared.types import InteractionState
 from shared.updates import InteractionUpdate
 
@@ -27,6 +28,7 @@ class ControlPlane:
         self.runner_id = runner_id
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {token}"
+        self.http.headers[RUNNER_HEADER] = runner_id  # the control plane checks this runner holds the job
 
     def register(self, models: dict[str, list[str]], info: dict[str, Any] | None = None) -> None:
         r = self.http.post(f"{self.api_url}/api/v1/runner/register", timeout=10,

@@ -22,10 +22,9 @@ from redis import Redis
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane
 from runner.vllm_server import VllmServer
-from runner.worker import worker_name
 from shared.jobs import WorkKind
 from shared.processes import die_with_parent, stop
-from shared.runners import worker_alive_key
+from shared.runners import worker_alive_key, worker_name
 
 log = logging.getLogger("runner")
 
@@ -44,8 +43,11 @@ class Supervisor:
     def _announce(self) -> None:
         models = {"text": [self.config.text_model] if self.config.text_model else [],
                   "image": [self.config.image_model] if self.config.image_model else []}
-        self.client.register(models, {"text_workers": self.config.text_workers,
-                                      "finetune_workers": self.config.finetune_workers if self.config.text_model else 0})
+        info = {"text_workers": self.config.text_workers,
+                "finetune_workers": self.config.finetune_workers if self.config.text_model else 0}
+        if self.config.text_model:  # the control plane refuses at once what the model cannot take
+            info.update(max_model_len=self.config.max_model_len, max_tokens=self.config.max_tokens)
+        self.client.register(models, info)
         self.announced = time.monotonic()
 
     def register(self, timeout: float = 120) -> None:
@@ -55,8 +57,11 @@ class Supervisor:
                 self._announce()
                 return
             except requests.HTTPError as err:
-                if err.response is not None and err.response.status_code in (401, 403):
+                status = err.response.status_code if err.response is not None else 0
+                if status in (401, 403):
                     raise SystemExit(f"control plane refused the runner token: {err.response.text[:200]}")
+                if 400 <= status < 500 and status != 429:  # an id taken by another token, a bad model name
+                    raise SystemExit(f"control plane refused the registration: {err.response.text[:300]}")
                 problem = err
             except requests.RequestException as err:
                 problem = err
@@ -65,7 +70,7 @@ class Supervisor:
             time.sleep(1)
 
     def _spawn(self, kind: WorkKind, index: int) -> None:
-        name = worker_name(self.config.runner_id, kind, index)
+        name = worker_name(self.config.runner_id, kind.value, index)
         self.worker_names[(kind, index)] = name
         cmd = [sys.executable, "-m", "runner.worker", "--kind", kind.value, "--name", name]
         if kind in (WorkKind.TEXT_INFERENCE, WorkKind.TEXT_FINETUNE) and self.vllm is not None:

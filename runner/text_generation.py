@@ -1,6 +1,7 @@
 """Streams a chat reply from the runner's local vLLM OpenAI-compatible server."""
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Iterator
 
@@ -11,6 +12,35 @@ class ModelError(Exception):
     """The model refused the request (prompt too long, bad parameters): the user must change it."""
 
 
+# Token counts of message contents, per model, kept by this worker process: a chat's earlier
+# messages were counted on its earlier turns. Keyed by a digest, so long messages are not held twice.
+_token_counts: dict[tuple[str, str], int] = {}
+_COUNT_CACHE_SIZE = 8192
+_context_lengths: dict[str, int] = {}
+
+
+class _NoCount(Exception):
+    """vLLM could not count the tokens: the chat request itself will report what is wrong."""
+
+
+def _tokenize(http, base_url: str, body: dict) -> int:
+    r = http.post(f"{base_url}/tokenize", json=body, timeout=(5, 60))
+    if not r.ok:
+        raise _NoCount(r.text[:200])
+    info = r.json()
+    _context_lengths[body["model"]] = info["max_model_len"]
+    return info["count"]
+
+
+def _content_tokens(http, base_url: str, model: str, text: str) -> int:
+    key = (model, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
+    if key not in _token_counts:
+        if len(_token_counts) >= _COUNT_CACHE_SIZE:
+            del _token_counts[next(iter(_token_counts))]  # the oldest
+        _token_counts[key] = _tokenize(http, base_url, {"model": model, "prompt": text, "add_special_tokens": False})
+    return _token_counts[key]
+
+
 def fit_history(base_url: str, model: str, messages: list[dict[str, str]], reply_tokens: int,
                 session: requests.Session | None = None) -> list[dict[str, str]]:
     """Drops the oldest exchanges until the prompt leaves room for the reply in the context.
@@ -18,18 +48,40 @@ def fit_history(base_url: str, model: str, messages: list[dict[str, str]], reply
     A long chat must go on rather than fail once its history outgrows the model. A leading
     system message stays; the newest user message always stays (if it alone is too long, vLLM
     says so and the user sees why). Room for the reply is `reply_tokens`, at most half the context.
+
+    In one pass, so that a long chat's turn costs what its first did (re-counting the whole
+    history once per dropped exchange made it quadratic): a message's content is counted once
+    per worker process, and only for the newest exchanges, as many as their contents fit (a
+    lower bound of what they add to the prompt); then the chosen messages are counted once with
+    the chat template. If the template's own tokens make that too long, more of the oldest
+    exchanges go, each taking at least its contents' count with it.
     """
     http = session or requests
     keep = 1 if messages and messages[0]["role"] == "system" else 0
-    while len(messages) - keep > 1:
-        r = http.post(f"{base_url}/tokenize", json={"model": model, "messages": messages}, timeout=(5, 60))
-        if not r.ok:
-            return messages  # the chat request itself will report what is wrong
-        info = r.json()
-        if info["count"] + min(reply_tokens, info["max_model_len"] // 2) <= info["max_model_len"]:
-            break
-        messages = messages[:keep] + messages[keep + 2:]  # one user turn and its reply
-    return messages
+    if len(messages) - keep <= 1:
+        return messages
+
+    def count(m: dict[str, str]) -> int:
+        return _content_tokens(http, base_url, model, m["content"])
+
+    try:
+        used = sum(count(m) for m in messages[:keep]) + count(messages[-1])
+        limit = _context_lengths[model]
+        budget = limit - min(reply_tokens, limit // 2)
+        start = len(messages) - 1  # the first message kept after the system message
+        while start - 2 >= keep:  # one user turn and its reply at a time, newest first
+            exchange = count(messages[start - 2]) + count(messages[start - 1])
+            if used + exchange > budget:
+                break
+            used, start = used + exchange, start - 2
+        kept = messages[:keep] + messages[start:]
+        over = _tokenize(http, base_url, {"model": model, "messages": kept}) - budget
+        while over > 0 and start < len(messages) - 1:
+            over -= count(messages[start]) + count(messages[start + 1])
+            start += 2
+    except _NoCount:
+        return messages
+    return messages[:keep] + messages[start:]
 
 
 def stream_chat(base_url: str, model: str, messages: list[dict[str, str]], *,

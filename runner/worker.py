@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import secrets
 import threading
 
 from redis import Redis
@@ -56,12 +55,6 @@ def _heartbeat(redis: Redis, key: str, stop: threading.Event) -> None:
         stop.wait(HEARTBEAT_INTERVAL_SECONDS)
 
 
-def worker_name(runner_id: str, kind: WorkKind, index: int) -> str:
-    """A name new for every worker process: RQ refuses a name whose last owner died without
-    saying so, and the reconciler must tell a dead worker's job from a live successor's."""
-    return f"{runner_id}.{kind.value}.{index}.{secrets.token_hex(3)}"
-
-
 def run_worker(kind: WorkKind, name: str, config: RunnerConfig, vllm_url: str = "") -> None:
     model = config.image_model if kind == WorkKind.IMAGE_INFERENCE else config.text_model
     client = ControlPlane(config.api_url, config.token, config.runner_id)
@@ -86,7 +79,7 @@ def run_worker(kind: WorkKind, name: str, config: RunnerConfig, vllm_url: str = 
 def main() -> None:
     p = argparse.ArgumentParser(description="one runner worker process (started by the supervisor)")
     p.add_argument("--kind", required=True, choices=[k.value for k in WorkKind])
-    p.add_argument("--name", required=True, help="this worker's name, from worker_name()")
+    p.add_argument("--name", required=True, help="this worker's name, from shared.runners.worker_name()")
     p.add_argument("--vllm-url", default="")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

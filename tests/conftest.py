@@ -308,6 +308,25 @@ def real_runner(live_server, services, runner_token, models_dir, real_model_dir,
     proc.stop()
 
 
+def hold_job(redis_url: str, interaction_id: str, runner_id: str, stage: str = "", kind: str = "text-inference") -> str:
+    """Starts the interaction's queued job in the name of a worker of `runner_id`, as RQ does when
+    that worker takes it (for tests of the runner routes, where no runner runs); returns the name."""
+    from redis import Redis
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from shared.jobs import job_id_for
+    from shared.runners import worker_name
+
+    redis = Redis.from_url(redis_url)
+    job = Job.fetch(job_id_for(interaction_id, stage), connection=redis, serializer=JSONSerializer)
+    name = worker_name(runner_id, kind, 0)
+    with redis.pipeline() as pipe:
+        job.prepare_for_execution(name, pipe)
+        pipe.execute()
+    return name
+
+
 def wait_for_session(base_url: str, user: User, session_id: str, timeout: float = 60,
                      until=lambda s: s["interactions"][-1]["finished"]) -> dict:
     deadline = time.monotonic() + timeout

@@ -57,13 +57,17 @@ def test_up_prints_a_working_key_stops_cleanly_and_keeps_data(tmp_path):
         assert new_key.startswith("hl-")
         assert requests.get(f"http://127.0.0.1:{port}/api/v1/sessions",
                             headers={"Authorization": f"Bearer {new_key}"}).status_code == 200
-        # Browsers' event streams send the key in the query: it works, and stays out of the log.
-        assert requests.get(f"http://127.0.0.1:{port}/api/v1/sessions?access_token={new_key}").status_code == 200
+        # Browsers' event streams send the key in the query: it works there, and stays out of the log;
+        # any other route refuses a key in the URL.
+        with requests.get(f"http://127.0.0.1:{port}/api/v1/sessions/{session_id}/events?access_token={key}",
+                          stream=True, timeout=30) as events:
+            assert events.status_code == 200
+        assert requests.get(f"http://127.0.0.1:{port}/api/v1/sessions?access_token={new_key}").status_code == 401
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     output = proc.stdout.read()
-    assert "GET /api/v1/sessions" in output and new_key not in output
+    assert "GET /api/v1/sessions" in output and new_key not in output and f"access_token={key}" not in output
     time.sleep(0.5)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 

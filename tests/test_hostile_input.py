@@ -7,6 +7,9 @@ import json
 
 import pytest
 
+from shared.runners import RUNNER_HEADER
+from tests.conftest import hold_job
+
 SESSION = "/api/v1/sessions"
 WEIRD_IDS = ["%00", "a%00b", "x" * 5000, "'; DROP TABLE sessions; --", "%ED%A0%80", "..%2F..", "💥"]
 
@@ -14,6 +17,17 @@ WEIRD_IDS = ["%00", "a%00b", "x" * 5000, "'; DROP TABLE sessions; --", "%ED%A0%8
 def new_turn(client, user):
     s = client.post(SESSION, headers=user.headers, data={"input": "hi", "mode": "inference", "type": "text"}).json
     return s["id"], s["interactions"][-1]["id"]
+
+
+@pytest.fixture()
+def runner_turn(client, user, api_runner_token):
+    """A new turn whose job runner 'hostile-tests' runs, and that runner's headers."""
+    headers = {"Authorization": f"Bearer {api_runner_token}", RUNNER_HEADER: "hostile-tests"}
+    assert client.post("/api/v1/runner/register", headers=headers,
+                       json={"runner_id": "hostile-tests", "models": {}}).status_code == 200
+    sid, iid = new_turn(client, user)
+    hold_job(client.application.config["HELIX"].redis_url, iid, "hostile-tests")
+    return sid, iid, headers
 
 
 def assert_clear_4xx(r):
@@ -102,10 +116,10 @@ def test_hostile_runner_registrations(client, api_runner_token, body):
     '{"delta": "\\udc00 lone surrogate"}', '{"message": "a\\u0000b", "metadata": {"k\\u0000": "\\u0000"}}',
     '{"files": ["\\udc00.png"]}', '{"progress": true}', '{"progress": 1.5}', '{"final": "yes", "state": 3}',
 ])
-def test_hostile_runner_updates(client, user, api_runner_token, body):
-    sid, iid = new_turn(client, user)
+def test_hostile_runner_updates(client, user, runner_turn, body):
+    sid, iid, headers = runner_turn
     r = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}", data=body,
-                    headers={"Authorization": f"Bearer {api_runner_token}", "Content-Type": "application/json"})
+                    headers={**headers, "Content-Type": "application/json"})
     assert r.status_code < 500, r.data[:300]
     if r.status_code != 200:
         assert_clear_4xx(r)
@@ -131,10 +145,9 @@ def test_runner_upload_of_a_name_too_long_is_400(client, user, api_runner_token,
     assert r.status_code == 400 and "bytes" in r.json["error"]  # was a 500 (OSError, errno 36)
 
 
-def json_routes(client, user, runner_token) -> list[tuple[str, str, dict]]:
+def json_routes(client, user, runner_turn) -> list[tuple[str, str, dict]]:
     """Every route that reads a JSON body, with the credentials it asks for."""
-    sid, iid = new_turn(client, user)
-    runner = {"Authorization": f"Bearer {runner_token}"}
+    sid, iid, runner = runner_turn
     turn = f"/api/v1/runner/sessions/{sid}/interactions/{iid}"
     return [("post", SESSION, user.headers), ("put", f"{SESSION}/{sid}", user.headers),
             ("post", "/api/v1/api_keys", user.headers),
@@ -146,18 +159,18 @@ def json_routes(client, user, runner_token) -> list[tuple[str, str, dict]]:
 @pytest.mark.parametrize("body", ["[" * 990 + "]" * 990, '{"a": ' * 990 + "1" + "}" * 990,
                                   "[" * 100_000 + "]" * 100_000, '{"metadata": ' + "[" * 65 + "]" * 65 + "}"],
                          ids=["990-arrays", "990-objects", "100000-arrays", "66-levels"])
-def test_deeply_nested_json_is_400_on_every_json_route(client, user, api_runner_token, body):
-    for method, url, headers in json_routes(client, user, api_runner_token):
+def test_deeply_nested_json_is_400_on_every_json_route(client, user, runner_turn, body):
+    for method, url, headers in json_routes(client, user, runner_turn):
         r = getattr(client, method)(url, data=body, headers={**headers, "Content-Type": "application/json"})
         assert r.status_code == 400, (url, r.status_code, r.data[:200])  # was a 500 (RecursionError)
         assert "JSON nested too deeply" in r.json["error"], url
 
 
-def test_json_nested_up_to_the_limit_is_read(client, user, api_runner_token):
-    sid, iid = new_turn(client, user)
+def test_json_nested_up_to_the_limit_is_read(client, user, runner_turn):
+    sid, iid, headers = runner_turn
     metadata = {"deep": json.loads("[" * 62 + "]" * 62)}  # 64 levels with the body and metadata objects
     r = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}", json={"metadata": metadata},
-                    headers={"Authorization": f"Bearer {api_runner_token}"})
+                    headers=headers)
     assert r.status_code == 200, r.json
 
 

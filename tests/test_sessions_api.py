@@ -119,6 +119,24 @@ def test_auth_is_required_and_checked(client, user, api_runner_token):
     assert r.status_code == 401
 
 
+def test_a_key_in_the_url_is_taken_only_by_the_events_stream(client, user, api_runner_token):
+    """Browsers' EventSource cannot set headers; everywhere else a key in the URL was accepted too."""
+    s = create(client, user, input="hi", mode="inference", type="text").json
+    stream = client.get(f"/api/v1/sessions/{s['id']}/events?access_token={user.key}")
+    assert stream.status_code == 200 and next(stream.response).startswith(b"event: session")
+    stream.close()
+    for method, url in [("get", "/api/v1/sessions"), ("get", f"/api/v1/sessions/{s['id']}"),
+                        ("delete", f"/api/v1/sessions/{s['id']}"), ("get", "/api/v1/api_keys"),
+                        ("get", "/api/v1/filestore/list")]:
+        r = getattr(client, method)(f"{url}?access_token={user.key}")
+        assert r.status_code == 401 and "Authorization: Bearer" in r.json["error"], url  # was 200
+        r = getattr(client, method)(f"{url}?access_token={user.key}", headers=user.headers)
+        assert r.status_code == 401, url  # refused even beside the header: the key is in a URL
+    r = client.post(f"/api/v1/runner/register?access_token={api_runner_token}", json={"runner_id": "x"})
+    assert r.status_code == 401 and "Authorization: Bearer" in r.json["error"]
+    assert client.get(f"/api/v1/sessions/{s['id']}", headers=user.headers).status_code == 200  # not deleted
+
+
 def test_users_never_see_each_others_sessions(client, make_user):
     alice, bob = make_user(), make_user()
     s = create(client, alice, input="secret", mode="inference", type="text").json

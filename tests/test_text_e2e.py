@@ -76,6 +76,17 @@ def test_a_chat_outgrowing_the_context_drops_its_oldest_turns(live_server, runne
     assert third["state"] == "error" and "context length" in third["error"], third
 
 
+def test_what_the_runners_model_cannot_take_is_refused_at_once(live_server, runner, live_user):
+    """The runner announced its model's context (HELIX_MAX_MODEL_LEN, 2,048 tokens): a request
+    past it is a 400 at once, where it was accepted and failed on the runner."""
+    r = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
+                      data={"input": "hi", "mode": "inference", "type": "text", "max_tokens": "4096"})
+    assert r.status_code == 400 and "context of 2048 tokens" in r.json()["error"], r.text
+    r = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
+                      data={"input": "word " * 4000, "mode": "inference", "type": "text"})
+    assert r.status_code == 400 and "context is 2048 tokens" in r.json()["error"], r.text
+
+
 def test_events_stream_tokens_then_the_final_interaction(live_server, runner, live_user):
     s = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                       data={"input": "stream please", "mode": "inference", "type": "text",

@@ -1,14 +1,20 @@
 """Routes for runners, authenticated by runner token: registration, interaction updates and
-output files (runners never hold the filestore's credentials)."""
+output files (runners never hold the filestore's credentials).
+
+Every route about a session acts for one runner, named in the X-Helix-Runner header (or, in an
+update, its `runner` field), registered with the request's token and running the job of that
+interaction (see runner_service.authorize)."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from controlplane import db, runner_service, sessions_store
 from controlplane.auth import require_runner
+from controlplane.dispatch import job_stage
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.filestore import UserFiles, session_folder, session_outputs, user_path
 from controlplane.views import interaction_view, iso_time
+from shared.runners import RUNNER_HEADER, runner_of_worker
 
 bp = Blueprint("runner", __name__, url_prefix="/api/v1/runner")
 
@@ -23,20 +29,35 @@ def _max_name_bytes() -> int:
     return current_app.config["HELIX"].max_name_bytes
 
 
+def _acting_runner(named: str = "") -> str:
+    """The runner id this request acts for: its X-Helix-Runner header, else what the body named."""
+    return request.headers.get(RUNNER_HEADER) or named
+
+
+def _authorize(conn, session_id: str, interaction_id: str, named: str = "") -> dict:
+    """The interaction, once the runner this request acts for may write it (else 400/403/404/409)."""
+    return runner_service.authorize(conn, current_app.extensions["dispatcher"], g.runner_token["id"],
+                                    _acting_runner(named), session_id, interaction_id)
+
+
 @bp.post("/register")
 @require_runner
 def register():
     with db.transaction() as conn:
-        row = runner_service.register_runner(conn, g.runner_token["id"], request.get_json(silent=True))
+        row = runner_service.register_runner(conn, current_app.config["HELIX"], g.runner_token["id"],
+                                             request.get_json(silent=True))
     return jsonify(id=row["id"], models=row["models"], first_seen=iso_time(row["first_seen"]))
 
 
 @bp.post("/sessions/<session_id>/interactions/<interaction_id>")
 @require_runner
 def update_interaction(session_id: str, interaction_id: str):
+    body = request.get_json(silent=True)
+    named = body.get("runner") if isinstance(body, dict) and isinstance(body.get("runner"), str) else ""
     with db.transaction() as conn:
-        view = runner_service.apply_update(conn, current_app.extensions["redis"], session_id,
-                                           interaction_id, request.get_json(silent=True))
+        interaction = _authorize(conn, session_id, interaction_id, named)
+        view = runner_service.apply_update(conn, current_app.extensions["redis"], interaction, body,
+                                           _acting_runner(named))
     return jsonify(view)
 
 
@@ -51,12 +72,8 @@ def upload_result(session_id: str, interaction_id: str):
     if "/" in name:
         raise BadRequest("file names must not contain '/'")
     with db.transaction() as conn:
+        _authorize(conn, session_id, interaction_id)
         session = sessions_store.get_session_any_owner(conn, session_id)
-        interaction = session and sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
-        if not interaction:
-            raise NotFound("interaction not found")
-        if interaction["finished"]:
-            raise Conflict("interaction already finished")
         files = UserFiles(current_app.extensions["filestore"], session["owner"])
         path = f"{session_outputs(session_id)}/{interaction_id}/{name}"
         files.store.write(files.key(path), upload.stream)
@@ -66,14 +83,22 @@ def upload_result(session_id: str, interaction_id: str):
 @bp.get("/sessions/<session_id>/files")
 @require_runner
 def download_input(session_id: str):
-    """A file of the session (its inputs, say), for a runner: only inside that session's folder."""
+    """A file of the session (its inputs, say), for a runner running one of its jobs: only inside
+    that session's folder."""
     path = user_path(request.args.get("path"), max_name_bytes=_max_name_bytes(), allow_root=False)
     if not path.startswith(session_folder(session_id) + "/"):
         raise BadRequest(f"runners may read only files under {session_folder(session_id)}/")
+    runner_id = _acting_runner()
     with db.transaction() as conn:
+        runner_service.check_runner(conn, g.runner_token["id"], runner_id)
         session = sessions_store.get_session_any_owner(conn, session_id)
-    if session is None:
-        raise NotFound("session not found")
+        if session is None:
+            raise NotFound("session not found")
+        dispatcher = current_app.extensions["dispatcher"]
+        if not any(runner_of_worker(dispatcher.holder(i["id"], job_stage(i))) == runner_id
+                   for i in sessions_store.get_interactions(conn, session_id)
+                   if i["creator"] == "system" and not i["finished"]):
+            raise Conflict(f"runner {runner_id!r} is running none of this session's jobs")
     files = UserFiles(current_app.extensions["filestore"], session["owner"])
     info = files.store.stat(files.key(path))
     if info.directory:
@@ -92,6 +117,7 @@ def _finetune():
 @require_runner
 def report_document(session_id: str, interaction_id: str):
     with db.transaction() as conn:
+        _authorize(conn, session_id, interaction_id)
         _finetune().report_document(conn, session_id, interaction_id, request.get_json(silent=True))
     return jsonify(ok=True)
 
@@ -100,6 +126,7 @@ def report_document(session_id: str, interaction_id: str):
 @require_runner
 def report_chunk(session_id: str, interaction_id: str):
     with db.transaction() as conn:
+        _authorize(conn, session_id, interaction_id)
         _finetune().report_chunk(conn, session_id, interaction_id, request.get_json(silent=True))
     return jsonify(ok=True)
 
@@ -108,6 +135,7 @@ def report_chunk(session_id: str, interaction_id: str):
 @require_runner
 def report_prepared(session_id: str, interaction_id: str):
     with db.transaction() as conn:
+        _authorize(conn, session_id, interaction_id)
         row = _finetune().report_prepared(conn, session_id, interaction_id)
     return jsonify(interaction_view(row))
 
@@ -116,6 +144,7 @@ def report_prepared(session_id: str, interaction_id: str):
 @require_runner
 def training_pairs(session_id: str, interaction_id: str):
     with db.transaction() as conn:
+        _authorize(conn, session_id, interaction_id)
         return jsonify(_finetune().pairs_for_training(conn, session_id, interaction_id))
 
 
@@ -123,5 +152,6 @@ def training_pairs(session_id: str, interaction_id: str):
 @require_runner
 def report_metrics(session_id: str, interaction_id: str):
     with db.transaction() as conn:
+        _authorize(conn, session_id, interaction_id)
         _finetune().report_metrics(conn, session_id, interaction_id, request.get_json(silent=True))
     return jsonify(ok=True)

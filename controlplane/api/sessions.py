@@ -5,7 +5,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, stream_
 
 from controlplane import db, events, sessions_store
 from controlplane.auth import require_user
-from controlplane.errors import BadRequest, NotFound, ServiceUnavailable
+from controlplane.errors import BadRequest, NotFound
 from controlplane.validation import optional_int
 from controlplane.views import session_view
 
@@ -99,12 +99,15 @@ def session_events(session_id: str):
             row = sessions_store.get_session_with_interactions(conn, session_id, owner)
         return session_view(row) if row else None
 
-    slots = app.extensions["event_streams"]
-    if not slots.acquire(blocking=False):
-        raise ServiceUnavailable("too many live event streams on this server right now: retry, or poll "
-                                 f"GET /api/v1/sessions/{session_id}")
-    body = events.stream(app.extensions["redis"], session_id, read_session)
-    response = Response(stream_with_context(body), mimetype="text/event-stream",
+    release = app.extensions["event_streams"].acquire(owner, session_id)
+
+    def body():
+        try:
+            yield from events.stream(app.extensions["redis"], session_id, read_session)
+        finally:  # the client left (a write failed) or the stream ended: the slot is free now
+            release()
+
+    response = Response(stream_with_context(body()), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    response.call_on_close(slots.release)
+    response.call_on_close(release)  # also when the body never started (a HEAD request)
     return response
