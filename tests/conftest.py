@@ -284,7 +284,8 @@ def start_runner(live_server: str, services, runner_token: str, models_dir: Path
            "REDIS_URL": services["redis_url"], "HELIX_RUNNER_ID": runner_id,
            "HELIX_TEXT_MODEL": text_model, "HELIX_TEXT_MODEL_PATH": str(text_model_path or models_dir / "tiny-chat"),
            "HELIX_IMAGE_MODEL": image_model, "HELIX_IMAGE_MODEL_PATH": str(models_dir / "tiny-sd"),
-           "HELIX_TEXT_WORKERS": "3", "HF_HUB_OFFLINE": "1", **(extra_env or {})}
+           "HELIX_TEXT_WORKERS": "3", "HF_HUB_OFFLINE": "1",
+           "HELIX_RUNNER_WORK_DIR": str(log_dir / f"{runner_id}-work"), **(extra_env or {})}
     return Process([sys.executable, "-m", "runner"], env, log_dir / f"{runner_id}.log")
 
 

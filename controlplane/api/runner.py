@@ -113,31 +113,22 @@ def _finetune():
     return current_app.extensions["finetune_service"]
 
 
-@bp.post("/sessions/<session_id>/interactions/<interaction_id>/finetune/document")
+# The reports a data-preparation or training job makes, by the service method that takes each.
+_FINETUNE_REPORTS = {"document": "report_document", "chunk": "report_chunk", "metrics": "report_metrics"}
+
+
+@bp.post("/sessions/<session_id>/interactions/<interaction_id>/finetune/<report>")
 @require_runner
-def report_document(session_id: str, interaction_id: str):
+def finetune_report(session_id: str, interaction_id: str, report: str):
+    """A document read, a chunk's pairs, training metrics, or (`prepared`) the end of data preparation."""
+    if report != "prepared" and report not in _FINETUNE_REPORTS:
+        raise NotFound(f"no fine-tune report {report[:40]!r}: use prepared, " + ", ".join(_FINETUNE_REPORTS))
     with db.transaction() as conn:
         _authorize(conn, session_id, interaction_id)
-        _finetune().report_document(conn, session_id, interaction_id, request.get_json(silent=True))
+        if report == "prepared":
+            return jsonify(interaction_view(_finetune().report_prepared(conn, session_id, interaction_id)))
+        getattr(_finetune(), _FINETUNE_REPORTS[report])(conn, session_id, interaction_id, request.get_json(silent=True))
     return jsonify(ok=True)
-
-
-@bp.post("/sessions/<session_id>/interactions/<interaction_id>/finetune/chunk")
-@require_runner
-def report_chunk(session_id: str, interaction_id: str):
-    with db.transaction() as conn:
-        _authorize(conn, session_id, interaction_id)
-        _finetune().report_chunk(conn, session_id, interaction_id, request.get_json(silent=True))
-    return jsonify(ok=True)
-
-
-@bp.post("/sessions/<session_id>/interactions/<interaction_id>/finetune/prepared")
-@require_runner
-def report_prepared(session_id: str, interaction_id: str):
-    with db.transaction() as conn:
-        _authorize(conn, session_id, interaction_id)
-        row = _finetune().report_prepared(conn, session_id, interaction_id)
-    return jsonify(interaction_view(row))
 
 
 @bp.get("/sessions/<session_id>/interactions/<interaction_id>/finetune/pairs")
@@ -146,12 +137,3 @@ def training_pairs(session_id: str, interaction_id: str):
     with db.transaction() as conn:
         _authorize(conn, session_id, interaction_id)
         return jsonify(_finetune().pairs_for_training(conn, session_id, interaction_id))
-
-
-@bp.post("/sessions/<session_id>/interactions/<interaction_id>/finetune/metrics")
-@require_runner
-def report_metrics(session_id: str, interaction_id: str):
-    with db.transaction() as conn:
-        _authorize(conn, session_id, interaction_id)
-        _finetune().report_metrics(conn, session_id, interaction_id, request.get_json(silent=True))
-    return jsonify(ok=True)
