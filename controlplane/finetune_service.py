@@ -158,9 +158,20 @@ class FinetuneService:
         """More documents for a fine-tuned session: their pairs are prepared, then the model is
         trained again on all of the session's pairs, old and new."""
         urls = parse_urls(form.get("urls", ""))
+        message = text_field(form, "input", self.config.max_input_chars)
         names = [document_name(f.filename, self.config.max_name_bytes) for f in files]
         if not names and not urls:
             raise BadRequest("send the new documents as files (multipart) or urls=...")
+        stored: list[str] = []
+        try:
+            return self._add_documents(conn, user, session_id, urls, message, names, files, stored)
+        except BaseException:
+            store = UserFiles(self.filestore, user["id"])
+            for path in stored:  # a refused request stores nothing
+                store.store.delete(store.key(path))
+            raise
+
+    def _add_documents(self, conn, user, session_id, urls, message, names, files, stored) -> dict[str, Any]:
         with conn.transaction():
             session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
             if session is None:
@@ -178,12 +189,11 @@ class FinetuneService:
             if len(documents) > self.config.max_finetune_documents:
                 raise BadRequest(f"at most {self.config.max_finetune_documents} documents per session")
             options["system_prompt"] = system_prompt(documents)
-            stored = self._store_documents(user["id"], session_id, files, names, keep_on_error=True)
+            stored += self._store_documents(user["id"], session_id, files, names, keep_on_error=True)
             conn.execute("UPDATE sessions SET mode = 'finetune', config = config || %s, updated = now() WHERE id = %s",
                          (Jsonb({"finetune": options}), session_id))
             session = sessions_store.get_session(conn, session_id, user["id"])
-            added = self._add_documents_turn(conn, session, text_field(form, "input", self.config.max_input_chars),
-                                             stored, urls)
+            added = self._add_documents_turn(conn, session, message, stored, urls)
         conn.commit()
         interactions = interactions + added
         self.dispatcher.try_enqueue(session, interactions, added[-1]["id"])
