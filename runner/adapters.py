@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+from collections import defaultdict
 from pathlib import Path
 
 import requests
@@ -18,6 +20,8 @@ import requests
 from shared.finetune import ADAPTER_FILES
 
 log = logging.getLogger(__name__)
+# A text worker process runs many chats at once: one download per adapter, not one per chat.
+_fetching: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
 class AdapterError(Exception):
@@ -31,14 +35,15 @@ def adapter_name(session_id: str, lora_dir: str) -> str:
 def fetch(client, session_id: str, lora_dir: str, cache_dir: Path) -> Path:
     """The adapter's files in the runner's cache, downloaded through the control plane if new."""
     folder = cache_dir / adapter_name(session_id, lora_dir)
-    if all((folder / name).exists() for name in ADAPTER_FILES):
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ADAPTER_FILES:
-        data = client.download(session_id, f"{lora_dir}/{name}")
-        tmp = folder / f".{name}.{os.getpid()}"
-        tmp.write_bytes(data)
-        tmp.replace(folder / name)
+    with _fetching[folder.name]:
+        if all((folder / name).exists() for name in ADAPTER_FILES):
+            return folder
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ADAPTER_FILES:
+            data = client.download(session_id, f"{lora_dir}/{name}")
+            tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}"
+            tmp.write_bytes(data)
+            tmp.replace(folder / name)
     return folder
 
 

@@ -20,7 +20,8 @@ class RunnerConfig:
     text_model_path: str = ""    # HELIX_TEXT_MODEL_PATH: local directory (or hub id on a GPU box)
     image_model: str = ""        # HELIX_IMAGE_MODEL: empty = no image worker
     image_model_path: str = ""   # HELIX_IMAGE_MODEL_PATH
-    text_workers: int = 8        # HELIX_TEXT_WORKERS: concurrent text jobs batched on one vLLM
+    text_workers: int = 64       # HELIX_TEXT_WORKERS: text jobs in flight at once on the one vLLM
+    # (threads of one worker process, one RQ worker each)
     max_tokens: int = 512        # HELIX_MAX_TOKENS: default reply length cap
     max_model_len: int = 2048    # HELIX_MAX_MODEL_LEN: context passed to vLLM
     vllm_port: int = 0           # HELIX_VLLM_PORT: 0 picks a free loopback port
@@ -55,7 +56,7 @@ class RunnerConfig:
             text_model_path=env.get("HELIX_TEXT_MODEL_PATH", ""),
             image_model=env.get("HELIX_IMAGE_MODEL", ""),
             image_model_path=env.get("HELIX_IMAGE_MODEL_PATH", ""),
-            text_workers=env_int(env, "HELIX_TEXT_WORKERS", 8),
+            text_workers=env_int(env, "HELIX_TEXT_WORKERS", 64),
             max_tokens=env_int(env, "HELIX_MAX_TOKENS", 512),
             max_model_len=env_int(env, "HELIX_MAX_MODEL_LEN", 2048),
             vllm_port=env_int(env, "HELIX_VLLM_PORT", 0),

@@ -11,6 +11,7 @@ from typing import Any
 
 import requests
 
+from runner.http_session import pooled_session
 from shared.runners import RUNNER_HEADER
 from shared.types import InteractionState
 from shared.updates import InteractionUpdate
@@ -23,10 +24,10 @@ class Gone(Exception):
 
 
 class ControlPlane:
-    def __init__(self, api_url: str, token: str, runner_id: str):
+    def __init__(self, api_url: str, token: str, runner_id: str, pool_size: int = 1):
         self.api_url = api_url.rstrip("/")
         self.runner_id = runner_id
-        self.http = requests.Session()
+        self.http = pooled_session(pool_size)
         self.http.headers["Authorization"] = f"Bearer {token}"
         self.http.headers[RUNNER_HEADER] = runner_id  # the control plane checks this runner holds the job
 

@@ -18,6 +18,7 @@ import requests
 
 from runner import adapters
 from runner.config import RunnerConfig
+from runner.http_session import pooled_session
 from runner.control_plane import ControlPlane, Gone, TextStream
 from runner.text_generation import ModelError, fit_history, stream_chat
 from runner.vllm_server import wait_healthy
@@ -41,10 +42,12 @@ class WorkerContext:
 _context: WorkerContext | None = None
 
 
-def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vllm_url: str = "") -> WorkerContext:
-    """Called once per worker process; loads the image pipeline there so it stays warm."""
+def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vllm_url: str = "",
+                 pool_size: int = 1) -> WorkerContext:
+    """Called once per worker process (shared by its threads); loads the image pipeline there
+    so it stays warm."""
     global _context
-    _context = WorkerContext(kind, config, client, vllm_url, http=requests.Session())
+    _context = WorkerContext(kind, config, client, vllm_url, http=pooled_session(pool_size))
     if kind == WorkKind.IMAGE_INFERENCE:
         from runner.image_pipeline import ImagePipeline
 

@@ -24,7 +24,7 @@ def test_defaults_and_overrides():
                          "HELIX_TEXT_MODELS": "a, b"})
     assert (c.max_event_streams, c.reconcile_interval, c.text_models) == (3, 0.5, ["a", "b"])
     r = RunnerConfig.from_env({**RUNNER_ENV, "HELIX_SAMPLING_EXTRA": '{"top_k": 5}'})
-    assert (r.api_url, r.text_workers, r.sampling_extra) == ("http://cp:8080", 8, {"top_k": 5})
+    assert (r.api_url, r.text_workers, r.sampling_extra) == ("http://cp:8080", 64, {"top_k": 5})
 
 
 @pytest.mark.parametrize("build, env, fragment", [
