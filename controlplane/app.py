@@ -33,8 +33,9 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     apply_migrations(config.database_url)  # safe when every replica does it at once
     errors.init_app(app)
     db.init_app(app)
+    # Every live event stream holds one connection (its subscription), besides the requests'.
     redis = Redis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=5,
-                           health_check_interval=30)
+                           health_check_interval=30, max_connections=config.max_event_streams + 200)
     dispatcher = Dispatcher(redis, config)
     filestore = from_config(config.filestore, config.s3_endpoint_url)
     finetune = FinetuneService(config, dispatcher, filestore, redis)

@@ -128,32 +128,3 @@ def _retrying(action, what: str, attempts: int = 5):
             log.warning("%s failed (%s); retrying", what, err)
             time.sleep(delay)
             delay *= 2
-
-
-class TextStream:
-    """Collects streamed tokens and posts them as throttled deltas."""
-
-    def __init__(self, client: ControlPlane, session_id: str, interaction_id: str, interval: float):
-        self.client = client
-        self.session_id = session_id
-        self.interaction_id = interaction_id
-        self.interval = interval
-        self.text = ""
-        self._pending = ""
-        self._last = 0.0
-
-    def add(self, delta: str) -> None:
-        self.text += delta
-        self._pending += delta
-        if time.monotonic() - self._last >= self.interval:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        sent = self.client.update(self.session_id, self.interaction_id,
-                                  InteractionUpdate(delta=self._pending,
-                                                    state=InteractionState.WAITING.value))
-        if sent:
-            self._pending = ""
-        self._last = time.monotonic()

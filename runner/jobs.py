@@ -19,7 +19,8 @@ import requests
 from runner import adapters
 from runner.config import RunnerConfig
 from runner.http_session import pooled_session
-from runner.control_plane import ControlPlane, Gone, TextStream
+from runner.control_plane import ControlPlane, Gone
+from runner.text_stream import TextStream, clear_partial_text
 from runner.text_generation import ModelError, fit_history, stream_chat
 from runner.vllm_server import wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
@@ -37,17 +38,18 @@ class WorkerContext:
     vllm_url: str = ""
     image_pipeline: Any = None
     http: requests.Session | None = None
+    redis: Any = None  # streamed text goes to clients through it
 
 
 _context: WorkerContext | None = None
 
 
 def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vllm_url: str = "",
-                 pool_size: int = 1) -> WorkerContext:
+                 pool_size: int = 1, redis: Any = None) -> WorkerContext:
     """Called once per worker process (shared by its threads); loads the image pipeline there
     so it stays warm."""
     global _context
-    _context = WorkerContext(kind, config, client, vllm_url, http=pooled_session(pool_size))
+    _context = WorkerContext(kind, config, client, vllm_url, http=pooled_session(pool_size), redis=redis)
     if kind == WorkKind.IMAGE_INFERENCE:
         from runner.image_pipeline import ImagePipeline
 
@@ -93,8 +95,10 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
     max_tokens = job.max_tokens or ctx.config.max_tokens
     messages = job.messages
     for attempt in (1, 2):
+        clear_partial_text(ctx.redis, job.interaction_id)
         start_attempt(ctx, job.session_id, job.interaction_id, "generating")
-        stream = TextStream(ctx.client, job.session_id, job.interaction_id, ctx.config.delta_interval)
+        stream = TextStream(ctx.client, ctx.redis, job.session_id, job.interaction_id,
+                            ctx.config.delta_interval, ctx.config.persist_interval)
         try:
             messages = fit_history(ctx.vllm_url, job.model, job.messages, max_tokens, session=ctx.http)
             # A fine-tuned session: the same warm base model, with its adapter by name.
@@ -104,6 +108,7 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
                                      temperature=job.temperature, extra=ctx.config.sampling_extra,
                                      session=ctx.http):
                 stream.add(delta)
+            stream.publish()
             break
         except (ModelError, adapters.AdapterError) as err:
             ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
@@ -122,6 +127,7 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
         status="complete", metadata={"generation_seconds": round(elapsed, 3),
                                      "history_messages_dropped": len(job.messages) - len(messages),
                                      **({"adapter": model} if job.lora_dir else {})}))
+    clear_partial_text(ctx.redis, job.interaction_id)  # the stored message holds it all now
     return {"chars": len(stream.text), "seconds": elapsed}
 
 

@@ -92,11 +92,10 @@ def _work(worker: SimpleWorker) -> None:
 
 def run_worker(kind: WorkKind, name: str, config: RunnerConfig, vllm_url: str = "", threads: int = 1) -> None:
     model = config.image_model if kind == WorkKind.IMAGE_INFERENCE else config.text_model
-    client = ControlPlane(config.api_url, config.token, config.runner_id, pool_size=threads)
-    jobs.init_context(kind, config, client, vllm_url, pool_size=threads)
-
     # Each idle worker holds one connection in a blocking pop; jobs need a few more.
     redis = Redis.from_url(config.redis_url, health_check_interval=30, max_connections=4 * threads + 16)
+    client = ControlPlane(config.api_url, config.token, config.runner_id, pool_size=threads)
+    jobs.init_context(kind, config, client, vllm_url, pool_size=threads, redis=redis)
     queues = [Queue(queue_name(k, model), connection=redis, serializer=JSONSerializer)
               for k in QUEUES_OF_WORKER[kind]]
     names = [name] if threads == 1 else [thread_worker_name(name, t) for t in range(threads)]
