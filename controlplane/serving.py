@@ -16,6 +16,7 @@ other answer of the platform.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -24,7 +25,8 @@ from gunicorn.workers.ggevent import GeventWorker
 
 APP = "controlplane.app:create_app()"
 # A client that neither sends nor reads a byte for this long is dropped (a request body that
-# stops arriving, a stream nobody reads). An idle event stream writes every second.
+# stops arriving, a stream nobody reads); HELIX_CLIENT_IDLE_SECONDS. An idle event stream
+# writes every second.
 CLIENT_IDLE_SECONDS = 30
 # Time for a request's line and headers to arrive, and for an idle kept-alive connection.
 HEADER_SECONDS = 5
@@ -57,8 +59,9 @@ class JsonErrorWorker(GeventWorker):
 
     def init_process(self) -> None:
         util.write_error = write_json_error
+        self.client_idle_seconds = float(os.environ.get("HELIX_CLIENT_IDLE_SECONDS") or CLIENT_IDLE_SECONDS)
         super().init_process()
 
     def handle(self, listener, client, addr) -> None:
-        client.settimeout(CLIENT_IDLE_SECONDS)
+        client.settimeout(self.client_idle_seconds)
         super().handle(listener, client, addr)
