@@ -11,6 +11,7 @@ from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.filestore import from_config
 from controlplane.migrate import apply_migrations
+from controlplane.openai_service import OpenAIService
 from controlplane.finetune_service import FinetuneService
 from controlplane.request_body import JSONProvider, Request
 from controlplane.session_service import SessionService
@@ -39,13 +40,16 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     dispatcher = Dispatcher(redis, config)
     filestore = from_config(config.filestore, config.s3_endpoint_url)
     finetune = FinetuneService(config, dispatcher, filestore, redis)
+    sessions = SessionService(config, dispatcher, filestore, finetune)
     app.extensions.update(redis=redis, dispatcher=dispatcher, filestore=filestore, finetune_service=finetune,
-                          session_service=SessionService(config, dispatcher, filestore, finetune),
+                          session_service=sessions, openai_service=OpenAIService(config, sessions, filestore, redis),
                           event_streams=events.StreamSlots(config.max_event_streams, config.max_event_streams_per_user))
 
-    from controlplane.api import api_keys, filestore as filestore_routes, finetune as finetune_routes, runner, sessions
+    from controlplane.api import api_keys, filestore as filestore_routes, finetune as finetune_routes, openai, runner
+    from controlplane.api import sessions as session_routes
 
-    for bp in (sessions.bp, finetune_routes.bp, api_keys.bp, runner.bp, filestore_routes.bp):
+    for bp in (session_routes.bp, openai.helix_chat, finetune_routes.bp, api_keys.bp, runner.bp, filestore_routes.bp,
+               openai.bp):
         app.register_blueprint(bp)
     app.before_request(lambda: refuse_nul_in_url(request.path, request.args))
 

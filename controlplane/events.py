@@ -108,25 +108,26 @@ def _unseen(delta: dict[str, Any], known: dict[str, int]) -> dict[str, Any] | No
     return delta
 
 
-def stream(redis: Redis, session_id: str, read_session: Callable[[], dict[str, Any] | None],
-           max_seconds: float = 3600) -> Iterator[str]:
-    """Yields the session as it is now, then every event until its last interaction finishes.
+def session_events(redis: Redis, session_id: str, read_session: Callable[[], dict[str, Any] | None],
+                   max_seconds: float = 3600) -> Iterator[tuple[str, Any] | None]:
+    """The session as it is now (`session`), then every event as (name, data) until its last
+    interaction finishes (`end`); None now and then while nothing happens, so a caller can write
+    something and learn whether its client is still there.
 
     The snapshot is read after subscribing, so no update falls between the two, and whether the
     stream is over is judged from that same snapshot: a reply that finishes just after it still
     arrives as an event. A reply in progress comes with its text so far, and then only the
     deltas past it (by their offsets), so a client that connects mid-reply gets every token once.
     A stream that missed the final event (Redis restarted, say) re-reads the session at each
-    keep-alive, sends it, and ends. An idle stream writes a comment every PING_SECONDS, so a
-    client that left is noticed promptly.
+    keep-alive, sends it, and ends.
     """
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(session_channel(session_id))
     try:
         view = with_streamed_text(redis, read_session())
-        yield sse("session", view or {"id": session_id, "interactions": []})
+        yield "session", view or {"id": session_id, "interactions": []}
         if _finished(view):
-            yield sse("end", {"session_id": session_id})
+            yield "end", {"session_id": session_id}
             return
         known = {i["id"]: len(i["message"] or "") for i in view["interactions"]}
         deadline = time.monotonic() + max_seconds
@@ -138,10 +139,10 @@ def stream(redis: Redis, session_id: str, read_session: Callable[[], dict[str, A
                     view = read_session()
                     if _finished(view):
                         if view is not None:
-                            yield sse("session", view)
+                            yield "session", view
                         break
                     last_read = time.monotonic()
-                yield ": keep-alive\n\n"
+                yield None
                 continue
             payload = json.loads(message["data"])
             event, data = payload["event"], payload["data"]
@@ -151,9 +152,17 @@ def stream(redis: Redis, session_id: str, read_session: Callable[[], dict[str, A
                     continue
             elif event == EVENT_INTERACTION:
                 known[data["id"]] = len(data.get("message") or "")
-            yield sse(event, data)
+            yield event, data
             if event == EVENT_INTERACTION and data.get("finished"):
                 break
-        yield sse("end", {"session_id": session_id})
+        yield "end", {"session_id": session_id}
     finally:
         pubsub.close()
+
+
+def stream(redis: Redis, session_id: str, read_session: Callable[[], dict[str, Any] | None],
+           max_seconds: float = 3600) -> Iterator[str]:
+    """session_events as server-sent events; an idle stream writes a comment every
+    PING_SECONDS, so a client that left is noticed promptly."""
+    for item in session_events(redis, session_id, read_session, max_seconds):
+        yield ": keep-alive\n\n" if item is None else sse(*item)

@@ -3,8 +3,8 @@ adapter loaded at run time (multi-LoRA), never by a second model instance.
 
 An adapter's files are fetched from the control plane once per runner and kept on disk; the load
 request is repeated before every use (vLLM answers in milliseconds, and a vLLM restarted by the
-supervisor has forgotten its adapters). The adapter's name is derived from its session and folder,
-which come from the session's own row: a job can only name the adapter of its own session.
+supervisor has forgotten its adapters). The adapter's name is derived from its folder, which
+comes from the session's own row: a job can only name the adapter its session is served with.
 """
 from __future__ import annotations
 
@@ -28,13 +28,15 @@ class AdapterError(Exception):
     """vLLM refused the adapter (rank above its limit, a base model it does not fit)."""
 
 
-def adapter_name(session_id: str, lora_dir: str) -> str:
-    return "lora-" + hashlib.sha256(f"{session_id}\0{lora_dir}".encode()).hexdigest()[:20]
+def adapter_name(lora_dir: str) -> str:
+    """By the adapter's folder alone (it holds the id of the session that trained it), so that
+    every session served with one adapter shares one copy on disk and in vLLM."""
+    return "lora-" + hashlib.sha256(lora_dir.encode()).hexdigest()[:20]
 
 
 def fetch(client, session_id: str, lora_dir: str, cache_dir: Path) -> Path:
     """The adapter's files in the runner's cache, downloaded through the control plane if new."""
-    folder = cache_dir / adapter_name(session_id, lora_dir)
+    folder = cache_dir / adapter_name(lora_dir)
     with _fetching[folder.name]:
         if all((folder / name).exists() for name in ADAPTER_FILES):
             return folder
@@ -58,4 +60,4 @@ def load(vllm_url: str, name: str, folder: Path, http: requests.Session | None =
 
 def ensure(client, vllm_url: str, session_id: str, lora_dir: str, cache_dir: Path,
            http: requests.Session | None = None) -> str:
-    return load(vllm_url, adapter_name(session_id, lora_dir), fetch(client, session_id, lora_dir, cache_dir), http)
+    return load(vllm_url, adapter_name(lora_dir), fetch(client, session_id, lora_dir, cache_dir), http)

@@ -13,7 +13,6 @@ import requests
 
 from runner.http_session import pooled_session
 from shared.runners import RUNNER_HEADER
-from shared.types import InteractionState
 from shared.updates import InteractionUpdate
 
 log = logging.getLogger(__name__)

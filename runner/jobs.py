@@ -21,7 +21,7 @@ from runner.config import RunnerConfig
 from runner.http_session import pooled_session
 from runner.control_plane import ControlPlane, Gone
 from runner.text_stream import TextStream, clear_partial_text
-from runner.text_generation import ModelError, fit_history, stream_chat
+from runner.text_generation import Generation, ModelError, fit_history, stream_chat
 from runner.vllm_server import wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
 from shared.types import InteractionState
@@ -99,21 +99,23 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
         start_attempt(ctx, job.session_id, job.interaction_id, "generating")
         stream = TextStream(ctx.client, ctx.redis, job.session_id, job.interaction_id,
                             ctx.config.delta_interval, ctx.config.persist_interval)
+        generation = Generation()
         try:
-            messages = fit_history(ctx.vllm_url, job.model, job.messages, max_tokens, session=ctx.http)
+            if job.prompt is None:
+                messages = fit_history(ctx.vllm_url, job.model, job.messages, max_tokens, session=ctx.http)
             # A fine-tuned session: the same warm base model, with its adapter by name.
             model = adapters.ensure(ctx.client, ctx.vllm_url, job.session_id, job.lora_dir,
                                     Path(ctx.config.work_dir) / "adapters", ctx.http) if job.lora_dir else job.model
             for delta in stream_chat(ctx.vllm_url, model, messages, max_tokens=max_tokens,
-                                     temperature=job.temperature, extra=ctx.config.sampling_extra,
-                                     session=ctx.http):
+                                     temperature=job.temperature, extra={**ctx.config.sampling_extra, **job.sampling},
+                                     session=ctx.http, prompt=job.prompt, generation=generation):
                 stream.add(delta)
             stream.publish()
             break
         except (ModelError, adapters.AdapterError) as err:
             ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
                 state=InteractionState.ERROR.value, message=stream.text, error=str(err),
-                status="error"))
+                status="error", metadata={"refused_by_model": True}))
             return {"error": str(err)}
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
             if attempt == 2:
@@ -122,10 +124,15 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
             log.warning("vLLM unreachable during %s; waiting for it", job.interaction_id)
             wait_healthy(ctx.vllm_url, timeout=300)
     elapsed = time.monotonic() - started
+    choices = [{"index": i, "text": generation.texts.get(i, ""), "finish_reason": generation.finish_reasons.get(i)}
+               for i in sorted(set(generation.texts) | set(generation.finish_reasons))]
     ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
         state=InteractionState.COMPLETE.value, message=stream.text, progress=100,
         status="complete", metadata={"generation_seconds": round(elapsed, 3),
                                      "history_messages_dropped": len(job.messages) - len(messages),
+                                     "usage": generation.usage,
+                                     "finish_reason": generation.finish_reasons.get(0, "stop"),
+                                     **({"choices": choices} if len(choices) > 1 else {}),
                                      **({"adapter": model} if job.lora_dir else {})}))
     clear_partial_text(ctx.redis, job.interaction_id)  # the stored message holds it all now
     return {"chars": len(stream.text), "seconds": elapsed}
