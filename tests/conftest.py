@@ -270,9 +270,14 @@ def live_server(services, tmp_path_factory):
     proc = Process(gunicorn_command(port), env, logs / "gunicorn.log")
     wait_for_port(port, 60, proc.proc)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        if requests.get(url + "/healthz", timeout=2).ok:
-            break
+    deadline = time.monotonic() + 120  # the first request builds the app: slow on a busy machine
+    while True:
+        try:
+            if requests.get(url + "/healthz", timeout=10).ok:
+                break
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise
         time.sleep(0.1)
     yield url
     proc.stop()
