@@ -18,10 +18,10 @@ import requests
 
 from runner import adapters
 from runner.config import RunnerConfig
-from runner.http_session import pooled_session
 from runner.control_plane import ControlPlane, Gone
-from runner.text_stream import TextStream, clear_partial_text
+from runner.http_session import pooled_session
 from runner.text_generation import Generation, ModelError, fit_history, stream_chat
+from runner.text_stream import TextStream, clear_partial_text
 from runner.vllm_server import wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
 from shared.types import InteractionState
