@@ -52,10 +52,12 @@ def measure(pipeline: Any, side: int, steps: int = 5) -> dict[str, float]:
     with interruptible(pipeline.pipe, threading.Event()) as check:
         pipeline.generate("a calibration image", width=side, height=side, steps=steps, seed=0,
                           on_step=lambda step, total: stamps.append(time.monotonic()))
-    total = time.monotonic() - started
+    ended = time.monotonic()
     gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]))  # warm steps: the first has one-offs
-    step = (gaps[(len(gaps) - 1) // 2] + gaps[len(gaps) // 2]) / 2  # the median: a busy moment is not the cost
-    return {"side": side, "step": step, "rest": max(0.0, total - steps * step), "total": total,
+    step = (gaps[(len(gaps) - 1) // 2] + gaps[len(gaps) // 2]) / 2  # the median: one busy moment is not the cost
+    # Besides the steps: prompt encoding and one-offs before the first, decoding after the last.
+    rest = max(0.0, stamps[0] - started - step) + (ended - stamps[-1])
+    return {"side": side, "step": step, "rest": rest, "total": ended - started,
             "stop_latency": check.longest}
 
 

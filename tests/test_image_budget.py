@@ -11,8 +11,12 @@ import time
 
 import pytest
 import requests
+from redis import Redis
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from shared.image_budget import ImageBudget
+from shared.jobs import job_id_for
 from tests.conftest import start_runner, wait_for_session
 
 LARGE_MODEL = "helix/tiny-sd-large"  # the tiny pipeline, on a runner that takes up to 1024x1024
@@ -42,7 +46,7 @@ def post(live_server, user, **form) -> requests.Response:
                          data={"mode": "inference", "type": "image", "input": "a lighthouse", **form})
 
 
-def test_the_four_hour_request_is_refused_at_once(live_server, runner, live_db, live_user):
+def test_the_four_hour_request_is_refused_at_once(live_server, services, runner, live_db, live_user):
     budget = announced(live_db, "runner-main")  # measured by the runner at start-up
     assert budget.max_pixels == 128 * 128 and budget.default_size == 64  # twice the tiny model's 64 px
     assert budget.seconds_per_megapixel_step > 0 and budget.max_seconds == 300
@@ -59,7 +63,10 @@ def test_the_four_hour_request_is_refused_at_once(live_server, runner, live_db, 
     r = post(live_server, live_user, width="128", height="128", steps="20", num_images="4")
     assert r.status_code == 201, r.text
     timeout = r.json()["config"]["job_timeout"]
-    assert timeout == budget.job_timeout(128, 128, 20, 4) and timeout < 300
+    assert timeout == budget.job_timeout(128, 128, 20, 4)
+    job = Job.fetch(job_id_for(r.json()["interactions"][-1]["id"]), connection=Redis.from_url(services["redis_url"]),
+                    serializer=JSONSerializer)
+    assert job.timeout == timeout < budget.job_timeout(128, 128, 150, 4)
     reply = wait_for_session(live_server, live_user, r.json()["id"])["interactions"][-1]
     assert reply["state"] == "complete" and len(reply["files"]) == 4, reply
 
@@ -108,3 +115,23 @@ def test_deleting_a_running_job_frees_the_worker_within_a_second(live_server, la
     reply = wait_for_session(live_server, bob, bob_sid, timeout=30)["interactions"][-1]
     assert reply["state"] == "complete" and reply["files"], reply
     assert session["interactions"][-1]["runner"] == "runner-large"
+
+
+def test_a_job_queued_before_any_runner_announced_is_held_to_the_runners_budget(
+        live_server, services, runner_token, models_dir, tmp_path_factory, live_user):
+    late_model = "helix/tiny-sd-late"
+    # A runner of an older version lists the model but announces no budget: the control plane cannot judge.
+    r = requests.post(f"{live_server}/api/v1/runner/register", headers={"Authorization": f"Bearer {runner_token}"},
+                      json={"runner_id": "runner-old", "models": {"image": [late_model]}, "info": {}}, timeout=10)
+    assert r.status_code == 200, r.text
+    r = post(live_server, live_user, model_name=late_model, width="2048", height="2048", steps="150",
+             num_images="4")
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    proc = start_runner(live_server, services, runner_token, models_dir, tmp_path_factory.mktemp("late-runner"),
+                        runner_id="runner-late", text_model="", image_model=late_model)
+    try:
+        reply = wait_for_session(live_server, live_user, sid, timeout=300)["interactions"][-1]
+    finally:
+        proc.stop()
+    assert reply["state"] == "error" and "at most 16384 pixels" in reply["error"], reply

@@ -67,7 +67,7 @@ def test_same_seed_same_image_other_seed_other_image(live_server, runner, live_u
 def test_progress_streams_per_step_up_to_100(live_server, runner, live_user):
     r = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                       data={"mode": "inference", "type": "image", "input": "slow lighthouse",
-                            "steps": "150", "width": "128", "height": "128"})
+                            "steps": "60", "width": "128", "height": "128"})
     sid = r.json()["id"]
     updates = [d for n, d in read_events(live_server, live_user, sid) if n == "interaction"]
     progress = [d["progress"] for d in updates]
