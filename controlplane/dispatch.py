@@ -110,7 +110,9 @@ class Dispatcher:
         self.redis = redis
         self.config = config
 
-    def _timeout(self, kind: WorkKind) -> int:
+    def _timeout(self, kind: WorkKind, session: dict[str, Any]) -> int:
+        if kind == WorkKind.IMAGE_INFERENCE and session["config"].get("job_timeout"):
+            return int(session["config"]["job_timeout"])  # sized from the request's work and the runners' budget
         return {WorkKind.IMAGE_INFERENCE: self.config.image_job_timeout,
                 WorkKind.TEXT_DATAPREP: self.config.dataprep_job_timeout,
                 WorkKind.TEXT_FINETUNE: self.config.finetune_job_timeout}.get(kind, self.config.text_job_timeout)
@@ -125,7 +127,7 @@ class Dispatcher:
         if existing is not None:
             existing.delete()  # a dead runner's copy: drop it from every registry first
         return queue.enqueue_call(
-            ENTRY_POINTS[kind], args=(payload,), job_id=job_id, timeout=self._timeout(kind),
+            ENTRY_POINTS[kind], args=(payload,), job_id=job_id, timeout=self._timeout(kind, session),
             result_ttl=3600, failure_ttl=24 * 3600, retry=Retry(max=2),
         )
 
