@@ -35,6 +35,7 @@ class WorkerContext:
     client: ControlPlane
     vllm_url: str = ""
     image_pipeline: Any = None
+    image_adapters: Any = None  # runner.image_adapters.ImageAdapters on the warm pipeline
     http: requests.Session | None = None
 
 
@@ -50,6 +51,9 @@ def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vll
 
         started = time.monotonic()
         _context.image_pipeline = ImagePipeline(config.image_model_path)
+        from runner.image_adapters import ImageAdapters
+
+        _context.image_adapters = ImageAdapters(_context.image_pipeline.pipe, Path(config.work_dir) / "image-adapters")
         log.info("image pipeline %s loaded in %.1fs (load #%d in this process)", config.image_model,
                  time.monotonic() - started, ImagePipeline.load_count)
     return _context
@@ -141,9 +145,11 @@ def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
 
     started = time.monotonic()
     try:
-        images = ctx.image_pipeline.generate(
-            job.prompt, num_images=job.num_images, width=job.width, height=job.height,
-            steps=job.steps, guidance=job.guidance, seed=job.seed, on_step=on_step)
+        # A fine-tuned session's adapter, on the warm pipeline and for this job only.
+        with ctx.image_adapters.applied(ctx.client, job.session_id, job.lora_dir) as adapter:
+            images = ctx.image_pipeline.generate(
+                job.prompt, num_images=job.num_images, width=job.width, height=job.height,
+                steps=job.steps, guidance=job.guidance, seed=job.seed, on_step=on_step)
     except ValueError as err:  # parameters this pipeline cannot take (e.g. size not a multiple)
         ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
             state=InteractionState.ERROR.value, error=str(err), status="error"))
@@ -158,5 +164,5 @@ def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
         state=InteractionState.COMPLETE.value, message="", files=files, progress=100,
         status="complete", metadata={"generation_seconds": round(time.monotonic() - started, 3),
                                      "pipeline_loads": ImagePipeline.load_count,
-                                     "seed": job.seed}))
+                                     "seed": job.seed, **({"adapter": adapter} if adapter else {})}))
     return {"files": files}

@@ -30,7 +30,9 @@ QUEUES_OF_WORKER = {
     WorkKind.TEXT_INFERENCE: (WorkKind.TEXT_INFERENCE, WorkKind.TEXT_DATAPREP),
     WorkKind.IMAGE_INFERENCE: (WorkKind.IMAGE_INFERENCE,),
     WorkKind.TEXT_FINETUNE: (WorkKind.TEXT_FINETUNE,),
+    WorkKind.IMAGE_FINETUNE: (WorkKind.IMAGE_FINETUNE,),
 }
+IMAGE_KINDS = (WorkKind.IMAGE_INFERENCE, WorkKind.IMAGE_FINETUNE)
 
 
 class RefusedJob(Exception):
@@ -56,7 +58,7 @@ def _heartbeat(redis: Redis, key: str, stop: threading.Event) -> None:
 
 
 def run_worker(kind: WorkKind, name: str, config: RunnerConfig, vllm_url: str = "") -> None:
-    model = config.image_model if kind == WorkKind.IMAGE_INFERENCE else config.text_model
+    model = config.image_model if kind in IMAGE_KINDS else config.text_model
     client = ControlPlane(config.api_url, config.token, config.runner_id)
     jobs.init_context(kind, config, client, vllm_url)
 
