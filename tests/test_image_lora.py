@@ -88,7 +88,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(models, tmp_path):
                                               "batch_size": 1}}, die_at_checkpoint)
     assert events.count("step") == 5
     resumed_events: list = []
-    resumed = run({"checkpoint_every": 5, "resume_from": str(first / "checkpoint")}, tmp_path / "resumed",
+    resumed = run({"checkpoint_every": 5, "resume_from": str(first / "checkpoint-5")}, tmp_path / "resumed",
                   images, resumed_events, training_steps=10)
     assert resumed_events[0]["start_step"] == 5
     assert [e["step"] for e in resumed_events if e["event"] == "step"] == list(range(6, 11))

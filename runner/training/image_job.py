@@ -8,6 +8,7 @@ the reconciler queues the job again, and the payload names the last uploaded che
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path, PurePosixPath
@@ -21,6 +22,19 @@ from shared.types import DataPrepStage, InteractionState
 from shared.updates import InteractionUpdate
 
 log = logging.getLogger(__name__)
+
+
+class _ImageReporter(_Reporter):
+    """Takes each checkpoint folder away from the trainer (a rename, atomic) before uploading it,
+    so the trainer, which goes on training meanwhile, never writes into what is being sent."""
+
+    def on(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "checkpoint":
+            taken = Path(event["path"]).with_name("uploading")
+            shutil.rmtree(taken, ignore_errors=True)
+            os.rename(event["path"], taken)
+            event = {**event, "path": str(taken)}
+        super().on(event)
 
 
 @unless_gone
@@ -45,7 +59,7 @@ def train_image(payload: dict[str, Any]) -> dict[str, Any]:
             "output_dir": str(workdir / "out"), "hyperparameters": hp, "seed": 0,
             "resume_from": str(resume) if resume else ""}
     try:
-        done = _run_child(ctx, job, spec, workdir, _Reporter(ctx, job, unit="images"),
+        done = _run_child(ctx, job, spec, workdir, _ImageReporter(ctx, job, unit="images"),
                           module="runner.training.image_lora")
     except TrainingFailed as err:
         ctx.client.finish(sid, iid, InteractionUpdate(state=InteractionState.ERROR.value, status="failed",

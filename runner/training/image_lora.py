@@ -242,7 +242,7 @@ def train(spec: dict[str, Any], emit: Callable[..., None] = emit_json, pipe=None
         if step % eval_every == 0 or step == total_steps:
             emit("eval", step=step, fixed_noise_loss=round(fixed_noise_loss(unet, scheduler, cond, means, stds, seed), 6))
         if step % checkpoint_every == 0 and step < total_steps:
-            folder = output / "checkpoint"
+            folder = output / f"checkpoint-{step}"  # a new folder each time: the worker takes it away
             save_checkpoint(accelerator.unwrap_model(unet), optimizer, step, folder)
             emit("checkpoint", step=step, path=str(folder))
     seconds = round(time.monotonic() - started, 2)
