@@ -133,3 +133,50 @@ def test_the_warm_pipeline_uses_an_adapter_only_for_its_session(models, trained,
     assert image("s1", lora_dir) == tuned       # loaded once, used again
     assert loras.load_count == 1 and ImagePipeline.load_count >= 1
     assert pipeline.pipe.get_list_adapters()["unet"] == [adapters.adapter_name("s1", lora_dir)]
+
+
+def build_tiny_sdxl(models: Path, out: Path) -> Path:
+    """An SDXL-shaped pipeline (two text encoders, pooled text and size conditioning) from the tiny
+    model's tokenizer, VAE and scheduler: the SDXL code path, run on a CPU in seconds."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    sd = models / "tiny-sd"
+    tokenizer = CLIPTokenizer.from_pretrained(sd / "tokenizer")
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(2, 4),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64)
+    StableDiffusionXLPipeline(
+        vae=AutoencoderKL.from_pretrained(sd / "vae"), text_encoder=CLIPTextModel(config),
+        text_encoder_2=CLIPTextModelWithProjection(config), tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+        scheduler=EulerDiscreteScheduler.from_pretrained(sd / "scheduler")).save_pretrained(out)
+    return out
+
+
+def test_the_sdxl_path_trains_and_serves(models, tmp_path):
+    path = build_tiny_sdxl(models, tmp_path / "tiny-sdxl")
+    events: list = []
+    done = run({"model_path": str(path), "checkpoint_every": 1000, "eval_every": 20}, tmp_path / "out",
+               [{"path": str(striped(tmp_path / "a.png")), "caption": "a flag"}], events, training_steps=20)
+    evals = [e["fixed_noise_loss"] for e in events if e["event"] == "eval"]
+    assert evals[-1] < evals[0], evals
+    pipeline = ImagePipeline(str(path), device="cpu")
+    assert type(pipeline.pipe).__name__ == "StableDiffusionXLPipeline"
+    folder = tmp_path / "cache" / adapters.adapter_name("s", "d")
+    folder.mkdir(parents=True)
+    shutil.copy(Path(done["adapter_dir"]) / ADAPTER_FILE, folder / ADAPTER_FILE)
+    loras = ImageAdapters(pipeline.pipe, tmp_path / "cache")
+
+    def image(lora: str = "") -> bytes:
+        with loras.applied(None, "s", lora):
+            return pipeline.generate("a flag", steps=2, seed=1)[0].tobytes()
+
+    base = image()
+    assert image("d") != base and image() == base

@@ -87,14 +87,16 @@ def _encode_images(pipe, images: list[Image.Image], device) -> tuple[torch.Tenso
     float32: SDXL's VAE overflows in float16."""
     vae = pipe.vae
     dtype = vae.dtype
-    vae.to(dtype=torch.float32)
+    if dtype != torch.float32:
+        vae.to(dtype=torch.float32)
     means, stds = [], []
     with torch.no_grad():
         for image in images:
             dist = vae.encode(_pixels(image).unsqueeze(0).to(device)).latent_dist
             means.append(dist.mean)
             stds.append(dist.std)
-    vae.to(dtype=dtype)
+    if dtype != torch.float32:
+        vae.to(dtype=dtype)
     scale = vae.config.scaling_factor
     return torch.cat(means) * scale, torch.cat(stds) * scale
 
