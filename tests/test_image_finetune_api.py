@@ -137,3 +137,22 @@ def test_a_later_image_prompt_carries_its_own_settings(client, user, config, db)
     payload = _job(config, r.json["interactions"][-1]["id"]).args[0]
     # This prompt's seed and steps; the session's width where the prompt named none.
     assert (payload["prompt"], payload["seed"], payload["steps"], payload["width"]) == ("a dog", 77, 3, 128)
+
+
+def test_an_image_fine_tune_clones_with_its_images_and_captions(client, user, config, make_user):
+    s = _post(client, user, files=[("cat.png", picture())], **{"cat.png": "my cat"}).json
+    sid, iid = s["id"], s["interactions"][1]["id"]
+    base = f"/api/v1/sessions/{sid}/finetune/clone/{iid}"
+    r = client.post(f"{base}/with_questions", headers=user.headers)
+    assert r.status_code == 400 and "no questions" in r.json["error"]
+    assert client.post(f"{base}/all", headers=user.headers).status_code == 409  # not trained yet
+    assert client.post(f"{base}/just_data", headers=make_user().headers).status_code == 404
+    r = client.post(f"{base}/just_data", headers=user.headers)
+    assert r.status_code == 201, r.json
+    clone = r.json
+    user_turn, system_turn = clone["interactions"]
+    assert user_turn["files"] == [f"sessions/{clone['id']}/images/cat.png"]
+    assert user_turn["metadata"]["captions"] == {"cat.png": "my cat"}
+    assert system_turn["data_prep_stage"] == "finetune" and system_turn["state"] == "waiting"
+    payload = _job(config, system_turn["id"], "finetune").args[0]
+    assert payload["images"] == [{"path": user_turn["files"][0], "caption": "my cat"}]

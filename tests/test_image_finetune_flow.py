@@ -105,8 +105,14 @@ def test_train_on_captioned_images_then_generate_with_the_adapter(live_server, i
     assert _pixels(live_server, alice, again["files"][0]) == _pixels(live_server, alice, tuned["files"][0])
     # Bob's image after Alice's adapter was used is the one he had before.
     assert _pixels(live_server, bob, after["files"][0]) == _pixels(live_server, bob, base["files"][0])
-    # One pipeline load for the worker's life; the adapter loaded once and kept.
-    assert after["metadata"]["pipeline_loads"] == 1
+    # A clone with everything carries the adapter: the same picture from the same prompt and seed.
+    r = requests.post(f"{live_server}/api/v1/sessions/{sid}/finetune/clone/{system['id']}/all", headers=alice.headers)
+    assert r.status_code == 201, r.text
+    cloned = generate(alice, r.json()["id"])
+    assert cloned["metadata"]["adapter"] != tuned["metadata"]["adapter"]
+    assert _pixels(live_server, alice, cloned["files"][0]) == _pixels(live_server, alice, tuned["files"][0])
+    # One pipeline load for the worker's life, whatever adapters came and went.
+    assert cloned["metadata"]["pipeline_loads"] == 1
     assert image_runner.log().count("image pipeline helix/tiny-sd-lora loaded") == 1
 
 

@@ -41,11 +41,18 @@ class _ImageReporter(_Reporter):
 def train_image(payload: dict[str, Any]) -> dict[str, Any]:
     ctx = context()
     job = ImageFinetuneJob.from_dict(payload)
+    workdir = Path(ctx.config.work_dir) / "training" / job.interaction_id
+    try:
+        return _train(ctx, job, workdir)
+    finally:  # the images, checkpoints and adapter are in the filestore now (or the run is over)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _train(ctx, job: ImageFinetuneJob, workdir: Path) -> dict[str, Any]:
     sid, iid = job.session_id, job.interaction_id
     started = time.monotonic()
     ctx.client.update(sid, iid, InteractionUpdate(data_prep_stage=DataPrepStage.FINETUNE.value, progress=0,
                                                   status=f"fetching {len(job.images)} images"))
-    workdir = Path(ctx.config.work_dir) / "training" / iid
     shutil.rmtree(workdir, ignore_errors=True)
     (workdir / "images").mkdir(parents=True)
     images = []
@@ -64,7 +71,6 @@ def train_image(payload: dict[str, Any]) -> dict[str, Any]:
     except TrainingFailed as err:
         ctx.client.finish(sid, iid, InteractionUpdate(state=InteractionState.ERROR.value, status="failed",
                                                       error=str(err)))
-        shutil.rmtree(workdir, ignore_errors=True)
         return {"error": str(err)}
 
     ctx.client.update(sid, iid, InteractionUpdate(progress=92, status="uploading the adapter and samples"))
@@ -72,7 +78,6 @@ def train_image(payload: dict[str, Any]) -> dict[str, Any]:
     lora_dir = adapter.rsplit("/", 1)[0]
     samples = [{"file": ctx.client.upload_result(sid, iid, Path(s["path"]).name, Path(s["path"]).read_bytes()),
                 "caption": s["caption"], "seed": s["seed"]} for s in done["samples"]]
-    shutil.rmtree(workdir, ignore_errors=True)
     ctx.client.finish(sid, iid, InteractionUpdate(
         state=InteractionState.COMPLETE.value, progress=100, status="complete",
         message=f"Fine-tuned on {len(images)} images in {done['seconds']:.0f}s; samples from the captions attached.",
