@@ -11,6 +11,7 @@ from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.filestore import from_config
 from controlplane.migrate import apply_migrations
+from controlplane.openai_service import OpenAIService
 from controlplane.finetune_service import FinetuneService
 from controlplane.request_body import JSONProvider, Request
 from controlplane.session_service import SessionService
@@ -33,18 +34,22 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     apply_migrations(config.database_url)  # safe when every replica does it at once
     errors.init_app(app)
     db.init_app(app)
+    # Every live event stream holds one connection (its subscription), besides the requests'.
     redis = Redis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=5,
-                           health_check_interval=30)
+                           health_check_interval=30, max_connections=config.max_event_streams + 200)
     dispatcher = Dispatcher(redis, config)
     filestore = from_config(config.filestore, config.s3_endpoint_url)
     finetune = FinetuneService(config, dispatcher, filestore, redis)
+    sessions = SessionService(config, dispatcher, filestore, finetune)
     app.extensions.update(redis=redis, dispatcher=dispatcher, filestore=filestore, finetune_service=finetune,
-                          session_service=SessionService(config, dispatcher, filestore, finetune),
+                          session_service=sessions, openai_service=OpenAIService(config, sessions, filestore, redis),
                           event_streams=events.StreamSlots(config.max_event_streams, config.max_event_streams_per_user))
 
-    from controlplane.api import api_keys, filestore as filestore_routes, finetune as finetune_routes, runner, sessions
+    from controlplane.api import api_keys, filestore as filestore_routes, finetune as finetune_routes, openai, runner
+    from controlplane.api import sessions as session_routes
 
-    for bp in (sessions.bp, finetune_routes.bp, api_keys.bp, runner.bp, filestore_routes.bp):
+    for bp in (session_routes.bp, openai.helix_chat, finetune_routes.bp, api_keys.bp, runner.bp, filestore_routes.bp,
+               openai.bp):
         app.register_blueprint(bp)
     app.before_request(lambda: refuse_nul_in_url(request.path, request.args))
 

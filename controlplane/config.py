@@ -29,12 +29,12 @@ class Config:
     # Filestore: a local directory, or s3://bucket/prefix (S3-compatible endpoint below).
     filestore: str = ".helix/filestore"
     s3_endpoint_url: str = ""
-    # Live event streams one control-plane process holds at once; each holds a server thread,
-    # so this stays below the threads per process (32 under `helix up`) to leave some for
-    # every other request. Past it, a stream request gets 503 and can poll instead.
-    max_event_streams: int = 24
+    # Live event streams one control-plane process holds at once: a safety limit on memory
+    # (a stream costs a greenlet and a Redis connection, tens of kilobytes), below the
+    # connections a gunicorn worker takes (5000). Past it, a stream request gets 503 and can poll.
+    max_event_streams: int = 4000
     # Of those, the most one user may hold (past it, 429): no user can take every slot.
-    max_event_streams_per_user: int = 4
+    max_event_streams_per_user: int = 1000
     # Seconds between reconciler passes in each replica; 0 turns it off.
     reconcile_interval: float = 5.0
     # How long a queued job may run before RQ gives up on it.

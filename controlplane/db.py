@@ -1,6 +1,7 @@
 """PostgreSQL connection pool, one per app, with rows as dicts."""
 from __future__ import annotations
 
+import atexit
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -19,6 +20,7 @@ def init_app(app: Flask) -> None:
         open=True,
     )
     app.extensions["db_pool"] = pool
+    atexit.register(pool.close)  # while the process can still wait for the pool's own threads
 
 
 def pool() -> ConnectionPool:

@@ -110,14 +110,18 @@ def build_job(session: dict[str, Any], interactions: list[dict[str, Any]],
                                 model=session["model_name"], prompt=prompt,
                                 lora_dir=session["lora_dir"], **params)
         return WorkKind.IMAGE_INFERENCE, job.to_dict()
-    params = session["config"].get("text", {})
+    text = session["config"].get("text", {})
     messages = chat_history(interactions, interaction_id)
-    system_prompt = session["config"].get("finetune", {}).get("system_prompt")
-    if session["lora_dir"] and system_prompt:  # served as it was trained
+    # The caller's own system prompt; else a fine-tuned session is served as it was trained.
+    system_prompt = text.get("system_prompt") or (
+        session["config"].get("finetune", {}).get("system_prompt") if session["lora_dir"] else "")
+    if system_prompt:
         messages = [{"role": "system", "content": system_prompt}, *messages]
     job = TextInferenceJob(session_id=session["id"], interaction_id=interaction_id,
-                           model=session["model_name"], messages=messages,
-                           lora_dir=session["lora_dir"], **params)
+                           model=session["model_name"], messages=messages, lora_dir=session["lora_dir"],
+                           max_tokens=text.get("max_tokens"), temperature=text.get("temperature"),
+                           sampling=text.get("sampling", {}),
+                           prompt=messages[-1]["content"] if text.get("completion") else None)
     return WorkKind.TEXT_INFERENCE, job.to_dict()
 
 

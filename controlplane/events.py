@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 from redis import Redis
 
 from controlplane.errors import ServiceUnavailable, TooManyRequests
-from shared.updates import session_channel
+from shared.updates import EVENT_DELTA, EVENT_INTERACTION, partial_text_key, session_channel
 
 # An idle stream writes a comment this often: a write is how a server learns that its client
 # left (the first write after the client closed still succeeds, the next one fails), so a slot
@@ -74,24 +74,62 @@ def _finished(view: dict[str, Any] | None) -> bool:
     return view is None or all(i["finished"] for i in view["interactions"])
 
 
-def stream(redis: Redis, session_id: str, read_session: Callable[[], dict[str, Any] | None],
-           max_seconds: float = 3600) -> Iterator[str]:
-    """Yields the session as it is now, then every event until its last interaction finishes.
+def with_streamed_text(redis: Redis, view: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The session with each unfinished reply's text so far as the runner streamed it (the
+    stored message lags it by up to a second)."""
+    if view is None:
+        return view
+    live = [i for i in view["interactions"] if not i["finished"]]
+    if live:
+        try:
+            texts = redis.mget([partial_text_key(i["id"]) for i in live])
+        except Exception:
+            texts = [None] * len(live)  # the stored text, a little behind
+        for interaction, text in zip(live, texts):
+            if text is not None:
+                text = text.decode("utf-8", "replace")
+                if len(text) > len(interaction["message"] or ""):
+                    interaction["message"] = text
+    return view
 
-    The snapshot is read after subscribing, so no update falls between the two (one may appear
-    in both), and whether the stream is over is judged from that same snapshot: a reply that
-    finishes just after it still arrives as an event. A stream that missed the final event
-    (Redis restarted, say) re-reads the session at each keep-alive, sends it, and ends. An idle
-    stream writes a comment every PING_SECONDS, so a client that left is noticed promptly.
+
+def _unseen(delta: dict[str, Any], known: dict[str, int]) -> dict[str, Any] | None:
+    """The part of a delta this client has not had yet (in the snapshot, or an earlier event),
+    by the delta's offset in its reply; None when it had all of it."""
+    offset, text = delta.get("offset"), delta.get("delta") or ""
+    seen = known.get(delta.get("interaction_id"), 0)
+    if not isinstance(offset, int):
+        return delta  # from an older runner: no offset to place it by
+    known[delta["interaction_id"]] = max(seen, offset + len(text))
+    if offset + len(text) <= seen:
+        return None
+    if offset < seen:
+        return {**delta, "delta": text[seen - offset:], "offset": seen}
+    return delta
+
+
+def session_events(redis: Redis, session_id: str, read_session: Callable[[], dict[str, Any] | None],
+                   max_seconds: float = 3600) -> Iterator[tuple[str, Any] | None]:
+    """The session as it is now (`session`), then every event as (name, data) until its last
+    interaction finishes (`end`); None now and then while nothing happens, so a caller can write
+    something and learn whether its client is still there.
+
+    The snapshot is read after subscribing, so no update falls between the two, and whether the
+    stream is over is judged from that same snapshot: a reply that finishes just after it still
+    arrives as an event. A reply in progress comes with its text so far, and then only the
+    deltas past it (by their offsets), so a client that connects mid-reply gets every token once.
+    A stream that missed the final event (Redis restarted, say) re-reads the session at each
+    keep-alive, sends it, and ends.
     """
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(session_channel(session_id))
     try:
-        view = read_session()
-        yield sse("session", view or {"id": session_id, "interactions": []})
+        view = with_streamed_text(redis, read_session())
+        yield "session", view or {"id": session_id, "interactions": []}
         if _finished(view):
-            yield sse("end", {"session_id": session_id})
+            yield "end", {"session_id": session_id}
             return
+        known = {i["id"]: len(i["message"] or "") for i in view["interactions"]}
         deadline = time.monotonic() + max_seconds
         last_read = time.monotonic()
         while time.monotonic() < deadline:
@@ -101,15 +139,30 @@ def stream(redis: Redis, session_id: str, read_session: Callable[[], dict[str, A
                     view = read_session()
                     if _finished(view):
                         if view is not None:
-                            yield sse("session", view)
+                            yield "session", view
                         break
                     last_read = time.monotonic()
-                yield ": keep-alive\n\n"
+                yield None
                 continue
             payload = json.loads(message["data"])
-            yield sse(payload["event"], payload["data"])
-            if payload["event"] == "interaction" and payload["data"].get("finished"):
+            event, data = payload["event"], payload["data"]
+            if event == EVENT_DELTA:
+                data = _unseen(data, known)
+                if data is None:
+                    continue
+            elif event == EVENT_INTERACTION:
+                known[data["id"]] = len(data.get("message") or "")
+            yield event, data
+            if event == EVENT_INTERACTION and data.get("finished"):
                 break
-        yield sse("end", {"session_id": session_id})
+        yield "end", {"session_id": session_id}
     finally:
         pubsub.close()
+
+
+def stream(redis: Redis, session_id: str, read_session: Callable[[], dict[str, Any] | None],
+           max_seconds: float = 3600) -> Iterator[str]:
+    """session_events as server-sent events; an idle stream writes a comment every
+    PING_SECONDS, so a client that left is noticed promptly."""
+    for item in session_events(redis, session_id, read_session, max_seconds):
+        yield ": keep-alive\n\n" if item is None else sse(*item)

@@ -1,5 +1,13 @@
 """Serving the control plane under gunicorn: its command line, and the worker class it runs.
 
+The worker is gunicorn's gevent worker: every connection is a greenlet, so a live event
+stream, a long poll or a slow client costs a few kilobytes, not one of a fixed number of
+threads (psycopg 3 and redis-py cooperate with gevent's patched sockets). That is what lets
+one process hold thousands of open event streams while polls and session creation stay fast,
+and what keeps a few hundred idle or trickling connections from starving everyone else: a
+request's headers must arrive within `--keep-alive` seconds, and a client that sends or takes
+nothing for CLIENT_IDLE_SECONDS is dropped.
+
 gunicorn answers some requests itself, before Flask sees them: a bad request line, headers over
 8 KB or too many of them, a URL over 4 KB, an invalid Content-Length. It writes those answers as
 HTML pages; this worker writes them as the API's JSON errors, `{"error": "..."}`, like every
@@ -8,19 +16,28 @@ other answer of the platform.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Sequence
 
 from gunicorn import util
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.ggevent import GeventWorker
 
 APP = "controlplane.app:create_app()"
+# A client that neither sends nor reads a byte for this long is dropped (a request body that
+# stops arriving, a stream nobody reads); HELIX_CLIENT_IDLE_SECONDS. An idle event stream
+# writes every second.
+CLIENT_IDLE_SECONDS = 30
+# Time for a request's line and headers to arrive, and for an idle kept-alive connection.
+HEADER_SECONDS = 5
 
 
-def gunicorn_command(port: int, workers: int = 2, threads: int = 32, extra: Sequence[str] = ()) -> list[str]:
-    """The one command line every launcher (`make run`, the tests, the bench) starts gunicorn with."""
+def gunicorn_command(port: int, workers: int = 2, connections: int = 5000, extra: Sequence[str] = ()) -> list[str]:
+    """The one command line every launcher (`make run`, the tests, the bench) starts gunicorn with;
+    `connections` is the most open connections (event streams included) per worker process."""
     return [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", f"{__name__}.JsonErrorWorker",
-            "-w", str(workers), "--threads", str(threads), "-b", f"127.0.0.1:{port}", *extra, APP]
+            "-w", str(workers), "--worker-connections", str(connections), "--keep-alive", str(HEADER_SECONDS),
+            "-b", f"127.0.0.1:{port}", *extra, APP]
 
 
 def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
@@ -31,8 +48,9 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
-class JsonErrorWorker(ThreadWorker):
-    """gunicorn's threaded worker (`-k gthread`), answering gunicorn's own refusals in JSON.
+class JsonErrorWorker(GeventWorker):
+    """gunicorn's gevent worker (`-k gevent`), answering gunicorn's own refusals in JSON and
+    dropping clients that stall.
 
     gunicorn's Worker.handle_error decides the status and message of a refused request (and logs
     it), then writes the page with util.write_error, its only caller. gunicorn has no setting for
@@ -41,4 +59,9 @@ class JsonErrorWorker(ThreadWorker):
 
     def init_process(self) -> None:
         util.write_error = write_json_error
+        self.client_idle_seconds = float(os.environ.get("HELIX_CLIENT_IDLE_SECONDS") or CLIENT_IDLE_SECONDS)
         super().init_process()
+
+    def handle(self, listener, client, addr) -> None:
+        client.settimeout(self.client_idle_seconds)
+        super().handle(listener, client, addr)

@@ -132,6 +132,29 @@ class SessionService:
         self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
         return {**session, "interactions": interactions}
 
+    def create_conversation(self, conn: psycopg.Connection, user: dict[str, Any], *, model: str,
+                            turns: list[tuple[str, str]], text: dict[str, Any], lora_dir: str = "",
+                            extra_config: dict[str, Any] | None = None, name: str = "") -> dict[str, Any]:
+        """A text session from a whole conversation (an OpenAI-style request): the earlier turns
+        as finished interactions, then the last user message with a reply to generate. `model`
+        is a known base model; `lora_dir` an adapter of the user's that serves it."""
+        check_fits(conn, self.config, model, "".join(t for _, t in turns) + text.get("system_prompt", ""),
+                   text.get("max_tokens"))
+        with conn.transaction():
+            session = sessions_store.insert_session(
+                conn, owner=user["id"], mode=SessionMode.INFERENCE, type=SessionType.TEXT, model_name=model,
+                name=(name or turns[-1][1].strip()[:60])[:200], config={**(extra_config or {}), "text": text},
+                lora_dir=lora_dir)
+            interactions = []
+            for role, content in turns[:-1]:
+                interactions.append(sessions_store.insert_interaction(
+                    conn, session_id=session["id"], creator=Creator.USER if role == "user" else Creator.SYSTEM,
+                    mode=session["mode"], message=content, state=InteractionState.COMPLETE))
+            interactions += self._add_turn(conn, session, turns[-1][1])
+        conn.commit()
+        self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
+        return {**session, "interactions": interactions}
+
     def continue_chat(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str,
                       form: Mapping[str, str]) -> dict[str, Any]:
         prompt = text_field(form, "input", self.config.max_input_chars, required=True)

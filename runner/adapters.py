@@ -3,14 +3,16 @@ adapter loaded at run time (multi-LoRA), never by a second model instance.
 
 An adapter's files are fetched from the control plane once per runner and kept on disk; the load
 request is repeated before every use (vLLM answers in milliseconds, and a vLLM restarted by the
-supervisor has forgotten its adapters). The adapter's name is derived from its session and folder,
-which come from the session's own row: a job can only name the adapter of its own session.
+supervisor has forgotten its adapters). The adapter's name is derived from its folder, which
+comes from the session's own row: a job can only name the adapter its session is served with.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import threading
+from collections import defaultdict
 from pathlib import Path
 
 import requests
@@ -18,27 +20,32 @@ import requests
 from shared.finetune import ADAPTER_FILES
 
 log = logging.getLogger(__name__)
+# A text worker process runs many chats at once: one download per adapter, not one per chat.
+_fetching: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
 class AdapterError(Exception):
     """vLLM refused the adapter (rank above its limit, a base model it does not fit)."""
 
 
-def adapter_name(session_id: str, lora_dir: str) -> str:
-    return "lora-" + hashlib.sha256(f"{session_id}\0{lora_dir}".encode()).hexdigest()[:20]
+def adapter_name(lora_dir: str) -> str:
+    """By the adapter's folder alone (it holds the id of the session that trained it), so that
+    every session served with one adapter shares one copy on disk and in vLLM."""
+    return "lora-" + hashlib.sha256(lora_dir.encode()).hexdigest()[:20]
 
 
 def fetch(client, session_id: str, lora_dir: str, cache_dir: Path, files: tuple[str, ...] = ADAPTER_FILES) -> Path:
     """The adapter's files in the runner's cache, downloaded through the control plane if new."""
-    folder = cache_dir / adapter_name(session_id, lora_dir)
-    if all((folder / name).exists() for name in files):
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in files:
-        data = client.download(session_id, f"{lora_dir}/{name}")
-        tmp = folder / f".{name}.{os.getpid()}"
-        tmp.write_bytes(data)
-        tmp.replace(folder / name)
+    folder = cache_dir / adapter_name(lora_dir)
+    with _fetching[folder.name]:
+        if all((folder / name).exists() for name in files):
+            return folder
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            data = client.download(session_id, f"{lora_dir}/{name}")
+            tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}"
+            tmp.write_bytes(data)
+            tmp.replace(folder / name)
     return folder
 
 
@@ -53,4 +60,4 @@ def load(vllm_url: str, name: str, folder: Path, http: requests.Session | None =
 
 def ensure(client, vllm_url: str, session_id: str, lora_dir: str, cache_dir: Path,
            http: requests.Session | None = None) -> str:
-    return load(vllm_url, adapter_name(session_id, lora_dir), fetch(client, session_id, lora_dir, cache_dir), http)
+    return load(vllm_url, adapter_name(lora_dir), fetch(client, session_id, lora_dir, cache_dir), http)

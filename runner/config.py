@@ -20,13 +20,15 @@ class RunnerConfig:
     text_model_path: str = ""    # HELIX_TEXT_MODEL_PATH: local directory (or hub id on a GPU box)
     image_model: str = ""        # HELIX_IMAGE_MODEL: empty = no image worker
     image_model_path: str = ""   # HELIX_IMAGE_MODEL_PATH
-    text_workers: int = 8        # HELIX_TEXT_WORKERS: concurrent text jobs batched on one vLLM
+    text_workers: int = 64       # HELIX_TEXT_WORKERS: text jobs in flight at once on the one vLLM
+    # (threads of one worker process, one RQ worker each)
     max_tokens: int = 512        # HELIX_MAX_TOKENS: default reply length cap
     max_model_len: int = 2048    # HELIX_MAX_MODEL_LEN: context passed to vLLM
     vllm_port: int = 0           # HELIX_VLLM_PORT: 0 picks a free loopback port
     vllm_args: str = ""          # HELIX_VLLM_ARGS: extra `vllm serve` arguments
     kv_cache_gib: int = 1        # HELIX_VLLM_KV_CACHE_GIB: CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
-    delta_interval: float = 0.1  # HELIX_DELTA_INTERVAL: seconds between streamed text updates
+    delta_interval: float = 0.1  # HELIX_DELTA_INTERVAL: seconds between streamed text deltas (via Redis)
+    persist_interval: float = 1.0  # HELIX_PERSIST_INTERVAL: seconds between stores of a reply's text so far
     sampling_extra: dict = field(default_factory=dict)  # HELIX_SAMPLING_EXTRA: JSON added to every
     # chat request, e.g. {"repetition_penalty": 1.1} or {"ignore_eos": true}
     log_dir: str = ""            # HELIX_RUNNER_LOG_DIR: vLLM's own output goes to vllm.log there
@@ -56,13 +58,14 @@ class RunnerConfig:
             text_model_path=env.get("HELIX_TEXT_MODEL_PATH", ""),
             image_model=env.get("HELIX_IMAGE_MODEL", ""),
             image_model_path=env.get("HELIX_IMAGE_MODEL_PATH", ""),
-            text_workers=env_int(env, "HELIX_TEXT_WORKERS", 8),
+            text_workers=env_int(env, "HELIX_TEXT_WORKERS", 64),
             max_tokens=env_int(env, "HELIX_MAX_TOKENS", 512),
             max_model_len=env_int(env, "HELIX_MAX_MODEL_LEN", 2048),
             vllm_port=env_int(env, "HELIX_VLLM_PORT", 0),
             vllm_args=env.get("HELIX_VLLM_ARGS", ""),
             kv_cache_gib=env_int(env, "HELIX_VLLM_KV_CACHE_GIB", 1),
             delta_interval=env_float(env, "HELIX_DELTA_INTERVAL", 0.1),
+            persist_interval=env_float(env, "HELIX_PERSIST_INTERVAL", 1.0),
             sampling_extra=env_json_object(env, "HELIX_SAMPLING_EXTRA"),
             log_dir=env.get("HELIX_RUNNER_LOG_DIR", ""),
             register_interval=env_float(env, "HELIX_REGISTER_INTERVAL", 30),

@@ -11,8 +11,8 @@ from typing import Any
 
 import requests
 
+from runner.http_session import pooled_session
 from shared.runners import RUNNER_HEADER
-from shared.types import InteractionState
 from shared.updates import InteractionUpdate
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,10 @@ class Gone(Exception):
 
 
 class ControlPlane:
-    def __init__(self, api_url: str, token: str, runner_id: str):
+    def __init__(self, api_url: str, token: str, runner_id: str, pool_size: int = 1):
         self.api_url = api_url.rstrip("/")
         self.runner_id = runner_id
-        self.http = requests.Session()
+        self.http = pooled_session(pool_size)
         self.http.headers["Authorization"] = f"Bearer {token}"
         self.http.headers[RUNNER_HEADER] = runner_id  # the control plane checks this runner holds the job
 
@@ -127,32 +127,3 @@ def _retrying(action, what: str, attempts: int = 5):
             log.warning("%s failed (%s); retrying", what, err)
             time.sleep(delay)
             delay *= 2
-
-
-class TextStream:
-    """Collects streamed tokens and posts them as throttled deltas."""
-
-    def __init__(self, client: ControlPlane, session_id: str, interaction_id: str, interval: float):
-        self.client = client
-        self.session_id = session_id
-        self.interaction_id = interaction_id
-        self.interval = interval
-        self.text = ""
-        self._pending = ""
-        self._last = 0.0
-
-    def add(self, delta: str) -> None:
-        self.text += delta
-        self._pending += delta
-        if time.monotonic() - self._last >= self.interval:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        sent = self.client.update(self.session_id, self.interaction_id,
-                                  InteractionUpdate(delta=self._pending,
-                                                    state=InteractionState.WAITING.value))
-        if sent:
-            self._pending = ""
-        self._last = time.monotonic()

@@ -3,8 +3,8 @@ by name (`load_lora_weights`, never a second pipeline) and kept for the session'
 it is active only while the job that asked for it runs, so the next job, another user's
 included, gets the base model unless it names its own adapter.
 
-The name comes from the session and its `lora_dir`, both from the session's own row: a job can
-only use the adapter of its own session.
+The name comes from the adapter's folder (`lora_dir`, which holds the id of the session that
+trained it), taken from the session's own row: a job can only use its session's adapter.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class ImageAdapters:
         self._lock = threading.Lock()  # one job at a time may change which adapter is active
 
     def _ensure(self, client, session_id: str, lora_dir: str) -> str:
-        name = adapters.adapter_name(session_id, lora_dir)
+        name = adapters.adapter_name(lora_dir)
         if name in self.loaded:
             self.loaded.move_to_end(name)
             return name

@@ -18,8 +18,10 @@ import requests
 
 from runner import adapters
 from runner.config import RunnerConfig
-from runner.control_plane import ControlPlane, Gone, TextStream
-from runner.text_generation import ModelError, fit_history, stream_chat
+from runner.http_session import pooled_session
+from runner.control_plane import ControlPlane, Gone
+from runner.text_stream import TextStream, clear_partial_text
+from runner.text_generation import Generation, ModelError, fit_history, stream_chat
 from runner.vllm_server import wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
 from shared.types import InteractionState
@@ -37,15 +39,18 @@ class WorkerContext:
     image_pipeline: Any = None
     image_adapters: Any = None  # runner.image_adapters.ImageAdapters on the warm pipeline
     http: requests.Session | None = None
+    redis: Any = None  # streamed text goes to clients through it
 
 
 _context: WorkerContext | None = None
 
 
-def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vllm_url: str = "") -> WorkerContext:
-    """Called once per worker process; loads the image pipeline there so it stays warm."""
+def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vllm_url: str = "",
+                 pool_size: int = 1, redis: Any = None) -> WorkerContext:
+    """Called once per worker process (shared by its threads); loads the image pipeline there
+    so it stays warm."""
     global _context
-    _context = WorkerContext(kind, config, client, vllm_url, http=requests.Session())
+    _context = WorkerContext(kind, config, client, vllm_url, http=pooled_session(pool_size), redis=redis)
     if kind == WorkKind.IMAGE_INFERENCE:
         from runner.image_pipeline import ImagePipeline
 
@@ -94,22 +99,27 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
     max_tokens = job.max_tokens or ctx.config.max_tokens
     messages = job.messages
     for attempt in (1, 2):
+        clear_partial_text(ctx.redis, job.interaction_id)
         start_attempt(ctx, job.session_id, job.interaction_id, "generating")
-        stream = TextStream(ctx.client, job.session_id, job.interaction_id, ctx.config.delta_interval)
+        stream = TextStream(ctx.client, ctx.redis, job.session_id, job.interaction_id,
+                            ctx.config.delta_interval, ctx.config.persist_interval)
+        generation = Generation()
         try:
-            messages = fit_history(ctx.vllm_url, job.model, job.messages, max_tokens, session=ctx.http)
+            if job.prompt is None:
+                messages = fit_history(ctx.vllm_url, job.model, job.messages, max_tokens, session=ctx.http)
             # A fine-tuned session: the same warm base model, with its adapter by name.
             model = adapters.ensure(ctx.client, ctx.vllm_url, job.session_id, job.lora_dir,
                                     Path(ctx.config.work_dir) / "adapters", ctx.http) if job.lora_dir else job.model
             for delta in stream_chat(ctx.vllm_url, model, messages, max_tokens=max_tokens,
-                                     temperature=job.temperature, extra=ctx.config.sampling_extra,
-                                     session=ctx.http):
+                                     temperature=job.temperature, extra={**ctx.config.sampling_extra, **job.sampling},
+                                     session=ctx.http, prompt=job.prompt, generation=generation):
                 stream.add(delta)
+            stream.publish()
             break
         except (ModelError, adapters.AdapterError) as err:
             ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
                 state=InteractionState.ERROR.value, message=stream.text, error=str(err),
-                status="error"))
+                status="error", metadata={"refused_by_model": True}))
             return {"error": str(err)}
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
             if attempt == 2:
@@ -118,11 +128,17 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
             log.warning("vLLM unreachable during %s; waiting for it", job.interaction_id)
             wait_healthy(ctx.vllm_url, timeout=300)
     elapsed = time.monotonic() - started
+    choices = [{"index": i, "text": generation.texts.get(i, ""), "finish_reason": generation.finish_reasons.get(i)}
+               for i in sorted(set(generation.texts) | set(generation.finish_reasons))]
     ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
         state=InteractionState.COMPLETE.value, message=stream.text, progress=100,
         status="complete", metadata={"generation_seconds": round(elapsed, 3),
                                      "history_messages_dropped": len(job.messages) - len(messages),
+                                     "usage": generation.usage,
+                                     "finish_reason": generation.finish_reasons.get(0, "stop"),
+                                     **({"choices": choices} if len(choices) > 1 else {}),
                                      **({"adapter": model} if job.lora_dir else {})}))
+    clear_partial_text(ctx.redis, job.interaction_id)  # the stored message holds it all now
     return {"chars": len(stream.text), "seconds": elapsed}
 
 

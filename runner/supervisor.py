@@ -1,7 +1,8 @@
 """`helix runner`: supervises the runner node's processes.
 
-Starts the vLLM server for the text model, K text workers that call it concurrently, and one
-image worker holding the diffusers pipeline. Restarts a worker that dies; stops everything on
+Starts the vLLM server for the text model, one text worker process keeping K jobs in flight
+against it (one RQ worker per thread), the fine-tune workers, and one image worker holding the
+diffusers pipeline. Restarts a worker that dies; stops everything on
 SIGTERM/SIGINT; and every child carries a parent-death signal, so a runner killed with SIGKILL
 leaves nothing behind (its jobs are re-queued by the control plane when heartbeats stop).
 """
@@ -76,6 +77,8 @@ class Supervisor:
         cmd = [sys.executable, "-m", "runner.worker", "--kind", kind.value, "--name", name]
         if kind in (WorkKind.TEXT_INFERENCE, WorkKind.TEXT_FINETUNE) and self.vllm is not None:
             cmd += ["--vllm-url", self.vllm.base_url]
+        if kind == WorkKind.TEXT_INFERENCE:
+            cmd += ["--threads", str(self.config.text_workers)]
         # SIGKILL, not SIGTERM: RQ treats SIGTERM as "finish the current job first", and a
         # runner that died must not keep a job (and its heartbeat) alive in an orphan.
         self.workers[(kind, index)] = subprocess.Popen(cmd, preexec_fn=die_with_parent(signal.SIGKILL))
@@ -95,8 +98,8 @@ class Supervisor:
                 self._spawn(WorkKind.IMAGE_FINETUNE, i)
         if self.vllm is not None:
             log.info("vLLM healthy after %.1fs", self.vllm.wait_ready())
-            for i in range(self.config.text_workers):
-                self._spawn(WorkKind.TEXT_INFERENCE, i)
+            if self.config.text_workers > 0:
+                self._spawn(WorkKind.TEXT_INFERENCE, 0)
             for i in range(self.config.finetune_workers):
                 self._spawn(WorkKind.TEXT_FINETUNE, i)
         self._wait_for_workers()

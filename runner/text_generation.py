@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import requests
@@ -84,16 +85,34 @@ def fit_history(base_url: str, model: str, messages: list[dict[str, str]], reply
     return messages[:keep] + messages[start:]
 
 
-def stream_chat(base_url: str, model: str, messages: list[dict[str, str]], *,
+@dataclass
+class Generation:
+    """What a streamed request produced besides its first choice's text: every choice's text and
+    finish reason (a request may ask for `n` of them) and the token counts."""
+
+    texts: dict[int, str] = field(default_factory=dict)
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+def stream_chat(base_url: str, model: str, messages: list[dict[str, str]] | None, *,
                 max_tokens: int | None, temperature: float | None, extra: dict | None = None,
-                session: requests.Session | None = None) -> Iterator[str]:
-    body: dict = {**(extra or {}), "model": model, "messages": messages, "stream": True}
+                session: requests.Session | None = None, prompt: str | None = None,
+                generation: Generation | None = None) -> Iterator[str]:
+    """Yields the first choice's text as it streams: a chat reply to `messages`, or with `prompt`
+    a plain completion of it. `generation` collects all choices, finish reasons and usage."""
+    body: dict = {**(extra or {}), "model": model, "stream": True, "stream_options": {"include_usage": True}}
+    if prompt is not None:
+        body["prompt"], path = prompt, "/v1/completions"
+    else:
+        body["messages"], path = messages, "/v1/chat/completions"
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
     if temperature is not None:
         body["temperature"] = temperature
+    gen = generation if generation is not None else Generation()
     http = session or requests
-    with http.post(f"{base_url}/v1/chat/completions", json=body, stream=True, timeout=(5, 600)) as r:
+    with http.post(f"{base_url}{path}", json=body, stream=True, timeout=(5, 600)) as r:
         if 400 <= r.status_code < 500:
             try:
                 detail = r.json().get("error", {})
@@ -111,7 +130,14 @@ def stream_chat(base_url: str, model: str, messages: list[dict[str, str]], *,
             chunk = json.loads(data)
             if chunk.get("error"):
                 raise ModelError(str(chunk["error"].get("message", chunk["error"])))
+            if chunk.get("usage"):
+                gen.usage = {k: v for k, v in chunk["usage"].items() if isinstance(v, int)}
             for choice in chunk.get("choices", []):
-                text = (choice.get("delta") or {}).get("content")
+                index = choice.get("index", 0)
+                text = choice.get("text") if prompt is not None else (choice.get("delta") or {}).get("content")
+                if choice.get("finish_reason"):
+                    gen.finish_reasons[index] = choice["finish_reason"]
                 if text:
-                    yield text
+                    gen.texts[index] = gen.texts.get(index, "") + text
+                    if index == 0:
+                        yield text

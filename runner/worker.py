@@ -1,26 +1,39 @@
-"""One runner worker process: an RQ SimpleWorker on the queue of one kind of work and model.
+"""One runner worker process: RQ SimpleWorkers on the queues of one kind of work and model.
 
 SimpleWorker runs jobs in this process (no fork per job), so the model it holds stays warm.
-Jobs are JSON and only the runner's own entry points run. A heartbeat thread keeps the
-worker's liveness key fresh; when the process dies the key expires and the control plane's
-reconciler queues the job it held again.
+A text worker process keeps many jobs in flight against its vLLM server: it runs one
+SimpleWorker per thread (HELIX_TEXT_WORKERS of them, 64 by default), each a full RQ worker with
+its own name, registries and retries, blocked on the queue while idle and on vLLM while busy.
+RQ 2.12 has no worker that runs several jobs at once in one process (its WorkerPool starts
+processes, and one worker running a thread pool tracks a single execution), while N
+SimpleWorkers in N threads keep every RQ semantic; they skip RQ's signal handlers (only the
+main thread may install them; it owns SIGTERM/SIGINT here) and time jobs out with RQ's
+TimerDeathPenalty instead of SIGALRM.
+
+Jobs are JSON and only the runner's own entry points run. A heartbeat thread keeps every
+worker's liveness key fresh; when the process dies the keys expire and the control plane's
+reconciler queues the jobs it held again.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import threading
+import time
 
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.timeouts import TimerDeathPenalty
+from rq.worker import WorkerStatus
 
 from runner import jobs
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane
 from shared.jobs import ENTRY_POINTS, WorkKind, queue_name
-from shared.runners import HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_TTL_SECONDS, worker_alive_key
+from shared.runners import HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_TTL_SECONDS, thread_worker_name, worker_alive_key
 
 log = logging.getLogger(__name__)
 ALLOWED_FUNCTIONS = frozenset(ENTRY_POINTS.values())
@@ -33,6 +46,9 @@ QUEUES_OF_WORKER = {
     WorkKind.IMAGE_FINETUNE: (WorkKind.IMAGE_FINETUNE,),
 }
 IMAGE_KINDS = (WorkKind.IMAGE_INFERENCE, WorkKind.IMAGE_FINETUNE)
+# How long a stopping process waits for its running jobs to finish before it leaves them to
+# the reconciler (which queues them again once the workers' liveness keys are gone).
+STOP_GRACE_SECONDS = 8
 
 
 class RefusedJob(Exception):
@@ -48,34 +64,82 @@ class AllowlistedJob(Job):
         return super()._execute()
 
 
-def _heartbeat(redis: Redis, key: str, stop: threading.Event) -> None:
+class ThreadWorker(SimpleWorker):
+    """A SimpleWorker that shares its process with others, one per thread."""
+
+    death_penalty_class = TimerDeathPenalty  # SIGALRM reaches only the main thread
+
+    def _install_signal_handlers(self) -> None:
+        """Signals belong to the process's main thread, which stops every worker."""
+
+
+def _heartbeat(redis: Redis, keys: list[str], stop: threading.Event) -> None:
     while not stop.is_set():
         try:
-            redis.set(key, "1", ex=HEARTBEAT_TTL_SECONDS)
+            with redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.set(key, "1", ex=HEARTBEAT_TTL_SECONDS)
+                pipe.execute()
         except Exception as err:
             log.warning("heartbeat failed: %s", err)
         stop.wait(HEARTBEAT_INTERVAL_SECONDS)
 
 
-def run_worker(kind: WorkKind, name: str, config: RunnerConfig, vllm_url: str = "") -> None:
-    model = config.image_model if kind in IMAGE_KINDS else config.text_model
-    client = ControlPlane(config.api_url, config.token, config.runner_id)
-    jobs.init_context(kind, config, client, vllm_url)
-
-    redis = Redis.from_url(config.redis_url, health_check_interval=30)
-    queues = [Queue(queue_name(k, model), connection=redis, serializer=JSONSerializer)
-              for k in QUEUES_OF_WORKER[kind]]
-    worker = SimpleWorker(queues, connection=redis, serializer=JSONSerializer,
-                          job_class=AllowlistedJob, name=name)
-    stop = threading.Event()
-    threading.Thread(target=_heartbeat, args=(redis, worker_alive_key(worker.name), stop),
-                     daemon=True, name="heartbeat").start()
-    log.info("worker %s listening on %s", worker.name, ", ".join(q.name for q in queues))
+def _work(worker: SimpleWorker) -> None:
     try:
         worker.work(logging_level="WARNING", with_scheduler=False)
+    except Exception:
+        log.exception("worker %s stopped", worker.name)
+
+
+def run_worker(kind: WorkKind, name: str, config: RunnerConfig, vllm_url: str = "", threads: int = 1) -> None:
+    model = config.image_model if kind in IMAGE_KINDS else config.text_model
+    # Each idle worker holds one connection in a blocking pop; jobs need a few more.
+    redis = Redis.from_url(config.redis_url, health_check_interval=30, max_connections=4 * threads + 16)
+    client = ControlPlane(config.api_url, config.token, config.runner_id, pool_size=threads)
+    jobs.init_context(kind, config, client, vllm_url, pool_size=threads, redis=redis)
+    queues = [Queue(queue_name(k, model), connection=redis, serializer=JSONSerializer)
+              for k in QUEUES_OF_WORKER[kind]]
+    names = [name] if threads == 1 else [thread_worker_name(name, t) for t in range(threads)]
+    worker_class = SimpleWorker if threads == 1 else ThreadWorker
+    workers = [worker_class(queues, connection=redis, serializer=JSONSerializer,
+                            job_class=AllowlistedJob, name=n) for n in names]
+    # The process's own name too: the supervisor waits for it to know the process is up.
+    keys = [worker_alive_key(n) for n in dict.fromkeys([name, *names])]
+    stop = threading.Event()
+    threading.Thread(target=_heartbeat, args=(redis, keys, stop), daemon=True, name="heartbeat").start()
+    log.info("worker %s: %d job%s at once from %s", name, threads, "s" * (threads > 1),
+             ", ".join(q.name for q in queues))
+    try:
+        if threads == 1:
+            workers[0].work(logging_level="WARNING", with_scheduler=False)
+        else:
+            _run_threads(workers)
     finally:
         stop.set()
-        redis.delete(worker_alive_key(worker.name))
+        redis.delete(*keys)
+
+
+def _run_threads(workers: list[SimpleWorker]) -> None:
+    """Runs every worker in a thread of its own until SIGTERM or SIGINT; then lets running jobs
+    finish for a few seconds and records the workers' deaths (idle ones are blocked in a
+    dequeue that would not return for minutes)."""
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    for worker in workers:
+        threading.Thread(target=_work, args=(worker,), daemon=True, name=worker.name).start()
+    stopping.wait()
+    for worker in workers:
+        worker._stop_requested = True  # RQ's own flag: take no further job
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while time.monotonic() < deadline and any(w.get_state() == WorkerStatus.BUSY for w in workers):
+        time.sleep(0.1)
+    for worker in workers:
+        try:
+            worker.register_death()
+        except Exception as err:
+            log.warning("could not record the end of %s: %s", worker.name, err)
 
 
 def main() -> None:
@@ -83,9 +147,10 @@ def main() -> None:
     p.add_argument("--kind", required=True, choices=[k.value for k in WorkKind])
     p.add_argument("--name", required=True, help="this worker's name, from shared.runners.worker_name()")
     p.add_argument("--vllm-url", default="")
+    p.add_argument("--threads", type=int, default=1, help="jobs in flight at once, one RQ worker per thread")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(WorkKind(args.kind), args.name, RunnerConfig.from_env(), args.vllm_url)
+    run_worker(WorkKind(args.kind), args.name, RunnerConfig.from_env(), args.vllm_url, max(1, args.threads))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,11 @@ class TextInferenceJob(_Payload):
     lora_dir: str = ""
     max_tokens: int | None = None
     temperature: float | None = None
+    # More of the OpenAI sampling parameters (top_p, stop, seed, n, penalties, response_format),
+    # validated by the control plane and passed to the model server as they are.
+    sampling: dict[str, Any] = field(default_factory=dict)
+    # A plain completion of this prompt (no chat template) instead of a chat reply.
+    prompt: str | None = None
 
 
 @dataclass

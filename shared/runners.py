@@ -25,6 +25,13 @@ def worker_name(runner_id: str, kind: str, index: int) -> str:
     return f"{runner_id}.{kind}.{index}.{secrets.token_hex(3)}"
 
 
+def thread_worker_name(process_worker: str, thread: int) -> str:
+    """The name of one of a worker process's thread workers: its process's name with the
+    thread's number added to the index part, so it names the same runner."""
+    head, index, suffix = process_worker.rsplit(".", 2)
+    return f"{head}.{index}-{thread}.{suffix}"
+
+
 def runner_of_worker(name: str) -> str:
     """The runner id in a worker's name (runner ids may hold dots; the other three parts do not)."""
     parts = name.rsplit(".", 3)

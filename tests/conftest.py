@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -269,9 +270,14 @@ def live_server(services, tmp_path_factory):
     proc = Process(gunicorn_command(port), env, logs / "gunicorn.log")
     wait_for_port(port, 60, proc.proc)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        if requests.get(url + "/healthz", timeout=2).ok:
-            break
+    deadline = time.monotonic() + 120  # the first request builds the app: slow on a busy machine
+    while True:
+        try:
+            if requests.get(url + "/healthz", timeout=10).ok:
+                break
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise
         time.sleep(0.1)
     yield url
     proc.stop()
@@ -355,3 +361,26 @@ def read_events(base_url: str, user: User, session_id: str, timeout: float = 120
                 yield name, json.loads(line[5:])
                 if name == "end":
                     return
+
+
+def vllm_server(runner):
+    """The runner's vLLM server process (the leader of its own process group)."""
+    import psutil
+
+    found = [p for p in psutil.Process(runner.proc.pid).children()
+             if "vllm.entrypoints" in " ".join(p.cmdline())]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def freeze(server) -> None:
+    """Stops vLLM and its engine where they are: a request sent to it now stays in flight,
+    so a test can kill something mid-reply without racing the generation."""
+    os.killpg(server.pid, signal.SIGSTOP)
+
+
+def thaw(server) -> None:
+    try:
+        os.killpg(server.pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass

@@ -116,7 +116,7 @@ def test_the_warm_pipeline_uses_an_adapter_only_for_its_session(models, trained,
     pipeline = ImagePipeline(str(models / "tiny-sd"), device="cpu")
     cache = tmp_path / "cache"
     lora_dir = "sessions/s1/outputs/i1"
-    folder = cache / adapters.adapter_name("s1", lora_dir)  # as if fetched from the control plane
+    folder = cache / adapters.adapter_name(lora_dir)  # as if fetched from the control plane
     folder.mkdir(parents=True)
     shutil.copy(Path(trained["done"]["adapter_dir"]) / ADAPTER_FILE, folder / ADAPTER_FILE)
     loras = ImageAdapters(pipeline.pipe, cache)
@@ -132,7 +132,7 @@ def test_the_warm_pipeline_uses_an_adapter_only_for_its_session(models, trained,
     assert image() == base                      # nothing left active after the adapter's job
     assert image("s1", lora_dir) == tuned       # loaded once, used again
     assert loras.load_count == 1 and ImagePipeline.load_count >= 1
-    assert pipeline.pipe.get_list_adapters()["unet"] == [adapters.adapter_name("s1", lora_dir)]
+    assert pipeline.pipe.get_list_adapters()["unet"] == [adapters.adapter_name(lora_dir)]
 
 
 def build_tiny_sdxl(models: Path, out: Path) -> Path:
@@ -169,7 +169,7 @@ def test_the_sdxl_path_trains_and_serves(models, tmp_path):
     assert evals[-1] < evals[0], evals
     pipeline = ImagePipeline(str(path), device="cpu")
     assert type(pipeline.pipe).__name__ == "StableDiffusionXLPipeline"
-    folder = tmp_path / "cache" / adapters.adapter_name("s", "d")
+    folder = tmp_path / "cache" / adapters.adapter_name("d")
     folder.mkdir(parents=True)
     shutil.copy(Path(done["adapter_dir"]) / ADAPTER_FILE, folder / ADAPTER_FILE)
     loras = ImageAdapters(pipeline.pipe, tmp_path / "cache")

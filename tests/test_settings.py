@@ -14,9 +14,9 @@ RUNNER_ENV = {"HELIX_API_URL": "http://cp:8080/", "HELIX_RUNNER_TOKEN": "hr-x", 
 
 
 def test_defaults_and_overrides():
-    assert Config.from_env({}).max_event_streams == 24
+    assert Config.from_env({}).max_event_streams == 4000
     d = Config.from_env({})
-    assert (d.max_event_streams_per_user, d.max_runner_models, d.max_runners_per_token, d.runner_ttl) == (4, 16, 64, 300)
+    assert (d.max_event_streams_per_user, d.max_runner_models, d.max_runners_per_token, d.runner_ttl) == (1000, 16, 64, 300)
     c = Config.from_env({"HELIX_MAX_EVENT_STREAMS_PER_USER": "2", "HELIX_MAX_RUNNER_MODELS": "3",
                          "HELIX_MAX_RUNNERS_PER_TOKEN": "5", "HELIX_RUNNER_TTL": "60"})
     assert (c.max_event_streams_per_user, c.max_runner_models, c.max_runners_per_token, c.runner_ttl) == (2, 3, 5, 60)
@@ -24,7 +24,7 @@ def test_defaults_and_overrides():
                          "HELIX_TEXT_MODELS": "a, b"})
     assert (c.max_event_streams, c.reconcile_interval, c.text_models) == (3, 0.5, ["a", "b"])
     r = RunnerConfig.from_env({**RUNNER_ENV, "HELIX_SAMPLING_EXTRA": '{"top_k": 5}'})
-    assert (r.api_url, r.text_workers, r.sampling_extra) == ("http://cp:8080", 8, {"top_k": 5})
+    assert (r.api_url, r.text_workers, r.sampling_extra) == ("http://cp:8080", 64, {"top_k": 5})
 
 
 @pytest.mark.parametrize("build, env, fragment", [

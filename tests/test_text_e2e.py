@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -10,7 +9,7 @@ import time
 
 import requests
 
-from tests.conftest import TEXT_MODEL, read_events, start_runner, wait_for_session
+from tests.conftest import TEXT_MODEL, freeze, read_events, start_runner, thaw, vllm_server, wait_for_session
 
 
 def test_reference_curl_line_answers_a_chat(live_server, runner, live_user):
@@ -139,29 +138,6 @@ def test_unknown_job_function_is_refused_by_the_runner(live_server, runner, serv
     assert job.get_status() == "failed"
     assert "not a runner entry point" in (job.latest_result().exc_string or "")
     assert not marker.exists()
-
-
-def vllm_server(runner) -> "psutil.Process":
-    """The runner's vLLM server process (the leader of its own process group)."""
-    import psutil
-
-    found = [p for p in psutil.Process(runner.proc.pid).children()
-             if "vllm.entrypoints" in " ".join(p.cmdline())]
-    assert len(found) == 1, found
-    return found[0]
-
-
-def freeze(server) -> None:
-    """Stops vLLM and its engine where they are: a request sent to it now stays in flight,
-    so a test can kill something mid-reply without racing the generation."""
-    os.killpg(server.pid, signal.SIGSTOP)
-
-
-def thaw(server) -> None:
-    try:
-        os.killpg(server.pid, signal.SIGCONT)
-    except ProcessLookupError:
-        pass
 
 
 def runner_that_took(base_url, user, session_id) -> str:

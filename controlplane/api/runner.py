@@ -86,14 +86,18 @@ def download_input(session_id: str):
     """A file of the session (its inputs, say), for a runner running one of its jobs: only inside
     that session's folder."""
     path = user_path(request.args.get("path"), max_name_bytes=_max_name_bytes(), allow_root=False)
-    if not path.startswith(session_folder(session_id) + "/"):
-        raise BadRequest(f"runners may read only files under {session_folder(session_id)}/")
     runner_id = _acting_runner()
     with db.transaction() as conn:
         runner_service.check_runner(conn, g.runner_token["id"], runner_id)
         session = sessions_store.get_session_any_owner(conn, session_id)
         if session is None:
             raise NotFound("session not found")
+        # Its own files, and the adapter it is served with (which may be another session's of
+        # the same owner: a chat on a fine-tuned model through the OpenAI API).
+        readable = [session_folder(session_id)] + ([session["lora_dir"]] if session["lora_dir"] else [])
+        if not any(path.startswith(folder + "/") for folder in readable):
+            raise BadRequest(f"runners may read only files under {session_folder(session_id)}/"
+                             " and the session's adapter")
         dispatcher = current_app.extensions["dispatcher"]
         if not any(runner_of_worker(dispatcher.holder(i["id"], job_stage(i))) == runner_id
                    for i in sessions_store.get_interactions(conn, session_id)

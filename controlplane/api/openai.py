@@ -1,0 +1,192 @@
+"""The OpenAI-compatible routes (`/v1/...`, for the official SDKs with `base_url` pointed here) and
+Helix's `POST /api/v1/sessions/chat`, which answers in the same shapes.
+
+Errors under /v1 leave in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with
+the status the SDKs map to their exception classes (400, 401, 404, 409, 429)."""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+
+from controlplane import db, events, openai_input, sessions_store
+from controlplane.auth import require_user
+from controlplane.errors import ApiError, BadRequest
+from controlplane.openai_service import chat_completion, final_reply, image_response, stream_chunks
+from controlplane.session_service import known_models
+from controlplane.views import session_view
+from shared.types import SessionType
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+helix_chat = Blueprint("helix_chat", __name__, url_prefix="/api/v1/sessions")
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
+                429: "rate_limit_error"}
+# How long a call waits for its reply before answering 502 (the session goes on; poll it).
+REPLY_WAIT_SECONDS = 600
+
+
+def openai_error(message: str, status: int) -> dict[str, Any]:
+    return {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": None,
+            "code": None if status < 500 else "server_error"}
+
+
+@bp.after_app_request
+def _openai_error_shape(response: Response) -> Response:
+    """Every error under /v1 (from a route, auth, body reading or Flask) in OpenAI's shape."""
+    if request.path.startswith("/v1/") and response.status_code >= 400 and response.is_json:
+        body = response.get_json(silent=True)
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            response.set_data(json.dumps({"error": openai_error(body["error"], response.status_code)}))
+    return response
+
+
+def _service():
+    return current_app.extensions["openai_service"]
+
+
+def _body() -> Any:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadRequest("the body must be JSON (Content-Type: application/json)")
+    return body
+
+
+def _reader(app, session_id: str, owner: str) -> Callable[[], dict | None]:
+    def read() -> dict | None:
+        with app.app_context(), db.transaction() as conn:
+            row = sessions_store.get_session_with_interactions(conn, session_id, owner)
+        return session_view(row) if row else None
+    return read
+
+
+def _answer(session: dict[str, Any], model: str, completion: bool, stream: bool, include_usage: bool):
+    """Waits for the session's reply, or streams it; the call holds one of the caller's stream
+    slots meanwhile (each waits on the session's live channel), so 429 past the caller's share."""
+    app = current_app._get_current_object()
+    release = app.extensions["event_streams"].acquire(g.user["id"], session["id"])
+    reply_id = session["interactions"][-1]["id"]
+    items = events.session_events(app.extensions["redis"], session["id"],
+                                  _reader(app, session["id"], g.user["id"]), REPLY_WAIT_SECONDS)
+    if not stream:
+        try:
+            reply = final_reply(items, reply_id)
+        finally:
+            release()
+        return jsonify(chat_completion(session, reply, model, completion))
+
+    def body():
+        try:
+            for piece in stream_chunks(session, reply_id, model, completion, include_usage, items):
+                yield ": keep-alive\n\n" if piece is None else f"data: {json.dumps(piece)}\n\n"
+            yield "data: [DONE]\n\n"
+        except ApiError as err:  # the reply failed after the stream began: say so in the stream
+            yield f"data: {json.dumps({'error': openai_error(err.message, err.status)})}\n\n"
+        finally:
+            release()
+
+    response = Response(stream_with_context(body()), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response.call_on_close(release)
+    return response
+
+
+def _text_call(parse, completion: bool):
+    config = current_app.config["HELIX"]
+    call = parse(_body(), config.max_input_chars)
+    with db.transaction() as conn:
+        session = _service().start_chat(conn, g.user, call)
+    return _answer(session, call.model, completion, call.stream, call.include_usage)
+
+
+@bp.get("/models")
+@require_user
+def list_models():
+    with db.transaction() as conn:
+        return jsonify(object="list", data=_service().models(conn, g.user))
+
+
+@bp.get("/models/<path:model_id>")
+@require_user
+def get_model(model_id: str):
+    with db.transaction() as conn:
+        found = next((m for m in _service().models(conn, g.user) if m["id"] == model_id), None)
+    if found is None:
+        return jsonify(error=f"the model {model_id[:200]!r} does not exist: GET /v1/models lists them"), 404
+    return jsonify(found)
+
+
+@bp.post("/chat/completions")
+@require_user
+def chat_completions():
+    return _text_call(openai_input.chat_request, completion=False)
+
+
+@bp.post("/completions")
+@require_user
+def completions():
+    return _text_call(openai_input.completion_request, completion=True)
+
+
+@bp.post("/images/generations")
+@require_user
+def image_generations():
+    config = current_app.config["HELIX"]
+    call = openai_input.image_request(_body(), config.max_input_chars)
+    with db.transaction() as conn:
+        session = _service().start_image(conn, g.user, call)
+    app = current_app._get_current_object()
+    release = app.extensions["event_streams"].acquire(g.user["id"], session["id"])
+    try:
+        reply = final_reply(events.session_events(app.extensions["redis"], session["id"],
+                                                  _reader(app, session["id"], g.user["id"]), REPLY_WAIT_SECONDS),
+                            session["interactions"][-1]["id"])
+    finally:
+        release()
+    if call.response_format == "b64_json":
+        data = [{"b64_json": _service().image_data(g.user, path)} for path in reply["files"]]
+    else:  # the file through the filestore viewer, with the same key
+        data = [{"url": f"{request.host_url}api/v1/filestore/viewer/{path}"} for path in reply["files"]]
+    return jsonify(image_response(session, reply, data))
+
+
+@helix_chat.post("/chat")
+@require_user
+def helix_session_chat():
+    """Helix's chat route: `messages` of `{"role", "content": {"content_type": "text", "parts": [...]}}`,
+    an optional `system` and `model`, and `session_id` to continue a session of the caller's."""
+    body = _body()
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raise BadRequest("'messages' must be a list of {\"role\", \"content\": {\"content_type\": \"text\","
+                         " \"parts\": [...]}} objects")
+    messages = []
+    for n, message in enumerate(body["messages"]):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, dict):
+            parts = content.get("parts")
+            if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+                raise BadRequest(f"messages[{n}].content.parts must be a list of strings")
+            content = "\n".join(parts)
+        messages.append({"role": message.get("role") if isinstance(message, dict) else None, "content": content})
+    if body.get("system"):
+        messages.insert(0, {"role": "system", "content": body["system"]})
+    stream = body.get("stream", False)
+    config = current_app.config["HELIX"]
+    session_id = body.get("session_id") or ""
+    if session_id:
+        if not isinstance(session_id, str):
+            raise BadRequest("'session_id' must be a string")
+        call = openai_input.chat_request({"model": "-", "messages": messages, "stream": stream},
+                                         config.max_input_chars)
+        with db.transaction() as conn:
+            session = current_app.extensions["session_service"].continue_chat(
+                conn, g.user, session_id, {"input": call.turns[-1][1]})
+        return _answer(session, session["model_name"], False, call.stream, False)
+    with db.transaction() as conn:
+        model = body.get("model") or next(iter(known_models(conn, current_app.config["HELIX"], SessionType.TEXT)), "")
+    call = openai_input.chat_request({"model": model, "messages": messages, "stream": stream}, config.max_input_chars)
+    with db.transaction() as conn:
+        session = _service().start_chat(conn, g.user, call)
+    return _answer(session, call.model, False, call.stream, False)

@@ -1,0 +1,201 @@
+"""The OpenAI-compatible API driven by the official `openai` package, against the platform under
+gunicorn with a real runner: chat, streams, sampling, JSON-schema output (on the real model),
+models (fine-tuned ones included), plain completions, images, Helix's sessions/chat, and each
+error class the SDK raises."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+
+import openai
+import pytest
+import requests
+from PIL import Image
+
+from controlplane.embedded import free_port
+from controlplane.serving import gunicorn_command
+from shared.processes import wait_for_port
+from tests.conftest import IMAGE_MODEL, REAL_TEXT_MODEL, TEXT_MODEL, Process, wait_for_session
+from tests.test_finetune_flow import _create, _pairs, _system, _until_review
+
+
+def sdk(base_url: str, user, **kwargs) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key=user.key, **kwargs)
+
+
+def session_of(base_url, user, response) -> dict:
+    sid = response.session_id  # an extra field of ours: the call is a session of the caller's
+    r = requests.get(f"{base_url}/api/v1/sessions/{sid}", headers=user.headers, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_chat_completion_is_a_session_of_the_caller(live_server, runner, live_user):
+    client = sdk(live_server, live_user)
+    response = client.chat.completions.create(
+        model=TEXT_MODEL, max_tokens=12, temperature=0,
+        messages=[{"role": "system", "content": "You are terse."}, {"role": "user", "content": "hello"},
+                  {"role": "assistant", "content": "hi"}, {"role": "user", "content": "and now?"}])
+    choice = response.choices[0]
+    assert response.object == "chat.completion" and response.model == TEXT_MODEL
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert 0 < response.usage.completion_tokens <= 12 and response.usage.prompt_tokens > 0
+    session = session_of(live_server, live_user, response)
+    assert [i["message"] for i in session["interactions"]] == ["hello", "hi", "and now?", choice.message.content]
+    assert session["config"]["text"]["system_prompt"] == "You are terse."
+
+
+def test_stream_with_usage_and_sampling(live_server, runner, live_user):
+    client = sdk(live_server, live_user)
+    chunks = list(client.chat.completions.create(
+        model=TEXT_MODEL, messages=[{"role": "user", "content": "tell me a story"}], max_tokens=40,
+        stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 1
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0 and not chunks[-1].choices
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    final = wait_for_session(live_server, live_user, _session_id_of_stream(live_server, live_user, chunks[0].id))
+    assert final["interactions"][-1]["message"] == text
+
+    same = [client.chat.completions.create(model=TEXT_MODEL, messages=[{"role": "user", "content": "x"}],
+                                           max_tokens=16, temperature=1.0, seed=7).choices[0].message.content
+            for _ in range(2)]
+    assert same[0] == same[1], "the same seed gave different replies"
+    several = client.chat.completions.create(model=TEXT_MODEL, messages=[{"role": "user", "content": "x"}],
+                                             max_tokens=8, temperature=1.0, n=3)
+    assert [c.index for c in several.choices] == [0, 1, 2] and all(c.message.content for c in several.choices)
+
+
+def _session_id_of_stream(base_url, user, chunk_id: str) -> str:
+    """A stream's chunks name the reply; the caller's newest session holds it."""
+    sessions = requests.get(f"{base_url}/api/v1/sessions?limit=20", headers=user.headers, timeout=10).json()
+    reply_id = chunk_id.removeprefix("chatcmpl-")
+    for s in sessions["sessions"]:
+        full = requests.get(f"{base_url}/api/v1/sessions/{s['id']}", headers=user.headers, timeout=10).json()
+        if any(i["id"] == reply_id for i in full["interactions"]):
+            return s["id"]
+    raise AssertionError("no session holds the streamed reply")
+
+
+def test_plain_completion_and_models(live_server, runner, live_user):
+    client = sdk(live_server, live_user)
+    done = client.completions.create(model=TEXT_MODEL, prompt="Once upon a time", max_tokens=8)
+    assert done.object == "text_completion" and done.choices[0].text
+    assert session_of(live_server, live_user, done)["config"]["text"]["completion"] is True
+    ids = [m.id for m in client.models.list()]
+    assert TEXT_MODEL in ids and IMAGE_MODEL in ids
+    assert client.models.retrieve(TEXT_MODEL).id == TEXT_MODEL
+
+
+def test_json_schema_output_is_constrained_by_the_engine(live_server, real_runner, live_user):
+    client = sdk(live_server, live_user)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"], "additionalProperties": False}
+    response = client.chat.completions.create(
+        model=REAL_TEXT_MODEL, max_tokens=80, temperature=0,
+        messages=[{"role": "user", "content": "Name a big city and its population, as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}})
+    value = json.loads(response.choices[0].message.content)
+    assert set(value) == {"city", "population"} and isinstance(value["population"], int), value
+
+
+def test_images_as_b64_json_and_url(live_server, runner, live_user):
+    client = sdk(live_server, live_user)
+    result = client.images.generate(model=IMAGE_MODEL, prompt="a red square", n=2, size="64x64",
+                                    response_format="b64_json")
+    images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in result.data]
+    assert [im.size for im in images] == [(64, 64), (64, 64)]
+    by_url = client.images.generate(model=IMAGE_MODEL, prompt="a blue square", size="64x64")
+    r = requests.get(by_url.data[0].url, headers=live_user.headers, timeout=10)
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (64, 64)
+
+
+def test_helix_sessions_chat_creates_and_continues(live_server, runner, live_user):
+    url = f"{live_server}/api/v1/sessions/chat"
+
+    def message(text):
+        return {"role": "user", "content": {"content_type": "text", "parts": [text]}}
+
+    r = requests.post(url, headers=live_user.headers, timeout=60,
+                      json={"system": "Be brief.", "messages": [message("where is Paris?")]})
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert first["object"] == "chat.completion" and first["choices"][0]["message"]["content"]
+    r = requests.post(url, headers=live_user.headers, timeout=60,
+                      json={"session_id": first["session_id"], "messages": [message("and Rome?")]})
+    assert r.status_code == 200, r.text
+    session = requests.get(f"{live_server}/api/v1/sessions/{first['session_id']}", headers=live_user.headers).json()
+    assert [i["message"] for i in session["interactions"] if i["creator"] == "user"] == ["where is Paris?", "and Rome?"]
+
+
+def test_error_classes(live_server, runner, live_user):
+    client = sdk(live_server, live_user, max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        sdk(live_server, type("U", (), {"key": "hk-wrong"})(), max_retries=0).models.list()
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert "does not exist" in missing.value.message
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=TEXT_MODEL, messages=[{"role": "user", "content": "x"}], temperature=5)
+    assert "temperature" in bad.value.message and bad.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=TEXT_MODEL, messages=[{"role": "assistant", "content": "x"}])
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=f"ft:{TEXT_MODEL}:00000000-0000-0000-0000-000000000000",
+                                       messages=[{"role": "user", "content": "x"}])
+
+
+@pytest.fixture(scope="module")
+def one_stream_server(services, tmp_path_factory):
+    """A control plane allowing each user one open call, for a model no runner serves."""
+    port = free_port()
+    logs = tmp_path_factory.mktemp("openai-limits")
+    env = {**os.environ, "DATABASE_URL": services["database_url"], "REDIS_URL": services["redis_url"],
+           "HELIX_RECONCILE_INTERVAL": "0", "HELIX_FILESTORE": str(logs / "files"),
+           "HELIX_TEXT_MODELS": "helix/nobody-serves-this", "HELIX_MAX_EVENT_STREAMS_PER_USER": "1"}
+    proc = Process(gunicorn_command(port, workers=1), env, logs / "gunicorn.log")
+    wait_for_port(port, 60, proc.proc)
+    yield f"http://127.0.0.1:{port}"
+    proc.stop()
+
+
+def test_rate_limit_and_conflict(one_stream_server, make_live_user):
+    user = make_live_user()
+    client = sdk(one_stream_server, user, max_retries=0)
+    waiting = client.chat.completions.create(model="helix/nobody-serves-this", stream=True,
+                                             messages=[{"role": "user", "content": "x"}])
+    first = next(iter(waiting))  # the call is open, its reply queued
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="helix/nobody-serves-this", messages=[{"role": "user", "content": "y"}])
+    waiting.close()
+    sid = _session_id_of_stream(one_stream_server, user, first.id)
+    with pytest.raises(openai.ConflictError):  # its reply is still queued: no second turn yet
+        client.post(f"{one_stream_server}/api/v1/sessions/chat", cast_to=object, body={
+            "session_id": sid, "messages": [{"role": "user", "content": {"content_type": "text", "parts": ["z"]}}]})
+
+
+@pytest.mark.timeout(600)
+def test_a_fine_tuned_session_is_a_model_to_call(live_server, runner, make_live_user):
+    live_user, other = make_live_user(), make_live_user()
+    s = _create(live_server, live_user, [("zorblat.txt", b"The Zorblat Library was founded in 1847.")], epochs="2")
+    system = _system(_until_review(live_server, live_user, s["id"]))
+    base = f"{live_server}/api/v1/sessions/{s['id']}/finetune"
+    assert requests.put(f"{base}/text/conversations/{system['id']}", headers=live_user.headers,
+                        json=_pairs()).status_code == 200
+    assert requests.post(f"{base}/start", headers=live_user.headers).status_code == 200
+    wait_for_session(live_server, live_user, s["id"], timeout=300, until=lambda x: _system(x)["finished"])
+
+    client = sdk(live_server, live_user)
+    model = f"ft:{TEXT_MODEL}:{s['id']}"
+    assert model in [m.id for m in client.models.list()]
+    response = client.chat.completions.create(model=model, max_tokens=8,
+                                              messages=[{"role": "user", "content": "Who founded it?"}])
+    assert response.model == model and response.choices[0].message.content
+    reply = session_of(live_server, live_user, response)["interactions"][-1]
+    assert reply["metadata"]["adapter"].startswith("lora-"), reply["metadata"]
+    stranger = sdk(live_server, other, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        stranger.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
