@@ -52,6 +52,10 @@ class Config:
     max_runner_upload_bytes: int = 8 * 1024**3
     # Fine-tunes: most documents (files and URLs) in one session.
     max_finetune_documents: int = 50
+    # Image fine-tunes: most images in one session, and the fewest pixels on an image's shorter
+    # side (each is scaled to the model's resolution: 64 px tiny, 512 SD 1.5, 1024 SDXL).
+    max_finetune_images: int = 50
+    min_finetune_image_px: int = 256
     # Longest file or folder name in the filestore, in UTF-8 bytes: most filesystems stop at 255.
     max_name_bytes: int = 200
     # Deepest nesting of arrays and objects a JSON body may have (deeper: 400, never a RecursionError).
@@ -74,6 +78,8 @@ class Config:
         c.max_runners_per_token = env_int(env, "HELIX_MAX_RUNNERS_PER_TOKEN", c.max_runners_per_token)
         c.runner_ttl = env_float(env, "HELIX_RUNNER_TTL", c.runner_ttl)
         c.max_finetune_documents = env_int(env, "HELIX_MAX_FINETUNE_DOCUMENTS", c.max_finetune_documents)
+        c.max_finetune_images = env_int(env, "HELIX_MAX_FINETUNE_IMAGES", c.max_finetune_images)
+        c.min_finetune_image_px = env_int(env, "HELIX_MIN_FINETUNE_IMAGE_PX", c.min_finetune_image_px)
         c.max_name_bytes = env_int(env, "HELIX_MAX_NAME_BYTES", c.max_name_bytes)
         if not 1 <= c.max_name_bytes <= 255:
             raise SettingError(f"HELIX_MAX_NAME_BYTES must be between 1 and 255, got {c.max_name_bytes}")

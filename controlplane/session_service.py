@@ -14,6 +14,7 @@ from controlplane.dispatch import Dispatcher
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.filestore import Filestore, UserFiles, session_folder
 from controlplane.finetune_service import FinetuneService
+from controlplane.image_finetune_service import ImageFinetuneService
 from controlplane.validation import optional_float, optional_int, required_choice, text_field
 from shared.image_budget import ImageBudget
 from shared.types import Creator, InteractionState, SessionMode, SessionType
@@ -120,20 +121,23 @@ def _job_params(form: Mapping[str, str], session_type: SessionType) -> dict[str,
 
 
 class SessionService:
-    def __init__(self, config: Config, dispatcher: Dispatcher, filestore: Filestore, finetune: FinetuneService):
+    def __init__(self, config: Config, dispatcher: Dispatcher, filestore: Filestore, finetune: FinetuneService,
+                 image_finetune: ImageFinetuneService | None = None):
         self.config = config
         self.dispatcher = dispatcher
         self.filestore = filestore
         self.finetune = finetune
+        self.image_finetune = image_finetune or ImageFinetuneService(config, dispatcher, filestore)
 
     def create(self, conn: psycopg.Connection, user: dict[str, Any], form: Mapping[str, str],
                files: list[Any]) -> dict[str, Any]:
         mode = required_choice(form, "mode", SessionMode)
         session_type = required_choice(form, "type", SessionType)
         if mode == SessionMode.FINETUNE:
+            model = _model_name(conn, self.config, form, session_type)
             if session_type == SessionType.IMAGE:
-                raise BadRequest("image fine-tuning is not available on this server yet: use type=text")
-            return self.finetune.create(conn, user, form, files, _model_name(conn, self.config, form, session_type))
+                return self.image_finetune.create(conn, user, form, files, model)
+            return self.finetune.create(conn, user, form, files, model)
         if files:
             raise BadRequest("inference sessions take no files: send the prompt as input=...")
         prompt = text_field(form, "input", self.config.max_input_chars, required=True)
@@ -195,16 +199,19 @@ class SessionService:
             previous = sessions_store.get_interactions(conn, session_id)
             if previous and not previous[-1]["finished"]:
                 raise Conflict("the previous reply is still being generated: wait for it to finish")
-            interactions = previous + self._add_turn(conn, session, prompt)
+            # An image prompt may carry the same settings as a new image session (seed included).
+            params = _job_params(form, SessionType.IMAGE)["image"] if session["type"] == SessionType.IMAGE else {}
+            interactions = previous + self._add_turn(conn, session, prompt, {"image": params} if params else None)
             sessions_store.touch_session(conn, session_id)
         conn.commit()
         self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
         return {**session, "interactions": interactions}
 
-    def _add_turn(self, conn: psycopg.Connection, session: dict[str, Any], prompt: str) -> list[dict]:
+    def _add_turn(self, conn: psycopg.Connection, session: dict[str, Any], prompt: str,
+                  metadata: dict | None = None) -> list[dict]:
         user_turn = sessions_store.insert_interaction(
             conn, session_id=session["id"], creator=Creator.USER, mode=session["mode"],
-            message=prompt, state=InteractionState.COMPLETE,
+            message=prompt, state=InteractionState.COMPLETE, metadata=metadata,
         )
         system_turn = sessions_store.insert_interaction(
             conn, session_id=session["id"], creator=Creator.SYSTEM, mode=session["mode"],

@@ -37,6 +37,7 @@ class RunnerConfig:
     log_dir: str = ""            # HELIX_RUNNER_LOG_DIR: vLLM's own output goes to vllm.log there
     register_interval: float = 30  # HELIX_REGISTER_INTERVAL: seconds between "still here" reports
     finetune_workers: int = 1    # HELIX_FINETUNE_WORKERS: training runs at once (0: this runner trains nothing)
+    image_finetune_workers: int = 1  # HELIX_IMAGE_FINETUNE_WORKERS: image LoRA runs at once (0: none)
     work_dir: str = ""           # HELIX_RUNNER_WORK_DIR: adapters and checkpoints (default: a temp dir)
     qa_api_url: str = ""         # HELIX_QA_API_URL: OpenAI-compatible server that writes the questions
     qa_api_key: str = ""         # HELIX_QA_API_KEY   (default: this runner's own vLLM and model)
@@ -75,6 +76,7 @@ class RunnerConfig:
             log_dir=env.get("HELIX_RUNNER_LOG_DIR", ""),
             register_interval=env_float(env, "HELIX_REGISTER_INTERVAL", 30),
             finetune_workers=env_int(env, "HELIX_FINETUNE_WORKERS", 1),
+            image_finetune_workers=env_int(env, "HELIX_IMAGE_FINETUNE_WORKERS", 1),
             work_dir=env.get("HELIX_RUNNER_WORK_DIR", "")
             or os.path.join(tempfile.gettempdir(), "helix-runner", runner_id_safe(env)),
             qa_api_url=env.get("HELIX_QA_API_URL", "").rstrip("/"),

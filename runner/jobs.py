@@ -38,6 +38,7 @@ class WorkerContext:
     vllm_url: str = ""
     image_pipeline: Any = None
     image_budget: Any = None  # shared.image_budget.ImageBudget: what this runner's pipeline can do
+    image_adapters: Any = None  # runner.image_adapters.ImageAdapters on the warm pipeline
     http: requests.Session | None = None
     redis: Any = None  # streamed text goes to clients through it
 
@@ -56,6 +57,9 @@ def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vll
 
         started = time.monotonic()
         _context.image_pipeline = ImagePipeline(config.image_model_path)
+        from runner.image_adapters import ImageAdapters
+
+        _context.image_adapters = ImageAdapters(_context.image_pipeline.pipe, Path(config.work_dir) / "image-adapters")
         log.info("image pipeline %s loaded in %.1fs (load #%d in this process)", config.image_model,
                  time.monotonic() - started, ImagePipeline.load_count)
         from runner import image_calibration
@@ -177,8 +181,10 @@ def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
 
     started = time.monotonic()
     try:
-        # Deleting the session stops the job within a fraction of a second, mid-step.
-        with JobWatch(get_current_job(), deadline) as watch, interruptible(ctx.image_pipeline.pipe, watch.stop):
+        # A fine-tuned session's adapter, on the warm pipeline and for this job only; deleting
+        # the session stops the job within a fraction of a second, mid-step.
+        with ctx.image_adapters.applied(ctx.client, job.session_id, job.lora_dir) as adapter, \
+                JobWatch(get_current_job(), deadline) as watch, interruptible(ctx.image_pipeline.pipe, watch.stop):
             images = ctx.image_pipeline.generate(
                 job.prompt, num_images=job.num_images, width=job.width, height=job.height,
                 steps=job.steps, guidance=job.guidance, seed=job.seed, on_step=on_step)
@@ -207,5 +213,5 @@ def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
         state=InteractionState.COMPLETE.value, message="", files=files, progress=100,
         status="complete", metadata={"generation_seconds": round(time.monotonic() - started, 3),
                                      "pipeline_loads": ImagePipeline.load_count,
-                                     "seed": job.seed}))
+                                     "seed": job.seed, **({"adapter": adapter} if adapter else {})}))
     return {"files": files}

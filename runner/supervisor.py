@@ -46,7 +46,8 @@ class Supervisor:
         models = {"text": [self.config.text_model] if self.config.text_model else [],
                   "image": [self.config.image_model] if self.config.image_model else []}
         info = {"text_workers": self.config.text_workers,
-                "finetune_workers": self.config.finetune_workers if self.config.text_model else 0}
+                "finetune_workers": self.config.finetune_workers if self.config.text_model else 0,
+                "image_finetune_workers": self.config.image_finetune_workers if self.config.image_model else 0}
         if self.config.text_model:  # the control plane refuses at once what the model cannot take
             info.update(max_model_len=self.config.max_model_len, max_tokens=self.config.max_tokens)
         if self.config.image_model:  # likewise for images, once the image worker has measured its pipeline
@@ -103,6 +104,8 @@ class Supervisor:
                 self._spawn(WorkKind.TEXT_FINETUNE, i)
         if self.config.image_model:  # after vLLM's start-up, which would skew the pipeline's measurement
             self._spawn(WorkKind.IMAGE_INFERENCE, 0)
+            for i in range(self.config.image_finetune_workers):  # each run trains in its own child
+                self._spawn(WorkKind.IMAGE_FINETUNE, i)
         self._wait_for_workers()
         if self.config.image_model:
             self.register()  # with the image budget the image worker measured before it listened
