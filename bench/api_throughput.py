@@ -17,7 +17,7 @@ GOAL = 0.6
 
 def measure(stack: BenchStack, figure: Figure, *, concurrency: int, seconds: float, repetitions: int, **_) -> None:
     (owner, key), = stack.users(1, "p1")
-    session = stack.text_session(owner, stack.text_model, reply="Lighthouses guide ships. " * 20)
+    session, = stack.text_sessions([owner], stack.text_model, reply="Lighthouses guide ships. " * 20)
     bare = stack.bare_server("bench.bare_app:app")
     api_path = f"/api/v1/sessions/{session['id']}"
     headers = {"Authorization": f"Bearer {key}"}

@@ -197,6 +197,8 @@ def measure_concurrent(stack: BenchStack, figure: Figure, *, sessions: int, toke
         best = max(failed, key=lambda r: r["finished"])
         figure.result["incomplete_run"] = {k: (round(v, 1) if isinstance(v, float) else v)
                                            for k, v in best.items() if k != "failures"}
+    figure.result["platform_runs"] = [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()
+                                       if k in ("finished", "tokens", "seconds")} for r in runs]
     shared[figure_name] = {"sessions": sessions, "tokens": tokens, "platform": platform, "runs": runs}
     figure.judge(bool(platform) and not failed and figure.result["ratio"] >= GOAL_DIRECT)
 
@@ -214,11 +216,14 @@ def generate_run(model_path: Path, texts: list[str], tokens: int, timeout: float
 
 
 def measure_against_generate(stack: BenchStack, figure: Figure, *, sessions: int, tokens: int, model: str,
-                             shared: dict, **_) -> None:
-    """P3b: the P3 platform run's tokens/s / the same prompts one at a time with HF generate."""
+                             shared: dict, baseline_prompts: int | None = None, **_) -> None:
+    """P3b: the P3 platform run's tokens/s / the same prompts one at a time with HF generate.
+    `baseline_prompts` runs only the first prompts through generate (one at a time, each reply
+    the same length, its tokens/s does not depend on how many): all of them take long on a CPU."""
     texts = prompts(sessions)
+    baseline_prompts = min(baseline_prompts or sessions, sessions)
     figure.model = model
-    figure.inputs = {"sessions": sessions, "concurrency": sessions, "tokens": tokens,
+    figure.inputs = {"sessions": sessions, "concurrency": sessions, "tokens": tokens, "baseline_prompts": baseline_prompts,
                      "baseline": "transformers generate, one prompt after another, same chat template"}
     earlier = shared.get("P3")
     if earlier and earlier["sessions"] == sessions and earlier["tokens"] == tokens and earlier["platform"]:
@@ -231,7 +236,7 @@ def measure_against_generate(stack: BenchStack, figure: Figure, *, sessions: int
             figure.passed = False
             return
         platform = [run["tokens_per_s"]]
-    generated = generate_run(stack.text_model_path, texts, tokens, timeout=1400)
+    generated = generate_run(stack.text_model_path, texts[:baseline_prompts], tokens, timeout=1400)
     hf = generated["tokens"] / generated["seconds"]
     figure.inputs["baseline_dtype"] = generated["dtype"]
     figure.platform = spread(platform, "tokens/s", 1)

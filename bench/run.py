@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             except FigureTimeout as err:  # raised between the body and run_figure's handler
                 figure = Figure(name, plan.measures, plan.goal, error=str(err), passed=False)
             figures.append(figure)
+            figures.extend(shared.pop("extra_figures", []))  # GPU-P7 comes with GPU-P3
             verdict = {True: "PASS", False: "FAIL", None: "skip"}[figure.passed]
             print(f"   {name}: {verdict} in {time.monotonic() - started:.0f}s"
                   + (f" ({figure.error})" if figure.error else ""), flush=True)

@@ -185,16 +185,19 @@ class BenchStack:
                 out.append((user["id"], accounts.create_api_key(conn, user["id"], tag)[1]))
         return out
 
-    def text_session(self, owner: str, model: str, reply: str | None) -> dict:
-        """A chat session written straight to PostgreSQL: finished with `reply`, or (None) with its
-        reply still waiting, as a session is between its POST and its runner's final update."""
+    def text_sessions(self, owners: list[str], model: str, reply: str | None) -> list[dict]:
+        """Chat sessions (one per owner) written straight to PostgreSQL: finished with `reply`, or
+        (None) with their reply still waiting, as between a POST and the runner's final update."""
+        out = []
         with psycopg.connect(self.pg.url, row_factory=dict_row) as conn:
-            session = sessions_store.insert_session(conn, owner=owner, mode="inference", type="text",
-                                                    model_name=model, name="bench", config={"text": {}})
-            user = sessions_store.insert_interaction(conn, session_id=session["id"], creator=Creator.USER,
-                                                     mode="inference", message="Tell me about lighthouses.",
-                                                     state=InteractionState.COMPLETE)
-            system = sessions_store.insert_interaction(
-                conn, session_id=session["id"], creator=Creator.SYSTEM, mode="inference", message=reply or "",
-                state=InteractionState.COMPLETE if reply is not None else InteractionState.WAITING)
-        return {**session, "interactions": [user, system]}
+            for owner in owners:
+                session = sessions_store.insert_session(conn, owner=owner, mode="inference", type="text",
+                                                        model_name=model, name="bench", config={"text": {}})
+                user = sessions_store.insert_interaction(
+                    conn, session_id=session["id"], creator=Creator.USER, mode="inference",
+                    message="Tell me about lighthouses.", state=InteractionState.COMPLETE)
+                system = sessions_store.insert_interaction(
+                    conn, session_id=session["id"], creator=Creator.SYSTEM, mode="inference", message=reply or "",
+                    state=InteractionState.COMPLETE if reply is not None else InteractionState.WAITING)
+                out.append({**session, "interactions": [user, system]})
+        return out
