@@ -30,7 +30,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from bench.loadgen import http_session, read_sse
-from bench.report import Figure, ratio_result, spread
+from bench.report import Figure, count_reasons, ratio_result, spread
 from bench.stack import REPO, SAMPLING_EXTRA, BenchStack
 from shared.jobs import WorkKind, queue_name
 
@@ -153,10 +153,7 @@ def platform_run(stack: BenchStack, model: str, texts: list[str], tokens: int, t
     counted = count_tokens(vllm, model, [r["message"] for r in ok])
     run = {"sessions": len(texts), "finished": len(ok), "seconds": wall, "tokens": sum(counted),
            "tokens_per_s": sum(counted) / wall if ok else 0.0}
-    failures: dict[str, int] = {}
-    for r in results:
-        if "error" in r:
-            failures[r["error"][:160]] = failures.get(r["error"][:160], 0) + 1
+    failures = count_reasons([r["error"] for r in results if "error" in r])
     if failures:
         run["failures"] = failures
     return run

@@ -39,11 +39,30 @@ def generate(model_dir: str, prompts: list[str], tokens: int) -> dict:
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         return out.shape[1] - ids.shape[1]
 
-    one(prompts[0], 4)  # warm-up
+    threads = _fastest_threads(lambda: one(prompts[0], 8))
     started = time.monotonic()
     made = sum(one(p, tokens) for p in prompts)
     return {"tokens": made, "seconds": time.monotonic() - started, "prompts": len(prompts),
-            "dtype": str(_dtype()).removeprefix("torch."), "device": device}
+            "dtype": str(_dtype()).removeprefix("torch."), "device": device, "threads": threads}
+
+
+def _fastest_threads(probe) -> int:
+    """torch's CPU thread count that runs `probe` fastest: one thread or torch's default. On a
+    shared CPU the default (one per core) can spin-wait for cores that other work holds and
+    run 10-20x slower, and the baseline should be at its best, not at its worst."""
+    if torch.cuda.is_available():
+        probe()
+        return torch.get_num_threads()
+    timings = {}
+    for n in sorted({1, torch.get_num_threads()}):
+        torch.set_num_threads(n)
+        probe()  # warm-up at this setting
+        started = time.monotonic()
+        probe()
+        timings[n] = time.monotonic() - started
+    best = min(timings, key=timings.get)
+    torch.set_num_threads(best)
+    return best
 
 
 def trainer(spec: dict) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,18 @@ def percentile(samples: Sequence[float], q: float) -> float:
     if not ordered:
         return math.nan
     return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def count_reasons(reasons: Sequence[str], width: int = 160) -> dict[str, int]:
+    """How many times each failure happened, ids left out so that equal failures count together."""
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        key = _UUID.sub("{id}", reason)[:width]
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 @dataclass
@@ -93,7 +106,7 @@ def _result(f: Figure) -> str:
             text += f" [{rep['min']:g}-{rep['max']:g}]"
         return text
     return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
-                     for k, v in f.result.items()) or "-"
+                     for k, v in f.result.items() if isinstance(v, (int, float, str))) or "-"
 
 
 def _inputs(f: Figure) -> str:
@@ -112,7 +125,7 @@ def table(figures: Sequence[Figure]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     for f in figures:
         if f.error:
-            lines.append(f"{f.name}: {f.error}")
+            lines.append(f"{f.name}: {' '.join(f.error.split())[:600]}")
         for note in f.notes:
             lines.append(f"{f.name}: {note}")
     return "\n".join(lines)
