@@ -87,7 +87,9 @@ def adapter_template(stack: BenchStack, shared: dict) -> Path:
         import torch
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         torch.manual_seed(0)
         base = AutoModelForCausalLM.from_pretrained(stack.text_model_path, dtype=torch.float32)
         lora = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
