@@ -79,15 +79,21 @@ async def _platform_one(http, api_url: str, key: str, prompt: str, tokens: int) 
     async with http.get(f"{api_url}/api/v1/sessions/{sid}/events", headers=headers) as r:
         if r.status != 200:
             out["error"] = f"stream refused {r.status}: {(await r.text())[:200]}"
-            return out
-        async for name, data in read_sse(r):
-            view = data["interactions"][-1] if name == "session" and data.get("interactions") else data
-            if name in ("session", "interaction") and view.get("id") == reply_id and view.get("finished"):
-                out.update(done=time.monotonic(), state=view.get("state"), message=view.get("message") or "",
-                           error=view.get("error") or "")
-                break
-            if name == "end":
-                break
+        else:
+            async for name, data in read_sse(r):
+                view = data["interactions"][-1] if name == "session" and data.get("interactions") else data
+                if name in ("session", "interaction") and view.get("id") == reply_id and view.get("finished"):
+                    out.update(done=time.monotonic(), state=view.get("state"), message=view.get("message") or "",
+                               error=view.get("error") or "")
+                    break
+                if name == "end":
+                    break
+    if "error" in out and "done" not in out:
+        # A client that cannot watch its reply leaves, and deletes its session: its job should
+        # not hold the runner while the others are measured.
+        async with http.delete(f"{api_url}/api/v1/sessions/{sid}", headers=headers):
+            pass
+        return out
     if "done" not in out:
         out["error"] = "the stream ended without the final reply"
     elif out["state"] != "complete":
