@@ -12,6 +12,7 @@ repetitions): for checking that the harness works, not for figures to quote.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -122,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.figures) - set(ORDER)
     if unknown:
         p.error(f"unknown figures {sorted(unknown)}: choose from {' '.join(ORDER)}")
-    import json
 
     overrides: dict[str, dict[str, Any]] = {}
     for item in args.set:
@@ -136,12 +136,21 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     shared: dict[str, Any] = {}  # what one figure measured that a later one divides by (P3 -> P3b)
     stack: BenchStack | None = None
+    stack_error = ""
     try:
         for name in names:
             plan = PLANS[name]
             params = {**(plan.quick if args.quick else plan.full), **overrides.get(name, {})}
+            if plan.needs_stack and stack is None and not stack_error:
+                try:
+                    with time_limit(600):
+                        stack = BenchStack(args.model, keep=args.keep).start()
+                except Exception as err:  # noqa: BLE001 - every figure that needs it says why it has no result
+                    stack_error = f"the bench's stack did not start: {type(err).__name__}: {err}"[:800]
             if plan.needs_stack and stack is None:
-                stack = BenchStack(args.model, keep=args.keep).start()
+                figures.append(Figure(name, plan.measures, plan.goal, error=stack_error, passed=False))
+                print(f"   {name}: FAIL ({stack_error})", flush=True)
+                continue
             if not plan.needs_stack and stack is not None and stack.runner_process is not None:
                 stack.stop_runner()  # its vLLM would compete for the CPU
             started = time.monotonic()

@@ -100,14 +100,18 @@ class BenchStack:
 
     # -- start and stop -------------------------------------------------------------------------
     def start(self) -> "BenchStack":
-        self.pg = EmbeddedPostgres(self.work / "pg", free_port()).start()
-        self.vk = EmbeddedValkey(self.work / "vk", free_port()).start()
-        apply_migrations(self.pg.url)
-        with self.db() as conn:
-            self.runner_token = accounts.create_runner_token(conn, "bench")[1]
-        self.env = {**os.environ, "DATABASE_URL": self.pg.url, "REDIS_URL": self.vk.url,
-                    "HELIX_FILESTORE": str(self.work / "files"), "HELIX_TEXT_MODELS": self.text_model}
-        self.api = self.control_plane("control-plane")
+        try:
+            self.pg = EmbeddedPostgres(self.work / "pg", free_port()).start()
+            self.vk = EmbeddedValkey(self.work / "vk", free_port()).start()
+            apply_migrations(self.pg.url)
+            with self.db() as conn:
+                self.runner_token = accounts.create_runner_token(conn, "bench")[1]
+            self.env = {**os.environ, "DATABASE_URL": self.pg.url, "REDIS_URL": self.vk.url,
+                        "HELIX_FILESTORE": str(self.work / "files"), "HELIX_TEXT_MODELS": self.text_model}
+            self.api = self.control_plane("control-plane")
+        except BaseException:
+            self.stop()  # what did start
+            raise
         return self
 
     def control_plane(self, name: str, workers: int | None = None) -> Server:
