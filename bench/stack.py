@@ -58,8 +58,8 @@ def raise_open_file_limit() -> tuple[int, int]:
 class Server:
     """A gunicorn server the bench started, with its URL."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], logs: Path):
-        self.port = int(cmd[cmd.index("-b") + 1].rsplit(":", 1)[1])
+    def __init__(self, name: str, port: int, cmd: list[str], env: dict[str, str], logs: Path):
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = LoggedProcess(cmd, env, logs / f"{name}.log", cwd=REPO)
         wait_for_port(self.port, 120, self.process.proc)
@@ -119,7 +119,7 @@ class BenchStack:
         `workers` processes (S1 measures what one process holds)."""
         port = free_port()
         cmd = control_plane_command(port) if workers is None else gunicorn_command(port, workers=workers)
-        server = Server(name, cmd, self.env, self.logs).wait_healthy("/healthz")
+        server = Server(name, port, cmd, self.env, self.logs).wait_healthy("/healthz")
         self.servers.append(server)
         return server
 
@@ -130,7 +130,7 @@ class BenchStack:
         cmd = control_plane_command(port)
         if cmd[-1] != APP:
             raise RuntimeError(f"the control plane's command line no longer ends with its app: {cmd}")
-        server = Server("bare-app", [*cmd[:-1], app], self.env, self.logs).wait_healthy("/bare")
+        server = Server("bare-app", port, [*cmd[:-1], app], self.env, self.logs).wait_healthy("/bare")
         self.servers.append(server)
         return server
 
