@@ -42,7 +42,7 @@ def count_reasons(reasons: Sequence[str], width: int = 160) -> dict[str, int]:
     """How many times each failure happened, ids left out so that equal failures count together."""
     counts: dict[str, int] = {}
     for reason in reasons:
-        key = _UUID.sub("{id}", reason)[:width]
+        key = _UUID.sub("{id}", " ".join(reason.split()))[:width]
         counts[key] = counts.get(key, 0) + 1
     return counts
 
