@@ -198,6 +198,7 @@ def measure_concurrent(stack: BenchStack, figure: Figure, *, sessions: int, toke
     if failed:
         figure.error = _failure_text(failed[0]) + (f" (in {len(failed)} of {len(runs)} repetitions)" if len(runs) > 1 else "")
         best = max(failed, key=lambda r: r["finished"])
+        figure.result["finished"] = f"{best['finished']}/{best['sessions']} at {best['tokens_per_s']:.1f} tokens/s"
         figure.result["incomplete_run"] = {k: (round(v, 1) if isinstance(v, float) else v)
                                            for k, v in best.items() if k != "failures"}
     figure.result["platform_runs"] = [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()

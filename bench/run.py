@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="FIGURE.KEY=VALUE",
                    help="override one input, e.g. --set P1.seconds=2 (JSON values)")
     p.add_argument("--keep", action="store_true", help="keep the stack's folder (logs) after the run")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the output file's other figures: rerun some figures of an earlier run")
     args = p.parse_args(argv)
     names = [n for n in ORDER if n in (args.figures or ORDER)]
     unknown = set(args.figures) - set(ORDER)
@@ -134,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: figures {' '.join(names)}{' (quick)' if args.quick else ''}; open-file limit {nofile[0]}",
           flush=True)
     figures: list[Figure] = []
+    plan_of = lambda figure_name: "GPU" if figure_name.startswith("GPU") else figure_name  # noqa: E731
+    kept: list[Figure] = []
+    if args.merge and args.output.exists():
+        kept = [Figure(**f) for f in json.loads(args.output.read_text())["figures"] if plan_of(f["name"]) not in names]
+
+    def merged() -> list[Figure]:
+        return sorted(kept + figures, key=lambda f: ORDER.index(plan_of(f.name)) if plan_of(f.name) in ORDER else 99)
     shared: dict[str, Any] = {}  # what one figure measured that a later one divides by (P3 -> P3b)
     stack: BenchStack | None = None
     stack_error = ""
@@ -170,13 +179,13 @@ def main(argv: list[str] | None = None) -> int:
             verdict = {True: "PASS", False: "FAIL", None: "skip"}[figure.passed]
             print(f"   {name}: {verdict} in {time.monotonic() - started:.0f}s"
                   + (f" ({figure.error})" if figure.error else ""), flush=True)
-            write_json(args.output, figures, sys.argv)  # what is done so far survives a crash
+            write_json(args.output, merged(), sys.argv)  # what is done so far survives a crash
     finally:
         if stack is not None:
             stack.stop()
     print()
-    print(table(figures))
-    write_json(args.output, figures, sys.argv)
+    print(table(merged()))
+    write_json(args.output, merged(), sys.argv)
     print(f"\nwritten: {args.output}")
     return 0
 
