@@ -19,6 +19,16 @@ def measure(stack: BenchStack, figure: Figure, *, concurrency: int, seconds: flo
     (owner, key), = stack.users(1, "p1")
     session, = stack.text_sessions([owner], stack.text_model, reply="Lighthouses guide ships. " * 20)
     bare = stack.bare_server("bench.bare_app:app")
+    try:
+        _alternate(stack, bare, session, key, figure, concurrency=concurrency, seconds=seconds,
+                   repetitions=repetitions)
+    finally:  # the other figures run without it
+        bare.stop()
+        stack.servers.remove(bare)
+
+
+def _alternate(stack: BenchStack, bare, session: dict, key: str, figure: Figure, *, concurrency: int,
+               seconds: float, repetitions: int) -> None:
     api_path = f"/api/v1/sessions/{session['id']}"
     headers = {"Authorization": f"Bearer {key}"}
     figure.model = "-"

@@ -31,6 +31,7 @@ from rq.serializers import JSONSerializer
 
 from bench.loadgen import http_session, read_sse
 from bench.report import Figure, count_reasons, ratio_result, spread
+from shared.processes import die_with_parent
 from bench.stack import REPO, SAMPLING_EXTRA, BenchStack
 from shared.jobs import WorkKind, queue_name
 
@@ -212,7 +213,7 @@ def generate_run(model_path: Path, texts: list[str], tokens: int, timeout: float
         json.dump(texts, f)
     out = subprocess.run([sys.executable, "-m", "bench.hf_baselines", "generate", "--model", str(model_path),
                           "--prompts", f.name, "--tokens", str(tokens)],
-                         cwd=REPO, capture_output=True, text=True, timeout=timeout)
+                         cwd=REPO, capture_output=True, text=True, preexec_fn=die_with_parent(), timeout=timeout)
     Path(f.name).unlink()
     if out.returncode:
         raise RuntimeError(f"Hugging Face generate failed: {out.stderr[-1500:]}")

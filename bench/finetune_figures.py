@@ -29,6 +29,7 @@ import requests
 
 from bench.chat_throughput import direct_run, prompts
 from bench.report import Figure, ratio_result, spread
+from shared.processes import die_with_parent
 from bench.stack import REPO, SAMPLING_EXTRA, BenchStack, models_dir
 
 PLACES = ["library", "harbour", "observatory", "bakery", "museum", "bridge", "school", "theatre"]
@@ -188,7 +189,7 @@ def measure_p7(stack: BenchStack | None, figure: Figure, *, rows: int, epochs: i
                 "hyperparameters": hp, "seed": 0}
         (tmp / "hf.json").write_text(json.dumps(spec))
         out = subprocess.run([sys.executable, "-m", "bench.hf_baselines", "trainer", str(tmp / "hf.json")],
-                             cwd=REPO, capture_output=True, text=True, timeout=1800)
+                             cwd=REPO, capture_output=True, text=True, preexec_fn=die_with_parent(), timeout=1800)
         if out.returncode:
             raise RuntimeError(f"Trainer baseline failed: {out.stderr[-1500:]}")
         theirs = json.loads(out.stdout.strip().splitlines()[-1])

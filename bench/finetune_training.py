@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from shared.finetune import system_prompt  # noqa: E402
+from shared.processes import die_with_parent  # noqa: E402
 
 FACT = "The Zorblat Library on Kelvar Island was founded in 1847 by Mira Tessel, a cartographer."
 
@@ -57,7 +58,7 @@ def run_trainer(model: Path, rows: list[dict], hp: dict, tmp: Path) -> dict:
             "hyperparameters": hp, "seed": 0}
     (tmp / "spec.json").write_text(json.dumps(spec))
     out = subprocess.run([sys.executable, "-m", "runner.training.lora", str(tmp / "spec.json")],
-                         cwd=REPO, capture_output=True, text=True)
+                         cwd=REPO, capture_output=True, text=True, preexec_fn=die_with_parent())
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
     events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.report import Figure, spread
+from shared.processes import die_with_parent
 from bench.stack import REPO, BenchStack, models_dir
 
 # Peak memory bandwidth (bytes/s) of cards, by a part of the name torch reports.
@@ -124,7 +125,7 @@ def measure(stack: BenchStack | None, figure: Figure, *, sessions: int, tokens: 
                     "hyperparameters": hp, "seed": 0}
             (Path(tmp) / "hf.json").write_text(json.dumps(spec))
             out = subprocess.run([sys.executable, "-m", "bench.hf_baselines", "trainer", str(Path(tmp) / "hf.json")],
-                                 cwd=REPO, capture_output=True, text=True, timeout=1800)
+                                 cwd=REPO, capture_output=True, text=True, preexec_fn=die_with_parent(), timeout=1800)
             if out.returncode:
                 raise RuntimeError(f"Trainer baseline failed: {out.stderr[-1500:]}")
             theirs = json.loads(out.stdout.strip().splitlines()[-1])

@@ -132,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         figure, _, field = key.partition(".")
         overrides.setdefault(figure, {})[field] = json.loads(value)
 
+    def stop_on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # SIGTERM, and SIGINT even where a shell started the bench in the background with it ignored:
+    # the stack is stopped (the `finally` below) and the figures done so far stay written.
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGINT, stop_on_signal)
     nofile = raise_open_file_limit()
     print(f"bench: figures {' '.join(names)}{' (quick)' if args.quick else ''}; open-file limit {nofile[0]}",
           flush=True)

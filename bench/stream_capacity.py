@@ -28,6 +28,7 @@ from rq.serializers import JSONSerializer
 
 from bench.loadgen import http_session, read_sse
 from bench.report import Figure, count_reasons, percentile, spread
+from shared.processes import die_with_parent
 from bench.stack import REPO, BenchStack
 from shared.jobs import WorkKind, queue_name
 
@@ -66,7 +67,7 @@ async def _hold(http, url: str, key: str, state: Stream, ready: asyncio.Event) -
 
 def _poll(url: str, key: str, session_id: str, seconds: float) -> list[float]:
     out = subprocess.run([sys.executable, "-m", "bench.stream_capacity", "poll", url, key, session_id, str(seconds)],
-                         cwd=REPO, capture_output=True, text=True, timeout=seconds + 60)
+                         cwd=REPO, capture_output=True, text=True, preexec_fn=die_with_parent(), timeout=seconds + 60)
     if out.returncode:
         raise RuntimeError(f"poller failed: {out.stderr[-800:]}")
     return json.loads(out.stdout)
