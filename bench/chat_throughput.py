@@ -31,9 +31,9 @@ from rq.serializers import JSONSerializer
 
 from bench.loadgen import http_session, read_sse
 from bench.report import Figure, count_reasons, ratio_result, spread
-from shared.processes import die_with_parent
 from bench.stack import REPO, SAMPLING_EXTRA, BenchStack
 from shared.jobs import WorkKind, queue_name
+from shared.processes import die_with_parent
 
 GOAL_DIRECT, GOAL_GENERATE = 0.8, 4.0
 SUBJECTS = ["a lighthouse keeper", "a lost robot", "the first snow", "a river town", "an old map",

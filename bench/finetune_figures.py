@@ -29,8 +29,8 @@ import requests
 
 from bench.chat_throughput import direct_run, prompts
 from bench.report import Figure, ratio_result, spread
-from shared.processes import die_with_parent
 from bench.stack import REPO, SAMPLING_EXTRA, BenchStack, models_dir
+from shared.processes import die_with_parent
 
 PLACES = ["library", "harbour", "observatory", "bakery", "museum", "bridge", "school", "theatre"]
 PEOPLE = ["Mira Tessel", "Oren Vask", "Lina Dorr", "Teo Marsh", "Ada Quill", "Ivo Renn", "Sela Brook", "Kai Lunt"]

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from bench.report import Figure, spread
-from shared.processes import die_with_parent
 from bench.stack import REPO, BenchStack, models_dir
+from shared.processes import die_with_parent
 
 # Peak memory bandwidth (bytes/s) of cards, by a part of the name torch reports.
 BANDWIDTH = [("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),

@@ -28,9 +28,9 @@ from rq.serializers import JSONSerializer
 
 from bench.loadgen import http_session, read_sse
 from bench.report import Figure, count_reasons, percentile, spread
-from shared.processes import die_with_parent
 from bench.stack import REPO, BenchStack
 from shared.jobs import WorkKind, queue_name
+from shared.processes import die_with_parent
 
 GOAL_STREAMS, BOUND_MS = 1000, 250.0
 HELD_MODEL = "bench/never-served"  # no runner takes these jobs: the replies stay unfinished
