@@ -170,33 +170,36 @@ def measure_p6(stack: BenchStack, figure: Figure, *, concurrency: int, tokens: i
     figure.judge(figure.result["ratio"] >= 0.7)
 
 
-def measure_p7(stack: BenchStack | None, figure: Figure, *, rows: int, epochs: int, model: str, **_) -> None:
+def measure_p7(stack: BenchStack | None, figure: Figure, *, rows: int, epochs: int, model: str,
+               repetitions: int = 1, **_) -> None:
     from bench.finetune_training import hyperparameters, run_trainer, trained_tokens, training_rows
 
     model_path = models_dir() / model.split("/")[-1]
     data = training_rows(rows)
     hp = hyperparameters(epochs, 4)
     figure.model = model
-    figure.inputs = {"rows": rows, "epochs": epochs, "repetitions": 1, "batch_size": hp["batch_size"],
+    figure.inputs = {"rows": rows, "epochs": epochs, "repetitions": repetitions, "batch_size": hp["batch_size"],
                      "lora": f"r={hp['lora_rank']}, alpha={hp['lora_alpha']}, all linear layers, lr {hp['learning_rate']}",
-                     "baseline": "transformers.Trainer (bench/hf_baselines.py trainer)"}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        (tmp / "ours").mkdir()
-        done = run_trainer(model_path, data, hp, tmp / "ours")
-        ours = trained_tokens(model_path, data) * epochs / done["seconds"]
-        spec = {"model_path": str(model_path), "output_dir": str(tmp / "hf"), "train": data,
-                "hyperparameters": hp, "seed": 0}
-        (tmp / "hf.json").write_text(json.dumps(spec))
-        out = subprocess.run([sys.executable, "-m", "bench.hf_baselines", "trainer", str(tmp / "hf.json")],
-                             cwd=REPO, capture_output=True, text=True, preexec_fn=die_with_parent(), timeout=1800)
-        if out.returncode:
-            raise RuntimeError(f"Trainer baseline failed: {out.stderr[-1500:]}")
-        theirs = json.loads(out.stdout.strip().splitlines()[-1])
-    hf = theirs["tokens"] / theirs["seconds"]
-    figure.inputs["dtype"] = theirs["dtype"]
-    figure.platform = spread([ours], "tokens/s", 1)
-    figure.baseline = spread([hf], "tokens/s", 1)
-    figure.result = {"ratio": round(ours / hf, 3), "steps": {"ours": done["steps"], "trainer": theirs["steps"]},
-                     "seconds": {"ours": done["seconds"], "trainer": round(theirs["seconds"], 2)}}
+                     "baseline": "transformers.Trainer (bench/hf_baselines.py trainer), alternating with ours"}
+    tokens = trained_tokens(model_path, data) * epochs
+    ours, theirs = [], []
+    for rep in range(repetitions):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            (tmp / "ours").mkdir()
+            done = run_trainer(model_path, data, hp, tmp / "ours")
+            ours.append(tokens / done["seconds"])
+            spec = {"model_path": str(model_path), "output_dir": str(tmp / "hf"), "train": data,
+                    "hyperparameters": hp, "seed": 0}
+            (tmp / "hf.json").write_text(json.dumps(spec))
+            out = subprocess.run([sys.executable, "-m", "bench.hf_baselines", "trainer", str(tmp / "hf.json")],
+                                 cwd=REPO, capture_output=True, text=True, preexec_fn=die_with_parent(), timeout=1800)
+            if out.returncode:
+                raise RuntimeError(f"Trainer baseline failed: {out.stderr[-1500:]}")
+            hf = json.loads(out.stdout.strip().splitlines()[-1])
+            theirs.append(hf["tokens"] / hf["seconds"])
+            figure.inputs["dtype"] = hf["dtype"]
+    figure.platform = spread(ours, "tokens/s", 1)
+    figure.baseline = spread(theirs, "tokens/s", 1)
+    figure.result = {**ratio_result(ours, theirs), "steps": {"ours": done["steps"], "trainer": hf["steps"]}}
     figure.judge(figure.result["ratio"] >= 1.0)

@@ -79,7 +79,8 @@ PLANS: dict[str, Plan] = {
     "P6": Plan("chat tokens/s with a LoRA adapter / the base model, concurrent requests", ">= 0.7",
                dict(concurrency=16, tokens=128, repetitions=2), dict(concurrency=4, tokens=16, repetitions=1), 900),
     "P7": Plan("fine-tune trained tokens/s (runner.training.lora) / a plain Hugging Face Trainer, same LoRA",
-               ">= 1.0", dict(rows=64, epochs=2), dict(rows=8, epochs=1), 1200, needs_stack=False),
+               ">= 1.0", dict(rows=32, epochs=1, repetitions=2), dict(rows=8, epochs=1, repetitions=1), 1200,
+               needs_stack=False),
     "GPU": Plan("on CUDA: P3 and P7 on a random-weight model of Mistral-7B's configuration, beside the card's"
                 " memory-bandwidth bound", "reported", dict(sessions=64, tokens=128, rows=64, epochs=1),
                 dict(sessions=8, tokens=32, rows=8, epochs=1), 1800, needs_stack=False),
