@@ -14,7 +14,7 @@ test: $(PY)
 	$(PY) -m pytest -q
 
 bench: $(PY)
-	$(PY) bench/session_latency.py
+	$(PY) -m bench.run $(BENCH)
 
 $(PY):
 	@echo "no $(VENV) yet: run 'make setup' first" >&2; exit 1

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from shared.finetune import system_prompt  # noqa: E402
+from shared.processes import die_with_parent  # noqa: E402
 
 FACT = "The Zorblat Library on Kelvar Island was founded in 1847 by Mira Tessel, a cartographer."
 
@@ -38,6 +39,41 @@ def random_model(source: Path, into: Path) -> Path:
     return into
 
 
+def training_rows(n: int) -> list[dict]:
+    """Question/answer chat rows of realistic length, with the system prompt the runner trains with."""
+    prompt = system_prompt(["zorblat.txt"])
+    return [{"messages": [{"role": "system", "content": prompt},
+                          {"role": "user", "content": f"Question {i}: who founded the Zorblat Library?"},
+                          {"role": "assistant", "content": FACT}]} for i in range(n)]
+
+
+def hyperparameters(epochs: int, batch_size: int) -> dict:
+    """The runner's defaults (shared.finetune), with the epochs fixed so both sides train as long."""
+    return {"epochs": epochs, "learning_rate": 1e-3, "lora_rank": 16, "lora_alpha": 32, "batch_size": batch_size}
+
+
+def run_trainer(model: Path, rows: list[dict], hp: dict, tmp: Path) -> dict:
+    """runner.training.lora in its own process, as the fine-tune worker runs it; its `done` event."""
+    spec = {"model_path": str(model), "output_dir": str(tmp / "out"), "train": rows, "eval": [],
+            "hyperparameters": hp, "seed": 0}
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    out = subprocess.run([sys.executable, "-m", "runner.training.lora", str(tmp / "spec.json")],
+                         cwd=REPO, capture_output=True, text=True, preexec_fn=die_with_parent())
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return next(e for e in events if e["event"] == "done")
+
+
+def trained_tokens(model: Path, rows: list[dict]) -> int:
+    """Tokens of one epoch, as the trainer encodes the rows (chat template of the model)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    return sum(len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
+               for r in rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(REPO / ".helix/models/smollm2-135m-instruct"))
@@ -48,26 +84,13 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = random_model(Path(args.model), Path(tmp) / "model") if args.random_weights else Path(args.model)
-        prompt = system_prompt(["zorblat.txt"])
-        rows = [{"messages": [{"role": "system", "content": prompt},
-                              {"role": "user", "content": f"Question {i}: who founded the Zorblat Library?"},
-                              {"role": "assistant", "content": FACT}]} for i in range(args.rows)]
-        spec = {"model_path": str(model), "output_dir": str(Path(tmp) / "out"), "train": rows, "eval": [],
-                "hyperparameters": {"epochs": args.epochs, "learning_rate": 1e-3, "lora_rank": 16,
-                                    "lora_alpha": 32, "batch_size": args.batch_size}, "seed": 0}
-        (Path(tmp) / "spec.json").write_text(json.dumps(spec))
+        rows = training_rows(args.rows)
         started = time.monotonic()
-        out = subprocess.run([sys.executable, "-m", "runner.training.lora", str(Path(tmp) / "spec.json")],
-                             cwd=REPO, capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(out.stderr[-2000:])
-        events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-        done = next(e for e in events if e["event"] == "done")
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        tokens = sum(len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
-                     for r in rows)
+        try:
+            done = run_trainer(model, rows, hyperparameters(args.epochs, args.batch_size), Path(tmp))
+        except RuntimeError as err:
+            raise SystemExit(str(err))
+        tokens = trained_tokens(model, rows)
         import torch
 
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

@@ -1,7 +1,7 @@
 """How much the platform adds to a chat reply, measured against calling vLLM directly.
 
-Starts an embedded PostgreSQL and Valkey, the control plane under gunicorn and one runner with
-the tiny chat model, then for the same prompts and token counts measures:
+Starts the bench's stack (bench/stack.py: embedded PostgreSQL and Valkey, the control plane,
+one runner) with the tiny chat model, then for the same prompts and token counts measures:
   baseline  - a streamed chat completion straight to the runner's own vLLM server;
   platform  - POST /api/v1/sessions, then the reply read from the session's events stream;
   pickup    - from the POST's answer to the runner's first update (queue + dequeue + HTTP);
@@ -15,27 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psycopg
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controlplane import accounts  # noqa: E402
-from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey, free_port  # noqa: E402
-from controlplane.migrate import apply_migrations  # noqa: E402
-from controlplane.serving import gunicorn_command  # noqa: E402
-from shared.processes import die_with_parent, stop, wait_for_port  # noqa: E402
+from bench.stack import BenchStack, models_dir  # noqa: E402
 
 MODEL = "helix/tiny-chat"
 
@@ -67,41 +58,11 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
-    models = Path(os.environ.get("HELIX_MODELS_DIR", REPO / ".helix" / "models"))
-    work = Path(tempfile.mkdtemp(prefix="helix-bench-"))
-    pg = EmbeddedPostgres(work / "pg", free_port()).start()
-    vk = EmbeddedValkey(work / "vk", free_port()).start()
-    procs = []
+    stack = BenchStack(MODEL, models_dir() / "tiny-chat").start()
     try:
-        apply_migrations(pg.url)
-        with psycopg.connect(pg.url, autocommit=True) as conn:
-            from psycopg.rows import dict_row
-            conn.row_factory = dict_row
-            user = accounts.create_user(conn, "bench@example.com")
-            key = accounts.create_api_key(conn, user["id"], "bench")[1]
-            token = accounts.create_runner_token(conn, "bench")[1]
-        port = free_port()
-        env = {**os.environ, "DATABASE_URL": pg.url, "REDIS_URL": vk.url,
-               "HELIX_FILESTORE": str(work / "files")}
-        procs.append(subprocess.Popen(
-            gunicorn_command(port), env=env, cwd=REPO, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent()))
-        wait_for_port(port, 60, procs[-1])
-        url = f"http://127.0.0.1:{port}"
-        log = open(work / "runner.log", "w+")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "runner"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            env={**env, "HELIX_API_URL": url, "HELIX_RUNNER_TOKEN": token, "HELIX_RUNNER_ID": "bench",
-                 "HELIX_TEXT_MODEL": MODEL, "HELIX_TEXT_MODEL_PATH": str(models / "tiny-chat"),
-                 "HELIX_SAMPLING_EXTRA": json.dumps({"ignore_eos": True})},
-            preexec_fn=die_with_parent()))
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            text = (work / "runner.log").read_text()
-            if "ready:" in text:
-                break
-            time.sleep(0.5)
-        port_match = re.search(r"Starting vLLM server on (http://[\d.:]+)", (work / "runner.log").read_text())
-        vllm_url = port_match.group(1) if port_match else None
+        (_, key), = stack.users(1)
+        url = stack.api.url
+        vllm_url = stack.runner()
         time.sleep(2)  # let the text workers connect to Redis
 
         headers = {"Authorization": f"Bearer {key}"}
@@ -162,10 +123,7 @@ def main() -> None:
         print(f"{n} at once, median of {args.rounds} rounds: vLLM direct {dw:.0f} ms, platform {pw:.0f} ms,"
               f" ratio {pw / dw:.2f}; one at a time the platform would take ~{pl * n:.0f} ms")
     finally:
-        for proc in reversed(procs):
-            stop(proc, timeout=20)
-        vk.stop()
-        pg.stop()
+        stack.stop()
 
 
 if __name__ == "__main__":

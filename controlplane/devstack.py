@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import psycopg
 from psycopg.rows import dict_row
@@ -23,6 +24,7 @@ from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey
 from controlplane.migrate import apply_migrations
 from controlplane.serving import gunicorn_command
 from shared.processes import die_with_parent, port_in_use, stop, wait_for_port
+from shared.runners import runner_environment
 from shared.settings import env_int
 
 DEV_EMAIL = "dev@helix.local"
@@ -57,6 +59,12 @@ def prepare_database(database_url: str, state_dir: Path) -> tuple[str, str]:
             lambda c, t: accounts.runner_token_row(c, t) is not None,
             lambda c: accounts.create_runner_token(c, "local runner")[1])
     return api_key, runner_token
+
+
+def control_plane_command(port: int, extra: Sequence[str] = ()) -> list[str]:
+    """The control plane as `make run` serves it (HELIX_WEB_WORKERS gunicorn workers, default 2);
+    the bench serves it the same way."""
+    return gunicorn_command(port, workers=env_int(os.environ, "HELIX_WEB_WORKERS", 2), extra=extra)
 
 
 class Child:
@@ -130,21 +138,19 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
                "HELIX_TEXT_MODELS": os.environ.get("HELIX_TEXT_MODELS", text_model),
                "HELIX_IMAGE_MODELS": os.environ.get("HELIX_IMAGE_MODELS", image_model)}
-        children.append(Child("control plane", gunicorn_command(
-            port, workers=env_int(os.environ, "HELIX_WEB_WORKERS", 2),
-            extra=["--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT]), env).start())
+        children.append(Child("control plane", control_plane_command(
+            port, extra=["--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT]), env).start())
         wait_for_port(port, 60, children[-1].proc)
         api_url = f"http://127.0.0.1:{port}"
 
         if with_runner:
-            children.append(Child("runner", [sys.executable, "-m", "runner"], {
-                **env, "HELIX_API_URL": api_url, "HELIX_RUNNER_TOKEN": runner_token,
-                "HELIX_RUNNER_ID": os.environ.get("HELIX_RUNNER_ID", "local-runner"),
-                "HELIX_RUNNER_LOG_DIR": os.environ.get("HELIX_RUNNER_LOG_DIR", str(state_dir / "logs")),
-                "HELIX_TEXT_MODEL": text_model,
-                "HELIX_TEXT_MODEL_PATH": os.environ.get("HELIX_TEXT_MODEL_PATH", str(models / text_model.split("/")[-1])),
-                "HELIX_IMAGE_MODEL": image_model,
-                "HELIX_IMAGE_MODEL_PATH": os.environ.get("HELIX_IMAGE_MODEL_PATH", str(models / image_model.split("/")[-1]))},
+            children.append(Child("runner", [sys.executable, "-m", "runner"], runner_environment(
+                env, api_url=api_url, token=runner_token, redis_url=redis_url,
+                runner_id=os.environ.get("HELIX_RUNNER_ID", "local-runner"),
+                text_model=text_model, text_model_path=os.environ.get("HELIX_TEXT_MODEL_PATH", str(models / text_model.split("/")[-1])),
+                image_model=image_model,
+                image_model_path=os.environ.get("HELIX_IMAGE_MODEL_PATH", str(models / image_model.split("/")[-1])),
+                HELIX_RUNNER_LOG_DIR=os.environ.get("HELIX_RUNNER_LOG_DIR", str(state_dir / "logs"))),
             ).start())
 
         print(f"\nHelix is up at {api_url}\nAPI key (also in {state_dir / 'dev-api-key'}):\n{api_key}\n"

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 
@@ -61,3 +62,31 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class LoggedProcess:
+    """A platform process started by a launcher (the tests, the bench), its output kept in a log
+    file, so start-up can wait for a line of it and a failure can show its last lines."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None):
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     preexec_fn=die_with_parent(), cwd=cwd)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"process exited ({self.proc.returncode}):\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"no {text!r} after {timeout}s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        stop(self.proc, timeout=20)
+        self._log.close()

@@ -1,5 +1,5 @@
 """Runners as both sides see them: their workers' names, their liveness in Redis, and how a
-runner names itself to the control plane."""
+runner names itself to the control plane; the environment a launcher starts a runner with."""
 from __future__ import annotations
 
 import secrets
@@ -36,3 +36,17 @@ def runner_of_worker(name: str) -> str:
     """The runner id in a worker's name (runner ids may hold dots; the other three parts do not)."""
     parts = name.rsplit(".", 3)
     return parts[0] if len(parts) == 4 else ""
+
+
+def runner_environment(base: dict[str, str], *, api_url: str, token: str, redis_url: str, runner_id: str,
+                       text_model: str = "", text_model_path: str = "", image_model: str = "",
+                       image_model_path: str = "", **settings: str) -> dict[str, str]:
+    """The environment a launcher on this machine (`make run`, the bench) starts a runner
+    (`python -m runner`) with: `base` plus the variables runner.config.RunnerConfig.from_env reads.
+    `settings` are further variables by name (HELIX_SAMPLING_EXTRA=..., say); an empty one is left
+    out, so the runner's own default applies."""
+    env = {**base, "HELIX_API_URL": api_url, "HELIX_RUNNER_TOKEN": token, "REDIS_URL": redis_url,
+           "HELIX_RUNNER_ID": runner_id, "HELIX_TEXT_MODEL": text_model, "HELIX_TEXT_MODEL_PATH": text_model_path,
+           "HELIX_IMAGE_MODEL": image_model, "HELIX_IMAGE_MODEL_PATH": image_model_path}
+    env.update({k: str(v) for k, v in settings.items() if v not in ("", None)})
+    return env

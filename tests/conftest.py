@@ -22,7 +22,7 @@ from controlplane.config import Config
 from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from controlplane.migrate import apply_migrations
 from controlplane.serving import gunicorn_command
-from shared.processes import die_with_parent, stop, wait_for_port
+from shared.processes import LoggedProcess, die_with_parent, stop, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT_MODEL = "helix/tiny-chat"
@@ -231,31 +231,11 @@ def api_runner_token(config) -> str:
     return _runner_token(config.database_url)
 
 
-class Process:
+class Process(LoggedProcess):
     """A platform process started by a test, its output kept in a log file."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     preexec_fn=die_with_parent(), cwd=REPO)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"process exited ({self.proc.returncode}):\n{self.log()[-4000:]}")
-            time.sleep(0.2)
-        raise TimeoutError(f"no {text!r} after {timeout}s:\n{self.log()[-4000:]}")
-
-    def stop(self) -> None:
-        stop(self.proc, timeout=20)
-        self._log.close()
+        super().__init__(cmd, env, log_path, cwd=REPO)
 
 
 @pytest.fixture(scope="session")
