@@ -36,11 +36,12 @@ class OpenAIFiles:
         self.config, self.filestore = config, filestore
 
     def create(self, conn: psycopg.Connection, user: dict[str, Any], upload: Any, purpose: str) -> dict[str, Any]:
+        if upload is None:
+            raise BadRequest("send a multipart/form-data body: the JSONL file as the multipart field 'file',"
+                             f" and purpose={PURPOSE}")
         if purpose != PURPOSE:
             raise BadRequest(f"purpose must be {PURPOSE!r}: this server keeps fine-tuning files only"
                              + (f", got {purpose[:40]!r}" if purpose else ""))
-        if upload is None:
-            raise BadRequest("send the JSONL file as the multipart field 'file'")
         filename = ensure_utf8((upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip(), "filename")
         if not filename or "\x00" in filename or len(filename) > MAX_FILENAME_CHARS:
             raise BadRequest(f"the file needs a name of 1 to {MAX_FILENAME_CHARS} characters")

@@ -231,6 +231,8 @@ class OpenAIFineTuning:
         a runner training it stops at its next report (answered 409, as for a deleted session)."""
         with conn.transaction():
             session, turn = self._job(conn, user, job_id, for_update=True)
+            # Locked, as a runner's report locks it: its last report cannot land between check and update.
+            turn = sessions_store.get_interaction_for_runner(conn, session["id"], turn["id"])
             if turn["finished"]:
                 raise Conflict(f"the job has already {job_status(turn)}: only a queued or running job can be cancelled")
             turn = sessions_store.apply_update(

@@ -254,3 +254,36 @@ def test_a_queued_job_cancels_once_and_bad_jobs_are_refused(unserved_server, ser
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.retrieve("ftjob-not-a-job")
     assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]
+
+
+def test_malformed_requests_are_4xx_in_openai_shape(client, make_user):
+    """Raw requests the SDK would never send, on the in-process app: each a 4xx saying what to fix."""
+    user = make_user()
+    h = user.headers
+    cases = [
+        (client.post("/v1/files", headers=h, json={"purpose": "fine-tune"}), 400, "multipart field 'file'"),
+        (client.post("/v1/files", headers=h, data={"purpose": "fine-tune", "file": (__import__("io").BytesIO(
+            b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a\\u0000"}]}'),
+            "x.jsonl")}), 400, "NUL"),
+        (client.get("/v1/files?limit=0", headers=h), 400, "'limit'"),
+        (client.get("/v1/files?order=sideways", headers=h), 400, "'order'"),
+        (client.get("/v1/files?after=file-nope", headers=h), 404, "no file"),
+        (client.post("/v1/fine_tuning/jobs", headers=h, data="x"), 400, "must be JSON"),
+        (client.post("/v1/fine_tuning/jobs", headers=h, json=[1]), 400, "JSON object"),
+        (client.post("/v1/fine_tuning/jobs", headers=h, json={"model": TEXT_MODEL}), 400, "'training_file'"),
+        (client.post("/v1/fine_tuning/jobs", headers=h, json={"model": TEXT_MODEL, "training_file": "f",
+                                                             "method": {"type": "dpo"}}), 400, "supervised"),
+        (client.post("/v1/fine_tuning/jobs", headers=h, json={"model": TEXT_MODEL, "training_file": "f",
+                                                             "integrations": [{"type": "wandb"}]}), 400, "integrations"),
+        (client.get("/v1/fine_tuning/jobs/ftjob-00000000-0000-0000-0000-000000000000/events", headers=h), 404, "no fine"),
+        (client.post("/v1/fine_tuning/jobs/nope/cancel", headers=h), 404, "no fine"),
+        (client.get("/v1/fine_tuning/jobs?limit=101", headers=h), 400, "'limit'"),
+        (client.get("/v1/files"), 401, ""),
+    ]
+    for response, status, message in cases:
+        error = response.get_json()["error"]
+        assert response.status_code == status and message in error["message"], (response.status_code, error)
+        assert error["type"] == {400: "invalid_request_error", 401: "authentication_error",
+                                 404: "not_found_error"}[status]
+    assert client.get("/v1/files", headers=h).get_json() == {"object": "list", "data": [], "has_more": False,
+                                                             "first_id": None, "last_id": None}
