@@ -55,6 +55,10 @@ class Config:
     # OpenAI-style fine-tuning files (POST /v1/files): largest file, most examples (lines) in one.
     finetune_file_max_bytes: int = 16 * 1024 * 1024
     finetune_file_max_examples: int = 10_000
+    # Image fine-tunes: most images in one session, and the fewest pixels on an image's shorter
+    # side (each is scaled to the model's resolution: 64 px tiny, 512 SD 1.5, 1024 SDXL).
+    max_finetune_images: int = 50
+    min_finetune_image_px: int = 256
     # Longest file or folder name in the filestore, in UTF-8 bytes: most filesystems stop at 255.
     max_name_bytes: int = 200
     # Deepest nesting of arrays and objects a JSON body may have (deeper: 400, never a RecursionError).
@@ -81,6 +85,8 @@ class Config:
         c.finetune_file_max_examples = env_int(env, "HELIX_FINETUNE_FILE_MAX_EXAMPLES", c.finetune_file_max_examples)
         if min(c.finetune_file_max_bytes, c.finetune_file_max_examples) < 1:
             raise SettingError("HELIX_FINETUNE_FILE_MAX_BYTES and HELIX_FINETUNE_FILE_MAX_EXAMPLES must be at least 1")
+        c.max_finetune_images = env_int(env, "HELIX_MAX_FINETUNE_IMAGES", c.max_finetune_images)
+        c.min_finetune_image_px = env_int(env, "HELIX_MIN_FINETUNE_IMAGE_PX", c.min_finetune_image_px)
         c.max_name_bytes = env_int(env, "HELIX_MAX_NAME_BYTES", c.max_name_bytes)
         if not 1 <= c.max_name_bytes <= 255:
             raise SettingError(f"HELIX_MAX_NAME_BYTES must be between 1 and 255, got {c.max_name_bytes}")

@@ -15,8 +15,8 @@ from rq.serializers import JSONSerializer
 
 from controlplane.config import Config
 from shared.finetune import DEFAULT_EVAL_SHARE
-from shared.jobs import (ENTRY_POINTS, ImageInferenceJob, TextDataPrepJob, TextFinetuneJob, TextInferenceJob,
-                         WorkKind, job_id_for, queue_name)
+from shared.jobs import (ENTRY_POINTS, ImageFinetuneJob, ImageInferenceJob, TextDataPrepJob, TextFinetuneJob,
+                         TextInferenceJob, WorkKind, job_id_for, queue_name)
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,28 @@ def job_stage(interaction: dict[str, Any]) -> str:
     return "finetune" if interaction["data_prep_stage"] == DataPrepStage.FINETUNE else "dataprep"
 
 
+def _user_turn_before(interactions: list[dict[str, Any]], interaction: dict[str, Any]) -> dict[str, Any]:
+    """The user's turn just before a system interaction: the documents or images it works on."""
+    before = interactions[:next(n for n, i in enumerate(interactions) if i["id"] == interaction["id"])]
+    return next((i for i in reversed(before) if i["creator"] == Creator.USER), None) or {}
+
+
+def _image_finetune_job(session: dict[str, Any], interactions: list[dict[str, Any]],
+                        interaction: dict[str, Any]) -> tuple[WorkKind, dict[str, Any]]:
+    turn = _user_turn_before(interactions, interaction)
+    captions = turn.get("metadata", {}).get("captions", {})
+    job = ImageFinetuneJob(
+        session_id=session["id"], interaction_id=interaction["id"], model=session["model_name"],
+        images=[{"path": p, "caption": captions.get(p.rsplit("/", 1)[-1], "")} for p in turn.get("files", [])],
+        hyperparameters=session["config"].get("finetune", {}).get("hyperparameters", {}),
+        checkpoint=interaction["metadata"].get("checkpoint", {}).get("path", ""))
+    return WorkKind.IMAGE_FINETUNE, job.to_dict()
+
+
 def _finetune_job(session: dict[str, Any], interactions: list[dict[str, Any]],
                   interaction: dict[str, Any]) -> tuple[WorkKind, dict[str, Any]]:
+    if session["type"] == SessionType.IMAGE:
+        return _image_finetune_job(session, interactions, interaction)
     options = session["config"].get("finetune", {})
     common = {"session_id": session["id"], "interaction_id": interaction["id"], "model": session["model_name"]}
     if job_stage(interaction) == "finetune":
@@ -65,9 +85,7 @@ def _finetune_job(session: dict[str, Any], interactions: list[dict[str, Any]],
                               checkpoint=interaction["metadata"].get("checkpoint", {}).get("path", ""),
                               seed=options.get("seed", 0))
         return WorkKind.TEXT_FINETUNE, job.to_dict()
-    # The documents are those of the user's turn just before this interaction.
-    before = interactions[:next(n for n, i in enumerate(interactions) if i["id"] == interaction["id"])]
-    documents = next((i for i in reversed(before) if i["creator"] == Creator.USER), None) or {}
+    documents = _user_turn_before(interactions, interaction)
     done = [f"{name}#{chunk['index']}" for name, report in interaction["data_prep_chunks"].items()
             for chunk in report.get("chunks", []) if chunk.get("state") == "done"]
     job = TextDataPrepJob(**common, files=documents.get("files", []),
@@ -86,7 +104,9 @@ def build_job(session: dict[str, Any], interactions: list[dict[str, Any]],
         return _finetune_job(session, interactions, interaction)
     if session["type"] == SessionType.IMAGE:
         prompt = chat_history(interactions, interaction_id)[-1]["content"]
-        params = session["config"].get("image", {})
+        # The session's settings, overridden by those sent with this prompt (a PUT's fields).
+        params = {**session["config"].get("image", {}), **_user_turn_before(interactions, interaction)
+                  .get("metadata", {}).get("image", {})}
         job = ImageInferenceJob(session_id=session["id"], interaction_id=interaction_id,
                                 model=session["model_name"], prompt=prompt,
                                 lora_dir=session["lora_dir"], **params)
@@ -111,10 +131,13 @@ class Dispatcher:
         self.redis = redis
         self.config = config
 
-    def _timeout(self, kind: WorkKind) -> int:
+    def _timeout(self, kind: WorkKind, session: dict[str, Any]) -> int:
+        if kind == WorkKind.IMAGE_INFERENCE and session["config"].get("job_timeout"):
+            return int(session["config"]["job_timeout"])  # sized from the request's work and the runners' budget
         return {WorkKind.IMAGE_INFERENCE: self.config.image_job_timeout,
                 WorkKind.TEXT_DATAPREP: self.config.dataprep_job_timeout,
-                WorkKind.TEXT_FINETUNE: self.config.finetune_job_timeout}.get(kind, self.config.text_job_timeout)
+                WorkKind.TEXT_FINETUNE: self.config.finetune_job_timeout,
+                WorkKind.IMAGE_FINETUNE: self.config.finetune_job_timeout}.get(kind, self.config.text_job_timeout)
 
     def enqueue(self, session: dict[str, Any], interactions: list[dict[str, Any]], interaction_id: str) -> Job:
         kind, payload = build_job(session, interactions, interaction_id)
@@ -126,7 +149,7 @@ class Dispatcher:
         if existing is not None:
             existing.delete()  # a dead runner's copy: drop it from every registry first
         return queue.enqueue_call(
-            ENTRY_POINTS[kind], args=(payload,), job_id=job_id, timeout=self._timeout(kind),
+            ENTRY_POINTS[kind], args=(payload,), job_id=job_id, timeout=self._timeout(kind, session),
             result_ttl=3600, failure_ttl=24 * 3600, retry=Retry(max=2),
         )
 

@@ -18,6 +18,7 @@ from controlplane.runner_service import storable
 from controlplane.validation import text_field
 from controlplane.views import interaction_view
 from shared.finetune import ADAPTER_FILES, system_prompt
+from shared.image_finetune import ADAPTER_FILES as IMAGE_ADAPTER_FILES
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
 from shared.updates import EVENT_INTERACTION
 
@@ -206,6 +207,9 @@ class FinetuneService:
             raise BadRequest("clone mode must be just_data, with_questions or all")
         session, interactions, source = self._finetune_interaction(conn, user, session_id, interaction_id)
         conn.rollback()  # nothing locked while files are copied
+        image = session["type"] == SessionType.IMAGE
+        if image and mode == "with_questions":
+            raise BadRequest("an image fine-tune has no questions: clone it just_data or all")
         if mode == "all" and not source["lora_dir"]:
             raise Conflict("this fine-tune has no trained adapter yet: clone with_questions instead")
         if mode != "just_data" and source["state"] not in (InteractionState.EDITING, InteractionState.COMPLETE):
@@ -215,7 +219,8 @@ class FinetuneService:
         before = interactions[:interactions.index(source)]
         documents = next((i for i in reversed(before) if i["creator"] == Creator.USER), {"files": [], "metadata": {}})
         moved = {}
-        for path in documents["files"] + ([f"{source['lora_dir']}/{n}" for n in ADAPTER_FILES] if mode == "all" else []):
+        adapter_files = IMAGE_ADAPTER_FILES if image else ADAPTER_FILES
+        for path in documents["files"] + ([f"{source['lora_dir']}/{n}" for n in adapter_files] if mode == "all" else []):
             target = path.replace(session_folder(session_id), session_folder(new_id), 1)
             with files.store.open(files.key(path)) as data:
                 files.store.write(files.key(target), data)
@@ -230,9 +235,12 @@ class FinetuneService:
                 user_turn = sessions_store.insert_interaction(
                     conn, session_id=new_id, creator=Creator.USER, mode=SessionMode.FINETUNE,
                     message=documents.get("message", ""), state=InteractionState.COMPLETE,
-                    files=[moved[p] for p in documents["files"]], metadata={"urls": documents["metadata"].get("urls", [])})
+                    files=[moved[p] for p in documents["files"]],
+                    metadata={k: documents["metadata"][k] for k in ("urls", "captions", "sizes") if k in documents["metadata"]})
                 state, stage, status = {
-                    "just_data": (InteractionState.WAITING, DataPrepStage.EXTRACT_TEXT,
+                    "just_data": (InteractionState.WAITING, DataPrepStage.FINETUNE,
+                                  "queued: waiting for a runner to train") if image else
+                                 (InteractionState.WAITING, DataPrepStage.EXTRACT_TEXT,
                                   "queued: waiting for a runner to read the documents"),
                     "with_questions": (InteractionState.EDITING, DataPrepStage.EDIT_QUESTIONS,
                                        "cloned pairs ready for review; start training with POST .../finetune/start"),

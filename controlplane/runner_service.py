@@ -20,6 +20,7 @@ from controlplane.dispatch import Dispatcher, job_stage
 from controlplane.errors import BadRequest, Conflict, Forbidden, NotFound
 from controlplane.views import interaction_view
 from controlplane.filestore import session_outputs
+from shared import image_budget
 from shared.runners import RUNNER_HEADER, runner_of_worker
 from shared.types import DataPrepStage, InteractionState, SessionType
 from shared.updates import EVENT_DELTA, EVENT_INTERACTION
@@ -59,6 +60,9 @@ def _check_info(info: Any) -> dict[str, Any]:
     for key in ("max_model_len", "max_tokens"):  # the text model's limits, which requests are held to
         if key in info and (type(info[key]) is not int or not 1 <= info[key] <= 10**7):
             raise BadRequest(f"info {key} must be a whole number of tokens from 1 to 10000000")
+    problem = image_budget.check_info(info)  # the image model's work budget, which requests are held to
+    if problem:
+        raise BadRequest(problem)
     return info
 
 

@@ -21,6 +21,7 @@ import sys
 from typing import Sequence
 
 from gunicorn import util
+from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
 APP = "controlplane.app:create_app()"
@@ -59,9 +60,13 @@ class JsonErrorWorker(GeventWorker):
 
     def init_process(self) -> None:
         util.write_error = write_json_error
-        self.client_idle_seconds = float(os.environ.get("HELIX_CLIENT_IDLE_SECONDS") or CLIENT_IDLE_SECONDS)
+        # Longer than the wait for headers, whose own timeout drops a stalled client quietly.
+        self.client_idle_seconds = max(float(os.environ.get("HELIX_CLIENT_IDLE_SECONDS") or CLIENT_IDLE_SECONDS),
+                                       HEADER_SECONDS + 1)
         super().init_process()
 
     def handle(self, listener, client, addr) -> None:
+        """GeventWorker.handle makes the socket blocking with no timeout, then serves it; this
+        gives it the idle timeout instead."""
         client.settimeout(self.client_idle_seconds)
-        super().handle(listener, client, addr)
+        AsyncWorker.handle(self, listener, client, addr)

@@ -14,7 +14,9 @@ from controlplane.dispatch import Dispatcher
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.filestore import Filestore, UserFiles, session_folder
 from controlplane.finetune_service import FinetuneService
+from controlplane.image_finetune_service import ImageFinetuneService
 from controlplane.validation import optional_float, optional_int, required_choice, text_field
+from shared.image_budget import ImageBudget
 from shared.types import Creator, InteractionState, SessionMode, SessionType
 
 
@@ -75,6 +77,30 @@ def check_fits(conn: psycopg.Connection, config: Config, model: str, prompt: str
                          f" characters at {CHARS_PER_TOKEN_BOUND} a token")
 
 
+def image_budget(conn: psycopg.Connection, config: Config, model: str) -> ImageBudget | None:
+    """What the image model's live runners announced they can do (the strictest of them, since any
+    of them may take the job); None when none did."""
+    rows = conn.execute(
+        "SELECT info FROM runners WHERE models -> 'image' ? %s AND info ? 'image_max_pixels'"
+        " AND last_seen > now() - make_interval(secs => %s)", (model, config.runner_ttl),
+    ).fetchall()
+    return ImageBudget.strictest(b for b in (ImageBudget.from_info(r["info"]) for r in rows) if b)
+
+
+def check_image_work(conn: psycopg.Connection, config: Config, model: str, params: dict[str, Any]) -> int | None:
+    """Refuses now an image request over its model's work budget (400 saying how to make it fit),
+    rather than let it hold the image worker for hours; returns the job timeout that fits its work
+    (None: no runner announced a budget, and the runner will hold the job to its own)."""
+    budget = image_budget(conn, config, model)
+    if budget is None:
+        return None
+    args = (params.get("width"), params.get("height"), params.get("steps"), params.get("num_images"))
+    refusal = budget.refusal(model, *args)
+    if refusal:
+        raise BadRequest(refusal)
+    return budget.job_timeout(*args)
+
+
 def _job_params(form: Mapping[str, str], session_type: SessionType) -> dict[str, Any]:
     """Optional generation settings, validated now so a bad value never reaches a runner."""
     if session_type == SessionType.IMAGE:
@@ -95,20 +121,23 @@ def _job_params(form: Mapping[str, str], session_type: SessionType) -> dict[str,
 
 
 class SessionService:
-    def __init__(self, config: Config, dispatcher: Dispatcher, filestore: Filestore, finetune: FinetuneService):
+    def __init__(self, config: Config, dispatcher: Dispatcher, filestore: Filestore, finetune: FinetuneService,
+                 image_finetune: ImageFinetuneService | None = None):
         self.config = config
         self.dispatcher = dispatcher
         self.filestore = filestore
         self.finetune = finetune
+        self.image_finetune = image_finetune or ImageFinetuneService(config, dispatcher, filestore)
 
     def create(self, conn: psycopg.Connection, user: dict[str, Any], form: Mapping[str, str],
                files: list[Any]) -> dict[str, Any]:
         mode = required_choice(form, "mode", SessionMode)
         session_type = required_choice(form, "type", SessionType)
         if mode == SessionMode.FINETUNE:
+            model = _model_name(conn, self.config, form, session_type)
             if session_type == SessionType.IMAGE:
-                raise BadRequest("image fine-tuning is not available on this server yet: use type=text")
-            return self.finetune.create(conn, user, form, files, _model_name(conn, self.config, form, session_type))
+                return self.image_finetune.create(conn, user, form, files, model)
+            return self.finetune.create(conn, user, form, files, model)
         if files:
             raise BadRequest("inference sessions take no files: send the prompt as input=...")
         prompt = text_field(form, "input", self.config.max_input_chars, required=True)
@@ -116,6 +145,8 @@ class SessionService:
         config = _job_params(form, session_type)
         if session_type == SessionType.TEXT:
             check_fits(conn, self.config, model, prompt, config["text"].get("max_tokens"))
+        elif (timeout := check_image_work(conn, self.config, model, config["image"])) is not None:
+            config["job_timeout"] = timeout  # seconds: RQ's timeout for this session's jobs
         name = text_field(form, "name", 200) or prompt.strip()[:60]
 
         with conn.transaction():
@@ -163,19 +194,24 @@ class SessionService:
                                " fine-tune interaction is complete")
             if session["type"] == SessionType.TEXT:
                 check_fits(conn, self.config, session["model_name"], prompt, None)
+            else:  # the runners may have changed since the session began
+                check_image_work(conn, self.config, session["model_name"], session["config"].get("image", {}))
             previous = sessions_store.get_interactions(conn, session_id)
             if previous and not previous[-1]["finished"]:
                 raise Conflict("the previous reply is still being generated: wait for it to finish")
-            interactions = previous + self._add_turn(conn, session, prompt)
+            # An image prompt may carry the same settings as a new image session (seed included).
+            params = _job_params(form, SessionType.IMAGE)["image"] if session["type"] == SessionType.IMAGE else {}
+            interactions = previous + self._add_turn(conn, session, prompt, {"image": params} if params else None)
             sessions_store.touch_session(conn, session_id)
         conn.commit()
         self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
         return {**session, "interactions": interactions}
 
-    def _add_turn(self, conn: psycopg.Connection, session: dict[str, Any], prompt: str) -> list[dict]:
+    def _add_turn(self, conn: psycopg.Connection, session: dict[str, Any], prompt: str,
+                  metadata: dict | None = None) -> list[dict]:
         user_turn = sessions_store.insert_interaction(
             conn, session_id=session["id"], creator=Creator.USER, mode=session["mode"],
-            message=prompt, state=InteractionState.COMPLETE,
+            message=prompt, state=InteractionState.COMPLETE, metadata=metadata,
         )
         system_turn = sessions_store.insert_interaction(
             conn, session_id=session["id"], creator=Creator.SYSTEM, mode=session["mode"],

@@ -34,14 +34,14 @@ def adapter_name(lora_dir: str) -> str:
     return "lora-" + hashlib.sha256(lora_dir.encode()).hexdigest()[:20]
 
 
-def fetch(client, session_id: str, lora_dir: str, cache_dir: Path) -> Path:
+def fetch(client, session_id: str, lora_dir: str, cache_dir: Path, files: tuple[str, ...] = ADAPTER_FILES) -> Path:
     """The adapter's files in the runner's cache, downloaded through the control plane if new."""
     folder = cache_dir / adapter_name(lora_dir)
     with _fetching[folder.name]:
-        if all((folder / name).exists() for name in ADAPTER_FILES):
+        if all((folder / name).exists() for name in files):
             return folder
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ADAPTER_FILES:
+        for name in files:
             data = client.download(session_id, f"{lora_dir}/{name}")
             tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}"
             tmp.write_bytes(data)

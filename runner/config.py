@@ -7,7 +7,7 @@ import socket
 import tempfile
 from dataclasses import dataclass, field
 
-from shared.settings import env_float, env_int, env_json_object
+from shared.settings import SettingError, env_float, env_int, env_json_object
 
 
 @dataclass
@@ -20,6 +20,9 @@ class RunnerConfig:
     text_model_path: str = ""    # HELIX_TEXT_MODEL_PATH: local directory (or hub id on a GPU box)
     image_model: str = ""        # HELIX_IMAGE_MODEL: empty = no image worker
     image_model_path: str = ""   # HELIX_IMAGE_MODEL_PATH
+    image_max_pixels: int = 0    # HELIX_IMAGE_MAX_PIXELS: largest width x height (0: twice the native size each way)
+    image_max_seconds: float = 300  # HELIX_IMAGE_MAX_SECONDS: the longest one image request may take
+    image_seconds_per_megapixel_step: float = 0  # HELIX_IMAGE_SECONDS_PER_MEGAPIXEL_STEP: 0 = measure at start-up
     text_workers: int = 64       # HELIX_TEXT_WORKERS: text jobs in flight at once on the one vLLM
     # (threads of one worker process, one RQ worker each)
     max_tokens: int = 512        # HELIX_MAX_TOKENS: default reply length cap
@@ -34,6 +37,7 @@ class RunnerConfig:
     log_dir: str = ""            # HELIX_RUNNER_LOG_DIR: vLLM's own output goes to vllm.log there
     register_interval: float = 30  # HELIX_REGISTER_INTERVAL: seconds between "still here" reports
     finetune_workers: int = 1    # HELIX_FINETUNE_WORKERS: training runs at once (0: this runner trains nothing)
+    image_finetune_workers: int = 1  # HELIX_IMAGE_FINETUNE_WORKERS: image LoRA runs at once (0: none)
     work_dir: str = ""           # HELIX_RUNNER_WORK_DIR: adapters and checkpoints (default: a temp dir)
     qa_api_url: str = ""         # HELIX_QA_API_URL: OpenAI-compatible server that writes the questions
     qa_api_key: str = ""         # HELIX_QA_API_KEY   (default: this runner's own vLLM and model)
@@ -48,7 +52,7 @@ class RunnerConfig:
         if missing:
             raise SystemExit("runner needs " + ", ".join(missing) + " in its environment")
         env.setdefault("HELIX_RUNNER_ID", f"{socket.gethostname()}-{os.getpid()}")
-        return cls(
+        config = cls(
             api_url=env["HELIX_API_URL"].rstrip("/"),
             token=env["HELIX_RUNNER_TOKEN"],
             redis_url=env["REDIS_URL"],
@@ -57,6 +61,9 @@ class RunnerConfig:
             text_model_path=env.get("HELIX_TEXT_MODEL_PATH", ""),
             image_model=env.get("HELIX_IMAGE_MODEL", ""),
             image_model_path=env.get("HELIX_IMAGE_MODEL_PATH", ""),
+            image_max_pixels=env_int(env, "HELIX_IMAGE_MAX_PIXELS", 0),
+            image_max_seconds=env_float(env, "HELIX_IMAGE_MAX_SECONDS", 300),
+            image_seconds_per_megapixel_step=env_float(env, "HELIX_IMAGE_SECONDS_PER_MEGAPIXEL_STEP", 0),
             text_workers=env_int(env, "HELIX_TEXT_WORKERS", 64),
             max_tokens=env_int(env, "HELIX_MAX_TOKENS", 512),
             max_model_len=env_int(env, "HELIX_MAX_MODEL_LEN", 2048),
@@ -69,6 +76,7 @@ class RunnerConfig:
             log_dir=env.get("HELIX_RUNNER_LOG_DIR", ""),
             register_interval=env_float(env, "HELIX_REGISTER_INTERVAL", 30),
             finetune_workers=env_int(env, "HELIX_FINETUNE_WORKERS", 1),
+            image_finetune_workers=env_int(env, "HELIX_IMAGE_FINETUNE_WORKERS", 1),
             work_dir=env.get("HELIX_RUNNER_WORK_DIR", "")
             or os.path.join(tempfile.gettempdir(), "helix-runner", runner_id_safe(env)),
             qa_api_url=env.get("HELIX_QA_API_URL", "").rstrip("/"),
@@ -77,6 +85,15 @@ class RunnerConfig:
             qa_concurrency=env_int(env, "HELIX_QA_CONCURRENCY", 32),
             url_allow_private=env.get("HELIX_URL_ALLOW_PRIVATE", "").lower() in ("1", "true", "yes"),
         )
+        if config.image_max_pixels and not 64 <= config.image_max_pixels <= 2**26:
+            raise SettingError(f"HELIX_IMAGE_MAX_PIXELS must be from 64 to {2**26} (or 0: twice the model's"
+                               f" native size each way), got {config.image_max_pixels}")
+        if not 1 <= config.image_max_seconds <= 86400:
+            raise SettingError(f"HELIX_IMAGE_MAX_SECONDS must be from 1 to 86400, got {config.image_max_seconds:g}")
+        if not 0 <= config.image_seconds_per_megapixel_step <= 1e6:
+            raise SettingError("HELIX_IMAGE_SECONDS_PER_MEGAPIXEL_STEP must be from 0 (measure it) to 1000000,"
+                               f" got {config.image_seconds_per_megapixel_step:g}")
+        return config
 
 
 def runner_id_safe(env: dict[str, str]) -> str:

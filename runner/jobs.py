@@ -18,10 +18,10 @@ import requests
 
 from runner import adapters
 from runner.config import RunnerConfig
-from runner.http_session import pooled_session
 from runner.control_plane import ControlPlane, Gone
-from runner.text_stream import TextStream, clear_partial_text
+from runner.http_session import pooled_session
 from runner.text_generation import Generation, ModelError, fit_history, stream_chat
+from runner.text_stream import TextStream, clear_partial_text
 from runner.vllm_server import wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
 from shared.types import InteractionState
@@ -37,6 +37,8 @@ class WorkerContext:
     client: ControlPlane
     vllm_url: str = ""
     image_pipeline: Any = None
+    image_budget: Any = None  # shared.image_budget.ImageBudget: what this runner's pipeline can do
+    image_adapters: Any = None  # runner.image_adapters.ImageAdapters on the warm pipeline
     http: requests.Session | None = None
     redis: Any = None  # streamed text goes to clients through it
 
@@ -55,8 +57,16 @@ def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vll
 
         started = time.monotonic()
         _context.image_pipeline = ImagePipeline(config.image_model_path)
+        from runner.image_adapters import ImageAdapters
+
+        _context.image_adapters = ImageAdapters(_context.image_pipeline.pipe, Path(config.work_dir) / "image-adapters")
         log.info("image pipeline %s loaded in %.1fs (load #%d in this process)", config.image_model,
                  time.monotonic() - started, ImagePipeline.load_count)
+        from runner import image_calibration
+
+        _context.image_budget = image_calibration.calibrate(_context.image_pipeline, config)
+        image_calibration.save(config, _context.image_budget)
+        log.info("image budget: %s", _context.image_budget)
     return _context
 
 
@@ -140,10 +150,24 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
 
 @unless_gone
 def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
+    from rq import get_current_job
+
     from runner.image_pipeline import ImagePipeline
+    from runner.interruption import Interrupted, interruptible
+    from runner.job_watch import GONE, JobWatch
 
     ctx = context()
     job = ImageInferenceJob.from_dict(payload)
+    budget = ctx.image_budget
+    # A job queued before this runner announced its budget (or by a control plane that did not
+    # look) is held to it here: no request keeps the one image worker for hours.
+    refusal = budget.refusal(job.model, job.width, job.height, job.steps, job.num_images)
+    if refusal:
+        ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
+            state=InteractionState.ERROR.value, error=refusal, status="error"))
+        return {"error": refusal}
+    width, height, steps = budget.resolve(job.width, job.height, job.steps)
+    deadline = budget.runner_deadline(width, height, steps, job.num_images)
     start_attempt(ctx, job.session_id, job.interaction_id, "generating image")
     last_sent = [0.0]
 
@@ -157,13 +181,28 @@ def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
 
     started = time.monotonic()
     try:
-        images = ctx.image_pipeline.generate(
-            job.prompt, num_images=job.num_images, width=job.width, height=job.height,
-            steps=job.steps, guidance=job.guidance, seed=job.seed, on_step=on_step)
+        # A fine-tuned session's adapter, on the warm pipeline and for this job only; deleting
+        # the session stops the job within a fraction of a second, mid-step.
+        with ctx.image_adapters.applied(ctx.client, job.session_id, job.lora_dir) as adapter, \
+                JobWatch(get_current_job(), deadline) as watch, interruptible(ctx.image_pipeline.pipe, watch.stop):
+            images = ctx.image_pipeline.generate(
+                job.prompt, num_images=job.num_images, width=job.width, height=job.height,
+                steps=job.steps, guidance=job.guidance, seed=job.seed, on_step=on_step)
     except ValueError as err:  # parameters this pipeline cannot take (e.g. size not a multiple)
         ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
             state=InteractionState.ERROR.value, error=str(err), status="error"))
         return {"error": str(err)}
+    except Interrupted:
+        stopped = time.monotonic() - started
+        if watch.reason == GONE:
+            log.info("image job of %s stopped after %.2fs", job.interaction_id, stopped)
+            raise Gone(job.interaction_id) from None
+        expected = budget.seconds(width, height, steps, job.num_images)
+        error = (f"stopped after {stopped:.0f} s: this request should take about {expected:.0f} s on this"
+                 " runner, which is overloaded; try again, or ask for fewer steps, fewer images or a smaller size")
+        ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
+            state=InteractionState.ERROR.value, error=error, status="error"))
+        return {"error": error}
     files = []
     for n, image in enumerate(images):
         png = io.BytesIO()
@@ -174,5 +213,5 @@ def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
         state=InteractionState.COMPLETE.value, message="", files=files, progress=100,
         status="complete", metadata={"generation_seconds": round(time.monotonic() - started, 3),
                                      "pipeline_loads": ImagePipeline.load_count,
-                                     "seed": job.seed}))
+                                     "seed": job.seed, **({"adapter": adapter} if adapter else {})}))
     return {"files": files}

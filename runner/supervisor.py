@@ -20,6 +20,7 @@ from pathlib import Path
 import requests
 from redis import Redis
 
+from runner import image_calibration
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane
 from runner.vllm_server import VllmServer
@@ -45,9 +46,12 @@ class Supervisor:
         models = {"text": [self.config.text_model] if self.config.text_model else [],
                   "image": [self.config.image_model] if self.config.image_model else []}
         info = {"text_workers": self.config.text_workers,
-                "finetune_workers": self.config.finetune_workers if self.config.text_model else 0}
+                "finetune_workers": self.config.finetune_workers if self.config.text_model else 0,
+                "image_finetune_workers": self.config.image_finetune_workers if self.config.image_model else 0}
         if self.config.text_model:  # the control plane refuses at once what the model cannot take
             info.update(max_model_len=self.config.max_model_len, max_tokens=self.config.max_tokens)
+        if self.config.image_model:  # likewise for images, once the image worker has measured its pipeline
+            info.update(image_calibration.announced(self.config))
         self.client.register(models, info)
         self.announced = time.monotonic()
 
@@ -83,6 +87,7 @@ class Supervisor:
         self.workers[(kind, index)] = subprocess.Popen(cmd, preexec_fn=die_with_parent(signal.SIGKILL))
 
     def start(self) -> None:
+        image_calibration.forget(self.config)
         self.register()
         if self.config.text_model:
             self.vllm = VllmServer(
@@ -91,15 +96,19 @@ class Supervisor:
                 kv_cache_gib=self.config.kv_cache_gib, extra_args=self.config.vllm_args,
                 log_dir=Path(self.config.log_dir) if self.config.log_dir else None,
             ).start()
-        if self.config.image_model:
-            self._spawn(WorkKind.IMAGE_INFERENCE, 0)
         if self.vllm is not None:
             log.info("vLLM healthy after %.1fs", self.vllm.wait_ready())
             if self.config.text_workers > 0:
                 self._spawn(WorkKind.TEXT_INFERENCE, 0)
             for i in range(self.config.finetune_workers):
                 self._spawn(WorkKind.TEXT_FINETUNE, i)
+        if self.config.image_model:  # after vLLM's start-up, which would skew the pipeline's measurement
+            self._spawn(WorkKind.IMAGE_INFERENCE, 0)
+            for i in range(self.config.image_finetune_workers):  # each run trains in its own child
+                self._spawn(WorkKind.IMAGE_FINETUNE, i)
         self._wait_for_workers()
+        if self.config.image_model:
+            self.register()  # with the image budget the image worker measured before it listened
         log.info("runner %s ready: text=%r image=%r", self.config.runner_id,
                  self.config.text_model, self.config.image_model)
 

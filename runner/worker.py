@@ -43,7 +43,9 @@ QUEUES_OF_WORKER = {
     WorkKind.TEXT_INFERENCE: (WorkKind.TEXT_INFERENCE, WorkKind.TEXT_DATAPREP),
     WorkKind.IMAGE_INFERENCE: (WorkKind.IMAGE_INFERENCE,),
     WorkKind.TEXT_FINETUNE: (WorkKind.TEXT_FINETUNE,),
+    WorkKind.IMAGE_FINETUNE: (WorkKind.IMAGE_FINETUNE,),
 }
+IMAGE_KINDS = (WorkKind.IMAGE_INFERENCE, WorkKind.IMAGE_FINETUNE)
 # How long a stopping process waits for its running jobs to finish before it leaves them to
 # the reconciler (which queues them again once the workers' liveness keys are gone).
 STOP_GRACE_SECONDS = 8
@@ -91,7 +93,7 @@ def _work(worker: SimpleWorker) -> None:
 
 
 def run_worker(kind: WorkKind, name: str, config: RunnerConfig, vllm_url: str = "", threads: int = 1) -> None:
-    model = config.image_model if kind == WorkKind.IMAGE_INFERENCE else config.text_model
+    model = config.image_model if kind in IMAGE_KINDS else config.text_model
     # Each idle worker holds one connection in a blocking pop; jobs need a few more.
     redis = Redis.from_url(config.redis_url, health_check_interval=30, max_connections=4 * threads + 16)
     client = ControlPlane(config.api_url, config.token, config.runner_id, pool_size=threads)

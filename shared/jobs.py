@@ -16,6 +16,7 @@ class WorkKind(StrEnum):
     IMAGE_INFERENCE = "image-inference"
     TEXT_DATAPREP = "text-dataprep"    # documents -> chunks -> question/answer pairs (warm vLLM)
     TEXT_FINETUNE = "text-finetune"    # LoRA training, evaluation, adapter upload
+    IMAGE_FINETUNE = "image-finetune"  # UNet LoRA on captioned images, samples, adapter upload
 
 
 # Dotted names of the runner's job entry points, one per kind of work. The runner executes
@@ -25,6 +26,7 @@ ENTRY_POINTS: dict[WorkKind, str] = {
     WorkKind.IMAGE_INFERENCE: "runner.jobs.image_inference",
     WorkKind.TEXT_DATAPREP: "runner.dataprep.job.prepare_text",
     WorkKind.TEXT_FINETUNE: "runner.training.job.train_text",
+    WorkKind.IMAGE_FINETUNE: "runner.training.image_job.train_image",
 }
 
 
@@ -110,3 +112,14 @@ class TextFinetuneJob(_Payload):
     eval_share: float = 0.2
     checkpoint: str = ""              # filestore path of the last checkpoint: resume from it
     seed: int = 0                     # the order of the training rows (an OpenAI job's `seed`)
+
+
+@dataclass
+class ImageFinetuneJob(_Payload):
+    """LoRA training on the session's captioned images, then samples from the captions."""
+    session_id: str
+    interaction_id: str
+    model: str
+    images: list[dict[str, str]]      # [{"path": filestore path, "caption": "..."}]
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = ""              # filestore path of the last checkpoint: resume from it

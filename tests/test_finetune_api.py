@@ -64,7 +64,7 @@ def test_a_fine_tune_is_created_at_once_with_its_documents_stored_and_data_prep_
     ({"manually_review_questions": "maybe"}, [("a.txt", b"x")], "yes or no"),
     ({"urls": "ftp://example.org/x"}, [], "not an http(s) URL"),
     ({"chunk_tokens": "10"}, [("a.txt", b"x")], "'chunk_tokens'"),
-    ({"type": "image"}, [("a.png", b"x")], "image fine-tuning"),
+    ({"type": "image"}, [("a.png", b"x")], "'a.png' is not an image"),
     ({"model_name": "no-such-model"}, [("a.txt", b"x")], "unknown text model"),
 ])
 def test_bad_fine_tune_requests_are_refused_and_store_nothing(client, user, app, fields, files, message):

@@ -5,7 +5,6 @@ import io
 import json
 import subprocess
 import threading
-import time
 
 import requests
 from PIL import Image
@@ -68,7 +67,7 @@ def test_same_seed_same_image_other_seed_other_image(live_server, runner, live_u
 def test_progress_streams_per_step_up_to_100(live_server, runner, live_user):
     r = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                       data={"mode": "inference", "type": "image", "input": "slow lighthouse",
-                            "steps": "40", "width": "256", "height": "256"})
+                            "steps": "60", "width": "128", "height": "128"})
     sid = r.json()["id"]
     updates = [d for n, d in read_events(live_server, live_user, sid) if n == "interaction"]
     progress = [d["progress"] for d in updates]
@@ -100,18 +99,4 @@ def test_chat_and_image_at_once_on_one_runner_without_reloading(live_server, run
     assert runner.log().count("image pipeline helix/tiny-sd loaded") == 1
 
 
-def test_deleting_a_session_stops_its_running_job(live_server, runner, live_user):
-    r = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
-                      data={"mode": "inference", "type": "image", "input": "a very slow sunset",
-                            "steps": "150", "width": "512", "height": "512"})
-    sid, iid = r.json()["id"], r.json()["interactions"][-1]["id"]
-    for name, data in read_events(live_server, live_user, sid):
-        if name == "interaction" and data["status"].startswith("step "):
-            break  # the runner is denoising
-    assert requests.delete(f"{live_server}/api/v1/sessions/{sid}", headers=live_user.headers).status_code == 200
-    runner.wait_for_log(f"interaction {iid} was deleted or already finished; skipped", timeout=30)
-    # The worker is free again at once: the next image does not wait for 150 steps at 512 px.
-    started = time.monotonic()
-    reply = image_session(live_server, live_user, input="next", steps="2")["interactions"][-1]
-    assert reply["state"] == "complete"
-    assert time.monotonic() - started < 30
+# Deleting a running image job: tests/test_image_budget.py (it stops within a second, mid-step).

@@ -18,9 +18,11 @@ def imports_without(blocked: list[str], modules: list[str]) -> subprocess.Comple
 
 @pytest.mark.parametrize("blocked, modules", [
     (["psycopg", "psycopg_pool", "flask", "controlplane"],
-     ["runner.supervisor", "runner.worker", "runner.jobs", "runner.control_plane", "shared.jobs"]),
+     ["runner.supervisor", "runner.worker", "runner.jobs", "runner.control_plane", "shared.jobs",
+      "runner.training.image_job", "runner.image_adapters"]),
     (["torch", "diffusers", "transformers", "peft", "vllm", "runner"],
-     ["controlplane.app", "controlplane.cli", "controlplane.devstack", "controlplane.reconciler"]),
+     ["controlplane.app", "controlplane.cli", "controlplane.devstack", "controlplane.reconciler",
+      "controlplane.image_finetune_service"]),
 ])
 def test_each_side_imports_without_the_other(blocked, modules):
     result = imports_without(blocked, modules)

@@ -68,8 +68,8 @@ def _untar(data: bytes, into: Path) -> Path:
 class _Reporter:
     """Turns the child's events into throttled progress, a loss history and uploaded checkpoints."""
 
-    def __init__(self, ctx, job: TextFinetuneJob):
-        self.ctx, self.job = ctx, job
+    def __init__(self, ctx, job, unit: str = "pairs"):
+        self.ctx, self.job, self.unit = ctx, job, unit
         self.points: list[dict] = []
         self.last_sent = 0.0
         self.total_steps = 1
@@ -90,7 +90,7 @@ class _Reporter:
         if kind == "start":
             self.total_steps = max(1, event["total_steps"])
             self.ctx.client.update(self.job.session_id, self.job.interaction_id, InteractionUpdate(
-                status=f"training: {event['train_rows']} pairs, {self.total_steps} steps"
+                status=f"training: {event['train_rows']} {self.unit}, {self.total_steps} steps"
                 + (f", resuming at step {event['start_step']}" if event["start_step"] else ""),
                 metadata={"training_run": event}))
         elif kind in ("step", "eval"):
@@ -105,13 +105,14 @@ class _Reporter:
                 metadata={"checkpoint": {"path": path, "step": event["step"]}}))
 
 
-def _run_child(ctx, job: TextFinetuneJob, spec: dict, workdir: Path, reporter: _Reporter) -> dict:
+def _run_child(ctx, job, spec: dict, workdir: Path, reporter: _Reporter,
+               module: str = "runner.training.lora") -> dict:
     spec_path = workdir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     log_path = workdir / "train.log"
     with open(log_path, "ab") as err:
         # SIGKILL when this worker dies: an orphaned trainer would hold the memory and race the retry.
-        proc = subprocess.Popen([sys.executable, "-m", "runner.training.lora", str(spec_path)],
+        proc = subprocess.Popen([sys.executable, "-m", module, str(spec_path)],
                                 stdout=subprocess.PIPE, stderr=err, text=True,
                                 preexec_fn=die_with_parent(signal.SIGKILL))
         done: dict = {}
