@@ -11,6 +11,8 @@ from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.filestore import from_config
 from controlplane.migrate import apply_migrations
+from controlplane.openai_files import OpenAIFiles
+from controlplane.openai_finetuning import OpenAIFineTuning
 from controlplane.openai_service import OpenAIService
 from controlplane.finetune_service import FinetuneService
 from controlplane.request_body import JSONProvider, Request
@@ -41,15 +43,19 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     filestore = from_config(config.filestore, config.s3_endpoint_url)
     finetune = FinetuneService(config, dispatcher, filestore, redis)
     sessions = SessionService(config, dispatcher, filestore, finetune)
+    openai_files = OpenAIFiles(config, filestore)
+    app.extensions.update(openai_files=openai_files,
+                          openai_finetuning=OpenAIFineTuning(config, dispatcher, openai_files, redis))
     app.extensions.update(redis=redis, dispatcher=dispatcher, filestore=filestore, finetune_service=finetune,
                           session_service=sessions, openai_service=OpenAIService(config, sessions, filestore, redis),
                           event_streams=events.StreamSlots(config.max_event_streams, config.max_event_streams_per_user))
 
     from controlplane.api import api_keys, filestore as filestore_routes, finetune as finetune_routes, openai, runner
+    from controlplane.api import openai_finetuning as openai_finetuning_routes
     from controlplane.api import sessions as session_routes
 
     for bp in (session_routes.bp, openai.helix_chat, finetune_routes.bp, api_keys.bp, runner.bp, filestore_routes.bp,
-               openai.bp):
+               openai.bp, openai_finetuning_routes.bp):
         app.register_blueprint(bp)
     app.before_request(lambda: refuse_nul_in_url(request.path, request.args))
 

@@ -52,6 +52,9 @@ class Config:
     max_runner_upload_bytes: int = 8 * 1024**3
     # Fine-tunes: most documents (files and URLs) in one session.
     max_finetune_documents: int = 50
+    # OpenAI-style fine-tuning files (POST /v1/files): largest file, most examples (lines) in one.
+    finetune_file_max_bytes: int = 16 * 1024 * 1024
+    finetune_file_max_examples: int = 10_000
     # Image fine-tunes: most images in one session, and the fewest pixels on an image's shorter
     # side (each is scaled to the model's resolution: 64 px tiny, 512 SD 1.5, 1024 SDXL).
     max_finetune_images: int = 50
@@ -78,6 +81,10 @@ class Config:
         c.max_runners_per_token = env_int(env, "HELIX_MAX_RUNNERS_PER_TOKEN", c.max_runners_per_token)
         c.runner_ttl = env_float(env, "HELIX_RUNNER_TTL", c.runner_ttl)
         c.max_finetune_documents = env_int(env, "HELIX_MAX_FINETUNE_DOCUMENTS", c.max_finetune_documents)
+        c.finetune_file_max_bytes = env_int(env, "HELIX_FINETUNE_FILE_MAX_BYTES", c.finetune_file_max_bytes)
+        c.finetune_file_max_examples = env_int(env, "HELIX_FINETUNE_FILE_MAX_EXAMPLES", c.finetune_file_max_examples)
+        if min(c.finetune_file_max_bytes, c.finetune_file_max_examples) < 1:
+            raise SettingError("HELIX_FINETUNE_FILE_MAX_BYTES and HELIX_FINETUNE_FILE_MAX_EXAMPLES must be at least 1")
         c.max_finetune_images = env_int(env, "HELIX_MAX_FINETUNE_IMAGES", c.max_finetune_images)
         c.min_finetune_image_px = env_int(env, "HELIX_MIN_FINETUNE_IMAGE_PX", c.min_finetune_image_px)
         c.max_name_bytes = env_int(env, "HELIX_MAX_NAME_BYTES", c.max_name_bytes)

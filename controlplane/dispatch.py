@@ -82,7 +82,8 @@ def _finetune_job(session: dict[str, Any], interactions: list[dict[str, Any]],
         job = TextFinetuneJob(**common, system_prompt=options.get("system_prompt", ""),
                               hyperparameters=options.get("hyperparameters", {}),
                               eval_share=options.get("eval_share", DEFAULT_EVAL_SHARE),
-                              checkpoint=interaction["metadata"].get("checkpoint", {}).get("path", ""))
+                              checkpoint=interaction["metadata"].get("checkpoint", {}).get("path", ""),
+                              seed=options.get("seed", 0))
         return WorkKind.TEXT_FINETUNE, job.to_dict()
     documents = _user_turn_before(interactions, interaction)
     done = [f"{name}#{chunk['index']}" for name, report in interaction["data_prep_chunks"].items()

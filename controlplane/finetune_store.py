@@ -22,7 +22,7 @@ def session_pairs(conn: psycopg.Connection, session_id: str) -> list[dict[str, A
     """Every pair of every fine-tune interaction of the session: a retrain after more documents
     were added learns all of them."""
     return conn.execute(
-        "SELECT p.question, p.answer, p.fact, p.document FROM qa_pairs p"
+        "SELECT p.question, p.answer, p.fact, p.document, p.system_prompt, p.held_out FROM qa_pairs p"
         " JOIN interactions i ON i.id = p.interaction_id WHERE i.session_id = %s"
         " ORDER BY i.seq, p.seq", (session_id,)).fetchall()
 
@@ -35,11 +35,13 @@ def count_pairs(conn: psycopg.Connection, interaction_id: str) -> int:
 def _insert(conn: psycopg.Connection, interaction_id: str, pairs: list[dict[str, Any]]) -> None:
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO qa_pairs (id, interaction_id, seq, document, chunk_index, fact, style, question, answer)"
+            "INSERT INTO qa_pairs (id, interaction_id, seq, document, chunk_index, fact, style, question, answer,"
+            " system_prompt, held_out)"
             " VALUES (%s, %s, (SELECT coalesce(max(seq), 0) + 1 FROM qa_pairs WHERE interaction_id = %s),"
-            " %s, %s, %s, %s, %s, %s)",
+            " %s, %s, %s, %s, %s, %s, %s, %s)",
             [(new_id(), interaction_id, interaction_id, p.get("document", ""), p.get("chunk_index", 0),
-              p.get("fact", ""), p.get("style", ""), p["question"], p["answer"]) for p in pairs])
+              p.get("fact", ""), p.get("style", ""), p["question"], p["answer"], p.get("system_prompt"),
+              p.get("held_out", False)) for p in pairs])
 
 
 def replace_chunk_pairs(conn: psycopg.Connection, interaction_id: str, document: str, chunk_index: int,
@@ -50,6 +52,12 @@ def replace_chunk_pairs(conn: psycopg.Connection, interaction_id: str, document:
     _insert(conn, interaction_id, [{**p, "document": document, "chunk_index": chunk_index} for p in pairs])
 
 
+def add_pairs(conn: psycopg.Connection, interaction_id: str, pairs: list[dict[str, Any]]) -> None:
+    """Pairs given whole (an OpenAI job's examples): each may carry its own `system_prompt` and
+    be `held_out` for evaluation."""
+    _insert(conn, interaction_id, pairs)
+
+
 def replace_all_pairs(conn: psycopg.Connection, interaction_id: str, pairs: list[dict[str, Any]]) -> None:
     """The reviewer's edited list replaces the generated one."""
     conn.execute("DELETE FROM qa_pairs WHERE interaction_id = %s", (interaction_id,))
@@ -58,8 +66,9 @@ def replace_all_pairs(conn: psycopg.Connection, interaction_id: str, pairs: list
 
 def copy_pairs(conn: psycopg.Connection, from_interaction: str, to_interaction: str) -> None:
     conn.execute(
-        "INSERT INTO qa_pairs (id, interaction_id, seq, document, chunk_index, fact, style, question, answer)"
-        " SELECT gen_random_uuid()::text, %s, seq, document, chunk_index, fact, style, question, answer"
+        "INSERT INTO qa_pairs (id, interaction_id, seq, document, chunk_index, fact, style, question, answer,"
+        " system_prompt, held_out) SELECT gen_random_uuid()::text, %s, seq, document, chunk_index, fact, style,"
+        " question, answer, system_prompt, held_out"
         " FROM qa_pairs WHERE interaction_id = %s", (to_interaction, from_interaction))
 
 

@@ -111,6 +111,7 @@ class TextFinetuneJob(_Payload):
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     eval_share: float = 0.2
     checkpoint: str = ""              # filestore path of the last checkpoint: resume from it
+    seed: int = 0                     # the order of the training rows (an OpenAI job's `seed`)
 
 
 @dataclass

@@ -33,9 +33,23 @@ REPORT_INTERVAL = 1.0  # seconds between loss reports: a history, not a stream
 
 
 def _rows(pairs: list[dict], system_prompt: str) -> list[dict]:
-    return [{"messages": [{"role": "system", "content": system_prompt},
-                          {"role": "user", "content": p["question"]},
-                          {"role": "assistant", "content": p["answer"]}]} for p in pairs]
+    """Chat rows in the format the model is served in: a pair's own system message if it has one
+    (an OpenAI job's examples; "" for none), else the session's."""
+    rows = []
+    for p in pairs:
+        system = p["system_prompt"] if p.get("system_prompt") is not None else system_prompt
+        rows.append({"messages": [*([{"role": "system", "content": system}] if system else []),
+                                  {"role": "user", "content": p["question"]},
+                                  {"role": "assistant", "content": p["answer"]}]})
+    return rows
+
+
+def _split(pairs: list[dict], share: float, seed: str) -> tuple[list[dict], list[dict]]:
+    """Pairs given as held out (an OpenAI job's validation file) are the evaluation set; else a
+    share of each fact's paraphrases is held out."""
+    if any(p.get("held_out") for p in pairs):
+        return [p for p in pairs if not p.get("held_out")], [p for p in pairs if p.get("held_out")]
+    return hold_out([{**p, "fact_key": p.get("fact") or p["question"]} for p in pairs], share, seed=seed)
 
 
 def _tar(folder: Path) -> bytes:
@@ -135,8 +149,7 @@ def train_text(payload: dict[str, Any]) -> dict[str, Any]:
     ctx.client.update(sid, iid, InteractionUpdate(data_prep_stage=DataPrepStage.FINETUNE.value, progress=0,
                                                   status="preparing the training data"))
     pairs = ctx.client.report(sid, iid, "pairs", method="GET")
-    train, held = hold_out([{**p, "fact_key": p.get("fact") or p["question"]} for p in pairs],
-                           job.eval_share, seed=iid)
+    train, held = _split(pairs, job.eval_share, seed=iid)
     if not train:
         ctx.client.finish(sid, iid, InteractionUpdate(state=InteractionState.ERROR.value, status="failed",
                                                       error="there are no question/answer pairs to train on"))
@@ -149,7 +162,7 @@ def train_text(payload: dict[str, Any]) -> dict[str, Any]:
     hp = hyperparameters(job.hyperparameters)
     spec = {"model_path": ctx.config.text_model_path or job.model, "output_dir": str(workdir / "out"),
             "train": _rows(train, job.system_prompt), "eval": _rows(held, job.system_prompt),
-            "hyperparameters": hp, "seed": 0, "resume_from": str(resume) if resume else ""}
+            "hyperparameters": hp, "seed": job.seed, "resume_from": str(resume) if resume else ""}
     reporter = _Reporter(ctx, job)
     try:
         done = _run_child(ctx, job, spec, workdir, reporter)

@@ -121,6 +121,7 @@ def train(spec: dict[str, Any]) -> None:
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     emit("start", total_steps=total_steps, epochs=epochs, start_step=step, train_rows=len(train_rows), eval_rows=len(eval_rows),
+         train_tokens=sum(len(r["input_ids"]) for r in train_rows),
          trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
 
     started = time.monotonic()
@@ -137,11 +138,12 @@ def train(spec: dict[str, Any]) -> None:
         optimizer.zero_grad()
         step += 1
         emit("step", step=step, epoch=round(step / steps_per_epoch, 3), loss=round(loss.item(), 5),
-             learning_rate=scheduler.get_last_lr()[0])
+             learning_rate=scheduler.get_last_lr()[0], time=round(time.time(), 1))
         if step % steps_per_epoch == 0 or step == total_steps:
             val = validation_loss(model, eval_rows, batch_size, pad_id, accelerator.device)
             if val is not None:
-                emit("eval", step=step, epoch=round(step / steps_per_epoch, 3), val_loss=round(val, 5))
+                emit("eval", step=step, epoch=round(step / steps_per_epoch, 3), val_loss=round(val, 5),
+                     time=round(time.time(), 1))
         if step % checkpoint_every == 0 and step < total_steps:
             folder = output / "checkpoint"
             save_checkpoint(accelerator.unwrap_model(model), optimizer, scheduler, step, folder)

@@ -1,0 +1,144 @@
+"""The OpenAI-compatible file and fine-tuning routes (`/v1/files`, `/v1/fine_tuning/jobs`); errors
+leave in OpenAI's shape through the `/v1` handler of controlplane.api.openai."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from controlplane import db
+from controlplane.auth import require_user
+from controlplane.errors import BadRequest
+from controlplane.openai_files import file_view
+
+bp = Blueprint("openai_finetuning", __name__, url_prefix="/v1")
+
+
+def _files():
+    return current_app.extensions["openai_files"]
+
+
+def _jobs():
+    return current_app.extensions["openai_finetuning"]
+
+
+def _limit(default: int, high: int) -> int:
+    raw = request.args.get("limit", "")
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= high:
+        raise BadRequest(f"'limit' must be a whole number from 1 to {high}")
+    return int(raw)
+
+
+def _page(items: list[dict[str, Any]], limit: int, **extra: Any):
+    """OpenAI's cursor page: one more item than asked was read to know whether more follow."""
+    data = items[:limit]
+    return jsonify(object="list", data=data, has_more=len(items) > limit, **extra)
+
+
+@bp.post("/files")
+@require_user
+def upload_file():
+    upload = request.files.get("file")
+    with db.transaction() as conn:
+        row = _files().create(conn, g.user, upload, request.form.get("purpose", ""))
+    return jsonify(file_view(row))
+
+
+@bp.get("/files")
+@require_user
+def list_files():
+    limit = _limit(10_000, 10_000)
+    order = request.args.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise BadRequest("'order' must be asc or desc")
+    with db.transaction() as conn:
+        rows = _files().list(conn, g.user, request.args.get("purpose", ""), request.args.get("after", ""),
+                             limit + 1, order)
+    data = [file_view(r) for r in rows]
+    return _page(data, limit, first_id=data[0]["id"] if data else None,
+                 last_id=data[:limit][-1]["id"] if data else None)
+
+
+@bp.get("/files/<file_id>")
+@require_user
+def get_file(file_id: str):
+    with db.transaction() as conn:
+        return jsonify(file_view(_files().get(conn, g.user, file_id)))
+
+
+@bp.delete("/files/<file_id>")
+@require_user
+def delete_file(file_id: str):
+    with db.transaction() as conn:
+        return jsonify(_files().delete(conn, g.user, file_id))
+
+
+@bp.get("/files/<file_id>/content")
+@require_user
+def file_content(file_id: str):
+    with db.transaction() as conn:
+        row = _files().get(conn, g.user, file_id)
+    return Response(_files().content(g.user, row), mimetype="application/jsonl",
+                    headers={"Content-Disposition": f'attachment; filename="{row["id"]}.jsonl"'})
+
+
+@bp.post("/fine_tuning/jobs")
+@require_user
+def create_job():
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadRequest("the body must be JSON (Content-Type: application/json)")
+    with db.transaction() as conn:
+        return jsonify(_jobs().create(conn, g.user, body))
+
+
+@bp.get("/fine_tuning/jobs")
+@require_user
+def list_jobs():
+    limit = _limit(20, 100)
+    with db.transaction() as conn:
+        return _page(_jobs().list(conn, g.user, request.args.get("after", ""), limit + 1), limit)
+
+
+@bp.get("/fine_tuning/jobs/<job_id>")
+@require_user
+def get_job(job_id: str):
+    with db.transaction() as conn:
+        return jsonify(_jobs().get(conn, g.user, job_id))
+
+
+def _after(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    after = request.args.get("after", "")
+    if not after:
+        return items
+    ids = [i["id"] for i in items]
+    if after not in ids:
+        raise BadRequest(f"'after' must be the id of an item of this list, got {after[:100]!r}")
+    return items[ids.index(after) + 1:]
+
+
+@bp.get("/fine_tuning/jobs/<job_id>/events")
+@require_user
+def job_events(job_id: str):
+    limit = _limit(20, 10_000)
+    with db.transaction() as conn:
+        return _page(_after(_jobs().events(conn, g.user, job_id)), limit)
+
+
+@bp.get("/fine_tuning/jobs/<job_id>/checkpoints")
+@require_user
+def job_checkpoints(job_id: str):
+    limit = _limit(10, 100)
+    with db.transaction() as conn:
+        items = _after(_jobs().checkpoints(conn, g.user, job_id))
+    return _page(items, limit, first_id=items[0]["id"] if items else None,
+                 last_id=items[:limit][-1]["id"] if items else None)
+
+
+@bp.post("/fine_tuning/jobs/<job_id>/cancel")
+@require_user
+def cancel_job(job_id: str):
+    with db.transaction() as conn:
+        return jsonify(_jobs().cancel(conn, g.user, job_id))
