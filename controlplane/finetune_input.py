@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from controlplane.errors import BadRequest
 from controlplane.filestore import user_path
-from controlplane.validation import optional_float, optional_int, text_field
+from controlplane.validation import hyperparameters, optional_float, optional_int, text_field
 from shared.finetune import DEFAULT_EVAL_SHARE, DOCUMENT_EXTENSIONS, HYPERPARAMETERS, INTEGER_HYPERPARAMETERS, QUESTION_STYLES
 
 MAX_PAIRS = 20_000
@@ -31,12 +31,7 @@ def parse_options(form: Mapping[str, str]) -> dict[str, Any]:
     unknown = [s for s in styles if s not in QUESTION_STYLES]
     if unknown:
         raise BadRequest(f"unknown question style {unknown[0][:40]!r}: use any of {', '.join(QUESTION_STYLES)}")
-    hyper: dict[str, Any] = {}
-    for name, (_, low, high) in HYPERPARAMETERS.items():
-        value = (optional_int(form, name, int(low), int(high)) if name in INTEGER_HYPERPARAMETERS
-                 else optional_float(form, name, low, high))
-        if value is not None:
-            hyper[name] = value
+    hyper = hyperparameters(form, HYPERPARAMETERS, INTEGER_HYPERPARAMETERS)
     chunk_tokens = optional_int(form, "chunk_tokens", 64, 2048) or 384
     overlap = optional_int(form, "overlap_tokens", 0, chunk_tokens // 2)
     eval_share = optional_float(form, "eval_share", 0.0, 0.5)

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from controlplane.errors import BadRequest
 from controlplane.filestore import user_path
-from controlplane.validation import optional_float, optional_int, text_field
+from controlplane.validation import hyperparameters, text_field
 from shared.image_finetune import (DEFAULT_TRIGGER_WORD, HYPERPARAMETERS, IMAGE_FORMATS, INTEGER_HYPERPARAMETERS,
                                    MAX_CAPTION_CHARS, caption_for)
 
@@ -38,12 +38,7 @@ def parse_options(form: Mapping[str, str]) -> dict[str, Any]:
     if (form.get("steps") or "").strip():
         raise BadRequest("'steps' is the number of denoising steps of a generated image: a fine-tune's"
                          " length is 'training_steps'")
-    hyper: dict[str, Any] = {}
-    for name, (_, low, high) in HYPERPARAMETERS.items():
-        value = (optional_int(form, name, int(low), int(high)) if name in INTEGER_HYPERPARAMETERS
-                 else optional_float(form, name, low, high))
-        if value is not None:
-            hyper[name] = value
+    hyper = hyperparameters(form, HYPERPARAMETERS, INTEGER_HYPERPARAMETERS)
     trigger = (form.get("trigger_word") or "").strip() or DEFAULT_TRIGGER_WORD
     if not _TRIGGER.fullmatch(trigger):
         raise BadRequest("'trigger_word' must be one word of at most 40 letters, digits, '_' or '-'")

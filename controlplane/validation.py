@@ -78,3 +78,15 @@ def refuse_nul_in_url(path: str, args: MultiDict) -> None:
     """NUL cannot be stored or looked up in PostgreSQL text: refuse it before any route runs."""
     if "\x00" in path or any("\x00" in k or "\x00" in v for k, v in args.items(multi=True)):
         raise BadRequest("the URL path and query must not contain NUL bytes (%00)")
+
+
+def hyperparameters(form: Mapping[str, str], bounds: Mapping[str, tuple], integers: frozenset | set) -> dict:
+    """The hyperparameters given in `form`, each within its (default, low, high) bounds: a fine-tune's
+    settings are checked before any work is queued."""
+    chosen = {}
+    for name, (_, low, high) in bounds.items():
+        value = (optional_int(form, name, int(low), int(high)) if name in integers
+                 else optional_float(form, name, low, high))
+        if value is not None:
+            chosen[name] = value
+    return chosen

@@ -238,6 +238,17 @@ class Process(LoggedProcess):
         super().__init__(cmd, env, log_path, cwd=REPO)
 
 
+def start_control_plane(services, logs: Path, **settings: str) -> tuple[str, Process]:
+    """A control plane of a test's own (one gunicorn worker, no reconciler) with these settings,
+    on the shared PostgreSQL and Valkey; returns its address and process."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": services["database_url"], "REDIS_URL": services["redis_url"],
+           "HELIX_RECONCILE_INTERVAL": "0", "HELIX_FILESTORE": str(logs / "files"), **settings}
+    proc = Process(gunicorn_command(port, workers=1), env, logs / "gunicorn.log")
+    wait_for_port(port, 60, proc.proc)
+    return f"http://127.0.0.1:{port}", proc
+
+
 @pytest.fixture(scope="session")
 def live_server(services, tmp_path_factory):
     """The control plane under gunicorn, as `make run` starts it, reconciling every second."""

@@ -2,16 +2,13 @@
 slot is free again as soon as its client has gone."""
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 import requests
 
-from controlplane.embedded import free_port
-from controlplane.serving import gunicorn_command
-from shared.processes import wait_for_port
-from tests.conftest import Process
+from tests.conftest import start_control_plane
+
 
 MODEL = "helix/no-runner-serves-this"  # the sessions stay unfinished, so their streams stay open
 
@@ -19,14 +16,10 @@ MODEL = "helix/no-runner-serves-this"  # the sessions stay unfinished, so their 
 @pytest.fixture(scope="module")
 def stream_server(services, tmp_path_factory):
     """One gunicorn process with room for 3 streams, 2 of them for any one user."""
-    port = free_port()
-    logs = tmp_path_factory.mktemp("stream-server")
-    env = {**os.environ, "DATABASE_URL": services["database_url"], "REDIS_URL": services["redis_url"],
-           "HELIX_RECONCILE_INTERVAL": "0", "HELIX_FILESTORE": str(logs / "files"), "HELIX_TEXT_MODELS": MODEL,
-           "HELIX_MAX_EVENT_STREAMS": "3", "HELIX_MAX_EVENT_STREAMS_PER_USER": "2"}
-    proc = Process(gunicorn_command(port, workers=1), env, logs / "gunicorn.log")
-    wait_for_port(port, 60, proc.proc)
-    yield f"http://127.0.0.1:{port}"
+    url, proc = start_control_plane(
+        services, tmp_path_factory.mktemp("stream-server"), HELIX_TEXT_MODELS=MODEL, HELIX_MAX_EVENT_STREAMS="3",
+        HELIX_MAX_EVENT_STREAMS_PER_USER="2")
+    yield url
     proc.stop()
 
 

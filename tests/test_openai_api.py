@@ -7,17 +7,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 
 import openai
 import pytest
 import requests
 from PIL import Image
 
-from controlplane.embedded import free_port
-from controlplane.serving import gunicorn_command
-from shared.processes import wait_for_port
-from tests.conftest import IMAGE_MODEL, REAL_TEXT_MODEL, TEXT_MODEL, Process, wait_for_session
+from tests.conftest import IMAGE_MODEL, REAL_TEXT_MODEL, TEXT_MODEL, start_control_plane, wait_for_session
 from tests.test_finetune_flow import _create, _pairs, _system, _until_review
 
 
@@ -151,14 +147,10 @@ def test_error_classes(live_server, runner, live_user):
 @pytest.fixture(scope="module")
 def one_stream_server(services, tmp_path_factory):
     """A control plane allowing each user one open call, for a model no runner serves."""
-    port = free_port()
-    logs = tmp_path_factory.mktemp("openai-limits")
-    env = {**os.environ, "DATABASE_URL": services["database_url"], "REDIS_URL": services["redis_url"],
-           "HELIX_RECONCILE_INTERVAL": "0", "HELIX_FILESTORE": str(logs / "files"),
-           "HELIX_TEXT_MODELS": "helix/nobody-serves-this", "HELIX_MAX_EVENT_STREAMS_PER_USER": "1"}
-    proc = Process(gunicorn_command(port, workers=1), env, logs / "gunicorn.log")
-    wait_for_port(port, 60, proc.proc)
-    yield f"http://127.0.0.1:{port}"
+    url, proc = start_control_plane(
+        services, tmp_path_factory.mktemp("openai-limits"), HELIX_TEXT_MODELS="helix/nobody-serves-this",
+        HELIX_MAX_EVENT_STREAMS_PER_USER="1")
+    yield url
     proc.stop()
 
 

@@ -5,17 +5,13 @@ chat on its `fine_tuned_model`, and cancelling (a queued job, a running one, a f
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import openai
 import pytest
 import requests
 
-from controlplane.embedded import free_port
-from controlplane.serving import gunicorn_command
-from shared.processes import wait_for_port
-from tests.conftest import TEXT_MODEL, Process, wait_for_session
+from tests.conftest import TEXT_MODEL, start_control_plane, wait_for_session
 
 SYSTEM = "You answer questions about the Zorblat Library."
 FACTS = [("Who founded the Zorblat Library?", "Mira Tessel founded it in 1847."),
@@ -94,7 +90,7 @@ def test_files_are_validated_listed_read_deleted_and_private(live_server, make_l
     for message, line in bad.items():
         with pytest.raises(openai.BadRequestError) as refused:
             upload(client, jsonl([good, good]) + b"\n" + line + b"\n")  # the blank line counts too
-        assert f"line 4" in refused.value.message and message in refused.value.message, refused.value.message
+        assert "line 4" in refused.value.message and message in refused.value.message, refused.value.message
     with pytest.raises(openai.BadRequestError, match="purpose"):
         client.files.create(file=("x.jsonl", jsonl([good])), purpose="assistants")
     with pytest.raises(openai.BadRequestError, match="no examples"):
@@ -199,14 +195,10 @@ def test_cancelling_a_running_job_stops_its_training(live_server, runner, make_l
 @pytest.fixture(scope="module")
 def unserved_server(services, tmp_path_factory):
     """A control plane whose text model no runner serves (its jobs stay queued), with small file limits."""
-    port = free_port()
-    logs = tmp_path_factory.mktemp("openai-ft")
-    env = {**os.environ, "DATABASE_URL": services["database_url"], "REDIS_URL": services["redis_url"],
-           "HELIX_RECONCILE_INTERVAL": "0", "HELIX_FILESTORE": str(logs / "files"), "HELIX_TEXT_MODELS": UNSERVED,
-           "HELIX_FINETUNE_FILE_MAX_EXAMPLES": "6", "HELIX_FINETUNE_FILE_MAX_BYTES": "2000"}
-    proc = Process(gunicorn_command(port, workers=1), env, logs / "gunicorn.log")
-    wait_for_port(port, 60, proc.proc)
-    yield f"http://127.0.0.1:{port}"
+    url, proc = start_control_plane(
+        services, tmp_path_factory.mktemp("openai-ft"), HELIX_TEXT_MODELS=UNSERVED,
+        HELIX_FINETUNE_FILE_MAX_EXAMPLES="6", HELIX_FINETUNE_FILE_MAX_BYTES="2000")
+    yield url
     proc.stop()
 
 

@@ -5,17 +5,14 @@ it, once took every server thread; now each costs a greenlet, a request's header
 within a few seconds, and a client that stalls is dropped."""
 from __future__ import annotations
 
-import os
 import socket
 import time
 
 import pytest
 import requests
 
-from controlplane.embedded import free_port
-from controlplane.serving import HEADER_SECONDS, gunicorn_command
-from shared.processes import wait_for_port
-from tests.conftest import Process
+from controlplane.serving import HEADER_SECONDS
+from tests.conftest import start_control_plane
 
 IDLE_SECONDS = HEADER_SECONDS + 1
 
@@ -23,14 +20,9 @@ IDLE_SECONDS = HEADER_SECONDS + 1
 @pytest.fixture(scope="module")
 def server(services, tmp_path_factory):
     """One gunicorn worker process: the easiest to starve."""
-    port = free_port()
-    logs = tmp_path_factory.mktemp("slow-clients")
-    env = {**os.environ, "DATABASE_URL": services["database_url"], "REDIS_URL": services["redis_url"],
-           "HELIX_RECONCILE_INTERVAL": "0", "HELIX_FILESTORE": str(logs / "files"),
-           "HELIX_CLIENT_IDLE_SECONDS": str(IDLE_SECONDS)}
-    proc = Process(gunicorn_command(port, workers=1), env, logs / "gunicorn.log")
-    wait_for_port(port, 60, proc.proc)
-    yield port, proc
+    url, proc = start_control_plane(services, tmp_path_factory.mktemp("slow-clients"),
+                                    HELIX_CLIENT_IDLE_SECONDS=str(IDLE_SECONDS))
+    yield int(url.rsplit(":", 1)[1]), proc
     proc.stop()
 
 
