@@ -31,6 +31,9 @@ APP = "controlplane.app:create_app()"
 CLIENT_IDLE_SECONDS = 30
 # Time for a request's line and headers to arrive, and for an idle kept-alive connection.
 HEADER_SECONDS = 5
+# On SIGTERM a worker finishes what it is answering for at most this long, then closes the rest
+# (live event streams would otherwise hold it for gunicorn's default 30 s; their clients reconnect).
+GRACEFUL_SECONDS = 10
 
 
 def gunicorn_command(port: int, workers: int = 2, connections: int = 5000, extra: Sequence[str] = ()) -> list[str]:
@@ -38,6 +41,7 @@ def gunicorn_command(port: int, workers: int = 2, connections: int = 5000, extra
     `connections` is the most open connections (event streams included) per worker process."""
     return [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", f"{__name__}.JsonErrorWorker",
             "-w", str(workers), "--worker-connections", str(connections), "--keep-alive", str(HEADER_SECONDS),
+            "--graceful-timeout", str(GRACEFUL_SECONDS),
             "-b", f"127.0.0.1:{port}", *extra, APP]
 
 
