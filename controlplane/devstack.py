@@ -118,7 +118,9 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
             raise SystemExit(f"port {taken} is already in use (another `make run`?): stop that, "
                              f"or choose another port with {variable}=...")
 
+    # Both, explicitly: a shell that starts `make run &` without job control leaves SIGINT ignored.
     signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
     try:
         if not database_url:
             pg = EmbeddedPostgres(state_dir / "postgres", pg_port).start()
