@@ -4,6 +4,7 @@ Each pass looks at every unfinished system interaction and its job:
 - no job in Redis (Redis restarted, or the enqueue after commit failed): queue it again;
 - a job started by a runner worker whose heartbeat has expired (killed mid-job): queue it again;
 - a job RQ gave up on: mark the interaction as an error, so clients stop waiting.
+An interaction changed in the last few seconds is left alone: whoever changed it is enqueueing.
 A job re-queued too often ends the interaction with an error instead of crashing runners forever.
 Every replica runs a reconciler thread; a Redis lock lets one pass run at a time.
 """
@@ -58,6 +59,10 @@ class Reconciler:
                                 interaction["id"])
         log.warning("re-queued interaction %s (%s), attempt %d", interaction["id"], reason, attempts)
 
+    def _changed_within_grace(self, conn, interaction: dict) -> bool:
+        now = conn.execute("SELECT now() AS now").fetchone()["now"]
+        return (now - interaction["updated"]).total_seconds() < self.grace_seconds
+
     def check(self, conn, interaction_id: str, session_id: str, owner: str) -> str:
         """Reconciles one interaction; returns what it did (for logs and tests)."""
         with conn.transaction():
@@ -65,6 +70,12 @@ class Reconciler:
             interaction = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
             if session is None or interaction is None or interaction["finished"]:
                 return "done"
+            if interaction["state"] == InteractionState.EDITING:
+                return "waiting-for-user"  # a fine-tune's review: its data-prep job has finished
+            if self._changed_within_grace(conn, interaction):
+                # A retry or an approval has just committed and is enqueueing the next job: the
+                # job it replaces (finished, or missing) is not a lost one.
+                return "recent"
             job = self.dispatcher.fetch(interaction_id, job_stage(interaction))
             if job is None:
                 self._requeue(conn, session, interaction, "job missing from the queue")

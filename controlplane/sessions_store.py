@@ -152,7 +152,8 @@ def finish_finetune(conn: psycopg.Connection, session_id: str, lora_dir: str) ->
 def unfinished_system_interactions(conn: psycopg.Connection, older_than_seconds: float,
                                    after: tuple | None = None, limit: int = 500) -> list:
     """Work that PostgreSQL says should be queued or running: the reconciler's source of truth.
-    An interaction in `editing` waits for its user (a fine-tune's review), not for a runner.
+    An interaction in `editing` waits for its user (a fine-tune's review), not for a runner; one
+    changed in the last `older_than_seconds` is being enqueued by whoever changed it.
 
     One page, oldest first; pass the last row's (created, id) as `after` for the next page.
     """
@@ -161,7 +162,7 @@ def unfinished_system_interactions(conn: psycopg.Connection, older_than_seconds:
         "SELECT i.id, i.session_id, i.created, s.owner FROM interactions i"
         " JOIN sessions s ON s.id = i.session_id"
         " WHERE NOT i.finished AND i.creator = 'system' AND i.state <> 'editing'"
-        f" AND i.created < now() - make_interval(secs => %s){after_clause}"
+        f" AND i.updated < now() - make_interval(secs => %s){after_clause}"
         " ORDER BY i.created, i.id LIMIT %s",
         (older_than_seconds, *(after or ()), limit),
     ).fetchall()

@@ -81,6 +81,26 @@ def test_failed_job_ends_the_interaction_with_an_error(client, user, reconciler,
     assert (row["state"], row["finished"]) == ("error", True)
 
 
+def test_an_interaction_changed_moments_ago_is_left_to_whoever_changed_it(client, user, reconciler, redis, db):
+    # A fine-tune retried or approved a moment ago: its old job is finished (or its new one not
+    # queued yet) while the request that reopened it is still enqueueing. Not a lost job.
+    sid, iid = new_session(client, user)
+    fetch(redis, iid).delete()
+    reconciler.grace_seconds = 30
+    assert iid not in reconciler.run_once()
+    assert reconciler.check(db, iid, sid, user.id) == "recent"
+    db.execute("UPDATE interactions SET updated = now() - interval '1 minute' WHERE id = %s", (iid,))
+    assert reconciler.check(db, iid, sid, user.id) == "requeued-missing"
+
+
+def test_an_interaction_in_review_waits_for_its_user(client, user, reconciler, redis, db):
+    sid, iid = new_session(client, user)
+    fetch(redis, iid).set_status("finished")  # as a fine-tune's data preparation ends
+    db.execute("UPDATE interactions SET state = 'editing' WHERE id = %s", (iid,))
+    assert reconciler.check(db, iid, sid, user.id) == "waiting-for-user"
+    assert fetch(redis, iid).get_status() == "finished"
+
+
 def test_only_one_pass_runs_at_a_time(client, user, reconciler, redis):
     _, iid = new_session(client, user)
     fetch(redis, iid).delete()
