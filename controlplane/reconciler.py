@@ -3,7 +3,9 @@
 Each pass looks at every unfinished system interaction and its job:
 - no job in Redis (Redis restarted, or the enqueue after commit failed): queue it again;
 - a job started by a runner worker whose heartbeat has expired (killed mid-job): queue it again;
-- a job RQ gave up on: mark the interaction as an error, so clients stop waiting.
+- a job RQ gave up on: mark the interaction as an error, so clients stop waiting;
+- a queued job that no live runner serving its model could ever hold (its declared memory need
+  is more than the largest of them has): the same, with the reason.
 An interaction changed in the last few seconds is left alone: whoever changed it is enqueueing.
 A job re-queued too often ends the interaction with an error instead of crashing runners forever.
 Every replica runs a reconciler thread; a Redis lock lets one pass run at a time.
@@ -19,9 +21,10 @@ from psycopg.types.json import Jsonb
 from redis.exceptions import LockError
 from rq.job import JobStatus
 
-from controlplane import events, sessions_store
+from controlplane import events, scheduling, sessions_store
 from controlplane.dispatch import Dispatcher, job_stage
 from controlplane.views import interaction_view
+from shared.jobs import WorkKind
 from shared.runners import worker_alive_key
 from shared.types import InteractionState
 from shared.updates import EVENT_INTERACTION
@@ -92,6 +95,12 @@ class Reconciler:
             if status == JobStatus.FINISHED:
                 self._requeue(conn, session, interaction, "job finished without a final update")
                 return "requeued-finished"
+            refusal = scheduling.fleet_refusal(conn, self.app.config["HELIX"], session["model_name"],
+                                               WorkKind(job.origin.split(":")[1]))
+            if refusal:  # runners changed since it was queued: it would wait forever
+                self._fail(conn, interaction, session_id, refusal)
+                self.dispatcher.cancel(interaction_id)
+                return "failed-no-runner-fits"
             return "queued"
 
     def run_once(self) -> dict[str, str]:
