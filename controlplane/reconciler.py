@@ -41,6 +41,7 @@ class Reconciler:
         self.dispatcher: Dispatcher = app.extensions["dispatcher"]
         self.grace_seconds = 3.0  # leave the request that created an interaction time to enqueue it
         self.page_size = 500
+        self._fits: dict[tuple[str, WorkKind], str] = {}  # the fleet's memory fit, per pass
 
     def _fail(self, conn, interaction: dict, session_id: str, error: str) -> None:
         row = sessions_store.apply_update(
@@ -61,6 +62,13 @@ class Reconciler:
         self.dispatcher.enqueue(session, sessions_store.get_interactions(conn, session["id"]),
                                 interaction["id"])
         log.warning("re-queued interaction %s (%s), attempt %d", interaction["id"], reason, attempts)
+
+    def _fleet_refusal(self, conn, model: str, kind: WorkKind) -> str:
+        """Whether the fleet could ever hold such a job: asked once per model and kind in a pass."""
+        key = (model, kind)
+        if key not in self._fits:
+            self._fits[key] = scheduling.fleet_refusal(conn, self.app.config["HELIX"], model, kind)
+        return self._fits[key]
 
     def _changed_within_grace(self, conn, interaction: dict) -> bool:
         now = conn.execute("SELECT now() AS now").fetchone()["now"]
@@ -95,8 +103,7 @@ class Reconciler:
             if status == JobStatus.FINISHED:
                 self._requeue(conn, session, interaction, "job finished without a final update")
                 return "requeued-finished"
-            refusal = scheduling.fleet_refusal(conn, self.app.config["HELIX"], session["model_name"],
-                                               WorkKind(job.origin.split(":")[1]))
+            refusal = self._fleet_refusal(conn, session["model_name"], WorkKind(job.origin.split(":")[1]))
             if refusal:  # runners changed since it was queued: it would wait forever
                 self._fail(conn, interaction, session_id, refusal)
                 self.dispatcher.cancel(interaction_id)
@@ -107,6 +114,7 @@ class Reconciler:
         from controlplane import db
 
         results: dict[str, str] = {}
+        self._fits = {}  # runners come and go between passes
         # redis-py's lock releases only its own token: a pass that outlived the timeout never
         # removes the lock of the replica that took over.
         lock = self.redis.lock(_LOCK, timeout=30)

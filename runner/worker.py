@@ -88,7 +88,10 @@ class AdmittingWorker(SimpleWorker):
         if not isinstance(declared, int):  # queued by an older control plane
             model = job.args[0].get("model", "") if job.args and isinstance(job.args[0], dict) else ""
             declared = need_of(self.memory_needs, model, kind)
-        refusal = self.admission.admit(self.name, job.id, kind, declared)
+        try:
+            refusal = self.admission.admit(self.name, job.id, kind, declared)
+        except Exception as err:  # Redis away for a moment: the job waits, the worker lives on
+            refusal = f"could not check this runner's memory ({err})"
         if refusal:
             self._leave_queued(job, queue, refusal)
             return None
@@ -99,12 +102,15 @@ class AdmittingWorker(SimpleWorker):
 
     def _leave_queued(self, job: Job, queue: Queue, refusal: str) -> None:
         log.info("left job %s queued: %s", job.id, refusal)
-        with self.connection.pipeline() as pipe:
-            pipe.lrem(queue.intermediate_queue_key, 1, job.id)  # where a single-queue dequeue moved it
-            pipe.lpush(queue.key, job.id)
-            pipe.set(memory_wait_key(job.id), f"waiting for memory on runner {self.runner_id}: {refusal}",
-                     ex=MEMORY_WAIT_TTL_SECONDS)
-            pipe.execute()
+        try:
+            with self.connection.pipeline() as pipe:  # one MULTI: the job is in its queue, or still here
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)  # where a single-queue dequeue moved it
+                pipe.lpush(queue.key, job.id)
+                pipe.set(memory_wait_key(job.id), f"waiting for memory on runner {self.runner_id}: {refusal}",
+                         ex=MEMORY_WAIT_TTL_SECONDS)
+                pipe.execute()
+        except Exception:
+            log.exception("could not put job %s back in its queue", job.id)
         deadline = time.monotonic() + self.recheck_seconds
         while time.monotonic() < deadline and not self._stop_requested:
             time.sleep(0.05)
