@@ -120,3 +120,31 @@ def test_cancelling_a_running_chat_stops_it_on_the_runner_and_restart_answers(li
     done = wait_for_session(live_server, live_user, sid, timeout=60)["interactions"][-1]
     assert done["id"] == iid and done["state"] == "complete" and done["message"], done
     assert "cancelled" not in done["metadata"]
+
+
+def test_cancelling_data_preparation_stops_it_and_restart_prepares_again(live_server, runner, live_user):
+    facts = ["Mira Tessel founded the Zorblat Library in 1847.", "The library stands on Kelvar Island.",
+             "It holds twelve thousand maps of the northern seas.", "The reading room opens only on Thursdays."]
+    server = vllm_server(runner)
+    freeze(server)  # its questions cannot come back before the cancel
+    try:
+        r = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
+                          data={"mode": "finetune", "type": "text", "manually_review_questions": "yes"},
+                          files=[("files", ("zorblat.txt", " ".join(facts).encode()))], timeout=30)
+        assert r.status_code == 201, r.text
+        sid, iid = r.json()["id"], r.json()["interactions"][-1]["id"]
+        wait_for_session(live_server, live_user, sid, timeout=60,
+                         until=lambda s: s["interactions"][-1]["data_prep_stage"] == "generate_questions")
+        time.sleep(0.5)  # its questions are now in flight
+        r = requests.post(f"{live_server}/api/v1/sessions/{sid}/cancel", headers=live_user.headers, timeout=10)
+        assert r.status_code == 200 and r.json()["interactions"][-1]["status"] == "cancelled", r.text
+        runner.wait_for_log(f"data preparation of {iid} stopped", timeout=5)
+    finally:
+        thaw(server)
+    r = requests.put(f"{live_server}/api/v1/sessions/{sid}/restart", headers=live_user.headers, timeout=10)
+    turn = r.json()["interactions"][-1]
+    assert r.status_code == 200 and turn["id"] == iid and turn["data_prep_stage"] == "generate_questions", r.text
+    # Prepared again, it waits for the review of its pairs; a restart then is refused, saying why.
+    wait_for_session(live_server, live_user, sid, timeout=120, until=lambda s: s["interactions"][-1]["state"] == "editing")
+    r = requests.put(f"{live_server}/api/v1/sessions/{sid}/restart", headers=live_user.headers, timeout=10)
+    assert r.status_code == 409 and "review" in r.json()["error"]
