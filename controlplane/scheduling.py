@@ -5,7 +5,7 @@
   runner has, instead of waiting in a queue no runner could ever take it from.
 - Waiting status: an interaction whose job is still queued shows its place in its queue and why
   it waits (no runner serves the model, jobs ahead of it, a runner without the memory for it).
-  Computed only for such interactions, in two Redis round trips and one indexed query, so a
+  Computed only for such interactions, in one Redis round trip and one indexed query, so a
   status poll of finished sessions costs nothing more.
 """
 from __future__ import annotations
@@ -20,11 +20,18 @@ from rq.job import Job
 from controlplane.config import Config
 from controlplane.dispatch import job_stage
 from controlplane.errors import BadRequest
-from shared.jobs import WorkKind, job_id_for
+from shared.jobs import WorkKind, job_id_for, queue_name
 from shared.memory import capacity, human, memory_wait_key, need_of
 from shared.types import Creator, InteractionState, SessionMode, SessionType
 
 IMAGE_KINDS = (WorkKind.IMAGE_INFERENCE, WorkKind.IMAGE_FINETUNE)
+
+
+def work_kind(session_type: str, stage: str) -> WorkKind:
+    """The kind of the job of an interaction at this stage (dispatch.job_stage), as build_job queues it."""
+    if session_type == SessionType.IMAGE:
+        return WorkKind.IMAGE_FINETUNE if stage else WorkKind.IMAGE_INFERENCE
+    return {"dataprep": WorkKind.TEXT_DATAPREP, "finetune": WorkKind.TEXT_FINETUNE}.get(stage, WorkKind.TEXT_INFERENCE)
 
 
 def session_type_of(kind: WorkKind) -> SessionType:
@@ -79,23 +86,28 @@ def waiting_status(conn: psycopg.Connection, redis: Redis, config: Config, sessi
     if (interaction.get("finished") or interaction.get("creator") != Creator.SYSTEM
             or interaction.get("state") != InteractionState.WAITING):
         return None
-    job_id = job_id_for(interaction["id"], job_stage(interaction))
-    with redis.pipeline(transaction=False) as pipe:
-        pipe.hmget(Job.key_for(job_id), "status", "origin")
+    stage = job_stage(interaction)
+    job_id = job_id_for(interaction["id"], stage)
+    model = session["model_name"]
+    queue_key = Queue.redis_queue_namespace_prefix + queue_name(work_kind(session["type"], stage), model)
+    with redis.pipeline(transaction=False) as pipe:  # one round trip
+        pipe.hget(Job.key_for(job_id), "status")
+        pipe.lpos(queue_key, job_id)  # stops at the job: it costs the jobs ahead of it
         pipe.get(memory_wait_key(job_id))
-        (status, origin), memory_note = pipe.execute()
+        status, position, memory_note = pipe.execute()
     if status == b"started":
         return None
-    model = session["model_name"]
-    position = None
-    if status == b"queued" and origin:
-        position = redis.lpos(Queue.redis_queue_namespace_prefix + origin.decode(), job_id)
-        position = 0 if position is None else position  # being taken by a worker right now
+    if status == b"queued" and position is None:
+        position = 0  # being taken by a worker right now
+    elif status not in (b"queued", None):
+        position = None  # ended or stopped: the reconciler re-queues or ends it at its next pass
     kind_type = SessionType(session["type"])
     if not _live_runners(conn, config, model, kind_type):
         reason = f"no runner serves model {model}"
     elif status is None:
         reason = "queued again: its job was lost (a restart of Redis) and is being recreated"
+    elif status != b"queued":
+        reason = f"its job {status.decode()}: it is being queued again or ended"
     elif memory_note:
         reason = memory_note.decode()
     elif position:
