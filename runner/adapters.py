@@ -28,6 +28,12 @@ class AdapterError(Exception):
     """vLLM refused the adapter (rank above its limit, a base model it does not fit)."""
 
 
+def cache_dir(work_dir: str) -> Path:
+    """Where a runner keeps text adapters: the chat jobs that serve them and the fine-tune that
+    trained one both put them here, so a fresh adapter is served without a download."""
+    return Path(work_dir) / "adapters"
+
+
 def adapter_name(lora_dir: str) -> str:
     """By the adapter's folder alone (it holds the id of the session that trained it), so that
     every session served with one adapter shares one copy on disk and in vLLM."""

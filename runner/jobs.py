@@ -115,7 +115,7 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
                 messages = fit_history(ctx.vllm_url, job.model, job.messages, max_tokens, session=ctx.http)
             # A fine-tuned session: the same warm base model, with its adapter by name.
             model = adapters.ensure(ctx.client, ctx.vllm_url, job.session_id, job.lora_dir,
-                                    Path(ctx.config.work_dir) / "adapters", ctx.http) if job.lora_dir else job.model
+                                    adapters.cache_dir(ctx.config.work_dir), ctx.http) if job.lora_dir else job.model
             for delta in stream_chat(ctx.vllm_url, model, messages, max_tokens=max_tokens,
                                      temperature=job.temperature, extra={**ctx.config.sampling_extra, **job.sampling},
                                      session=ctx.http, prompt=job.prompt, generation=generation):
