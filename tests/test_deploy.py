@@ -259,7 +259,14 @@ def test_compose_has_the_four_services(compose):
     assert services["controlplane"]["build"]["dockerfile"].endswith("controlplane.Dockerfile")
     assert services["runner"]["build"]["dockerfile"].endswith("runner-cpu.Dockerfile")
     assert services["runner"]["depends_on"]["controlplane"]["condition"] == "service_healthy"
-    assert "--requirepass" in " ".join(services["valkey"]["command"])
+    valkey = services["valkey"]["command"]
+    assert valkey[0] == "valkey-server" and valkey[valkey.index("--requirepass") + 1] == "s3cret0"
+
+
+def test_the_build_context_leaves_out_local_state():
+    """.helix holds the development API key and runner token; none of it may reach a build."""
+    ignored = set((REPO / ".dockerignore").read_text().split())
+    assert {".git", ".venv", ".helix"} <= ignored
 
 
 def test_compose_sets_only_settings_the_code_reads(compose):
@@ -424,22 +431,54 @@ def test_runner_chart_cpu_and_plain_redis_url():
 
 # --- `helix serve`, the control plane image's command ----------------------------------------
 
-def test_helix_serve_answers_the_probes(services, tmp_path):
-    """The image's command, started for real on PostgreSQL and Valkey: it applies the migrations,
-    becomes gunicorn (exec, so signals reach it), and answers every probe path the chart and the
-    image's health check use."""
+def test_the_control_plane_image_install_serves(services, tmp_path):
+    """What the control plane image installs, installed the same way into a fresh virtualenv: the
+    build stage's COPY sources and its `pip install ".[controlplane]"`, nothing else. That install
+    (no embedded servers, no runner, no torch) must serve, migrate and make runner tokens."""
+    src, venv = tmp_path / "src", tmp_path / "venv"
+    src.mkdir()
+    build_stage = DockerfileParser(path=str(DOCKERFILES["controlplane"])).structure
+    build_stage = build_stage[:[i for i, ins in enumerate(build_stage) if ins["instruction"] == "FROM"][1]]
+    for ins in build_stage:
+        if ins["instruction"] == "COPY":
+            *sources, _ = shlex.split(ins["value"])
+            for source in sources:
+                copy = shutil.copytree if (REPO / source).is_dir() else shutil.copy
+                copy(REPO / source, src / source, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                     if (REPO / source).is_dir() else {}))
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    (extras,) = installed_extras(DOCKERFILES["controlplane"])
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-compile", "--disable-pip-version-check",
+                          f"{src}[{extras}]"],
+                         capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    python = str(venv / "bin" / "python")
+    absent = subprocess.run([python, "-c", "import importlib.util as u; print([m for m in ('torch', 'runner', 'pgserver',"
+                             " 'vllm') if u.find_spec(m)])"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert absent.stdout.strip() == "[]", absent.stdout + absent.stderr
     port = free_port()
-    (server,) = [c for c in containers(render("controlplane", CONTROL_PLANE_VALUES)) if c["name"] == "controlplane"]
-    probe_paths = {server[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
-    env = {**os.environ, "DATABASE_URL": services["database_url"], "REDIS_URL": services["redis_url"],
-           "HELIX_PORT": str(port), "HELIX_WEB_WORKERS": "1", "HELIX_RECONCILE_INTERVAL": "0",
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "DATABASE_URL": services["database_url"],
+           "REDIS_URL": services["redis_url"], "HELIX_PORT": str(port), "HELIX_RECONCILE_INTERVAL": "0",
            "HELIX_FILESTORE": str(tmp_path / "files")}
-    proc = LoggedProcess(HELIX + ["serve", "--host", "127.0.0.1"], env, tmp_path / "serve.log", cwd=REPO)
+    for argv in (["migrate"], ["runners", "token", "image-check"]):
+        done = subprocess.run([str(venv / "bin" / "helix"), *argv], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().startswith("hr-")
+    # The image's command (it listens on every address, so loopback too), answering every path the
+    # chart's probes and the image's health check ask for; gunicorn took its place (exec), so a
+    # container's stop signal reaches gunicorn itself.
+    final = {i["instruction"]: i["value"] for i in final_stage(DOCKERFILES["controlplane"])}
+    cmd = exec_form(final["CMD"])
+    (server,) = [c for c in containers(render("controlplane", CONTROL_PLANE_VALUES)) if c["name"] == "controlplane"]
+    paths = {server[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
+    paths |= set(re.findall(r"'(/[a-z]+)'", final["HEALTHCHECK"]))
+    proc = LoggedProcess([str(venv / "bin" / cmd[0]), *cmd[1:]], env, tmp_path / "serve.log", cwd=tmp_path)
     try:
         wait_for_port(port, 60, proc.proc)
-        for path in probe_paths:
+        for path in paths:
             answer = requests.get(f"http://127.0.0.1:{port}{path}", timeout=10)
-            assert answer.status_code == 200 and answer.json() == {"ok": True}, proc.log()[-2000:]
+            assert answer.status_code == 200 and answer.json() == {"ok": True}, (path, proc.log()[-2000:])
         assert "gunicorn" in Path(f"/proc/{proc.proc.pid}/cmdline").read_bytes().decode(errors="replace")
     finally:
         stop(proc.proc, timeout=20)
