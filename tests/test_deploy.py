@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -686,5 +685,19 @@ def test_every_file_and_chart_value_on_the_page_exists():
         for flag, path in zip(words, words[1:]):
             if flag == "-f" and path.startswith("deploy/"):
                 assert (REPO / path).exists(), path
+                checked += 1
+        if words[:2] == ["docker", "build"]:  # its build arguments are ones the Dockerfile declares
+            dockerfile = REPO / words[words.index("-f") + 1]
+            declared = {i["value"].split("=")[0] for i in DockerfileParser(path=str(dockerfile)).structure
+                        if i["instruction"] == "ARG"}
+            for flag, arg in zip(words, words[1:]):
+                if flag == "--build-arg":
+                    assert arg.split("=")[0] in declared, (dockerfile.name, arg)
+        if words[:2] == ["pip", "install"]:  # extras that exist, and the pins the images use
+            for word in words[2:]:
+                if word.startswith(".["):
+                    assert set(word[2:-1].split(",")) <= set(PYPROJECT["project"]["optional-dependencies"])
+                elif "==" in word:
+                    assert any(f'"{word}"' in p.read_text() for p in DOCKERFILES.values()), word
                 checked += 1
     assert checked >= 5

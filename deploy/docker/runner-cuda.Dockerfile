@@ -1,11 +1,12 @@
 # A GPU runner (`helix runner`): vLLM's CUDA build and the torch it pins (CUDA 13 wheels, which
-# carry their own CUDA libraries: the node needs only an NVIDIA driver of the 580 series or newer
-# and the NVIDIA container toolkit). Build from the repository root:
+# carry their own CUDA libraries, so the CUDA image's small `base` flavour is enough: the node
+# needs only an NVIDIA driver of the 580 series or newer and the NVIDIA container toolkit).
+# CUDA_IMAGE picks another base (a newer 13.x tag, say). Build from the repository root:
 #   docker build -f deploy/docker/runner-cuda.Dockerfile -t helix-runner-cuda .
 # No weights are baked in: mount them (read-only) and name them with HELIX_TEXT_MODEL(_PATH) and
 # HELIX_IMAGE_MODEL(_PATH). Needs HELIX_API_URL, HELIX_RUNNER_TOKEN and REDIS_URL at run time.
 
-ARG CUDA_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
+ARG CUDA_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
 
 FROM ${CUDA_IMAGE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
