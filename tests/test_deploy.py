@@ -701,3 +701,17 @@ def test_every_file_and_chart_value_on_the_page_exists():
                     assert any(f'"{word}"' in p.read_text() for p in DOCKERFILES.values()), word
                 checked += 1
     assert checked >= 5
+
+
+def test_images_are_named_alike_everywhere(compose):
+    """The tags the page builds are the images compose runs and the charts pull."""
+    built = {}
+    for words in page_commands():
+        if words[:2] == ["docker", "build"]:
+            built[words[words.index("-t") + 1]] = words[words.index("-f") + 1]
+    assert set(built.values()) == {str(p.relative_to(REPO)) for p in DOCKERFILES.values()}
+    for service in ("controlplane", "runner"):
+        spec = compose["services"][service]
+        assert built[spec["image"].split(":")[0]] == spec["build"]["dockerfile"]
+    for chart in CHARTS.values():
+        assert yaml.safe_load((chart / "values.yaml").read_text())["image"]["repository"] in built
