@@ -95,6 +95,22 @@ def cmd_up(args) -> None:
     run_stack(STATE_DIR, port=args.port, with_runner=not args.no_runner)
 
 
+def cmd_serve(args) -> None:
+    """The control plane alone on external PostgreSQL and Redis/Valkey, what a container or a
+    service manager runs: migrations first (a database that is unreachable or refuses them stops
+    here with one line), then gunicorn in place of this process, so signals reach it directly."""
+    from controlplane.migrate import apply_migrations
+    from controlplane.serving import ACCESS_LOG_FORMAT, gunicorn_command
+
+    missing = [name for name in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(name)]
+    if missing:
+        sys.exit(f"`helix serve` needs {' and '.join(missing)} (`helix up` runs embedded servers instead)")
+    apply_migrations(os.environ["DATABASE_URL"])
+    cmd = gunicorn_command(args.port, workers=args.workers, host=args.host,
+                           extra=["--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT])
+    os.execv(cmd[0], cmd)
+
+
 def cmd_runner(args) -> None:
     os.execvp(sys.executable, [sys.executable, "-m", "runner", *args.runner_args])
 
@@ -129,6 +145,14 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=env_int(os.environ, "HELIX_PORT", 8080))
     up.add_argument("--no-runner", action="store_true", help="start the control plane only")
     up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="serve the control plane alone on DATABASE_URL and REDIS_URL"
+                           " (what the container runs)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    serve.add_argument("--port", type=int, default=env_int(os.environ, "HELIX_PORT", 8080))
+    serve.add_argument("--workers", type=int, default=env_int(os.environ, "HELIX_WEB_WORKERS", 2),
+                       help="gunicorn worker processes (HELIX_WEB_WORKERS)")
+    serve.set_defaults(func=cmd_serve)
 
     run = sub.add_parser("runner", help="run a runner node (configured by HELIX_RUNNER_* variables)")
     run.add_argument("runner_args", nargs=argparse.REMAINDER)

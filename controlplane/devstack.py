@@ -22,15 +22,12 @@ from controlplane import accounts
 from controlplane.config import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey
 from controlplane.migrate import apply_migrations
-from controlplane.serving import gunicorn_command
+from controlplane.serving import ACCESS_LOG_FORMAT, gunicorn_command
 from shared.processes import die_with_parent, port_in_use, stop, wait_for_port
 from shared.runners import runner_environment
 from shared.settings import env_int
 
 DEV_EMAIL = "dev@helix.local"
-# gunicorn's default access line holds the query string, and a browser's events stream carries
-# its API key there (?access_token=): log the path alone.
-ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 
 
 def _dev_secret(conn, path: Path, valid, create) -> str:
