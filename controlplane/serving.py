@@ -40,6 +40,7 @@ def gunicorn_command(port: int, workers: int = 2, connections: int = 5000, extra
     """The one command line every launcher (`make run`, the tests, the bench) starts gunicorn with;
     `connections` is the most open connections (event streams included) per worker process."""
     return [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", f"{__name__}.JsonErrorWorker",
+            "-c", "python:controlplane.gunicorn_hooks",
             "-w", str(workers), "--worker-connections", str(connections), "--keep-alive", str(HEADER_SECONDS),
             "--graceful-timeout", str(GRACEFUL_SECONDS),
             "-b", f"127.0.0.1:{port}", *extra, APP]
