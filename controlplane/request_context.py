@@ -41,7 +41,7 @@ def init_app(app: Flask, access: str = "writes") -> None:
         if wanted:
             started = g.get("log_started")
             access_log.info("%s %s %s", request.method, request.path, response.status_code,
-                            extra={"method": request.method, "path": request.path, "status": response.status_code,
+                            extra={**logs.current(), "method": request.method, "path": request.path, "status": response.status_code,
                                    "route": request.url_rule.rule if request.url_rule else None,
                                    "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None})
         return response

@@ -78,14 +78,18 @@ class AllowlistedJob(Job):
         started = time.monotonic()
         with logs.bound(job_id=self.id, session_id=str(payload.get("session_id") or ""),
                         interaction_id=str(payload.get("interaction_id") or "")):
+            log.info("job %s (%s) started", self.id, kind)
             try:
                 result = super()._execute()
-            except BaseException:
+            except BaseException as err:
                 metrics.JOBS.labels(kind, "failed").inc()
+                log.warning("job %s (%s) failed after %.2fs: %r", self.id, kind, time.monotonic() - started, err)
                 raise
             finally:
                 metrics.JOB_SECONDS.labels(kind).observe(time.monotonic() - started)
-        metrics.JOBS.labels(kind, _outcome(result)).inc()
+            outcome = _outcome(result)
+            metrics.JOBS.labels(kind, outcome).inc()
+            log.info("job %s (%s) %s after %.2fs", self.id, kind, outcome, time.monotonic() - started)
         return result
 
 
