@@ -2,9 +2,10 @@
 token, else a new one; sent back in X-Request-Id) and the session and interaction its route names.
 Every log record written while the request is answered carries them (shared/logs.py).
 
-One access record per request goes to the `helix.access` logger: by default for requests that
-change something and for server errors (a status poll or a stream is not logged: there are
-thousands a second), every request with HELIX_ACCESS_LOG=all, none with `off`.
+One access record per request goes to the `helix.access` logger: by default for users' requests
+that change something, server errors and runners' refused reports (status polls, streams and
+runners' accepted reports are not logged: there are thousands a second), every request with
+HELIX_ACCESS_LOG=all, none with `off`.
 """
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ ACCESS_LOG_CHOICES = ("writes", "all", "off")
 access_log = logging.getLogger("helix.access")
 
 
+def _is_logged_write(status: int) -> bool:
+    """A user's write, any server error, and a runner's refused report. A runner's accepted
+    reports (every few seconds per runner, once a second per running job) are not logged."""
+    if status >= 500:
+        return True
+    if request.blueprint == "runner":
+        return status >= 400
+    return request.method not in ("GET", "HEAD", "OPTIONS")
+
+
 def init_app(app: Flask, access: str = "writes") -> None:
     @app.before_request
     def _bind_ids():
@@ -36,8 +47,7 @@ def init_app(app: Flask, access: str = "writes") -> None:
     @app.after_request
     def _send_id(response):
         response.headers[REQUEST_ID_HEADER] = g.get("request_id") or uuid.uuid4().hex
-        wanted = access == "all" or (access == "writes" and (request.method not in ("GET", "HEAD", "OPTIONS")
-                                                             or response.status_code >= 500))
+        wanted = access == "all" or (access == "writes" and _is_logged_write(response.status_code))
         if wanted:
             started = g.get("log_started")
             access_log.info("%s %s %s", request.method, request.path, response.status_code,

@@ -228,3 +228,57 @@ def test_json_log_lines_carry_the_bound_ids():
     assert text.endswith("job j1 done [interaction_id=i1 job_id=j1]")
     with pytest.raises(SystemExit, match="HELIX_LOG_FORMAT must be one of json, text"):
         logs.log_format({"HELIX_LOG_FORMAT": "xml"})
+
+
+@pytest.mark.parametrize("build, env, fragment", [
+    ("controlplane", {"HELIX_RUNNER_GONE_SECONDS": "0"}, "HELIX_RUNNER_GONE_SECONDS must be from 1"),
+    ("controlplane", {"HELIX_ACCESS_LOG": "loud"}, "HELIX_ACCESS_LOG must be writes, all or off"),
+    ("runner", {"HELIX_RUNNER_METRICS_PORT": "70000"}, "HELIX_RUNNER_METRICS_PORT must be a port"),
+    ("runner", {"HELIX_REGISTER_INTERVAL": "0"}, "HELIX_REGISTER_INTERVAL must be from 0 to 3600"),
+])
+def test_fleet_settings_are_checked(build, env, fragment):
+    from controlplane.config import Config
+    from runner.config import RunnerConfig
+
+    runner_env = {"HELIX_API_URL": "http://cp", "HELIX_RUNNER_TOKEN": "hr-x", "REDIS_URL": "redis://r"}
+    with pytest.raises(SystemExit, match=fragment):
+        Config.from_env(env) if build == "controlplane" else RunnerConfig.from_env({**runner_env, **env})
+    defaults = Config.from_env({}), RunnerConfig.from_env(runner_env)
+    assert (defaults[0].runner_gone_seconds, defaults[0].access_log, defaults[1].register_interval,
+            defaults[1].metrics_port) == (15, "writes", 5, 0)
+
+
+def test_the_state_a_supervisor_gathers_passes_the_control_planes_check(tmp_path):
+    from runner.config import RunnerConfig
+    from runner.supervisor import Supervisor
+    from shared import runner_state
+
+    config = RunnerConfig(api_url="http://cp", token="hr-x", redis_url="redis://127.0.0.1:1/0", runner_id="s",
+                          text_model="acme/m", image_model="acme/i", work_dir=str(tmp_path))
+    (tmp_path / "image-adapters" / "lora-1").mkdir(parents=True)
+    state = Supervisor(config).collect_state()
+    assert runner_state.problem(state) is None, state
+    assert state["models"] == [{"type": "text", "name": "acme/m", "state": "starting"},
+                               {"type": "image", "name": "acme/i", "state": "starting"}]
+    assert state["adapters"] == {"image": ["lora-1"]} and state["memory"]["host"]["total_bytes"] > 0
+
+
+def test_gpu_memory_is_read_from_nvidia_smi_where_nvml_is_missing(tmp_path, monkeypatch):
+    from runner.state_report import GpuMemory
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, 81559, 80000'\necho '1, NVIDIA H100 80GB HBM3, 81559, 1024'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # as on a machine without nvidia-ml-py
+    gpus = GpuMemory().read()
+    assert gpus == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "total_bytes": 81559 * 2**20, "free_bytes": 80000 * 2**20},
+                    {"index": 1, "name": "NVIDIA H100 80GB HBM3", "total_bytes": 81559 * 2**20, "free_bytes": 1024 * 2**20}]
+    from shared import runner_state
+
+    assert runner_state.problem({"memory": {"gpu": gpus}}) is None
+    fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    broken = GpuMemory()
+    assert broken.read() == [] and broken.read() == []  # no driver: none reported, not asked again
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert GpuMemory().read() == []
