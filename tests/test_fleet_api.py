@@ -167,9 +167,34 @@ def test_the_dashboard_shows_queues_and_who_took_what_after_how_long(client, adm
     assert mine[0]["queue"] == f"helix:text-inference:{model}"
     assert decisions.index(mine[0]) == 0  # newest first
     assert client.get("/api/v1/dashboard?decisions=1", headers=admin.headers).json["decisions"] == [mine[0]]
+    samples = client.get("/metrics").get_data(as_text=True)
+    assert f'helix_scheduling_wait_seconds_count{{queue="helix:text-inference:{model}"}} 1.0' in samples
+
+    finished = _sample(client, 'helix_interactions_finished_total{state="complete"}')
+    assert client.post(url, headers=headers, json={"final": True, "state": "complete", "message": "ab"}).status_code == 200
+    assert _sample(client, 'helix_interactions_finished_total{state="complete"}') == finished + 1
     for bad in ("-1", "many", "501"):
         r = client.get(f"/api/v1/dashboard?decisions={bad}", headers=admin.headers)
         assert r.status_code == 400 and "decisions" in r.json["error"]
+
+
+def _sample(client, name: str) -> float:
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_reconciler_checks_are_counted_by_result(client, user, app):
+    from controlplane.reconciler import Reconciler
+
+    client.post("/api/v1/sessions", headers=user.headers, data={"input": "hi", "mode": "inference", "type": "text"})
+    before = _sample(client, 'helix_reconciler_checks_total{result="queued"}')
+    reconciler = Reconciler(app)
+    reconciler.grace_seconds = 0
+    queued = sum(1 for result in reconciler.run_once().values() if result == "queued")
+    assert queued >= 1
+    assert _sample(client, 'helix_reconciler_checks_total{result="queued"}') == before + queued
 
 
 def test_metrics_count_requests_by_route_template_and_show_queues(client, user, app, monkeypatch):
