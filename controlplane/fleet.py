@@ -35,6 +35,15 @@ def runners(conn: psycopg.Connection, gone_seconds: float) -> list[dict[str, Any
     return rows
 
 
+def runner_counts(conn: psycopg.Connection, gone_seconds: float) -> dict[str, int]:
+    """How many registered runners are alive and how many gone (one pass over the runners)."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE r.last_seen >= now() - make_interval(secs => %s) AND t.revoked IS NULL)"
+        " AS alive, count(*) AS registered FROM runners r JOIN runner_tokens t ON t.id = r.token_id",
+        (gone_seconds,)).fetchone()
+    return {"alive": row["alive"], "gone": row["registered"] - row["alive"]}
+
+
 def _kind_and_model(queue: str) -> tuple[str, str]:
     """helix:<kind>:<model> -> (kind, model); a queue named otherwise -> ("", rest)."""
     rest = queue[len(QUEUE_PREFIX):]

@@ -83,7 +83,7 @@ class FleetCollector:
                     "SELECT CASE WHEN state = 'editing' THEN 'review' WHEN scheduled IS NULL THEN 'queued'"
                     " ELSE 'running' END AS state, count(*) AS n FROM interactions"
                     " WHERE NOT finished AND creator = 'system' GROUP BY 1").fetchall()
-                fleet_runners = fleet.runners(conn, config.runner_gone_seconds)
+                fleet_runners = fleet.runner_counts(conn, config.runner_gone_seconds)
         except Exception as err:
             log.warning("metrics: database unavailable: %s", err)
             rows, fleet_runners = None, None
@@ -93,9 +93,8 @@ class FleetCollector:
                 unfinished.add_metric([state], counts.get(state, 0))
             yield unfinished
         if fleet_runners is not None:
-            gone = sum(1 for r in fleet_runners if r["gone"])
-            runners.add_metric(["alive"], len(fleet_runners) - gone)
-            runners.add_metric(["gone"], gone)
+            for status in ("alive", "gone"):
+                runners.add_metric([status], fleet_runners[status])
             yield runners
         labels = ["queue", "kind", "model"]
         length = GaugeMetricFamily("helix_queue_length", "Jobs waiting in a queue", labels=labels)

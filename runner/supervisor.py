@@ -15,6 +15,7 @@ metrics (runner/metrics.py).
 """
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import signal
@@ -23,10 +24,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import requests
 from redis import Redis
-
 from redis.exceptions import RedisError
 
 from runner import image_calibration, state_report
@@ -39,6 +40,8 @@ from shared.processes import die_with_parent, stop
 from shared.runners import thread_worker_name, worker_alive_key, worker_name
 
 log = logging.getLogger("runner")
+REVOKED_MESSAGE = ("runner token revoked: this runner stopped (create a new token with `helix runners token NAME`"
+                   " and set HELIX_RUNNER_TOKEN)")
 
 
 class Supervisor:
@@ -51,6 +54,9 @@ class Supervisor:
         self.worker_names: dict[tuple[WorkKind, int], str] = {}
         self.stopping = threading.Event()
         self.revoked = threading.Event()
+        # Called from the reporter thread once the token is refused: main() interrupts its main
+        # thread with it, wherever that is (waiting for vLLM to start, say).
+        self.on_revoked: Callable[[], None] | None = None
         self.announced = 0.0
         self.vllm_ready = False
         self.state: dict = {}
@@ -60,7 +66,7 @@ class Supervisor:
         self.metrics_dir, self._made_metrics_dir, self.metrics_server = "", False, None
         if config.metrics_port:  # before prometheus_client is imported here or in a worker
             self.metrics_dir, self._made_metrics_dir = metrics_files.prepare(
-                f"helix-runner-metrics-{config.runner_id[:40].replace('/', '_')}-")
+                f"helix-runner-metrics-{config.runner_id[:40].replace('/', '_')}-", operators_own=False)
 
     def _count_model_load(self, kind: str) -> None:
         if self.config.metrics_port:
@@ -182,6 +188,8 @@ class Supervisor:
                               " this runner now; its jobs are queued again for other runners",
                               err.response.text[:200])
                     self.revoked.set()
+                    if self.on_revoked is not None:
+                        self.on_revoked()
                     return
                 log.warning("the control plane refused this runner's report: %s %s", status,
                             err.response.text[:200] if err.response is not None else "")
@@ -240,8 +248,7 @@ class Supervisor:
         this runner is still here); stop at once when the runner's token is revoked."""
         while not self.stopping.wait(0.5):
             if self.revoked.is_set():
-                raise SystemExit("runner token revoked: this runner stopped (create a new token with"
-                                 " `helix runners token NAME` and set HELIX_RUNNER_TOKEN)")
+                raise SystemExit(REVOKED_MESSAGE)
             if self.vllm is not None and not self.vllm.alive():
                 log.error("vLLM exited (%s); restarting it", self.vllm.proc.returncode)
                 self.vllm_ready = False
@@ -287,6 +294,7 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    supervisor.on_revoked = _thread.interrupt_main  # a KeyboardInterrupt in the main thread
     try:
         supervisor.start()
         supervisor.watch()
@@ -294,6 +302,8 @@ def main() -> None:
         log.info("stopping runner")
     finally:
         supervisor.shutdown()
+    if supervisor.revoked.is_set():
+        raise SystemExit(REVOKED_MESSAGE)
 
 
 if __name__ == "__main__":

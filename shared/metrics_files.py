@@ -15,10 +15,12 @@ from pathlib import Path
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def prepare(prefix: str) -> tuple[str, bool]:
+def prepare(prefix: str, operators_own: bool = True) -> tuple[str, bool]:
     """Names a folder in the environment (children inherit it): the operator's own, emptied of old
-    values, or a new temporary one. Returns it, and whether it was made here (remove it at exit)."""
-    folder = os.environ.get(MULTIPROC_ENV)
+    values (unless `operators_own` is false: a runner started from the same environment as a
+    control plane must not wipe the control plane's), or a new temporary one. Returns it, and
+    whether it was made here (remove it at exit)."""
+    folder = os.environ.get(MULTIPROC_ENV) if operators_own else None
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         for stale in Path(folder).glob("*.db"):

@@ -105,8 +105,10 @@ def test_reported_state_is_stored_and_shown_on_the_dashboard(client, db, admin, 
     assert runner["status"] == "alive" and runner["state"] == STATE and runner["token"] == name
     assert board.json["runner_gone_seconds"] == config.runner_gone_seconds
 
+    gone_before = _sample(client, 'helix_runners{status="gone"}')
     db.execute("UPDATE runners SET last_seen = now() - make_interval(secs => %s) WHERE id = %s",
                (config.runner_gone_seconds + 1, f"{name}-s"))
+    assert _sample(client, 'helix_runners{status="gone"}') == gone_before + 1
     runner = next(r for r in client.get("/api/v1/dashboard", headers=admin.headers).json["runners"]
                   if r["id"] == f"{name}-s")
     assert runner["status"] == "gone" and runner["seconds_since_seen"] > config.runner_gone_seconds
