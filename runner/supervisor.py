@@ -202,8 +202,12 @@ class Supervisor:
         if self.config.metrics_port:
             from runner import metrics
 
-            self.metrics_server = metrics.serve(self.config.metrics_port, lambda: self.state,
-                                                addr=self.config.metrics_addr)
+            try:
+                self.metrics_server = metrics.serve(self.config.metrics_port, lambda: self.state,
+                                                    addr=self.config.metrics_addr)
+            except OSError as err:
+                raise SystemExit(f"cannot serve metrics on {self.config.metrics_addr}:{self.config.metrics_port}"
+                                 f" (HELIX_RUNNER_METRICS_PORT): {err}") from None
         threading.Thread(target=self._report, name="runner-report", daemon=True).start()
         if self.config.text_model:
             self.vllm = VllmServer(

@@ -242,6 +242,9 @@ def test_every_answer_carries_a_request_id_and_log_records_carry_the_ids(client,
     assert any(rec.request_id == "trace-43" and rec.status == 201 for rec in access)
     deleted = next(rec for rec in access if rec.request_id == "trace-44")
     assert deleted.session_id == sid and deleted.method == "DELETE"
+    iid = r.json["interactions"][-1]["id"]
+    queued = next(rec for rec in caplog.records if rec.getMessage().startswith(f"queued job interaction-{iid}"))
+    assert (queued.request_id, queued.session_id, queued.interaction_id) == ("trace-43", sid, iid)
 
 
 def test_json_log_lines_carry_the_bound_ids():

@@ -161,7 +161,8 @@ def test_a_runner_reports_its_state_shows_gone_when_killed_and_stops_when_revoke
                    and r["session_id"] == s1["id"] for r in runner_lines), first.log()[-3000:]
         plane_lines = [r for r in _json_lines(fleet["proc"].log()) if r.get("interaction_id") == iid1]
         assert any("runner fleet-a took interaction" in r["message"] and r.get("request_id") for r in plane_lines)
-        assert any(r.get("request_id") == "req-one" for r in _json_lines(fleet["proc"].log()))
+        assert any(r.get("request_id") == "req-one" and r["message"].startswith(f"queued job {job_id}")
+                   for r in plane_lines)
 
         # 2. Killed mid-reply: gone within the stated time; the reply completes after a restart.
         freeze(server)
