@@ -49,8 +49,9 @@ class GpuMemory:
         self._read: Callable[[], list[dict[str, Any]]] | None = None
         self._nvml_ready = False
         try:
-            import pynvml  # noqa: F401  (nvidia-ml-py)
+            import pynvml  # nvidia-ml-py
 
+            self._pynvml = pynvml
             self._read = self._nvml
         except ImportError:
             if shutil.which("nvidia-smi"):
@@ -67,8 +68,7 @@ class GpuMemory:
             return []
 
     def _nvml(self) -> list[dict[str, Any]]:
-        import pynvml
-
+        pynvml = self._pynvml
         if not self._nvml_ready:
             pynvml.nvmlInit()
             self._nvml_ready = True

@@ -312,3 +312,18 @@ def test_gpu_memory_is_read_from_nvidia_smi_where_nvml_is_missing(tmp_path, monk
     assert broken.read() == [] and broken.read() == []  # no driver: none reported, not asked again
     monkeypatch.setenv("PATH", "/nonexistent")
     assert GpuMemory().read() == []
+
+
+def test_gpu_memory_is_read_through_nvml_where_it_is_installed(monkeypatch):
+    import types
+
+    from runner.state_report import GpuMemory
+
+    memory = types.SimpleNamespace(total=80 * 2**30, free=79 * 2**30, used=2**30)
+    fake = types.SimpleNamespace(nvmlInit=lambda: None, nvmlDeviceGetCount=lambda: 1,
+                                 nvmlDeviceGetHandleByIndex=lambda i: f"gpu{i}",
+                                 nvmlDeviceGetMemoryInfo=lambda handle: memory,
+                                 nvmlDeviceGetName=lambda handle: b"NVIDIA H100")
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert GpuMemory().read() == [{"index": 0, "name": "NVIDIA H100", "total_bytes": 80 * 2**30,
+                                   "free_bytes": 79 * 2**30}]
