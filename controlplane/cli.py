@@ -74,7 +74,9 @@ def cmd_runner_token(args) -> None:
 
 
 def _when(value) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "never"
+    from datetime import timezone
+
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if value else "never"
 
 
 def cmd_runner_tokens(args) -> None:
