@@ -134,7 +134,9 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
         text_model = os.environ.get("HELIX_TEXT_MODEL", DEFAULT_TEXT_MODEL)
         image_model = os.environ.get("HELIX_IMAGE_MODEL", DEFAULT_IMAGE_MODEL)
         # Sessions that name no model go to the one this runner serves.
+        # Logs for a person at a terminal: plain text unless HELIX_LOG_FORMAT says json.
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+               "HELIX_LOG_FORMAT": os.environ.get("HELIX_LOG_FORMAT", "text"),
                "HELIX_TEXT_MODELS": os.environ.get("HELIX_TEXT_MODELS", text_model),
                "HELIX_IMAGE_MODELS": os.environ.get("HELIX_IMAGE_MODELS", image_model)}
         children.append(Child("control plane", control_plane_command(

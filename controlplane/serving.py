@@ -45,6 +45,7 @@ def gunicorn_command(port: int, workers: int = 2, connections: int = 5000, extra
     gunicorn with; `connections` is the most open connections (event streams included) per worker
     process. `host` is loopback but for `helix serve` in a container, which listens on every address."""
     return [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", f"{__name__}.JsonErrorWorker",
+            "-c", "python:controlplane.gunicorn_hooks",
             "-w", str(workers), "--worker-connections", str(connections), "--keep-alive", str(HEADER_SECONDS),
             "--graceful-timeout", str(GRACEFUL_SECONDS),
             "-b", f"{host}:{port}", *extra, APP]

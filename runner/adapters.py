@@ -17,6 +17,7 @@ from pathlib import Path
 
 import requests
 
+from runner import metrics
 from shared.finetune import ADAPTER_FILES
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,10 @@ def load(vllm_url: str, name: str, folder: Path, http: requests.Session | None =
     """Makes `name` callable as a model on the vLLM server; returns it."""
     r = (http or requests).post(f"{vllm_url}/v1/load_lora_adapter", timeout=(5, 120),
                                 json={"lora_name": name, "lora_path": str(folder)})
-    if r.ok or (r.status_code == 400 and "already" in r.text.lower()):
+    if r.ok:
+        metrics.ADAPTER_LOADS.labels("text").inc()
+        return name
+    if r.status_code == 400 and "already" in r.text.lower():
         return name
     raise AdapterError(f"the model server refused adapter {name}: {r.status_code} {r.text[:300]}")
 
