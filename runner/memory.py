@@ -1,7 +1,7 @@
 """The runner's memory: how much it has, how much is free now, and whether a job fits.
 
-Work runs in GPU memory on a CUDA machine (read with `nvidia-smi`, so no process has to
-initialise CUDA to ask), else in host memory (psutil). HELIX_RUNNER_MEMORY_BYTES caps what the
+Work runs in GPU memory on a CUDA machine (read through NVML or `nvidia-smi`, as the state
+report reads it, so no process has to initialise CUDA to ask), else in host memory (psutil). HELIX_RUNNER_MEMORY_BYTES caps what the
 runner counts as its own (a machine shared with other work). Jobs admitted on this runner and
 still running hold their declared need until they end (a training process takes its memory over
 seconds, and two admitted at once must not both count the same free bytes): the reservations are
@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 import psutil
 from redis import Redis
 
+from runner.state_report import GpuMemory
 from shared.memory import admission_need, human
 
 log = logging.getLogger(__name__)
@@ -30,23 +29,18 @@ class Memory:
     free: int    # bytes free now (before reservations)
 
 
+_gpus = GpuMemory()  # NVML or nvidia-smi, as the state report reads them
+
+
 def _gpu() -> tuple[int, int] | None:
     """(total, free) bytes of the first GPU this process may use, or None without one."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and not visible.strip():
         return None
-    nvidia_smi = shutil.which("nvidia-smi")
-    if nvidia_smi is None:
-        return None
-    device = (visible or "0").split(",")[0].strip()
-    try:
-        out = subprocess.run([nvidia_smi, f"--id={device}", "--query-gpu=memory.total,memory.free",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
-        total, free = (int(v) * 2**20 for v in out.stdout.strip().splitlines()[0].split(","))
-        return total, free
-    except (OSError, ValueError, IndexError, subprocess.SubprocessError) as err:
-        log.warning("could not read GPU memory: %s", err)
-        return None
+    gpus = _gpus.read()
+    first = (visible or "").split(",")[0].strip()
+    chosen = next((g for g in gpus if first.isdigit() and g["index"] == int(first)), gpus[0] if gpus else None)
+    return (chosen["total_bytes"], chosen["free_bytes"]) if chosen else None
 
 
 def measure(limit: int = 0) -> Memory:
