@@ -47,10 +47,11 @@ def kinds_of(mode: str, session_type: str) -> tuple[WorkKind, ...]:
     return (WorkKind.TEXT_INFERENCE,)
 
 
-def _live_runners(conn: psycopg.Connection, config: Config, model: str, session_type: SessionType) -> list[dict]:
+def _live_runners(conn: psycopg.Connection, model: str, session_type: SessionType, seconds: float) -> list[dict]:
+    """Runners serving `model` that reported within `seconds`."""
     return conn.execute(
         "SELECT id, info FROM runners WHERE models -> %s ? %s AND last_seen > now() - make_interval(secs => %s)",
-        (session_type.value, model, config.runner_ttl),
+        (session_type.value, model, seconds),
     ).fetchall()
 
 
@@ -60,7 +61,8 @@ def fleet_refusal(conn: psycopg.Connection, config: Config, model: str, kind: Wo
     need = need_of(config.memory_needs, model, kind)
     if need <= 0:
         return ""
-    sizes = [capacity(r["info"] or {}) for r in _live_runners(conn, config, model, session_type_of(kind))]
+    # Runners seen within HELIX_RUNNER_TTL: one restarting for a minute still counts.
+    sizes = [capacity(r["info"] or {}) for r in _live_runners(conn, model, session_type_of(kind), config.runner_ttl)]
     if not sizes or 0 in sizes or max(sizes) >= need:
         return ""
     return (f"{kind.value} on model {model!r} needs {human(need)} of memory (its declared need:"
@@ -102,7 +104,7 @@ def waiting_status(conn: psycopg.Connection, redis: Redis, config: Config, sessi
     elif status not in (b"queued", None):
         position = None  # ended or stopped: the reconciler re-queues or ends it at its next pass
     kind_type = SessionType(session["type"])
-    if not _live_runners(conn, config, model, kind_type):
+    if not _live_runners(conn, model, kind_type, config.runner_gone_seconds):  # alive now, not gone
         reason = f"no runner serves model {model}"
     elif status is None:
         reason = "queued again: its job was lost (a restart of Redis) and is being recreated"
