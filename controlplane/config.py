@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from shared.memory import needs_from_env
 from shared.settings import SettingError, env_float, env_int
 
 DEFAULT_TEXT_MODEL = "smollm2-135m-instruct"
@@ -71,6 +72,9 @@ class Config:
     max_name_bytes: int = 200
     # Deepest nesting of arrays and objects a JSON body may have (deeper: 400, never a RecursionError).
     max_json_depth: int = 64
+    # Memory each kind of work on a model needs (shared/memory.py's table, HELIX_MEMORY_NEEDS over
+    # it): work no live runner serving its model could ever hold is refused at once.
+    memory_needs: dict = field(default_factory=lambda: needs_from_env({}))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Config":
@@ -106,6 +110,7 @@ class Config:
         if not 1 <= c.max_name_bytes <= 255:
             raise SettingError(f"HELIX_MAX_NAME_BYTES must be between 1 and 255, got {c.max_name_bytes}")
         c.max_json_depth = env_int(env, "HELIX_MAX_JSON_DEPTH", c.max_json_depth)
+        c.memory_needs = needs_from_env(env)
         c.filestore = env.get("HELIX_FILESTORE", c.filestore)
         c.s3_endpoint_url = env.get("HELIX_S3_ENDPOINT_URL", c.s3_endpoint_url)
         c.reconcile_interval = env_float(env, "HELIX_RECONCILE_INTERVAL", c.reconcile_interval)

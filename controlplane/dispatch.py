@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 
 from controlplane.config import Config
 from shared.finetune import DEFAULT_EVAL_SHARE
+from shared.memory import JOB_META_KEY, need_of
 from shared.jobs import (ENTRY_POINTS, ImageFinetuneJob, ImageInferenceJob, TextDataPrepJob, TextFinetuneJob,
                          TextInferenceJob, WorkKind, job_id_for, queue_name)
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
@@ -151,6 +152,8 @@ class Dispatcher:
         job = queue.enqueue_call(
             ENTRY_POINTS[kind], args=(payload,), job_id=job_id, timeout=self._timeout(kind, session),
             result_ttl=3600, failure_ttl=24 * 3600, retry=Retry(max=2),
+            # The runner holds the job to the need the control plane checked the fleet against.
+            meta={JOB_META_KEY: need_of(self.config.memory_needs, session["model_name"], kind)},
         )
         # Ties the request (its request_id, in the log context) to the interaction and its job.
         log.info("queued job %s on %s", job_id, queue.name,

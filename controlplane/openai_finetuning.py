@@ -14,18 +14,18 @@ from typing import Any
 import psycopg
 from redis import Redis
 
-from controlplane import events, finetune_store, sessions_store
+from controlplane import finetune_store, sessions_store
 from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.finetune_examples import Pair, common_system
 from controlplane.openai_files import OpenAIFiles
 from controlplane.openai_service import FINE_TUNED_PREFIX, fine_tuned_id
-from controlplane.session_service import known_models
-from controlplane.views import interaction_view
+from controlplane import scheduling
+from controlplane.session_service import cancel_interaction, is_cancelled, known_models, stop_cancelled_work
 from shared.finetune import HYPERPARAMETERS
+from shared.jobs import WorkKind
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
-from shared.updates import EVENT_INTERACTION
 
 JOB_PREFIX = "ftjob-"
 MAX_SUFFIX_CHARS = 64
@@ -141,6 +141,7 @@ class OpenAIFineTuning:
                              + ", ".join(models[:5]))
         if body.get("integrations"):
             raise BadRequest("'integrations' are not supported by this server")
+        scheduling.check_fleet(conn, self.config, model, [WorkKind.TEXT_FINETUNE])
         shown, trainer = _hyperparameters(body)
         suffix = _optional_string(body, "suffix", MAX_SUFFIX_CHARS)
         metadata = _metadata(body)
@@ -227,22 +228,19 @@ class OpenAIFineTuning:
     # -- cancelling -----------------------------------------------------------------------
 
     def cancel(self, conn: psycopg.Connection, user: dict[str, Any], job_id: str) -> dict[str, Any]:
-        """Stops queued or running work: the interaction ends now, its queued job is removed, and
-        a runner training it stops at its next report (answered 409, as for a deleted session)."""
+        """Stops queued or running work the way a session's cancel does (one mechanism): the
+        interaction ends now as cancelled, its queued job is removed, and a runner training it
+        kills the training process within a second."""
         with conn.transaction():
             session, turn = self._job(conn, user, job_id, for_update=True)
             # Locked, as a runner's report locks it: its last report cannot land between check and update.
             turn = sessions_store.get_interaction_for_runner(conn, session["id"], turn["id"])
             if turn["finished"]:
                 raise Conflict(f"the job has already {job_status(turn)}: only a queued or running job can be cancelled")
-            turn = sessions_store.apply_update(
-                conn, turn["id"], runner=turn["runner"], state=InteractionState.ERROR, message=turn["message"],
-                progress=turn["progress"], status="cancelled", files=None, error="cancelled by the user",
-                finished=True, metadata={"cancelled": True})
+            turn = cancel_interaction(conn, turn)
             sessions_store.touch_session(conn, session["id"])
         conn.commit()
-        self.dispatcher.cancel(turn["id"])
-        events.publish(self.redis, session["id"], EVENT_INTERACTION, interaction_view(turn))
+        stop_cancelled_work(self.dispatcher, session["id"], turn)
         return job_view(session, turn)
 
 
@@ -254,7 +252,7 @@ def job_status(turn: dict[str, Any]) -> str:
     if turn["finished"]:
         if turn["state"] == InteractionState.COMPLETE:
             return "succeeded"
-        return "cancelled" if turn["metadata"].get("cancelled") else "failed"
+        return "cancelled" if is_cancelled(turn) else "failed"
     return "running" if turn["scheduled"] is not None else "queued"
 
 

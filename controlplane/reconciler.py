@@ -3,7 +3,9 @@
 Each pass looks at every unfinished system interaction and its job:
 - no job in Redis (Redis restarted, or the enqueue after commit failed): queue it again;
 - a job started by a runner worker whose heartbeat has expired (killed mid-job): queue it again;
-- a job RQ gave up on: mark the interaction as an error, so clients stop waiting.
+- a job RQ gave up on: mark the interaction as an error, so clients stop waiting;
+- a queued job that no live runner serving its model could ever hold (its declared memory need
+  is more than the largest of them has): the same, with the reason.
 An interaction changed in the last few seconds is left alone: whoever changed it is enqueueing.
 A job re-queued too often ends the interaction with an error instead of crashing runners forever.
 Every replica runs a reconciler thread; a Redis lock lets one pass run at a time.
@@ -19,9 +21,10 @@ from psycopg.types.json import Jsonb
 from redis.exceptions import LockError
 from rq.job import JobStatus
 
-from controlplane import events, metrics, sessions_store
+from controlplane import events, metrics, scheduling, sessions_store
 from controlplane.dispatch import Dispatcher, job_stage
 from controlplane.views import interaction_view
+from shared.jobs import WorkKind
 from shared.runners import worker_alive_key
 from shared.types import InteractionState
 from shared.updates import EVENT_INTERACTION
@@ -38,6 +41,7 @@ class Reconciler:
         self.dispatcher: Dispatcher = app.extensions["dispatcher"]
         self.grace_seconds = 3.0  # leave the request that created an interaction time to enqueue it
         self.page_size = 500
+        self._fits: dict[tuple[str, WorkKind], str] = {}  # the fleet's memory fit, per pass
 
     def _fail(self, conn, interaction: dict, session_id: str, error: str) -> None:
         row = sessions_store.apply_update(
@@ -58,6 +62,13 @@ class Reconciler:
         self.dispatcher.enqueue(session, sessions_store.get_interactions(conn, session["id"]),
                                 interaction["id"])
         log.warning("re-queued interaction %s (%s), attempt %d", interaction["id"], reason, attempts)
+
+    def _fleet_refusal(self, conn, model: str, kind: WorkKind) -> str:
+        """Whether the fleet could ever hold such a job: asked once per model and kind in a pass."""
+        key = (model, kind)
+        if key not in self._fits:
+            self._fits[key] = scheduling.fleet_refusal(conn, self.app.config["HELIX"], model, kind)
+        return self._fits[key]
 
     def _changed_within_grace(self, conn, interaction: dict) -> bool:
         now = conn.execute("SELECT now() AS now").fetchone()["now"]
@@ -92,12 +103,18 @@ class Reconciler:
             if status == JobStatus.FINISHED:
                 self._requeue(conn, session, interaction, "job finished without a final update")
                 return "requeued-finished"
+            refusal = self._fleet_refusal(conn, session["model_name"], WorkKind(job.origin.split(":")[1]))
+            if refusal:  # runners changed since it was queued: it would wait forever
+                self._fail(conn, interaction, session_id, refusal)
+                self.dispatcher.cancel(interaction_id)
+                return "failed-no-runner-fits"
             return "queued"
 
     def run_once(self) -> dict[str, str]:
         from controlplane import db
 
         results: dict[str, str] = {}
+        self._fits = {}  # runners come and go between passes
         # redis-py's lock releases only its own token: a pass that outlived the timeout never
         # removes the lock of the replica that took over.
         lock = self.redis.lock(_LOCK, timeout=30)

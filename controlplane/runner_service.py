@@ -60,6 +60,9 @@ def _check_info(info: Any) -> dict[str, Any]:
     for key in ("max_model_len", "max_tokens"):  # the text model's limits, which requests are held to
         if key in info and (type(info[key]) is not int or not 1 <= info[key] <= 10**7):
             raise BadRequest(f"info {key} must be a whole number of tokens from 1 to 10000000")
+    for key in ("host_memory_bytes", "gpu_memory_bytes"):  # what work placed on this runner may need at most
+        if key in info and (type(info[key]) is not int or not 0 <= info[key] <= 2**60):
+            raise BadRequest(f"info {key} must be a whole number of bytes from 0 to {2**60}")
     problem = image_budget.check_info(info)  # the image model's work budget, which requests are held to
     if problem:
         raise BadRequest(problem)

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import psycopg
 
-from controlplane import sessions_store
+from controlplane import events, scheduling, sessions_store
 from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.errors import BadRequest, Conflict, NotFound
@@ -16,8 +16,37 @@ from controlplane.filestore import Filestore, UserFiles, session_folder
 from controlplane.finetune_service import FinetuneService
 from controlplane.image_finetune_service import ImageFinetuneService
 from controlplane.validation import optional_float, optional_int, required_choice, text_field
+from controlplane.views import interaction_view
 from shared.image_budget import ImageBudget
-from shared.types import Creator, InteractionState, SessionMode, SessionType
+from shared.jobs import WorkKind
+from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
+from shared.updates import EVENT_INTERACTION
+
+CANCELLED = "cancelled"  # the status of an interaction stopped by its user (its state: error)
+
+
+def is_cancelled(interaction: dict[str, Any]) -> bool:
+    return bool(interaction["finished"] and interaction["state"] == InteractionState.ERROR
+                and (interaction.get("metadata") or {}).get("cancelled"))
+
+
+def cancel_interaction(conn: psycopg.Connection, interaction: dict[str, Any]) -> dict[str, Any]:
+    """Ends an unfinished interaction as cancelled (state error, status cancelled, metadata
+    cancelled: true), in the caller's transaction, with the row locked by the caller. Then, after
+    the commit, call `stop_cancelled_work`. Shared by the sessions' cancel and the OpenAI
+    fine-tuning cancel, so both say the same thing and stop work the same way."""
+    return sessions_store.apply_update(
+        conn, interaction["id"], runner=interaction["runner"], state=InteractionState.ERROR,
+        message=interaction["message"], progress=interaction["progress"], status=CANCELLED, files=None,
+        error="cancelled by the user", finished=True, metadata={CANCELLED: True})
+
+
+def stop_cancelled_work(dispatcher: Dispatcher, session_id: str, interaction: dict[str, Any]) -> None:
+    """Removes the cancelled interaction's job: a queued one leaves its queue; a running one is
+    gone from Redis, which its runner watches while it works (it stops within a second: the
+    model server's request is aborted, a training process killed, its memory freed)."""
+    dispatcher.cancel(interaction["id"])
+    events.publish(dispatcher.redis, session_id, EVENT_INTERACTION, interaction_view(interaction))
 
 
 def known_models(conn: psycopg.Connection, config: Config, session_type: SessionType) -> list[str]:
@@ -135,6 +164,7 @@ class SessionService:
         session_type = required_choice(form, "type", SessionType)
         if mode == SessionMode.FINETUNE:
             model = _model_name(conn, self.config, form, session_type)
+            scheduling.check_fleet(conn, self.config, model, scheduling.kinds_of(mode, session_type))
             if session_type == SessionType.IMAGE:
                 return self.image_finetune.create(conn, user, form, files, model)
             return self.finetune.create(conn, user, form, files, model)
@@ -142,6 +172,7 @@ class SessionService:
             raise BadRequest("inference sessions take no files: send the prompt as input=...")
         prompt = text_field(form, "input", self.config.max_input_chars, required=True)
         model = _model_name(conn, self.config, form, session_type)
+        scheduling.check_fleet(conn, self.config, model, scheduling.kinds_of(mode, session_type))
         config = _job_params(form, session_type)
         if session_type == SessionType.TEXT:
             check_fits(conn, self.config, model, prompt, config["text"].get("max_tokens"))
@@ -167,6 +198,7 @@ class SessionService:
         is a known base model; `lora_dir` an adapter of the user's that serves it."""
         check_fits(conn, self.config, model, "".join(t for _, t in turns) + text.get("system_prompt", ""),
                    text.get("max_tokens"))
+        scheduling.check_fleet(conn, self.config, model, [WorkKind.TEXT_INFERENCE])
         with conn.transaction():
             session = sessions_store.insert_session(
                 conn, owner=user["id"], mode=SessionMode.INFERENCE, type=SessionType.TEXT, model_name=model,
@@ -192,6 +224,8 @@ class SessionService:
             if session["mode"] != SessionMode.INFERENCE:
                 raise Conflict("this session is still being fine-tuned: chat with it once its"
                                " fine-tune interaction is complete")
+            scheduling.check_fleet(conn, self.config, session["model_name"],
+                                   scheduling.kinds_of(SessionMode.INFERENCE, session["type"]))
             if session["type"] == SessionType.TEXT:
                 check_fits(conn, self.config, session["model_name"], prompt, None)
             else:  # the runners may have changed since the session began
@@ -218,6 +252,67 @@ class SessionService:
             state=InteractionState.WAITING, status="queued: waiting for a runner",
         )
         return [user_turn, system_turn]
+
+    def _last_turn(self, conn: psycopg.Connection, user: dict[str, Any],
+                   session_id: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+        """The session (locked), its interactions, and its last system interaction (locked, as a
+        runner's report locks it: no report lands between the check and the change)."""
+        session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
+        if session is None:
+            raise NotFound("session not found")
+        interactions = sessions_store.get_interactions(conn, session_id)
+        last = next((i for i in reversed(interactions) if i["creator"] == Creator.SYSTEM), None)
+        if last is None:
+            raise Conflict("this session has no interaction to act on")
+        return session, interactions, sessions_store.get_interaction_for_runner(conn, session_id, last["id"])
+
+    def cancel(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> dict[str, Any]:
+        """Stops the session's queued or running work. Cancelling a cancelled session again
+        changes nothing and answers the same; one whose work already ended is a 409."""
+        with conn.transaction():
+            session, interactions, turn = self._last_turn(conn, user, session_id)
+            if turn["finished"]:
+                if is_cancelled(turn):
+                    return {**session, "interactions": interactions}
+                raise Conflict(f"nothing to cancel: the last interaction already ended ({turn['state']})")
+            turn = cancel_interaction(conn, turn)
+            sessions_store.touch_session(conn, session_id)
+        conn.commit()
+        stop_cancelled_work(self.dispatcher, session_id, turn)
+        return {**session, "interactions": [turn if i["id"] == turn["id"] else i for i in interactions]}
+
+    def restart(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> dict[str, Any]:
+        """Runs the last interaction again: a reply or images from the start, a fine-tune from
+        where it stopped (data preparation keeps its done chunks, training resumes from its last
+        checkpoint). One still queued or running is left as it is (a repeated restart changes
+        nothing); a fine-tune that waits for review or has completed is a 409."""
+        with conn.transaction():
+            session, interactions, turn = self._last_turn(conn, user, session_id)
+            if not turn["finished"]:
+                if turn["state"] == InteractionState.EDITING:
+                    raise Conflict("this fine-tune waits for the review of its question/answer pairs:"
+                                   " start it (POST .../finetune/start) or retry its data preparation")
+                return {**session, "interactions": interactions}
+            if turn["mode"] == SessionMode.FINETUNE:
+                if turn["state"] == InteractionState.COMPLETE:
+                    raise Conflict("this fine-tune is complete: add documents to train it again")
+                training = turn["data_prep_stage"] == DataPrepStage.FINETUNE
+                stage = DataPrepStage.FINETUNE if training else DataPrepStage.GENERATE_QUESTIONS
+                status = "queued: waiting for a runner to train" if training else "queued: preparing the data again"
+                kinds = [WorkKind.IMAGE_FINETUNE if session["type"] == SessionType.IMAGE else
+                         WorkKind.TEXT_FINETUNE if training else WorkKind.TEXT_DATAPREP]
+                fresh = False
+            else:
+                stage, status, fresh = turn["data_prep_stage"], "queued: waiting for a runner", True
+                kinds = scheduling.kinds_of(SessionMode.INFERENCE, session["type"])
+            scheduling.check_fleet(conn, self.config, session["model_name"], kinds)
+            row = sessions_store.restart_interaction(conn, turn["id"], stage=stage, status=status, fresh=fresh)
+            sessions_store.touch_session(conn, session_id)
+        conn.commit()
+        interactions = sessions_store.get_interactions(conn, session_id)
+        self.dispatcher.try_enqueue(session, interactions, row["id"])
+        events.publish(self.dispatcher.redis, session_id, EVENT_INTERACTION, interaction_view(row))
+        return {**session, "interactions": interactions}
 
     def delete(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> dict[str, Any]:
         with conn.transaction():

@@ -143,6 +143,21 @@ def reopen_interaction(conn: psycopg.Connection, interaction_id: str, *, stage: 
     ).fetchone()
 
 
+def restart_interaction(conn: psycopg.Connection, interaction_id: str, *, stage: str,
+                        status: str, fresh: bool) -> dict[str, Any]:
+    """A finished interaction run again: waiting, unfinished, no error, its attempts and its
+    cancellation forgotten. `fresh` clears what the earlier run produced too (a reply, images);
+    a fine-tune keeps its metadata (its last checkpoint: training resumes from it)."""
+    return conn.execute(
+        f"UPDATE interactions SET updated = now(), state = 'waiting', finished = false, completed = NULL,"
+        f" error = '', progress = 0, status = %s, data_prep_stage = %s,"
+        f" metadata = CASE WHEN %s THEN '{{}}'::jsonb ELSE metadata - 'cancelled' - 'attempts' END,"
+        f" message = CASE WHEN %s THEN '' ELSE message END, files = CASE WHEN %s THEN '[]'::jsonb ELSE files END,"
+        f" scheduled = NULL, runner = '' WHERE id = %s RETURNING {INTERACTION_COLUMNS}",
+        (status, stage, fresh, fresh, fresh, interaction_id),
+    ).fetchone()
+
+
 def finish_finetune(conn: psycopg.Connection, session_id: str, lora_dir: str) -> None:
     """A trained session goes back to inference, served with its adapter (Helix's behaviour)."""
     conn.execute("UPDATE sessions SET mode = 'inference', lora_dir = %s, updated = now() WHERE id = %s",

@@ -7,6 +7,7 @@ import socket
 import tempfile
 from dataclasses import dataclass, field
 
+from shared.memory import needs_from_env, parse_size
 from shared.settings import SettingError, env_float, env_int, env_json_object
 
 
@@ -47,6 +48,10 @@ class RunnerConfig:
     qa_model: str = ""           # HELIX_QA_MODEL
     qa_concurrency: int = 32     # HELIX_QA_CONCURRENCY: question requests in flight at once
     url_allow_private: bool = False  # HELIX_URL_ALLOW_PRIVATE=1: fetch URLs on private addresses too
+    memory_limit_bytes: int = 0  # HELIX_RUNNER_MEMORY_BYTES: most memory this runner counts as its own (0: all)
+    memory_needs: dict = field(default_factory=lambda: needs_from_env({}))  # HELIX_MEMORY_NEEDS: declared needs (shared.memory)
+    memory_recheck_seconds: float = 2.0  # HELIX_MEMORY_RECHECK_SECONDS: a worker that left a job queued
+    # for want of memory waits this long before it takes a job again
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "RunnerConfig":
@@ -89,7 +94,12 @@ class RunnerConfig:
             qa_model=env.get("HELIX_QA_MODEL", ""),
             qa_concurrency=env_int(env, "HELIX_QA_CONCURRENCY", 32),
             url_allow_private=env.get("HELIX_URL_ALLOW_PRIVATE", "").lower() in ("1", "true", "yes"),
+            memory_limit_bytes=_size(env, "HELIX_RUNNER_MEMORY_BYTES"),
+            memory_needs=needs_from_env(env),
+            memory_recheck_seconds=env_float(env, "HELIX_MEMORY_RECHECK_SECONDS", 2.0),
         )
+        if not 0.05 <= config.memory_recheck_seconds <= 600:
+            raise SettingError(f"HELIX_MEMORY_RECHECK_SECONDS must be from 0.05 to 600, got {config.memory_recheck_seconds:g}")
         if config.image_max_pixels and not 64 <= config.image_max_pixels <= 2**26:
             raise SettingError(f"HELIX_IMAGE_MAX_PIXELS must be from 64 to {2**26} (or 0: twice the model's"
                                f" native size each way), got {config.image_max_pixels}")
@@ -103,6 +113,14 @@ class RunnerConfig:
             raise SettingError("HELIX_IMAGE_SECONDS_PER_MEGAPIXEL_STEP must be from 0 (measure it) to 1000000,"
                                f" got {config.image_seconds_per_megapixel_step:g}")
         return config
+
+
+def _size(env: dict[str, str], name: str) -> int:
+    raw = env.get(name, "").strip()
+    try:
+        return parse_size(raw) if raw else 0
+    except ValueError as err:
+        raise SettingError(f"{name}: {err}") from None
 
 
 def runner_id_safe(env: dict[str, str]) -> str:

@@ -1,10 +1,12 @@
 """Watches a running job from a second thread and says when it must stop: its RQ job was deleted
-or cancelled (the control plane does both when the session is deleted), another worker now holds
-it, or it ran past its deadline.
+or cancelled (the control plane does both when the session is cancelled or deleted), another
+worker now holds it, or it ran past its deadline.
 
 Polling the job's hash in Redis a few times a second costs one small read each time and needs no
 report from the job itself, so a job stops promptly even in the middle of a denoising step that
-takes minutes (the pipeline checks `stop` between sub-module calls: runner/interruption.py).
+takes minutes (the pipeline checks `stop` between sub-module calls: runner/interruption.py), a
+chat waiting on its model server (runner/abortable.py closes the request) or a training process
+(killed: its memory is freed at once).
 """
 from __future__ import annotations
 
@@ -29,6 +31,26 @@ class JobWatch:
         self.reason = ""
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-watch", daemon=True)
+        self._callbacks: list = []
+        self._lock = threading.Lock()
+
+    def on_stop(self, callback) -> None:
+        """Calls `callback()` from the watch thread once the job must stop (at once if it must already)."""
+        with self._lock:
+            if not self.stop.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def _stopped(self) -> None:
+        with self._lock:
+            self.stop.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as err:
+                log.warning("stopping job %s: %s", getattr(self.rq_job, "id", ""), err)
 
     def _still_ours(self) -> bool:
         status, worker = self.rq_job.connection.hmget(self.rq_job.key, "status", "worker_name")
@@ -45,7 +67,7 @@ class JobWatch:
                 except Exception as err:  # Redis away for a moment: keep working, look again
                     log.warning("could not look at job %s: %s", self.rq_job.id, err)
             if self.reason:
-                self.stop.set()
+                self._stopped()
                 return
 
     def __enter__(self) -> "JobWatch":

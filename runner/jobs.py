@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 import requests
 
 from runner import adapters, metrics
+from runner.abortable import abortable
+from runner.job_watch import JobWatch
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane, Gone
 from runner.http_session import pooled_session
@@ -100,6 +103,17 @@ def unless_gone(job_function):
 
 @unless_gone
 def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
+    from rq import get_current_job
+
+    with JobWatch(get_current_job(), math.inf, interval=CANCEL_POLL_SECONDS) as watch:
+        return _text_inference(payload, watch)
+
+
+# How often a running job looks whether it was cancelled: one small Redis read each time.
+CANCEL_POLL_SECONDS = 0.25
+
+
+def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
     ctx = context()
     job = TextInferenceJob.from_dict(payload)
     started = time.monotonic()
@@ -117,10 +131,14 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
             # A fine-tuned session: the same warm base model, with its adapter by name.
             model = adapters.ensure(ctx.client, ctx.vllm_url, job.session_id, job.lora_dir,
                                     adapters.cache_dir(ctx.config.work_dir), ctx.http) if job.lora_dir else job.model
-            for delta in stream_chat(ctx.vllm_url, model, messages, max_tokens=max_tokens,
-                                     temperature=job.temperature, extra={**ctx.config.sampling_extra, **job.sampling},
-                                     session=ctx.http, prompt=job.prompt, generation=generation):
+            # Cancelled (its job gone from Redis): vLLM's request is aborted and the job ends now.
+            for delta in abortable(lambda on_response: stream_chat(
+                    ctx.vllm_url, model, messages, max_tokens=max_tokens, temperature=job.temperature,
+                    extra={**ctx.config.sampling_extra, **job.sampling}, session=ctx.http, prompt=job.prompt,
+                    generation=generation, on_response=on_response), watch):
                 stream.add(delta)
+            if watch.stop.is_set():
+                raise Gone(job.interaction_id)
             stream.publish()
             break
         except (ModelError, adapters.AdapterError) as err:
@@ -129,6 +147,8 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
                 status="error", metadata={"refused_by_model": True}))
             return {"error": str(err)}
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+            if watch.stop.is_set():
+                raise Gone(job.interaction_id) from None
             if attempt == 2:
                 raise  # RQ retries the job; the reconciler ends it if that fails too
             # The supervisor restarts a vLLM that died: wait for it, then start over.

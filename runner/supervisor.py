@@ -30,7 +30,7 @@ import requests
 from redis import Redis
 from redis.exceptions import RedisError
 
-from runner import image_calibration, state_report
+from runner import image_calibration, memory, state_report
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane
 from runner.vllm_server import VllmServer
@@ -136,6 +136,8 @@ class Supervisor:
         info = {"text_workers": self.config.text_workers,
                 "finetune_workers": self.config.finetune_workers if self.config.text_model else 0,
                 "image_finetune_workers": self.config.image_finetune_workers if self.config.image_model else 0}
+        # Static totals: the control plane fails at once work no runner of the fleet could hold.
+        info.update(memory.announced(self.config.memory_limit_bytes))
         if self.config.text_model:  # the control plane refuses at once what the model cannot take
             info.update(max_model_len=self.config.max_model_len, max_tokens=self.config.max_tokens)
         if self.config.image_model:  # likewise for images, once the image worker has measured its pipeline
@@ -143,6 +145,10 @@ class Supervisor:
         with self._announcing:  # the reporter thread and start() share one HTTP session
             self.client.register(models, info, self.collect_state())
         self.announced = time.monotonic()
+
+    def _admission(self) -> memory.Admission:
+        return memory.Admission(Redis.from_url(self.config.redis_url), self.config.runner_id,
+                                self.config.memory_limit_bytes)
 
     def register(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -198,6 +204,7 @@ class Supervisor:
 
     def start(self) -> None:
         image_calibration.forget(self.config)
+        self._admission().clear()  # none of this runner's jobs runs any more
         self.register()
         if self.config.metrics_port:
             from runner import metrics
@@ -264,6 +271,10 @@ class Supervisor:
             for (kind, index), proc in list(self.workers.items()):
                 if proc.poll() is not None and not self.stopping.is_set():
                     log.error("worker %s.%d exited with %s; restarting", kind.value, index, proc.returncode)
+                    try:  # the memory its job held is free again
+                        self._admission().forget_worker(self.worker_names[(kind, index)])
+                    except Exception as err:
+                        log.warning("could not release the memory of worker %s.%d: %s", kind.value, index, err)
                     self._forget_metrics_of(proc.pid)
                     self._spawn(kind, index)
 

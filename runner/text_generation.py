@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import requests
 
@@ -98,9 +98,11 @@ class Generation:
 def stream_chat(base_url: str, model: str, messages: list[dict[str, str]] | None, *,
                 max_tokens: int | None, temperature: float | None, extra: dict | None = None,
                 session: requests.Session | None = None, prompt: str | None = None,
-                generation: Generation | None = None) -> Iterator[str]:
+                generation: Generation | None = None,
+                on_response: Callable[[requests.Response], None] | None = None) -> Iterator[str]:
     """Yields the first choice's text as it streams: a chat reply to `messages`, or with `prompt`
-    a plain completion of it. `generation` collects all choices, finish reasons and usage."""
+    a plain completion of it. `generation` collects all choices, finish reasons and usage;
+    `on_response` is given the HTTP response as soon as it starts (to abort it from another thread)."""
     body: dict = {**(extra or {}), "model": model, "stream": True, "stream_options": {"include_usage": True}}
     if prompt is not None:
         body["prompt"], path = prompt, "/v1/completions"
@@ -113,6 +115,8 @@ def stream_chat(base_url: str, model: str, messages: list[dict[str, str]] | None
     gen = generation if generation is not None else Generation()
     http = session or requests
     with http.post(f"{base_url}{path}", json=body, stream=True, timeout=(5, 600)) as r:
+        if on_response is not None:
+            on_response(r)
         if 400 <= r.status_code < 500:
             try:
                 detail = r.json().get("error", {})

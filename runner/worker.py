@@ -32,8 +32,10 @@ from rq.worker import WorkerStatus
 from runner import jobs, metrics
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane
+from runner.memory import Admission
 from shared import logs
 from shared.jobs import ENTRY_POINTS, WorkKind, queue_name
+from shared.memory import JOB_META_KEY, MEMORY_WAIT_TTL_SECONDS, memory_wait_key, need_of
 from shared.runners import HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_TTL_SECONDS, thread_worker_name, worker_alive_key
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,56 @@ class AllowlistedJob(Job):
         return result
 
 
-class ThreadWorker(SimpleWorker):
+class AdmittingWorker(SimpleWorker):
+    """A SimpleWorker that starts a job only when this runner's memory can hold it.
+
+    A job that does not fit goes back to the front of its queue at once, where another runner's
+    worker (blocked on the queue) can take it, and this worker waits `recheck_seconds` before it
+    takes a job again: no busy loop, and the job never leaves Redis. Why it waits is noted in
+    Redis for a few seconds, where the session's GET reads it."""
+
+    admission: Admission | None = None
+    memory_needs: dict = {}
+    recheck_seconds: float = 2.0
+    runner_id: str = ""
+
+    def execute_job(self, job: Job, queue: Queue):
+        kind = KIND_OF_FUNCTION.get(job.func_name)
+        if self.admission is None or kind is None:  # not ours: AllowlistedJob refuses it
+            return super().execute_job(job, queue)
+        declared = job.meta.get(JOB_META_KEY)
+        if not isinstance(declared, int):  # queued by an older control plane
+            model = job.args[0].get("model", "") if job.args and isinstance(job.args[0], dict) else ""
+            declared = need_of(self.memory_needs, model, kind)
+        try:
+            refusal = self.admission.admit(self.name, job.id, kind, declared)
+        except Exception as err:  # Redis away for a moment: the job waits, the worker lives on
+            refusal = f"could not check this runner's memory ({err})"
+        if refusal:
+            self._leave_queued(job, queue, refusal)
+            return None
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            self.admission.release(self.name, job.id)
+
+    def _leave_queued(self, job: Job, queue: Queue, refusal: str) -> None:
+        log.info("left job %s queued: %s", job.id, refusal)
+        try:
+            with self.connection.pipeline() as pipe:  # one MULTI: the job is in its queue, or still here
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)  # where a single-queue dequeue moved it
+                pipe.lpush(queue.key, job.id)
+                pipe.set(memory_wait_key(job.id), f"waiting for memory on runner {self.runner_id}: {refusal}",
+                         ex=MEMORY_WAIT_TTL_SECONDS)
+                pipe.execute()
+        except Exception:
+            log.exception("could not put job %s back in its queue", job.id)
+        deadline = time.monotonic() + self.recheck_seconds
+        while time.monotonic() < deadline and not self._stop_requested:
+            time.sleep(0.05)
+
+
+class ThreadWorker(AdmittingWorker):
     """A SimpleWorker that shares its process with others, one per thread."""
 
     death_penalty_class = TimerDeathPenalty  # SIGALRM reaches only the main thread
@@ -130,9 +181,13 @@ def run_worker(kind: WorkKind, name: str, config: RunnerConfig, vllm_url: str = 
     queues = [Queue(queue_name(k, model), connection=redis, serializer=JSONSerializer)
               for k in QUEUES_OF_WORKER[kind]]
     names = [name] if threads == 1 else [thread_worker_name(name, t) for t in range(threads)]
-    worker_class = SimpleWorker if threads == 1 else ThreadWorker
+    worker_class = AdmittingWorker if threads == 1 else ThreadWorker
     workers = [worker_class(queues, connection=redis, serializer=JSONSerializer,
                             job_class=AllowlistedJob, name=n) for n in names]
+    admission = Admission(redis, config.runner_id, config.memory_limit_bytes)
+    for worker in workers:
+        worker.admission, worker.memory_needs = admission, config.memory_needs
+        worker.recheck_seconds, worker.runner_id = config.memory_recheck_seconds, config.runner_id
     # The process's own name too: the supervisor waits for it to know the process is up.
     keys = [worker_alive_key(n) for n in dict.fromkeys([name, *names])]
     stop = threading.Event()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
-from controlplane import db, events, sessions_store
+from controlplane import db, events, scheduling, sessions_store
 from controlplane.auth import require_user
 from controlplane.errors import BadRequest, NotFound
 from controlplane.validation import optional_int
@@ -63,11 +63,36 @@ def list_sessions():
                    total_count=total, counter={"count": total})
 
 
+def _full_view(conn, session_id: str) -> dict:
+    """The session as GET shows it: pairs listed, and a queued interaction's place and reason."""
+    row = _session_or_404(conn, session_id)
+    return scheduling.annotate(conn, current_app.extensions["redis"], current_app.config["HELIX"],
+                               session_view(row), row)
+
+
 @bp.get("/<session_id>")
 @require_user
 def get_session(session_id: str):
     with db.read() as conn:
-        return jsonify(session_view(_session_or_404(conn, session_id)))
+        return jsonify(_full_view(conn, session_id))
+
+
+@bp.post("/<session_id>/cancel")
+@require_user
+def cancel_session(session_id: str):
+    """Stops queued or running work; the interaction ends with state error, status cancelled."""
+    with db.transaction() as conn:
+        _service().cancel(conn, g.user, session_id)
+        return jsonify(_full_view(conn, session_id))
+
+
+@bp.put("/<session_id>/restart")
+@require_user
+def restart_session(session_id: str):
+    """Runs the last interaction again (one still queued or running is left as it is)."""
+    with db.transaction() as conn:
+        _service().restart(conn, g.user, session_id)
+        return jsonify(_full_view(conn, session_id))
 
 
 @bp.put("/<session_id>")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -20,7 +21,9 @@ from runner.dataprep.chunking import split_into_chunks, split_into_sentences
 from runner.dataprep.documents import DocumentError, UrlFetcher, extract_fetched, extract_text
 from runner.dataprep.quality import Candidate, balance, filter_candidates
 from runner.dataprep.questions import GenerationError, QuestionWriter
-from runner.jobs import context, unless_gone
+from runner.control_plane import Gone
+from runner.job_watch import JobWatch
+from runner.jobs import CANCEL_POLL_SECONDS, context, unless_gone
 from shared.finetune import DEFAULT_QUESTION_STYLES
 from shared.jobs import TextDataPrepJob
 from shared.types import DataPrepStage
@@ -138,19 +141,32 @@ def prepare_text(payload: dict[str, Any]) -> dict[str, Any]:
         except GenerationError as err:
             return chunk, [], str(err)
 
-    with ThreadPoolExecutor(max(1, ctx.config.qa_concurrency)) as pool:
-        futures = [pool.submit(ask, *r) for r in asks]
-        for future in as_completed(futures):
-            chunk, candidates, error = future.result()
-            chunk.candidates += candidates
-            if error:
-                chunk.errors.append(error)
-            chunk.pending -= 1
-            if chunk.pending == 0:
-                pairs += _finish_chunk(ctx, job, chunk, seen, lock)
-                done += 1
-                ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
-                    progress=min(99, done * 100 // max(1, len(work))),
-                    status=f"questions written for {done} of {len(work)} chunks ({pairs} pairs so far)"))
+    from rq import get_current_job
+
+    pool = ThreadPoolExecutor(max(1, ctx.config.qa_concurrency))
+    # Cancelled (its job gone from Redis): no further question is asked and the job ends within
+    # a fraction of a second; the requests already sent end on their own (short, bounded replies).
+    with JobWatch(get_current_job(), math.inf, interval=CANCEL_POLL_SECONDS) as watch:
+        try:
+            pending = {pool.submit(ask, *r) for r in asks}
+            while pending:
+                finished, pending = wait(pending, timeout=CANCEL_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                if watch.stop.is_set():
+                    log.info("data preparation of %s stopped: its job was cancelled or taken over", job.interaction_id)
+                    raise Gone(job.interaction_id)
+                for future in finished:
+                    chunk, candidates, error = future.result()
+                    chunk.candidates += candidates
+                    if error:
+                        chunk.errors.append(error)
+                    chunk.pending -= 1
+                    if chunk.pending == 0:
+                        pairs += _finish_chunk(ctx, job, chunk, seen, lock)
+                        done += 1
+                        ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
+                            progress=min(99, done * 100 // max(1, len(work))),
+                            status=f"questions written for {done} of {len(work)} chunks ({pairs} pairs so far)"))
+        finally:
+            pool.shutdown(wait=not watch.stop.is_set(), cancel_futures=True)
     ctx.client.report(job.session_id, job.interaction_id, "prepared", {})
     return {"chunks": len(work), "pairs": pairs, "seconds": round(time.monotonic() - started, 1)}

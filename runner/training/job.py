@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,9 @@ from typing import Any
 from runner import adapters
 from runner.dataprep.quality import hold_out
 from runner.evaluation.compare import evaluate
-from runner.jobs import context, unless_gone
+from runner.control_plane import Gone
+from runner.job_watch import JobWatch
+from runner.jobs import CANCEL_POLL_SECONDS, context, unless_gone
 from shared.finetune import ADAPTER_FILES, hyperparameters
 from shared.jobs import TextFinetuneJob
 from shared.processes import die_with_parent
@@ -110,11 +113,15 @@ def _run_child(ctx, job, spec: dict, workdir: Path, reporter: _Reporter,
     spec_path = workdir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     log_path = workdir / "train.log"
-    with open(log_path, "ab") as err:
+    from rq import get_current_job
+
+    with open(log_path, "ab") as err, JobWatch(get_current_job(), math.inf, interval=CANCEL_POLL_SECONDS) as watch:
         # SIGKILL when this worker dies: an orphaned trainer would hold the memory and race the retry.
         proc = subprocess.Popen([sys.executable, "-m", module, str(spec_path)],
                                 stdout=subprocess.PIPE, stderr=err, text=True,
                                 preexec_fn=die_with_parent(signal.SIGKILL))
+        # Cancelled (its job gone from Redis): the training process is killed, its memory freed at once.
+        watch.on_stop(proc.kill)
         done: dict = {}
         try:
             for line in proc.stdout:
@@ -129,6 +136,9 @@ def _run_child(ctx, job, spec: dict, workdir: Path, reporter: _Reporter,
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+    if watch.stop.is_set():
+        log.info("training of %s stopped: its job was cancelled or taken over", job.interaction_id)
+        raise Gone(job.interaction_id)
     reporter.flush(force=True)
     if proc.returncode != 0 or not done:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]

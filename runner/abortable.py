@@ -1,0 +1,87 @@
+"""A streamed model request that stops as soon as its job must stop, not at its next token.
+
+The request is read in a helper thread while the job's thread waits on what it yields and on the
+job's watch (runner/job_watch.py). Once the watch says stop, the job's thread returns at once and
+the HTTP connection to the model server is shut: vLLM sees its client leave and aborts the
+request, freeing its KV cache. A request whose answer has not even begun (a model server that is
+stuck) is closed as soon as its response arrives.
+"""
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+from typing import Callable, Iterator
+
+import requests
+
+from runner.job_watch import JobWatch
+
+OpenStream = Callable[[Callable[[requests.Response], None]], Iterator[str]]
+
+
+def shut(response: requests.Response) -> None:
+    """Shuts the response's socket from any thread: a read blocked on it returns at once."""
+    connection = getattr(response.raw, "_connection", None) or getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+
+def abortable(open_stream: OpenStream, watch: JobWatch, poll: float = 1.0) -> Iterator[str]:
+    """Yields what `open_stream(on_response)` yields, until it ends or `watch` says stop (then it
+    returns early: the caller looks at `watch.stop`). `open_stream` calls `on_response` with its
+    HTTP response as soon as it has one. Errors of the request are raised in the caller's thread."""
+    items: queue.SimpleQueue = queue.SimpleQueue()
+    lock = threading.Lock()
+    held: dict[str, requests.Response | None] = {"response": None}
+    aborted = threading.Event()
+
+    def on_response(response: requests.Response) -> None:
+        with lock:
+            held["response"] = response
+            if aborted.is_set():
+                shut(response)
+
+    def abort() -> None:
+        with lock:
+            aborted.set()
+            if held["response"] is not None:
+                shut(held["response"])
+
+    def read() -> None:
+        try:
+            for item in open_stream(on_response):
+                if aborted.is_set():
+                    return
+                items.put((True, item))
+            items.put((False, None))
+        except BaseException as err:  # handed to the job's thread
+            items.put((False, err))
+
+    threading.Thread(target=read, name="model-stream", daemon=True).start()
+    watch.on_stop(lambda: (abort(), items.put((True, None))))  # abort, and wake the job's thread
+    ended = False  # the request ended by itself: nothing to abort
+    try:
+        while True:
+            try:
+                ok, item = items.get(timeout=poll)
+            except queue.Empty:
+                if watch.stop.is_set():
+                    return
+                continue
+            if watch.stop.is_set():
+                return
+            if ok:
+                yield item
+                continue
+            ended = True
+            if item is not None:
+                raise item
+            return
+    finally:
+        if not ended:  # stopped, or the caller left early: the model server stops generating too
+            abort()
