@@ -64,7 +64,48 @@ class AllowlistedJob(Job):
         return super()._execute()
 
 
-class ThreadWorker(SimpleWorker):
+class OwnJobsOnly:
+    """Records a job's outcome only while the job still names this worker. A job queued again
+    while this worker ran it (its heartbeats lapsed in a long pause, say) belongs to the next
+    attempt: marking it finished or failed here would end that attempt as well (the control plane
+    refuses the updates of a job that no worker is running) and cost it one of its few attempts."""
+
+    _performing = ""  # the id of the job this worker is running now
+
+    def perform_job(self, job, queue):
+        self._performing = job.id
+        try:
+            return super().perform_job(job, queue)
+        finally:
+            self._performing = ""
+
+    def _ran_by_another(self, job: Job) -> bool:
+        """Whether the job this worker ran has since been queued again (and maybe taken)."""
+        return job.id == self._performing and self.connection.hget(job.key, "worker_name") != self.name.encode()
+
+    def _let_go(self, job: Job) -> None:
+        log.warning("job %s was queued again while worker %s ran it: leaving it to its next attempt",
+                    job.id, self.name)
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe)  # this worker's own execution record only
+            pipe.execute()
+
+    def handle_job_success(self, job, queue, started_job_registry):
+        if self._ran_by_another(job):
+            return self._let_go(job)
+        return super().handle_job_success(job, queue, started_job_registry)
+
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string=""):
+        if self._ran_by_another(job):
+            return self._let_go(job)
+        return super().handle_job_failure(job, queue, started_job_registry, exc_string)
+
+
+class OwnJobsWorker(OwnJobsOnly, SimpleWorker):
+    """The one worker of a process that runs one job at a time."""
+
+
+class ThreadWorker(OwnJobsOnly, SimpleWorker):
     """A SimpleWorker that shares its process with others, one per thread."""
 
     death_penalty_class = TimerDeathPenalty  # SIGALRM reaches only the main thread
@@ -101,7 +142,7 @@ def run_worker(kind: WorkKind, name: str, config: RunnerConfig, vllm_url: str = 
     queues = [Queue(queue_name(k, model), connection=redis, serializer=JSONSerializer)
               for k in QUEUES_OF_WORKER[kind]]
     names = [name] if threads == 1 else [thread_worker_name(name, t) for t in range(threads)]
-    worker_class = SimpleWorker if threads == 1 else ThreadWorker
+    worker_class = OwnJobsWorker if threads == 1 else ThreadWorker
     workers = [worker_class(queues, connection=redis, serializer=JSONSerializer,
                             job_class=AllowlistedJob, name=n) for n in names]
     # The process's own name too: the supervisor waits for it to know the process is up.
