@@ -66,15 +66,16 @@ CREATE TRIGGER fault_final_updates AFTER UPDATE ON interactions
 """
 
 
-def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
-    """Polls `condition` until it returns something true; fails saying `what` did not happen."""
+def wait_until(condition, timeout: float, what: str, interval: float = 0.2, detail=None):
+    """Polls `condition` until it returns something true; fails saying `what` did not happen
+    (and what `detail()` says about it)."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"after {timeout:.0f}s: {what}")
+            raise AssertionError(f"after {timeout:.0f}s: {what}" + (f": {detail()}" if detail else ""))
         time.sleep(interval)
 
 
@@ -173,6 +174,20 @@ class Stack:
         freeze(server)
         return server
 
+    def text_worker(self, runner_id: str) -> psutil.Process:
+        """The runner's text worker process (its RQ workers, one per thread): its one child besides
+        vLLM (RQ retitles the process, so its command line does not name it)."""
+        found = [p for p in psutil.Process(self.runners[runner_id].proc.pid).children()
+                 if "vllm.entrypoints" not in " ".join(p.cmdline())]
+        assert len(found) == 1, found
+        return found[0]
+
+    def busy_workers(self, runner_id: str) -> list[str]:
+        """The runner's RQ workers that say they are running a job."""
+        redis = self.redis()
+        return [key.decode() for key in redis.scan_iter(f"rq:worker:{runner_id}.*")
+                if redis.hget(key, "state") == b"busy"]
+
     def stop(self) -> None:
         for proc in self.runners.values():
             proc.stop()
@@ -194,6 +209,13 @@ class Stack:
             if status == b"started" and worker:
                 held[iid] = runner_of_worker(worker.decode())
         return held
+
+    def jobs(self, interaction_ids) -> dict[str, tuple]:
+        """Each interaction's job as Redis has it: status, worker, and whether its queue lists it."""
+        redis, queue = self.redis(), self.queue()
+        listed = set(queue.get_job_ids())
+        return {iid: (*(v and v.decode() for v in redis.hmget(Job.key_for(job_id_for(iid)), "status", "worker_name")),
+                      job_id_for(iid) in listed) for iid in interaction_ids}
 
     def unfinished(self, interaction_ids) -> set[str]:
         with self.db() as conn:
@@ -306,6 +328,21 @@ def assert_each_answered_once(stack: Stack, client: Client, attempts: dict[str, 
     assert failed.count == 0, failed.get_job_ids()
 
 
+def hold_jobs(stack: Stack, client: Client, runner_id: str, label: str, least: int = 2) -> set[str]:
+    """Freezes the runner's vLLM and submits sessions, a few at a time, until it holds at least
+    `least` jobs mid-reply (the other runner answers the rest); returns the replies it holds."""
+    stack.freeze(runner_id)
+    batch: list[str] = []
+    while True:
+        batch += client.create_many(f"{label} {len(batch)}", 3)
+        wait_until(lambda: all(i in stack.holders(batch) or i not in stack.unfinished(batch) for i in batch),
+                   60, f"{label}: every job started or finished")
+        held = {i for i, r in stack.holders(batch).items() if r == runner_id}
+        if len(held) >= least:
+            return held
+        assert len(batch) < 24, f"{runner_id} never took {least} jobs"
+
+
 # -- the faults ---------------------------------------------------------------------------------
 
 
@@ -375,6 +412,56 @@ def test_postgres_stopped_for_seconds_under_load(stack, user):
     assert_each_answered_once(stack, client, attempts={})
 
 
+def stall_and_wake(stack: Stack, stalled: set[str]) -> None:
+    """Stops fault-a's worker process (a long pause, a network partition) while it holds the
+    `stalled` jobs; once its heartbeats lapse and fault-b (frozen) holds those jobs queued again,
+    wakes fault-a, lets its stale attempts end, then lets fault-b answer."""
+    worker = stack.text_worker("fault-a")
+    worker.suspend()
+    b_server = None
+    try:
+        thaw(vllm_server(stack.runners["fault-a"]))  # its replies are ready when the worker wakes
+        b_server = stack.freeze("fault-b")
+        wait_until(lambda: stack.holders(stalled) == {i: "fault-b" for i in stalled}, 60,
+                   "fault-b holding the stalled jobs, queued again", detail=lambda: stack.jobs(stalled))
+        worker.resume()
+        wait_until(lambda: not stack.busy_workers("fault-a"), 60, "fault-a's stale attempts over")
+    finally:
+        worker.resume()
+        if b_server is not None:
+            thaw(b_server)
+
+
+def test_a_stalled_runner_finishing_jobs_queued_again_disturbs_nothing(stack, user):
+    """fault-a stalls with every worker busy; its jobs are queued again and fault-b takes them.
+    fault-a wakes and ends its stale attempts (their updates refused) while fault-b's attempts
+    run: those must still be the ones that answer, once each, at attempt 2."""
+    client = Client(stack, user)
+    stack.freeze("fault-a")  # stall_and_wake thaws it once its worker is stopped
+    b_server = stack.freeze("fault-b")
+    try:
+        ids = client.create_many("stalled busy", 2 * TEXT_WORKERS)  # every worker of both holds one
+        wait_until(lambda: len(stack.holders(ids)) == len(ids), 60, "every worker holding a job")
+    finally:
+        thaw(b_server)
+    stalled = {i for i, r in stack.holders(ids).items() if r == "fault-a"}
+    assert len(stalled) == TEXT_WORKERS
+    wait_until(lambda: len(stack.unfinished(ids)) == TEXT_WORKERS, 60, "fault-b's own replies done")
+    stall_and_wake(stack, stalled)
+    assert_each_answered_once(stack, client, attempts={iid: 2 for iid in stalled})
+
+
+def test_jobs_taken_by_a_stalled_runner_are_queued_again(stack, user):
+    """fault-a stalls holding a few jobs with its other workers idle in a blocking dequeue:
+    Redis hands those stalled workers the jobs queued again, which they never start. The
+    reconciler must see such jobs off their queue and queue them again (not counted as attempts,
+    since they never ran) until fault-b takes them; each is answered once, at attempt 2."""
+    client = Client(stack, user)
+    stalled = hold_jobs(stack, client, "fault-a", "stalled idle")  # fault-a's vLLM frozen
+    stall_and_wake(stack, stalled)
+    assert_each_answered_once(stack, client, attempts={iid: 2 for iid in stalled})
+
+
 def test_runners_killed_mid_job_several_times(stack, user):
     """Two runners, three SIGKILLs mid-job: fault-a holding jobs; then fault-b holding
     fault-a's re-queued jobs and new ones; then fault-a again, restarted, holding new jobs. Each
@@ -383,20 +470,14 @@ def test_runners_killed_mid_job_several_times(stack, user):
     client = Client(stack, user)
     attempts: dict[str, int] = {}
 
-    def kill_holding(victim: str, label: str, expect_held: set[str] = frozenset(), least: int = 2) -> set[str]:
-        """Freezes the victim's vLLM, submits sessions until it holds jobs, kills it; returns
-        the replies whose jobs it held (each then needs one more attempt)."""
-        stack.freeze(victim)
-        batch: list[str] = []
-        while len([i for i, r in stack.holders(batch).items() if r == victim]) < least:
-            batch += client.create_many(f"{label} {len(batch)}", 3)
-            wait_until(lambda: all(i in stack.holders(batch) or i not in stack.unfinished(batch) for i in batch),
-                       60, f"{label}: every job started or finished")
-            assert len(batch) <= 24, "the victim never took enough jobs"
-        wait_until(lambda: expect_held <= {i for i, r in stack.holders(expect_held).items() if r == victim},
-                   60, f"{label}: the victim holding the re-queued jobs")
+    def kill_holding(victim: str, label: str, also_held: set[str] = frozenset()) -> set[str]:
+        """Kills the victim once it holds jobs of new sessions (and `also_held`); returns the
+        replies whose jobs it held, each of which needs one more attempt."""
+        held = hold_jobs(stack, client, victim, label)
+        wait_until(lambda: stack.holders(also_held) == {i: victim for i in also_held}, 60,
+                   f"{label}: the victim holding the re-queued jobs")
         stack.kill_runner(victim)
-        hit = {i for i, r in stack.holders([*batch, *expect_held]).items() if r == victim}
+        hit = {i for i, r in stack.holders([*held, *also_held]).items() if r == victim}
         for iid in hit:
             attempts[iid] = attempts.get(iid, 1) + 1
         return hit
@@ -404,7 +485,7 @@ def test_runners_killed_mid_job_several_times(stack, user):
     first = kill_holding("fault-a", "first kill")
     stack.start_runner("fault-a")  # comes back while fault-b works
     # fault-b alone now: it takes new sessions and, once their worker keys expire, fault-a's jobs.
-    second = kill_holding("fault-b", "second kill", expect_held=first)
+    second = kill_holding("fault-b", "second kill", also_held=first)
     stack.start_runner("fault-b")
     stack.wait_ready("fault-a")
     # fault-a answers what fault-b held, then is killed holding new jobs: fault-b, back, takes them.
