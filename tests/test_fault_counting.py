@@ -343,6 +343,20 @@ def hold_jobs(stack: Stack, client: Client, runner_id: str, label: str, least: i
         assert len(batch) < 24, f"{runner_id} never took {least} jobs"
 
 
+def assert_every_worker_takes_a_job(stack: Stack, client: Client, label: str) -> None:
+    """Both runners at full strength: with their vLLMs frozen, every RQ worker of theirs takes
+    job when there are enough (a worker that quit on a Redis error would leave one queued)."""
+    servers = [stack.freeze(r) for r in RUNNER_IDS]
+    try:
+        client.create_many(label, 2 * TEXT_WORKERS)
+        # Each worker holds at most one job: as many held as there are workers is all of them.
+        wait_until(lambda: len(stack.holders(client.replies)) == 2 * TEXT_WORKERS, 90, "every worker holding a job",
+                   detail=lambda: f"{len(stack.holders(client.replies))} of {2 * TEXT_WORKERS} workers busy")
+    finally:
+        for server in servers:
+            thaw(server)
+
+
 # -- the faults ---------------------------------------------------------------------------------
 
 
@@ -368,8 +382,10 @@ def test_control_plane_restarted_with_sessions_in_flight(stack, user):
 
 
 def test_redis_restarted_empty_with_sessions_queued_and_running(stack, user):
-    """Valkey comes back with nothing: every job, queued or running, is gone. The reconciler
-    queues each again, once; the runners' workers reconnect and answer each once."""
+    """Valkey goes away for a few seconds, while replies finish, and comes back with nothing:
+    every job, queued or running, is gone. The reconciler queues each again, once; every RQ
+    worker of both runners reconnects (all of them take a job afterwards) and each session is
+    answered once."""
     client = Client(stack, user)
     servers = [stack.freeze(r) for r in RUNNER_IDS]
     try:
@@ -377,11 +393,15 @@ def test_redis_restarted_empty_with_sessions_queued_and_running(stack, user):
         wait_until(lambda: len(stack.holders(running)) == len(running), 60, "every worker holding a job")
         queued = client.create_many("queued", 4)
         assert stack.queue().count == len(queued)
-        stack.restart_valkey_empty()
+        stack.valkey.stop()
     finally:
         for server in servers:
-            thaw(server)
-    assert_each_answered_once(stack, client, attempts={iid: 2 for iid in client.replies}, timeout=180)
+            thaw(server)  # the running replies end while Redis is away
+    time.sleep(3)
+    stack.start_valkey()
+    lost = client.replies
+    assert_every_worker_takes_a_job(stack, client, "after the restart")
+    assert_each_answered_once(stack, client, attempts={iid: 2 for iid in lost}, timeout=180)
 
 
 def test_postgres_stopped_for_seconds_under_load(stack, user):
