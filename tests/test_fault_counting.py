@@ -255,35 +255,37 @@ def user(stack) -> User:
 @dataclass
 class Client:
     """Creates sessions as a careful client does: retries a 503 (and a control plane that does
-    not answer) until it gets its 201, and keeps count of what it was told."""
+    not answer) until it gets its 201. Each request has an input of its own, so what each
+    request stored can be told apart afterwards."""
 
     stack: Stack
     user: User
     created: dict[str, str] = field(default_factory=dict)  # session id -> its reply's interaction id
-    refused: int = 0      # 503s: each must have created nothing
-    unanswered: int = 0   # no reply at all: the request may or may not have been committed
+    answers: dict[str, int | None] = field(default_factory=dict)  # a request's input -> its status (None: no answer)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def create(self, label: str, timeout: float = 120) -> str:
         deadline = time.monotonic() + timeout
-        while True:
+        for attempt in range(1, 10**6):
+            text = f"{label}, request {attempt}"
             try:
                 r = requests.post(f"{self.stack.api_url}/api/v1/sessions", headers=self.user.headers, timeout=30,
-                                  data={"input": label, "mode": "inference", "type": "text",
+                                  data={"input": text, "mode": "inference", "type": "text",
                                         "model_name": MODEL, "max_tokens": str(MAX_TOKENS)})
             except requests.RequestException:
-                with self.lock:
-                    self.unanswered += 1
-            else:
-                if r.status_code == 201:
-                    with self.lock:
-                        self.created[r.json()["id"]] = r.json()["interactions"][-1]["id"]
+                r = None
+            with self.lock:
+                self.answers[text] = r.status_code if r is not None else None
+                if r is not None and r.status_code == 201:
+                    self.created[r.json()["id"]] = r.json()["interactions"][-1]["id"]
                     return r.json()["interactions"][-1]["id"]
-                assert r.status_code == 503, (r.status_code, r.text)
-                with self.lock:
-                    self.refused += 1
+            assert r is None or r.status_code == 503, (r.status_code, r.text)
             assert time.monotonic() < deadline, f"no session created for {label!r} in {timeout}s"
             time.sleep(0.3)
+
+    @property
+    def refused(self) -> int:
+        return sum(status == 503 for status in self.answers.values())
 
     def create_many(self, label: str, count: int) -> list[str]:
         with ThreadPoolExecutor(8) as pool:
@@ -298,13 +300,15 @@ def assert_each_answered_once(stack: Stack, client: Client, attempts: dict[str, 
     """Every session of the client's user completes with exactly one reply, finished by exactly
     one accepted update, after the attempts the test's faults imply; RQ is left clean."""
     with stack.db() as conn:
-        stored = {r["id"]: r["reply"] for r in conn.execute(
-            "SELECT s.id, i.id AS reply FROM sessions s JOIN interactions i ON i.session_id = s.id"
-            " WHERE s.owner = %s AND i.creator = 'system'", (client.user.id,))}
-    # Told 201 means stored; a 503 stored nothing (a request that got no answer may have been).
+        rows = conn.execute(
+            "SELECT s.id, (SELECT message FROM interactions WHERE session_id = s.id AND creator = 'user') AS input,"
+            " (SELECT id FROM interactions WHERE session_id = s.id AND creator = 'system' LIMIT 1) AS reply"
+            " FROM sessions s WHERE s.owner = %s", (client.user.id,)).fetchall()
+    stored = {r["id"]: r["reply"] for r in rows}
+    # Told 201 means stored, once; a 503 stored nothing; a request that got no answer may have.
     assert set(client.created) <= set(stored), set(client.created) - set(stored)
-    if not client.unanswered:
-        assert set(stored) == set(client.created), set(stored) - set(client.created)
+    unreported = {r["input"]: client.answers.get(r["input"], "never sent") for r in rows if r["id"] not in client.created}
+    assert all(status is None for status in unreported.values()), unreported
     replies = set(stored.values())
     wait_until(lambda: not stack.unfinished(replies), timeout, f"all {len(replies)} replies finished")
     for sid, reply_id in stored.items():
