@@ -190,6 +190,10 @@ class Stack:
 
     def stop(self) -> None:
         for proc in self.runners.values():
+            try:  # a vLLM a failed test left frozen would outlive its runner
+                thaw(vllm_server(proc))
+            except (AssertionError, psutil.Error):
+                pass  # the runner is gone, or has no vLLM yet
             proc.stop()
         if self.control_plane is not None:
             self.control_plane.stop()
