@@ -1,7 +1,7 @@
 """Nothing lost, checked by counting: each fault test submits sessions, injects one kind of fault
-(runners SIGKILLed mid-job, the control plane restarted, Redis restarted empty, PostgreSQL
-stopped for seconds) and counts every session the client was told was created (201) complete,
-exactly once.
+(runners SIGKILLed mid-job, a runner paused past its heartbeat, the control plane crashed, Redis
+restarted empty, PostgreSQL stopped for seconds) and counts every session the client was told was
+created (201) complete, exactly once.
 
 "Exactly once" is measured, not assumed:
 - a trigger in this module's own PostgreSQL records every update that leaves an interaction
@@ -10,7 +10,7 @@ exactly once.
 - each session has one user turn and one reply, complete, of exactly `max_tokens` tokens (replies
   run to their length, so a reply made of two attempts' text, or cut short, shows);
 - `metadata.attempts` is what the injected faults imply: 1 plus the number of times the reply's
-  job was lost (held by a killed runner, or wiped with Redis);
+  job was lost once started (held by a killed or paused runner, or wiped with Redis);
 - RQ's queue and registries of the model are empty afterwards.
 
 The module runs its own PostgreSQL, Valkey, control plane (two gunicorn workers, each with a
@@ -114,10 +114,6 @@ class Stack:
         """Each start gets a fresh data folder: Valkey comes back empty, as without persistence."""
         self.valkey_starts += 1
         self.valkey = EmbeddedValkey(self.root / f"valkey-{self.valkey_starts}", self.valkey_port).start()
-
-    def restart_valkey_empty(self) -> None:
-        self.valkey.stop()
-        self.start_valkey()
 
     def start_control_plane(self) -> None:
         self.control_plane_starts += 1
