@@ -10,6 +10,7 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue, Retry
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
@@ -177,6 +178,14 @@ class Dispatcher:
                              serializer=JSONSerializer)
         except Exception:  # NoSuchJobError, or a job hash left unreadable
             return None
+
+    def listed(self, job: Job) -> bool:
+        """Whether a queued job is still on its queue (or in RQ's intermediate list of a worker
+        taking it, which RQ itself cleans up). A queued job on neither was taken by a worker that
+        never started it: one paused or cut off from Redis in mid-dequeue."""
+        queue = Queue(job.origin, connection=self.redis)
+        return any(self.redis.lpos(key, job.id) is not None
+                   for key in (queue.key, IntermediateQueue.get_intermediate_queue_key(queue.key)))
 
     def holder(self, interaction_id: str, stage: str = "") -> str:
         """The name of the worker running the interaction's job now ("" when it is not running):

@@ -6,6 +6,7 @@ Each pass looks at every unfinished system interaction and its job:
 - a job RQ gave up on: mark the interaction as an error, so clients stop waiting;
 - a queued job that no live runner serving its model could ever hold (its declared memory need
   is more than the largest of them has): the same, with the reason.
+- a queued job that is on no queue (a paused worker took it and never started it): queue it again.
 An interaction changed in the last few seconds is left alone: whoever changed it is enqueueing.
 A job re-queued too often ends the interaction with an error instead of crashing runners forever.
 Every replica runs a reconciler thread; a Redis lock lets one pass run at a time.
@@ -32,6 +33,7 @@ from shared.updates import EVENT_INTERACTION
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 _LOCK = "helix:reconciler:lock"
+_UNLISTED = "helix:reconciler:unlisted:"  # a queued job found off its queue, by the pass that found it
 
 
 class Reconciler:
@@ -51,8 +53,10 @@ class Reconciler:
         )
         events.publish(self.redis, session_id, EVENT_INTERACTION, interaction_view(row))
 
-    def _requeue(self, conn, session: dict, interaction: dict, reason: str) -> None:
-        attempts = int(interaction["metadata"].get("attempts", 1)) + 1
+    def _requeue(self, conn, session: dict, interaction: dict, reason: str, ran: bool = True) -> None:
+        """Queues the interaction's job again; `ran`: the lost job had started, which counts
+        as an attempt (a job that crashes runners must not be retried forever)."""
+        attempts = int(interaction["metadata"].get("attempts", 1)) + ran
         if attempts > MAX_ATTEMPTS:
             self._fail(conn, interaction, session["id"],
                        f"gave up after {MAX_ATTEMPTS} attempts: {reason}")
@@ -108,7 +112,25 @@ class Reconciler:
                 self._fail(conn, interaction, session_id, refusal)
                 self.dispatcher.cancel(interaction_id)
                 return "failed-no-runner-fits"
+            if status == JobStatus.QUEUED and not self.dispatcher.listed(job):
+                # A worker took it off the queue and never started it. Seen so in two passes (a
+                # worker mid-dequeue marks it started within milliseconds), it is lost: queue it
+                # again, not counted as an attempt since it never ran.
+                if self._unlisted_before(job):
+                    self._requeue(conn, session, interaction, "job taken from the queue but never started",
+                                  ran=False)
+                    return "requeued-unstarted"
+                return "queued-unlisted"
             return "queued"
+
+    def _unlisted_before(self, job) -> bool:
+        """Records that this very job (by when it was enqueued) was found off its queue; returns
+        whether an earlier pass found it so too, at least `grace_seconds` ago."""
+        key, seen, ttl = f"{_UNLISTED}{job.id}", f"{job.enqueued_at}".encode(), 600
+        if self.redis.set(key, seen, ex=ttl, nx=True) or self.redis.get(key) != seen:
+            self.redis.set(key, seen, ex=ttl)  # the first sighting of this job
+            return False
+        return ttl - self.redis.ttl(key) >= self.grace_seconds
 
     def run_once(self) -> dict[str, str]:
         from controlplane import db

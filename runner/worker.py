@@ -95,7 +95,44 @@ class AllowlistedJob(Job):
         return result
 
 
-class AdmittingWorker(SimpleWorker):
+class OwnJobsOnly:
+    """Records a job's outcome only while the job still names this worker. A job queued again
+    while this worker ran it (its heartbeats lapsed in a long pause, say) belongs to the next
+    attempt: marking it finished or failed here would end that attempt as well (the control plane
+    refuses the updates of a job that no worker is running) and cost it one of its few attempts."""
+
+    _performing = ""  # the id of the job this worker is running now
+
+    def perform_job(self, job, queue):
+        self._performing = job.id
+        try:
+            return super().perform_job(job, queue)
+        finally:
+            self._performing = ""
+
+    def _ran_by_another(self, job: Job) -> bool:
+        """Whether the job this worker ran has since been queued again (and maybe taken)."""
+        return job.id == self._performing and self.connection.hget(job.key, "worker_name") != self.name.encode()
+
+    def _let_go(self, job: Job) -> None:
+        log.warning("job %s was queued again while worker %s ran it: leaving it to its next attempt",
+                    job.id, self.name)
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe)  # this worker's own execution record only
+            pipe.execute()
+
+    def handle_job_success(self, job, queue, started_job_registry):
+        if self._ran_by_another(job):
+            return self._let_go(job)
+        return super().handle_job_success(job, queue, started_job_registry)
+
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string=""):
+        if self._ran_by_another(job):
+            return self._let_go(job)
+        return super().handle_job_failure(job, queue, started_job_registry, exc_string)
+
+
+class AdmittingWorker(OwnJobsOnly, SimpleWorker):
     """A SimpleWorker that starts a job only when this runner's memory can hold it.
 
     A job that does not fit goes back to the front of its queue at once, where another runner's

@@ -120,3 +120,17 @@ def test_every_unfinished_interaction_is_checked_page_by_page(client, make_user,
         fetch(redis, iid).delete()
     results = reconciler.run_once()
     assert all(results[iid] == "requeued-missing" for iid in lost), results
+
+
+def test_a_job_taken_off_its_queue_and_never_started_is_queued_again(client, user, reconciler, redis, db):
+    # A worker paused (or cut off) in mid-dequeue: Redis handed it the job, which stays "queued"
+    # on no queue, and nothing would ever run it.
+    _, iid = new_session(client, user)
+    job = fetch(redis, iid)
+    redis.lrem(f"rq:queue:{job.origin}", 0, job.id)
+    assert reconciler.run_once()[iid] == "queued-unlisted"  # a worker may be marking it started now
+    assert reconciler.run_once()[iid] == "requeued-unstarted"
+    assert reconciler.run_once()[iid] == "queued"
+    row = db.execute("SELECT status, metadata FROM interactions WHERE id = %s", (iid,)).fetchone()
+    assert row["status"] == "queued again (job taken from the queue but never started)"
+    assert row["metadata"].get("attempts", 1) == 1  # it never ran: not an attempt
