@@ -497,9 +497,11 @@ def test_runners_killed_mid_job_several_times(stack, user):
     def kill_holding(victim: str, label: str, also_held: set[str] = frozenset()) -> set[str]:
         """Kills the victim once it holds jobs of new sessions (and `also_held`); returns the
         replies whose jobs it held, each of which needs one more attempt."""
-        held = hold_jobs(stack, client, victim, label)
+        # The re-queued jobs first: new sessions sent before them could fill every worker.
+        stack.freeze(victim)
         wait_until(lambda: stack.holders(also_held) == {i: victim for i in also_held}, 60,
                    f"{label}: the victim holding the re-queued jobs")
+        held = hold_jobs(stack, client, victim, label)
         stack.kill_runner(victim)
         hit = {i for i, r in stack.holders([*held, *also_held]).items() if r == victim}
         for iid in hit:
@@ -513,6 +515,7 @@ def test_runners_killed_mid_job_several_times(stack, user):
     stack.start_runner("fault-b")
     stack.wait_ready("fault-a")
     # fault-a answers what fault-b held, then is killed holding new jobs: fault-b, back, takes them.
+    wait_until(lambda: not stack.unfinished(second), 120, "fault-a answering what fault-b held")
     third = kill_holding("fault-a", "third kill")
     assert first and second and third and first <= second
     assert_each_answered_once(stack, client, attempts, timeout=180)
