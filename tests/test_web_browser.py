@@ -1,0 +1,160 @@
+"""The web app in a real headless Chromium against the live control plane and a real runner (the
+tiny models): sign in, API keys, a chat whose reply streams in, an image, escaping of whatever a
+prompt or a reply holds, another user's session, and CSRF. Screenshots go to test-artifacts/web/."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import requests
+from playwright.sync_api import expect
+
+from controlplane.auth import SECRET_CACHE_SECONDS
+from tests.browser import browser, make_web_user, screenshot, signed_in_page  # noqa: F401 (fixtures)
+from tests.conftest import wait_for_session
+
+INJECTION = '<script>window.pwned = 1</script><img src="x" onerror="window.pwned = 2">**bold**'
+
+
+@pytest.fixture()
+def web_user(live_db):
+    return make_web_user(live_db)
+
+
+def test_sign_in_create_copy_and_use_a_key(browser, live_server, web_user):
+    page = signed_in_page(browser, live_server, web_user)
+    page.get_by_role("link", name="Account").click()
+    expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    expect(page.locator("#keys tbody tr")).to_have_count(1)  # the test's own key
+    page.get_by_label("Name of a new key").fill("laptop <b>")
+    page.get_by_role("button", name="Create key").click()
+    key = page.locator("#new-key-value")
+    expect(key).to_have_text(re.compile(r"^hl-"))
+    new_key = key.text_content()
+    page.get_by_role("button", name="Copy").click()
+    expect(page.locator("#copy-status")).to_have_text("Copied.")
+    assert page.evaluate("navigator.clipboard.readText()") == new_key
+    # The reference's lines, filled in with this server and the new key.
+    curl = page.locator("code.curl").first.text_content()
+    assert curl.startswith(f"curl {live_server}/api/v1/sessions") and f"Bearer {new_key}" in curl
+    expect(page.locator("#keys tbody tr")).to_have_count(2)
+    expect(page.locator("#keys tbody")).to_contain_text("laptop <b>")  # a name is text, not markup
+    screenshot(page, "account-new-key")
+    r = requests.get(f"{live_server}/api/v1/sessions", headers={"Authorization": f"Bearer {new_key}"}, timeout=10)
+    assert r.status_code == 200
+    page.once("dialog", lambda d: d.accept())
+    page.get_by_role("button", name="Delete key laptop <b>").click()
+    expect(page.locator("#keys tbody tr")).to_have_count(1)
+    time.sleep(SECRET_CACHE_SECONDS + 0.5)  # the other gunicorn worker may have remembered it that long
+    assert requests.get(f"{live_server}/api/v1/sessions", headers={"Authorization": f"Bearer {new_key}"},
+                        timeout=10).status_code == 401
+    page.context.close()
+
+
+def test_a_chat_streams_its_reply_and_never_runs_what_a_prompt_holds(browser, live_server, runner, web_user):
+    page = signed_in_page(browser, live_server, web_user)
+    page.get_by_role("link", name="New session").click()
+    page.get_by_label("Message").fill(INJECTION)
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_url("**/sessions/ses_*")
+    user_turn = page.locator("li.message.user").first
+    expect(user_turn).to_contain_text('<script>window.pwned = 1</script><img src="x"')  # shown as typed
+    assert page.locator("#messages script, #messages img").count() == 0
+    reply = page.locator("li.message.system").last
+    expect(reply).to_have_attribute("data-state", "complete", timeout=120_000)
+    assert reply.locator(".body").text_content().strip()
+
+    # The next reply, watched as it arrives: its text must show before the reply is complete.
+    page.evaluate("""() => {
+        window.__seen = [];
+        new MutationObserver(() => {
+            const last = [...document.querySelectorAll('li.message.system')].pop();
+            if (last) window.__seen.push([last.dataset.state, last.querySelector('.body p, .body pre, .body ul, .body ol, .body h3') ? last.querySelector('.body').textContent.length : 0]);
+        }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true, attributes: true});
+    }""")
+    page.get_by_label("Message").fill("Tell me a long story about " + INJECTION)
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("li.message.system")).to_have_count(2)
+    expect(page.locator("li.message.system").last).to_have_attribute("data-state", "complete", timeout=120_000)
+    seen = page.evaluate("window.__seen")
+    assert any(state != "complete" and length > 0 for state, length in seen), seen[-20:]
+    assert page.evaluate("window.pwned") is None
+    screenshot(page, "chat")
+    page.context.close()
+
+
+def test_replies_render_markdown_but_never_markup(browser, live_server, web_user):
+    """What a model replies goes through the page's Markdown renderer: code and emphasis become
+    elements, and tags, scripts and handlers stay text."""
+    page = signed_in_page(browser, live_server, web_user)
+    created = requests.post(f"{live_server}/api/v1/sessions", headers=web_user.headers, timeout=10,
+                            data={"mode": "inference", "type": "text", "input": "hi"}).json()
+    page.goto(f"/sessions/{created['id']}")
+    html = page.evaluate("""(text) => {
+        const box = document.createElement('div');
+        box.id = 'rendered';
+        box.append(window.helixMarkdown.render(text));
+        document.getElementById('main').append(box);
+        return box.innerHTML;
+    }""", INJECTION + "\n\n```python\nprint('<b>hi</b>')\n```\n\n- [a link](javascript:alert(1))\n- [ok](https://example.org/)")
+    page.wait_for_timeout(200)  # time for a handler to run, if one had been created
+    assert page.evaluate("window.pwned") is None
+    rendered = page.locator("#rendered")
+    assert rendered.locator("script, img, [onerror]").count() == 0
+    assert rendered.locator("strong").text_content() == "bold"
+    assert rendered.locator("pre code").text_content() == "print('<b>hi</b>')"
+    assert rendered.locator("a").count() == 1 and rendered.locator("a").get_attribute("href") == "https://example.org/"
+    assert "&lt;script&gt;" in html
+    page.context.close()
+
+
+def test_an_image_session_shows_its_picture(browser, live_server, runner, web_user):
+    page = signed_in_page(browser, live_server, web_user, width=390, height=844)  # a phone's width
+    page.goto("/sessions/new?kind=image")
+    page.get_by_label("Describe the picture").fill("flying fish")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_url("**/sessions/ses_*")
+    image = page.locator("li.message.system img").first
+    expect(image).to_be_visible(timeout=120_000)
+    page.wait_for_function("() => { const i = document.querySelector('li.message.system img'); return i && i.complete && i.naturalWidth > 0; }")
+    screenshot(page, "image-phone")
+    page.context.close()
+
+
+def test_another_users_session_is_a_not_found_page(browser, live_server, live_db, web_user):
+    other = make_web_user(live_db)
+    theirs = requests.post(f"{live_server}/api/v1/sessions", headers=other.headers, timeout=10,
+                           data={"mode": "inference", "type": "text", "input": "private"}).json()
+    page = signed_in_page(browser, live_server, web_user)
+    response = page.goto(f"/sessions/{theirs['id']}")
+    assert response.status == 404
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    assert "private" not in page.content()
+    screenshot(page, "not-found")
+    page.context.close()
+
+
+def test_a_request_without_the_csrf_token_is_refused(browser, live_server, web_user):
+    page = signed_in_page(browser, live_server, web_user)
+    statuses = page.evaluate("""async () => {
+        const bare = await fetch('/api/v1/api_keys', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                                     body: JSON.stringify({name: 'forged'})});
+        const token = document.querySelector('meta[name="csrf-token"]').content;
+        const good = await fetch('/api/v1/api_keys', {method: 'POST', body: JSON.stringify({name: 'real'}),
+                                                      headers: {'Content-Type': 'application/json', 'X-CSRFToken': token}});
+        return [bare.status, (await bare.json()).error, good.status];
+    }""")
+    assert statuses[0] == 403 and "CSRF" in statuses[1] and statuses[2] == 201
+    page.context.close()
+
+
+def test_an_unreachable_server_is_said_on_the_page(browser, live_server, web_user):
+    page = signed_in_page(browser, live_server, web_user)
+    page.goto("/account")
+    expect(page.locator("#keys tbody tr")).to_have_count(1)
+    page.context.set_offline(True)
+    page.get_by_role("button", name="Create key").click()
+    expect(page.locator("#banner")).to_contain_text("Cannot reach the server")
+    screenshot(page, "offline")
+    page.context.close()
