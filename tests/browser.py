@@ -65,6 +65,8 @@ def signed_in_page(browser, base_url: str, user: WebUser, *, width: int = 1100, 
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base_url)
     page = context.new_page()
     page.set_default_timeout(30_000)
+    page.js_errors = []  # a script that throws fails the test that sees it (check_no_js_errors)
+    page.on("pageerror", lambda err: page.js_errors.append(str(err)))
     page.goto("/sessions")
     assert "/sign-in" in page.url
     page.get_by_label("Email").fill(user.email)
@@ -72,3 +74,7 @@ def signed_in_page(browser, base_url: str, user: WebUser, *, width: int = 1100, 
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url("**/sessions")
     return page
+
+
+def check_no_js_errors(page) -> None:
+    assert not page.js_errors, page.js_errors

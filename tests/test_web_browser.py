@@ -11,7 +11,7 @@ import requests
 from playwright.sync_api import expect
 
 from controlplane.auth import SECRET_CACHE_SECONDS
-from tests.browser import browser, make_web_user, screenshot, signed_in_page  # noqa: F401 (fixtures)
+from tests.browser import browser, check_no_js_errors, make_web_user, screenshot, signed_in_page  # noqa: F401 (fixtures)
 from tests.conftest import wait_for_session
 
 INJECTION = '<script>window.pwned = 1</script><img src="x" onerror="window.pwned = 2">**bold**'
@@ -54,15 +54,21 @@ def test_sign_in_create_copy_and_use_a_key(browser, live_server, web_user):
 
 def test_a_chat_streams_its_reply_and_never_runs_what_a_prompt_holds(browser, live_server, runner, web_user):
     page = signed_in_page(browser, live_server, web_user)
-    page.get_by_role("link", name="New session").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="New session").click()
     page.get_by_label("Message").fill(INJECTION)
     page.get_by_role("button", name="Send").click()
-    page.wait_for_url("**/sessions/ses_*")
+    page.wait_for_url(re.compile(r"/sessions/[0-9a-f-]{36}$"))
     user_turn = page.locator("li.message.user").first
     expect(user_turn).to_contain_text('<script>window.pwned = 1</script><img src="x"')  # shown as typed
     assert page.locator("#messages script, #messages img").count() == 0
     reply = page.locator("li.message.system").last
-    expect(reply).to_have_attribute("data-state", "complete", timeout=120_000)
+    try:
+        expect(reply).to_have_attribute("data-state", "complete", timeout=120_000)
+    finally:  # on a failure, say what the API had: a page behind it, or the reply itself
+        check_no_js_errors(page)
+        sid = page.url.rsplit("/", 1)[1]
+        print("the API's view:", [(i["state"], i["finished"], i["status"]) for i in requests.get(
+            f"{live_server}/api/v1/sessions/{sid}", headers=web_user.headers, timeout=10).json()["interactions"]])
     assert reply.locator(".body").text_content().strip()
 
     # The next reply, watched as it arrives: its text must show before the reply is complete.
@@ -114,7 +120,7 @@ def test_an_image_session_shows_its_picture(browser, live_server, runner, web_us
     page.goto("/sessions/new?kind=image")
     page.get_by_label("Describe the picture").fill("flying fish")
     page.get_by_role("button", name="Generate").click()
-    page.wait_for_url("**/sessions/ses_*")
+    page.wait_for_url(re.compile(r"/sessions/[0-9a-f-]{36}$"))
     image = page.locator("li.message.system img").first
     expect(image).to_be_visible(timeout=120_000)
     page.wait_for_function("() => { const i = document.querySelector('li.message.system img'); return i && i.complete && i.naturalWidth > 0; }")
