@@ -12,7 +12,6 @@ from playwright.sync_api import expect
 
 from controlplane.auth import SECRET_CACHE_SECONDS
 from tests.browser import browser, check_no_js_errors, make_web_user, screenshot, signed_in_page  # noqa: F401 (fixtures)
-from tests.conftest import wait_for_session
 
 INJECTION = '<script>window.pwned = 1</script><img src="x" onerror="window.pwned = 2">**bold**'
 
