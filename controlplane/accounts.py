@@ -130,6 +130,31 @@ def create_runner_token(conn: psycopg.Connection, name: str) -> tuple[dict[str, 
 
 
 def runner_token_row(conn: psycopg.Connection, token: str) -> dict[str, Any] | None:
+    """The token's row, unless it is unknown or revoked."""
     return conn.execute(
-        "SELECT id, name FROM runner_tokens WHERE digest = %s", (digest(token),)
+        "SELECT id, name FROM runner_tokens WHERE digest = %s AND revoked IS NULL", (digest(token),)
     ).fetchone()
+
+
+def list_runner_tokens(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Every runner token, revoked ones too, with how many runners registered with it and when
+    one of them was last heard from."""
+    return conn.execute(
+        "SELECT t.id, t.name, t.created, t.revoked, count(r.id) AS runners, max(r.last_seen) AS last_seen"
+        " FROM runner_tokens t LEFT JOIN runners r ON r.token_id = t.id"
+        " GROUP BY t.id ORDER BY t.created, t.id"
+    ).fetchall()
+
+
+def live_runner_token_named(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:
+    return conn.execute("SELECT id, name FROM runner_tokens WHERE name = %s AND revoked IS NULL LIMIT 1",
+                        (name,)).fetchone()
+
+
+def revoke_runner_tokens(conn: psycopg.Connection, name_or_id: str) -> list[dict[str, Any]]:
+    """Revokes the live tokens with this name (or this id); returns them. Every runner route
+    refuses a revoked token from its next request on (runner tokens are never cached)."""
+    return conn.execute(
+        "UPDATE runner_tokens SET revoked = now() WHERE (name = %s OR id = %s) AND revoked IS NULL"
+        " RETURNING id, name, revoked", (name_or_id, name_or_id),
+    ).fetchall()

@@ -1,12 +1,10 @@
 """The Flask application factory."""
 from __future__ import annotations
 
-import logging
-
 from flask import Flask, jsonify, request
 from redis import Redis
 
-from controlplane import auth, db, errors, events, web
+from controlplane import auth, db, errors, events, metrics, request_context, web
 from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.filestore import from_config
@@ -18,6 +16,7 @@ from controlplane.finetune_service import FinetuneService
 from controlplane.request_body import JSONProvider, Request
 from controlplane.session_service import SessionService
 from controlplane.validation import refuse_nul_in_url
+from shared import logs
 
 
 def create_app(config: Config | None = None, *, start_reconciler: bool = True) -> Flask:
@@ -31,7 +30,9 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     app.json = JSONProvider(app)
     app.json.sort_keys = False
     app.json.max_depth = config.max_json_depth
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()  # HELIX_LOG_FORMAT: json (default) or text
+    metrics.init_app(app)  # first: it times the requests every later hook may refuse
+    request_context.init_app(app, config.access_log)
 
     apply_migrations(config.database_url)  # safe when every replica does it at once
     errors.init_app(app)
@@ -51,12 +52,13 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
                           session_service=sessions, openai_service=OpenAIService(config, sessions, filestore, redis),
                           event_streams=events.StreamSlots(config.max_event_streams, config.max_event_streams_per_user))
 
-    from controlplane.api import api_keys, filestore as filestore_routes, finetune as finetune_routes, openai, runner
+    from controlplane.api import api_keys, dashboard, filestore as filestore_routes, finetune as finetune_routes
+    from controlplane.api import openai, runner
     from controlplane.api import openai_finetuning as openai_finetuning_routes
     from controlplane.api import sessions as session_routes
 
     for bp in (session_routes.bp, openai.helix_chat, finetune_routes.bp, api_keys.bp, runner.bp, filestore_routes.bp,
-               openai.bp, openai_finetuning_routes.bp):
+               openai.bp, openai_finetuning_routes.bp, dashboard.bp):
         app.register_blueprint(bp)
     app.before_request(lambda: refuse_nul_in_url(request.path, request.args))
     web.init_app(app)

@@ -7,9 +7,11 @@ sends none may be a signed-in browser: its cookie names a sign-in (sign_ins.py),
 that changes anything must also carry the page's CSRF token (Flask-WTF), since a browser sends
 cookies with requests other sites make it send.
 
-Valid secrets are remembered for a few seconds per process, so a status poll or a streamed
-delta costs no key lookup: one indexed query for a poll. A key deleted here stops working at
-once; on other replicas within SECRET_CACHE_SECONDS.
+Valid API keys and sign-ins are remembered for a few seconds per process, so a status poll costs no key
+lookup: one indexed query for a poll. A key deleted here stops working at once; on other replicas
+within SECRET_CACHE_SECONDS. Runner tokens are looked up on every request, never remembered: a
+revoked token (`helix runners revoke`) is refused by every replica from its next request on, and a
+runner's request does database work anyway (one more indexed query).
 """
 from __future__ import annotations
 
@@ -82,7 +84,12 @@ def _lookup_cached(lookup: Callable, secret: str):
     return found
 
 
-def _require(prefix: str, what: str, lookup: Callable, attribute: str) -> Callable:
+def _lookup_now(lookup: Callable, secret: str):
+    with db.transaction() as conn:
+        return lookup(conn, secret)
+
+
+def _require(prefix: str, what: str, lookup: Callable, attribute: str, cached: bool = True) -> Callable:
     """A decorator admitting only secrets of one kind: user keys never pass as runner tokens."""
 
     def decorator(view: Callable) -> Callable:
@@ -91,9 +98,9 @@ def _require(prefix: str, what: str, lookup: Callable, attribute: str) -> Callab
             secret = _bearer()
             if not secret.startswith(prefix):
                 raise Unauthorized(f"this route takes a {what} (it starts {prefix!r})")
-            found = _lookup_cached(lookup, secret)
+            found = _lookup_cached(lookup, secret) if cached else _lookup_now(lookup, secret)
             if found is None:
-                raise Unauthorized(f"{what} is not valid")
+                raise Unauthorized(f"{what} is not valid" + ("" if cached else " (unknown or revoked)"))
             setattr(g, attribute, found)
             return view(*args, **kwargs)
 
@@ -179,4 +186,5 @@ def init_app(app: Flask, config: Config) -> None:
     csrf.init_app(app)
 
 
-require_runner = _require(RUNNER_TOKEN_PREFIX, "runner token", accounts.runner_token_row, "runner_token")
+require_runner = _require(RUNNER_TOKEN_PREFIX, "runner token", accounts.runner_token_row, "runner_token",
+                          cached=False)

@@ -94,21 +94,72 @@ def cmd_runner_token(args) -> None:
     from controlplane import accounts
 
     with _connect() as conn:
+        if accounts.live_runner_token_named(conn, args.name):
+            sys.exit(f"a runner token named {args.name!r} exists: pick another name, or revoke it first"
+                     f" (`helix runners revoke {args.name}`)")
         _, token = accounts.create_runner_token(conn, args.name)
     print(token)
 
 
-def cmd_runners_list(args) -> None:
+def _when(value) -> str:
+    from datetime import timezone
+
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if value else "never"
+
+
+def cmd_runner_tokens(args) -> None:
+    from controlplane import accounts
+
     with _connect() as conn:
-        rows = conn.execute(
-            "SELECT r.id, r.models, r.last_seen, now() - r.last_seen AS ago, t.name AS token"
-            " FROM runners r JOIN runner_tokens t ON t.id = r.token_id ORDER BY r.last_seen DESC"
-        ).fetchall()
+        rows = accounts.list_runner_tokens(conn)
+    if not rows:
+        print("no runner token yet: create one with `helix runners token NAME`")
+    for t in rows:
+        status = f"revoked {_when(t['revoked'])}" if t["revoked"] else "live"
+        print(f"{t['name']}  id {t['id']}  created {_when(t['created'])}  runners {t['runners']}"
+              f"  last seen {_when(t['last_seen'])}  {status}")
+
+
+def cmd_runner_revoke(args) -> None:
+    from controlplane import accounts
+
+    with _connect() as conn:
+        revoked = accounts.revoke_runner_tokens(conn, args.name)
+    if not revoked:
+        sys.exit(f"no live runner token named (or with id) {args.name!r}: see `helix runners tokens`")
+    for t in revoked:
+        print(f"revoked runner token {t['name']!r} ({t['id']}): its runners' requests are refused from now on")
+
+
+def _memory(state: dict) -> str:
+    parts = []
+    host = state.get("memory", {}).get("host")
+    if host and "free_bytes" in host:
+        parts.append(f"host {host['free_bytes'] / 2**30:.1f}/{host.get('total_bytes', 0) / 2**30:.1f} GiB free")
+    for gpu in state.get("memory", {}).get("gpu", []):
+        parts.append(f"gpu{gpu.get('index', '')} {gpu.get('free_bytes', 0) / 2**30:.1f}/"
+                     f"{gpu.get('total_bytes', 0) / 2**30:.1f} GiB free")
+    return ", ".join(parts)
+
+
+def cmd_runners_list(args) -> None:
+    from controlplane import fleet
+    from controlplane.config import Config
+
+    gone_seconds = Config.from_env().runner_gone_seconds
+    with _connect() as conn:
+        rows = fleet.runners(conn, gone_seconds)
     if not rows:
         print("no runner has registered yet")
     for r in rows:
         models = ", ".join(f"{kind}: {' '.join(names)}" for kind, names in r["models"].items() if names)
-        print(f"{r['id']}  last seen {int(r['ago'].total_seconds())}s ago  token {r['token']!r}  {models}")
+        state = r["state"] or {}
+        jobs = " ".join(f"{kind}={n}" for kind, n in state.get("jobs", {}).items() if n)
+        extra = "  ".join(x for x in (_memory(state), f"jobs {jobs}" if jobs else "",
+                                      f"version {state['version']}" if state.get("version") else "") if x)
+        print(f"{r['id']}  {'gone' if r['gone'] else 'alive'}  last seen {int(r['seconds_since_seen'])}s ago"
+              f"  token {r['token']!r}{' (revoked)' if r['token_revoked'] else ''}  {models}"
+              + (f"  {extra}" if extra else ""))
 
 
 def cmd_migrate(args) -> None:
@@ -121,6 +172,22 @@ def cmd_up(args) -> None:
     from controlplane.devstack import run_stack
 
     run_stack(STATE_DIR, port=args.port, with_runner=not args.no_runner)
+
+
+def cmd_serve(args) -> None:
+    """The control plane alone on external PostgreSQL and Redis/Valkey, what a container or a
+    service manager runs: migrations first (a database that is unreachable or refuses them stops
+    here with one line), then gunicorn in place of this process, so signals reach it directly."""
+    from controlplane.migrate import apply_migrations
+    from controlplane.serving import ACCESS_LOG_FORMAT, gunicorn_command
+
+    missing = [name for name in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(name)]
+    if missing:
+        sys.exit(f"`helix serve` needs {' and '.join(missing)} (`helix up` runs embedded servers instead)")
+    apply_migrations(os.environ["DATABASE_URL"])
+    cmd = gunicorn_command(args.port, workers=args.workers, host=args.host,
+                           extra=["--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT])
+    os.execv(cmd[0], cmd)
 
 
 def cmd_runner(args) -> None:
@@ -153,8 +220,13 @@ def parser() -> argparse.ArgumentParser:
     rt = runners.add_parser("token", help="create a runner token; prints it")
     rt.add_argument("name")
     rt.set_defaults(func=cmd_runner_token)
-    runners.add_parser("list", help="runners that registered, most recently seen first").set_defaults(
-        func=cmd_runners_list)
+    runners.add_parser("list", help="runners that registered, most recently seen first: alive or gone"
+                       " (not heard from for HELIX_RUNNER_GONE_SECONDS), memory, jobs").set_defaults(func=cmd_runners_list)
+    runners.add_parser("tokens", help="runner tokens: name, id, created, runners registered, last seen").set_defaults(
+        func=cmd_runner_tokens)
+    rr = runners.add_parser("revoke", help="revoke the runner token with this name (or id): refused at once")
+    rr.add_argument("name")
+    rr.set_defaults(func=cmd_runner_revoke)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
 
@@ -162,6 +234,14 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=env_int(os.environ, "HELIX_PORT", 8080))
     up.add_argument("--no-runner", action="store_true", help="start the control plane only")
     up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="serve the control plane alone on DATABASE_URL and REDIS_URL"
+                           " (what the container runs)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    serve.add_argument("--port", type=int, default=env_int(os.environ, "HELIX_PORT", 8080))
+    serve.add_argument("--workers", type=int, default=env_int(os.environ, "HELIX_WEB_WORKERS", 2),
+                       help="gunicorn worker processes (HELIX_WEB_WORKERS)")
+    serve.set_defaults(func=cmd_serve)
 
     run = sub.add_parser("runner", help="run a runner node (configured by HELIX_RUNNER_* variables)")
     run.add_argument("runner_args", nargs=argparse.REMAINDER)

@@ -59,6 +59,14 @@ class Config:
     max_runners_per_token: int = 64
     # Seconds after its last report that a runner is forgotten: its models are no longer offered.
     runner_ttl: float = 300.0
+    # Seconds without a report after which a runner shows as `gone` in listings, the dashboard and
+    # metrics: three of the runners' default report interval (HELIX_REGISTER_INTERVAL, 5 s). Its work
+    # is recovered sooner, by the reconciler, once its workers' heartbeats stop (8 s).
+    runner_gone_seconds: float = 15.0
+    # A bearer token /metrics asks for; empty: /metrics is open (scrapers inside the cluster).
+    metrics_token: str = ""
+    # Which requests get an access log record: writes (non-GET, and server errors), all, off.
+    access_log: str = "writes"
     # Largest file a runner may upload (adapters, training checkpoints).
     max_runner_upload_bytes: int = 8 * 1024**3
     # Fine-tunes: most documents (files and URLs) in one session.
@@ -100,6 +108,13 @@ class Config:
         c.max_runner_models = env_int(env, "HELIX_MAX_RUNNER_MODELS", c.max_runner_models)
         c.max_runners_per_token = env_int(env, "HELIX_MAX_RUNNERS_PER_TOKEN", c.max_runners_per_token)
         c.runner_ttl = env_float(env, "HELIX_RUNNER_TTL", c.runner_ttl)
+        c.runner_gone_seconds = env_float(env, "HELIX_RUNNER_GONE_SECONDS", c.runner_gone_seconds)
+        if not 1 <= c.runner_gone_seconds <= 86400:
+            raise SettingError(f"HELIX_RUNNER_GONE_SECONDS must be from 1 to 86400, got {c.runner_gone_seconds:g}")
+        c.metrics_token = env.get("HELIX_METRICS_TOKEN", c.metrics_token)
+        c.access_log = env.get("HELIX_ACCESS_LOG", c.access_log).strip().lower() or c.access_log
+        if c.access_log not in ("writes", "all", "off"):
+            raise SettingError(f"HELIX_ACCESS_LOG must be writes, all or off, got {c.access_log[:40]!r}")
         c.max_finetune_documents = env_int(env, "HELIX_MAX_FINETUNE_DOCUMENTS", c.max_finetune_documents)
         c.finetune_file_max_bytes = env_int(env, "HELIX_FINETUNE_FILE_MAX_BYTES", c.finetune_file_max_bytes)
         c.finetune_file_max_examples = env_int(env, "HELIX_FINETUNE_FILE_MAX_EXAMPLES", c.finetune_file_max_examples)

@@ -32,3 +32,18 @@ def transaction() -> Iterator[psycopg.Connection]:
     """A connection inside one transaction: committed on success, rolled back on error."""
     with pool().connection() as conn:
         yield conn
+
+
+@contextmanager
+def read() -> Iterator[psycopg.Connection]:
+    """A connection for one read-only statement, sent without BEGIN and COMMIT: a status poll
+    costs one round trip to PostgreSQL instead of three. One statement sees one snapshot anyway;
+    use transaction() for several that must agree."""
+    with pool().connection() as conn:
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            if not conn.closed:
+                conn.autocommit = False
+

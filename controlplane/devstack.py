@@ -22,15 +22,12 @@ from controlplane import accounts
 from controlplane.config import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey
 from controlplane.migrate import apply_migrations
-from controlplane.serving import gunicorn_command
+from controlplane.serving import ACCESS_LOG_FORMAT, gunicorn_command
 from shared.processes import die_with_parent, port_in_use, stop, wait_for_port
 from shared.runners import runner_environment
 from shared.settings import env_int
 
 DEV_EMAIL = "dev@helix.local"
-# gunicorn's default access line holds the query string, and a browser's events stream carries
-# its API key there (?access_token=): log the path alone.
-ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 
 
 def _dev_secret(conn, path: Path, valid, create) -> str:
@@ -149,7 +146,9 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
         text_model = os.environ.get("HELIX_TEXT_MODEL", DEFAULT_TEXT_MODEL)
         image_model = os.environ.get("HELIX_IMAGE_MODEL", DEFAULT_IMAGE_MODEL)
         # Sessions that name no model go to the one this runner serves.
+        # Logs for a person at a terminal: plain text unless HELIX_LOG_FORMAT says json.
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+               "HELIX_LOG_FORMAT": os.environ.get("HELIX_LOG_FORMAT", "text"),
                "HELIX_TEXT_MODELS": os.environ.get("HELIX_TEXT_MODELS", text_model),
                "HELIX_IMAGE_MODELS": os.environ.get("HELIX_IMAGE_MODELS", image_model)}
         children.append(Child("control plane", control_plane_command(

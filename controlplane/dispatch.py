@@ -148,10 +148,14 @@ class Dispatcher:
         existing = self.fetch(interaction_id, stage)
         if existing is not None:
             existing.delete()  # a dead runner's copy: drop it from every registry first
-        return queue.enqueue_call(
+        job = queue.enqueue_call(
             ENTRY_POINTS[kind], args=(payload,), job_id=job_id, timeout=self._timeout(kind, session),
             result_ttl=3600, failure_ttl=24 * 3600, retry=Retry(max=2),
         )
+        # Ties the request (its request_id, in the log context) to the interaction and its job.
+        log.info("queued job %s on %s", job_id, queue.name,
+                 extra={"session_id": session["id"], "interaction_id": interaction_id, "job_id": job_id})
+        return job
 
     def try_enqueue(self, session: dict[str, Any], interactions: list[dict[str, Any]],
                     interaction_id: str) -> bool:

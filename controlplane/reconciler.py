@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from redis.exceptions import LockError
 from rq.job import JobStatus
 
-from controlplane import events, sessions_store
+from controlplane import events, metrics, sessions_store
 from controlplane.dispatch import Dispatcher, job_stage
 from controlplane.views import interaction_view
 from shared.runners import worker_alive_key
@@ -123,6 +123,7 @@ class Reconciler:
                 lock.release()
             except LockError:
                 log.warning("a reconciler pass outlived its lock")
+        metrics.count_reconciled(results)
         return results
 
     def start_thread(self, interval: float) -> threading.Thread:

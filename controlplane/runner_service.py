@@ -20,7 +20,7 @@ from controlplane.dispatch import Dispatcher, job_stage
 from controlplane.errors import BadRequest, Conflict, Forbidden, NotFound
 from controlplane.views import interaction_view
 from controlplane.filestore import session_outputs
-from shared import image_budget
+from shared import image_budget, runner_state
 from shared.runners import RUNNER_HEADER, runner_of_worker
 from shared.types import DataPrepStage, InteractionState, SessionType
 from shared.updates import EVENT_DELTA, EVENT_INTERACTION
@@ -73,6 +73,10 @@ def register_runner(conn: psycopg.Connection, config: Config, token_id: str, bod
         raise BadRequest("registration must be a JSON object with runner_id and models")
     body = storable(body)
     info = _check_info(body.get("info") or {})
+    state = body.get("state") or {}
+    found = runner_state.problem(state)
+    if found:
+        raise BadRequest(found)
     runner_id = body.get("runner_id")
     runner_id = runner_id.strip() if isinstance(runner_id, str) else ""
     if not SAFE_NAME.fullmatch(runner_id):
@@ -97,10 +101,11 @@ def register_runner(conn: psycopg.Connection, config: Config, token_id: str, bod
         raise Conflict(f"this runner token already has {live} live runners, the most one token may have:"
                        " reuse a runner id (HELIX_RUNNER_ID)")
     row = conn.execute(
-        "INSERT INTO runners (id, token_id, models, info) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (id) DO UPDATE SET models = excluded.models, info = excluded.info, last_seen = now()"
-        " WHERE runners.token_id = excluded.token_id RETURNING id, models, first_seen, last_seen",
-        (runner_id, token_id, Jsonb({k: list(dict.fromkeys(v)) for k, v in models.items()}), Jsonb(info)),
+        "INSERT INTO runners (id, token_id, models, info, state) VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET models = excluded.models, info = excluded.info, state = excluded.state,"
+        " last_seen = now() WHERE runners.token_id = excluded.token_id RETURNING id, models, first_seen, last_seen",
+        (runner_id, token_id, Jsonb({k: list(dict.fromkeys(v)) for k, v in models.items()}), Jsonb(info),
+         Jsonb(state)),
     ).fetchone()
     if row is None:
         raise Conflict(f"runner id {runner_id!r} is registered with another runner token: a token cannot"

@@ -34,15 +34,21 @@ HEADER_SECONDS = 5
 # On SIGTERM a worker finishes what it is answering for at most this long, then closes the rest
 # (live event streams would otherwise hold it for gunicorn's default 30 s; their clients reconnect).
 GRACEFUL_SECONDS = 10
+# gunicorn's default access line holds the query string, and a browser's events stream carries
+# its API key there (?access_token=): log the path alone.
+ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 
 
-def gunicorn_command(port: int, workers: int = 2, connections: int = 5000, extra: Sequence[str] = ()) -> list[str]:
-    """The one command line every launcher (`make run`, the tests, the bench) starts gunicorn with;
-    `connections` is the most open connections (event streams included) per worker process."""
+def gunicorn_command(port: int, workers: int = 2, connections: int = 5000, extra: Sequence[str] = (),
+                     host: str = "127.0.0.1") -> list[str]:
+    """The one command line every launcher (`make run`, `helix serve`, the tests, the bench) starts
+    gunicorn with; `connections` is the most open connections (event streams included) per worker
+    process. `host` is loopback but for `helix serve` in a container, which listens on every address."""
     return [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", f"{__name__}.JsonErrorWorker",
+            "-c", "python:controlplane.gunicorn_hooks",
             "-w", str(workers), "--worker-connections", str(connections), "--keep-alive", str(HEADER_SECONDS),
             "--graceful-timeout", str(GRACEFUL_SECONDS),
-            "-b", f"127.0.0.1:{port}", *extra, APP]
+            "-b", f"{host}:{port}", *extra, APP]
 
 
 def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:

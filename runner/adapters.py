@@ -17,6 +17,7 @@ from pathlib import Path
 
 import requests
 
+from runner import metrics
 from shared.finetune import ADAPTER_FILES
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,12 @@ _fetching: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 class AdapterError(Exception):
     """vLLM refused the adapter (rank above its limit, a base model it does not fit)."""
+
+
+def cache_dir(work_dir: str) -> Path:
+    """Where a runner keeps text adapters: the chat jobs that serve them and the fine-tune that
+    trained one both put them here, so a fresh adapter is served without a download."""
+    return Path(work_dir) / "adapters"
 
 
 def adapter_name(lora_dir: str) -> str:
@@ -53,7 +60,10 @@ def load(vllm_url: str, name: str, folder: Path, http: requests.Session | None =
     """Makes `name` callable as a model on the vLLM server; returns it."""
     r = (http or requests).post(f"{vllm_url}/v1/load_lora_adapter", timeout=(5, 120),
                                 json={"lora_name": name, "lora_path": str(folder)})
-    if r.ok or (r.status_code == 400 and "already" in r.text.lower()):
+    if r.ok:
+        metrics.ADAPTER_LOADS.labels("text").inc()
+        return name
+    if r.status_code == 400 and "already" in r.text.lower():
         return name
     raise AdapterError(f"the model server refused adapter {name}: {r.status_code} {r.text[:300]}")
 

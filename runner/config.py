@@ -35,7 +35,10 @@ class RunnerConfig:
     sampling_extra: dict = field(default_factory=dict)  # HELIX_SAMPLING_EXTRA: JSON added to every
     # chat request, e.g. {"repetition_penalty": 1.1} or {"ignore_eos": true}
     log_dir: str = ""            # HELIX_RUNNER_LOG_DIR: vLLM's own output goes to vllm.log there
-    register_interval: float = 30  # HELIX_REGISTER_INTERVAL: seconds between "still here" reports
+    register_interval: float = 5  # HELIX_REGISTER_INTERVAL: seconds between "still here" reports with
+    # the runner's state (the control plane shows a runner as gone after HELIX_RUNNER_GONE_SECONDS, 15)
+    metrics_port: int = 0        # HELIX_RUNNER_METRICS_PORT: Prometheus metrics served here; 0 = off
+    metrics_addr: str = "0.0.0.0"  # HELIX_RUNNER_METRICS_ADDR: the address that port listens on
     finetune_workers: int = 1    # HELIX_FINETUNE_WORKERS: training runs at once (0: this runner trains nothing)
     image_finetune_workers: int = 1  # HELIX_IMAGE_FINETUNE_WORKERS: image LoRA runs at once (0: none)
     work_dir: str = ""           # HELIX_RUNNER_WORK_DIR: adapters and checkpoints (default: a temp dir)
@@ -74,7 +77,9 @@ class RunnerConfig:
             persist_interval=env_float(env, "HELIX_PERSIST_INTERVAL", 1.0),
             sampling_extra=env_json_object(env, "HELIX_SAMPLING_EXTRA"),
             log_dir=env.get("HELIX_RUNNER_LOG_DIR", ""),
-            register_interval=env_float(env, "HELIX_REGISTER_INTERVAL", 30),
+            register_interval=env_float(env, "HELIX_REGISTER_INTERVAL", 5),
+            metrics_port=env_int(env, "HELIX_RUNNER_METRICS_PORT", 0),
+            metrics_addr=env.get("HELIX_RUNNER_METRICS_ADDR", "0.0.0.0"),
             finetune_workers=env_int(env, "HELIX_FINETUNE_WORKERS", 1),
             image_finetune_workers=env_int(env, "HELIX_IMAGE_FINETUNE_WORKERS", 1),
             work_dir=env.get("HELIX_RUNNER_WORK_DIR", "")
@@ -88,6 +93,10 @@ class RunnerConfig:
         if config.image_max_pixels and not 64 <= config.image_max_pixels <= 2**26:
             raise SettingError(f"HELIX_IMAGE_MAX_PIXELS must be from 64 to {2**26} (or 0: twice the model's"
                                f" native size each way), got {config.image_max_pixels}")
+        if not 0 < config.register_interval <= 3600:
+            raise SettingError(f"HELIX_REGISTER_INTERVAL must be from 0 to 3600 seconds, got {config.register_interval:g}")
+        if not 0 <= config.metrics_port <= 65535:
+            raise SettingError(f"HELIX_RUNNER_METRICS_PORT must be a port from 1 to 65535, or 0 (off), got {config.metrics_port}")
         if not 1 <= config.image_max_seconds <= 86400:
             raise SettingError(f"HELIX_IMAGE_MAX_SECONDS must be from 1 to 86400, got {config.image_max_seconds:g}")
         if not 0 <= config.image_seconds_per_megapixel_step <= 1e6:

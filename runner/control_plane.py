@@ -30,9 +30,12 @@ class ControlPlane:
         self.http.headers["Authorization"] = f"Bearer {token}"
         self.http.headers[RUNNER_HEADER] = runner_id  # the control plane checks this runner holds the job
 
-    def register(self, models: dict[str, list[str]], info: dict[str, Any] | None = None) -> None:
+    def register(self, models: dict[str, list[str]], info: dict[str, Any] | None = None,
+                 state: dict[str, Any] | None = None) -> None:
+        """Announces the runner (again): its models, static facts (`info`) and its state now."""
         r = self.http.post(f"{self.api_url}/api/v1/runner/register", timeout=10,
-                           json={"runner_id": self.runner_id, "models": models, "info": info or {}})
+                           json={"runner_id": self.runner_id, "models": models, "info": info or {},
+                                 "state": state or {}})
         r.raise_for_status()
 
     def _post_update(self, session_id: str, interaction_id: str, update: InteractionUpdate,

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
-from runner import adapters
+from runner import adapters, metrics
 from shared.image_finetune import ADAPTER_FILE, ADAPTER_FILES
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class ImageAdapters:
         folder = adapters.fetch(client, session_id, lora_dir, self.cache_dir, files=ADAPTER_FILES)
         self.pipe.load_lora_weights(str(folder), weight_name=ADAPTER_FILE, adapter_name=name)
         self.load_count += 1
+        metrics.ADAPTER_LOADS.labels("image").inc()
         self.loaded[name] = None
         while len(self.loaded) > self.max_loaded:  # GPU memory is not unlimited: drop the oldest
             oldest, _ = self.loaded.popitem(last=False)

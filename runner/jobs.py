@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from runner import adapters
+from runner import adapters, metrics
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane, Gone
 from runner.http_session import pooled_session
@@ -57,6 +57,7 @@ def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vll
 
         started = time.monotonic()
         _context.image_pipeline = ImagePipeline(config.image_model_path)
+        metrics.MODEL_LOADS.labels("image").inc()
         from runner.image_adapters import ImageAdapters
 
         _context.image_adapters = ImageAdapters(_context.image_pipeline.pipe, Path(config.work_dir) / "image-adapters")
@@ -115,7 +116,7 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
                 messages = fit_history(ctx.vllm_url, job.model, job.messages, max_tokens, session=ctx.http)
             # A fine-tuned session: the same warm base model, with its adapter by name.
             model = adapters.ensure(ctx.client, ctx.vllm_url, job.session_id, job.lora_dir,
-                                    Path(ctx.config.work_dir) / "adapters", ctx.http) if job.lora_dir else job.model
+                                    adapters.cache_dir(ctx.config.work_dir), ctx.http) if job.lora_dir else job.model
             for delta in stream_chat(ctx.vllm_url, model, messages, max_tokens=max_tokens,
                                      temperature=job.temperature, extra={**ctx.config.sampling_extra, **job.sampling},
                                      session=ctx.http, prompt=job.prompt, generation=generation):
@@ -134,6 +135,7 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
             log.warning("vLLM unreachable during %s; waiting for it", job.interaction_id)
             wait_healthy(ctx.vllm_url, timeout=300)
     elapsed = time.monotonic() - started
+    _count_tokens(job.model, generation.usage, elapsed)
     choices = [{"index": i, "text": generation.texts.get(i, ""), "finish_reason": generation.finish_reasons.get(i)}
                for i in sorted(set(generation.texts) | set(generation.finish_reasons))]
     ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
@@ -146,6 +148,14 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
                                      **({"adapter": model} if job.lora_dir else {})}))
     clear_partial_text(ctx.redis, job.interaction_id)  # the stored message holds it all now
     return {"chars": len(stream.text), "seconds": elapsed}
+
+
+def _count_tokens(model: str, usage: dict | None, seconds: float) -> None:
+    tokens = (usage or {}).get("completion_tokens")
+    if isinstance(tokens, int) and tokens > 0:
+        metrics.TOKENS.labels(model).inc(tokens)
+        if seconds > 0:
+            metrics.TOKENS_PER_SECOND.labels(model).observe(tokens / seconds)
 
 
 @unless_gone

@@ -5,9 +5,17 @@ against it (one RQ worker per thread), the fine-tune workers, and one image work
 diffusers pipeline. Restarts a worker that dies; stops everything on
 SIGTERM/SIGINT; and every child carries a parent-death signal, so a runner killed with SIGKILL
 leaves nothing behind (its jobs are re-queued by the control plane when heartbeats stop).
+
+A reporter thread tells the control plane every HELIX_REGISTER_INTERVAL seconds that the runner is
+here, with its state (runner/state_report.py), even while vLLM restarts. When the control plane
+refuses the runner's token (revoked), the runner stops at once as if killed: its workers are ended
+with SIGKILL, so the jobs they held are queued again by the reconciler once their heartbeats
+expire, and it exits with a message saying why. HELIX_RUNNER_METRICS_PORT serves Prometheus
+metrics (runner/metrics.py).
 """
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import signal
@@ -16,19 +24,24 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import requests
 from redis import Redis
+from redis.exceptions import RedisError
 
-from runner import image_calibration
+from runner import image_calibration, state_report
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane
 from runner.vllm_server import VllmServer
+from shared import logs, metrics_files
 from shared.jobs import WorkKind
 from shared.processes import die_with_parent, stop
-from shared.runners import worker_alive_key, worker_name
+from shared.runners import thread_worker_name, worker_alive_key, worker_name
 
 log = logging.getLogger("runner")
+REVOKED_MESSAGE = ("runner token revoked: this runner stopped (create a new token with `helix runners token NAME`"
+                   " and set HELIX_RUNNER_TOKEN)")
 
 
 class Supervisor:
@@ -40,7 +53,82 @@ class Supervisor:
         self.workers: dict[tuple[WorkKind, int], subprocess.Popen] = {}
         self.worker_names: dict[tuple[WorkKind, int], str] = {}
         self.stopping = threading.Event()
+        self.revoked = threading.Event()
+        # Called from the reporter thread once the token is refused: main() interrupts its main
+        # thread with it, wherever that is (waiting for vLLM to start, say).
+        self.on_revoked: Callable[[], None] | None = None
         self.announced = 0.0
+        self.vllm_ready = False
+        self.state: dict = {}
+        self.redis = Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.gpu = state_report.GpuMemory()
+        self._announcing = threading.Lock()
+        self.metrics_dir, self._made_metrics_dir, self.metrics_server = "", False, None
+        if config.metrics_port:  # before prometheus_client is imported here or in a worker
+            self.metrics_dir, self._made_metrics_dir = metrics_files.prepare(
+                f"helix-runner-metrics-{config.runner_id[:40].replace('/', '_')}-", operators_own=False)
+
+    def _count_model_load(self, kind: str) -> None:
+        if self.config.metrics_port:
+            from runner import metrics
+
+            metrics.MODEL_LOADS.labels(kind).inc()
+
+    def _models_held(self) -> list[dict]:
+        held = []
+        if self.config.text_model:
+            alive = self.vllm is not None and self.vllm.alive()
+            state = "loaded" if alive and self.vllm_ready else "starting" if alive or self.vllm is None else "down"
+            held.append({"type": "text", "name": self.config.text_model, "state": state})
+        if self.config.image_model:
+            proc = self.workers.get((WorkKind.IMAGE_INFERENCE, 0))
+            name = self.worker_names.get((WorkKind.IMAGE_INFERENCE, 0))
+            if proc is not None and proc.poll() is not None:
+                state = "down"
+            elif proc is not None and name and self.redis.exists(worker_alive_key(name)):
+                state = "loaded"  # its worker listens once the pipeline is loaded
+            else:
+                state = "starting"
+            held.append({"type": "image", "name": self.config.image_model, "state": state})
+        return held
+
+    def _rq_workers(self) -> dict[WorkKind, list[str]]:
+        """The RQ worker names of each live worker process, by the kind of work it was started for."""
+        names: dict[WorkKind, list[str]] = {}
+        for (kind, index), name in list(self.worker_names.items()):
+            proc = self.workers.get((kind, index))
+            if proc is None or proc.poll() is not None:
+                continue
+            threads = self.config.text_workers if kind == WorkKind.TEXT_INFERENCE else 1
+            names.setdefault(kind, []).extend(
+                [name] if threads == 1 else [thread_worker_name(name, t) for t in range(threads)])
+        return names
+
+    def collect_state(self) -> dict:
+        """The state this runner reports (shared/runner_state.py); also kept for the metrics."""
+        state: dict = {"version": state_report.version(), "report_interval": self.config.register_interval,
+                       "memory": {"host": state_report.host_memory()}}
+        try:
+            state["models"] = self._models_held()
+            workers = self._rq_workers()
+            state["jobs"] = state_report.running_jobs(self.redis, [n for names in workers.values() for n in names])
+            state["workers"] = {kind.value: len(names) for kind, names in workers.items()}
+        except RedisError as err:
+            log.warning("runner state without jobs: Redis unavailable: %s", err)
+        gpus = self.gpu.read()
+        if gpus:
+            state["memory"]["gpu"] = gpus
+        adapters = {}
+        if self.vllm is not None and self.vllm_ready:
+            loaded = state_report.loaded_adapters(self.vllm.base_url, self.config.text_model)
+            if loaded is not None:
+                adapters["text"] = loaded
+        if self.config.image_model:
+            adapters["image"] = state_report.cached_adapters(Path(self.config.work_dir) / "image-adapters")
+        if adapters:
+            state["adapters"] = adapters
+        self.state = state
+        return state
 
     def _announce(self) -> None:
         models = {"text": [self.config.text_model] if self.config.text_model else [],
@@ -52,7 +140,8 @@ class Supervisor:
             info.update(max_model_len=self.config.max_model_len, max_tokens=self.config.max_tokens)
         if self.config.image_model:  # likewise for images, once the image worker has measured its pipeline
             info.update(image_calibration.announced(self.config))
-        self.client.register(models, info)
+        with self._announcing:  # the reporter thread and start() share one HTTP session
+            self.client.register(models, info, self.collect_state())
         self.announced = time.monotonic()
 
     def register(self, timeout: float = 120) -> None:
@@ -86,9 +175,40 @@ class Supervisor:
         # runner that died must not keep a job (and its heartbeat) alive in an orphan.
         self.workers[(kind, index)] = subprocess.Popen(cmd, preexec_fn=die_with_parent(signal.SIGKILL))
 
+    def _report(self) -> None:
+        """Every `register_interval`: this runner is here, and its state. Stops the runner when the
+        control plane refuses its token (revoked)."""
+        while not self.stopping.wait(self.config.register_interval):
+            try:
+                self._announce()
+            except requests.HTTPError as err:
+                status = err.response.status_code if err.response is not None else 0
+                if status in (401, 403):
+                    log.error("the control plane refused this runner's token (%s): it was revoked. Stopping"
+                              " this runner now; its jobs are queued again for other runners",
+                              err.response.text[:200])
+                    self.revoked.set()
+                    if self.on_revoked is not None:
+                        self.on_revoked()
+                    return
+                log.warning("the control plane refused this runner's report: %s %s", status,
+                            err.response.text[:200] if err.response is not None else "")
+            except requests.RequestException as err:
+                log.warning("could not tell the control plane this runner is alive: %s", err)
+
     def start(self) -> None:
         image_calibration.forget(self.config)
         self.register()
+        if self.config.metrics_port:
+            from runner import metrics
+
+            try:
+                self.metrics_server = metrics.serve(self.config.metrics_port, lambda: self.state,
+                                                    addr=self.config.metrics_addr)
+            except OSError as err:
+                raise SystemExit(f"cannot serve metrics on {self.config.metrics_addr}:{self.config.metrics_port}"
+                                 f" (HELIX_RUNNER_METRICS_PORT): {err}") from None
+        threading.Thread(target=self._report, name="runner-report", daemon=True).start()
         if self.config.text_model:
             self.vllm = VllmServer(
                 self.config.text_model_path or self.config.text_model, self.config.text_model,
@@ -98,6 +218,8 @@ class Supervisor:
             ).start()
         if self.vllm is not None:
             log.info("vLLM healthy after %.1fs", self.vllm.wait_ready())
+            self.vllm_ready = True
+            self._count_model_load("text")
             if self.config.text_workers > 0:
                 self._spawn(WorkKind.TEXT_INFERENCE, 0)
             for i in range(self.config.finetune_workers):
@@ -126,44 +248,57 @@ class Supervisor:
             time.sleep(0.2)
 
     def watch(self) -> None:
-        """Restart what dies until asked to stop; tell the control plane now and then that this
-        runner is still here (its `last_seen`)."""
-        while not self.stopping.wait(1.0):
-            if time.monotonic() - self.announced >= self.config.register_interval:
-                try:
-                    self._announce()
-                except requests.RequestException as err:
-                    log.warning("could not tell the control plane this runner is alive: %s", err)
-                    self.announced = time.monotonic()  # try again at the next interval
+        """Restart what dies until asked to stop (the reporter thread tells the control plane that
+        this runner is still here); stop at once when the runner's token is revoked."""
+        while not self.stopping.wait(0.5):
+            if self.revoked.is_set():
+                raise SystemExit(REVOKED_MESSAGE)
             if self.vllm is not None and not self.vllm.alive():
                 log.error("vLLM exited (%s); restarting it", self.vllm.proc.returncode)
+                self.vllm_ready = False
                 self.vllm.stop()  # what is left of its process group
                 self.vllm.start()
                 log.info("vLLM healthy again after %.1fs", self.vllm.wait_ready())
+                self.vllm_ready = True
+                self._count_model_load("text")
             for (kind, index), proc in list(self.workers.items()):
                 if proc.poll() is not None and not self.stopping.is_set():
                     log.error("worker %s.%d exited with %s; restarting", kind.value, index, proc.returncode)
+                    self._forget_metrics_of(proc.pid)
                     self._spawn(kind, index)
+
+    def _forget_metrics_of(self, pid: int) -> None:
+        if self.config.metrics_port:
+            from runner import metrics
+
+            metrics.worker_died(pid)
 
     def shutdown(self) -> None:
         self.stopping.set()
+        # Revoked: no job may finish here (its reports are refused); ended at once, as by a crash.
+        sig = signal.SIGKILL if self.revoked.is_set() else signal.SIGINT  # SIGINT: RQ finishes the job
         for proc in self.workers.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)  # RQ: finish the current job, then exit
+                proc.send_signal(sig)
         for proc in self.workers.values():
-            stop(proc, timeout=10, sig=signal.SIGINT)
+            stop(proc, timeout=10, sig=sig)
         if self.vllm is not None:
             self.vllm.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+        if self._made_metrics_dir:
+            metrics_files.remove(self.metrics_dir)
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()  # HELIX_LOG_FORMAT: json (default) or text
     supervisor = Supervisor(RunnerConfig.from_env())
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    supervisor.on_revoked = _thread.interrupt_main  # a KeyboardInterrupt in the main thread
     try:
         supervisor.start()
         supervisor.watch()
@@ -171,6 +306,8 @@ def main() -> None:
         log.info("stopping runner")
     finally:
         supervisor.shutdown()
+    if supervisor.revoked.is_set():
+        raise SystemExit(REVOKED_MESSAGE)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ class VllmServer:
         env.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the runner's workers' metrics; vLLM keeps its own
         out = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -29,14 +29,16 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
-from runner import jobs
+from runner import jobs, metrics
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane
+from shared import logs
 from shared.jobs import ENTRY_POINTS, WorkKind, queue_name
 from shared.runners import HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_TTL_SECONDS, thread_worker_name, worker_alive_key
 
 log = logging.getLogger(__name__)
 ALLOWED_FUNCTIONS = frozenset(ENTRY_POINTS.values())
+KIND_OF_FUNCTION = {function: kind.value for kind, function in ENTRY_POINTS.items()}
 # The queues each kind of worker takes work from, first listed first served: text workers
 # prepare fine-tune data on the warm vLLM server between chats, never before them.
 QUEUES_OF_WORKER = {
@@ -55,13 +57,40 @@ class RefusedJob(Exception):
     pass
 
 
+def _outcome(result) -> str:
+    """What a job's return value says: the entry points return {"error": ...} for a refusal the
+    user reads and {"skipped": ...} when the interaction was gone."""
+    if isinstance(result, dict) and "error" in result:
+        return "error"
+    return "skipped" if isinstance(result, dict) and "skipped" in result else "complete"
+
+
 class AllowlistedJob(Job):
-    """Anyone who can write to Redis can name any callable in a job: run only our entry points."""
+    """Anyone who can write to Redis can name any callable in a job: run only our entry points.
+    Every log record written while a job runs carries its job, session and interaction ids, and
+    each job is counted by kind and outcome (runner/metrics.py)."""
 
     def _execute(self):
         if self.func_name not in ALLOWED_FUNCTIONS:
             raise RefusedJob(f"refused job {self.id}: {self.func_name!r} is not a runner entry point")
-        return super()._execute()
+        payload = self.args[0] if self.args and isinstance(self.args[0], dict) else {}
+        kind = KIND_OF_FUNCTION[self.func_name]
+        started = time.monotonic()
+        with logs.bound(job_id=self.id, session_id=str(payload.get("session_id") or ""),
+                        interaction_id=str(payload.get("interaction_id") or "")):
+            log.info("job %s (%s) started", self.id, kind)
+            try:
+                result = super()._execute()
+            except BaseException as err:
+                metrics.JOBS.labels(kind, "failed").inc()
+                log.warning("job %s (%s) failed after %.2fs: %r", self.id, kind, time.monotonic() - started, err)
+                raise
+            finally:
+                metrics.JOB_SECONDS.labels(kind).observe(time.monotonic() - started)
+            outcome = _outcome(result)
+            metrics.JOBS.labels(kind, outcome).inc()
+            log.info("job %s (%s) %s after %.2fs", self.id, kind, outcome, time.monotonic() - started)
+        return result
 
 
 class ThreadWorker(SimpleWorker):
@@ -149,7 +178,7 @@ def main() -> None:
     p.add_argument("--vllm-url", default="")
     p.add_argument("--threads", type=int, default=1, help="jobs in flight at once, one RQ worker per thread")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()  # HELIX_LOG_FORMAT: json (default) or text
     run_worker(WorkKind(args.kind), args.name, RunnerConfig.from_env(), args.vllm_url, max(1, args.threads))
 
 

@@ -19,10 +19,12 @@ def imports_without(blocked: list[str], modules: list[str]) -> subprocess.Comple
 @pytest.mark.parametrize("blocked, modules", [
     (["psycopg", "psycopg_pool", "flask", "controlplane"],
      ["runner.supervisor", "runner.worker", "runner.jobs", "runner.control_plane", "shared.jobs",
-      "runner.training.image_job", "runner.image_adapters"]),
+      "runner.training.image_job", "runner.image_adapters", "runner.state_report", "runner.metrics",
+      "shared.logs", "shared.runner_state"]),
     (["torch", "diffusers", "transformers", "peft", "vllm", "runner"],
      ["controlplane.app", "controlplane.cli", "controlplane.devstack", "controlplane.reconciler",
-      "controlplane.image_finetune_service"]),
+      "controlplane.image_finetune_service", "controlplane.metrics", "controlplane.api.dashboard",
+      "controlplane.gunicorn_hooks"]),
 ])
 def test_each_side_imports_without_the_other(blocked, modules):
     result = imports_without(blocked, modules)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from controlplane import db, runner_service, sessions_store
+from controlplane import db, metrics, runner_service, scheduling_decisions, sessions_store
 from controlplane.auth import require_runner
 from controlplane.dispatch import job_stage
 from controlplane.errors import BadRequest, Conflict, NotFound
@@ -58,6 +58,13 @@ def update_interaction(session_id: str, interaction_id: str):
         interaction = _authorize(conn, session_id, interaction_id, named)
         view = runner_service.apply_update(conn, current_app.extensions["redis"], interaction, body,
                                            _acting_runner(named))
+        # Under the interaction's row lock: two updates of one attempt never both count as its first.
+        decision = scheduling_decisions.record(current_app.extensions["redis"], interaction,
+                                               job_stage(interaction), _acting_runner(named))
+    if decision is not None:
+        metrics.observe_scheduling(decision)
+    if view["finished"]:
+        metrics.count_finished(view["state"])
     return jsonify(view)
 
 

@@ -67,7 +67,7 @@ def list_sessions():
 @bp.get("/<session_id>")
 @require_user
 def get_session(session_id: str):
-    with db.transaction() as conn:
+    with db.read() as conn:
         return jsonify(session_view(_session_or_404(conn, session_id)))
 
 
@@ -91,12 +91,12 @@ def delete_session(session_id: str):
 @require_user
 def session_events(session_id: str):
     owner = g.user["id"]
-    with db.transaction() as conn:
+    with db.read() as conn:
         _session_or_404(conn, session_id)
     app = current_app._get_current_object()
 
     def read_session() -> dict | None:
-        with app.app_context(), db.transaction() as conn:
+        with app.app_context(), db.read() as conn:
             row = sessions_store.get_session_with_interactions(conn, session_id, owner)
         return session_view(row) if row else None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import render_template, request
 
-API_PREFIXES = ("/api/", "/v1/", "/healthz")
+API_PREFIXES = ("/api/", "/v1/", "/healthz", "/metrics")
 
 TITLES = {400: "That request was not right", 401: "Please sign in", 403: "Not allowed",
           404: "Not found", 405: "Not allowed here", 409: "Not now", 413: "Too large",

@@ -180,7 +180,7 @@ def train_text(payload: dict[str, Any]) -> dict[str, Any]:
     ctx.client.update(sid, iid, InteractionUpdate(progress=95, status=f"evaluating on {len(held)} held-out questions"))
     # Kept in the runner's adapter cache (vLLM reads the files again whenever it reloads them).
     name = adapters.adapter_name(lora_dir)
-    cached = shutil.copytree(adapter_dir, Path(ctx.config.work_dir) / "adapters" / name, dirs_exist_ok=True)
+    cached = shutil.copytree(adapter_dir, adapters.cache_dir(ctx.config.work_dir) / name, dirs_exist_ok=True)
     shutil.rmtree(workdir, ignore_errors=True)
     tuned = adapters.load(ctx.vllm_url, name, Path(cached), ctx.http)
     evaluation = evaluate(ctx.vllm_url, job.model, tuned, job.system_prompt, held) if held else {

@@ -1,0 +1,39 @@
+"""GET /api/v1/dashboard: the fleet at a glance, for admins (users with is_admin; others get 403).
+
+Queues with their length and oldest wait, runners with their reported state (alive or gone), and
+the latest scheduling decisions (which runner took which interaction, after how long queued)."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from controlplane import db, fleet, scheduling_decisions
+from controlplane.auth import require_user
+from controlplane.errors import BadRequest, Forbidden
+from controlplane.views import iso_time
+
+bp = Blueprint("dashboard", __name__, url_prefix="/api/v1/dashboard")
+MAX_DECISIONS = scheduling_decisions.KEPT
+
+
+def _runner_view(row: dict) -> dict:
+    return {"id": row["id"], "status": "gone" if row["gone"] else "alive", "token": row["token"],
+            "token_revoked": row["token_revoked"], "models": row["models"], "info": row["info"],
+            "state": row["state"], "first_seen": iso_time(row["first_seen"]),
+            "last_seen": iso_time(row["last_seen"]), "seconds_since_seen": row["seconds_since_seen"]}
+
+
+@bp.get("")
+@require_user
+def dashboard():
+    if not g.user.get("is_admin"):
+        raise Forbidden("the dashboard is for admins (`helix users create EMAIL --admin`)")
+    raw = request.args.get("decisions", "50")
+    if not raw.isdigit() or not 0 <= int(raw) <= MAX_DECISIONS:
+        raise BadRequest(f"decisions must be a whole number from 0 to {MAX_DECISIONS}")
+    config = current_app.config["HELIX"]
+    with db.transaction() as conn:
+        runners = fleet.runners(conn, config.runner_gone_seconds)
+    redis = current_app.extensions["redis"]
+    return jsonify(queues=fleet.queues(redis), runners=[_runner_view(r) for r in runners],
+                   runner_gone_seconds=config.runner_gone_seconds,
+                   decisions=scheduling_decisions.recent(redis, int(raw)) if int(raw) else [])

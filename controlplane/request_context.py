@@ -1,0 +1,66 @@
+"""Each request's ids for the logs: a request id (the client's X-Request-Id when it is a plain
+token, else a new one; sent back in X-Request-Id) and the session and interaction its route names.
+Every log record written while the request is answered carries them (shared/logs.py).
+
+One access record per request goes to the `helix.access` logger: by default for users' requests
+that change something, server errors and runners' refused reports (status polls, streams and
+runners' accepted reports are not logged: there are thousands a second), every request with
+HELIX_ACCESS_LOG=all, none with `off`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, g, request
+
+from shared import logs
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._:@+-]{1,128}")
+ACCESS_LOG_CHOICES = ("writes", "all", "off")
+access_log = logging.getLogger("helix.access")
+
+
+def _is_logged_write(status: int) -> bool:
+    """A user's write, any server error, and a runner's refused report. A runner's accepted
+    reports (every few seconds per runner, once a second per running job) are not logged."""
+    if status >= 500:
+        return True
+    if request.blueprint == "runner":
+        return status >= 400
+    return request.method not in ("GET", "HEAD", "OPTIONS")
+
+
+def init_app(app: Flask, access: str = "writes") -> None:
+    @app.before_request
+    def _bind_ids():
+        sent = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = sent if _PLAIN_ID.fullmatch(sent) else uuid.uuid4().hex
+        g.log_started = time.perf_counter()
+        args = request.view_args or {}
+        ids = {"session_id": args.get("session_id"), "interaction_id": args.get("interaction_id")}
+        g.log_ids = logs.bind(request_id=g.request_id, **{k: v for k, v in ids.items() if isinstance(v, str)})
+
+    @app.after_request
+    def _send_id(response):
+        response.headers[REQUEST_ID_HEADER] = g.get("request_id") or uuid.uuid4().hex
+        wanted = access == "all" or (access == "writes" and _is_logged_write(response.status_code))
+        if wanted:
+            started = g.get("log_started")
+            access_log.info("%s %s %s", request.method, request.path, response.status_code,
+                            extra={**logs.current(), "method": request.method, "path": request.path, "status": response.status_code,
+                                   "route": request.url_rule.rule if request.url_rule else None,
+                                   "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None})
+        return response
+
+    @app.teardown_request
+    def _unbind(_exc):
+        token = g.pop("log_ids", None)
+        if token is not None:
+            try:
+                logs.unbind(token)
+            except ValueError:  # answered in another context (a stream's last part): nothing to undo
+                pass
