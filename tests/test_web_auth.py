@@ -191,3 +191,18 @@ def test_cli_creates_a_user_with_a_password(config, db):
     short = subprocess.run([sys.executable, "-m", "controlplane.cli", "users", "create", "x@example.com",
                             "--password", "short"], cwd=REPO, env=env, capture_output=True, text=True)
     assert short.returncode != 0 and "at least 8" in short.stderr
+
+
+def test_the_admin_page_is_for_admins_only(app, member, db):
+    client = app.test_client()
+    sign_in(client, member[0]["email"])
+    refused = client.get("/admin")
+    assert refused.status_code == 403 and "for administrators" in refused.text
+    assert 'href="/admin"' not in client.get("/sessions").text
+    admin = accounts.create_user(db, f"admin-{uuid.uuid4().hex[:8]}@example.com", is_admin=True, password=PASSWORD)
+    client = app.test_client()
+    sign_in(client, admin["email"])
+    page = client.get("/admin")
+    assert page.status_code == 200 and "Recent scheduling decisions" in page.text
+    assert 'href="/admin"' in page.text
+    assert client.get("/api/v1/dashboard").status_code == 200  # what the page's script reads, by cookie

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 
 import pytest
 import requests
@@ -162,4 +163,23 @@ def test_an_unreachable_server_is_said_on_the_page(browser, live_server, web_use
     page.get_by_role("button", name="Create key").click()
     expect(page.locator("#banner")).to_contain_text("Cannot reach the server")
     screenshot(page, "offline")
+    page.context.close()
+
+
+def test_the_admin_page_shows_runners_queues_and_decisions(browser, live_server, runner, live_db):
+    from controlplane import accounts
+    from tests.browser import PASSWORD, WebUser
+
+    row = accounts.create_user(live_db, f"admin-{uuid.uuid4().hex[:8]}@example.com", is_admin=True, password=PASSWORD)
+    admin = WebUser(row, accounts.create_api_key(live_db, row["id"], "test")[1])
+    requests.post(f"{live_server}/api/v1/sessions", headers=admin.headers, timeout=10,
+                  data={"mode": "inference", "type": "text", "input": "hi"}).raise_for_status()
+    page = signed_in_page(browser, live_server, admin)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Admin").click()
+    expect(page.locator("#runners tbody")).to_contain_text("runner-main")
+    expect(page.locator("#runners tbody")).to_contain_text("alive")
+    expect(page.locator("#queues tbody tr").first).not_to_contain_text("No queues yet", timeout=10_000)
+    expect(page.locator("#decisions tbody")).to_contain_text("runner-main", timeout=30_000)
+    check_no_js_errors(page)
+    screenshot(page, "admin")
     page.context.close()
