@@ -103,6 +103,13 @@ def list_api_keys(conn: psycopg.Connection, owner: str) -> list[dict[str, Any]]:
     ).fetchall()
 
 
+def rename_api_key(conn: psycopg.Connection, owner: str, key_id: str, name: str) -> dict[str, Any] | None:
+    return conn.execute(
+        "UPDATE api_keys SET name = %s WHERE owner = %s AND id = %s RETURNING id, owner, name, hint, created",
+        (name, owner, key_id),
+    ).fetchone()
+
+
 def delete_api_key(conn: psycopg.Connection, owner: str, key_or_id: str) -> bool:
     """Deletes one of the owner's keys, named by its id or by the key itself."""
     cur = conn.execute(

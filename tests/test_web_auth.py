@@ -74,6 +74,11 @@ def test_the_cookie_reaches_the_api_and_changes_need_the_csrf_token(app, member)
     token = _token(client.get("/account").text)
     made = client.post("/api/v1/api_keys", json={"name": "from the page"}, headers={"X-CSRFToken": token})
     assert made.status_code == 201 and made.json["key"].startswith("hl-")
+    rename = f"/api/v1/api_keys?id={made.json['id']}"
+    assert client.patch(rename, json={"name": "renamed"}).status_code == 403
+    assert client.patch(rename, json={"name": " "}, headers={"X-CSRFToken": token}).status_code == 400
+    assert client.patch(rename, json={"name": "renamed"}, headers={"X-CSRFToken": token}).json["name"] == "renamed"
+    assert client.patch("/api/v1/api_keys?id=nope", json={"name": "x"}, headers={"X-CSRFToken": token}).status_code == 404
     # A form post without its token is refused with a page, not JSON.
     page = client.post("/sign-out")
     assert page.status_code == 403 and "text/html" in page.content_type and "CSRF" in page.text

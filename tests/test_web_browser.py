@@ -39,12 +39,19 @@ def test_sign_in_create_copy_and_use_a_key(browser, live_server, web_user):
     curl = page.locator("code.curl").first.text_content()
     assert curl.startswith(f"curl {live_server}/api/v1/sessions") and f"Bearer {new_key}" in curl
     expect(page.locator("#keys tbody tr")).to_have_count(2)
-    expect(page.locator("#keys tbody")).to_contain_text("laptop <b>")  # a name is text, not markup
+    names = page.locator("#keys tbody input[name=name]")
+    expect(names.nth(1)).to_have_value("laptop <b>")  # a name is text, not markup
+    assert page.locator("#keys tbody b").count() == 0
     screenshot(page, "account-new-key")
+    names.nth(1).fill("desk")
+    page.locator("#keys tbody tr").nth(1).get_by_role("button", name="Rename").click()
+    expect(page.locator("#keys tbody input[name=name]").nth(1)).to_have_value("desk")
+    assert [k["name"] for k in requests.get(f"{live_server}/api/v1/api_keys", headers=web_user.headers,
+                                            timeout=10).json()] == ["test", "desk"]
     r = requests.get(f"{live_server}/api/v1/sessions", headers={"Authorization": f"Bearer {new_key}"}, timeout=10)
     assert r.status_code == 200
     page.once("dialog", lambda d: d.accept())
-    page.get_by_role("button", name="Delete key laptop <b>").click()
+    page.get_by_role("button", name="Delete key desk").click()
     expect(page.locator("#keys tbody tr")).to_have_count(1)
     time.sleep(SECRET_CACHE_SECONDS + 0.5)  # the other gunicorn worker may have remembered it that long
     assert requests.get(f"{live_server}/api/v1/sessions", headers={"Authorization": f"Bearer {new_key}"},

@@ -17,7 +17,9 @@
     const keys = await api("GET", "/api/v1/api_keys");
     const body = document.querySelector("#keys tbody");
     body.replaceChildren(...keys.map((k) => el("tr", {},
-      el("td", { text: k.name }),
+      el("td", {}, el("form", { class: "row rename", onsubmit: (e) => rename(e, k) },
+        el("input", { name: "name", value: k.name, maxlength: 200, required: true, "aria-label": `Name of key ${k.hint}` }),
+        el("button", { type: "submit", text: "Rename", "aria-label": `Rename key ${k.hint}` }))),
       el("td", {}, el("code", { text: k.hint })),
       el("td", { text: window.helix.when(k.created) }),
       el("td", {}, el("button", {
@@ -26,6 +28,14 @@
       })))));
     document.getElementById("keys-empty").hidden = keys.length > 0;
     document.getElementById("keys").hidden = keys.length === 0;
+  }
+
+  async function rename(event, key) {
+    event.preventDefault();
+    const name = event.target.elements.name.value.trim();
+    if (!name) return;
+    await api("PATCH", `/api/v1/api_keys?id=${encodeURIComponent(key.id)}`, { name });
+    await load();
   }
 
   async function remove(key) {

@@ -230,7 +230,9 @@
     });
     source.addEventListener("end", () => {
       stopFollowing();
-      refresh().catch(() => {});
+      // The stream ends when an interaction finishes; if the reply is still going (another turn
+      // finished, say), follow it again.
+      refresh().then(() => { if (unfinished()) setTimeout(follow, 500); }).catch(() => {});
     });
     source.addEventListener("error", () => {
       if (!source) return;
