@@ -57,3 +57,29 @@ def test_text_finetune_with_review_loss_chart_and_evaluation(browser, live_serve
     check_no_js_errors(page)
     screenshot(page, "finetune-complete")
     page.context.close()
+
+
+@pytest.mark.timeout(600)
+def test_image_finetune_with_captions_shows_its_samples(browser, live_server, runner, live_db, tmp_path):
+    from tests.test_image_finetune_flow import IMAGES
+
+    user = make_web_user(live_db)
+    for name, data in IMAGES.items():
+        (tmp_path / name).write_bytes(data)
+    page = signed_in_page(browser, live_server, user)
+    page.goto("/sessions/new?kind=image-finetune")
+    page.get_by_label("Images").set_input_files([tmp_path / name for name in IMAGES])
+    page.get_by_label("Caption for red-blue.png").fill("a red and blue <i>flag</i>")
+    page.locator("summary", has_text="Training settings").click()
+    page.get_by_label("Training steps").fill("20")
+    page.get_by_role("button", name="Start fine-tune").click()
+    page.wait_for_url(re.compile(r"/sessions/[0-9a-f-]{36}$"))
+    expect(page.locator("#stages li")).to_have_count(2)
+    expect(page.locator("#sample-images img")).to_have_count(2, timeout=300_000)
+    page.wait_for_function("() => [...document.querySelectorAll('#sample-images img')].every(i => i.complete && i.naturalWidth > 0)")
+    expect(page.locator("#sample-images figcaption").first).to_have_text("a red and blue <i>flag</i>")
+    expect(page.locator("#loss-chart svg path.series-0")).to_be_visible()
+    expect(page.get_by_label("Describe another picture")).to_be_visible()
+    check_no_js_errors(page)
+    screenshot(page, "image-finetune-complete")
+    page.context.close()
