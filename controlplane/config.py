@@ -91,6 +91,9 @@ class Config:
     cookie_secure: str = "auto"
     # How long a browser stays signed in.
     sign_in_days: float = 14.0
+    # Failed sign-ins for one email within 15 minutes before its password is not even checked
+    # (429) until the window passes: guessing passwords stays slow.
+    max_failed_sign_ins: int = 10
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Config":
@@ -137,6 +140,7 @@ class Config:
         if c.cookie_secure not in ("auto", "true", "false"):
             raise SettingError(f"HELIX_COOKIE_SECURE must be auto, true or false, got {c.cookie_secure!r}")
         c.sign_in_days = env_float(env, "HELIX_SIGN_IN_DAYS", c.sign_in_days)
+        c.max_failed_sign_ins = env_int(env, "HELIX_MAX_FAILED_SIGN_INS", c.max_failed_sign_ins)
         if c.sign_in_days <= 0:
             raise SettingError("HELIX_SIGN_IN_DAYS must be more than 0")
         return c

@@ -211,3 +211,16 @@ def test_the_admin_page_is_for_admins_only(app, member, db):
     assert page.status_code == 200 and "Recent scheduling decisions" in page.text
     assert 'href="/admin"' in page.text
     assert client.get("/api/v1/dashboard").status_code == 200  # what the page's script reads, by cookie
+
+
+def test_password_guessing_is_stopped_after_a_few_failures(app, member):
+    limit = app.config["HELIX"].max_failed_sign_ins
+    client = app.test_client()
+    for _ in range(limit):
+        assert sign_in(client, member[0]["email"].upper(), "a wrong guess").status_code == 401
+    refused = sign_in(client, member[0]["email"])  # even the right password, for a while
+    assert refused.status_code == 429 and "Too many failed sign-ins" in refused.text
+    other = sign_in(app.test_client(), "someone-else@example.com", "a wrong guess")
+    assert other.status_code == 401  # other emails are not held up
+    app.extensions["redis"].delete("helix:sign-in-failures:" + accounts.digest(member[0]["email"].lower()))
+    assert sign_in(client, member[0]["email"]).status_code == 302

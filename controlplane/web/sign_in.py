@@ -16,6 +16,29 @@ from controlplane.validation import text_field
 bp = Blueprint("sign_in", __name__)
 
 MAX_EMAIL_CHARS = 254
+FAILURE_WINDOW_SECONDS = 15 * 60
+
+
+def _failures_key(email: str) -> str:
+    return "helix:sign-in-failures:" + accounts.digest(email.strip().lower())
+
+
+def _too_many_failures(email: str) -> int:
+    """Seconds until this email may try again, or 0. Shared by every replica (Redis)."""
+    redis = current_app.extensions["redis"]
+    key = _failures_key(email)
+    failures = int(redis.get(key) or 0)
+    if failures < current_app.config["HELIX"].max_failed_sign_ins:
+        return 0
+    return max(1, redis.ttl(key))
+
+
+def _count_failure(email: str) -> None:
+    redis = current_app.extensions["redis"]
+    with redis.pipeline() as pipe:
+        pipe.set(_failures_key(email), 0, ex=FAILURE_WINDOW_SECONDS, nx=True)  # the window starts at the first
+        pipe.incr(_failures_key(email))
+        pipe.execute()
 
 
 def signed_in_page(view: Callable) -> Callable:
@@ -55,11 +78,18 @@ def sign_in():
     auth.check_csrf()
     email = text_field(request.form, "email", MAX_EMAIL_CHARS).strip()
     password = text_field(request.form, "password", accounts.MAX_PASSWORD_CHARS + 1)
+    wait = _too_many_failures(email)
+    if wait:
+        return render_template("sign_in.html", next=_next_page(), email=email,
+                               error=f"Too many failed sign-ins for this email: try again in {-(-wait // 60)}"
+                                     " minutes."), 429
     with db.transaction() as conn:
         user = accounts.user_for_password(conn, email, password) if email and password else None
     if user is None:
+        _count_failure(email)
         return render_template("sign_in.html", next=_next_page(), email=email,
                                error="That email and password do not match an account."), 401
+    current_app.extensions["redis"].delete(_failures_key(email))
     auth.sign_in(user, _lifetime())
     return redirect(_next_page())
 
