@@ -190,3 +190,44 @@ def test_the_admin_page_shows_runners_queues_and_decisions(browser, live_server,
     check_no_js_errors(page)
     screenshot(page, "admin")
     page.context.close()
+
+
+def test_a_reply_holding_markup_streams_in_as_text(browser, live_server, services, runner_token, web_user):
+    """A reply delivered the way a runner delivers one (its update route: deltas, then the final
+    message) full of HTML and script: shown live, as text, and nothing runs."""
+    from shared.runners import RUNNER_HEADER
+    from tests.conftest import hold_job
+
+    runner_id, model = f"html-{uuid.uuid4().hex[:6]}", "helix/markup-writer"
+    headers = {"Authorization": f"Bearer {runner_token}"}
+    r = requests.post(f"{live_server}/api/v1/runner/register", headers=headers, timeout=10,
+                      json={"runner_id": runner_id, "models": {"text": [model]}, "info": {}})
+    assert r.status_code == 200, r.text
+    s = requests.post(f"{live_server}/api/v1/sessions", headers=web_user.headers, timeout=10,
+                      data={"mode": "inference", "type": "text", "input": "write some HTML", "model_name": model}).json()
+    reply_id = s["interactions"][-1]["id"]
+    hold_job(services["redis_url"], reply_id, runner_id)  # as its worker would, taking the job
+    update = f"{live_server}/api/v1/runner/sessions/{s['id']}/interactions/{reply_id}"
+    headers[RUNNER_HEADER] = runner_id
+
+    page = signed_in_page(browser, live_server, web_user)
+    page.goto(f"/sessions/{s['id']}")
+    reply = page.locator("li.message.system")
+    expect(reply).to_have_attribute("data-state", "waiting")
+    page.wait_for_timeout(500)  # the page's event stream is open by now
+    first = '<script>window.pwned = 1</script> <img src="x" onerror="window.pwned = 2"> '
+    requests.post(update, headers=headers, json={"runner": runner_id, "delta": first}, timeout=10).raise_for_status()
+    expect(reply).to_contain_text('<img src="x" onerror="window.pwned = 2">')  # streamed in, as text
+    expect(reply).to_have_attribute("data-state", "waiting")
+    final = first + "and `<b>code</b>` with **bold**"
+    requests.post(update, headers=headers, timeout=10, json={"runner": runner_id, "state": "complete",
+                                                             "message": final, "final": True}).raise_for_status()
+    expect(reply).to_have_attribute("data-state", "complete")
+    expect(reply.locator("code")).to_have_text("<b>code</b>")
+    expect(reply.locator("strong")).to_have_text("bold")
+    assert reply.locator("script, img, b").count() == 0
+    page.wait_for_timeout(200)
+    assert page.evaluate("window.pwned") is None
+    check_no_js_errors(page)
+    screenshot(page, "reply-with-markup")
+    page.context.close()
