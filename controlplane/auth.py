@@ -7,8 +7,8 @@ sends none may be a signed-in browser: its cookie names a sign-in (sign_ins.py),
 that changes anything must also carry the page's CSRF token (Flask-WTF), since a browser sends
 cookies with requests other sites make it send.
 
-Valid API keys and sign-ins are remembered for a few seconds per process, so a status poll costs no key
-lookup: one indexed query for a poll. A key deleted here stops working at once; on other replicas
+Valid API keys and sign-ins are remembered for a few seconds per process, so a status poll costs
+no key lookup: one indexed query for a poll. A key deleted (or a browser signed out) here stops working at once; on other replicas
 within SECRET_CACHE_SECONDS. Runner tokens are looked up on every request, never remembered: a
 revoked token (`helix runners revoke`) is refused by every replica from its next request on, and a
 runner's request does database work anyway (one more indexed query).
@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Callable
-
 from datetime import timedelta
+from typing import Callable
 
 from cachetools import TTLCache
 from flask import Flask, g, request, session
