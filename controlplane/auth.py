@@ -9,9 +9,10 @@ cookies with requests other sites make it send.
 
 Valid API keys and sign-ins are remembered for a few seconds per process, so a status poll costs
 no key lookup: one indexed query for a poll. A key deleted (or a browser signed out) here stops
-working at once; on other replicas within SECRET_CACHE_SECONDS. Runner tokens are looked up on every request, never remembered: a
-revoked token (`helix runners revoke`) is refused by every replica from its next request on, and a
-runner's request does database work anyway (one more indexed query).
+working at once; on other replicas within SECRET_CACHE_SECONDS. Runner tokens are looked up on
+every request, never remembered: a revoked token (`helix runners revoke`) is refused by every
+replica from its next request on, and a runner's request does database work anyway (one more
+indexed query).
 """
 from __future__ import annotations
 
