@@ -1,12 +1,15 @@
-"""Users, their API keys and runner tokens. Secrets are stored only as SHA-256 digests."""
+"""Users, their passwords, API keys and runner tokens. Secrets are stored only as SHA-256 digests;
+passwords only as slow salted hashes (werkzeug's scrypt), since people reuse them."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import uuid
 from typing import Any
 
 import psycopg
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from shared.types import API_KEY_PREFIX, RUNNER_TOKEN_PREFIX
 
@@ -23,15 +26,63 @@ def _hint(secret: str) -> str:
     return secret[:7] + "…" + secret[-4:]
 
 
-def create_user(conn: psycopg.Connection, email: str, is_admin: bool = False) -> dict[str, Any]:
+# What a request sees of its user: never the password hash.
+USER_COLUMNS = "id, email, is_admin, created"
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_CHARS = 1000  # hashing is slow on purpose: a megabyte of password must not cost seconds
+
+
+def create_user(conn: psycopg.Connection, email: str, is_admin: bool = False, password: str = "") -> dict[str, Any]:
     return conn.execute(
-        "INSERT INTO users (id, email, is_admin) VALUES (%s, %s, %s) RETURNING *",
-        (str(uuid.uuid4()), email, is_admin),
+        f"INSERT INTO users (id, email, is_admin, password_hash) VALUES (%s, %s, %s, %s) RETURNING {USER_COLUMNS}",
+        (str(uuid.uuid4()), email, is_admin, hash_password(password) if password else ""),
     ).fetchone()
 
 
 def get_user_by_email(conn: psycopg.Connection, email: str) -> dict[str, Any] | None:
-    return conn.execute("SELECT * FROM users WHERE email = %s", (email,)).fetchone()
+    return conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE email = %s", (email,)).fetchone()
+
+
+def password_problem(password: str) -> str | None:
+    """Why a new password is refused, or None."""
+    if len(password) < MIN_PASSWORD_CHARS:
+        return f"a password must have at least {MIN_PASSWORD_CHARS} characters"
+    if len(password) > MAX_PASSWORD_CHARS:
+        return f"a password must have at most {MAX_PASSWORD_CHARS} characters"
+    return None
+
+
+def hash_password(password: str) -> str:
+    problem = password_problem(password)
+    if problem:
+        raise ValueError(problem)
+    return generate_password_hash(password)
+
+
+def set_password(conn: psycopg.Connection, user_id: str, password: str) -> None:
+    """Sets a user's password and signs out every browser signed in with the old one."""
+    conn.execute("UPDATE users SET password_hash = %s WHERE id = %s", (hash_password(password), user_id))
+    conn.execute("DELETE FROM sign_ins WHERE user_id = %s", (user_id,))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked when the email is unknown, so a wrong email takes as long as a wrong password."""
+    return generate_password_hash(secrets.token_urlsafe(16))
+
+
+def user_for_password(conn: psycopg.Connection, email: str, password: str) -> dict[str, Any] | None:
+    """The user with this email and password, or None (an unknown email and a wrong password look alike)."""
+    row = conn.execute(f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE lower(email) = lower(%s)"
+                       " ORDER BY email = %s DESC LIMIT 1", (email, email)).fetchone()
+    if len(password) > MAX_PASSWORD_CHARS:
+        return None
+    if row is None or not row["password_hash"]:
+        check_password_hash(_dummy_hash(), password)
+        return None
+    if not check_password_hash(row.pop("password_hash"), password):
+        return None
+    return row
 
 
 def create_api_key(conn: psycopg.Connection, owner: str, name: str) -> tuple[dict[str, Any], str]:
@@ -52,6 +103,13 @@ def list_api_keys(conn: psycopg.Connection, owner: str) -> list[dict[str, Any]]:
     ).fetchall()
 
 
+def rename_api_key(conn: psycopg.Connection, owner: str, key_id: str, name: str) -> dict[str, Any] | None:
+    return conn.execute(
+        "UPDATE api_keys SET name = %s WHERE owner = %s AND id = %s RETURNING id, owner, name, hint, created",
+        (name, owner, key_id),
+    ).fetchone()
+
+
 def delete_api_key(conn: psycopg.Connection, owner: str, key_or_id: str) -> bool:
     """Deletes one of the owner's keys, named by its id or by the key itself."""
     cur = conn.execute(
@@ -63,7 +121,8 @@ def delete_api_key(conn: psycopg.Connection, owner: str, key_or_id: str) -> bool
 
 def user_for_api_key(conn: psycopg.Connection, key: str) -> dict[str, Any] | None:
     return conn.execute(
-        "SELECT u.* FROM api_keys k JOIN users u ON u.id = k.owner WHERE k.digest = %s",
+        "SELECT u.id, u.email, u.is_admin, u.created FROM api_keys k JOIN users u ON u.id = k.owner"
+        " WHERE k.digest = %s",
         (digest(key),),
     ).fetchone()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Flask, jsonify, request
 from redis import Redis
 
-from controlplane import db, errors, events, metrics, request_context
+from controlplane import auth, db, errors, events, metrics, request_context, web
 from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.filestore import from_config
@@ -37,6 +37,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     apply_migrations(config.database_url)  # safe when every replica does it at once
     errors.init_app(app)
     db.init_app(app)
+    auth.init_app(app, config)
     # Every live event stream holds one connection (its subscription), besides the requests'.
     redis = Redis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=5,
                            health_check_interval=30, max_connections=config.max_event_streams + 200)
@@ -60,6 +61,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
                openai.bp, openai_finetuning_routes.bp, dashboard.bp):
         app.register_blueprint(bp)
     app.before_request(lambda: refuse_nul_in_url(request.path, request.args))
+    web.init_app(app)
 
     @app.get("/healthz")
     def healthz():

@@ -39,16 +39,44 @@ def _connect():
     return psycopg.connect(url, row_factory=dict_row)
 
 
+def _password(args) -> str:
+    """--password PW, or --password - to read it from the first line of standard input (a
+    password on the command line is visible to other users of the machine in `ps`)."""
+    from controlplane import accounts
+
+    password = sys.stdin.readline().rstrip("\n") if args.password == "-" else (args.password or "")
+    if password and (problem := accounts.password_problem(password)):
+        sys.exit(problem)
+    return password
+
+
 def cmd_users_create(args) -> None:
     from controlplane import accounts
 
+    password = _password(args)
     with _connect() as conn:
         if accounts.get_user_by_email(conn, args.email):
-            sys.exit(f"a user {args.email} already exists: use `helix keys create --email {args.email}`")
-        user = accounts.create_user(conn, args.email, is_admin=args.admin)
+            sys.exit(f"a user {args.email} already exists: use `helix keys create --email {args.email}`"
+                     f" or `helix users password {args.email} --password ...`")
+        user = accounts.create_user(conn, args.email, is_admin=args.admin, password=password)
         _, key = accounts.create_api_key(conn, user["id"], args.key_name)
-    print(f"created user {user['email']} ({user['id']}){' as admin' if args.admin else ''}")
+    print(f"created user {user['email']} ({user['id']}){' as admin' if args.admin else ''}"
+          f"{'; they can sign in to the web app' if password else ''}")
     print(key)
+
+
+def cmd_users_password(args) -> None:
+    from controlplane import accounts
+
+    password = _password(args)
+    if not password:
+        sys.exit("give the new password: --password PW (or --password - to read it from standard input)")
+    with _connect() as conn:
+        user = accounts.get_user_by_email(conn, args.email)
+        if user is None:
+            sys.exit(f"no user {args.email}: create one with `helix users create {args.email} --password ...`")
+        accounts.set_password(conn, user["id"], password)
+    print(f"password set for {args.email}; browsers signed in as them were signed out")
 
 
 def cmd_keys_create(args) -> None:
@@ -175,7 +203,12 @@ def parser() -> argparse.ArgumentParser:
     uc.add_argument("email")
     uc.add_argument("--admin", action="store_true")
     uc.add_argument("--key-name", default="default")
+    uc.add_argument("--password", help="a password for the web app (at least 8 characters; '-': read from stdin)")
     uc.set_defaults(func=cmd_users_create)
+    up_ = users.add_parser("password", help="set a user's web-app password (signs their browsers out)")
+    up_.add_argument("email")
+    up_.add_argument("--password", required=True, help="the new password ('-': read from stdin)")
+    up_.set_defaults(func=cmd_users_password)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     kc = keys.add_parser("create", help="create another API key for a user; prints it")

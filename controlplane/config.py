@@ -15,6 +15,17 @@ def _list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _flag(env: dict[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingError(f"{name} must be 1 or 0 (true or false), got {value!r}")
+
+
 @dataclass
 class Config:
     # PostgreSQL and Redis/Valkey; `helix up` sets both to its embedded servers.
@@ -75,6 +86,18 @@ class Config:
     # Memory each kind of work on a model needs (shared/memory.py's table, HELIX_MEMORY_NEEDS over
     # it): work no live runner serving its model could ever hold is refused at once.
     memory_needs: dict = field(default_factory=lambda: needs_from_env({}))
+    # The web app. The key that signs session cookies (every replica needs the same one): empty,
+    # one is made once and kept in the database.
+    secret_key: str = ""
+    # Whether anyone may create an account on the sign-up page (off: admins create users).
+    allow_sign_up: bool = False
+    # The session cookie's Secure flag: "auto" sets it on requests that came over https.
+    cookie_secure: str = "auto"
+    # How long a browser stays signed in.
+    sign_in_days: float = 14.0
+    # Failed sign-ins for one email within 15 minutes before its password is not even checked
+    # (429) until the window passes: guessing passwords stays slow.
+    max_failed_sign_ins: int = 10
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Config":
@@ -116,4 +139,13 @@ class Config:
         c.reconcile_interval = env_float(env, "HELIX_RECONCILE_INTERVAL", c.reconcile_interval)
         c.max_event_streams = env_int(env, "HELIX_MAX_EVENT_STREAMS", c.max_event_streams)
         c.max_event_streams_per_user = env_int(env, "HELIX_MAX_EVENT_STREAMS_PER_USER", c.max_event_streams_per_user)
+        c.secret_key = env.get("HELIX_SECRET_KEY", c.secret_key)
+        c.allow_sign_up = _flag(env, "HELIX_ALLOW_SIGN_UP", c.allow_sign_up)
+        c.cookie_secure = env.get("HELIX_COOKIE_SECURE", c.cookie_secure).strip().lower()
+        if c.cookie_secure not in ("auto", "true", "false"):
+            raise SettingError(f"HELIX_COOKIE_SECURE must be auto, true or false, got {c.cookie_secure!r}")
+        c.sign_in_days = env_float(env, "HELIX_SIGN_IN_DAYS", c.sign_in_days)
+        c.max_failed_sign_ins = env_int(env, "HELIX_MAX_FAILED_SIGN_INS", c.max_failed_sign_ins)
+        if c.sign_in_days <= 0:
+            raise SettingError("HELIX_SIGN_IN_DAYS must be more than 0")
         return c

@@ -55,7 +55,19 @@ def prepare_database(database_url: str, state_dir: Path) -> tuple[str, str]:
             conn, state_dir / "runner-token",
             lambda c, t: accounts.runner_token_row(c, t) is not None,
             lambda c: accounts.create_runner_token(c, "local runner")[1])
+        _dev_secret(conn, state_dir / "dev-password",
+                    lambda c, p: accounts.user_for_password(c, DEV_EMAIL, p) is not None,
+                    lambda c: _new_dev_password(c, user["id"]))
     return api_key, runner_token
+
+
+def _new_dev_password(conn, user_id: str) -> str:
+    """The development admin's web-app password: random, saved in .helix/dev-password (0600)."""
+    import secrets
+
+    password = secrets.token_urlsafe(12)
+    accounts.set_password(conn, user_id, password)
+    return password
 
 
 def control_plane_command(port: int, extra: Sequence[str] = ()) -> list[str]:
@@ -154,7 +166,8 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
                 HELIX_RUNNER_LOG_DIR=os.environ.get("HELIX_RUNNER_LOG_DIR", str(state_dir / "logs"))),
             ).start())
 
-        print(f"\nHelix is up at {api_url}\nAPI key (also in {state_dir / 'dev-api-key'}):\n{api_key}\n"
+        print(f"\nHelix is up at {api_url}\nWeb app: {api_url}/ — sign in as {DEV_EMAIL} with the password"
+              f" {(state_dir / 'dev-password').read_text().strip()} (also in {state_dir / 'dev-password'})\nAPI key (also in {state_dir / 'dev-api-key'}):\n{api_key}\n"
               f"Try: curl {api_url}/api/v1/sessions -H 'Authorization: Bearer {api_key}'"
               f" -d \"input=yo&mode=inference&type=text\"\n", flush=True)
         while True:

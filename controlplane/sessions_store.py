@@ -90,12 +90,19 @@ def get_session_with_interactions(conn: psycopg.Connection, session_id: str,
     return row
 
 
-def list_sessions(conn: psycopg.Connection, owner: str, offset: int, limit: int) -> tuple[list, int]:
+def list_sessions(conn: psycopg.Connection, owner: str, offset: int, limit: int,
+                  search: str = "") -> tuple[list, int]:
+    """The owner's sessions, newest first; `search` keeps those whose name or id holds it (any case)."""
+    where, params = "owner = %s", [owner]
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where += " AND (name ILIKE %s OR id ILIKE %s)"
+        params += [pattern, pattern]
     rows = conn.execute(
-        "SELECT * FROM sessions WHERE owner = %s ORDER BY created DESC, id LIMIT %s OFFSET %s",
-        (owner, limit, offset),
+        f"SELECT * FROM sessions WHERE {where} ORDER BY created DESC, id LIMIT %s OFFSET %s",
+        (*params, limit, offset),
     ).fetchall()
-    total = conn.execute("SELECT count(*) AS n FROM sessions WHERE owner = %s", (owner,)).fetchone()["n"]
+    total = conn.execute(f"SELECT count(*) AS n FROM sessions WHERE {where}", params).fetchone()["n"]
     return rows, total
 
 

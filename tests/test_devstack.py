@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,12 +37,22 @@ def wait_for_key(proc, state_dir, timeout=90) -> str:
     raise TimeoutError("".join(lines))
 
 
+def sign_in_as_dev(port: int, password: str) -> requests.Response:
+    browser = requests.Session()
+    page = browser.get(f"http://127.0.0.1:{port}/sign-in", timeout=10).text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    return browser.post(f"http://127.0.0.1:{port}/sign-in", allow_redirects=False, timeout=30,
+                        data={"email": "dev@helix.local", "password": password, "csrf_token": token})
+
+
 def test_up_prints_a_working_key_stops_cleanly_and_keeps_data(tmp_path):
     port, pg_port, redis_port = free_port(), free_port(), free_port()
     proc = start_up(tmp_path, port, pg_port, redis_port)
     try:
         key = wait_for_key(proc, tmp_path)
         assert key.startswith("hl-")
+        password = (tmp_path / "dev-password").read_text().strip()
+        assert sign_in_as_dev(port, password).status_code == 302  # the web app, with the printed password
         headers = {"Authorization": f"Bearer {key}"}
         r = requests.post(f"http://127.0.0.1:{port}/api/v1/sessions", headers=headers,
                           data={"input": "yo", "mode": "inference", "type": "text"})
@@ -75,6 +86,8 @@ def test_up_prints_a_working_key_stops_cleanly_and_keeps_data(tmp_path):
     proc = start_up(tmp_path, port, pg_port, redis_port)
     try:
         assert wait_for_key(proc, tmp_path) == key
+        assert (tmp_path / "dev-password").read_text().strip() == password
+        assert sign_in_as_dev(port, password).headers["Location"] == "/sessions"
         r = requests.get(f"http://127.0.0.1:{port}/api/v1/sessions/{session_id}", headers=headers)
         assert r.status_code == 200 and r.json()["interactions"][0]["message"] == "yo"
     finally:

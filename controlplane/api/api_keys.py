@@ -1,4 +1,4 @@
-"""A user's API keys: list, create (the key is shown once), delete."""
+"""A user's API keys: list, create (the key is shown once), rename, delete."""
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
@@ -29,6 +29,25 @@ def create_key():
     with db.transaction() as conn:
         row, key = accounts.create_api_key(conn, g.user["id"], name)
     return jsonify(api_key_view(row, key)), 201
+
+
+@bp.patch("")
+@require_user
+def rename_key():
+    key_id = request.args.get("id") or ""
+    if not key_id:
+        raise BadRequest("name the key to rename: ?id=<key id>")
+    form = request.get_json(silent=True) if request.is_json else request.form
+    if not isinstance(form, dict):
+        raise BadRequest("JSON body must be an object")
+    name = text_field(form, "name", 200).strip()
+    if not name:
+        raise BadRequest("send the key's new name as 'name' (not empty)")
+    with db.transaction() as conn:
+        row = accounts.rename_api_key(conn, g.user["id"], key_id, name)
+    if row is None:
+        raise NotFound("API key not found")
+    return jsonify(api_key_view(row))
 
 
 @bp.delete("")

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, stream_
 from controlplane import db, events, scheduling, sessions_store
 from controlplane.auth import require_user
 from controlplane.errors import BadRequest, NotFound
-from controlplane.validation import optional_int
+from controlplane.validation import optional_int, text_field
 from controlplane.views import session_view
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/v1/sessions")
@@ -56,8 +56,9 @@ def create_session():
 def list_sessions():
     offset = optional_int(request.args, "offset", 0, 10**9) or 0
     limit = optional_int(request.args, "limit", 1, 1000) or 50
+    search = text_field(request.args, "q", 200).strip()
     with db.transaction() as conn:
-        rows, total = sessions_store.list_sessions(conn, g.user["id"], offset, limit)
+        rows, total = sessions_store.list_sessions(conn, g.user["id"], offset, limit, search)
     # `counter` is Helix's spelling of the total; `total_count` the plainer one.
     return jsonify(sessions=[session_view(r, []) for r in rows], offset=offset, limit=limit,
                    total_count=total, counter={"count": total})
