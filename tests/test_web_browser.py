@@ -13,6 +13,7 @@ from playwright.sync_api import expect
 
 from controlplane.auth import SECRET_CACHE_SECONDS
 from tests.browser import browser, check_no_js_errors, make_web_user, screenshot, signed_in_page  # noqa: F401 (fixtures)
+from tests.conftest import freeze, thaw, vllm_server
 
 INJECTION = '<script>window.pwned = 1</script><img src="x" onerror="window.pwned = 2">**bold**'
 
@@ -94,6 +95,32 @@ def test_a_chat_streams_its_reply_and_never_runs_what_a_prompt_holds(browser, li
     assert any(state != "complete" and length > 0 for state, length in seen), seen[-20:]
     assert page.evaluate("window.pwned") is None
     screenshot(page, "chat")
+    page.context.close()
+
+
+def test_a_running_chat_is_stopped_then_run_again_from_the_page(browser, live_server, runner, web_user):
+    page = signed_in_page(browser, live_server, web_user)
+    server = vllm_server(runner)
+    freeze(server)  # the reply cannot finish before Stop is pressed
+    try:
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="New session").click()
+        page.get_by_label("Message").fill("Count to twenty")
+        page.get_by_role("button", name="Send").click()
+        page.wait_for_url(re.compile(r"/sessions/[0-9a-f-]{36}$"))
+        expect(page.get_by_role("button", name="Run again")).to_be_hidden()
+        page.get_by_role("button", name="Stop").click()
+        reply = page.locator("li.message.system").last
+        expect(reply).to_have_attribute("data-state", "error", timeout=30_000)
+        expect(reply).to_contain_text("cancelled by the user")
+        expect(page.get_by_role("button", name="Stop")).to_be_hidden()
+    finally:
+        thaw(server)
+    page.get_by_role("button", name="Run again").click()
+    expect(reply).to_have_attribute("data-state", "complete", timeout=120_000)
+    assert reply.locator(".body").text_content().strip()
+    expect(page.get_by_role("button", name="Run again")).to_be_hidden()
+    check_no_js_errors(page)
+    screenshot(page, "chat-stopped-and-run-again")
     page.context.close()
 
 

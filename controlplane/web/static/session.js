@@ -34,12 +34,20 @@
       if (gallery.childElementCount) body.append(gallery);
     }
     if (!interaction.finished) {
-      body.append(el("p", { class: "working", role: "status" },
-        interaction.status || (interaction.state === "waiting" && !interaction.message ? "Waiting for a runner…" : "Writing…"),
+      body.append(el("p", { class: "working", role: "status" }, workingText(interaction),
         interaction.progress ? ` (${interaction.progress}%)` : ""));
     }
     if (interaction.state === "error") body.append(el("p", { class: "error", text: `Failed: ${interaction.error || "unknown error"}` }));
     return body;
+  }
+
+  /* What an unfinished turn is doing; while its job is queued, why it waits and its place. */
+  function workingText(interaction) {
+    if (interaction.waiting_reason) {
+      const place = typeof interaction.queue_position === "number" ? ` (place ${interaction.queue_position + 1} in the queue)` : "";
+      return `Waiting: ${interaction.waiting_reason}${place}`;
+    }
+    return interaction.status || (interaction.state === "waiting" && !interaction.message ? "Waiting for a runner…" : "Writing…");
   }
 
   function previousPrompt(interaction) {
@@ -75,7 +83,7 @@
         el("span", { text: label }), el("span", { class: "visually-hidden", text: ` (${state})` }));
     }));
     document.getElementById("ft-status").textContent = turn.state === "error"
-      ? `Failed: ${turn.error}` : (turn.status || turn.data_prep_stage || turn.state);
+      ? `Failed: ${turn.error}` : turn.waiting_reason ? workingText(turn) : (turn.status || turn.data_prep_stage || turn.state);
     document.getElementById("ft-progress").value = turn.progress || 0;
     const errors = [];
     for (const [file, info] of Object.entries(turn.data_prep_chunks || {})) {
@@ -187,6 +195,24 @@
     reply.hidden = !canReply;
     document.getElementById("reply-label").textContent = session.type === "image" ? "Describe another picture" : "Message";
     document.getElementById("send").textContent = session.type === "image" ? "Generate" : "Send";
+    renderControls();
+  }
+
+  /* Stop while the last turn is queued or running; run it again once it failed or was stopped. */
+  function renderControls() {
+    const last = systemTurns().pop();
+    document.getElementById("cancel-work").hidden = !last || last.finished || last.state === "editing";
+    document.getElementById("restart-work").hidden = !last || !last.finished || last.state !== "error";
+  }
+
+  async function control(method, path, done) {
+    const status = document.getElementById("work-status");
+    try {
+      session = await api(method, `${base}/${path}`);
+      status.textContent = done;
+      render();
+      follow();
+    } catch (_) { /* the banner says why */ }
   }
 
   async function refresh() {
@@ -304,6 +330,9 @@
       button.disabled = false;
     }
   });
+
+  document.getElementById("cancel-work").addEventListener("click", () => control("POST", "cancel", "Stopped."));
+  document.getElementById("restart-work").addEventListener("click", () => control("PUT", "restart", "Running again."));
 
   refresh().then(follow).catch((err) => {
     document.getElementById("loading").textContent = `Could not load this session: ${err.message}`;
