@@ -12,9 +12,8 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from redis import Redis
 
-from controlplane import events, sessions_store
+from controlplane import sessions_store
 from controlplane.config import Config
 from controlplane.dispatch import Dispatcher, job_stage
 from controlplane.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -175,10 +174,13 @@ def _parse_update(body: Any) -> dict[str, Any]:
     return body
 
 
-def apply_update(conn: psycopg.Connection, redis: Redis, current: dict[str, Any], body: Any,
-                 runner_id: str) -> dict[str, Any]:
+def apply_update(conn: psycopg.Connection, current: dict[str, Any], body: Any,
+                 runner_id: str) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
     """Applies one update of `runner_id` to the interaction that authorize() returned for it,
-    still locked; once it is finished, authorize() refuses further updates with 409."""
+    still locked; once it is finished, authorize() refuses further updates with 409. Returns the
+    interaction's view and the live events that tell of it, for the caller to publish once its
+    transaction has committed: a client that reads the session on hearing of the final update
+    must find it stored."""
     session_id, interaction_id = current["session_id"], current["id"]
     update = _parse_update(body)
     if update.get("runner") not in (None, "", runner_id):
@@ -210,9 +212,7 @@ def apply_update(conn: psycopg.Connection, redis: Redis, current: dict[str, Any]
         sessions_store.touch_session(conn, session_id)
     view = interaction_view(row)
     # Streamed tokens go out as small delta events; every other change as the whole interaction.
-    if update.get("delta"):
-        events.publish(redis, session_id, EVENT_DELTA,
-                       {"interaction_id": interaction_id, "delta": update["delta"]})
+    told = [(EVENT_DELTA, {"interaction_id": interaction_id, "delta": update["delta"]})] if update.get("delta") else []
     if final or not update.get("delta"):
-        events.publish(redis, session_id, EVENT_INTERACTION, view)
-    return view
+        told.append((EVENT_INTERACTION, view))
+    return view, told

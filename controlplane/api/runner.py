@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from controlplane import db, metrics, runner_service, scheduling_decisions, sessions_store
+from controlplane import db, events, metrics, runner_service, scheduling_decisions, sessions_store
 from controlplane.auth import require_runner
 from controlplane.dispatch import job_stage
 from controlplane.errors import BadRequest, Conflict, NotFound
@@ -54,13 +54,14 @@ def register():
 def update_interaction(session_id: str, interaction_id: str):
     body = request.get_json(silent=True)
     named = body.get("runner") if isinstance(body, dict) and isinstance(body.get("runner"), str) else ""
+    redis = current_app.extensions["redis"]
     with db.transaction() as conn:
         interaction = _authorize(conn, session_id, interaction_id, named)
-        view = runner_service.apply_update(conn, current_app.extensions["redis"], interaction, body,
-                                           _acting_runner(named))
+        view, told = runner_service.apply_update(conn, interaction, body, _acting_runner(named))
         # Under the interaction's row lock: two updates of one attempt never both count as its first.
-        decision = scheduling_decisions.record(current_app.extensions["redis"], interaction,
-                                               job_stage(interaction), _acting_runner(named))
+        decision = scheduling_decisions.record(redis, interaction, job_stage(interaction), _acting_runner(named))
+    for event, data in told:  # committed now: whoever hears of it reads what it says
+        events.publish(redis, session_id, event, data)
     if decision is not None:
         metrics.observe_scheduling(decision)
     if view["finished"]:
