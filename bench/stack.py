@@ -24,6 +24,7 @@ import psycopg
 import requests
 from psycopg.rows import dict_row
 
+from bench.paths import REPO, models_dir  # noqa: F401 - models_dir is imported from here too
 from controlplane import accounts, sessions_store
 from controlplane.devstack import control_plane_command
 from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey
@@ -33,14 +34,9 @@ from shared.processes import LoggedProcess, free_port, wait_for_port
 from shared.runners import runner_environment
 from shared.types import Creator, InteractionState
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # Every reply runs to max_tokens, so both sides of a throughput ratio generate the same tokens.
 SAMPLING_EXTRA = {"ignore_eos": True}
-
-
-def models_dir() -> Path:
-    return Path(os.environ.get("HELIX_MODELS_DIR", REPO / ".helix" / "models"))
 
 
 def raise_open_file_limit() -> tuple[int, int]:
