@@ -159,7 +159,8 @@ class Dispatcher:
         if existing is not None:
             existing.delete()  # a dead runner's copy: drop it from every registry first
         job = queue.enqueue_call(
-            ENTRY_POINTS[kind], args=(payload,), job_id=job_id, timeout=self._timeout(kind, session, interactions, interaction_id),
+            ENTRY_POINTS[kind], args=(payload,), job_id=job_id,
+            timeout=self._timeout(kind, session, interactions, interaction_id),
             result_ttl=3600, failure_ttl=24 * 3600, retry=Retry(max=2),
             # The runner holds the job to the need the control plane checked the fleet against.
             meta={JOB_META_KEY: need_of(self.config.memory_needs, session["model_name"], kind)},
