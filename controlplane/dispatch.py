@@ -133,9 +133,17 @@ class Dispatcher:
         self.redis = redis
         self.config = config
 
-    def _timeout(self, kind: WorkKind, session: dict[str, Any]) -> int:
-        if kind == WorkKind.IMAGE_INFERENCE and session["config"].get("job_timeout"):
-            return int(session["config"]["job_timeout"])  # sized from the request's work and the runners' budget
+    def _timeout(self, kind: WorkKind, session: dict[str, Any], interactions: list[dict[str, Any]],
+                 interaction_id: str) -> int:
+        if kind == WorkKind.IMAGE_INFERENCE:
+            # Sized from the request's work and the runners' budget: a continuation's own (its
+            # fields may ask for more than the first prompt did), else the session's.
+            turn = _user_turn_before(interactions, next(i for i in interactions if i["id"] == interaction_id))
+            sized = turn.get("metadata", {})
+            if "job_timeout" not in sized:
+                sized = session["config"]
+            if sized.get("job_timeout"):
+                return int(sized["job_timeout"])
         return {WorkKind.IMAGE_INFERENCE: self.config.image_job_timeout,
                 WorkKind.TEXT_DATAPREP: self.config.dataprep_job_timeout,
                 WorkKind.TEXT_FINETUNE: self.config.finetune_job_timeout,
@@ -151,7 +159,8 @@ class Dispatcher:
         if existing is not None:
             existing.delete()  # a dead runner's copy: drop it from every registry first
         job = queue.enqueue_call(
-            ENTRY_POINTS[kind], args=(payload,), job_id=job_id, timeout=self._timeout(kind, session),
+            ENTRY_POINTS[kind], args=(payload,), job_id=job_id,
+            timeout=self._timeout(kind, session, interactions, interaction_id),
             result_ttl=3600, failure_ttl=24 * 3600, retry=Retry(max=2),
             # The runner holds the job to the need the control plane checked the fleet against.
             meta={JOB_META_KEY: need_of(self.config.memory_needs, session["model_name"], kind)},

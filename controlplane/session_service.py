@@ -226,16 +226,21 @@ class SessionService:
                                " fine-tune interaction is complete")
             scheduling.check_fleet(conn, self.config, session["model_name"],
                                    scheduling.kinds_of(SessionMode.INFERENCE, session["type"]))
+            metadata = None
             if session["type"] == SessionType.TEXT:
                 check_fits(conn, self.config, session["model_name"], prompt, None)
-            else:  # the runners may have changed since the session began
-                check_image_work(conn, self.config, session["model_name"], session["config"].get("image", {}))
+            else:
+                # An image prompt may carry the same settings as a new image session (seed
+                # included). The job runs the session's settings overridden by these, so that is
+                # the work checked against the runners' budget of now, and what sizes its timeout.
+                params = _job_params(form, SessionType.IMAGE)["image"]
+                timeout = check_image_work(conn, self.config, session["model_name"],
+                                           {**session["config"].get("image", {}), **params})
+                metadata = {"image": params, "job_timeout": timeout}  # None: no budget, the default
             previous = sessions_store.get_interactions(conn, session_id)
             if previous and not previous[-1]["finished"]:
                 raise Conflict("the previous reply is still being generated: wait for it to finish")
-            # An image prompt may carry the same settings as a new image session (seed included).
-            params = _job_params(form, SessionType.IMAGE)["image"] if session["type"] == SessionType.IMAGE else {}
-            interactions = previous + self._add_turn(conn, session, prompt, {"image": params} if params else None)
+            interactions = previous + self._add_turn(conn, session, prompt, metadata)
             sessions_store.touch_session(conn, session_id)
         conn.commit()
         self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])

@@ -185,3 +185,19 @@ def test_a_refused_upload_stores_nothing(client, user):
     assert r.status_code == 400
     assert client.get("/api/v1/filestore/get?path=ok1.txt", headers=user.headers).status_code == 404
     assert client.get("/api/v1/filestore/list", headers=user.headers).json == []
+
+
+def test_an_upload_refused_for_a_conflict_stores_nothing(client, user):
+    """Conflicts are checked for every file before any is written (ok1.txt was kept on a 409)."""
+    assert client.post("/api/v1/filestore/folder?path=taken", headers=user.headers).status_code == 201
+    r = client.post("/api/v1/filestore/upload", headers=user.headers, content_type="multipart/form-data",
+                    data={"files": [(io.BytesIO(b"1"), "ok1.txt"), (io.BytesIO(b"2"), "taken")]})
+    assert r.status_code == 409, r.json
+    assert client.get("/api/v1/filestore/get?path=ok1.txt", headers=user.headers).status_code == 404
+    assert "taken" in r.json["error"]  # which name is in the way
+    assert upload(client, user, "", "note", b"x").status_code == 201
+    r = client.post("/api/v1/filestore/upload?path=note/sub", headers=user.headers,
+                    content_type="multipart/form-data", data={"files": [(io.BytesIO(b"1"), "ok2.txt")]})
+    assert r.status_code == 409, r.json  # a file where the folder should be
+    listed = client.get("/api/v1/filestore/list", headers=user.headers).json
+    assert sorted((f["name"], f["directory"]) for f in listed) == [("note", False), ("taken", True)]

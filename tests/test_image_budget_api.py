@@ -91,6 +91,39 @@ def test_continuing_an_image_session_is_held_to_the_budget_of_now(client, user, 
     assert r.status_code == 400 and "at most 65536 pixels" in r.json["error"], r.json
 
 
+def test_a_continuation_s_own_image_fields_are_held_to_the_budget_and_size_its_timeout(
+        client, user, runner_headers, config):
+    """The job runs the session's settings overridden by the turn's, so those are what is checked
+    (a PUT over the budget was queued where a new session with the same fields got 400)."""
+    model = f"acme/sd-{uuid.uuid4().hex[:6]}"
+    runner_id = f"img-{uuid.uuid4().hex[:8]}"
+    assert register(client, runner_headers, model, BUDGET.to_info(), runner_id).status_code == 200
+    r = create(client, user, model_name=model, width="256", height="256", steps="10")
+    assert r.status_code == 201, r.json
+    sid, iid = r.json["id"], r.json["interactions"][-1]["id"]
+    assert r.json["config"]["job_timeout"] == BUDGET.job_timeout(256, 256, 10, 1)
+    hold_job(config.redis_url, iid, runner_id, kind="image-inference")
+    done = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}",
+                       headers={**runner_headers, RUNNER_HEADER: runner_id}, json={"state": "complete", "final": True})
+    assert done.status_code == 200, done.json
+
+    over = {"input": "another", "width": "512", "height": "512", "steps": "150", "num_images": "4"}
+    r = client.put(f"/api/v1/sessions/{sid}", headers=user.headers, data=over)
+    assert r.status_code == 400 and "at most 60 s per request" in r.json["error"], r.json
+    assert create(client, user, model_name=model, **over).status_code == 400  # as a new session is
+
+    # Fits, but is more work than the first prompt: 512x512 at the session's 10 steps.
+    r = client.put(f"/api/v1/sessions/{sid}", headers=user.headers,
+                   data={"input": "another", "width": "512", "height": "512"})
+    assert r.status_code == 200, r.json
+    expected = BUDGET.job_timeout(512, 512, 10, 1)
+    assert expected > r.json["config"]["job_timeout"]
+    job = Job.fetch(job_id_for(r.json["interactions"][-1]["id"]), connection=Redis.from_url(config.redis_url),
+                    serializer=JSONSerializer)
+    assert job.timeout == expected
+    assert (job.args[0]["width"], job.args[0]["steps"]) == (512, 10)
+
+
 def test_without_an_announced_budget_the_documented_limits_hold(client, user, config):
     r = create(client, user, width="2048", height="2048", steps="150", num_images="4")
     assert r.status_code == 201, r.json  # no runner of this app announced one: the runner holds the job to its own

@@ -6,7 +6,7 @@ import mimetypes
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from controlplane.auth import require_user
-from controlplane.errors import BadRequest
+from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.filestore import FileInfo, UserFiles, user_path
 from controlplane.views import iso_time
 
@@ -75,9 +75,51 @@ def upload():
         if "/" in name:
             raise BadRequest("file names must not contain '/'")
         targets.append(f"{folder}/{name}" if folder else name)
-    saved = [file_view(files, files.store.write(files.key(target), upload.stream))
-             for upload, target in zip(uploads, targets)]
+    new = _check_targets(files, folder, targets)
+    saved, written = [], []
+    try:
+        for upload, target in zip(uploads, targets):
+            saved.append(file_view(files, files.store.write(files.key(target), upload.stream)))
+            written.append(target)
+    except BaseException:
+        # A write that still fails (a body cut short, a folder made meanwhile) takes back the
+        # files this request created; one it replaced cannot be given back.
+        for target in written:
+            if target in new:
+                try:
+                    files.store.delete(files.key(target))
+                except Exception:
+                    pass  # gone already: nothing to take back
+        raise
     return jsonify(saved), 201
+
+
+def _check_targets(files: UserFiles, folder: str, targets: list[str]) -> set[str]:
+    """Refuses an upload any of whose files could not be written (a folder in a file's place, a
+    file in the folder's), before any is: a refused request stores nothing. Returns the targets
+    that do not exist yet."""
+    parts = folder.split("/") if folder else []
+    for n in range(1, len(parts) + 1):
+        info = _stat(files, "/".join(parts[:n]))
+        if info is None:
+            break  # nothing further down exists either
+        if not info.directory:
+            raise Conflict(f"a file stands where a folder of this path should be: {'/'.join(parts[:n])}")
+    new = set()
+    for target in targets:
+        info = _stat(files, target)
+        if info is None:
+            new.add(target)
+        elif info.directory:
+            raise Conflict(f"a folder with that name exists: {target}")
+    return new
+
+
+def _stat(files: UserFiles, path: str) -> FileInfo | None:
+    try:
+        return files.store.stat(files.key(path))
+    except NotFound:
+        return None
 
 
 @bp.post("/folder")
