@@ -14,9 +14,16 @@ from controlplane.openai_finetuning import OpenAIFineTuning
 from controlplane.openai_service import OpenAIService
 from controlplane.finetune_service import FinetuneService
 from controlplane.request_body import JSONProvider, Request
+from controlplane.session_cache import SessionCache
 from controlplane.session_service import SessionService
 from controlplane.validation import refuse_nul_in_url
 from shared import logs
+
+
+def _refuse_nul_in_url() -> None:
+    # A NUL reaches the query's values only as a raw NUL or %00: most queries need no parsing.
+    query = request.environ.get("QUERY_STRING", "")
+    refuse_nul_in_url(request.path, request.args if "\x00" in query or "%00" in query else None)
 
 
 def create_app(config: Config | None = None, *, start_reconciler: bool = True) -> Flask:
@@ -50,6 +57,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
                           openai_finetuning=OpenAIFineTuning(config, dispatcher, openai_files, redis))
     app.extensions.update(redis=redis, dispatcher=dispatcher, filestore=filestore, finetune_service=finetune,
                           session_service=sessions, openai_service=OpenAIService(config, sessions, filestore, redis),
+                          session_cache=SessionCache(config.database_url, config.session_cache_mb * 1024 * 1024),
                           event_streams=events.StreamSlots(config.max_event_streams, config.max_event_streams_per_user))
 
     from controlplane.api import api_keys, dashboard, filestore as filestore_routes, finetune as finetune_routes
@@ -60,7 +68,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     for bp in (session_routes.bp, openai.helix_chat, finetune_routes.bp, api_keys.bp, runner.bp, filestore_routes.bp,
                openai.bp, openai_finetuning_routes.bp, dashboard.bp):
         app.register_blueprint(bp)
-    app.before_request(lambda: refuse_nul_in_url(request.path, request.args))
+    app.before_request(_refuse_nul_in_url)
     web.init_app(app)
 
     @app.get("/healthz")

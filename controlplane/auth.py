@@ -43,19 +43,25 @@ SIGN_IN = "sign_in"
 csrf = CSRFProtect()
 
 
+def _query_names_key() -> bool:
+    """Whether the query has ?access_token= (its raw text looked at first: most requests have none)."""
+    return "access_token" in request.environ.get("QUERY_STRING", "") and "access_token" in request.args
+
+
 def _sends_key() -> bool:
-    return "Authorization" in request.headers or "access_token" in request.args
+    return "HTTP_AUTHORIZATION" in request.environ or _query_names_key()
 
 
 def _bearer() -> str:
-    if "access_token" in request.args and not (request.endpoint == QUERY_KEY_ENDPOINT and request.method == "GET"):
+    in_query = _query_names_key()
+    if in_query and not (request.endpoint == QUERY_KEY_ENDPOINT and request.method == "GET"):
         raise Unauthorized("?access_token= is accepted only by GET /api/v1/sessions/{id}/events:"
                            " send the key as 'Authorization: Bearer <key>'")
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    if request.args.get("access_token"):
+    if in_query and request.args.get("access_token"):
         return request.args["access_token"]
     raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
 
@@ -164,7 +170,19 @@ def sign_out() -> None:
 
 
 class _SessionCookies(SecureCookieSessionInterface):
-    """Flask's signed session cookie, Secure when the request came over https ("auto")."""
+    """Flask's signed session cookie, Secure when the request came over https ("auto"). A request
+    without the cookie (every API-key request) gets an empty session without Flask building its
+    signing serializer on the way in and reading the cookie settings on the way out: a status
+    poll pays for neither."""
+
+    def open_session(self, app: Flask, request):
+        if app.secret_key and "HTTP_COOKIE" not in request.environ:
+            return self.session_class()
+        return super().open_session(app, request)
+
+    def save_session(self, app: Flask, session, response) -> None:
+        if session or session.modified or session.accessed:
+            super().save_session(app, session, response)
 
     def get_cookie_secure(self, app: Flask) -> bool:
         setting = app.config["HELIX"].cookie_secure

@@ -98,6 +98,9 @@ class Config:
     # Failed sign-ins for one email within 15 minutes before its password is not even checked
     # (429) until the window passes: guessing passwords stays slow.
     max_failed_sign_ins: int = 10
+    # Memory each control-plane process gives to recent status-poll answers (session_cache.py),
+    # in MiB; 0 turns the copy off and every poll reads PostgreSQL.
+    session_cache_mb: int = 64
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Config":
@@ -146,6 +149,9 @@ class Config:
             raise SettingError(f"HELIX_COOKIE_SECURE must be auto, true or false, got {c.cookie_secure!r}")
         c.sign_in_days = env_float(env, "HELIX_SIGN_IN_DAYS", c.sign_in_days)
         c.max_failed_sign_ins = env_int(env, "HELIX_MAX_FAILED_SIGN_INS", c.max_failed_sign_ins)
+        c.session_cache_mb = env_int(env, "HELIX_SESSION_CACHE_MB", c.session_cache_mb)
+        if c.session_cache_mb < 0:
+            raise SettingError("HELIX_SESSION_CACHE_MB must be 0 (off) or more")
         if c.sign_in_days <= 0:
             raise SettingError("HELIX_SIGN_IN_DAYS must be more than 0")
         return c

@@ -40,6 +40,11 @@ RECONCILER = Counter("helix_reconciler_checks_total",
                      ["result"])
 FINISHED = Counter("helix_interactions_finished_total", "Interactions a runner finished, by final state",
                    ["state"])
+STATUS_POLLS = Counter("helix_status_polls_total",
+                       "GET /api/v1/sessions/{id} answers, by where they came from (copy: this process's"
+                       " session cache, database: PostgreSQL)", ["answered_from"])
+POLL_FROM_COPY = STATUS_POLLS.labels("copy")
+POLL_FROM_DATABASE = STATUS_POLLS.labels("database")
 SCHEDULING_WAIT = Histogram("helix_scheduling_wait_seconds",
                             "Time a job waited in its queue before a runner started it, by queue",
                             ["queue"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600))

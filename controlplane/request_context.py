@@ -10,9 +10,9 @@ HELIX_ACCESS_LOG=all, none with `off`.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from flask import Flask, g, request
 
@@ -38,7 +38,7 @@ def init_app(app: Flask, access: str = "writes") -> None:
     @app.before_request
     def _bind_ids():
         sent = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = sent if _PLAIN_ID.fullmatch(sent) else uuid.uuid4().hex
+        g.request_id = sent if _PLAIN_ID.fullmatch(sent) else os.urandom(16).hex()
         g.log_started = time.perf_counter()
         args = request.view_args or {}
         ids = {"session_id": args.get("session_id"), "interaction_id": args.get("interaction_id")}
@@ -46,7 +46,7 @@ def init_app(app: Flask, access: str = "writes") -> None:
 
     @app.after_request
     def _send_id(response):
-        response.headers[REQUEST_ID_HEADER] = g.get("request_id") or uuid.uuid4().hex
+        response.headers[REQUEST_ID_HEADER] = g.get("request_id") or os.urandom(16).hex()
         wanted = access == "all" or (access == "writes" and _is_logged_write(response.status_code))
         if wanted:
             started = g.get("log_started")

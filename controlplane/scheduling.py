@@ -119,6 +119,11 @@ def waiting_status(conn: psycopg.Connection, redis: Redis, config: Config, sessi
     return {"queue_position": position, "waiting_reason": reason}
 
 
+def waits_in_queue(view: dict[str, Any]) -> bool:
+    """Whether the session view shows an interaction whose queue position annotate() added."""
+    return any("queue_position" in interaction for interaction in view["interactions"])
+
+
 def annotate(conn: psycopg.Connection, redis: Redis, config: Config, view: dict[str, Any],
              session: dict[str, Any]) -> dict[str, Any]:
     """Adds the waiting status to the session view's unfinished interactions, in place."""

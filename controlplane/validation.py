@@ -74,9 +74,10 @@ def text_field(form: Mapping[str, str], name: str, max_chars: int, required: boo
     return value
 
 
-def refuse_nul_in_url(path: str, args: MultiDict) -> None:
-    """NUL cannot be stored or looked up in PostgreSQL text: refuse it before any route runs."""
-    if "\x00" in path or any("\x00" in k or "\x00" in v for k, v in args.items(multi=True)):
+def refuse_nul_in_url(path: str, args: MultiDict | None) -> None:
+    """NUL cannot be stored or looked up in PostgreSQL text: refuse it before any route runs
+    (`args` None: a query that holds none)."""
+    if "\x00" in path or (args and any("\x00" in k or "\x00" in v for k, v in args.items(multi=True))):
         raise BadRequest("the URL path and query must not contain NUL bytes (%00)")
 
 

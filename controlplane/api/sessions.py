@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
-from controlplane import db, events, scheduling, sessions_store
+from controlplane import db, events, metrics, scheduling, sessions_store
 from controlplane.auth import require_user
 from controlplane.errors import BadRequest, NotFound
 from controlplane.validation import optional_int, text_field
@@ -74,8 +74,20 @@ def _full_view(conn, session_id: str) -> dict:
 @bp.get("/<session_id>")
 @require_user
 def get_session(session_id: str):
+    """The status poll: answered from this process's copy while no change was announced."""
+    cache = current_app.extensions["session_cache"]
+    kept = cache.get(session_id, g.user["id"])
+    if kept is not None:
+        metrics.POLL_FROM_COPY.inc()
+        return current_app.response_class(kept, mimetype="application/json")
+    metrics.POLL_FROM_DATABASE.inc()
+    mark = cache.mark()
     with db.read() as conn:
-        return jsonify(_full_view(conn, session_id))
+        view = _full_view(conn, session_id)
+    response = jsonify(view)
+    if not scheduling.waits_in_queue(view):  # a queue position changes with no write to announce it
+        cache.put(session_id, g.user["id"], response.get_data(), mark)
+    return response
 
 
 @bp.post("/<session_id>/cancel")

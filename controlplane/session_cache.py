@@ -1,0 +1,189 @@
+"""Recent status-poll answers, kept per control-plane process so a poll of an unchanged session
+costs no query.
+
+Curl scripts and SDKs poll `GET /api/v1/sessions/{id}` many times per change. Every change to
+what that answer shows fires a trigger that announces the session's id on the channel
+`helix_session_changed` (migration 0007); each process LISTENs on one connection of its own and
+drops the answers it hears of.
+
+Hearing is made certain, not likely: a kept answer is served only after a sync on the listening
+connection that began after the poll arrived (an empty query). PostgreSQL signals every listening
+backend while a transaction commits, before its writer hears COMMIT, and a backend sends the
+notifications it was signalled about before it reports itself ready for the next query; so once
+the sync is answered, every change committed before the poll arrived has been heard, whichever
+process or replica wrote it (a client never reads a session older than its own last write). One
+sync serves every poll that arrived before it was sent: under load a handful of polls share one
+empty query, which costs PostgreSQL next to nothing.
+
+While the listener is down or reconnecting, polls read PostgreSQL and nothing is kept; on
+(re)connecting the copy is emptied. An answer read before an announcement and offered after it is
+not kept (a count of announcements, taken before the read). Answers whose content changes with
+no write are not kept at all: an interaction still queued shows its place in the queue, read from
+Redis at each poll. No answer is kept longer than MAX_AGE_SECONDS, a safety net only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from typing import Callable
+
+import psycopg
+from cachetools import TTLCache
+from psycopg import pq
+
+CHANNEL = "helix_session_changed"
+APPLICATION_NAME = "helix-session-cache"  # how the listening connection shows in pg_stat_activity
+MAX_AGE_SECONDS = 60.0
+# One answer may take at most this share of the copy (a fine-tune's pairs can be megabytes).
+LARGEST_SHARE = 16
+# A poll waits at most this long for its sync before it reads PostgreSQL itself.
+SYNC_WAIT_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
+
+
+class SessionCache:
+    """Answers (JSON bytes) by session id with their owner, dropped when PostgreSQL announces a change."""
+
+    def __init__(self, database_url: str, max_bytes: int, clock: Callable[[], float] = time.monotonic):
+        self._url = database_url
+        self._max_bytes = max_bytes
+        self._answers: TTLCache = TTLCache(maxsize=max(max_bytes, 1), ttl=MAX_AGE_SECONDS, timer=clock,
+                                           getsizeof=lambda entry: len(entry[1]) + 200)
+        self._changed = threading.Condition()  # guards everything below; told when a sync is answered
+        self._listening = False
+        self._heard = 0  # announcements (and reconnections) so far: an answer read before one is not kept
+        self._syncs_wanted = 0  # the newest ticket a poll took
+        self._syncs_done = 0  # every ticket up to this one has had its sync answered
+        self._started_in: int | None = None  # the process that started the listener (gunicorn forks)
+        self._pgconn: pq.abc.PGconn | None = None  # the listening connection, while it listens
+        self._sync_in_flight = 0  # the ticket the empty query on the wire answers for (0: none)
+        self._stopping = threading.Event()
+        self._was_listening = False  # the last connection got as far as LISTEN (then retry at once)
+
+    @property
+    def enabled(self) -> bool:
+        return self._max_bytes > 0
+
+    def get(self, session_id: str, owner: str) -> bytes | None:
+        """The kept answer, once every change committed before this call has been heard; None
+        when there is none (or it is another user's, or the listener is away)."""
+        if not self.enabled:
+            return None
+        self._ensure_listening()
+        with self._changed:
+            entry = self._answers.get(session_id)
+            if entry is None or entry[0] != owner or not self._listening:
+                return None
+            self._syncs_wanted += 1
+            ticket = self._syncs_wanted
+            if not self._sync_in_flight:
+                self._send_sync()
+            answered = self._changed.wait_for(lambda: self._syncs_done >= ticket or not self._listening,
+                                              SYNC_WAIT_SECONDS)
+            if not (answered and self._listening and self._answers.get(session_id) is entry):
+                return None
+        return entry[1]
+
+    def mark(self) -> int | None:
+        """Taken before reading a session from PostgreSQL: None when the answer must not be kept."""
+        if not self.enabled:
+            return None
+        with self._changed:
+            return self._heard if self._listening else None
+
+    def put(self, session_id: str, owner: str, answer: bytes, mark: int | None) -> None:
+        """Keeps an answer read after `mark`, unless a change was announced since."""
+        if mark is None or len(answer) * LARGEST_SHARE > self._max_bytes:
+            return
+        with self._changed:
+            if self._heard == mark and self._listening:
+                self._answers[session_id] = (owner, answer)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _send_sync(self) -> None:
+        """Sends an empty query on the listening connection (holding the lock); its answer is the
+        sync of every ticket taken so far. A poll sends it itself: no wake-up of the listener."""
+        try:
+            self._pgconn.send_query(b"")
+        except Exception:  # noqa: BLE001 - the listener finds the connection broken and starts over
+            return
+        self._sync_in_flight = self._syncs_wanted
+
+    def _forget(self, session_id: str) -> None:
+        self._heard += 1
+        if session_id == "*":
+            self._answers.clear()
+        else:
+            self._answers.pop(session_id, None)
+
+    def _ensure_listening(self) -> None:
+        pid = os.getpid()
+        if self._started_in == pid:
+            return
+        with self._changed:
+            if self._started_in == pid:
+                return
+            self._started_in, self._listening = pid, False
+            self._answers.clear()
+            threading.Thread(target=self._listen_forever, name="helix-session-cache", daemon=True).start()
+
+    def _listen_forever(self) -> None:
+        delay = 0.1
+        while not self._stopping.is_set():
+            self._was_listening = False
+            try:
+                self._listen()
+            except Exception as err:  # noqa: BLE001 - any failure: polls read PostgreSQL until it is back
+                # Once per outage: a stopped PostgreSQL would otherwise log every retry.
+                (log.warning if self._was_listening else log.debug)(
+                    "session cache listener: %s: %s; polls read PostgreSQL until it is back",
+                    type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+            finally:
+                with self._changed:
+                    self._listening, self._pgconn, self._sync_in_flight = False, None, 0
+                    self._heard += 1
+                    self._answers.clear()
+                    self._changed.notify_all()
+            delay = 0.1 if self._was_listening else min(delay * 2, 5.0)
+            self._stopping.wait(delay)
+
+    def _listen(self) -> None:
+        # TCP keepalives: a peer gone without closing the connection is noticed within seconds.
+        with psycopg.connect(self._url, autocommit=True, application_name=APPLICATION_NAME, keepalives=1,
+                             keepalives_idle=5, keepalives_interval=2, keepalives_count=3) as conn:
+            conn.execute(f"LISTEN {CHANNEL}")
+            pgconn = conn.pgconn
+            with self._changed:
+                self._answers.clear()  # what was announced before LISTEN is unknown
+                self._heard += 1
+                self._listening, self._pgconn, self._sync_in_flight = True, pgconn, 0
+            self._was_listening = True
+            while not self._stopping.is_set():
+                # The patched select under gevent (other greenlets run meanwhile), else the OS's.
+                readable, _, _ = select.select([pgconn.socket], [], [], 5.0)
+                if not readable:
+                    continue
+                with self._changed:
+                    pgconn.consume_input()  # raises when the connection is gone
+                    synced = False
+                    while self._sync_in_flight and not pgconn.is_busy():  # get_result() would block while busy
+                        result = pgconn.get_result()
+                        if result is None:  # ReadyForQuery: what it was signalled of came before it
+                            synced = True
+                            break
+                        if result.status not in (pq.ExecStatus.EMPTY_QUERY, pq.ExecStatus.COMMAND_OK):
+                            raise psycopg.OperationalError(f"sync failed: {result.error_message!r}")
+                    while (note := pgconn.notifies()) is not None:
+                        self._forget(note.extra.decode())
+                    if synced:
+                        self._syncs_done, self._sync_in_flight = self._sync_in_flight, 0
+                        if self._syncs_wanted > self._syncs_done:  # polls that came while it was on the wire
+                            self._send_sync()
+                        self._changed.notify_all()
+
