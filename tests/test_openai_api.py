@@ -7,12 +7,17 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import openai
 import pytest
 import requests
 from PIL import Image
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
 
+from shared.jobs import WorkKind, queue_name
 from tests.conftest import IMAGE_MODEL, REAL_TEXT_MODEL, TEXT_MODEL, start_control_plane, wait_for_session
 from tests.test_finetune_flow import _create, _pairs, _system, _until_review
 
@@ -53,7 +58,9 @@ def test_stream_with_usage_and_sampling(live_server, runner, live_user):
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 1
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0 and not chunks[-1].choices
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    final = wait_for_session(live_server, live_user, _session_id_of_stream(live_server, live_user, chunks[0].id))
+    assert {c.session_id for c in chunks} == {chunks[0].session_id}, "every chunk names the call's session"
+    final = wait_for_session(live_server, live_user, chunks[0].session_id)
+    assert final["interactions"][-1]["id"] == chunks[0].id.removeprefix("chatcmpl-")
     assert final["interactions"][-1]["message"] == text
 
     same = [client.chat.completions.create(model=TEXT_MODEL, messages=[{"role": "user", "content": "x"}],
@@ -63,17 +70,6 @@ def test_stream_with_usage_and_sampling(live_server, runner, live_user):
     several = client.chat.completions.create(model=TEXT_MODEL, messages=[{"role": "user", "content": "x"}],
                                              max_tokens=8, temperature=1.0, n=3)
     assert [c.index for c in several.choices] == [0, 1, 2] and all(c.message.content for c in several.choices)
-
-
-def _session_id_of_stream(base_url, user, chunk_id: str) -> str:
-    """A stream's chunks name the reply; the caller's newest session holds it."""
-    sessions = requests.get(f"{base_url}/api/v1/sessions?limit=20", headers=user.headers, timeout=10).json()
-    reply_id = chunk_id.removeprefix("chatcmpl-")
-    for s in sessions["sessions"]:
-        full = requests.get(f"{base_url}/api/v1/sessions/{s['id']}", headers=user.headers, timeout=10).json()
-        if any(i["id"] == reply_id for i in full["interactions"]):
-            return s["id"]
-    raise AssertionError("no session holds the streamed reply")
 
 
 def test_plain_completion_and_models(live_server, runner, live_user):
@@ -154,19 +150,53 @@ def one_stream_server(services, tmp_path_factory):
     proc.stop()
 
 
-def test_rate_limit_and_conflict(one_stream_server, make_live_user):
-    user = make_live_user()
+def test_rate_limit_and_conflict(one_stream_server, services, make_live_user):
+    """A call past the caller's stream slots is refused before anything is stored or queued."""
+    user, unserved = make_live_user(), "helix/nobody-serves-this"
     client = sdk(one_stream_server, user, max_retries=0)
-    waiting = client.chat.completions.create(model="helix/nobody-serves-this", stream=True,
-                                             messages=[{"role": "user", "content": "x"}])
+    queue = Queue(queue_name(WorkKind.TEXT_INFERENCE, unserved), connection=Redis.from_url(services["redis_url"]),
+                  serializer=JSONSerializer)
+
+    def stored() -> tuple[int, int]:
+        listed = requests.get(f"{one_stream_server}/api/v1/sessions", headers=user.headers, timeout=10).json()
+        return listed["total_count"], queue.count
+
+    with pytest.raises(openai.NotFoundError):  # a call refused after taking its slot gives it back
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    waiting = client.chat.completions.create(model=unserved, stream=True, messages=[{"role": "user", "content": "x"}])
     first = next(iter(waiting))  # the call is open, its reply queued
-    with pytest.raises(openai.RateLimitError):
-        client.chat.completions.create(model="helix/nobody-serves-this", messages=[{"role": "user", "content": "y"}])
-    waiting.close()
-    sid = _session_id_of_stream(one_stream_server, user, first.id)
-    with pytest.raises(openai.ConflictError):  # its reply is still queued: no second turn yet
+    before = stored()
+    assert before[0] == 1 and before[1] >= 1
+    ask = {"model": unserved, "messages": [{"role": "user", "content": "y"}]}
+    for refused in (
+            lambda: client.chat.completions.create(**ask),
+            lambda: client.chat.completions.create(**ask, stream=True),
+            lambda: client.completions.create(model=unserved, prompt="y"),
+            lambda: client.images.generate(prompt="y", size="64x64")):
+        with pytest.raises(openai.RateLimitError) as limited:
+            refused()
+        assert limited.value.body["type"] == "rate_limit_error", limited.value.body
+    with pytest.raises(openai.RateLimitError):  # Helix's route: a 429 in Helix's own error shape
         client.post(f"{one_stream_server}/api/v1/sessions/chat", cast_to=object, body={
-            "session_id": sid, "messages": [{"role": "user", "content": {"content_type": "text", "parts": ["z"]}}]})
+            "model": unserved, "messages": [{"role": "user", "content": {"content_type": "text", "parts": ["y"]}}]})
+    assert stored() == before, "a refused call stored a session or queued a job"
+    waiting.close()  # the server frees its slot at its next write, within about two seconds
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:  # its reply is still queued: no second turn yet
+            client.post(f"{one_stream_server}/api/v1/sessions/chat", cast_to=object, body={
+                "session_id": first.session_id,
+                "messages": [{"role": "user", "content": {"content_type": "text", "parts": ["z"]}}]})
+        except openai.RateLimitError:
+            assert time.monotonic() < deadline, "the closed stream's slot was never freed"
+            time.sleep(0.2)
+        except openai.ConflictError as conflict:
+            assert "still being generated" in str(conflict.body), conflict.body
+            break
+        else:
+            raise AssertionError("a second turn was taken while the first reply was queued")
+    assert stored() == before
 
 
 @pytest.mark.timeout(600)
