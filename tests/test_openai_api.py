@@ -1,7 +1,7 @@
 """The OpenAI-compatible API driven by the official `openai` package, against the platform under
-gunicorn with a real runner: chat, streams, sampling, JSON-schema output (on the real model),
-models (fine-tuned ones included), plain completions, images, Helix's sessions/chat, and each
-error class the SDK raises."""
+gunicorn with a real runner: chat, streams (to their `[DONE]` line), sampling settings, JSON
+output (on the real model), models (fine-tuned ones included), plain completions, images, Helix's
+sessions/chat (blocking and streamed), and each error class the SDK raises."""
 from __future__ import annotations
 
 import base64
@@ -72,6 +72,56 @@ def test_stream_with_usage_and_sampling(live_server, runner, live_user):
     assert [c.index for c in several.choices] == [0, 1, 2] and all(c.message.content for c in several.choices)
 
 
+def test_top_p_stop_and_max_completion_tokens(live_server, runner, live_user):
+    """On the tiny model (random weights, so only the engine's settings shape the reply): a tiny
+    top_p leaves the most likely token only, so sampling gives the greedy reply whatever the
+    seed; a stop string cuts that reply just before it; max_completion_tokens caps the count."""
+    client = sdk(live_server, live_user)
+    ask = {"model": TEXT_MODEL, "messages": [{"role": "user", "content": "What is the weather like?"}],
+           "max_tokens": 16}
+    greedy = client.chat.completions.create(**ask, temperature=0).choices[0]
+    assert greedy.finish_reason == "length" and greedy.message.content
+    sampled = [client.chat.completions.create(**ask, temperature=1.0, seed=seed, **extra).choices[0].message.content
+               for seed in (1, 2) for extra in ({}, {"top_p": 1e-6})]
+    assert sampled[1] == sampled[3] == greedy.message.content, "top_p did not narrow sampling to the top token"
+    assert greedy.message.content not in (sampled[0], sampled[2]), "sampling without top_p gave the greedy reply"
+
+    text = greedy.message.content
+    stop = next(text[i:i + n] for n in (3, 2, 1) for i in range(1, len(text) - n + 1)  # first seen past the start
+                if text[i:i + n].strip() and text.index(text[i:i + n]) == i)
+    cut = client.chat.completions.create(**ask, temperature=0, stop=[stop, "never appears"]).choices[0]
+    assert stop not in cut.message.content and text.startswith(cut.message.content), (stop, cut.message.content)
+    assert len(cut.message.content) < len(text) and cut.finish_reason == "stop"
+
+    capped = client.chat.completions.create(**ask, temperature=0, max_completion_tokens=3)
+    assert capped.usage.completion_tokens == 3 and capped.choices[0].finish_reason == "length"
+
+
+def test_raw_streams_end_with_done_and_name_their_session(live_server, runner, live_user):
+    """The literal `data: [DONE]` line ends a stream (the SDK would also stop at the end of the
+    body, so the raw lines are read), on /v1/chat/completions and on Helix's sessions/chat."""
+    client = sdk(live_server, live_user)
+    with client.chat.completions.with_streaming_response.create(
+            model=TEXT_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True) as raw:
+        assert raw.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in raw.iter_lines() if line and not line.startswith(":")]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert chunks and {c["session_id"] for c in chunks} == {chunks[0]["session_id"]}
+
+    r = requests.post(f"{live_server}/api/v1/sessions/chat", headers=live_user.headers, stream=True, timeout=60,
+                      json={"stream": True, "messages": [{"role": "user", "content": {
+                          "content_type": "text", "parts": ["where is Paris?"]}}]})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    lines = [line for line in r.iter_lines(decode_unicode=True) if line and not line.startswith(":")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks) and chunks[-1]["choices"][0]["finish_reason"]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    session = wait_for_session(live_server, live_user, chunks[0]["session_id"])
+    assert text and session["interactions"][-1]["message"] == text and session["interactions"][-1]["finished"]
+
+
 def test_plain_completion_and_models(live_server, runner, live_user):
     client = sdk(live_server, live_user)
     done = client.completions.create(model=TEXT_MODEL, prompt="Once upon a time", max_tokens=8)
@@ -92,6 +142,16 @@ def test_json_schema_output_is_constrained_by_the_engine(live_server, real_runne
         response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}})
     value = json.loads(response.choices[0].message.content)
     assert set(value) == {"city", "population"} and isinstance(value["population"], int), value
+
+
+def test_json_object_output_parses(live_server, real_runner, live_user):
+    """json_object holds the reply to JSON's grammar but not its length: the tiny model's random
+    tokens fill any string to max_tokens, so the real model shows the object closing."""
+    response = sdk(live_server, live_user).chat.completions.create(
+        model=REAL_TEXT_MODEL, max_tokens=60, temperature=0, response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": 'Reply with the JSON object {"answer": "yes"} and nothing else.'}])
+    choice = response.choices[0]
+    assert isinstance(json.loads(choice.message.content), dict) and choice.finish_reason == "stop", choice
 
 
 def test_images_as_b64_json_and_url(live_server, runner, live_user):
