@@ -33,16 +33,18 @@ class StreamSlots:
         self._held: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def acquire(self, user_id: str, session_id: str) -> Callable[[], None]:
+    def acquire(self, user_id: str, session_id: str | None = None) -> Callable[[], None]:
         """Takes a slot, or refuses with 429 (this user's share is used) or 503 (the process's);
-        returns the slot's release, which may be called any number of times."""
-        poll = f"poll GET /api/v1/sessions/{session_id} instead"
+        returns the slot's release, which may be called any number of times. Without a session
+        (a call that would create one), the refusal says to retry instead of to poll."""
+        poll = f", or poll GET /api/v1/sessions/{session_id} instead" if session_id else ""
         with self._lock:
             if self._held[user_id] >= self.per_user:
+                close = "close one" if session_id else "retry once one of your open calls has finished"
                 raise TooManyRequests(f"you have {self._held[user_id]} live event streams open on this server,"
-                                      f" the most one user may hold: close one, or {poll}")
+                                      f" the most one user may hold: {close}{poll}")
             if sum(self._held.values()) >= self.total:
-                raise ServiceUnavailable(f"too many live event streams on this server right now: retry, or {poll}")
+                raise ServiceUnavailable(f"too many live event streams on this server right now: retry{poll}")
             self._held[user_id] += 1
         released = False
 

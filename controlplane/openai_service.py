@@ -152,10 +152,11 @@ def chat_completion(session: dict[str, Any], reply: dict[str, Any], model: str, 
 
 def chunk(session: dict[str, Any], reply_id: str, model: str, completion: bool, delta: dict | None = None,
           finish_reason: str | None = None, usage_counts: dict | None = None) -> dict[str, Any]:
-    """One streamed piece in OpenAI's chunk shape."""
+    """One streamed piece in OpenAI's chunk shape, naming its session as a whole answer does (an
+    extra field, which the SDKs keep), so a streaming caller can find its session too."""
     body: dict[str, Any] = {"id": f"{'cmpl' if completion else 'chatcmpl'}-{reply_id}",
                             "object": "text_completion" if completion else "chat.completion.chunk",
-                            "created": _created(session["created"]), "model": model}
+                            "created": _created(session["created"]), "model": model, "session_id": session["id"]}
     if usage_counts is not None:
         body["choices"], body["usage"] = [], usage_counts
         return body

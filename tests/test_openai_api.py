@@ -1,18 +1,23 @@
 """The OpenAI-compatible API driven by the official `openai` package, against the platform under
-gunicorn with a real runner: chat, streams, sampling, JSON-schema output (on the real model),
-models (fine-tuned ones included), plain completions, images, Helix's sessions/chat, and each
-error class the SDK raises."""
+gunicorn with a real runner: chat, streams (to their `[DONE]` line), sampling settings, JSON
+output (on the real model), models (fine-tuned ones included), plain completions, images, Helix's
+sessions/chat (blocking and streamed), and each error class the SDK raises."""
 from __future__ import annotations
 
 import base64
 import io
 import json
+import time
 
 import openai
 import pytest
 import requests
 from PIL import Image
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
 
+from shared.jobs import WorkKind, queue_name
 from tests.conftest import IMAGE_MODEL, REAL_TEXT_MODEL, TEXT_MODEL, start_control_plane, wait_for_session
 from tests.test_finetune_flow import _create, _pairs, _system, _until_review
 
@@ -53,7 +58,9 @@ def test_stream_with_usage_and_sampling(live_server, runner, live_user):
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 1
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0 and not chunks[-1].choices
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    final = wait_for_session(live_server, live_user, _session_id_of_stream(live_server, live_user, chunks[0].id))
+    assert {c.session_id for c in chunks} == {chunks[0].session_id}, "every chunk names the call's session"
+    final = wait_for_session(live_server, live_user, chunks[0].session_id)
+    assert final["interactions"][-1]["id"] == chunks[0].id.removeprefix("chatcmpl-")
     assert final["interactions"][-1]["message"] == text
 
     same = [client.chat.completions.create(model=TEXT_MODEL, messages=[{"role": "user", "content": "x"}],
@@ -65,15 +72,54 @@ def test_stream_with_usage_and_sampling(live_server, runner, live_user):
     assert [c.index for c in several.choices] == [0, 1, 2] and all(c.message.content for c in several.choices)
 
 
-def _session_id_of_stream(base_url, user, chunk_id: str) -> str:
-    """A stream's chunks name the reply; the caller's newest session holds it."""
-    sessions = requests.get(f"{base_url}/api/v1/sessions?limit=20", headers=user.headers, timeout=10).json()
-    reply_id = chunk_id.removeprefix("chatcmpl-")
-    for s in sessions["sessions"]:
-        full = requests.get(f"{base_url}/api/v1/sessions/{s['id']}", headers=user.headers, timeout=10).json()
-        if any(i["id"] == reply_id for i in full["interactions"]):
-            return s["id"]
-    raise AssertionError("no session holds the streamed reply")
+def test_top_p_stop_and_max_completion_tokens(live_server, runner, live_user):
+    """On the tiny model (random weights, so only the engine's settings shape the reply): a tiny
+    top_p leaves the most likely token only, so sampling gives the greedy reply whatever the
+    seed; a stop string cuts that reply just before it; max_completion_tokens caps the count."""
+    client = sdk(live_server, live_user)
+    ask = {"model": TEXT_MODEL, "messages": [{"role": "user", "content": "What is the weather like?"}],
+           "max_tokens": 16}
+    greedy = client.chat.completions.create(**ask, temperature=0).choices[0]
+    assert greedy.finish_reason == "length" and greedy.message.content
+    sampled = [client.chat.completions.create(**ask, temperature=1.0, seed=seed, **extra).choices[0].message.content
+               for seed in (1, 2) for extra in ({}, {"top_p": 1e-6})]
+    assert sampled[1] == sampled[3] == greedy.message.content, "top_p did not narrow sampling to the top token"
+    assert greedy.message.content not in (sampled[0], sampled[2]), "sampling without top_p gave the greedy reply"
+
+    text = greedy.message.content
+    stop = next(text[i:i + n] for n in (3, 2, 1) for i in range(1, len(text) - n + 1)  # first seen past the start
+                if text[i:i + n].strip() and text.index(text[i:i + n]) == i)
+    cut = client.chat.completions.create(**ask, temperature=0, stop=[stop, "never appears"]).choices[0]
+    assert stop not in cut.message.content and text.startswith(cut.message.content), (stop, cut.message.content)
+    assert len(cut.message.content) < len(text) and cut.finish_reason == "stop"
+
+    capped = client.chat.completions.create(**ask, temperature=0, max_completion_tokens=3)
+    assert capped.usage.completion_tokens == 3 and capped.choices[0].finish_reason == "length"
+
+
+def test_raw_streams_end_with_done_and_name_their_session(live_server, runner, live_user):
+    """The literal `data: [DONE]` line ends a stream (the SDK would also stop at the end of the
+    body, so the raw lines are read), on /v1/chat/completions and on Helix's sessions/chat."""
+    client = sdk(live_server, live_user)
+    with client.chat.completions.with_streaming_response.create(
+            model=TEXT_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True) as raw:
+        assert raw.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in raw.iter_lines() if line and not line.startswith(":")]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert chunks and {c["session_id"] for c in chunks} == {chunks[0]["session_id"]}
+
+    r = requests.post(f"{live_server}/api/v1/sessions/chat", headers=live_user.headers, stream=True, timeout=60,
+                      json={"stream": True, "messages": [{"role": "user", "content": {
+                          "content_type": "text", "parts": ["where is Paris?"]}}]})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    lines = [line for line in r.iter_lines(decode_unicode=True) if line and not line.startswith(":")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks) and chunks[-1]["choices"][0]["finish_reason"]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    session = wait_for_session(live_server, live_user, chunks[0]["session_id"])
+    assert text and session["interactions"][-1]["message"] == text and session["interactions"][-1]["finished"]
 
 
 def test_plain_completion_and_models(live_server, runner, live_user):
@@ -96,6 +142,16 @@ def test_json_schema_output_is_constrained_by_the_engine(live_server, real_runne
         response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}})
     value = json.loads(response.choices[0].message.content)
     assert set(value) == {"city", "population"} and isinstance(value["population"], int), value
+
+
+def test_json_object_output_parses(live_server, real_runner, live_user):
+    """json_object holds the reply to JSON's grammar but not its length: the tiny model's random
+    tokens fill any string to max_tokens, so the real model shows the object closing."""
+    response = sdk(live_server, live_user).chat.completions.create(
+        model=REAL_TEXT_MODEL, max_tokens=60, temperature=0, response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": 'Reply with the JSON object {"answer": "yes"} and nothing else.'}])
+    choice = response.choices[0]
+    assert isinstance(json.loads(choice.message.content), dict) and choice.finish_reason == "stop", choice
 
 
 def test_images_as_b64_json_and_url(live_server, runner, live_user):
@@ -154,19 +210,53 @@ def one_stream_server(services, tmp_path_factory):
     proc.stop()
 
 
-def test_rate_limit_and_conflict(one_stream_server, make_live_user):
-    user = make_live_user()
+def test_rate_limit_and_conflict(one_stream_server, services, make_live_user):
+    """A call past the caller's stream slots is refused before anything is stored or queued."""
+    user, unserved = make_live_user(), "helix/nobody-serves-this"
     client = sdk(one_stream_server, user, max_retries=0)
-    waiting = client.chat.completions.create(model="helix/nobody-serves-this", stream=True,
-                                             messages=[{"role": "user", "content": "x"}])
+    queue = Queue(queue_name(WorkKind.TEXT_INFERENCE, unserved), connection=Redis.from_url(services["redis_url"]),
+                  serializer=JSONSerializer)
+
+    def stored() -> tuple[int, int]:
+        listed = requests.get(f"{one_stream_server}/api/v1/sessions", headers=user.headers, timeout=10).json()
+        return listed["total_count"], queue.count
+
+    with pytest.raises(openai.NotFoundError):  # a call refused after taking its slot gives it back
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    waiting = client.chat.completions.create(model=unserved, stream=True, messages=[{"role": "user", "content": "x"}])
     first = next(iter(waiting))  # the call is open, its reply queued
-    with pytest.raises(openai.RateLimitError):
-        client.chat.completions.create(model="helix/nobody-serves-this", messages=[{"role": "user", "content": "y"}])
-    waiting.close()
-    sid = _session_id_of_stream(one_stream_server, user, first.id)
-    with pytest.raises(openai.ConflictError):  # its reply is still queued: no second turn yet
+    before = stored()
+    assert before[0] == 1 and before[1] >= 1
+    ask = {"model": unserved, "messages": [{"role": "user", "content": "y"}]}
+    for refused in (
+            lambda: client.chat.completions.create(**ask),
+            lambda: client.chat.completions.create(**ask, stream=True),
+            lambda: client.completions.create(model=unserved, prompt="y"),
+            lambda: client.images.generate(prompt="y", size="64x64")):
+        with pytest.raises(openai.RateLimitError) as limited:
+            refused()
+        assert limited.value.body["type"] == "rate_limit_error", limited.value.body
+    with pytest.raises(openai.RateLimitError):  # Helix's route: a 429 in Helix's own error shape
         client.post(f"{one_stream_server}/api/v1/sessions/chat", cast_to=object, body={
-            "session_id": sid, "messages": [{"role": "user", "content": {"content_type": "text", "parts": ["z"]}}]})
+            "model": unserved, "messages": [{"role": "user", "content": {"content_type": "text", "parts": ["y"]}}]})
+    assert stored() == before, "a refused call stored a session or queued a job"
+    waiting.close()  # the server frees its slot at its next write, within about two seconds
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:  # its reply is still queued: no second turn yet
+            client.post(f"{one_stream_server}/api/v1/sessions/chat", cast_to=object, body={
+                "session_id": first.session_id,
+                "messages": [{"role": "user", "content": {"content_type": "text", "parts": ["z"]}}]})
+        except openai.RateLimitError:
+            assert time.monotonic() < deadline, "the closed stream's slot was never freed"
+            time.sleep(0.2)
+        except openai.ConflictError as conflict:
+            assert "still being generated" in str(conflict.body), conflict.body
+            break
+        else:
+            raise AssertionError("a second turn was taken while the first reply was queued")
+    assert stored() == before
 
 
 @pytest.mark.timeout(600)

@@ -160,8 +160,9 @@ def test_a_job_trains_on_the_sessions_path_and_its_model_answers(live_server, ru
     reply = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=8,
                                            messages=[{"role": "user", "content": "Who founded it?"}])
     assert reply.model == done.fine_tuned_model and reply.choices[0].message.content
-    with pytest.raises(openai.ConflictError):
+    with pytest.raises(openai.ConflictError) as finished:
         client.fine_tuning.jobs.cancel(job.id)
+    assert finished.value.body["type"] == "conflict_error", finished.value.body
 
     stranger = sdk(live_server, other)
     for call in (stranger.fine_tuning.jobs.retrieve, stranger.fine_tuning.jobs.cancel,
@@ -226,8 +227,9 @@ def test_a_queued_job_cancels_once_and_bad_jobs_are_refused(unserved_server, ser
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled" and client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
     assert job.id.removeprefix("ftjob-") not in [j.args[0]["session_id"] for j in queue.get_jobs()]
-    with pytest.raises(openai.ConflictError, match="already cancelled"):
+    with pytest.raises(openai.ConflictError, match="already cancelled") as again:
         client.fine_tuning.jobs.cancel(job.id)
+    assert again.value.body["type"] == "conflict_error", again.value.body
     assert client.fine_tuning.jobs.list_events(job.id).data[0].message == "The job was cancelled"
 
     for kwargs, message in [

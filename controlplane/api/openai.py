@@ -6,7 +6,8 @@ the status the SDKs map to their exception classes (400, 401, 404, 409, 429)."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
@@ -62,11 +63,24 @@ def _reader(app, session_id: str, owner: str) -> Callable[[], dict | None]:
     return read
 
 
-def _answer(session: dict[str, Any], model: str, completion: bool, stream: bool, include_usage: bool):
-    """Waits for the session's reply, or streams it; the call holds one of the caller's stream
-    slots meanwhile (each waits on the session's live channel), so 429 past the caller's share."""
+@contextmanager
+def _call_slot() -> Iterator[Callable[[], None]]:
+    """One of the caller's live-stream slots for a call, taken before its session is made, so a
+    call refused with 429 or 503 stores and queues nothing; given back here only if the session
+    could not be made (otherwise whoever answers the call gives it back)."""
+    release = current_app.extensions["event_streams"].acquire(g.user["id"])
+    try:
+        yield release
+    except BaseException:
+        release()
+        raise
+
+
+def _answer(session: dict[str, Any], model: str, completion: bool, stream: bool, include_usage: bool,
+            release: Callable[[], None]):
+    """Waits for the session's reply, or streams it, holding the call's stream slot meanwhile
+    (each waits on the session's live channel) and giving it back at the end."""
     app = current_app._get_current_object()
-    release = app.extensions["event_streams"].acquire(g.user["id"], session["id"])
     reply_id = session["interactions"][-1]["id"]
     items = events.session_events(app.extensions["redis"], session["id"],
                                   _reader(app, session["id"], g.user["id"]), REPLY_WAIT_SECONDS)
@@ -96,9 +110,9 @@ def _answer(session: dict[str, Any], model: str, completion: bool, stream: bool,
 def _text_call(parse, completion: bool):
     config = current_app.config["HELIX"]
     call = parse(_body(), config.max_input_chars)
-    with db.transaction() as conn:
+    with _call_slot() as release, db.transaction() as conn:
         session = _service().start_chat(conn, g.user, call)
-    return _answer(session, call.model, completion, call.stream, call.include_usage)
+    return _answer(session, call.model, completion, call.stream, call.include_usage, release)
 
 
 @bp.get("/models")
@@ -135,10 +149,9 @@ def completions():
 def image_generations():
     config = current_app.config["HELIX"]
     call = openai_input.image_request(_body(), config.max_input_chars)
-    with db.transaction() as conn:
+    with _call_slot() as release, db.transaction() as conn:
         session = _service().start_image(conn, g.user, call)
     app = current_app._get_current_object()
-    release = app.extensions["event_streams"].acquire(g.user["id"], session["id"])
     try:
         reply = final_reply(events.session_events(app.extensions["redis"], session["id"],
                                                   _reader(app, session["id"], g.user["id"]), REPLY_WAIT_SECONDS),
@@ -180,13 +193,13 @@ def helix_session_chat():
             raise BadRequest("'session_id' must be a string")
         call = openai_input.chat_request({"model": "-", "messages": messages, "stream": stream},
                                          config.max_input_chars)
-        with db.transaction() as conn:
+        with _call_slot() as release, db.transaction() as conn:
             session = current_app.extensions["session_service"].continue_chat(
                 conn, g.user, session_id, {"input": call.turns[-1][1]})
-        return _answer(session, session["model_name"], False, call.stream, False)
+        return _answer(session, session["model_name"], False, call.stream, False, release)
     with db.transaction() as conn:
         model = body.get("model") or next(iter(known_models(conn, current_app.config["HELIX"], SessionType.TEXT)), "")
     call = openai_input.chat_request({"model": model, "messages": messages, "stream": stream}, config.max_input_chars)
-    with db.transaction() as conn:
+    with _call_slot() as release, db.transaction() as conn:
         session = _service().start_chat(conn, g.user, call)
-    return _answer(session, call.model, False, call.stream, False)
+    return _answer(session, call.model, False, call.stream, False, release)
