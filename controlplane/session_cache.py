@@ -32,6 +32,7 @@ from typing import Callable
 
 import psycopg
 from cachetools import TTLCache
+from gevent import monkey
 from psycopg import pq
 
 CHANNEL = "helix_session_changed"
@@ -45,6 +46,27 @@ SYNC_WAIT_SECONDS = 1.0
 log = logging.getLogger(__name__)
 
 
+class _Answer:
+    """A kept answer and whose it is."""
+    __slots__ = ("owner", "body")
+
+    def __init__(self, owner: str, body: bytes):
+        self.owner, self.body = owner, body
+
+
+class _Sync:
+    """The polls one empty query answers for: told when its answer came (ok) or the listener failed."""
+    __slots__ = ("done", "ok")
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.ok = False
+
+    def end(self, ok: bool) -> None:
+        self.ok = ok
+        self.done.set()
+
+
 class SessionCache:
     """Answers (JSON bytes) by session id with their owner, dropped when PostgreSQL announces a change."""
 
@@ -52,15 +74,16 @@ class SessionCache:
         self._url = database_url
         self._max_bytes = max_bytes
         self._answers: TTLCache = TTLCache(maxsize=max(max_bytes, 1), ttl=MAX_AGE_SECONDS, timer=clock,
-                                           getsizeof=lambda entry: len(entry[1]) + 200)
-        self._changed = threading.Condition()  # guards everything below; told when a sync is answered
+                                           getsizeof=lambda answer: len(answer.body) + 200)
+        self._lock = threading.Lock()  # guards everything below
         self._listening = False
         self._heard = 0  # announcements (and reconnections) so far: an answer read before one is not kept
-        self._syncs_wanted = 0  # the newest ticket a poll took
-        self._syncs_done = 0  # every ticket up to this one has had its sync answered
-        self._started_in: int | None = None  # the process that started the listener (gunicorn forks)
         self._pgconn: pq.abc.PGconn | None = None  # the listening connection, while it listens
-        self._sync_in_flight = 0  # the ticket the empty query on the wire answers for (0: none)
+        self._gathering: _Sync | None = None  # polls that arrived since the last empty query was sent
+        self._on_wire: _Sync | None = None  # the polls the empty query on the wire answers for
+        self._send_soon: Callable[[Callable[[], None]], object] | None = None  # gevent: after this loop turn
+        self._send_planned = False
+        self._started_in: int | None = None  # the process that started the listener (gunicorn forks)
         self._stopping = threading.Event()
         self._was_listening = False  # the last connection got as far as LISTEN (then retry at once)
 
@@ -74,46 +97,63 @@ class SessionCache:
         if not self.enabled:
             return None
         self._ensure_listening()
-        with self._changed:
-            entry = self._answers.get(session_id)
-            if entry is None or entry[0] != owner or not self._listening:
+        with self._lock:
+            answer = self._answers.get(session_id)
+            if answer is None or answer.owner != owner or not self._listening:
                 return None
-            self._syncs_wanted += 1
-            ticket = self._syncs_wanted
-            if not self._sync_in_flight:
-                self._send_sync()
-            answered = self._changed.wait_for(lambda: self._syncs_done >= ticket or not self._listening,
-                                              SYNC_WAIT_SECONDS)
-            if not (answered and self._listening and self._answers.get(session_id) is entry):
-                return None
-        return entry[1]
+            sync = self._gathering = self._gathering or _Sync()
+            if self._on_wire is None and not self._send_planned:
+                if self._send_soon is None:
+                    self._send_sync()
+                else:  # under gevent the polls this loop turn serves share one empty query
+                    self._send_planned = True
+                    self._send_soon(self._planned_send)
+        if not sync.done.wait(SYNC_WAIT_SECONDS) or not sync.ok:
+            return None
+        with self._lock:
+            # Still kept: not dropped on hearing of a change (nor expired, nor pushed out) meanwhile.
+            return answer.body if self._listening and self._answers.get(session_id) is answer else None
 
     def mark(self) -> int | None:
         """Taken before reading a session from PostgreSQL: None when the answer must not be kept."""
         if not self.enabled:
             return None
-        with self._changed:
+        with self._lock:
             return self._heard if self._listening else None
 
     def put(self, session_id: str, owner: str, answer: bytes, mark: int | None) -> None:
         """Keeps an answer read after `mark`, unless a change was announced since."""
         if mark is None or len(answer) * LARGEST_SHARE > self._max_bytes:
             return
-        with self._changed:
+        with self._lock:
             if self._heard == mark and self._listening:
-                self._answers[session_id] = (owner, answer)
+                self._answers[session_id] = _Answer(owner, answer)
 
     def stop(self) -> None:
         self._stopping.set()
 
+    def _planned_send(self) -> None:
+        """Runs in gevent's hub, which must never block: the lock is held only between switches, but
+        should it be held, the send waits for the next loop turn."""
+        if not self._lock.acquire(blocking=False):
+            self._send_soon(self._planned_send)
+            return
+        try:
+            self._send_planned = False
+            self._send_sync()
+        finally:
+            self._lock.release()
+
     def _send_sync(self) -> None:
-        """Sends an empty query on the listening connection (holding the lock); its answer is the
-        sync of every ticket taken so far. A poll sends it itself: no wake-up of the listener."""
+        """Sends an empty query for the gathered polls (holding the lock); its answer is their sync.
+        A poll sends it itself, so the listener needs no wake-up to send it."""
+        if self._gathering is None or self._on_wire is not None or self._pgconn is None:
+            return
         try:
             self._pgconn.send_query(b"")
-        except Exception:  # noqa: BLE001 - the listener finds the connection broken and starts over
+        except Exception:  # noqa: BLE001 - the listener finds the connection broken and ends every wait
             return
-        self._sync_in_flight = self._syncs_wanted
+        self._on_wire, self._gathering = self._gathering, None
 
     def _forget(self, session_id: str) -> None:
         self._heard += 1
@@ -126,11 +166,15 @@ class SessionCache:
         pid = os.getpid()
         if self._started_in == pid:
             return
-        with self._changed:
+        with self._lock:
             if self._started_in == pid:
                 return
             self._started_in, self._listening = pid, False
             self._answers.clear()
+            if monkey.is_module_patched("threading"):
+                import gevent
+
+                self._send_soon = gevent.get_hub().loop.run_callback
             threading.Thread(target=self._listen_forever, name="helix-session-cache", daemon=True).start()
 
     def _listen_forever(self) -> None:
@@ -145,11 +189,14 @@ class SessionCache:
                     "session cache listener: %s: %s; polls read PostgreSQL until it is back",
                     type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
             finally:
-                with self._changed:
-                    self._listening, self._pgconn, self._sync_in_flight = False, None, 0
+                with self._lock:
+                    self._listening, self._pgconn = False, None
                     self._heard += 1
                     self._answers.clear()
-                    self._changed.notify_all()
+                    for sync in (self._on_wire, self._gathering):
+                        if sync is not None:
+                            sync.end(ok=False)
+                    self._on_wire = self._gathering = None
             delay = 0.1 if self._was_listening else min(delay * 2, 5.0)
             self._stopping.wait(delay)
 
@@ -159,20 +206,19 @@ class SessionCache:
                              keepalives_idle=5, keepalives_interval=2, keepalives_count=3) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             pgconn = conn.pgconn
-            with self._changed:
+            with self._lock:
                 self._answers.clear()  # what was announced before LISTEN is unknown
                 self._heard += 1
-                self._listening, self._pgconn, self._sync_in_flight = True, pgconn, 0
+                self._listening, self._pgconn = True, pgconn
             self._was_listening = True
+            wait_readable = _waiter()
             while not self._stopping.is_set():
-                # The patched select under gevent (other greenlets run meanwhile), else the OS's.
-                readable, _, _ = select.select([pgconn.socket], [], [], 5.0)
-                if not readable:
+                if not wait_readable(pgconn.socket, 5.0):
                     continue
-                with self._changed:
+                with self._lock:
                     pgconn.consume_input()  # raises when the connection is gone
                     synced = False
-                    while self._sync_in_flight and not pgconn.is_busy():  # get_result() would block while busy
+                    while self._on_wire is not None and not pgconn.is_busy():  # get_result() blocks while busy
                         result = pgconn.get_result()
                         if result is None:  # ReadyForQuery: what it was signalled of came before it
                             synced = True
@@ -182,8 +228,22 @@ class SessionCache:
                     while (note := pgconn.notifies()) is not None:
                         self._forget(note.extra.decode())
                     if synced:
-                        self._syncs_done, self._sync_in_flight = self._sync_in_flight, 0
-                        if self._syncs_wanted > self._syncs_done:  # polls that came while it was on the wire
-                            self._send_sync()
-                        self._changed.notify_all()
+                        answered, self._on_wire = self._on_wire, None
+                        answered.end(ok=True)
+                        self._send_sync()  # for the polls that came while it was on the wire
 
+
+def _waiter() -> Callable[[int, float], bool]:
+    """waits(fd, timeout) -> readable: gevent's wait under gevent (other greenlets run meanwhile),
+    else the OS's select."""
+    if monkey.is_module_patched("select"):
+        from gevent.socket import wait_read
+
+        def wait(fd: int, timeout: float) -> bool:
+            try:
+                wait_read(fd, timeout)
+                return True
+            except TimeoutError:
+                return False
+        return wait
+    return lambda fd, timeout: bool(select.select([fd], [], [], timeout)[0])
