@@ -1,6 +1,9 @@
 """The Flask application factory."""
 from __future__ import annotations
 
+from functools import cached_property
+from typing import Callable
+
 from flask import Flask, jsonify, request
 from redis import Redis
 
@@ -20,6 +23,21 @@ from controlplane.validation import refuse_nul_in_url
 from shared import logs
 
 
+class HelixFlask(Flask):
+    """Flask, remembering which views and hooks need wrapping to run synchronously: Flask asks
+    inspect about each of them (about ten) on every request."""
+
+    def ensure_sync(self, func: Callable) -> Callable:
+        synced = self._synced.get(func)
+        if synced is None:
+            synced = self._synced[func] = super().ensure_sync(func)
+        return synced
+
+    @cached_property
+    def _synced(self) -> dict[Callable, Callable]:
+        return {}
+
+
 def _refuse_nul_in_url() -> None:
     # A NUL reaches the query's values only as a raw NUL or %00: most queries need no parsing.
     query = request.environ.get("QUERY_STRING", "")
@@ -30,7 +48,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     config = config or Config.from_env()
     if not config.database_url:
         raise RuntimeError("DATABASE_URL is not set (`helix up` sets it to the embedded server)")
-    app = Flask(__name__)
+    app = HelixFlask(__name__)
     app.config["HELIX"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
     app.request_class = Request
