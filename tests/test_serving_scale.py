@@ -16,7 +16,7 @@ from redis import Redis
 from rq import Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from shared.jobs import WorkKind, queue_name
+from shared.jobs import WorkKind, job_id_for, queue_name
 from shared.runners import runner_of_worker
 from shared.updates import partial_text_key
 from tests.conftest import freeze, read_events, start_runner, thaw, vllm_server, wait_for_session
@@ -102,12 +102,19 @@ def test_a_runner_killed_holding_64_jobs_loses_none(live_server, services, runne
         wait_started(started, 64, timeout=60)
         victim.proc.send_signal(signal.SIGKILL)  # its workers and vLLM die with it
         thaw(server)
+        # What it held when it died (a dead worker's jobs stay "started" until the reconciler
+        # takes them back): each of those runs again, as attempt 2.
+        held = {job.id for job in (started.get_queue().fetch_job(i) for i in started.get_job_ids())
+                if job and runner_of_worker(job.worker_name) == "runner-k1"}
+        assert len(held) >= 60, f"the runner held only {len(held)} of 64 jobs when it was killed"
         heir = start_runner(live_server, services, runner_token, models_dir, tmp_path, runner_id="runner-k2",
                             text_model=model, extra_env={"HELIX_TEXT_WORKERS": "64", **FULL_LENGTH})
         sessions = assert_all_complete_once(live_server, live_user, ids, timeout=300)
         for s in sessions:
             reply = s["interactions"][-1]
-            assert reply["runner"] == "runner-k2" and reply["metadata"]["attempts"] == 2, reply
+            # A job its worker had taken from the queue but not yet started is not a lost attempt.
+            expected = 2 if job_id_for(reply["id"]) in held else 1
+            assert reply["runner"] == "runner-k2" and reply["metadata"].get("attempts", 1) == expected, reply
         assert started.count == 0 and failed.count == 0
     finally:
         victim.stop()
