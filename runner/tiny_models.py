@@ -300,6 +300,33 @@ def build_tiny_sd(path: Path) -> None:
 BUILDERS = {"tiny-chat": build_tiny_chat, "tiny-sd": build_tiny_sd}
 
 
+def build_tiny_sdxl(models: Path, out: Path) -> Path:
+    """An SDXL-shaped pipeline (two text encoders, pooled text and size conditioning) from the tiny
+    model's tokenizer, VAE and scheduler (`models`/tiny-sd), saved to `out`: the SDXL code path,
+    run on a CPU in seconds (tests) or on a GPU along SDXL's float16 path (bench)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    sd = models / "tiny-sd"
+    tokenizer = CLIPTokenizer.from_pretrained(sd / "tokenizer")
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(2, 4),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64)
+    StableDiffusionXLPipeline(
+        vae=AutoencoderKL.from_pretrained(sd / "vae"), text_encoder=CLIPTextModel(config),
+        text_encoder_2=CLIPTextModelWithProjection(config), tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+        scheduler=EulerDiscreteScheduler.from_pretrained(sd / "scheduler")).save_pretrained(out)
+    return out
+
+
 def build(out: str | Path, names: list[str] | None = None) -> dict[str, Path]:
     """Build each named model under ``out`` unless its marker says it is already there.
     A model is built in a temporary sibling directory and renamed into place, then marked."""

@@ -74,17 +74,26 @@ def test_the_strictest_runner_budget_applies_and_sizes_the_timeout(client, user,
     assert r.status_code == 201 and r.json["config"]["job_timeout"] == slower.job_timeout(256, 256, 20, 4)
 
 
-def test_continuing_an_image_session_is_held_to_the_budget_of_now(client, user, runner_headers, config):
+def _answered_image_session(client, user, runner_headers, config, **fields) -> tuple[str, str, dict]:
+    """An image session on a model of its own whose runner announced BUDGET, its first image
+    answered; returns the model, the runner id and the creation's answer."""
     model = f"acme/sd-{uuid.uuid4().hex[:6]}"
     runner_id = f"img-{uuid.uuid4().hex[:8]}"
     assert register(client, runner_headers, model, BUDGET.to_info(), runner_id).status_code == 200
-    r = create(client, user, model_name=model, width="512", height="512", steps="10")
+    r = create(client, user, model_name=model, **fields)
     assert r.status_code == 201, r.json
     sid, iid = r.json["id"], r.json["interactions"][-1]["id"]
     hold_job(config.redis_url, iid, runner_id, kind="image-inference")
     done = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}",
                        headers={**runner_headers, RUNNER_HEADER: runner_id}, json={"state": "complete", "final": True})
     assert done.status_code == 200, done.json
+    return model, runner_id, r.json
+
+
+def test_continuing_an_image_session_is_held_to_the_budget_of_now(client, user, runner_headers, config):
+    model, runner_id, created = _answered_image_session(client, user, runner_headers, config,
+                                                        width="512", height="512", steps="10")
+    sid = created["id"]
     smaller = ImageBudget(**{**BUDGET.__dict__, "max_pixels": 256 * 256})
     assert register(client, runner_headers, model, smaller.to_info(), runner_id).status_code == 200
     r = client.put(f"/api/v1/sessions/{sid}", headers=user.headers, data={"input": "another"})
@@ -95,17 +104,10 @@ def test_a_continuation_s_own_image_fields_are_held_to_the_budget_and_size_its_t
         client, user, runner_headers, config):
     """The job runs the session's settings overridden by the turn's, so those are what is checked
     (a PUT over the budget was queued where a new session with the same fields got 400)."""
-    model = f"acme/sd-{uuid.uuid4().hex[:6]}"
-    runner_id = f"img-{uuid.uuid4().hex[:8]}"
-    assert register(client, runner_headers, model, BUDGET.to_info(), runner_id).status_code == 200
-    r = create(client, user, model_name=model, width="256", height="256", steps="10")
-    assert r.status_code == 201, r.json
-    sid, iid = r.json["id"], r.json["interactions"][-1]["id"]
-    assert r.json["config"]["job_timeout"] == BUDGET.job_timeout(256, 256, 10, 1)
-    hold_job(config.redis_url, iid, runner_id, kind="image-inference")
-    done = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}",
-                       headers={**runner_headers, RUNNER_HEADER: runner_id}, json={"state": "complete", "final": True})
-    assert done.status_code == 200, done.json
+    model, _, created = _answered_image_session(client, user, runner_headers, config,
+                                                width="256", height="256", steps="10")
+    sid = created["id"]
+    assert created["config"]["job_timeout"] == BUDGET.job_timeout(256, 256, 10, 1)
 
     over = {"input": "another", "width": "512", "height": "512", "steps": "150", "num_images": "4"}
     r = client.put(f"/api/v1/sessions/{sid}", headers=user.headers, data=over)

@@ -19,6 +19,7 @@ from safetensors.torch import load_file  # noqa: E402
 from runner import adapters  # noqa: E402
 from runner.image_adapters import ImageAdapters  # noqa: E402
 from runner.image_pipeline import ImagePipeline  # noqa: E402
+from runner.tiny_models import build_tiny_sdxl  # noqa: E402
 from runner.training import image_lora  # noqa: E402
 from shared.image_finetune import ADAPTER_FILE  # noqa: E402
 
@@ -134,30 +135,6 @@ def test_the_warm_pipeline_uses_an_adapter_only_for_its_session(models, trained,
     assert loras.load_count == 1 and ImagePipeline.load_count >= 1
     assert pipeline.pipe.get_list_adapters()["unet"] == [adapters.adapter_name(lora_dir)]
 
-
-def build_tiny_sdxl(models: Path, out: Path) -> Path:
-    """An SDXL-shaped pipeline (two text encoders, pooled text and size conditioning) from the tiny
-    model's tokenizer, VAE and scheduler: the SDXL code path, run on a CPU in seconds."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    sd = models / "tiny-sd"
-    tokenizer = CLIPTokenizer.from_pretrained(sd / "tokenizer")
-    torch.manual_seed(0)
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
-    unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(2, 4),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64)
-    StableDiffusionXLPipeline(
-        vae=AutoencoderKL.from_pretrained(sd / "vae"), text_encoder=CLIPTextModel(config),
-        text_encoder_2=CLIPTextModelWithProjection(config), tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
-        scheduler=EulerDiscreteScheduler.from_pretrained(sd / "scheduler")).save_pretrained(out)
-    return out
 
 
 def test_the_sdxl_path_trains_and_serves(models, tmp_path):
