@@ -118,6 +118,10 @@ def touch_session(conn: psycopg.Connection, session_id: str) -> None:
 
 def get_interaction_for_runner(conn: psycopg.Connection, session_id: str,
                                interaction_id: str) -> dict[str, Any] | None:
+    """The interaction, locked for the caller's transaction. Its session is locked first: every
+    writer takes the session before its interaction (a cancel locks the session, then the turn; a
+    runner's report locks the turn, then touches the session), so no two of them deadlock."""
+    conn.execute("SELECT 1 FROM sessions WHERE id = %s FOR NO KEY UPDATE", (session_id,))
     return conn.execute(
         f"SELECT {INTERACTION_COLUMNS} FROM interactions WHERE id = %s AND session_id = %s FOR UPDATE",
         (interaction_id, session_id),

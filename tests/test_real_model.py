@@ -3,6 +3,7 @@ through the sessions API, and its replies stream as they are generated."""
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -63,8 +64,10 @@ def test_a_reply_streams_token_by_token(live_server, real_runner, live_user):
     final = [d for name, d in events if name == "interaction" and d["finished"]]
     assert final and final[-1]["state"] == "complete"
     # At ~15 tokens/s and one delta per 0.1 s, a reply of up to 80 tokens arrives in many pieces,
-    # each a token or two, and together they are the whole reply.
+    # most a token or two, and together they are the whole reply. (A piece is what came in its
+    # 0.1 s: a runner starved of CPU for a moment sends the tokens that piled up as one larger one.)
     assert len(deltas) >= 10, deltas
-    assert max(len(d) for d in deltas) < 40, deltas
+    assert statistics.median(len(d) for d in deltas) < 12, deltas
+    assert max(len(d) for d in deltas) < len(final[-1]["message"]) / 3, deltas
     # (the stream may open after the first tokens: those arrive in its opening snapshot)
     assert "".join(deltas) in final[-1]["message"]

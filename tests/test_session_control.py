@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
+import psycopg
 import pytest
 import requests
+from psycopg.rows import dict_row
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from controlplane import sessions_store
 from controlplane.app import create_app
 from shared.jobs import WorkKind, job_id_for, queue_name
 from tests.conftest import freeze, thaw, vllm_server, wait_for_session
@@ -148,3 +152,26 @@ def test_cancelling_data_preparation_stops_it_and_restart_prepares_again(live_se
     wait_for_session(live_server, live_user, sid, timeout=120, until=lambda s: s["interactions"][-1]["state"] == "editing")
     r = requests.put(f"{live_server}/api/v1/sessions/{sid}/restart", headers=live_user.headers, timeout=10)
     assert r.status_code == 409 and "review" in r.json()["error"]
+
+
+def test_a_cancel_and_a_runner_report_at_once_do_not_deadlock(unserved, config, make_user, db):
+    """A runner's report holds the turn while it touches the session; a cancel holds the session
+    while it takes the turn. Both take the session first, so the cancel waits and then answers,
+    and the report commits (in the other order PostgreSQL kills one of them as a deadlock)."""
+    app, _ = unserved
+    client, user = app.test_client(), make_user()
+    s = _chat(client, user)
+    sid, iid = s["id"], s["interactions"][-1]["id"]
+    with psycopg.connect(config.database_url, row_factory=dict_row) as report:
+        assert sessions_store.get_interaction_for_runner(report, sid, iid)["id"] == iid  # as authorize() locks it
+        with ThreadPoolExecutor(1) as pool:
+            cancel = pool.submit(client.post, f"/api/v1/sessions/{sid}/cancel", headers=user.headers)
+            deadline = time.monotonic() + 10
+            while not db.execute("SELECT 1 FROM pg_locks WHERE NOT granted").fetchone():
+                assert time.monotonic() < deadline and not cancel.done(), "the cancel never waited"
+                time.sleep(0.05)
+            sessions_store.touch_session(report, sid)  # as the report's update does
+            report.commit()
+            r = cancel.result(timeout=10)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["interactions"][-1]["status"] == "cancelled"

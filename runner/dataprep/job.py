@@ -146,13 +146,13 @@ def prepare_text(payload: dict[str, Any]) -> dict[str, Any]:
     pool = ThreadPoolExecutor(max(1, ctx.config.qa_concurrency))
     # Cancelled (its job gone from Redis): no further question is asked and the job ends within
     # a fraction of a second; the requests already sent end on their own (short, bounded replies).
+    stopped = False
     with JobWatch(get_current_job(), math.inf, interval=CANCEL_POLL_SECONDS) as watch:
         try:
             pending = {pool.submit(ask, *r) for r in asks}
             while pending:
                 finished, pending = wait(pending, timeout=CANCEL_POLL_SECONDS, return_when=FIRST_COMPLETED)
                 if watch.stop.is_set():
-                    log.info("data preparation of %s stopped: its job was cancelled or taken over", job.interaction_id)
                     raise Gone(job.interaction_id)
                 for future in finished:
                     chunk, candidates, error = future.result()
@@ -166,7 +166,11 @@ def prepare_text(payload: dict[str, Any]) -> dict[str, Any]:
                         ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
                             progress=min(99, done * 100 // max(1, len(work))),
                             status=f"questions written for {done} of {len(work)} chunks ({pairs} pairs so far)"))
+        except Gone:  # seen by the watch, or by a report that found the interaction cancelled
+            stopped = True
+            log.info("data preparation of %s stopped: its job was cancelled or taken over", job.interaction_id)
+            raise
         finally:
-            pool.shutdown(wait=not watch.stop.is_set(), cancel_futures=True)
+            pool.shutdown(wait=not stopped, cancel_futures=True)
     ctx.client.report(job.session_id, job.interaction_id, "prepared", {})
     return {"chunks": len(work), "pairs": pairs, "seconds": round(time.monotonic() - started, 1)}

@@ -123,6 +123,7 @@ def _run_child(ctx, job, spec: dict, workdir: Path, reporter: _Reporter,
         # Cancelled (its job gone from Redis): the training process is killed, its memory freed at once.
         watch.on_stop(proc.kill)
         done: dict = {}
+        gone = False
         try:
             for line in proc.stdout:
                 if not line.startswith("{"):
@@ -132,11 +133,13 @@ def _run_child(ctx, job, spec: dict, workdir: Path, reporter: _Reporter,
                     done = event
                 else:
                     reporter.on(event)
+        except Gone:
+            gone = True  # a report found it cancelled before the watch did
         finally:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-    if watch.stop.is_set():
+    if gone or watch.stop.is_set():
         log.info("training of %s stopped: its job was cancelled or taken over", job.interaction_id)
         raise Gone(job.interaction_id)
     reporter.flush(force=True)
