@@ -101,6 +101,9 @@ class Config:
     # Memory each control-plane process gives to recent status-poll answers (session_cache.py),
     # in MiB; 0 turns the copy off and every poll reads PostgreSQL.
     session_cache_mb: int = 64
+    # How long an OpenAI-compatible call waits for its reply before answering 504; the session
+    # goes on, and the error names it for polling.
+    openai_reply_seconds: float = 600.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Config":
@@ -152,6 +155,9 @@ class Config:
         c.session_cache_mb = env_int(env, "HELIX_SESSION_CACHE_MB", c.session_cache_mb)
         if c.session_cache_mb < 0:
             raise SettingError("HELIX_SESSION_CACHE_MB must be 0 (off) or more")
+        c.openai_reply_seconds = env_float(env, "HELIX_OPENAI_REPLY_SECONDS", c.openai_reply_seconds)
+        if not 1 <= c.openai_reply_seconds <= 86400:
+            raise SettingError(f"HELIX_OPENAI_REPLY_SECONDS must be from 1 to 86400, got {c.openai_reply_seconds:g}")
         if c.sign_in_days <= 0:
             raise SettingError("HELIX_SIGN_IN_DAYS must be more than 0")
         return c

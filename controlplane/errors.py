@@ -6,7 +6,7 @@ import logging
 
 import psycopg
 import redis.exceptions
-from flask import Flask, jsonify
+from flask import Flask, jsonify, make_response
 from flask_wtf.csrf import CSRFError
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException
@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 class ApiError(Exception):
     status = 400
+    headers: dict[str, str] = {}  # sent with the error's response
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
@@ -63,7 +64,9 @@ def _reply(message: str, status: int):
 def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
-        return _reply(err.message, err.status)
+        response = make_response(_reply(err.message, err.status))
+        response.headers.update(err.headers)
+        return response
 
     @app.errorhandler(CSRFError)
     def _csrf_error(err: CSRFError):

@@ -31,6 +31,18 @@ class UpstreamError(ApiError):
     status = 502
 
 
+class ReplyTimeout(ApiError):
+    """The reply was not final within HELIX_OPENAI_REPLY_SECONDS. Its session goes on: the error
+    names it, so the caller can poll for the reply instead of asking again (the OpenAI SDKs obey
+    x-should-retry: a retry would only queue the same work again)."""
+    status = 504
+    headers = {"x-should-retry": "false"}
+
+    def __init__(self, session_id: str):
+        super().__init__(f"the reply did not finish in time; it goes on in session {session_id}:"
+                         f" poll GET /api/v1/sessions/{session_id} for it")
+
+
 def fine_tuned_id(session: dict[str, Any]) -> str:
     return f"{FINE_TUNED_PREFIX}{session['model_name']}:{session['id']}"
 
@@ -103,9 +115,10 @@ class OpenAIService:
             return base64.b64encode(f.read()).decode()
 
 
-def final_reply(items: Iterator[tuple[str, Any] | None], interaction_id: str) -> dict[str, Any]:
+def final_reply(items: Iterator[tuple[str, Any] | None], session_id: str, interaction_id: str) -> dict[str, Any]:
     """Waits through a session's events for the reply's final state; raises what a failed reply
-    means for the caller (400 when the model refused the request, 502 otherwise)."""
+    means for the caller (400 when the model refused the request, 502 otherwise, 504 when the
+    events ended first)."""
     for item in items:
         if item is None:
             continue
@@ -114,7 +127,7 @@ def final_reply(items: Iterator[tuple[str, Any] | None], interaction_id: str) ->
             data = next((i for i in data["interactions"] if i["id"] == interaction_id), None)
         if name in ("session", "interaction") and data and data["id"] == interaction_id and data["finished"]:
             return checked(data)
-    raise UpstreamError("the reply did not finish in time: poll GET /api/v1/sessions/{id} for it")
+    raise ReplyTimeout(session_id)
 
 
 def checked(reply: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +215,7 @@ def stream_chunks(session: dict[str, Any], reply_id: str, model: str, completion
                 if include_usage:
                     yield chunk(session, reply_id, model, completion, usage_counts=usage(data))
                 return
-    raise UpstreamError("the reply did not finish in time: poll GET /api/v1/sessions/{id} for it")
+    raise ReplyTimeout(session["id"])
 
 
 def image_response(session: dict[str, Any], reply: dict[str, Any], data: list[dict[str, str]]) -> dict[str, Any]:

@@ -250,6 +250,24 @@ def test_a_queued_job_cancels_once_and_bad_jobs_are_refused(unserved_server, ser
     assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]
 
 
+def test_a_failed_job_says_why_in_openai_shape(unserved_server, live_db, make_live_user):
+    client = sdk(unserved_server, make_live_user(), timeout=60)
+    job = client.fine_tuning.jobs.create(model=UNSERVED, training_file=upload(client, examples()).id)
+    # The turn ends as a runner ends a training that failed on its last attempt.
+    live_db.execute("UPDATE interactions SET state = 'error', finished = true, completed = now(), status = 'failed',"
+                    " error = %s WHERE session_id = %s AND creator = 'system'",
+                    ("training exited with 1: out of memory", job.id.removeprefix("ftjob-")))
+    failed = client.fine_tuning.jobs.retrieve(job.id)
+    assert (failed.status, failed.fine_tuned_model, failed.trained_tokens) == ("failed", None, None)
+    assert failed.error.code == "training_failed" and "out of memory" in failed.error.message
+    assert failed.finished_at >= failed.created_at
+    newest = client.fine_tuning.jobs.list_events(job.id).data[0]
+    assert (newest.level, newest.message) == ("error", "The job failed: training exited with 1: out of memory")
+    assert [j.status for j in client.fine_tuning.jobs.list()] == ["failed"]
+    with pytest.raises(openai.ConflictError, match="already failed"):
+        client.fine_tuning.jobs.cancel(job.id)
+
+
 def test_malformed_requests_are_4xx_in_openai_shape(client, make_user):
     """Raw requests the SDK would never send, on the in-process app: each a 4xx saying what to fix."""
     user = make_user()

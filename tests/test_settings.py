@@ -23,6 +23,7 @@ def test_defaults_and_overrides():
     c = Config.from_env({"HELIX_MAX_EVENT_STREAMS": "3", "HELIX_RECONCILE_INTERVAL": "0.5",
                          "HELIX_TEXT_MODELS": "a, b"})
     assert (c.max_event_streams, c.reconcile_interval, c.text_models) == (3, 0.5, ["a", "b"])
+    assert (d.openai_reply_seconds, Config.from_env({"HELIX_OPENAI_REPLY_SECONDS": "30"}).openai_reply_seconds) == (600, 30)
     r = RunnerConfig.from_env({**RUNNER_ENV, "HELIX_SAMPLING_EXTRA": '{"top_k": 5}'})
     assert (r.api_url, r.text_workers, r.sampling_extra) == ("http://cp:8080", 64, {"top_k": 5})
 
@@ -31,6 +32,7 @@ def test_defaults_and_overrides():
     (Config.from_env, {"HELIX_MAX_UPLOAD_BYTES": "10MB"}, "HELIX_MAX_UPLOAD_BYTES must be a whole number"),
     (Config.from_env, {"HELIX_RECONCILE_INTERVAL": "soon"}, "HELIX_RECONCILE_INTERVAL must be a number"),
     (Config.from_env, {"HELIX_MAX_NAME_BYTES": "300"}, "HELIX_MAX_NAME_BYTES must be between 1 and 255"),
+    (Config.from_env, {"HELIX_OPENAI_REPLY_SECONDS": "0"}, "HELIX_OPENAI_REPLY_SECONDS must be from 1 to 86400"),
     (RunnerConfig.from_env, {**RUNNER_ENV, "HELIX_TEXT_WORKERS": "many"}, "HELIX_TEXT_WORKERS must be"),
     (RunnerConfig.from_env, {**RUNNER_ENV, "HELIX_SAMPLING_EXTRA": "{bad"}, "HELIX_SAMPLING_EXTRA must be a JSON object"),
     (RunnerConfig.from_env, {**RUNNER_ENV, "HELIX_SAMPLING_EXTRA": "[1]"}, "HELIX_SAMPLING_EXTRA must be a JSON object"),

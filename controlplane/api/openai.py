@@ -25,8 +25,6 @@ helix_chat = Blueprint("helix_chat", __name__, url_prefix="/api/v1/sessions")
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
                 429: "rate_limit_error"}
-# How long a call waits for its reply before answering 502 (the session goes on; poll it).
-REPLY_WAIT_SECONDS = 600
 
 
 def openai_error(message: str, status: int) -> dict[str, Any]:
@@ -63,6 +61,12 @@ def _reader(app, session_id: str, owner: str) -> Callable[[], dict | None]:
     return read
 
 
+def _reply_events(app, session: dict[str, Any]):
+    """The session's live events until its reply is final or HELIX_OPENAI_REPLY_SECONDS pass."""
+    return events.session_events(app.extensions["redis"], session["id"], _reader(app, session["id"], g.user["id"]),
+                                 app.config["HELIX"].openai_reply_seconds)
+
+
 @contextmanager
 def _call_slot() -> Iterator[Callable[[], None]]:
     """One of the caller's live-stream slots for a call, taken before its session is made, so a
@@ -82,11 +86,10 @@ def _answer(session: dict[str, Any], model: str, completion: bool, stream: bool,
     (each waits on the session's live channel) and giving it back at the end."""
     app = current_app._get_current_object()
     reply_id = session["interactions"][-1]["id"]
-    items = events.session_events(app.extensions["redis"], session["id"],
-                                  _reader(app, session["id"], g.user["id"]), REPLY_WAIT_SECONDS)
+    items = _reply_events(app, session)
     if not stream:
         try:
-            reply = final_reply(items, reply_id)
+            reply = final_reply(items, session["id"], reply_id)
         finally:
             release()
         return jsonify(chat_completion(session, reply, model, completion))
@@ -153,9 +156,7 @@ def image_generations():
         session = _service().start_image(conn, g.user, call)
     app = current_app._get_current_object()
     try:
-        reply = final_reply(events.session_events(app.extensions["redis"], session["id"],
-                                                  _reader(app, session["id"], g.user["id"]), REPLY_WAIT_SECONDS),
-                            session["interactions"][-1]["id"])
+        reply = final_reply(_reply_events(app, session), session["id"], session["interactions"][-1]["id"])
     finally:
         release()
     if call.response_format == "b64_json":
