@@ -167,7 +167,8 @@ def test_a_cancel_and_a_runner_report_at_once_do_not_deadlock(unserved, config, 
         with ThreadPoolExecutor(1) as pool:
             cancel = pool.submit(client.post, f"/api/v1/sessions/{sid}/cancel", headers=user.headers)
             deadline = time.monotonic() + 10
-            while not db.execute("SELECT 1 FROM pg_locks WHERE NOT granted").fetchone():
+            while not db.execute("SELECT 1 FROM pg_locks JOIN pg_stat_activity a USING (pid) WHERE NOT granted"
+                                 " AND a.datname = current_database() AND a.query LIKE '%FOR UPDATE%'").fetchone():
                 assert time.monotonic() < deadline and not cancel.done(), "the cancel never waited"
                 time.sleep(0.05)
             sessions_store.touch_session(report, sid)  # as the report's update does
