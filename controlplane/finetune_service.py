@@ -327,13 +327,25 @@ class FinetuneService:
         return finetune_store.session_pairs(conn, session_id)
 
     def report_metrics(self, conn, session_id: str, interaction_id: str, body: Any) -> None:
-        points = _object(body).get("points")
+        """Training points to add to the history. A run that starts sends `from_step`, the step it
+        starts at: what an interrupted run reported past it is dropped, as the new run reports
+        those steps again (the history never holds a step twice)."""
+        body = _object(body)
+        points, from_step = body.get("points"), body.get("from_step")
         if not isinstance(points, list) or len(points) > 10_000 or not all(
                 isinstance(p, dict) and all(type(v) in (int, float) for v in p.values()) for p in points):
             raise BadRequest("points must be a list of objects of numbers")
+        if from_step is not None and (type(from_step) is not int or from_step < 0):
+            raise BadRequest("from_step must be a whole number of steps, 0 or more")
         with conn.transaction():
-            self._running(conn, session_id, interaction_id)
-            finetune_store.append_history(conn, interaction_id, points)
+            interaction = self._running(conn, session_id, interaction_id)
+            if from_step is None:
+                finetune_store.append_history(conn, interaction_id, points)
+            else:
+                # A run from step 0 starts the history anew; one resumed at step k keeps steps up to k.
+                history = interaction["metadata"].get("training_history", []) if from_step else []
+                kept = [p for p in history if p.get("step", 0) <= from_step]
+                finetune_store.merge_metadata(conn, interaction_id, {"training_history": kept + points})
 
     def report_prepared(self, conn, session_id: str, interaction_id: str) -> dict[str, Any]:
         """Data preparation is over: stop in error when no chunk made a pair; else wait for the

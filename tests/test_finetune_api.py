@@ -10,6 +10,8 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from shared.jobs import job_id_for, queue_name
+from shared.runners import RUNNER_HEADER
+from tests.conftest import hold_job
 
 
 def _post(client, user, files=(), **fields):
@@ -124,3 +126,35 @@ def test_reviewed_pairs_in_either_shape_and_paraphrases_share_their_fact(client,
         r = client.put(url, headers=user.headers, json=bad)
         assert r.status_code == 400 and message in r.json["error"], (bad, r.json)
     assert len(client.get(url, headers=user.headers).json) == 3  # a refused edit changes nothing
+
+
+def test_a_run_that_starts_again_replaces_the_history_past_its_start(client, user, api_runner_token):
+    """A runner killed after its checkpoint at step 2 had reported steps 3 and 4; the run resumed at
+    step 2 reports them again. The history keeps each step once; a run from step 0 starts it anew."""
+    headers = {"Authorization": f"Bearer {api_runner_token}", RUNNER_HEADER: "history-tests"}
+    assert client.post("/api/v1/runner/register", headers=headers,
+                       json={"runner_id": "history-tests", "models": {}}).status_code == 200
+    s = _post(client, user, files=[("a.txt", b"Mira founded the Zorblat Library.")]).json
+    sid, iid = s["id"], s["interactions"][-1]["id"]
+    hold_job(client.application.config["HELIX"].redis_url, iid, "history-tests", stage="dataprep",
+             kind="text-dataprep")
+    metrics = f"/api/v1/runner/sessions/{sid}/interactions/{iid}/finetune/metrics"
+
+    def report(**body) -> list[int]:
+        r = client.post(metrics, headers=headers, json=body)
+        assert r.status_code == 200, r.json
+        history = client.get(f"/api/v1/sessions/{sid}", headers=user.headers).json["interactions"][-1]
+        return [p["step"] for p in history["metadata"]["training_history"]]
+
+    def points(*steps: int) -> list[dict]:
+        return [{"step": n, "loss": 1 / n} for n in steps]
+
+    assert report(points=[], from_step=0) == []
+    assert report(points=[{"step": 0, "val_loss": 2.0}, *points(1, 2)]) == [0, 1, 2]
+    assert report(points=points(3, 4)) == [0, 1, 2, 3, 4]
+    assert report(points=[], from_step=2) == [0, 1, 2]  # resumed at its checkpoint
+    assert report(points=points(3, 4, 5)) == [0, 1, 2, 3, 4, 5]
+    assert report(points=[], from_step=0) == []  # run again from the start
+    for bad in (-1, 1.5, "2", True):
+        r = client.post(metrics, headers=headers, json={"points": [], "from_step": bad})
+        assert r.status_code == 400 and "from_step" in r.json["error"], (bad, r.json)

@@ -139,6 +139,7 @@ def test_a_runner_killed_during_training_resumes_from_its_checkpoint(live_server
         assert system["metadata"]["training_run"]["start_step"] >= checkpoint_step > 0
         steps = [p["step"] for p in system["metadata"]["training_history"] if "loss" in p]
         assert steps[-1] == system["metadata"]["training"]["steps"]
+        assert steps == sorted(set(steps)), "a step is in the history twice"  # the killed run's are replaced
     finally:
         for proc in runners.values():
             proc.stop()

@@ -142,6 +142,7 @@ def test_a_runner_killed_during_image_training_resumes_from_its_checkpoint(live_
         assert system["metadata"]["training_run"]["start_step"] >= checkpoint_step > 0
         steps = [p["step"] for p in system["metadata"]["training_history"] if "loss" in p]
         assert steps[-1] == 100 and system["metadata"]["training"]["steps"] == 100
+        assert steps == sorted(set(steps)), "a step is in the history twice"  # the killed run's are replaced
         assert s["mode"] == "inference" and s["lora_dir"]
     finally:
         for proc in runners.values():

@@ -92,6 +92,9 @@ class _Reporter:
         kind = event.pop("event")
         if kind == "start":
             self.total_steps = max(1, event["total_steps"])
+            # The history restarts here: an earlier attempt's points past this step are replaced.
+            self.ctx.client.report(self.job.session_id, self.job.interaction_id, "metrics",
+                                   {"points": [], "from_step": event["start_step"]})
             self.ctx.client.update(self.job.session_id, self.job.interaction_id, InteractionUpdate(
                 status=f"training: {event['train_rows']} {self.unit}, {self.total_steps} steps"
                 + (f", resuming at step {event['start_step']}" if event["start_step"] else ""),
