@@ -28,7 +28,6 @@ from bench.paths import models_dir  # noqa: E402
 from runner.tiny_models import build_tiny_sdxl  # noqa: E402
 
 
-
 def striped(path: Path, size=(256, 320)) -> Path:
     """Top half red, bottom half blue."""
     from PIL import Image

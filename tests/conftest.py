@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -78,6 +79,13 @@ def config(services) -> Config:
 def app(config, tmp_path_factory):
     config.filestore = str(tmp_path_factory.mktemp("filestore"))
     return create_app(config, start_reconciler=False)
+
+
+def app_with(config: Config, tmp_path_factory, **changes):
+    """Another in-process app, on the test stack's database and Redis, with `changes` to its
+    settings and a filestore of its own."""
+    return create_app(replace(config, filestore=str(tmp_path_factory.mktemp("files")), **changes),
+                      start_reconciler=False)
 
 
 @pytest.fixture()

@@ -9,7 +9,6 @@ import io
 import json
 import time
 import uuid
-from dataclasses import replace
 
 import httpx
 import openai
@@ -20,9 +19,9 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from controlplane.app import create_app
 from shared.jobs import WorkKind, queue_name
-from tests.conftest import IMAGE_MODEL, REAL_TEXT_MODEL, TEXT_MODEL, start_control_plane, wait_for_session
+from tests.conftest import (IMAGE_MODEL, REAL_TEXT_MODEL, TEXT_MODEL, app_with, start_control_plane,
+                            wait_for_session)
 from tests.test_finetune_flow import _create, _pairs, _system, _until_review
 
 
@@ -287,12 +286,11 @@ def test_a_fine_tuned_session_is_a_model_to_call(live_server, runner, make_live_
         stranger.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
 
 
-def test_a_reply_not_final_in_time_is_a_504_that_names_its_session_and_is_not_retried(config, make_user, tmp_path):
+def test_a_reply_not_final_in_time_is_a_504_that_names_its_session_and_is_not_retried(config, make_user, tmp_path_factory):
     """HELIX_OPENAI_REPLY_SECONDS bounds the wait. The SDK, which retries a 5xx twice by default,
     is told not to (each retry would queue the same work again); the one session goes on."""
     model = f"helix/unserved-{uuid.uuid4().hex[:8]}"
-    app = create_app(replace(config, text_models=[model], openai_reply_seconds=1, filestore=str(tmp_path)),
-                     start_reconciler=False)
+    app = app_with(config, tmp_path_factory, text_models=[model], openai_reply_seconds=1)
     user = make_user()
     client = openai.OpenAI(base_url="http://in-process/v1", api_key=user.key,
                            http_client=httpx.Client(transport=httpx.WSGITransport(app=app)))

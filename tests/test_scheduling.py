@@ -7,7 +7,6 @@ import io
 import json
 import time
 import uuid
-from dataclasses import replace
 
 import openai
 import psutil
@@ -18,22 +17,16 @@ from PIL import Image
 import psycopg
 from psycopg.rows import dict_row
 
-from controlplane.app import create_app
 from controlplane.reconciler import Reconciler
 from shared.memory import GIB, MIB, needs_from_env, parse_size
 from shared.settings import SettingError
-from tests.conftest import TEXT_MODEL, start_control_plane, start_runner, wait_for_session
+from tests.conftest import TEXT_MODEL, app_with, start_control_plane, start_runner, wait_for_session
 from tests.test_openai_finetuning import examples, sdk, upload
 
 
 def _register(client, token: str, runner_id: str, models: dict, info: dict | None = None):
     return client.post("/api/v1/runner/register", headers={"Authorization": f"Bearer {token}"},
                        json={"runner_id": runner_id, "models": models, "info": info or {}})
-
-
-def _app(config, tmp_path_factory, **changes):
-    return create_app(replace(config, filestore=str(tmp_path_factory.mktemp("files")), **changes),
-                      start_reconciler=False)
 
 
 def _chat(client, user, **fields) -> dict:
@@ -49,7 +42,7 @@ def _waiting(client, user, sid: str) -> dict:
 
 def test_waiting_sessions_show_their_place_and_why(config, tmp_path_factory, make_user, api_runner_token, db):
     model = f"helix/queued-{uuid.uuid4().hex[:8]}"
-    app = _app(config, tmp_path_factory, text_models=[model])
+    app = app_with(config, tmp_path_factory, text_models=[model])
     client, user = app.test_client(), make_user()
     sids = [_chat(client, user)["id"] for _ in range(3)]
     for n, sid in enumerate(sids):
@@ -74,7 +67,7 @@ def test_work_no_runner_could_hold_fails_at_once(config, tmp_path_factory, make_
     model = f"helix/big-{uuid.uuid4().hex[:8]}"
     needs = {**config.memory_needs, model: {"text-inference": 4 * GIB, "text-dataprep": 4 * GIB,
                                             "text-finetune": 64 * GIB}}
-    app = _app(config, tmp_path_factory, text_models=[model], memory_needs=needs)
+    app = app_with(config, tmp_path_factory, text_models=[model], memory_needs=needs)
     client, user = app.test_client(), make_user()
     small, large = f"small-{model[-8:]}", f"large-{model[-8:]}"
     assert _register(client, api_runner_token, small, {"text": [model]}, {"host_memory_bytes": 2 * GIB}).status_code == 200

@@ -4,7 +4,6 @@ was sent, whichever connection, process or worker made the write."""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import psycopg
 import pytest
@@ -12,10 +11,10 @@ import requests
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.app import create_app
 from controlplane.config import Config
 from controlplane.session_cache import APPLICATION_NAME
 from shared.settings import SettingError
+from tests.conftest import app_with
 
 
 def _copies() -> float:
@@ -119,9 +118,9 @@ def test_a_lost_listener_loses_no_write(client, user, db):
     assert _poll_until_copied(client, user, sid)["interactions"][-1]["message"] == "written while away"
 
 
-def test_a_large_answer_is_not_kept(config, user, db, tmp_path):
+def test_a_large_answer_is_not_kept(config, user, db, tmp_path_factory):
     """No answer takes more than a sixteenth of HELIX_SESSION_CACHE_MB."""
-    app = create_app(replace(config, session_cache_mb=1, filestore=str(tmp_path)), start_reconciler=False)
+    app = app_with(config, tmp_path_factory, session_cache_mb=1)
     client = app.test_client()
     sid = _finished_session(client, user, db)
     db.execute("UPDATE interactions SET message = %s WHERE session_id = %s AND creator = 'system'",
@@ -135,8 +134,8 @@ def test_a_large_answer_is_not_kept(config, user, db, tmp_path):
     app.extensions["session_cache"].stop()
 
 
-def test_the_copy_can_be_turned_off(config, user, db, tmp_path):
-    app = create_app(replace(config, session_cache_mb=0, filestore=str(tmp_path)), start_reconciler=False)
+def test_the_copy_can_be_turned_off(config, user, db, tmp_path_factory):
+    app = app_with(config, tmp_path_factory, session_cache_mb=0)
     client = app.test_client()
     sid = _finished_session(client, user, db)
     before = _copies()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import psycopg
 import pytest
@@ -17,17 +16,15 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from controlplane import sessions_store
-from controlplane.app import create_app
 from shared.jobs import WorkKind, job_id_for, queue_name
-from tests.conftest import freeze, thaw, vllm_server, wait_for_session
+from tests.conftest import app_with, freeze, thaw, vllm_server, wait_for_session
 
 
 @pytest.fixture(scope="module")
 def unserved(config, tmp_path_factory):
     """An in-process app whose text model no runner serves: its jobs stay queued."""
     model = f"helix/unserved-{uuid.uuid4().hex[:8]}"
-    app = create_app(replace(config, text_models=[model], filestore=str(tmp_path_factory.mktemp("files"))),
-                     start_reconciler=False)
+    app = app_with(config, tmp_path_factory, text_models=[model])
     return app, model
 
 

@@ -7,13 +7,11 @@ import re
 import subprocess
 import sys
 import uuid
-from dataclasses import replace
 
 import pytest
 
 from controlplane import accounts
-from controlplane.app import create_app
-from tests.conftest import REPO
+from tests.conftest import REPO, app_with
 
 PASSWORD = "correct horse battery"
 
@@ -154,10 +152,10 @@ def test_session_search_and_paging(app, member):
     assert "otter" not in client.get("/sessions?q=zebra").text
 
 
-def test_sign_up_only_when_the_operator_opens_it(app, config, tmp_path):
+def test_sign_up_only_when_the_operator_opens_it(app, config, tmp_path_factory):
     closed = app.test_client().get("/sign-up")
     assert closed.status_code == 403 and "Sign-up is closed" in closed.text
-    open_app = create_app(replace(config, allow_sign_up=True, filestore=str(tmp_path)), start_reconciler=False)
+    open_app = app_with(config, tmp_path_factory, allow_sign_up=True)
     client = open_app.test_client()
     token = _token(client.get("/sign-up").text)
     email = f"new-{uuid.uuid4().hex[:8]}@example.com"
