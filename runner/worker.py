@@ -105,6 +105,13 @@ class OwnJobsOnly:
 
     def perform_job(self, job, queue):
         self._performing = job.id
+        # Alive before the job shows as started: after Redis came back empty, the heartbeat may
+        # not have written this worker's key again yet, and the reconciler would take this live
+        # worker's job for a dead one's and queue it once more.
+        try:
+            self.connection.set(worker_alive_key(self.name), "1", ex=HEARTBEAT_TTL_SECONDS)
+        except Exception as err:  # Redis away again: the heartbeat writes it when it is back
+            log.warning("could not say worker %s is alive: %s", self.name, err)
         try:
             return super().perform_job(job, queue)
         finally:
