@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from PIL import Image
+
 from shared.memory import needs_from_env
 from shared.settings import SettingError, env_float, env_int
 
@@ -79,6 +81,13 @@ class Config:
     # side (each is scaled to the model's resolution: 64 px tiny, 512 SD 1.5, 1024 SDXL).
     max_finetune_images: int = 50
     min_finetune_image_px: int = 256
+    # Most pixels (width x height) an image may decode to, and all of one request's images
+    # together: a small file can claim a huge picture (a decompression bomb), and decoding costs
+    # the control plane and then the runner time and memory by the pixel (~12 ns and 4 bytes each
+    # here: a 40-megapixel image is half a second and 160 MB). 40 megapixels is past an ordinary
+    # camera's photo; 1,000 megapixels is 50 photos of 20 megapixels, ~12 s of decoding.
+    max_finetune_image_pixels: int = 40_000_000
+    max_finetune_total_pixels: int = 1_000_000_000
     # Longest file or folder name in the filestore, in UTF-8 bytes: most filesystems stop at 255.
     max_name_bytes: int = 200
     # Deepest nesting of arrays and objects a JSON body may have (deeper: 400, never a RecursionError).
@@ -135,6 +144,14 @@ class Config:
             raise SettingError("HELIX_FINETUNE_FILE_MAX_BYTES and HELIX_FINETUNE_FILE_MAX_EXAMPLES must be at least 1")
         c.max_finetune_images = env_int(env, "HELIX_MAX_FINETUNE_IMAGES", c.max_finetune_images)
         c.min_finetune_image_px = env_int(env, "HELIX_MIN_FINETUNE_IMAGE_PX", c.min_finetune_image_px)
+        c.max_finetune_image_pixels = env_int(env, "HELIX_MAX_FINETUNE_IMAGE_PIXELS", c.max_finetune_image_pixels)
+        # Pillow will not even open a picture past twice its own limit.
+        if not 1 <= c.max_finetune_image_pixels <= 2 * Image.MAX_IMAGE_PIXELS:
+            raise SettingError(f"HELIX_MAX_FINETUNE_IMAGE_PIXELS must be from 1 to {2 * Image.MAX_IMAGE_PIXELS},"
+                               f" got {c.max_finetune_image_pixels}")
+        c.max_finetune_total_pixels = env_int(env, "HELIX_MAX_FINETUNE_TOTAL_PIXELS", c.max_finetune_total_pixels)
+        if c.max_finetune_total_pixels < 1:
+            raise SettingError("HELIX_MAX_FINETUNE_TOTAL_PIXELS must be at least 1")
         c.max_name_bytes = env_int(env, "HELIX_MAX_NAME_BYTES", c.max_name_bytes)
         if not 1 <= c.max_name_bytes <= 255:
             raise SettingError(f"HELIX_MAX_NAME_BYTES must be between 1 and 255, got {c.max_name_bytes}")

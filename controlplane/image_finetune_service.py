@@ -13,7 +13,7 @@ from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.errors import NotFound
 from controlplane.filestore import Filestore, UserFiles, session_folder
-from controlplane.image_finetune_input import check_images, parse_options
+from controlplane.image_finetune_input import PixelLimits, check_images, parse_options
 from controlplane.validation import text_field
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
 
@@ -30,9 +30,11 @@ class ImageFinetuneService:
         options = parse_options(form)
         message = text_field(form, "input", self.config.max_input_chars)
         name = text_field(form, "name", 200)
-        images = check_images(files, form, max_images=self.config.max_finetune_images,
-                              min_px=self.config.min_finetune_image_px, max_name_bytes=self.config.max_name_bytes,
-                              trigger_word=options["trigger_word"])
+        limits = PixelLimits(min_px=self.config.min_finetune_image_px,
+                             per_image=self.config.max_finetune_image_pixels,
+                             total=self.config.max_finetune_total_pixels)
+        images = check_images(files, form, max_images=self.config.max_finetune_images, limits=limits,
+                              max_name_bytes=self.config.max_name_bytes, trigger_word=options["trigger_word"])
         session_id = sessions_store.new_id()
         store = UserFiles(self.filestore, user["id"])
         try:
