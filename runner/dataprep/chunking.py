@@ -28,6 +28,7 @@ _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
 _CANDIDATE_END = re.compile(r"[.!?…]+[\"'”’)\]]*\s+")
 _CJK_END = re.compile(r"(?<=[。！？])\s*")
 _DOTTED_LETTERS = re.compile(r"(?:[^\W\d_]\.)*[^\W\d_]")
+_WORD_WINDOW = 100  # characters read around a candidate end: more than any abbreviation or run of quotes
 
 
 def split_into_sentences(text: str) -> list[str]:
@@ -53,12 +54,15 @@ def split_into_sentences(text: str) -> list[str]:
 
 
 def _ends_sentence(text: str, match: re.Match) -> bool:
-    following = text[match.end():].lstrip("\"'“‘([")
+    following = text[match.end():match.end() + _WORD_WINDOW].lstrip("\"'“‘([")
     if not following or following[0].islower() or not following[0].isalnum():
         return False
     if match.group(0).rstrip().rstrip("\"'”’)]") != ".":
         return True  # "!", "?", "…" or "..." end a sentence
-    before = text[:match.start()].split()
+    # Only the word before the point matters: read a short window, not the whole paragraph (a
+    # copy of the paragraph per candidate end made a long one cost quadratic time: minutes for
+    # a million characters).
+    before = text[max(0, match.start() - _WORD_WINDOW):match.start()].split()
     word = before[-1].lstrip("\"'“‘([") if before else ""
     return not (word.lower() in ABBREVIATIONS or _DOTTED_LETTERS.fullmatch(word))
 
