@@ -31,6 +31,13 @@ class UpstreamError(ApiError):
     status = 502
 
 
+class RequestCrashedEngine(UpstreamError):
+    """The runner failed the request for good: it was the only suspect in flight at a second crash
+    of the model server's engine (runner/engine_crashes.py). The SDKs must not send it again: each
+    try could take the model server down for everyone."""
+    headers = {"x-should-retry": "false"}
+
+
 class ReplyTimeout(ApiError):
     """The reply was not final within HELIX_OPENAI_REPLY_SECONDS. Its session goes on: the error
     names it, so the caller can poll for the reply instead of asking again (the OpenAI SDKs obey
@@ -134,6 +141,8 @@ def checked(reply: dict[str, Any]) -> dict[str, Any]:
     if reply["state"] == InteractionState.ERROR:
         if (reply.get("metadata") or {}).get("refused_by_model"):
             raise BadRequest(reply["error"] or "the model refused the request")
+        if (reply.get("metadata") or {}).get("engine_crashes"):
+            raise RequestCrashedEngine(reply["error"])
         raise UpstreamError(reply["error"] or "the reply failed")
     return reply
 

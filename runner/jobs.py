@@ -6,10 +6,12 @@ an infrastructure failure raises, so RQ retries the job.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +19,13 @@ from typing import Any
 
 import requests
 
-from runner import adapters, metrics
+from runner import adapters, engine_crashes, metrics
 from runner.abortable import abortable
 from runner.job_watch import JobWatch
 from runner.config import RunnerConfig
 from runner.control_plane import ControlPlane, Gone
 from runner.http_session import pooled_session
-from runner.text_generation import Generation, ModelError, fit_history, stream_chat
+from runner.text_generation import EngineFailure, Generation, ModelError, fit_history, stream_chat
 from runner.text_stream import TextStream, clear_partial_text
 from runner.vllm_server import wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
@@ -119,41 +121,77 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
     started = time.monotonic()
     max_tokens = job.max_tokens or ctx.config.max_tokens
     messages = job.messages
-    for attempt in (1, 2):
-        clear_partial_text(ctx.redis, job.interaction_id)
-        start_attempt(ctx, job.session_id, job.interaction_id, "generating")
-        stream = TextStream(ctx.client, ctx.redis, job.session_id, job.interaction_id,
-                            ctx.config.delta_interval, ctx.config.persist_interval)
-        generation = Generation()
-        try:
-            if job.prompt is None:
-                messages = fit_history(ctx.vllm_url, job.model, job.messages, max_tokens, session=ctx.http)
-            # A fine-tuned session: the same warm base model, with its adapter by name.
-            model = adapters.ensure(ctx.client, ctx.vllm_url, job.session_id, job.lora_dir,
-                                    adapters.cache_dir(ctx.config.work_dir), ctx.http) if job.lora_dir else job.model
-            # Cancelled (its job gone from Redis): vLLM's request is aborted and the job ends now.
-            for delta in abortable(lambda on_response: stream_chat(
-                    ctx.vllm_url, model, messages, max_tokens=max_tokens, temperature=job.temperature,
-                    extra={**ctx.config.sampling_extra, **job.sampling}, session=ctx.http, prompt=job.prompt,
-                    generation=generation, on_response=on_response), watch):
-                stream.add(delta)
-            if watch.stop.is_set():
+    for attempt in range(1, 4):
+        # A request that was in flight when vLLM's engine crashed waits its turn: one such
+        # suspect at a time, so a crash it causes again is its own (runner/engine_crashes.py).
+        suspect = engine_crashes.strikes(ctx.redis, job.interaction_id) > 0
+        turn = (engine_crashes.suspect_turn(ctx.redis, ctx.config.runner_id, watch.stop) if suspect
+                else contextlib.nullcontext(True))
+        with turn as my_turn:
+            if not my_turn:
                 raise Gone(job.interaction_id)
-            stream.publish()
-            break
-        except (ModelError, adapters.AdapterError) as err:
-            ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
-                state=InteractionState.ERROR.value, message=stream.text, error=str(err),
-                status="error", metadata={"refused_by_model": True}))
-            return {"error": str(err)}
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
-            if watch.stop.is_set():
-                raise Gone(job.interaction_id) from None
-            if attempt == 2:
-                raise  # RQ retries the job; the reconciler ends it if that fails too
-            # The supervisor restarts a vLLM that died: wait for it, then start over.
-            log.warning("vLLM unreachable during %s; waiting for it", job.interaction_id)
-            wait_healthy(ctx.vllm_url, timeout=300)
+            clear_partial_text(ctx.redis, job.interaction_id)
+            start_attempt(ctx, job.session_id, job.interaction_id,
+                          "generating again after the model server crashed" if suspect else "generating")
+            stream = TextStream(ctx.client, ctx.redis, job.session_id, job.interaction_id,
+                                ctx.config.delta_interval, ctx.config.persist_interval)
+            generation = Generation()
+            taken = threading.Event()  # vLLM answered the request: it was in flight
+
+            def open_stream(on_response):
+                def on_vllm_response(response: requests.Response) -> None:
+                    taken.set()
+                    on_response(response)
+
+                return stream_chat(ctx.vllm_url, model, messages, max_tokens=max_tokens, temperature=job.temperature,
+                                   extra={**ctx.config.sampling_extra, **job.sampling}, session=ctx.http,
+                                   prompt=job.prompt, generation=generation, on_response=on_vllm_response)
+
+            try:
+                if job.prompt is None:
+                    messages = fit_history(ctx.vllm_url, job.model, job.messages, max_tokens, session=ctx.http)
+                # A fine-tuned session: the same warm base model, with its adapter by name.
+                model = adapters.ensure(ctx.client, ctx.vllm_url, job.session_id, job.lora_dir,
+                                        adapters.cache_dir(ctx.config.work_dir), ctx.http) if job.lora_dir else job.model
+                # Cancelled (its job gone from Redis): vLLM's request is aborted and the job ends now.
+                for delta in abortable(open_stream, watch):
+                    stream.add(delta)
+                if watch.stop.is_set():
+                    raise Gone(job.interaction_id)
+                stream.publish()
+                break
+            except (ModelError, adapters.AdapterError) as err:
+                engine_crashes.forget(ctx.redis, job.interaction_id)
+                ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
+                    state=InteractionState.ERROR.value, message=stream.text, error=str(err),
+                    status="error", metadata={"refused_by_model": True}))
+                return {"error": str(err)}
+            except EngineFailure as err:
+                failure, in_flight = err, err.in_flight
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+                failure, in_flight = err, taken.is_set()
+        if watch.stop.is_set():
+            raise Gone(job.interaction_id) from None
+        if in_flight:
+            crashes = engine_crashes.strike(ctx.redis, job.interaction_id)
+            if crashes >= engine_crashes.STRIKES_TO_FAIL:
+                log.error("%s was in flight at %d crashes of vLLM, the last as the only suspect: failed (%s)",
+                          job.interaction_id, crashes, failure)
+                engine_crashes.forget(ctx.redis, job.interaction_id)
+                ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
+                    state=InteractionState.ERROR.value, message=stream.text, error=engine_crashes.CRASH_ERROR,
+                    status="error", metadata={"engine_crashes": crashes}))
+                return {"error": engine_crashes.CRASH_ERROR}
+        if attempt == 3:
+            raise failure  # RQ retries the job; the reconciler ends it if that fails too
+        # The supervisor restarts a vLLM that died: wait for it, then start over.
+        log.warning("vLLM failed during %s (%s); waiting for it", job.interaction_id, failure)
+        ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
+            status="the model server crashed: waiting for it to try again" if in_flight
+            else "the model server is restarting: waiting for it"))
+        wait_healthy(ctx.vllm_url, timeout=300)
+    survived = engine_crashes.strikes(ctx.redis, job.interaction_id)
+    engine_crashes.forget(ctx.redis, job.interaction_id)
     elapsed = time.monotonic() - started
     _count_tokens(job.model, generation.usage, elapsed)
     choices = [{"index": i, "text": generation.texts.get(i, ""), "finish_reason": generation.finish_reasons.get(i)}
@@ -165,6 +203,7 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
                                      "usage": generation.usage,
                                      "finish_reason": generation.finish_reasons.get(0, "stop"),
                                      **({"choices": choices} if len(choices) > 1 else {}),
+                                     **({"engine_crashes": survived} if survived else {}),
                                      **({"adapter": model} if job.lora_dir else {})}))
     clear_partial_text(ctx.redis, job.interaction_id)  # the stored message holds it all now
     return {"chars": len(stream.text), "seconds": elapsed}

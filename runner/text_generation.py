@@ -13,6 +13,25 @@ class ModelError(Exception):
     """The model refused the request (prompt too long, bad parameters): the user must change it."""
 
 
+class EngineFailure(Exception):
+    """vLLM failed on its side (its engine died, an internal error): not the request's fault, so
+    it is worth another try once vLLM is healthy again (runner/engine_crashes.py says how often).
+    `in_flight`: vLLM had taken the request when it failed (it may be what took the engine down);
+    False when vLLM refused it at the door because its engine was already down."""
+
+    def __init__(self, message: str, in_flight: bool):
+        super().__init__(message)
+        self.in_flight = in_flight
+
+
+def _error_detail(error) -> tuple[str, int]:
+    """vLLM's error object (a response body's or a stream chunk's): its message and HTTP code."""
+    if not isinstance(error, dict):
+        return str(error), 0
+    code = error.get("code")
+    return str(error.get("message", error)), code if isinstance(code, int) else 0
+
+
 # Token counts of message contents, per model, kept by this worker process: a chat's earlier
 # messages were counted on its earlier turns. Keyed by a digest, so long messages are not held twice.
 _token_counts: dict[tuple[str, str], int] = {}
@@ -117,11 +136,12 @@ def stream_chat(base_url: str, model: str, messages: list[dict[str, str]] | None
     with http.post(f"{base_url}{path}", json=body, stream=True, timeout=(5, 600)) as r:
         if on_response is not None:
             on_response(r)
+        if r.status_code >= 500:
+            raise EngineFailure(f"the model server answered {r.status_code}: {r.text[:300]}", in_flight=False)
         if 400 <= r.status_code < 500:
             try:
-                detail = r.json().get("error", {})
-                detail = detail.get("message", detail) if isinstance(detail, dict) else detail
-            except ValueError:
+                detail, _ = _error_detail(r.json().get("error", {}))
+            except (ValueError, AttributeError):
                 detail = r.text[:500]
             raise ModelError(str(detail) or f"model refused the request ({r.status_code})")
         r.raise_for_status()
@@ -133,7 +153,12 @@ def stream_chat(base_url: str, model: str, messages: list[dict[str, str]] | None
                 return
             chunk = json.loads(data)
             if chunk.get("error"):
-                raise ModelError(str(chunk["error"].get("message", chunk["error"])))
+                # vLLM reports its own failures mid-stream too (code 500: "EngineCore encountered
+                # an issue" when its engine died): those are the server's, not the request's.
+                detail, code = _error_detail(chunk["error"])
+                if code >= 500:
+                    raise EngineFailure(f"the model server failed while answering: {detail}", in_flight=True)
+                raise ModelError(detail)
             if chunk.get("usage"):
                 gen.usage = {k: v for k, v in chunk["usage"].items() if isinstance(v, int)}
             for choice in chunk.get("choices", []):

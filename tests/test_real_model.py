@@ -60,14 +60,18 @@ def test_a_reply_streams_token_by_token(live_server, real_runner, live_user):
         "model_name": REAL_TEXT_MODEL, "temperature": "0", "max_tokens": "80"})
     assert r.status_code == 201
     events = list(read_events(live_server, live_user, r.json()["id"]))
-    deltas = [d["delta"] for name, d in events if name == "delta"]
+    names = [name for name, _ in events]
+    pieces = [d for name, d in events if name == "delta"]
     final = [d for name, d in events if name == "interaction" and d["finished"]]
     assert final and final[-1]["state"] == "complete"
-    # At ~15 tokens/s and one delta per 0.1 s, a reply of up to 80 tokens arrives in many pieces,
-    # most a token or two, and together they are the whole reply. (A piece is what came in its
-    # 0.1 s: a runner starved of CPU for a moment sends the tokens that piled up as one larger one.)
-    assert len(deltas) >= 10, deltas
-    assert statistics.median(len(d) for d in deltas) < 12, deltas
-    assert max(len(d) for d in deltas) < len(final[-1]["message"]) / 3, deltas
-    # (the stream may open after the first tokens: those arrive in its opening snapshot)
-    assert "".join(deltas) in final[-1]["message"]
+    message = final[-1]["message"]
+    # Streamed, whatever the machine's speed: the reply came in several pieces, every one of them
+    # before the final interaction, in order and without gaps (each starts where the last ended;
+    # the stream may open after the first tokens, which its opening snapshot holds). How many
+    # tokens a piece holds is whatever arrived in its 0.1 s: not asserted, it measures the CPU.
+    assert len(pieces) >= 3, pieces
+    finished_at = next(i for i, (name, d) in enumerate(events) if name == "interaction" and d["finished"])
+    assert max(i for i, name in enumerate(names) if name == "delta") < finished_at, names
+    for before, after in zip(pieces, pieces[1:]):
+        assert after["offset"] == before["offset"] + len(before["delta"]), (before, after)
+    assert message[pieces[0]["offset"]:] == "".join(p["delta"] for p in pieces)
