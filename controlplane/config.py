@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from shared.finetune import DOCUMENT_MAX_INFLATED_BYTES
 from shared.memory import needs_from_env
 from shared.settings import SettingError, env_float, env_int
 
@@ -74,6 +75,9 @@ class Config:
     max_runner_upload_bytes: int = 8 * 1024**3
     # Fine-tunes: most documents (files and URLs) in one session.
     max_finetune_documents: int = 50
+    # Most bytes a fine-tune document's archive (.docx) may inflate to, its members together:
+    # read from the archive's directory, without inflating anything.
+    max_document_inflated_bytes: int = DOCUMENT_MAX_INFLATED_BYTES
     # OpenAI-style fine-tuning files (POST /v1/files): largest file, most examples (lines) in one.
     finetune_file_max_bytes: int = 16 * 1024 * 1024
     finetune_file_max_examples: int = 10_000
@@ -113,6 +117,12 @@ class Config:
     # How long an OpenAI-compatible call waits for its reply before answering 504; the session
     # goes on, and the error names it for polling.
     openai_reply_seconds: float = 600.0
+    # What one OpenAI-style request may ask of the text engine besides its text (openai_input.py's
+    # EngineCostLimits says why): the JSON bytes of a response_format schema, the enum values it
+    # offers in all, and the bytes of all its stop strings together.
+    max_schema_bytes: int = 32 * 1024
+    max_schema_enum_entries: int = 1000
+    max_stop_bytes: int = 1024
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Config":
@@ -138,6 +148,9 @@ class Config:
         if c.access_log not in ("writes", "all", "off"):
             raise SettingError(f"HELIX_ACCESS_LOG must be writes, all or off, got {c.access_log[:40]!r}")
         c.max_finetune_documents = env_int(env, "HELIX_MAX_FINETUNE_DOCUMENTS", c.max_finetune_documents)
+        c.max_document_inflated_bytes = env_int(env, "HELIX_MAX_DOCUMENT_INFLATED_BYTES", c.max_document_inflated_bytes)
+        if c.max_document_inflated_bytes < 1:
+            raise SettingError("HELIX_MAX_DOCUMENT_INFLATED_BYTES must be at least 1")
         c.finetune_file_max_bytes = env_int(env, "HELIX_FINETUNE_FILE_MAX_BYTES", c.finetune_file_max_bytes)
         c.finetune_file_max_examples = env_int(env, "HELIX_FINETUNE_FILE_MAX_EXAMPLES", c.finetune_file_max_examples)
         if min(c.finetune_file_max_bytes, c.finetune_file_max_examples) < 1:
@@ -175,6 +188,12 @@ class Config:
         c.openai_reply_seconds = env_float(env, "HELIX_OPENAI_REPLY_SECONDS", c.openai_reply_seconds)
         if not 1 <= c.openai_reply_seconds <= 86400:
             raise SettingError(f"HELIX_OPENAI_REPLY_SECONDS must be from 1 to 86400, got {c.openai_reply_seconds:g}")
+        c.max_schema_bytes = env_int(env, "HELIX_MAX_SCHEMA_BYTES", c.max_schema_bytes)
+        c.max_schema_enum_entries = env_int(env, "HELIX_MAX_SCHEMA_ENUM_ENTRIES", c.max_schema_enum_entries)
+        c.max_stop_bytes = env_int(env, "HELIX_MAX_STOP_BYTES", c.max_stop_bytes)
+        if min(c.max_schema_bytes, c.max_schema_enum_entries, c.max_stop_bytes) < 1:
+            raise SettingError("HELIX_MAX_SCHEMA_BYTES, HELIX_MAX_SCHEMA_ENUM_ENTRIES and HELIX_MAX_STOP_BYTES"
+                               " must be at least 1")
         if c.sign_in_days <= 0:
             raise SettingError("HELIX_SIGN_IN_DAYS must be more than 0")
         return c

@@ -14,6 +14,19 @@ from controlplane.validation import ensure_utf8
 
 MAX_CHOICES = 8
 MAX_STOP_SEQUENCES = 4
+
+
+@dataclass(frozen=True)
+class EngineCostLimits:
+    """What one request may ask of the engine besides its text. A JSON schema becomes a grammar
+    before the first token, and with vLLM's xgrammar backend no other request moved meanwhile
+    (tiny model, 2 cores: 4,000 enum entries 0.2 s; 5,000 held everyone 2.7 s, 20,000 49 s);
+    every stop string is searched for in the reply after each token. Settings in config.py."""
+    schema_bytes: int = 32 * 1024
+    schema_enum_entries: int = 1000
+    stop_bytes: int = 1024
+
+
 # Parameters the engine does not serve: refused rather than silently ignored.
 _UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logprobs", "top_logprobs", "audio",
                 "modalities", "prediction", "logit_bias")
@@ -70,7 +83,54 @@ def _body(body: Any) -> dict:
     return body
 
 
-def _response_format(value: Any) -> dict | None:
+def _count_enum_entries(schema: Any) -> int:
+    """Every value an `enum` (or `const`) anywhere in the schema offers: each is a branch of the grammar."""
+    count, pending = 0, [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "enum" and isinstance(value, list):
+                    count += len(value)
+                elif key == "const":
+                    count += 1
+                else:
+                    pending.append(value)
+        elif isinstance(node, list):
+            pending.extend(node)
+    return count
+
+
+def check_schema_cost(schema: dict, limits: EngineCostLimits) -> None:
+    """A 400 naming the limit for a schema whose grammar would hold up the engine for everyone."""
+    try:
+        size = len(json.dumps(schema, separators=(",", ":"), ensure_ascii=False).encode())
+    except UnicodeEncodeError:  # a lone surrogate: no database or engine takes it
+        raise BadRequest("'response_format.json_schema.schema' is not valid Unicode text") from None
+    if size > limits.schema_bytes:
+        raise BadRequest(f"'response_format.json_schema.schema' is {size} bytes of JSON; the limit is"
+                         f" {limits.schema_bytes} (HELIX_MAX_SCHEMA_BYTES): a schema is compiled before the"
+                         " first token, and a large one holds up every request on the model")
+    entries = _count_enum_entries(schema)
+    if entries > limits.schema_enum_entries:
+        raise BadRequest(f"'response_format.json_schema.schema' offers {entries} enum values in all; the limit"
+                         f" is {limits.schema_enum_entries} (HELIX_MAX_SCHEMA_ENUM_ENTRIES): ask for a string"
+                         " and check it against your list instead")
+
+
+def _stop(value: Any, limits: EngineCostLimits) -> list[str] | None:
+    stop = [value] if isinstance(value, str) else value
+    if stop is not None and (not isinstance(stop, list) or len(stop) > MAX_STOP_SEQUENCES
+                             or not all(isinstance(s, str) and s for s in stop)):
+        raise BadRequest(f"'stop' must be a string or a list of at most {MAX_STOP_SEQUENCES} non-empty strings")
+    size = sum(len(ensure_utf8(s, "stop").encode()) for s in stop or [])
+    if size > limits.stop_bytes:
+        raise BadRequest(f"'stop' holds {size} bytes (UTF-8) in all; the limit is {limits.stop_bytes}"
+                         " (HELIX_MAX_STOP_BYTES)")
+    return stop or None
+
+
+def _response_format(value: Any, limits: EngineCostLimits) -> dict | None:
     if value is None:
         return None
     kind = value.get("type") if isinstance(value, dict) else None
@@ -82,12 +142,13 @@ def _response_format(value: Any) -> dict | None:
         spec = value.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
             raise BadRequest("'response_format.json_schema.schema' must be a JSON Schema object")
+        check_schema_cost(spec["schema"], limits)
         return {"type": "json_schema", "json_schema": {"name": str(spec.get("name") or "response")[:64],
                                                         "schema": spec["schema"], "strict": bool(spec.get("strict"))}}
     raise BadRequest("'response_format.type' must be text, json_object or json_schema")
 
 
-def _settings(body: dict, max_reply: int) -> dict[str, Any]:
+def _settings(body: dict, max_reply: int, limits: EngineCostLimits) -> dict[str, Any]:
     """max_tokens, temperature and the engine's sampling parameters, checked."""
     max_tokens = _number(body, "max_completion_tokens", 1, max_reply, whole=True)
     if max_tokens is None:
@@ -95,14 +156,8 @@ def _settings(body: dict, max_reply: int) -> dict[str, Any]:
     sampling = {name: _number(body, name, low, high, whole) for name, low, high, whole in (
         ("top_p", 0.0, 1.0, False), ("seed", -2**63, 2**63 - 1, True), ("n", 1, MAX_CHOICES, True),
         ("presence_penalty", -2.0, 2.0, False), ("frequency_penalty", -2.0, 2.0, False))}
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and (not isinstance(stop, list) or len(stop) > MAX_STOP_SEQUENCES
-                             or not all(isinstance(s, str) and s for s in stop)):
-        raise BadRequest(f"'stop' must be a string or a list of at most {MAX_STOP_SEQUENCES} non-empty strings")
-    sampling["stop"] = stop or None
-    sampling["response_format"] = _response_format(body.get("response_format"))
+    sampling["stop"] = _stop(body.get("stop"), limits)
+    sampling["response_format"] = _response_format(body.get("response_format"), limits)
     text = {"max_tokens": max_tokens, "temperature": _number(body, "temperature", 0.0, 2.0),
             "sampling": {k: v for k, v in sampling.items() if v is not None}}
     return {k: v for k, v in text.items() if v not in (None, {})}
@@ -120,7 +175,8 @@ def _stream(body: dict, text: dict) -> tuple[bool, bool]:
     return stream, bool(options.get("include_usage"))
 
 
-def chat_request(body: Any, max_chars: int, max_reply: int = 8192) -> ChatRequest:
+def chat_request(body: Any, max_chars: int, max_reply: int = 8192,
+                 limits: EngineCostLimits = EngineCostLimits()) -> ChatRequest:
     body = _body(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -145,13 +201,14 @@ def chat_request(body: Any, max_chars: int, max_reply: int = 8192) -> ChatReques
         raise BadRequest("the last message must be the user's (role 'user'): it is what the model answers")
     if sum(len(t) for _, t in turns) + sum(map(len, system)) > max_chars:
         raise BadRequest(f"the messages hold more than {max_chars} characters, this server's limit")
-    text = _settings(body, max_reply)
+    text = _settings(body, max_reply, limits)
     stream, include_usage = _stream(body, text)
     return ChatRequest(model=body["model"].strip(), turns=turns, system="\n\n".join(system), text=text,
                        stream=stream, include_usage=include_usage)
 
 
-def completion_request(body: Any, max_chars: int, max_reply: int = 8192) -> ChatRequest:
+def completion_request(body: Any, max_chars: int, max_reply: int = 8192,
+                       limits: EngineCostLimits = EngineCostLimits()) -> ChatRequest:
     """A plain completion: the prompt is completed as it is, without a chat template."""
     body = _body(body)
     prompt = body.get("prompt")
@@ -160,7 +217,7 @@ def completion_request(body: Any, max_chars: int, max_reply: int = 8192) -> Chat
     if not isinstance(prompt, str) or not prompt:
         raise BadRequest("'prompt' must be a non-empty string (one prompt per request)")
     prompt = _text(prompt, "prompt", max_chars)
-    text = {**_settings(body, max_reply), "completion": True}
+    text = {**_settings(body, max_reply, limits), "completion": True}
     if body.get("echo") or body.get("best_of") not in (None, 1) or body.get("suffix"):
         raise BadRequest("'echo', 'best_of' and 'suffix' are not supported by this server")
     stream, include_usage = _stream(body, text)

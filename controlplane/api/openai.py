@@ -112,7 +112,9 @@ def _answer(session: dict[str, Any], model: str, completion: bool, stream: bool,
 
 def _text_call(parse, completion: bool):
     config = current_app.config["HELIX"]
-    call = parse(_body(), config.max_input_chars)
+    limits = openai_input.EngineCostLimits(schema_bytes=config.max_schema_bytes, stop_bytes=config.max_stop_bytes,
+                                           schema_enum_entries=config.max_schema_enum_entries)
+    call = parse(_body(), config.max_input_chars, limits=limits)
     with _call_slot() as release, db.transaction() as conn:
         session = _service().start_chat(conn, g.user, call)
     return _answer(session, call.model, completion, call.stream, call.include_usage, release)
