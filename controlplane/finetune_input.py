@@ -3,6 +3,7 @@ document names, and a reviewer's question/answer pairs. Each problem is a 400 th
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import PurePosixPath
 from typing import Any, Mapping
 
@@ -64,6 +65,26 @@ def document_name(filename: str, max_name_bytes: int) -> str:
         raise BadRequest(f"file {name[:80]!r} is not a document this server reads: use "
                          + ", ".join(DOCUMENT_EXTENSIONS))
     return name
+
+
+def check_archive(name: str, stream: Any, max_inflated_bytes: int) -> None:
+    """A .docx (a zip) whose members would inflate past `max_inflated_bytes` is refused: the
+    sizes come from the archive's directory, read without inflating anything (the runner holds
+    to its own limit as it reads, in case the directory lies). Anything that is not a readable zip
+    goes on to the runner, which says what is wrong with it."""
+    if PurePosixPath(name.lower()).suffix != ".docx":
+        return
+    try:
+        with zipfile.ZipFile(stream) as archive:
+            inflated = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return
+    finally:
+        stream.seek(0)
+    if inflated > max_inflated_bytes:
+        raise BadRequest(f"file {name[:80]!r} inflates to {inflated} bytes; the limit is {max_inflated_bytes}"
+                         " bytes per document (HELIX_MAX_DOCUMENT_INFLATED_BYTES): remove its pictures,"
+                         " split it, or send its text as .txt or .pdf")
 
 
 def parse_pairs(body: Any) -> list[dict[str, str]]:

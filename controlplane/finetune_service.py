@@ -13,7 +13,7 @@ from controlplane.config import Config
 from controlplane.dispatch import Dispatcher
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.filestore import Filestore, UserFiles, session_folder
-from controlplane.finetune_input import document_name, parse_options, parse_pairs, parse_urls
+from controlplane.finetune_input import check_archive, document_name, parse_options, parse_pairs, parse_urls
 from controlplane.runner_service import storable
 from controlplane.validation import text_field
 from controlplane.views import interaction_view
@@ -37,7 +37,7 @@ class FinetuneService:
         options = parse_options(form)
         urls = parse_urls(form.get("urls", ""))
         message = text_field(form, "input", self.config.max_input_chars)
-        names = [document_name(f.filename, self.config.max_name_bytes) for f in files]
+        names = self._document_names(files)
         if len(set(names)) != len(names):
             raise BadRequest("two files share a name: give each document its own")
         if not names and not urls:
@@ -60,6 +60,13 @@ class FinetuneService:
         conn.commit()
         self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
         return {**session, "interactions": interactions}
+
+    def _document_names(self, files: list[Any]) -> list[str]:
+        """The stored name of each uploaded document, once it passed the door's checks."""
+        names = [document_name(f.filename, self.config.max_name_bytes) for f in files]
+        for upload, name in zip(files, names):
+            check_archive(name, upload.stream, self.config.max_document_inflated_bytes)
+        return names
 
     def _store_documents(self, owner: str, session_id: str, files: list[Any], names: list[str],
                          keep_on_error: bool = False) -> list[str]:
@@ -160,7 +167,7 @@ class FinetuneService:
         trained again on all of the session's pairs, old and new."""
         urls = parse_urls(form.get("urls", ""))
         message = text_field(form, "input", self.config.max_input_chars)
-        names = [document_name(f.filename, self.config.max_name_bytes) for f in files]
+        names = self._document_names(files)
         if not names and not urls:
             raise BadRequest("send the new documents as files (multipart) or urls=...")
         stored: list[str] = []
@@ -278,7 +285,9 @@ class FinetuneService:
         """A document read (or not): its characters, chunk count and error."""
         body = _object(body)
         name, error = _string(body, "document", 2000), _string(body, "error", 4000)
-        chunks, chars = _count(body, "chunks"), _count(body, "chars")
+        # A document's length is the runner's to bound (HELIX_DATAPREP_MAX_DOCUMENT_CHARS): a
+        # bound here too refused the report of every document over a million characters.
+        chunks, chars = _count(body, "chunks"), _count(body, "chars", 2**53)
         with conn.transaction():
             interaction = self._running(conn, session_id, interaction_id)
             # A retry reads the document again: the chunks an earlier attempt finished stay done.
@@ -417,8 +426,8 @@ def _string(body: dict, key: str, limit: int) -> str:
     return value
 
 
-def _count(body: dict, key: str) -> int:
+def _count(body: dict, key: str, most: int = 1_000_000) -> int:
     value = body.get(key) or 0
-    if type(value) is not int or not 0 <= value <= 1_000_000:
-        raise BadRequest(f"{key} must be a whole number")
+    if type(value) is not int or not 0 <= value <= most:
+        raise BadRequest(f"{key} must be a whole number from 0 to {most}")
     return value

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 # Documents a fine-tune reads (a .url file holds one http(s) URL per line).
 DOCUMENT_EXTENSIONS = (".txt", ".md", ".html", ".htm", ".pdf", ".docx", ".url")
+# Most bytes a document's archive (a .docx) may inflate to, all its members together: the
+# control plane's door (HELIX_MAX_DOCUMENT_INFLATED_BYTES) and the runner's reader
+# (HELIX_DATAPREP_MAX_DOCUMENT_BYTES) both hold to it by default. 64 MiB is far more than the text
+# of any real document; the pictures in a .docx count too.
+DOCUMENT_MAX_INFLATED_BYTES = 64 * 1024 * 1024
 
 # Each fact of a document is asked in several ways (Helix ran nine styles per chunk); the runner
 # holds each style's instruction to the model. The first three are the default.
