@@ -8,6 +8,7 @@ only, not learned. A leading system (or developer) message stays with each of it
 """
 from __future__ import annotations
 
+import codecs
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -114,6 +115,8 @@ def parse(data: bytes, limits: Limits) -> list[list[Pair]]:
                          " (HELIX_FINETUNE_FILE_MAX_BYTES)")
     examples: list[list[Pair]] = []
     pairs = 0
+    # Editors on Windows start UTF-8 files with a byte-order mark; JSON's own decoder refuses it.
+    data = data.removeprefix(codecs.BOM_UTF8)
     for n, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue

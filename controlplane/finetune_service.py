@@ -127,6 +127,12 @@ class FinetuneService:
                                " (data_prep_stage edit_questions)")
             finetune_store.replace_all_pairs(conn, interaction_id, pairs)
             rows = finetune_store.list_pairs(conn, interaction_id)
+            # The status counted the pairs when data preparation ended: it counts the saved ones now.
+            row = finetune_store.set_stage(
+                conn, interaction_id, DataPrepStage.EDIT_QUESTIONS, state=InteractionState.EDITING,
+                progress=interaction["progress"],
+                status=_review_status(len(rows), _failures(interaction["data_prep_chunks"])))
+        events.publish(self.redis, session_id, EVENT_INTERACTION, interaction_view(row))
         return rows
 
     def start(self, conn, user, session_id: str) -> dict[str, Any]:
@@ -376,9 +382,7 @@ class FinetuneService:
             elif review:  # with no pairs too: the reviewer can write their own
                 row = finetune_store.set_stage(
                     conn, interaction_id, DataPrepStage.EDIT_QUESTIONS, state=InteractionState.EDITING,
-                    progress=100, status=f"{pairs} question/answer pairs ready for review"
-                    + (f" ({len(failed)} failed: retry them with PUT .../finetune/text/retry)" if failed else "")
-                    + "; start training with POST .../finetune/start")
+                    progress=100, status=_review_status(pairs, failed))
             else:
                 row = finetune_store.set_stage(
                     conn, interaction_id, DataPrepStage.FINETUNE, state=InteractionState.WAITING,
@@ -388,6 +392,12 @@ class FinetuneService:
         if row["data_prep_stage"] == DataPrepStage.FINETUNE:
             self.dispatcher.try_enqueue(session, sessions_store.get_interactions(conn, session_id), interaction_id)
         return row
+
+
+def _review_status(pairs: int, failed: list[str]) -> str:
+    return (f"{pairs} question/answer pairs ready for review"
+            + (f" ({len(failed)} failed: retry them with PUT .../finetune/text/retry)" if failed else "")
+            + "; start training with POST .../finetune/start")
 
 
 def _summary(chunks: dict[str, Any], pairs: int) -> dict[str, Any]:
