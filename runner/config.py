@@ -7,6 +7,7 @@ import socket
 import tempfile
 from dataclasses import dataclass, field
 
+from shared.finetune import DOCUMENT_MAX_INFLATED_BYTES
 from shared.memory import needs_from_env, parse_size
 from shared.settings import SettingError, env_float, env_int, env_json_object
 
@@ -47,6 +48,11 @@ class RunnerConfig:
     qa_api_key: str = ""         # HELIX_QA_API_KEY   (default: this runner's own vLLM and model)
     qa_model: str = ""           # HELIX_QA_MODEL
     qa_concurrency: int = 32     # HELIX_QA_CONCURRENCY: question requests in flight at once
+    dataprep_max_document_chars: int = 1_000_000  # HELIX_DATAPREP_MAX_DOCUMENT_CHARS: text kept of one
+    # document (the rest is cut, and the document's report says so)
+    dataprep_max_document_bytes: int = DOCUMENT_MAX_INFLATED_BYTES  # HELIX_DATAPREP_MAX_DOCUMENT_BYTES: most a
+    # document may take once inflated (a .docx's members together) or as text/HTML
+    dataprep_readers: int = 2    # HELIX_DATAPREP_READERS: documents read and chunked at once on this runner
     url_allow_private: bool = False  # HELIX_URL_ALLOW_PRIVATE=1: fetch URLs on private addresses too
     memory_limit_bytes: int = 0  # HELIX_RUNNER_MEMORY_BYTES: most memory this runner counts as its own (0: all)
     memory_needs: dict = field(default_factory=lambda: needs_from_env({}))  # HELIX_MEMORY_NEEDS: declared needs (shared.memory)
@@ -93,11 +99,16 @@ class RunnerConfig:
             qa_api_key=env.get("HELIX_QA_API_KEY", ""),
             qa_model=env.get("HELIX_QA_MODEL", ""),
             qa_concurrency=env_int(env, "HELIX_QA_CONCURRENCY", 32),
+            dataprep_max_document_chars=env_int(env, "HELIX_DATAPREP_MAX_DOCUMENT_CHARS", 1_000_000),
+            dataprep_max_document_bytes=_size(env, "HELIX_DATAPREP_MAX_DOCUMENT_BYTES") or DOCUMENT_MAX_INFLATED_BYTES,
+            dataprep_readers=env_int(env, "HELIX_DATAPREP_READERS", 2),
             url_allow_private=env.get("HELIX_URL_ALLOW_PRIVATE", "").lower() in ("1", "true", "yes"),
             memory_limit_bytes=_size(env, "HELIX_RUNNER_MEMORY_BYTES"),
             memory_needs=needs_from_env(env),
             memory_recheck_seconds=env_float(env, "HELIX_MEMORY_RECHECK_SECONDS", 2.0),
         )
+        if config.dataprep_max_document_chars < 1 or config.dataprep_readers < 1:
+            raise SettingError("HELIX_DATAPREP_MAX_DOCUMENT_CHARS and HELIX_DATAPREP_READERS must be at least 1")
         if not 0.05 <= config.memory_recheck_seconds <= 600:
             raise SettingError(f"HELIX_MEMORY_RECHECK_SECONDS must be from 0.05 to 600, got {config.memory_recheck_seconds:g}")
         if config.image_max_pixels and not 64 <= config.image_max_pixels <= 2**26:

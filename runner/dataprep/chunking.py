@@ -79,19 +79,24 @@ def _join(units: list[_Unit]) -> str:
     return "".join((unit.sep if i else "") + unit.text for i, unit in enumerate(units))
 
 
+def _keep_going() -> None:
+    return None
+
+
 def split_into_chunks(text: str, count_tokens: Callable[[str], int], *, chunk_tokens: int = 512,
-                      overlap_tokens: int = 64) -> list[str]:
+                      overlap_tokens: int = 64, check_stop: Callable[[], None] = _keep_going) -> list[str]:
     """Chunks of at most `chunk_tokens` tokens as `count_tokens` counts them (a single word that
     is longer stands alone), overlapping by up to `overlap_tokens`. Paragraphs are joined by
     "\n\n", everything else by single spaces. Deterministic: the same input gives the same
     chunks. Every chunk is counted whole, so a tokenizer that merges across pieces or spends
-    tokens on separators never pushes a chunk over the limit."""
+    tokens on separators never pushes a chunk over the limit. `check_stop` is called between
+    paragraphs and chunks: it raises once the job must stop (a long document takes seconds)."""
     if not isinstance(chunk_tokens, int) or chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be a positive integer, not {chunk_tokens!r}")
     if not isinstance(overlap_tokens, int) or not 0 <= overlap_tokens < chunk_tokens:
         raise ValueError(f"overlap_tokens must be an integer from 0 to chunk_tokens - 1 "
                          f"({chunk_tokens - 1}), not {overlap_tokens!r}")
-    units = _units(text, count_tokens, chunk_tokens)
+    units = _units(text, count_tokens, chunk_tokens, check_stop)
 
     def fits(candidate: list[_Unit]) -> bool:
         return count_tokens(_join(candidate)) <= chunk_tokens
@@ -99,6 +104,7 @@ def split_into_chunks(text: str, count_tokens: Callable[[str], int], *, chunk_to
     chunks: list[str] = []
     start, carry = 0, []
     while start < len(units):
+        check_stop()
         while carry and not fits(carry + [units[start]]):
             carry = carry[1:]  # the overlap gives way so the chunk can move on
         end = _last_fitting_end(units, carry, start, chunk_tokens, fits)
@@ -109,10 +115,12 @@ def split_into_chunks(text: str, count_tokens: Callable[[str], int], *, chunk_to
     return chunks
 
 
-def _units(text: str, count_tokens: Callable[[str], int], chunk_tokens: int) -> list[_Unit]:
+def _units(text: str, count_tokens: Callable[[str], int], chunk_tokens: int,
+           check_stop: Callable[[], None]) -> list[_Unit]:
     units = []
     for paragraph in _PARAGRAPH_BREAK.split(text):
         for i, sentence in enumerate(split_into_sentences(paragraph)):
+            check_stop()  # counting tokens sentence by sentence is where a long document's time goes
             sep = "\n\n" if i == 0 else " "
             tokens = count_tokens(sentence)
             if tokens <= chunk_tokens:

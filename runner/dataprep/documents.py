@@ -6,6 +6,12 @@ collapsed. Anything we cannot turn into real text (an unknown type, an empty or 
 scanned PDF, a broken .docx) fails with a `DocumentError` that names the file and says what to do,
 instead of training a model on nothing or on noise.
 
+What reading one document may cost is bounded (`ReadLimits`, from the runner's HELIX_DATAPREP_*
+settings): the bytes it takes once inflated (a .docx's members, read from the zip's directory;
+Python's zipfile never inflates a member past the size the directory gives it), and the
+characters kept (PDF pages and .docx paragraphs stop being read past the limit). A cancelled job
+stops between pages, paragraphs and URLs (`ReadLimits.check_stop`).
+
 A `.url` file (one URL per line) and URL form fields are fetched by `UrlFetcher`, which refuses
 loopback, private, link-local and other non-public addresses: the runner sits inside the
 deployment's network, and a user's URL must not reach the cloud metadata service or an internal
@@ -19,10 +25,15 @@ import ipaddress
 import re
 import socket
 import time
+import zipfile
+from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+
+from shared.finetune import DOCUMENT_MAX_INFLATED_BYTES
 
 SUPPORTED_EXTENSIONS = (".txt", ".md", ".html", ".htm", ".pdf", ".docx", ".url")
 MAX_URLS = 20  # per .url file or form field: each one can take the fetcher's whole timeout
@@ -52,8 +63,31 @@ class DocumentError(Exception):
         self.reason = reason
 
 
-def extract_text(filename: str, data: bytes, *, fetcher: UrlFetcher | None = None) -> str:
-    """The plain text of one uploaded file, chosen by its extension (see SUPPORTED_EXTENSIONS)."""
+def _keep_going() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What reading one document may cost, and how a job that must stop says so."""
+    max_chars: int = 1_000_000                    # text kept (HELIX_DATAPREP_MAX_DOCUMENT_CHARS)
+    max_bytes: int = DOCUMENT_MAX_INFLATED_BYTES  # inflated or raw bytes read (HELIX_DATAPREP_MAX_DOCUMENT_BYTES)
+    check_stop: Callable[[], None] = _keep_going  # raises once the job must stop
+
+
+def cut(text: str, max_chars: int) -> str:
+    """`text` within `max_chars`, ended at a word boundary where there is one."""
+    if len(text) <= max_chars:
+        return text
+    head = text[:max_chars]
+    space = max(head.rfind(" "), head.rfind("\n"))
+    return head[:space].rstrip() if space > 0 else head
+
+
+def extract_text(filename: str, data: bytes, *, fetcher: UrlFetcher | None = None,
+                 limits: ReadLimits = ReadLimits()) -> str:
+    """The plain text of one uploaded file, chosen by its extension (see SUPPORTED_EXTENSIONS).
+    It may be longer than `limits.max_chars` (by up to a page or a paragraph): `cut` it."""
     ext = _extension(filename)
     if ext not in SUPPORTED_EXTENSIONS:
         raise DocumentError(filename, f"unsupported file type {repr(ext) if ext else '(no extension)'}; "
@@ -62,16 +96,17 @@ def extract_text(filename: str, data: bytes, *, fetcher: UrlFetcher | None = Non
         raise DocumentError(filename, "the file is empty")
     if ext == ".url":
         urls = _urls_in_file(filename, _decode_text(filename, data))
-        return "\n\n".join(text for _, text in _fetch_all(filename, urls, fetcher))
-    return _extract_as(filename, ext, data)
+        return "\n\n".join(text for _, text in _fetch_all(filename, urls, fetcher, limits))
+    return _extract_as(filename, ext, data, limits=limits)
 
 
-def extract_url_field(value: str, fetcher: UrlFetcher | None = None) -> list[tuple[str, str]]:
+def extract_url_field(value: str, fetcher: UrlFetcher | None = None,
+                      limits: ReadLimits = ReadLimits()) -> list[tuple[str, str]]:
     """(url, text) for each URL in a form field (URLs separated by whitespace)."""
-    return _fetch_all("URL field", value.split(), fetcher)
+    return _fetch_all("URL field", value.split(), fetcher, limits)
 
 
-def extract_fetched(url: str, content_type: str, data: bytes) -> str:
+def extract_fetched(url: str, content_type: str, data: bytes, limits: ReadLimits = ReadLimits()) -> str:
     """The text of a fetched page, by its content type (or its path's extension when the server
     sends none we know)."""
     mime, _, params = content_type.partition(";")
@@ -82,7 +117,7 @@ def extract_fetched(url: str, content_type: str, data: bytes) -> str:
     if not data:
         raise DocumentError(url, "the response is empty")
     charset = re.search(r"charset\s*=\s*\"?([\w.:-]+)", params, re.IGNORECASE)
-    return _extract_as(url, ext, data, charset.group(1) if charset else None)
+    return _extract_as(url, ext, data, charset.group(1) if charset else None, limits)
 
 
 def normalise_whitespace(text: str) -> str:
@@ -92,11 +127,15 @@ def normalise_whitespace(text: str) -> str:
     return "\n\n".join(p for p in paragraphs if p)
 
 
-def _extract_as(source: str, ext: str, data: bytes, charset: str | None = None) -> str:
+def _extract_as(source: str, ext: str, data: bytes, charset: str | None = None,
+                limits: ReadLimits = ReadLimits()) -> str:
     if ext == ".pdf":
-        text = _pdf_text(source, data)
+        text = _pdf_text(source, data, limits)
     elif ext == ".docx":
-        text = _docx_text(source, data)
+        text = _docx_text(source, data, limits)
+    elif len(data) > limits.max_bytes:
+        raise DocumentError(source, f"{len(data)} bytes of text; the limit is {limits.max_bytes} bytes per"
+                                    " document (HELIX_DATAPREP_MAX_DOCUMENT_BYTES): split it")
     elif ext in (".html", ".htm"):
         text = _html_text(_decode_text(source, data, charset))
     elif ext == ".md":
@@ -159,14 +198,20 @@ def _html_text(html: str) -> str:
     return soup.get_text()
 
 
-def _pdf_text(source: str, data: bytes) -> str:
+def _pdf_text(source: str, data: bytes, limits: ReadLimits) -> str:
     from pypdf import PdfReader
 
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise DocumentError(source, "the PDF is password-protected; upload an unlocked copy")
-        pages = [page.extract_text() or "" for page in reader.pages]
+        pages, chars = [], 0
+        for page in reader.pages:
+            limits.check_stop()
+            pages.append(page.extract_text() or "")
+            chars += len(pages[-1])
+            if chars > limits.max_chars:
+                break  # the rest would be cut
     except DocumentError:
         raise
     except Exception as exc:  # pypdf raises many types on a malformed file
@@ -178,17 +223,28 @@ def _pdf_text(source: str, data: bytes) -> str:
     return "\n\n".join(pages)
 
 
-def _docx_text(source: str, data: bytes) -> str:
+def _docx_text(source: str, data: bytes, limits: ReadLimits) -> str:
     import docx
     from docx.table import Table
 
+    try:  # the sizes in the zip's directory: zipfile inflates no member past its own
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            inflated = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, ValueError, EOFError):
+        inflated = 0  # not a zip: python-docx says so below
+    if inflated > limits.max_bytes:
+        raise DocumentError(source, f"inflates to {inflated} bytes; the limit is {limits.max_bytes} bytes per"
+                                    " document (HELIX_DATAPREP_MAX_DOCUMENT_BYTES): remove its pictures or split it")
     try:
         document = docx.Document(io.BytesIO(data))
     except Exception as exc:  # a zip error, a missing part, the wrong content type...
         raise DocumentError(source, "not a valid .docx (Word 2007 or later) document; "
                                     "save it as .docx or export it to PDF") from exc
-    paragraphs = []
+    paragraphs, chars = [], 0
     for block in document.iter_inner_content():  # paragraphs and tables, in document order
+        limits.check_stop()
+        if chars > limits.max_chars:
+            break  # the rest would be cut
         if isinstance(block, Table):
             for row in block.rows:
                 cells = []
@@ -198,6 +254,7 @@ def _docx_text(source: str, data: bytes) -> str:
                 paragraphs.append(" | ".join(" ".join(c.text.split()) for c in cells))
         else:
             paragraphs.append(block.text)
+        chars += len(paragraphs[-1])
     return "\n\n".join(paragraphs)
 
 
@@ -216,7 +273,8 @@ def _urls_in_file(source: str, text: str) -> list[str]:
     return urls
 
 
-def _fetch_all(source: str, urls: list[str], fetcher: UrlFetcher | None) -> list[tuple[str, str]]:
+def _fetch_all(source: str, urls: list[str], fetcher: UrlFetcher | None,
+               limits: ReadLimits = ReadLimits()) -> list[tuple[str, str]]:
     if not urls:
         raise DocumentError(source, "no URL given")
     if len(urls) > MAX_URLS:
@@ -224,9 +282,10 @@ def _fetch_all(source: str, urls: list[str], fetcher: UrlFetcher | None) -> list
     fetcher = fetcher or UrlFetcher()
     results = []
     for url in urls:
+        limits.check_stop()
         try:
             content_type, body = fetcher.fetch(url)
-            results.append((url, extract_fetched(url, content_type, body)))
+            results.append((url, extract_fetched(url, content_type, body, limits)))
         except DocumentError as exc:
             raise DocumentError(source, str(exc)) from exc
     return results

@@ -1,7 +1,12 @@
 """The data-preparation job of a text fine-tune: documents → text → chunks → question/answer pairs.
 
-Runs on a text worker beside the warm vLLM server. Every file is read first, so one that yields
-no text fails early with an error naming it; then the questions for every fact of every chunk go
+Runs on a text worker beside the warm vLLM server. Every file is read and chunked first, so one
+that yields no text fails early with an error naming it, and its neighbours go on: a document's
+own fault (no text, a parser's crash, a limit) is reported for that document, never retried as a
+failed job. Reading is bounded (runner/dataprep/documents.py `ReadLimits`): the text kept of one
+document, the bytes it may inflate to, and how many documents the runner reads at once
+(HELIX_DATAPREP_READERS, over all jobs of the worker process). A cancelled job stops between
+pages, paragraphs, sentences and chunks, within a fraction of a second. Then the questions for every fact of every chunk go
 to the model at once (vLLM batches them). Each chunk's pairs, filter counts and error are reported
 as the chunk completes; chunks listed in `skip_chunks` (done by an earlier attempt) are not redone.
 """
@@ -12,13 +17,16 @@ import logging
 import math
 import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Callable, Iterator
+
+import requests
 
 from runner.dataprep.chunking import split_into_chunks, split_into_sentences
-from runner.dataprep.documents import DocumentError, UrlFetcher, extract_fetched, extract_text
+from runner.dataprep.documents import DocumentError, ReadLimits, UrlFetcher, cut, extract_fetched, extract_text
 from runner.dataprep.quality import Candidate, balance, filter_candidates
 from runner.dataprep.questions import GenerationError, QuestionWriter
 from runner.control_plane import Gone
@@ -53,33 +61,71 @@ def _token_counter(model_path: str):
     return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
 
-def _read_documents(ctx, job: TextDataPrepJob) -> list[tuple[str, str]]:
-    """(name, text) of every document that yielded text; the others are reported with their error."""
+_readers: threading.BoundedSemaphore | None = None
+_readers_lock = threading.Lock()
+
+
+@contextmanager
+def _reading_slot(readers: int, check_stop: Callable[[], None]) -> Iterator[None]:
+    """One of the `readers` documents this worker process reads and chunks at once (over all
+    its jobs): what data preparation holds in memory is bounded by them and ReadLimits."""
+    global _readers
+    with _readers_lock:
+        if _readers is None:
+            _readers = threading.BoundedSemaphore(readers)
+    while not _readers.acquire(timeout=CANCEL_POLL_SECONDS):
+        check_stop()
+    try:
+        yield
+    finally:
+        _readers.release()
+
+
+def _read_document(ctx, job: TextDataPrepJob, name: str, path: str | None, fetcher: UrlFetcher,
+                   limits: ReadLimits) -> tuple[str, str]:
+    """(text, error) of one document: its text cut to the limit, and why it was cut."""
+    try:
+        if path is None:
+            text = extract_fetched(name, *fetcher.fetch(name), limits)
+        else:
+            text = extract_text(name, ctx.client.download(job.session_id, path), fetcher=fetcher, limits=limits)
+    except (DocumentError, Gone, requests.RequestException):
+        raise  # a download that failed is the runner's trouble: the job is retried
+    except Exception as err:  # a parser's crash (or its memory) is this document's fault alone
+        log.warning("reading %s failed", name, exc_info=True)
+        raise DocumentError(name, f"could not be read ({type(err).__name__}: {str(err)[:200]})") from err
+    if len(text) <= limits.max_chars:
+        return text, ""
+    return cut(text, limits.max_chars), (
+        f"{name}: cut at {limits.max_chars} characters, the limit per document"
+        " (HELIX_DATAPREP_MAX_DOCUMENT_CHARS): only its first part was used; split it to use the rest")
+
+
+def _plan(ctx, job: TextDataPrepJob, check_stop: Callable[[], None]) -> list[ChunkWork]:
+    """Every document read and cut into chunks in the model's tokens, one at a time; a fact
+    repeated by the overlap is asked about once. A document that yields no text (or is cut) is
+    reported with its error; the others go on."""
     fetcher = UrlFetcher(allow_private=ctx.config.url_allow_private)
-    sources = [(PurePosixPath(p).name, p) for p in job.files] + [(u, None) for u in job.urls]
-    texts = []
-    for name, path in sources:
-        try:
-            if path is not None:
-                text = extract_text(name, ctx.client.download(job.session_id, path), fetcher=fetcher)
-            else:
-                text = extract_fetched(name, *fetcher.fetch(name))
-            texts.append((name, text))
-        except DocumentError as err:
-            ctx.client.report(job.session_id, job.interaction_id, "document",
-                              {"document": name, "error": str(err)})
-    return texts
-
-
-def _plan(ctx, job: TextDataPrepJob, texts: list[tuple[str, str]]) -> list[ChunkWork]:
-    """Chunks in the model's tokens; a fact repeated by the overlap is asked about once."""
+    limits = ReadLimits(ctx.config.dataprep_max_document_chars, ctx.config.dataprep_max_document_bytes, check_stop)
     count = _token_counter(ctx.config.text_model_path or job.model)
+    sources = [(PurePosixPath(p).name, p) for p in job.files] + [(u, None) for u in job.urls]
     skip, seen_facts, work = set(job.skip_chunks), set(), []
-    for name, text in texts:
-        chunks = split_into_chunks(text, count, chunk_tokens=job.chunk_tokens, overlap_tokens=job.overlap_tokens)
+    for n, (name, path) in enumerate(sources):
+        ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
+            progress=n * 100 // len(sources), status=f"reading document {n + 1} of {len(sources)}"))
+        with _reading_slot(ctx.config.dataprep_readers, check_stop):
+            try:
+                text, error = _read_document(ctx, job, name, path, fetcher, limits)
+            except DocumentError as err:
+                ctx.client.report(job.session_id, job.interaction_id, "document",
+                                  {"document": name, "error": str(err)})
+                continue
+            chunks = split_into_chunks(text, count, chunk_tokens=job.chunk_tokens,
+                                       overlap_tokens=job.overlap_tokens, check_stop=check_stop)
         ctx.client.report(job.session_id, job.interaction_id, "document",
-                          {"document": name, "chars": len(text), "chunks": len(chunks)})
+                          {"document": name, "chars": len(text), "chunks": len(chunks), "error": error})
         for index, chunk in enumerate(chunks):
+            check_stop()
             facts = [s for s in split_into_sentences(chunk) if len(s.split()) >= MIN_FACT_WORDS]
             ask = [i for i, f in enumerate(facts) if " ".join(f.lower().split()) not in seen_facts]
             seen_facts.update(" ".join(f.lower().split()) for f in facts)
@@ -111,13 +157,31 @@ def _finish_chunk(ctx, job: TextDataPrepJob, chunk: ChunkWork, seen: set[str], l
 
 @unless_gone
 def prepare_text(payload: dict[str, Any]) -> dict[str, Any]:
+    from rq import get_current_job
+
+    # Cancelled (its job gone from Redis): reading, chunking and question writing all stop.
+    with JobWatch(get_current_job(), math.inf, interval=CANCEL_POLL_SECONDS) as watch:
+        try:
+            return _prepare_text(payload, watch)
+        except Gone:  # seen by the watch, or by a report that found the interaction cancelled
+            log.info("data preparation of %s stopped: its job was cancelled or taken over",
+                     payload.get("interaction_id"))
+            raise
+
+
+def _prepare_text(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
     ctx = context()
     job = TextDataPrepJob.from_dict(payload)
     started = time.monotonic()
     n_docs = len(job.files) + len(job.urls)
     ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
         data_prep_stage=DataPrepStage.EXTRACT_TEXT.value, progress=0, status=f"reading {n_docs} documents"))
-    work = _plan(ctx, job, _read_documents(ctx, job))
+
+    def check_stop() -> None:
+        if watch.stop.is_set():
+            raise Gone(job.interaction_id)
+
+    work = _plan(ctx, job, check_stop)
 
     ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
         data_prep_stage=DataPrepStage.GENERATE_QUESTIONS.value, progress=0,
@@ -141,36 +205,31 @@ def prepare_text(payload: dict[str, Any]) -> dict[str, Any]:
         except GenerationError as err:
             return chunk, [], str(err)
 
-    from rq import get_current_job
-
     pool = ThreadPoolExecutor(max(1, ctx.config.qa_concurrency))
-    # Cancelled (its job gone from Redis): no further question is asked and the job ends within
-    # a fraction of a second; the requests already sent end on their own (short, bounded replies).
+    # Cancelled: no further question is asked and the job ends within a fraction of a second;
+    # the requests already sent end on their own (short, bounded replies).
     stopped = False
-    with JobWatch(get_current_job(), math.inf, interval=CANCEL_POLL_SECONDS) as watch:
-        try:
-            pending = {pool.submit(ask, *r) for r in asks}
-            while pending:
-                finished, pending = wait(pending, timeout=CANCEL_POLL_SECONDS, return_when=FIRST_COMPLETED)
-                if watch.stop.is_set():
-                    raise Gone(job.interaction_id)
-                for future in finished:
-                    chunk, candidates, error = future.result()
-                    chunk.candidates += candidates
-                    if error:
-                        chunk.errors.append(error)
-                    chunk.pending -= 1
-                    if chunk.pending == 0:
-                        pairs += _finish_chunk(ctx, job, chunk, seen, lock)
-                        done += 1
-                        ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
-                            progress=min(99, done * 100 // max(1, len(work))),
-                            status=f"questions written for {done} of {len(work)} chunks ({pairs} pairs so far)"))
-        except Gone:  # seen by the watch, or by a report that found the interaction cancelled
-            stopped = True
-            log.info("data preparation of %s stopped: its job was cancelled or taken over", job.interaction_id)
-            raise
-        finally:
-            pool.shutdown(wait=not stopped, cancel_futures=True)
+    try:
+        pending = {pool.submit(ask, *r) for r in asks}
+        while pending:
+            finished, pending = wait(pending, timeout=CANCEL_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            check_stop()
+            for future in finished:
+                chunk, candidates, error = future.result()
+                chunk.candidates += candidates
+                if error:
+                    chunk.errors.append(error)
+                chunk.pending -= 1
+                if chunk.pending == 0:
+                    pairs += _finish_chunk(ctx, job, chunk, seen, lock)
+                    done += 1
+                    ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
+                        progress=min(99, done * 100 // max(1, len(work))),
+                        status=f"questions written for {done} of {len(work)} chunks ({pairs} pairs so far)"))
+    except Gone:
+        stopped = True
+        raise
+    finally:
+        pool.shutdown(wait=not stopped, cancel_futures=True)
     ctx.client.report(job.session_id, job.interaction_id, "prepared", {})
     return {"chunks": len(work), "pairs": pairs, "seconds": round(time.monotonic() - started, 1)}
