@@ -137,7 +137,7 @@ def _extract_as(source: str, ext: str, data: bytes, charset: str | None = None,
         raise DocumentError(source, f"{len(data)} bytes of text; the limit is {limits.max_bytes} bytes per"
                                     " document (HELIX_DATAPREP_MAX_DOCUMENT_BYTES): split it")
     elif ext in (".html", ".htm"):
-        text = _html_text(_decode_text(source, data, charset))
+        text = _html_text(_decode_text(source, data, charset), limits.check_stop)
     elif ext == ".md":
         # A heading, list item or quote is its own paragraph even without blank lines around it.
         text = _unix_newlines(_decode_text(source, data, charset))
@@ -182,20 +182,32 @@ def _decode_text(source: str, data: bytes, charset: str | None = None) -> str:
     return text
 
 
-def _html_text(html: str) -> str:
-    from bs4 import BeautifulSoup  # imported here: only HTML needs it
+def _html_text(html: str, check_stop: Callable[[], None] = _keep_going) -> str:
+    """The page's text, paragraphs set apart. One walk over the tree: inserting separators into
+    it instead cost quadratic time (a 1.6 MB page took 160 s, now 3.6 s)."""
+    from bs4 import BeautifulSoup, CData, NavigableString  # imported here: only HTML needs it
 
     soup = BeautifulSoup(html, "html.parser")
     for tag in soup.find_all(_DROPPED_HTML):
         tag.decompose()
-    for tag in soup.find_all("br"):
-        tag.replace_with("\n")
-    for tag in soup.find_all(_BLOCK_HTML):
-        tag.insert_before("\n\n")
-        tag.insert_after("\n\n")
-    for tag in soup.find_all(("td", "th")):
-        tag.insert_after(" ")
-    return soup.get_text()
+    parts, stack = [], [(soup, False)]  # (node, whether its end was reached)
+    while stack:
+        node, closing = stack.pop()
+        if closing:  # a block ends a paragraph; a table cell is set apart by a space
+            parts.append("\n\n" if node.name in _BLOCK_HTML else " ")
+        elif isinstance(node, NavigableString):
+            if type(node) in (NavigableString, CData):  # not comments, doctypes and the like
+                parts.append(str(node))
+        elif node.name == "br":
+            parts.append("\n")
+        else:
+            check_stop()
+            if node.name in _BLOCK_HTML:
+                parts.append("\n\n")
+            if node.name in _BLOCK_HTML or node.name in ("td", "th"):
+                stack.append((node, True))
+            stack.extend((child, False) for child in reversed(node.contents))
+    return "".join(parts)
 
 
 def _pdf_text(source: str, data: bytes, limits: ReadLimits) -> str:
