@@ -19,7 +19,8 @@ from controlplane.config import Config
 from controlplane.openai_input import EngineCostLimits, check_schema_cost
 from runner.dataprep.job import QUESTIONS_PER_REQUEST
 from runner.dataprep.questions import _schema
-from tests.conftest import TEXT_MODEL
+from shared.settings import SettingError
+from tests.conftest import TEXT_MODEL, app_with
 from tests.test_finetune_flow import _create, _pairs, _system, _until_review
 from tests.test_openai_finetuning import examples
 
@@ -93,6 +94,24 @@ def test_at_the_limits_is_accepted(live_server, runner, live_user):
     assert r.status_code == 200, r.text
     r = chat(live_server, live_user, response_format=json_schema(largest_accepted_schema(uuid.uuid4().hex[:8])))
     assert r.status_code == 200, r.text
+
+
+def test_the_limits_are_settings(config, user, tmp_path_factory):
+    env = {"HELIX_MAX_SCHEMA_BYTES": "2048", "HELIX_MAX_SCHEMA_ENUM_ENTRIES": "5", "HELIX_MAX_STOP_BYTES": "8"}
+    read = Config.from_env(env)
+    assert (read.max_schema_bytes, read.max_schema_enum_entries, read.max_stop_bytes) == (2048, 5, 8)
+    with pytest.raises(SettingError, match="HELIX_MAX_STOP_BYTES"):
+        Config.from_env({"HELIX_MAX_STOP_BYTES": "0"})
+    client = app_with(config, tmp_path_factory, max_schema_bytes=2048, max_schema_enum_entries=5,
+                      max_stop_bytes=8).test_client()
+    for body, named in (({"stop": ["123456789"]}, "the limit is 8 (HELIX_MAX_STOP_BYTES)"),
+                        ({"response_format": json_schema(enum_schema(list("abcdef")))},
+                         "the limit is 5 (HELIX_MAX_SCHEMA_ENUM_ENTRIES)"),
+                        ({"response_format": json_schema({"description": "x" * 2048})},
+                         "the limit is 2048 (HELIX_MAX_SCHEMA_BYTES)")):
+        r = client.post("/v1/chat/completions", headers=user.headers, json={
+            "model": TEXT_MODEL, "messages": [{"role": "user", "content": "hi"}], **body})
+        assert r.status_code == 400 and named in r.json["error"]["message"], r.json
 
 
 def test_question_generation_schema_is_well_within_the_limits():
