@@ -27,7 +27,7 @@ from runner.control_plane import ControlPlane, Gone
 from runner.http_session import pooled_session
 from runner.text_generation import EngineFailure, Generation, ModelError, fit_history, stream_chat
 from runner.text_stream import TextStream, clear_partial_text
-from runner.vllm_server import wait_healthy
+from runner.vllm_server import healthy, wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
 from shared.types import InteractionState
 from shared.updates import InteractionUpdate
@@ -172,6 +172,17 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
                 failure, in_flight = err, taken.is_set()
         if watch.stop.is_set():
             raise Gone(job.interaction_id) from None
+        if isinstance(failure, EngineFailure) and in_flight and healthy(ctx.vllm_url):
+            # vLLM failed this request but its engine lives (a grammar that rejected every
+            # token, say): not a crash, so no strike; tried once more, then the server's error.
+            log.warning("vLLM failed %s without crashing (%s)", job.interaction_id, failure)
+            if attempt >= 2:
+                engine_crashes.forget(ctx.redis, job.interaction_id)
+                ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
+                    state=InteractionState.ERROR.value, message=stream.text, status="error",
+                    error=f"the model server failed on this request twice: {failure}"))
+                return {"error": str(failure)}
+            continue
         if in_flight:
             crashes = engine_crashes.strike(ctx.redis, job.interaction_id)
             if crashes >= engine_crashes.STRIKES_TO_FAIL:

@@ -23,6 +23,14 @@ from shared.processes import die_with_parent, free_port, stop
 log = logging.getLogger(__name__)
 
 
+def healthy(base_url: str) -> bool:
+    """vLLM answers /health now (503 once its engine died, until the server exits)."""
+    try:
+        return requests.get(base_url + "/health", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
 def wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None = None) -> float:
     """Blocks until the server's /health answers; returns the seconds it took."""
     started = time.monotonic()

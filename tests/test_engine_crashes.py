@@ -21,10 +21,16 @@ import psycopg
 import pytest
 import requests
 from psycopg.rows import dict_row
+from redis import Redis
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
 from tokenizers import Tokenizer
 
 from controlplane import accounts
-from tests.conftest import TEXT_MODEL, User, start_control_plane, start_runner, vllm_server
+from shared.jobs import WorkKind, queue_name
+from shared.updates import partial_text_key
+from tests.conftest import (TEXT_MODEL, User, freeze, start_control_plane, start_runner, thaw, vllm_server,
+                            wait_for_session)
 
 CHUNKED_MODEL = "helix/tiny-chat-chunked"
 
@@ -101,44 +107,59 @@ def _sessions(url: str, user: User) -> list[dict]:
     return r.json()["sessions"] if isinstance(r.json(), dict) else r.json()
 
 
-def _session(url: str, user: User, session_id: str) -> dict:
-    r = requests.get(f"{url}/api/v1/sessions/{session_id}", headers=user.headers, timeout=10)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def test_the_request_that_crashes_the_engine_fails_alone(chunked_stack, make_live_user, models_dir):
+def test_the_request_that_crashes_the_engine_fails_alone(chunked_stack, services, make_live_user, models_dir):
     url, runner = chunked_stack
     culprit, other = make_live_user(), make_live_user()
-    innocent = sdk(url, other, max_retries=0, timeout=300)
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        # Other customers' long replies (greedy: the tiny model's noise runs to max_tokens), in
-        # flight when the engine dies.
-        replies = [pool.submit(innocent.chat.completions.create, model=CHUNKED_MODEL, max_tokens=1800, temperature=0,
-                               messages=[{"role": "user", "content": f"tell me a long story {n}"}]) for n in range(2)]
-        deadline = time.monotonic() + 60
-        while runner.log().count("(text-inference) started") < 2:
-            assert time.monotonic() < deadline, "the other customer's replies never started"
-            time.sleep(0.1)
-        # The SDK's own retries are on (two by default): the error must tell it not to.
-        with pytest.raises(openai.InternalServerError) as crashed:
-            sdk(url, culprit, timeout=300).chat.completions.create(
-                model=CHUNKED_MODEL, max_tokens=8, seed=7,
-                messages=[{"role": "user", "content": long_prompt(models_dir, 600, "crash")}])
-        answered = [r.result(timeout=300) for r in replies]
+    # Another customer's long replies (the tiny model's noise, sampled: its greedy reply is
+    # newlines only), seen streaming (so in flight on vLLM) before the engine dies.
+    innocents = []
+    for n in range(2):
+        r = requests.post(f"{url}/api/v1/sessions", headers=other.headers, timeout=30, data={
+            "input": f"tell me a long story {n}", "mode": "inference", "type": "text", "model_name": CHUNKED_MODEL,
+            "temperature": "1", "max_tokens": "1800"})
+        assert r.status_code == 201, r.text
+        innocents.append(r.json()["id"])
+    redis = Redis.from_url(services["redis_url"])
+    streaming = [partial_text_key(wait_for_session(url, other, sid, until=lambda s: len(s["interactions"]) > 1)
+                                  ["interactions"][-1]["id"]) for sid in innocents]
+    deadline = time.monotonic() + 60
+    while redis.exists(*streaming) < len(streaming):  # their first tokens are out
+        assert time.monotonic() < deadline, "the other customer's replies never started"
+        time.sleep(0.05)
+    # vLLM held still while the culprit reaches it (on 2 cores, a generating vLLM leaves the
+    # control plane too little CPU to take a request before short replies are done).
+    server = vllm_server(runner)
+    freeze(server)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            # The SDK's own retries are on (two by default): the error must tell it not to.
+            call = pool.submit(sdk(url, culprit, timeout=300).chat.completions.create,
+                               model=CHUNKED_MODEL, max_tokens=8, seed=7,
+                               messages=[{"role": "user", "content": long_prompt(models_dir, 600, "crash")}])
+            started = StartedJobRegistry(queue_name(WorkKind.TEXT_INFERENCE, CHUNKED_MODEL), connection=redis,
+                                         serializer=JSONSerializer)
+            while started.count < 3:  # the culprit's job is on a worker, waiting on vLLM
+                assert time.monotonic() < deadline + 60, "the culprit's job never started"
+                time.sleep(0.05)
+            thaw(server)
+            with pytest.raises(openai.InternalServerError) as crashed:
+                call.result(timeout=300)
+    finally:
+        thaw(server)
     assert crashed.value.status_code == 502 and "crashed twice" in crashed.value.message, crashed.value.message
     assert crashed.value.response.headers.get("x-should-retry") == "false"
     assert len(_sessions(url, culprit)) == 1, "the request was sent again"
-    assert all(r.choices[0].message.content for r in answered)
-    survivors = [_session(url, other, r.session_id)["interactions"][-1]["metadata"] for r in answered]
-    assert all(m.get("engine_crashes") == 1 for m in survivors), survivors  # in flight at the first crash
+    # The other customer's replies were tried again, after the first crash, and answered.
+    for session_id in innocents:
+        reply = wait_for_session(url, other, session_id, timeout=300)["interactions"][-1]
+        assert reply["state"] == "complete" and reply["message"], reply
+        assert reply["metadata"].get("engine_crashes") == 1, reply["metadata"]  # in flight at the first
     # vLLM leaves a few seconds after its engine died: the second restart may still be coming.
-    runner.wait_for_log("vLLM healthy again", timeout=120)
     deadline = time.monotonic() + 120
     while runner.log().count("vLLM healthy again") < 2:
         assert time.monotonic() < deadline, runner.log()[-3000:]
         time.sleep(0.5)
     # The engine is back for everyone, and nothing crashed it a third time.
-    assert innocent.chat.completions.create(model=CHUNKED_MODEL, max_tokens=4,
-                                            messages=[{"role": "user", "content": "still there?"}]).choices
+    assert sdk(url, other, max_retries=0).chat.completions.create(
+        model=CHUNKED_MODEL, max_tokens=4, messages=[{"role": "user", "content": "still there?"}]).choices
     assert runner.log().count("vLLM exited") == 2, "the engine was crashed again by a retry"
