@@ -16,6 +16,7 @@ import threading
 from typing import Iterator
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +35,33 @@ def _strikes_key(interaction_id: str) -> str:
 
 
 def strike(redis: Redis, interaction_id: str) -> int:
-    """Counts a crash this request was in flight for; returns how many it has seen."""
-    with redis.pipeline(transaction=True) as pipe:
-        pipe.incr(_strikes_key(interaction_id))
-        pipe.expire(_strikes_key(interaction_id), _STRIKE_TTL_SECONDS)
-        return int(pipe.execute()[0])
+    """Counts a crash this request was in flight for; returns how many it has seen. Redis away
+    (it can fail with the engine): counted as its first, so the request is tried again."""
+    try:
+        with redis.pipeline(transaction=True) as pipe:
+            pipe.incr(_strikes_key(interaction_id))
+            pipe.expire(_strikes_key(interaction_id), _STRIKE_TTL_SECONDS)
+            return int(pipe.execute()[0])
+    except RedisError as err:
+        log.warning("engine-crash strike of %s not counted: %s", interaction_id, err)
+        return 1
 
 
 def strikes(redis: Redis, interaction_id: str) -> int:
-    return int(redis.get(_strikes_key(interaction_id)) or 0)
+    """How many crashes the request was in flight for (0 when Redis cannot say: a reply must not
+    wait on Redis, which the reconciler recovers from on its own)."""
+    try:
+        return int(redis.get(_strikes_key(interaction_id)) or 0)
+    except RedisError as err:
+        log.warning("engine-crash strikes of %s unknown: %s", interaction_id, err)
+        return 0
 
 
 def forget(redis: Redis, interaction_id: str) -> None:
     """The request finished (answered or failed): a later run of it starts with a clean slate."""
     try:
         redis.delete(_strikes_key(interaction_id))
-    except Exception as err:  # a left-over key lapses by itself
+    except RedisError as err:  # a left-over key lapses by itself
         log.warning("could not forget the engine-crash strikes of %s: %s", interaction_id, err)
 
 
@@ -58,10 +70,15 @@ def suspect_turn(redis: Redis, runner_id: str, stop: threading.Event) -> Iterato
     """Waits for this runner's one suspect slot (yields False if `stop` was set first) and holds
     it while the block runs, renewing it so that only a dead holder's slot lapses."""
     lock = redis.lock(f"helix:engine-suspect:{runner_id}", timeout=_TURN_SECONDS, sleep=0.2, thread_local=False)
-    while not lock.acquire(blocking=True, blocking_timeout=1.0):
-        if stop.is_set():
-            yield False
-            return
+    try:
+        while not lock.acquire(blocking=True, blocking_timeout=1.0):
+            if stop.is_set():
+                yield False
+                return
+    except RedisError as err:  # no turn to be had: tried anyway, as before this guard existed
+        log.warning("engine-suspect turn of %s unavailable: %s", runner_id, err)
+        yield True
+        return
     released = threading.Event()
 
     def renew() -> None:
