@@ -121,10 +121,13 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
     started = time.monotonic()
     max_tokens = job.max_tokens or ctx.config.max_tokens
     messages = job.messages
+    # Crashes of vLLM this request was in flight for, by this attempt or an earlier one; read
+    # once, then kept here (a reply costs no more Redis round trips unless it meets a crash).
+    crashes = engine_crashes.strikes(ctx.redis, job.interaction_id)
     for attempt in range(1, 4):
         # A request that was in flight when vLLM's engine crashed waits its turn: one such
         # suspect at a time, so a crash it causes again is its own (runner/engine_crashes.py).
-        suspect = engine_crashes.strikes(ctx.redis, job.interaction_id) > 0
+        suspect = crashes > 0
         turn = (engine_crashes.suspect_turn(ctx.redis, ctx.config.runner_id, watch.stop) if suspect
                 else contextlib.nullcontext(True))
         with turn as my_turn:
@@ -161,7 +164,8 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
                 stream.publish()
                 break
             except (ModelError, adapters.AdapterError) as err:
-                engine_crashes.forget(ctx.redis, job.interaction_id)
+                if crashes:
+                    engine_crashes.forget(ctx.redis, job.interaction_id)
                 ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
                     state=InteractionState.ERROR.value, message=stream.text, error=str(err),
                     status="error", metadata={"refused_by_model": True}))
@@ -177,7 +181,8 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
             # token, say): not a crash, so no strike; tried once more, then the server's error.
             log.warning("vLLM failed %s without crashing (%s)", job.interaction_id, failure)
             if attempt >= 2:
-                engine_crashes.forget(ctx.redis, job.interaction_id)
+                if crashes:
+                    engine_crashes.forget(ctx.redis, job.interaction_id)
                 ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
                     state=InteractionState.ERROR.value, message=stream.text, status="error",
                     error=f"the model server failed on this request twice: {failure}"))
@@ -201,8 +206,8 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
             status="the model server crashed: waiting for it to try again" if in_flight
             else "the model server is restarting: waiting for it"))
         wait_healthy(ctx.vllm_url, timeout=300)
-    survived = engine_crashes.strikes(ctx.redis, job.interaction_id)
-    engine_crashes.forget(ctx.redis, job.interaction_id)
+    if crashes:
+        engine_crashes.forget(ctx.redis, job.interaction_id)
     elapsed = time.monotonic() - started
     _count_tokens(job.model, generation.usage, elapsed)
     choices = [{"index": i, "text": generation.texts.get(i, ""), "finish_reason": generation.finish_reasons.get(i)}
@@ -214,7 +219,7 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
                                      "usage": generation.usage,
                                      "finish_reason": generation.finish_reasons.get(0, "stop"),
                                      **({"choices": choices} if len(choices) > 1 else {}),
-                                     **({"engine_crashes": survived} if survived else {}),
+                                     **({"engine_crashes": crashes} if crashes else {}),
                                      **({"adapter": model} if job.lora_dir else {})}))
     clear_partial_text(ctx.redis, job.interaction_id)  # the stored message holds it all now
     return {"chars": len(stream.text), "seconds": elapsed}
