@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import statistics
 import time
 import uuid
@@ -94,6 +95,8 @@ def chunked_stack(services, models_dir, tmp_path_factory):
         token = accounts.create_runner_token(conn, f"chunked-{uuid.uuid4().hex[:8]}")[1]
     runner = start_runner(url, services, token, models_dir, logs, runner_id="runner-chunked", text_model=CHUNKED_MODEL,
                           extra_env={"HELIX_VLLM_ARGS": "--enable-chunked-prefill --max-num-batched-tokens 256",
+                                     # every reply runs to max_tokens: the long ones outlast the crash
+                                     "HELIX_SAMPLING_EXTRA": json.dumps({"ignore_eos": True}),
                                      "HELIX_TEXT_WORKERS": "4", "HELIX_FINETUNE_WORKERS": "0"})
     runner.wait_for_log("ready:", timeout=300)
     yield url, runner
@@ -111,7 +114,8 @@ def test_the_request_that_crashes_the_engine_fails_alone(chunked_stack, services
     url, runner = chunked_stack
     culprit, other = make_live_user(), make_live_user()
     # Another customer's long replies (the tiny model's noise, sampled: its greedy reply is
-    # newlines only), seen streaming (so in flight on vLLM) before the engine dies.
+    # newlines only; 1,800 tokens, EOS ignored), seen streaming (so in flight on vLLM) before the
+    # engine dies.
     innocents = []
     for n in range(2):
         r = requests.post(f"{url}/api/v1/sessions", headers=other.headers, timeout=30, data={
@@ -138,7 +142,9 @@ def test_the_request_that_crashes_the_engine_fails_alone(chunked_stack, services
                                messages=[{"role": "user", "content": long_prompt(models_dir, 600, "crash")}])
             started = StartedJobRegistry(queue_name(WorkKind.TEXT_INFERENCE, CHUNKED_MODEL), connection=redis,
                                          serializer=JSONSerializer)
-            while started.count < 3:  # the culprit's job is on a worker, waiting on vLLM
+            while started.count < 3 or not any(  # the culprit's reply began: its request waits on vLLM
+                    wait_for_session(url, culprit, s["id"], until=lambda _: True)["interactions"][-1]["status"]
+                    == "generating" for s in _sessions(url, culprit)):
                 assert time.monotonic() < deadline + 60, "the culprit's job never started"
                 time.sleep(0.05)
             thaw(server)
