@@ -40,6 +40,9 @@ from shared.processes import die_with_parent, stop
 from shared.runners import thread_worker_name, worker_alive_key, worker_name
 
 log = logging.getLogger("runner")
+# vLLM deaths while starting, in a row, after which the runner gives up: a model that cannot load
+# fails every time; a request that crashed it again just after it came up does so once.
+MAX_VLLM_FAILED_STARTS = 3
 REVOKED_MESSAGE = ("runner token revoked: this runner stopped (create a new token with `helix runners token NAME`"
                    " and set HELIX_RUNNER_TOKEN)")
 
@@ -59,6 +62,7 @@ class Supervisor:
         self.on_revoked: Callable[[], None] | None = None
         self.announced = 0.0
         self.vllm_ready = False
+        self.vllm_failed_starts = 0  # in a row, while restarting it (see _restart_vllm)
         self.state: dict = {}
         self.redis = Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.gpu = state_report.GpuMemory()
@@ -254,6 +258,26 @@ class Supervisor:
                 raise SystemExit(f"runner workers not listening after {timeout}s")
             time.sleep(0.2)
 
+    def _restart_vllm(self) -> None:
+        """Starts vLLM again. It may die again before this sees it healthy (a request held for a
+        crash, sent the moment it answers, crashes it again): that is one more restart on the next
+        turn of watch(), not the end of the runner; only a vLLM that never comes up ends it."""
+        log.error("vLLM exited (%s); restarting it", self.vllm.proc.returncode)
+        self.vllm_ready = False
+        self.vllm.stop()  # what is left of its process group
+        self.vllm.start()
+        try:
+            log.info("vLLM healthy again after %.1fs", self.vllm.wait_ready())
+        except RuntimeError as err:
+            self.vllm_failed_starts += 1
+            if self.vllm_failed_starts >= MAX_VLLM_FAILED_STARTS:
+                raise SystemExit(f"vLLM failed to start {self.vllm_failed_starts} times in a row: {err}") from None
+            log.error("vLLM died while starting (%s); restarting it again", err)
+            return
+        self.vllm_failed_starts = 0
+        self.vllm_ready = True
+        self._count_model_load("text")
+
     def watch(self) -> None:
         """Restart what dies until asked to stop (the reporter thread tells the control plane that
         this runner is still here); stop at once when the runner's token is revoked."""
@@ -261,13 +285,7 @@ class Supervisor:
             if self.revoked.is_set():
                 raise SystemExit(REVOKED_MESSAGE)
             if self.vllm is not None and not self.vllm.alive():
-                log.error("vLLM exited (%s); restarting it", self.vllm.proc.returncode)
-                self.vllm_ready = False
-                self.vllm.stop()  # what is left of its process group
-                self.vllm.start()
-                log.info("vLLM healthy again after %.1fs", self.vllm.wait_ready())
-                self.vllm_ready = True
-                self._count_model_load("text")
+                self._restart_vllm()
             for (kind, index), proc in list(self.workers.items()):
                 if proc.poll() is not None and not self.stopping.is_set():
                     log.error("worker %s.%d exited with %s; restarting", kind.value, index, proc.returncode)

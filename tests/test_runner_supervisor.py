@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 
 import psutil
@@ -56,6 +57,20 @@ def _text_worker(runner) -> psutil.Process:
     return found[0]
 
 
+def _replacement(runner, dead_pid: int, timeout: float = 30):
+    """The vLLM server the supervisor started in place of `dead_pid`, as soon as it exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            server = vllm_server(runner)
+            if server.pid != dead_pid:
+                return server
+        except (AssertionError, psutil.Error):
+            pass  # none between the old one's end and the new one's start
+        time.sleep(0.05)
+    raise TimeoutError(f"no vLLM started in place of {dead_pid} within {timeout}s")
+
+
 @pytest.mark.timeout(420)
 def test_a_dead_worker_or_vllm_is_started_again_and_the_held_job_completes_once(supervised, services):
     url, user, runner = supervised
@@ -80,8 +95,16 @@ def test_a_dead_worker_or_vllm_is_started_again_and_the_held_job_completes_once(
     assert reply[-1]["metadata"]["attempts"] == 2  # the killed attempt, then the one that answered
     assert _text_worker(runner).pid != worker.pid
 
-    # 2. vLLM dies: the supervisor starts it again, and the next reply is served by the new one.
-    os.killpg(vllm_server(runner).pid, signal.SIGKILL)
+    # 2. vLLM dies, and its replacement dies too before it answers (a held request that crashes
+    # it again, say): the supervisor starts a third, and the next reply is served by it.
+    first = vllm_server(runner)
+    os.killpg(first.pid, signal.SIGKILL)
+    runner.wait_for_log("vLLM exited", timeout=30)
+    second = _replacement(runner, first.pid)
+    os.killpg(second.pid, signal.SIGKILL)
+    runner.wait_for_log("vLLM died while starting", timeout=60)
     runner.wait_for_log("vLLM healthy again", timeout=240)
+    assert runner.proc.poll() is None
+    assert vllm_server(runner).pid not in (first.pid, second.pid)
     again = wait_for_session(url, user, _chat(url, user, "still there?")["id"], timeout=120)["interactions"][-1]
     assert again["state"] == "complete" and again["metadata"].get("attempts", 1) == 1
