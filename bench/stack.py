@@ -25,11 +25,12 @@ import requests
 from psycopg.rows import dict_row
 
 from bench.paths import REPO, models_dir  # noqa: F401 - models_dir is imported from here too
-from controlplane import accounts, sessions_store
-from controlplane.devstack import control_plane_command
-from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey
-from controlplane.migrate import apply_migrations
-from controlplane.serving import APP, gunicorn_command
+from controlplane.accounts import store as accounts
+from controlplane.devstack.embedded import EmbeddedPostgres, EmbeddedValkey
+from controlplane.devstack.stack import control_plane_command
+from controlplane.http.serving import APP, gunicorn_command
+from controlplane.sessions import store as sessions_store
+from controlplane.storage.migrate import apply_migrations
 from shared.processes import LoggedProcess, free_port, wait_for_port
 from shared.runners import runner_environment
 from shared.types import Creator, InteractionState

@@ -119,7 +119,7 @@ async def _ramp(stack: BenchStack, server_url: str, levels: list[int], sessions:
 
 def measure(stack: BenchStack, figure: Figure, *, levels: list[int], poll_seconds: float, **_) -> None:
     from controlplane.config import Config
-    from controlplane.dispatch import Dispatcher
+    from controlplane.fleet.dispatch import Dispatcher
 
     server = stack.control_plane("s1-control-plane", workers=1)
     redis = Redis.from_url(stack.vk.url)
@@ -138,7 +138,7 @@ def measure(stack: BenchStack, figure: Figure, *, levels: list[int], poll_second
             dispatcher.try_enqueue(s, s["interactions"], s["interactions"][-1]["id"])
         figure.model = "-"
         figure.inputs = {"levels": levels, "seconds": poll_seconds, "streams_per_user": STREAMS_PER_USER,
-                         "server": "gunicorn, 1 worker process (controlplane.serving.gunicorn_command)",
+                         "server": "gunicorn, 1 worker process (controlplane.http.serving.gunicorn_command)",
                          "poll": "GET /api/v1/sessions/{id}, back to back, one client",
                          "server_open_file_limit": list(nofile) if nofile else None}
         baseline = _poll(server.url, poll_key, poll_session["id"], poll_seconds)

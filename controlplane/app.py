@@ -7,19 +7,25 @@ from typing import Callable
 from flask import Flask, jsonify, request
 from redis import Redis
 
-from controlplane import auth, db, errors, events, metrics, request_context, web
+from controlplane import metrics, web
+from controlplane.accounts import auth
 from controlplane.config import Config
-from controlplane.dispatch import Dispatcher
-from controlplane.filestore import from_config
-from controlplane.migrate import apply_migrations
-from controlplane.openai_files import OpenAIFiles
-from controlplane.openai_finetuning import OpenAIFineTuning
-from controlplane.openai_service import OpenAIService
-from controlplane.finetune_service import FinetuneService
-from controlplane.request_body import JSONProvider, Request
-from controlplane.session_cache import SessionCache
-from controlplane.session_service import SessionService
-from controlplane.validation import refuse_nul_in_url
+from controlplane.finetune.image_service import ImageFinetuneService
+from controlplane.finetune.text_service import FinetuneService
+from controlplane.fleet.dispatch import Dispatcher
+from controlplane.http import error_handlers, request_context
+from controlplane.http.fields import refuse_nul_in_url
+from controlplane.http.request_body import JSONProvider, Request
+from controlplane.openai.chat import OpenAIService
+from controlplane.openai.files import OpenAIFiles
+from controlplane.openai.finetuning import OpenAIFineTuning
+from controlplane.sessions import events
+from controlplane.sessions.cache import SessionCache
+from controlplane.sessions.service import SessionService
+from controlplane.storage import db
+from controlplane.storage.filestore import from_config
+from controlplane.storage.migrate import apply_migrations
+from controlplane.web import error_pages
 from shared import logs
 
 
@@ -60,7 +66,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     request_context.init_app(app, config.access_log)
 
     apply_migrations(config.database_url)  # safe when every replica does it at once
-    errors.init_app(app)
+    error_handlers.init_app(app, pages=error_pages)
     db.init_app(app)
     auth.init_app(app, config)
     # Every live event stream holds one connection (its subscription), besides the requests'.
@@ -69,17 +75,19 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     dispatcher = Dispatcher(redis, config)
     filestore = from_config(config.filestore, config.s3_endpoint_url)
     finetune = FinetuneService(config, dispatcher, filestore, redis)
-    sessions = SessionService(config, dispatcher, filestore, finetune)
+    sessions = SessionService(config, dispatcher, filestore)
     openai_files = OpenAIFiles(config, filestore)
     app.extensions.update(openai_files=openai_files,
                           openai_finetuning=OpenAIFineTuning(config, dispatcher, openai_files, redis))
     app.extensions.update(redis=redis, dispatcher=dispatcher, filestore=filestore, finetune_service=finetune,
+                          image_finetune_service=ImageFinetuneService(config, dispatcher, filestore),
                           session_service=sessions, openai_service=OpenAIService(config, sessions, filestore, redis),
                           session_cache=SessionCache(config.database_url, config.session_cache_mb * 1024 * 1024),
                           event_streams=events.StreamSlots(config.max_event_streams, config.max_event_streams_per_user))
 
-    from controlplane.api import api_keys, dashboard, filestore as filestore_routes, finetune as finetune_routes
-    from controlplane.api import openai, runner
+    from controlplane.api import api_keys, dashboard, openai, runner
+    from controlplane.api import filestore as filestore_routes
+    from controlplane.api import finetune as finetune_routes
     from controlplane.api import openai_finetuning as openai_finetuning_routes
     from controlplane.api import sessions as session_routes
 
@@ -94,7 +102,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
         return jsonify(ok=True)
 
     if start_reconciler and config.reconcile_interval > 0:
-        from controlplane.reconciler import Reconciler
+        from controlplane.runners.reconciler import Reconciler
 
         app.extensions["reconciler"] = Reconciler(app)
         app.extensions["reconciler"].start_thread(config.reconcile_interval)

@@ -29,7 +29,7 @@ def _connect():
     import psycopg
     from psycopg.rows import dict_row
 
-    from controlplane.migrate import apply_migrations
+    from controlplane.storage.migrate import apply_migrations
 
     _load_state_env()
     url = os.environ.get("DATABASE_URL")
@@ -42,7 +42,7 @@ def _connect():
 def _password(args) -> str:
     """--password PW, or --password - to read it from the first line of standard input (a
     password on the command line is visible to other users of the machine in `ps`)."""
-    from controlplane import accounts
+    from controlplane.accounts import store as accounts
 
     password = sys.stdin.readline().rstrip("\n") if args.password == "-" else (args.password or "")
     if password and (problem := accounts.password_problem(password)):
@@ -51,7 +51,7 @@ def _password(args) -> str:
 
 
 def cmd_users_create(args) -> None:
-    from controlplane import accounts
+    from controlplane.accounts import store as accounts
 
     password = _password(args)
     with _connect() as conn:
@@ -66,7 +66,7 @@ def cmd_users_create(args) -> None:
 
 
 def cmd_users_password(args) -> None:
-    from controlplane import accounts
+    from controlplane.accounts import store as accounts
 
     password = _password(args)
     if not password:
@@ -80,7 +80,7 @@ def cmd_users_password(args) -> None:
 
 
 def cmd_keys_create(args) -> None:
-    from controlplane import accounts
+    from controlplane.accounts import store as accounts
 
     with _connect() as conn:
         user = accounts.get_user_by_email(conn, args.email)
@@ -91,7 +91,7 @@ def cmd_keys_create(args) -> None:
 
 
 def cmd_runner_token(args) -> None:
-    from controlplane import accounts
+    from controlplane.accounts import store as accounts
 
     with _connect() as conn:
         if accounts.live_runner_token_named(conn, args.name):
@@ -108,7 +108,7 @@ def _when(value) -> str:
 
 
 def cmd_runner_tokens(args) -> None:
-    from controlplane import accounts
+    from controlplane.accounts import store as accounts
 
     with _connect() as conn:
         rows = accounts.list_runner_tokens(conn)
@@ -121,7 +121,7 @@ def cmd_runner_tokens(args) -> None:
 
 
 def cmd_runner_revoke(args) -> None:
-    from controlplane import accounts
+    from controlplane.accounts import store as accounts
 
     with _connect() as conn:
         revoked = accounts.revoke_runner_tokens(conn, args.name)
@@ -143,8 +143,8 @@ def _memory(state: dict) -> str:
 
 
 def cmd_runners_list(args) -> None:
-    from controlplane import fleet
     from controlplane.config import Config
+    from controlplane.fleet import overview as fleet
 
     gone_seconds = Config.from_env().runner_gone_seconds
     with _connect() as conn:
@@ -169,7 +169,7 @@ def cmd_migrate(args) -> None:
 
 
 def cmd_up(args) -> None:
-    from controlplane.devstack import run_stack
+    from controlplane.devstack.stack import run_stack
 
     run_stack(STATE_DIR, port=args.port, with_runner=not args.no_runner)
 
@@ -178,8 +178,8 @@ def cmd_serve(args) -> None:
     """The control plane alone on external PostgreSQL and Redis/Valkey, what a container or a
     service manager runs: migrations first (a database that is unreachable or refuses them stops
     here with one line), then gunicorn in place of this process, so signals reach it directly."""
-    from controlplane.migrate import apply_migrations
-    from controlplane.serving import ACCESS_LOG_FORMAT, gunicorn_command
+    from controlplane.http.serving import ACCESS_LOG_FORMAT, gunicorn_command
+    from controlplane.storage.migrate import apply_migrations
 
     missing = [name for name in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(name)]
     if missing:

@@ -111,13 +111,13 @@ class Config:
     # Failed sign-ins for one email within 15 minutes before its password is not even checked
     # (429) until the window passes: guessing passwords stays slow.
     max_failed_sign_ins: int = 10
-    # Memory each control-plane process gives to recent status-poll answers (session_cache.py),
+    # Memory each control-plane process gives to recent status-poll answers (sessions/cache.py),
     # in MiB; 0 turns the copy off and every poll reads PostgreSQL.
     session_cache_mb: int = 64
     # How long an OpenAI-compatible call waits for its reply before answering 504; the session
     # goes on, and the error names it for polling.
     openai_reply_seconds: float = 600.0
-    # What one OpenAI-style request may ask of the text engine besides its text (openai_input.py's
+    # What one OpenAI-style request may ask of the text engine besides its text (openai/input.py's
     # EngineCostLimits says why): the JSON bytes of a response_format schema, the enum values it
     # offers in all, and the bytes of all its stop strings together.
     max_schema_bytes: int = 32 * 1024

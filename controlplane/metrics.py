@@ -4,7 +4,7 @@ gunicorn runs several worker processes and a scrape reaches one of them, so what
 happens (requests and their latency by route template and status, reconciler checks by result,
 interactions finished, queue waits at scheduling) uses prometheus_client's multiprocess mode: each
 process writes its values to files in PROMETHEUS_MULTIPROC_DIR, which gunicorn's master makes fresh
-at start (controlplane/gunicorn_hooks.py), and a scrape sums them. What is a fact of shared state
+at start (controlplane/http/gunicorn_hooks.py), and a scrape sums them. What is a fact of shared state
 (unfinished interactions by state, queue length and oldest wait, runners alive and gone) is read
 when scraped: one count on a partial index in PostgreSQL, one small query of the runners, and two
 round trips to Redis. A scrape adds nothing to a status poll: a request only bumps two values in a
@@ -23,8 +23,9 @@ from flask import Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from controlplane import db, fleet
 from controlplane.errors import Unauthorized
+from controlplane.fleet import overview as fleet
+from controlplane.storage import db
 
 log = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import accounts
+from controlplane.accounts import store as accounts
 from tests.conftest import REPO
 
 ARTIFACTS = REPO / "test-artifacts" / "web"

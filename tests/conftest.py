@@ -17,12 +17,12 @@ import pytest
 import requests
 from psycopg.rows import dict_row
 
-from controlplane import accounts
+from controlplane.accounts import store as accounts
 from controlplane.app import create_app
 from controlplane.config import Config
-from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
-from controlplane.migrate import apply_migrations
-from controlplane.serving import gunicorn_command
+from controlplane.devstack.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from controlplane.http.serving import gunicorn_command
+from controlplane.storage.migrate import apply_migrations
 from shared.processes import LoggedProcess, die_with_parent, stop, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent

@@ -30,7 +30,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from controlplane.cli import parser as cli_parser
-from controlplane.embedded import free_port
+from controlplane.devstack.embedded import free_port
 from shared.processes import LoggedProcess, stop, wait_for_port
 from tests.conftest import REPO
 
@@ -77,12 +77,13 @@ def env_names_read(sources: list[Path]) -> set[str]:
 
 
 def _py(*folders: str, leave_out: tuple[str, ...] = ()) -> list[Path]:
-    return [p for f in folders for p in (REPO / f).rglob("*.py") if p.name not in leave_out]
+    return [p for f in folders for p in (REPO / f).rglob("*.py")
+            if not any(p.is_relative_to(REPO / skip) for skip in leave_out)]
 
 
 # The one-machine launcher (devstack, embedded servers) is not what the control plane image runs,
 # and reads the runner's variables to start one: a control-plane container setting those is wrong.
-CONTROL_PLANE_READS = env_names_read(_py("controlplane", "shared", leave_out=("devstack.py", "embedded.py")))
+CONTROL_PLANE_READS = env_names_read(_py("controlplane", "shared", leave_out=("controlplane/devstack",)))
 RUNNER_READS = env_names_read(_py("runner", "shared"))
 
 
@@ -568,7 +569,8 @@ def test_a_runner_reaches_redis_over_tls_with_a_password(rediss_url):
     runner's health check reads its heartbeat over it. Without the password, or without trusting
     the CA, it is refused."""
     from redis import Redis
-    from redis.exceptions import AuthenticationError, ConnectionError as RedisConnectionError
+    from redis.exceptions import AuthenticationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from rq import Queue, SimpleWorker
     from rq.serializers import JSONSerializer
 

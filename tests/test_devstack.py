@@ -11,8 +11,8 @@ import time
 import psutil
 import requests
 
-from controlplane.devstack import Child
-from controlplane.embedded import free_port
+from controlplane.devstack.embedded import free_port
+from controlplane.devstack.stack import Child
 
 
 def start_up(state_dir, port, pg_port, redis_port):
@@ -111,7 +111,7 @@ def test_up_refuses_a_port_in_use_before_touching_anything(tmp_path):
 
 
 def test_a_live_postgres_data_directory_is_never_taken_over(tmp_path):
-    from controlplane.embedded import EmbeddedPostgres
+    from controlplane.devstack.embedded import EmbeddedPostgres
 
     first = EmbeddedPostgres(tmp_path / "pg", free_port()).start()
     try:

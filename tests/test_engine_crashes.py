@@ -27,11 +27,19 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from tokenizers import Tokenizer
 
-from controlplane import accounts
+from controlplane.accounts import store as accounts
 from shared.jobs import WorkKind, queue_name
 from shared.updates import partial_text_key
-from tests.conftest import (TEXT_MODEL, User, freeze, start_control_plane, start_runner, thaw, vllm_server,
-                            wait_for_session)
+from tests.conftest import (
+    TEXT_MODEL,
+    User,
+    freeze,
+    start_control_plane,
+    start_runner,
+    thaw,
+    vllm_server,
+    wait_for_session,
+)
 
 CHUNKED_MODEL = "helix/tiny-chat-chunked"
 

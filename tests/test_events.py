@@ -7,7 +7,7 @@ import json
 import pytest
 from redis import Redis
 
-from controlplane import events
+from controlplane.sessions import events
 from shared.updates import EVENT_INTERACTION
 
 

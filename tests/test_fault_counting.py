@@ -37,10 +37,10 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from controlplane import accounts
-from controlplane.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, wait_for_port
-from controlplane.migrate import apply_migrations
-from controlplane.serving import gunicorn_command
+from controlplane.accounts import store as accounts
+from controlplane.devstack.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, wait_for_port
+from controlplane.http.serving import gunicorn_command
+from controlplane.storage.migrate import apply_migrations
 from shared.jobs import WorkKind, job_id_for, queue_name
 from shared.runners import runner_of_worker
 from tests.conftest import Process, User, freeze, start_runner, thaw, vllm_server

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from controlplane import accounts
+from controlplane.accounts import store as accounts
 from shared import logs
 from shared.runners import RUNNER_HEADER
 from tests.conftest import REPO, User, hold_job
@@ -188,7 +188,7 @@ def _sample(client, name: str) -> float:
 
 
 def test_reconciler_checks_are_counted_by_result(client, user, app):
-    from controlplane.reconciler import Reconciler
+    from controlplane.runners.reconciler import Reconciler
 
     client.post("/api/v1/sessions", headers=user.headers, data={"input": "hi", "mode": "inference", "type": "text"})
     before = _sample(client, 'helix_reconciler_checks_total{result="queued"}')

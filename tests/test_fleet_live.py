@@ -23,13 +23,22 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from controlplane import accounts
-from controlplane.embedded import free_port
-from controlplane.serving import gunicorn_command
+from controlplane.accounts import store as accounts
+from controlplane.devstack.embedded import free_port
+from controlplane.http.serving import gunicorn_command
 from shared.jobs import job_id_for
 from shared.processes import wait_for_port
-from tests.conftest import (REPO, Process, User, freeze, start_control_plane, start_runner, thaw, vllm_server,
-                            wait_for_session)
+from tests.conftest import (
+    REPO,
+    Process,
+    User,
+    freeze,
+    start_control_plane,
+    start_runner,
+    thaw,
+    vllm_server,
+    wait_for_session,
+)
 
 MODEL = "helix/tiny-chat-fleet"
 REPORT_SECONDS = 1

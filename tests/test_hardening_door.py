@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from controlplane.config import Config
-from controlplane.openai_input import EngineCostLimits, check_schema_cost
+from controlplane.openai.input import EngineCostLimits, check_schema_cost
 from runner.dataprep.job import QUESTIONS_PER_REQUEST
 from runner.dataprep.questions import _schema
 from shared.settings import SettingError

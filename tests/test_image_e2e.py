@@ -75,7 +75,7 @@ def test_progress_streams_per_step_up_to_100(live_server, runner, live_user):
             updates.append(data)
         elif name == "session" and updates:
             # A stream that read the finish from the store before its event arrived ends with
-            # the session as stored (controlplane/events.py): that is its last word on progress.
+            # the session as stored (controlplane/sessions/events.py): that is its last word on progress.
             updates.append(data["interactions"][-1])
     progress = [d["progress"] for d in updates]
     statuses = [d["status"] for d in updates]

@@ -6,10 +6,10 @@ from dataclasses import replace
 import psycopg
 from psycopg.rows import dict_row
 
-from controlplane import accounts
+from controlplane.accounts import store as accounts
 from controlplane.app import create_app
-from controlplane.embedded import EmbeddedPostgres, free_port
-from controlplane.migrate import apply_migrations
+from controlplane.devstack.embedded import EmbeddedPostgres, free_port
+from controlplane.storage.migrate import apply_migrations
 
 
 def test_a_session_created_while_redis_is_away_is_kept(config, user, db):

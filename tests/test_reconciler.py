@@ -7,7 +7,7 @@ from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from controlplane.reconciler import MAX_ATTEMPTS, Reconciler
+from controlplane.runners.reconciler import MAX_ATTEMPTS, Reconciler
 from shared.jobs import job_id_for
 from shared.runners import worker_alive_key
 

@@ -157,7 +157,7 @@ def test_runners_not_seen_for_a_while_are_forgotten(client, user, runner_headers
 
 
 def test_one_token_cannot_register_runners_without_end(client, db, config):
-    from controlplane import accounts
+    from controlplane.accounts import store as accounts
 
     headers = {"Authorization": f"Bearer {accounts.create_runner_token(db, 'flood')[1]}"}
     prefix = uuid.uuid4().hex[:8]
@@ -194,7 +194,7 @@ def test_requests_the_model_cannot_take_are_refused_at_once(client, user, runner
 @pytest.fixture()
 def other_runner(client, db):
     """Another runner, registered with another runner token."""
-    from controlplane import accounts
+    from controlplane.accounts import store as accounts
 
     headers = {"Authorization": f"Bearer {accounts.create_runner_token(db, 'other')[1]}"}
     runner_id = f"other-{uuid.uuid4().hex[:8]}"

@@ -17,7 +17,7 @@ from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from controlplane import accounts
+from controlplane.accounts import store as accounts
 from shared.jobs import job_id_for
 from tests.conftest import User, freeze, start_control_plane, start_runner, thaw, vllm_server, wait_for_session
 

@@ -10,14 +10,13 @@ import uuid
 
 import openai
 import psutil
+import psycopg
 import pytest
 import requests
 from PIL import Image
-
-import psycopg
 from psycopg.rows import dict_row
 
-from controlplane.reconciler import Reconciler
+from controlplane.runners.reconciler import Reconciler
 from shared.memory import GIB, MIB, needs_from_env, parse_size
 from shared.settings import SettingError
 from tests.conftest import TEXT_MODEL, app_with, start_control_plane, start_runner, wait_for_session

@@ -1,4 +1,4 @@
-"""The status poll's per-process copy (controlplane/session_cache.py): polls of an unchanged
+"""The status poll's per-process copy (controlplane/sessions/cache.py): polls of an unchanged
 session cost no query, and no poll ever shows a session older than a write committed before it
 was sent, whichever connection, process or worker made the write."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.config import Config
-from controlplane.session_cache import APPLICATION_NAME
+from controlplane.sessions.cache import APPLICATION_NAME
 from shared.settings import SettingError
 from tests.conftest import app_with
 

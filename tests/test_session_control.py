@@ -15,7 +15,7 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from controlplane import sessions_store
+from controlplane.sessions import store as sessions_store
 from shared.jobs import WorkKind, job_id_for, queue_name
 from tests.conftest import app_with, freeze, thaw, vllm_server, wait_for_session
 

@@ -226,7 +226,7 @@ def test_image_session_queues_validated_parameters(client, user, config):
 
 
 def test_chat_history_leaves_out_failed_turns():
-    from controlplane.dispatch import chat_history
+    from controlplane.fleet.dispatch import chat_history
 
     def turn(n, creator, state="complete", message=""):
         return {"id": str(n), "creator": creator, "state": state, "message": message}

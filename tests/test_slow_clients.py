@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from controlplane.serving import HEADER_SECONDS
+from controlplane.http.serving import HEADER_SECONDS
 from tests.conftest import start_control_plane
 
 IDLE_SECONDS = HEADER_SECONDS + 1

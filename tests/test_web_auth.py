@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from controlplane import accounts
+from controlplane.accounts import store as accounts
 from tests.conftest import REPO, app_with
 
 PASSWORD = "correct horse battery"

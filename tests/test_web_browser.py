@@ -11,7 +11,7 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from controlplane.auth import SECRET_CACHE_SECONDS
+from controlplane.accounts.auth import SECRET_CACHE_SECONDS
 from tests.browser import browser, check_no_js_errors, make_web_user, screenshot, signed_in_page  # noqa: F401 (fixtures)
 from tests.conftest import freeze, thaw, vllm_server
 
@@ -201,7 +201,7 @@ def test_an_unreachable_server_is_said_on_the_page(browser, live_server, web_use
 
 
 def test_the_admin_page_shows_runners_queues_and_decisions(browser, live_server, runner, live_db):
-    from controlplane import accounts
+    from controlplane.accounts import store as accounts
     from tests.browser import PASSWORD, WebUser
 
     row = accounts.create_user(live_db, f"admin-{uuid.uuid4().hex[:8]}@example.com", is_admin=True, password=PASSWORD)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from controlplane import accounts, db
-from controlplane.auth import forget_secrets, require_user
+from controlplane.accounts import store as accounts
+from controlplane.accounts.auth import forget_secrets, require_user
 from controlplane.errors import BadRequest, NotFound
-from controlplane.validation import text_field
-from controlplane.views import api_key_view
+from controlplane.http.fields import text_field
+from controlplane.sessions.views import api_key_view
+from controlplane.storage import db
 
 bp = Blueprint("api_keys", __name__, url_prefix="/api/v1/api_keys")
 

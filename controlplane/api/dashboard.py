@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from controlplane import db, fleet, scheduling_decisions
-from controlplane.auth import require_user
+from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest, Forbidden
-from controlplane.views import iso_time
+from controlplane.fleet import decisions as scheduling_decisions
+from controlplane.fleet import overview as fleet
+from controlplane.sessions.views import iso_time
+from controlplane.storage import db
 
 bp = Blueprint("dashboard", __name__, url_prefix="/api/v1/dashboard")
 MAX_DECISIONS = scheduling_decisions.KEPT

@@ -5,10 +5,10 @@ import mimetypes
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
-from controlplane.auth import require_user
+from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest, Conflict, NotFound
-from controlplane.filestore import FileInfo, UserFiles, user_path
-from controlplane.views import iso_time
+from controlplane.sessions.views import iso_time
+from controlplane.storage.filestore import FileInfo, UserFiles, user_path
 
 bp = Blueprint("filestore", __name__, url_prefix="/api/v1/filestore")
 

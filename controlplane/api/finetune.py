@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from controlplane import db, sessions_store
-from controlplane.auth import require_user
-from controlplane.views import session_view
+from controlplane.accounts.auth import require_user
+from controlplane.sessions import store as sessions_store
+from controlplane.sessions.views import session_view
+from controlplane.storage import db
 
 bp = Blueprint("finetune", __name__, url_prefix="/api/v1/sessions/<session_id>/finetune")
 

@@ -11,12 +11,15 @@ from typing import Any, Callable, Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
-from controlplane import db, events, openai_input, sessions_store
-from controlplane.auth import require_user
+from controlplane.accounts.auth import require_user
 from controlplane.errors import ApiError, BadRequest
-from controlplane.openai_service import chat_completion, final_reply, image_response, stream_chunks
-from controlplane.session_service import known_models
-from controlplane.views import session_view
+from controlplane.openai import input as openai_input
+from controlplane.openai.chat import chat_completion, final_reply, image_response, stream_chunks
+from controlplane.sessions import events
+from controlplane.sessions import store as sessions_store
+from controlplane.sessions.service import known_models
+from controlplane.sessions.views import session_view
+from controlplane.storage import db
 from shared.types import SessionType
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")

@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from controlplane import db
-from controlplane.auth import require_user
+from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest
-from controlplane.openai_files import file_view
+from controlplane.openai.files import file_view
+from controlplane.storage import db
 
 bp = Blueprint("openai_finetuning", __name__, url_prefix="/v1")
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from controlplane import db, events, metrics, runner_service, scheduling_decisions, sessions_store
-from controlplane.auth import require_runner
-from controlplane.dispatch import job_stage
+from controlplane import metrics
+from controlplane.accounts.auth import require_runner
 from controlplane.errors import BadRequest, Conflict, NotFound
-from controlplane.filestore import UserFiles, session_folder, session_outputs, user_path
-from controlplane.views import interaction_view, iso_time
+from controlplane.fleet import decisions as scheduling_decisions
+from controlplane.fleet.dispatch import job_stage
+from controlplane.runners import reports as runner_service
+from controlplane.sessions import events
+from controlplane.sessions import store as sessions_store
+from controlplane.sessions.views import interaction_view, iso_time
+from controlplane.storage import db
+from controlplane.storage.filestore import UserFiles, session_folder, session_outputs, user_path
 from shared.runners import RUNNER_HEADER, runner_of_worker
 
 bp = Blueprint("runner", __name__, url_prefix="/api/v1/runner")

@@ -3,11 +3,17 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
-from controlplane import db, events, metrics, scheduling, sessions_store
-from controlplane.auth import require_user
+from controlplane import metrics
+from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest, NotFound
-from controlplane.validation import optional_int, text_field
-from controlplane.views import session_view
+from controlplane.fleet import scheduling
+from controlplane.http.fields import optional_int, text_field
+from controlplane.sessions import events
+from controlplane.sessions import store as sessions_store
+from controlplane.sessions.service import session_kind
+from controlplane.sessions.views import session_view
+from controlplane.storage import db
+from shared.types import SessionMode, SessionType
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/v1/sessions")
 
@@ -46,8 +52,15 @@ def _session_or_404(conn, session_id: str):
 def create_session():
     form = _form()
     files = [f for f in request.files.getlist("files") if f.filename]
+    mode, session_type = session_kind(form)
     with db.transaction() as conn:
-        session = _service().create(conn, g.user, form, files)
+        if mode == SessionMode.FINETUNE:
+            model = _service().model_for(conn, form, mode, session_type)
+            fine_tuning = current_app.extensions[
+                "image_finetune_service" if session_type == SessionType.IMAGE else "finetune_service"]
+            session = fine_tuning.create(conn, g.user, form, files, model)
+        else:
+            session = _service().create(conn, g.user, form, files)
     return jsonify(session_view(session)), 201
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
 
-from controlplane import db, sessions_store
 from controlplane.errors import NotFound
-from controlplane.validation import optional_int, text_field
+from controlplane.http.fields import optional_int, text_field
+from controlplane.sessions import store as sessions_store
+from controlplane.storage import db
 from controlplane.web.sign_in import signed_in_page
 
 bp = Blueprint("sessions_pages", __name__)

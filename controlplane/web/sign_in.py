@@ -9,9 +9,11 @@ from urllib.parse import urlsplit
 import psycopg
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
 
-from controlplane import accounts, auth, db
+from controlplane.accounts import auth
+from controlplane.accounts import store as accounts
 from controlplane.errors import Forbidden
-from controlplane.validation import text_field
+from controlplane.http.fields import text_field
+from controlplane.storage import db
 
 bp = Blueprint("sign_in", __name__)
 

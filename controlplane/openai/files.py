@@ -1,0 +1,114 @@
+"""Files of the OpenAI-compatible API (`/v1/files`): fine-tuning data, checked whole when uploaded
+(a refused upload stores nothing), kept in the uploader's filestore under `openai-files/` with a
+row in `openai_files` that gives its OpenAI id and shape. Another user's file does not exist."""
+from __future__ import annotations
+
+import io
+import uuid
+from typing import Any
+
+import psycopg
+
+from controlplane.config import Config
+from controlplane.errors import BadRequest, NotFound
+from controlplane.finetune import examples as finetune_examples
+from controlplane.http.fields import ensure_utf8
+from controlplane.storage.filestore import Filestore, UserFiles
+
+PURPOSE = "fine-tune"
+FOLDER = "openai-files"
+MAX_FILENAME_CHARS = 255
+
+
+def file_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": int(row["created"].timestamp()),
+            "filename": row["filename"], "purpose": row["purpose"], "status": "processed", "status_details": None,
+            "expires_at": None}
+
+
+def _limits(config: Config) -> finetune_examples.Limits:
+    return finetune_examples.Limits(config.finetune_file_max_bytes, config.finetune_file_max_examples,
+                                    config.max_input_chars)
+
+
+class OpenAIFiles:
+    def __init__(self, config: Config, filestore: Filestore):
+        self.config, self.filestore = config, filestore
+
+    def create(self, conn: psycopg.Connection, user: dict[str, Any], upload: Any, purpose: str) -> dict[str, Any]:
+        if upload is None:
+            raise BadRequest("send a multipart/form-data body: the JSONL file as the multipart field 'file',"
+                             f" and purpose={PURPOSE}")
+        if purpose != PURPOSE:
+            raise BadRequest(f"purpose must be {PURPOSE!r}: this server keeps fine-tuning files only"
+                             + (f", got {purpose[:40]!r}" if purpose else ""))
+        filename = ensure_utf8((upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip(), "filename")
+        if not filename or "\x00" in filename or len(filename) > MAX_FILENAME_CHARS:
+            raise BadRequest(f"the file needs a name of 1 to {MAX_FILENAME_CHARS} characters")
+        data = upload.stream.read(self.config.finetune_file_max_bytes + 1)
+        examples = finetune_examples.parse(data, _limits(self.config))
+        file_id = f"file-{uuid.uuid4().hex}"
+        files = UserFiles(self.filestore, user["id"])
+        path = f"{FOLDER}/{file_id}.jsonl"
+        files.store.write(files.key(path), io.BytesIO(data))
+        try:
+            with conn.transaction():
+                row = conn.execute(
+                    "INSERT INTO openai_files (id, owner, filename, purpose, bytes, examples, path)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                    (file_id, user["id"], filename, purpose, len(data), len(examples), path)).fetchone()
+        except BaseException:
+            files.store.delete(files.key(path))  # nothing half-written
+            raise
+        return row
+
+    def get(self, conn: psycopg.Connection, user: dict[str, Any], file_id: str, what: str = "file") -> dict[str, Any]:
+        row = conn.execute("SELECT * FROM openai_files WHERE id = %s AND owner = %s", (file_id, user["id"])).fetchone()
+        if row is None:
+            raise NotFound(f"no {what} with id {file_id[:100]!r}: GET /v1/files lists yours")
+        return row
+
+    def list(self, conn: psycopg.Connection, user: dict[str, Any], purpose: str, after: str, limit: int,
+             order: str) -> list[dict[str, Any]]:
+        """One page, newest first (or oldest, `order=asc`), after the file `after`."""
+        sign, direction = ("<", "DESC") if order == "desc" else (">", "ASC")
+        where, params = ["owner = %s"], [user["id"]]
+        if purpose:
+            where.append("purpose = %s")
+            params.append(purpose)
+        if after:
+            cursor = self.get(conn, user, after)
+            where.append(f"(created, id) {sign} (%s, %s)")
+            params += [cursor["created"], cursor["id"]]
+        return conn.execute(f"SELECT * FROM openai_files WHERE {' AND '.join(where)}"
+                            f" ORDER BY created {direction}, id {direction} LIMIT %s", (*params, limit)).fetchall()
+
+    def delete(self, conn: psycopg.Connection, user: dict[str, Any], file_id: str) -> dict[str, Any]:
+        """The row and the content; a job made from the file keeps its pairs (they were copied)."""
+        with conn.transaction():
+            row = self.get(conn, user, file_id)
+            conn.execute("DELETE FROM openai_files WHERE id = %s", (file_id,))
+        conn.commit()
+        files = UserFiles(self.filestore, user["id"])
+        try:
+            files.store.delete(files.key(row["path"]))
+        except NotFound:
+            pass  # already removed through the filestore routes
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    def content(self, user: dict[str, Any], row: dict[str, Any]) -> bytes:
+        files = UserFiles(self.filestore, user["id"])
+        try:
+            with files.store.open(files.key(row["path"])) as f:
+                return f.read()
+        except NotFound:
+            raise NotFound(f"the content of {row['id']} is gone from your filestore ({row['path']})") from None
+
+    def examples(self, conn: psycopg.Connection, user: dict[str, Any], file_id: str,
+                 what: str) -> list[list[finetune_examples.Pair]]:
+        """A file's examples for a job, checked again (the limits may have changed since)."""
+        row = self.get(conn, user, file_id, what)
+        try:
+            return finetune_examples.parse(self.content(user, row), _limits(self.config))
+        except BadRequest as err:
+            raise BadRequest(f"{what} {file_id}: {err.message}") from None

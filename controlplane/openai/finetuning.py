@@ -1,0 +1,334 @@
+"""OpenAI fine-tuning jobs on the platform's own text fine-tunes: a job is a fine-tune session (mode
+finetune, type text) whose question/answer pairs come from the chat examples of the job's files
+instead of document preparation, queued straight to the `finetune` stage, as a reviewed fine-tune
+is after `POST .../finetune/start`. The same job, runner and trainer do the work; the job's id is
+`ftjob-<session id>`, its state, events and checkpoints are read from that session, and its
+`fine_tuned_model` is the session's model id, `ft:<base model>:<session id>`."""
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from typing import Any
+
+import psycopg
+from redis import Redis
+
+from controlplane.config import Config
+from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.finetune import store as finetune_store
+from controlplane.finetune.examples import Pair, common_system
+from controlplane.fleet import scheduling
+from controlplane.fleet.dispatch import Dispatcher
+from controlplane.openai.chat import FINE_TUNED_PREFIX, fine_tuned_id
+from controlplane.openai.files import OpenAIFiles
+from controlplane.sessions import store as sessions_store
+from controlplane.sessions.service import cancel_interaction, is_cancelled, known_models, stop_cancelled_work
+from shared.finetune import HYPERPARAMETERS
+from shared.jobs import WorkKind
+from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
+
+JOB_PREFIX = "ftjob-"
+MAX_SUFFIX_CHARS = 64
+MAX_METADATA_KEYS = 16
+_DEFAULT_LR = HYPERPARAMETERS["learning_rate"][0]
+
+
+def _time(value: Any) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def _auto_or_number(given: dict, name: str, low: float, high: float, whole: bool) -> int | float | None:
+    """OpenAI's "auto" (None: the platform's default) or a number within the trainer's bounds."""
+    value = given.get(name, "auto")
+    if value == "auto" or value is None:
+        return None
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "a whole number" if whole else "a number"
+        raise BadRequest(f"hyperparameters.{name} must be \"auto\" or {kind} from {low:g} to {high:g},"
+                         f" got {json.dumps(value)[:40]}")
+    return value
+
+
+def _hyperparameters(body: dict) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(as the caller gave them, in the trainer's names) from `hyperparameters` or
+    `method.supervised.hyperparameters`."""
+    given = body.get("hyperparameters")
+    method = body.get("method")
+    if method is not None:
+        if not isinstance(method, dict) or method.get("type", "supervised") != "supervised":
+            raise BadRequest("method.type must be \"supervised\": the only method this server trains")
+        supervised = method.get("supervised") or {}
+        if not isinstance(supervised, dict):
+            raise BadRequest("method.supervised must be an object")
+        if supervised.get("hyperparameters") is not None:
+            if given is not None:
+                raise BadRequest("give hyperparameters or method.supervised.hyperparameters, not both")
+            given = supervised["hyperparameters"]
+    given = {} if given is None else given
+    if not isinstance(given, dict):
+        raise BadRequest("hyperparameters must be an object of n_epochs, batch_size and learning_rate_multiplier")
+    unknown = sorted(set(given) - {"n_epochs", "batch_size", "learning_rate_multiplier"})
+    if unknown:
+        raise BadRequest(f"unknown hyperparameter {unknown[0][:40]!r}: use n_epochs, batch_size,"
+                         " learning_rate_multiplier")
+    _, lr_low, lr_high = HYPERPARAMETERS["learning_rate"]
+    epochs = _auto_or_number(given, "n_epochs", *HYPERPARAMETERS["epochs"][1:], whole=True)
+    batch = _auto_or_number(given, "batch_size", *HYPERPARAMETERS["batch_size"][1:], whole=True)
+    multiplier = _auto_or_number(given, "learning_rate_multiplier", lr_low / _DEFAULT_LR, lr_high / _DEFAULT_LR,
+                                 whole=False)
+    trainer = {k: v for k, v in (("epochs", epochs), ("batch_size", batch),
+                                 ("learning_rate", multiplier and multiplier * _DEFAULT_LR)) if v is not None}
+    shown = {"n_epochs": epochs or "auto", "batch_size": batch or "auto",
+             "learning_rate_multiplier": multiplier or "auto"}
+    return shown, trainer
+
+
+def _optional_string(body: dict, name: str, limit: int) -> str:
+    value = body.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
+        raise BadRequest(f"'{name}' must be a string of at most {limit} characters")
+    return value
+
+
+def _metadata(body: dict) -> dict[str, str] | None:
+    value = body.get("metadata")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > MAX_METADATA_KEYS or not all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 and "\x00" not in k + v
+            for k, v in value.items()):
+        raise BadRequest(f"metadata must map at most {MAX_METADATA_KEYS} keys (64 characters) to strings (512)")
+    return value
+
+
+def _pairs(examples: list[list[Pair]], file_id: str, held_out: bool) -> list[dict[str, Any]]:
+    return [{"question": p.question, "answer": p.answer, "system_prompt": p.system, "held_out": held_out,
+             "document": file_id, "chunk_index": line} for line, pairs in enumerate(examples, 1) for p in pairs]
+
+
+def session_id_of(job_id: str) -> str:
+    """The session behind a job id; 404 for anything that is not one."""
+    raw = job_id.removeprefix(JOB_PREFIX)
+    try:
+        if not job_id.startswith(JOB_PREFIX) or str(uuid.UUID(raw)) != raw:
+            raise ValueError
+    except ValueError:
+        raise NotFound(f"no fine-tuning job with id {job_id[:100]!r}") from None
+    return raw
+
+
+class OpenAIFineTuning:
+    def __init__(self, config: Config, dispatcher: Dispatcher, files: OpenAIFiles, redis: Redis):
+        self.config, self.dispatcher, self.files, self.redis = config, dispatcher, files, redis
+
+    # -- creating -------------------------------------------------------------------------
+
+    def create(self, conn: psycopg.Connection, user: dict[str, Any], body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("'model' is required: a base text model of GET /v1/models")
+        models = known_models(conn, self.config, SessionType.TEXT)
+        if model.startswith(FINE_TUNED_PREFIX):
+            raise BadRequest(f"'model' must be a base model: fine-tune {model.split(':')[1][:200]!r} again"
+                             " with all the examples instead")
+        if model not in models:
+            raise BadRequest(f"the model {model[:200]!r} cannot be fine-tuned here: use one of "
+                             + ", ".join(models[:5]))
+        if body.get("integrations"):
+            raise BadRequest("'integrations' are not supported by this server")
+        scheduling.check_fleet(conn, self.config, model, [WorkKind.TEXT_FINETUNE])
+        shown, trainer = _hyperparameters(body)
+        suffix = _optional_string(body, "suffix", MAX_SUFFIX_CHARS)
+        metadata = _metadata(body)
+        seed = body.get("seed")
+        if seed is None:
+            seed = random.randrange(2**31)
+        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+            raise BadRequest("'seed' must be a whole number from 0 to 2147483647")
+        training_file = body.get("training_file")
+        if not isinstance(training_file, str) or not training_file:
+            raise BadRequest("'training_file' is required: the id of a file uploaded with purpose fine-tune")
+        validation_file = body.get("validation_file")
+        if validation_file is not None and (not isinstance(validation_file, str) or not validation_file):
+            raise BadRequest("'validation_file' must be the id of a file uploaded with purpose fine-tune")
+
+        training = self.files.examples(conn, user, training_file, "training_file")
+        validation = self.files.examples(conn, user, validation_file, "validation_file") if validation_file else []
+        conn.rollback()  # nothing held while the session is written
+        pairs = _pairs(training, training_file, False) + _pairs(validation, validation_file or "", True)
+        options = {"manually_review_questions": False, "system_prompt": common_system(training),
+                   "hyperparameters": trainer, "eval_share": 0.0, "seed": seed}
+        job = {"training_file": training_file, "validation_file": validation_file, "suffix": suffix or None,
+               "hyperparameters": shown, "metadata": metadata, "examples": len(training),
+               "validation_examples": len(validation)}
+        with conn.transaction():
+            session = sessions_store.insert_session(
+                conn, owner=user["id"], mode=SessionMode.FINETUNE, type=SessionType.TEXT, model_name=model,
+                name=f"fine-tune {suffix or training_file}"[:200], config={"finetune": options, "openai_job": job})
+            user_turn = sessions_store.insert_interaction(
+                conn, session_id=session["id"], creator=Creator.USER, mode=SessionMode.FINETUNE,
+                message=f"Fine-tune on {training_file}" + (f", validated on {validation_file}" if validation_file else ""),
+                state=InteractionState.COMPLETE, metadata={"training_file": training_file,
+                                                           "validation_file": validation_file})
+            system_turn = sessions_store.insert_interaction(
+                conn, session_id=session["id"], creator=Creator.SYSTEM, mode=SessionMode.FINETUNE,
+                state=InteractionState.WAITING, data_prep_stage=DataPrepStage.FINETUNE,
+                status=f"queued: training on {sum(not p['held_out'] for p in pairs)} question/answer pairs")
+            finetune_store.add_pairs(conn, system_turn["id"], pairs)
+        conn.commit()  # a runner must find the rows its job names
+        self.dispatcher.try_enqueue(session, [user_turn, system_turn], system_turn["id"])
+        return job_view(session, system_turn)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _job(self, conn: psycopg.Connection, user: dict[str, Any], job_id: str,
+             for_update: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+        session = sessions_store.get_session(conn, session_id_of(job_id), user["id"], for_update=for_update)
+        if session is None or "openai_job" not in session["config"]:
+            raise NotFound(f"no fine-tuning job with id {job_id[:100]!r}: GET /v1/fine_tuning/jobs lists yours")
+        return session, _training_turn(sessions_store.get_interactions(conn, session["id"]))
+
+    def get(self, conn: psycopg.Connection, user: dict[str, Any], job_id: str) -> dict[str, Any]:
+        return job_view(*self._job(conn, user, job_id))
+
+    def list(self, conn: psycopg.Connection, user: dict[str, Any], after: str, limit: int) -> list[dict[str, Any]]:
+        """One page of the caller's jobs, newest first, after the job `after`."""
+        cursor, params = "", [user["id"]]
+        if after:
+            session, _ = self._job(conn, user, after)
+            cursor, params = " AND (created, id) < (%s, %s)", [user["id"], session["created"], session["id"]]
+        sessions = conn.execute(
+            f"SELECT * FROM sessions WHERE owner = %s AND config ? 'openai_job'{cursor}"
+            " ORDER BY created DESC, id DESC LIMIT %s", (*params, limit)).fetchall()
+        return [job_view(s, _training_turn(sessions_store.get_interactions(conn, s["id"]))) for s in sessions]
+
+    def events(self, conn: psycopg.Connection, user: dict[str, Any], job_id: str) -> list[dict[str, Any]]:
+        """Newest first, as OpenAI lists them."""
+        return list(reversed(job_events(*self._job(conn, user, job_id))))
+
+    def checkpoints(self, conn: psycopg.Connection, user: dict[str, Any], job_id: str) -> list[dict[str, Any]]:
+        """The trained adapter, once there is one (the trainer's intermediate checkpoints are for
+        resuming after a lost runner, not models to call)."""
+        session, turn = self._job(conn, user, job_id)
+        if job_status(turn) != "succeeded" or not session["lora_dir"]:
+            return []
+        metrics = _step_metrics(turn)
+        last = metrics[-1] if metrics else {}
+        return [{"object": "fine_tuning.job.checkpoint", "id": f"ftckpt-{session['id']}",
+                 "created_at": _time(turn["completed"]), "fine_tuned_model_checkpoint": fine_tuned_id(session),
+                 "fine_tuning_job_id": JOB_PREFIX + session["id"], "step_number": last.get("step", 0),
+                 "metrics": {k: v for k, v in last.items() if k in ("step", "train_loss", "valid_loss")}
+                 | ({"full_valid_loss": last["valid_loss"]} if "valid_loss" in last else {})}]
+
+    # -- cancelling -----------------------------------------------------------------------
+
+    def cancel(self, conn: psycopg.Connection, user: dict[str, Any], job_id: str) -> dict[str, Any]:
+        """Stops queued or running work the way a session's cancel does (one mechanism): the
+        interaction ends now as cancelled, its queued job is removed, and a runner training it
+        kills the training process within a second."""
+        with conn.transaction():
+            session, turn = self._job(conn, user, job_id, for_update=True)
+            # Locked, as a runner's report locks it: its last report cannot land between check and update.
+            turn = sessions_store.get_interaction_for_runner(conn, session["id"], turn["id"])
+            if turn["finished"]:
+                raise Conflict(f"the job has already {job_status(turn)}: only a queued or running job can be cancelled")
+            turn = cancel_interaction(conn, turn)
+            sessions_store.touch_session(conn, session["id"])
+        conn.commit()
+        stop_cancelled_work(self.dispatcher, session["id"], turn)
+        return job_view(session, turn)
+
+
+def _training_turn(interactions: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(i for i in interactions if i["creator"] == Creator.SYSTEM and i["mode"] == SessionMode.FINETUNE)
+
+
+def job_status(turn: dict[str, Any]) -> str:
+    if turn["finished"]:
+        if turn["state"] == InteractionState.COMPLETE:
+            return "succeeded"
+        return "cancelled" if is_cancelled(turn) else "failed"
+    return "running" if turn["scheduled"] is not None else "queued"
+
+
+def _step_metrics(turn: dict[str, Any]) -> list[dict[str, Any]]:
+    """The training history, one entry per step with its training and (at epoch ends) validation loss."""
+    steps: dict[int, dict[str, Any]] = {}
+    for point in turn["metadata"].get("training_history", []):
+        entry = steps.setdefault(int(point.get("step", 0)), {"step": int(point.get("step", 0))})
+        if "loss" in point:
+            entry.update(train_loss=point["loss"], epoch=point.get("epoch"), learning_rate=point.get("learning_rate"))
+        if "val_loss" in point:
+            entry["valid_loss"] = point["val_loss"]
+        if point.get("time"):
+            entry["time"] = point["time"]
+    return [steps[k] for k in sorted(steps)]
+
+
+def job_view(session: dict[str, Any], turn: dict[str, Any]) -> dict[str, Any]:
+    job, options = session["config"]["openai_job"], session["config"]["finetune"]
+    run = turn["metadata"].get("training_run") or {}
+    status = job_status(turn)
+    hp = dict(job["hyperparameters"])
+    if run.get("epochs"):
+        hp["n_epochs"] = run["epochs"]  # as resolved by the trainer
+    hp["batch_size"] = options["hyperparameters"].get("batch_size", HYPERPARAMETERS["batch_size"][0])
+    hp["learning_rate_multiplier"] = options["hyperparameters"].get("learning_rate", _DEFAULT_LR) / _DEFAULT_LR
+    error = None
+    if status == "failed":
+        error = {"code": "training_failed", "message": turn["error"] or "the fine-tune failed", "param": None}
+    tokens = run.get("train_tokens", 0) * run.get("epochs", 0) if status == "succeeded" and run else None
+    return {"id": JOB_PREFIX + session["id"], "object": "fine_tuning.job", "created_at": _time(session["created"]),
+            "finished_at": _time(turn["completed"]) if turn["finished"] else None, "model": session["model_name"],
+            "fine_tuned_model": fine_tuned_id(session) if status == "succeeded" and session["lora_dir"] else None,
+            "organization_id": session["owner"], "status": status, "hyperparameters": hp,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+            "training_file": job["training_file"], "validation_file": job["validation_file"], "result_files": [],
+            "trained_tokens": tokens, "error": error, "seed": options["seed"], "suffix": job["suffix"],
+            "metadata": job["metadata"], "integrations": [], "estimated_finish": None,
+            "session_id": session["id"]}
+
+
+def job_events(session: dict[str, Any], turn: dict[str, Any]) -> list[dict[str, Any]]:
+    """The job's events, oldest first, read from its session: each has a stable id (its place in
+    this list, which only grows)."""
+    job_id, job = JOB_PREFIX + session["id"], session["config"]["openai_job"]
+    created = _time(session["created"])
+    run = turn["metadata"].get("training_run") or {}
+    listed: list[tuple[int, str, str, str, dict]] = [
+        (created, "info", "message", f"Created fine-tuning job: {job_id}", {}),
+        (created, "info", "message", f"Validated training file: {job['training_file']}"
+         f" ({job['examples']} examples)", {}),
+    ]
+    if job["validation_file"]:
+        listed.append((created, "info", "message", f"Validated validation file: {job['validation_file']}"
+                       f" ({job['validation_examples']} examples)", {}))
+    listed.append((created, "info", "message", "Files validated, the job is queued", {}))
+    started = _time(turn["scheduled"])
+    if started is not None:
+        listed.append((started, "info", "message", "Fine-tuning job started", {}))
+    for entry in _step_metrics(turn):
+        data = {k: v for k, v in entry.items() if k != "time" and v is not None}
+        data["total_steps"] = run.get("total_steps")
+        text = f"Step {entry['step']}/{run.get('total_steps', '?')}"
+        text += f": training loss={entry['train_loss']:.4f}" if "train_loss" in entry else ":"
+        text += f", validation loss={entry['valid_loss']:.4f}" if "valid_loss" in entry else ""
+        listed.append((int(entry.get("time") or started or created), "info", "metrics", text, data))
+    status, finished = job_status(turn), _time(turn["completed"]) or created
+    if status == "succeeded":
+        listed.append((finished, "info", "message", f"New fine-tuned model created: {fine_tuned_id(session)}",
+                       {"evaluation": turn["metadata"].get("evaluation")}))
+        listed.append((finished, "info", "message", "The job has successfully completed", {}))
+    elif status == "failed":
+        listed.append((finished, "error", "message", f"The job failed: {turn['error']}", {}))
+    elif status == "cancelled":
+        listed.append((finished, "info", "message", "The job was cancelled", {}))
+    return [{"object": "fine_tuning.job.event", "id": f"ftevent-{session['id']}-{n}", "created_at": at,
+             "level": level, "type": kind, "message": message, "data": data}
+            for n, (at, level, kind, message, data) in enumerate(listed)]

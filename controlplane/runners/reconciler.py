@@ -1,0 +1,182 @@
+"""Makes the queues agree with PostgreSQL, so no session is lost when a machine dies.
+
+Each pass looks at every unfinished system interaction and its job:
+- no job in Redis (Redis restarted, or the enqueue after commit failed): queue it again;
+- a job started by a runner worker whose heartbeat has expired (killed mid-job): queue it again;
+- a job RQ gave up on: mark the interaction as an error, so clients stop waiting;
+- a queued job that no live runner serving its model could ever hold (its declared memory need
+  is more than the largest of them has): the same, with the reason.
+- a queued job that is on no queue (a paused worker took it and never started it): queue it again.
+An interaction changed in the last few seconds is left alone: whoever changed it is enqueueing.
+A job re-queued too often ends the interaction with an error instead of crashing runners forever.
+Every replica runs a reconciler thread; a Redis lock lets one pass run at a time.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from flask import Flask
+from psycopg.types.json import Jsonb
+from redis.exceptions import LockError
+from rq.job import JobStatus
+
+from controlplane import metrics
+from controlplane.fleet import scheduling
+from controlplane.fleet.dispatch import Dispatcher, job_stage
+from controlplane.sessions import events
+from controlplane.sessions import store as sessions_store
+from controlplane.sessions.views import interaction_view
+from shared.jobs import WorkKind
+from shared.runners import worker_alive_key
+from shared.types import InteractionState
+from shared.updates import EVENT_INTERACTION
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 3
+_LOCK = "helix:reconciler:lock"
+_UNLISTED = "helix:reconciler:unlisted:"  # a queued job found off its queue, by the pass that found it
+
+
+class Reconciler:
+    def __init__(self, app: Flask):
+        self.app = app
+        self.redis = app.extensions["redis"]
+        self.dispatcher: Dispatcher = app.extensions["dispatcher"]
+        self.grace_seconds = 3.0  # leave the request that created an interaction time to enqueue it
+        self.page_size = 500
+        self._fits: dict[tuple[str, WorkKind], str] = {}  # the fleet's memory fit, per pass
+
+    def _fail(self, conn, interaction: dict, session_id: str, error: str) -> None:
+        row = sessions_store.apply_update(
+            conn, interaction["id"], runner=interaction["runner"], state=InteractionState.ERROR.value,
+            message=interaction["message"], progress=interaction["progress"],
+            status="failed", files=None, error=error, finished=True, metadata=None,
+        )
+        events.publish(self.redis, session_id, EVENT_INTERACTION, interaction_view(row))
+
+    def _requeue(self, conn, session: dict, interaction: dict, reason: str, ran: bool = True) -> None:
+        """Queues the interaction's job again; `ran`: the lost job had started, which counts
+        as an attempt (a job that crashes runners must not be retried forever)."""
+        attempts = int(interaction["metadata"].get("attempts", 1)) + ran
+        if attempts > MAX_ATTEMPTS:
+            self._fail(conn, interaction, session["id"],
+                       f"gave up after {MAX_ATTEMPTS} attempts: {reason}")
+            return
+        conn.execute("UPDATE interactions SET metadata = metadata || %s, status = %s WHERE id = %s",
+                     (Jsonb({"attempts": attempts}), f"queued again ({reason})", interaction["id"]))
+        self.dispatcher.enqueue(session, sessions_store.get_interactions(conn, session["id"]),
+                                interaction["id"])
+        log.warning("re-queued interaction %s (%s), attempt %d", interaction["id"], reason, attempts)
+
+    def _fleet_refusal(self, conn, model: str, kind: WorkKind) -> str:
+        """Whether the fleet could ever hold such a job: asked once per model and kind in a pass."""
+        key = (model, kind)
+        if key not in self._fits:
+            self._fits[key] = scheduling.fleet_refusal(conn, self.app.config["HELIX"], model, kind)
+        return self._fits[key]
+
+    def _changed_within_grace(self, conn, interaction: dict) -> bool:
+        now = conn.execute("SELECT now() AS now").fetchone()["now"]
+        return (now - interaction["updated"]).total_seconds() < self.grace_seconds
+
+    def check(self, conn, interaction_id: str, session_id: str, owner: str) -> str:
+        """Reconciles one interaction; returns what it did (for logs and tests)."""
+        with conn.transaction():
+            session = sessions_store.get_session(conn, session_id, owner)
+            interaction = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
+            if session is None or interaction is None or interaction["finished"]:
+                return "done"
+            if interaction["state"] == InteractionState.EDITING:
+                return "waiting-for-user"  # a fine-tune's review: its data-prep job has finished
+            if self._changed_within_grace(conn, interaction):
+                # A retry or an approval has just committed and is enqueueing the next job: the
+                # job it replaces (finished, or missing) is not a lost one.
+                return "recent"
+            job = self.dispatcher.fetch(interaction_id, job_stage(interaction))
+            if job is None:
+                self._requeue(conn, session, interaction, "job missing from the queue")
+                return "requeued-missing"
+            status = job.get_status(refresh=False)
+            if status == JobStatus.STARTED:
+                if job.worker_name and not self.redis.exists(worker_alive_key(job.worker_name)):
+                    self._requeue(conn, session, interaction, f"runner worker {job.worker_name} died")
+                    return "requeued-dead-worker"
+                return "running"
+            if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+                self._fail(conn, interaction, session_id, f"the job {status.value}: see the runner's log")
+                return "failed"
+            if status == JobStatus.FINISHED:
+                self._requeue(conn, session, interaction, "job finished without a final update")
+                return "requeued-finished"
+            refusal = self._fleet_refusal(conn, session["model_name"], WorkKind(job.origin.split(":")[1]))
+            if refusal:  # runners changed since it was queued: it would wait forever
+                self._fail(conn, interaction, session_id, refusal)
+                self.dispatcher.cancel(interaction_id)
+                return "failed-no-runner-fits"
+            if status == JobStatus.QUEUED and not self.dispatcher.listed(job):
+                # A worker took it off the queue and never started it. Seen so in two passes (a
+                # worker mid-dequeue marks it started within milliseconds), it is lost: queue it
+                # again, not counted as an attempt since it never ran.
+                if self._unlisted_before(job):
+                    self._requeue(conn, session, interaction, "job taken from the queue but never started",
+                                  ran=False)
+                    return "requeued-unstarted"
+                return "queued-unlisted"
+            return "queued"
+
+    def _unlisted_before(self, job) -> bool:
+        """Records that this very job (by when it was enqueued) was found off its queue; returns
+        whether an earlier pass found it so too, at least `grace_seconds` ago."""
+        key, seen, ttl = f"{_UNLISTED}{job.id}", f"{job.enqueued_at}".encode(), 600
+        if self.redis.set(key, seen, ex=ttl, nx=True) or self.redis.get(key) != seen:
+            self.redis.set(key, seen, ex=ttl)  # the first sighting of this job
+            return False
+        return ttl - self.redis.ttl(key) >= self.grace_seconds
+
+    def run_once(self) -> dict[str, str]:
+        from controlplane.storage import db
+
+        results: dict[str, str] = {}
+        self._fits = {}  # runners come and go between passes
+        # redis-py's lock releases only its own token: a pass that outlived the timeout never
+        # removes the lock of the replica that took over.
+        lock = self.redis.lock(_LOCK, timeout=30)
+        if not lock.acquire(blocking=False):
+            return results
+        try:
+            with self.app.app_context(), db.pool().connection() as conn:
+                after = None
+                # Every unfinished interaction, a page at a time: a backlog queued for a model
+                # no runner serves must not hide the jobs Redis lost behind it.
+                while page := sessions_store.unfinished_system_interactions(
+                        conn, self.grace_seconds, after, self.page_size):
+                    conn.commit()
+                    for row in page:
+                        try:
+                            results[row["id"]] = self.check(conn, row["id"], row["session_id"], row["owner"])
+                        except Exception:
+                            log.exception("reconciling interaction %s failed", row["id"])
+                    after = (page[-1]["created"], page[-1]["id"])
+                    lock.reacquire()  # a long pass keeps its lock
+        finally:
+            try:
+                lock.release()
+            except LockError:
+                log.warning("a reconciler pass outlived its lock")
+        metrics.count_reconciled(results)
+        return results
+
+    def start_thread(self, interval: float) -> threading.Thread:
+        def loop() -> None:
+            while True:
+                time.sleep(interval)
+                try:
+                    self.run_once()
+                except Exception:
+                    log.warning("reconciler pass failed", exc_info=True)
+
+        thread = threading.Thread(target=loop, name="helix-reconciler", daemon=True)
+        thread.start()
+        return thread

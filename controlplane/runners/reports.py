@@ -1,0 +1,207 @@
+"""What the control plane does with a runner's reports: registration and interaction updates.
+
+Whom a runner token may act for: a runner id belongs to the token that first registered it, and
+a token acts only for its own runner ids. A runner writes only the interactions whose job one of
+its workers is running (a worker's name starts with its runner's id), and only files in that
+interaction's own outputs folder.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from controlplane.config import Config
+from controlplane.errors import BadRequest, Conflict, Forbidden, NotFound
+from controlplane.fleet.dispatch import Dispatcher, job_stage
+from controlplane.sessions import store as sessions_store
+from controlplane.sessions.views import interaction_view
+from controlplane.storage.db import storable
+from controlplane.storage.filestore import session_outputs
+from shared import image_budget, runner_state
+from shared.runners import RUNNER_HEADER, runner_of_worker
+from shared.types import DataPrepStage, InteractionState, SessionType
+from shared.updates import EVENT_DELTA, EVENT_INTERACTION
+
+_FINAL_STATES = {InteractionState.COMPLETE.value, InteractionState.ERROR.value}
+
+
+# Runner ids and model names end up in queue names, Redis keys and error messages: plain names only.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,199}")
+_MAX_INFO_ENTRIES = 32
+
+
+_NAME_RULE = "letters, digits and . _ : @ + / - (at most 200, starting with a letter or digit)"
+
+
+def _check_info(info: Any) -> dict[str, Any]:
+    """A few plain facts about the runner (worker counts, its model's limits), nothing bulky."""
+    if not isinstance(info, dict) or len(info) > _MAX_INFO_ENTRIES:
+        raise BadRequest(f"info must be an object of at most {_MAX_INFO_ENTRIES} entries")
+    for key, value in info.items():
+        if len(key) > 64 or not (value is None or isinstance(value, (bool, int, float))
+                                 or (isinstance(value, str) and len(value) <= 200)):
+            raise BadRequest(f"info {key[:64]!r}: names are at most 64 characters and values numbers,"
+                             " booleans or strings of at most 200 characters")
+    for key in ("max_model_len", "max_tokens"):  # the text model's limits, which requests are held to
+        if key in info and (type(info[key]) is not int or not 1 <= info[key] <= 10**7):
+            raise BadRequest(f"info {key} must be a whole number of tokens from 1 to 10000000")
+    for key in ("host_memory_bytes", "gpu_memory_bytes"):  # what work placed on this runner may need at most
+        if key in info and (type(info[key]) is not int or not 0 <= info[key] <= 2**60):
+            raise BadRequest(f"info {key} must be a whole number of bytes from 0 to {2**60}")
+    problem = image_budget.check_info(info)  # the image model's work budget, which requests are held to
+    if problem:
+        raise BadRequest(problem)
+    return info
+
+
+def register_runner(conn: psycopg.Connection, config: Config, token_id: str, body: Any) -> dict[str, Any]:
+    """Records what a runner announces, within limits: a runner cannot flood the model list
+    users choose from (every session request reads it), nor its error messages."""
+    if not isinstance(body, dict):
+        raise BadRequest("registration must be a JSON object with runner_id and models")
+    body = storable(body)
+    info = _check_info(body.get("info") or {})
+    state = body.get("state") or {}
+    found = runner_state.problem(state)
+    if found:
+        raise BadRequest(found)
+    runner_id = body.get("runner_id")
+    runner_id = runner_id.strip() if isinstance(runner_id, str) else ""
+    if not SAFE_NAME.fullmatch(runner_id):
+        raise BadRequest(f"runner_id is required: {_NAME_RULE}")
+    models = body.get("models") or {}
+    types = {t.value for t in SessionType}
+    if not isinstance(models, dict) or not set(models) <= types or not all(
+            isinstance(v, list) and all(isinstance(m, str) for m in v) for v in models.values()):
+        raise BadRequest("models must map a session type (text, image) to a list of model names")
+    for names in models.values():
+        if len(names) > config.max_runner_models:
+            raise BadRequest(f"a runner may announce at most {config.max_runner_models} models of a type,"
+                             f" not {len(names)}")
+        bad = next((m for m in names if not SAFE_NAME.fullmatch(m)), None)
+        if bad is not None:
+            raise BadRequest(f"model name {bad[:60]!r} is not allowed: {_NAME_RULE}")
+    live = conn.execute(
+        "SELECT count(*) AS n FROM runners WHERE token_id = %s AND id <> %s"
+        " AND last_seen > now() - make_interval(secs => %s)", (token_id, runner_id, config.runner_ttl),
+    ).fetchone()["n"]
+    if live >= config.max_runners_per_token:
+        raise Conflict(f"this runner token already has {live} live runners, the most one token may have:"
+                       " reuse a runner id (HELIX_RUNNER_ID)")
+    row = conn.execute(
+        "INSERT INTO runners (id, token_id, models, info, state) VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET models = excluded.models, info = excluded.info, state = excluded.state,"
+        " last_seen = now() WHERE runners.token_id = excluded.token_id RETURNING id, models, first_seen, last_seen",
+        (runner_id, token_id, Jsonb({k: list(dict.fromkeys(v)) for k, v in models.items()}), Jsonb(info),
+         Jsonb(state)),
+    ).fetchone()
+    if row is None:
+        raise Conflict(f"runner id {runner_id!r} is registered with another runner token: a token cannot"
+                       " take over another's runner; pick another HELIX_RUNNER_ID")
+    return row
+
+
+def authorize(conn: psycopg.Connection, dispatcher: Dispatcher, token_id: str, runner_id: str,
+              session_id: str, interaction_id: str) -> dict[str, Any]:
+    """Checks that `runner_id` is registered with the request's token (else 403) and that one of
+    its workers is running the interaction's job (else 409, which tells a runner to stop);
+    returns the interaction, locked for the rest of the transaction."""
+    check_runner(conn, token_id, runner_id)
+    interaction = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
+    if interaction is None:
+        raise NotFound("interaction not found")
+    if interaction["finished"]:
+        raise Conflict("interaction already finished")
+    holder = dispatcher.holder(interaction_id, job_stage(interaction))
+    if runner_of_worker(holder) != runner_id:
+        raise Conflict(f"runner {runner_id!r} is not running this interaction's job"
+                       + (": another runner is" if holder else ": no runner is"))
+    return interaction
+
+
+def check_runner(conn: psycopg.Connection, token_id: str, runner_id: str) -> None:
+    """A token acts only for the runner ids registered with it (else 403)."""
+    if not runner_id:
+        raise BadRequest(f"name the runner: send its registered id in the {RUNNER_HEADER} header")
+    if conn.execute("SELECT 1 FROM runners WHERE id = %s AND token_id = %s", (runner_id, token_id)).fetchone() is None:
+        raise Forbidden(f"runner {runner_id[:200]!r} is not registered with this runner token: register it first")
+
+
+def own_output(path: str, session_id: str, interaction_id: str, folder_too: bool = False) -> bool:
+    """Whether `path` is in the interaction's own outputs folder (the folder itself if `folder_too`)."""
+    folder = f"{session_outputs(session_id)}/{interaction_id}"
+    return (path.startswith(folder + "/") or (folder_too and path == folder)) and all(
+        part not in ("", ".", "..") for part in path.split("/"))
+
+
+def _parse_update(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("update must be a JSON object")
+    body = storable(body)
+    state = body.get("state") or InteractionState.WAITING.value
+    if state not in {s.value for s in InteractionState}:
+        raise BadRequest(f"unknown state {state!r}")
+    progress = body.get("progress")
+    if progress is not None and (type(progress) is not int or not 0 <= progress <= 100):
+        raise BadRequest("progress must be a whole number from 0 to 100")
+    files = body.get("files")
+    if files is not None and (not isinstance(files, list) or not all(isinstance(f, str) for f in files)):
+        raise BadRequest("files must be a list of paths")
+    if body.get("final") is not None and type(body["final"]) is not bool:
+        raise BadRequest("final must be true or false")
+    stage = body.get("data_prep_stage")
+    if stage is not None and stage not in {s.value for s in DataPrepStage}:
+        raise BadRequest(f"unknown data_prep_stage {stage!r}")
+    for key in ("delta", "message", "status", "error", "runner", "lora_dir"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise BadRequest(f"{key} must be a string")
+    if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
+        raise BadRequest("metadata must be an object")
+    return body
+
+
+def apply_update(conn: psycopg.Connection, current: dict[str, Any], body: Any,
+                 runner_id: str) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """Applies one update of `runner_id` to the interaction that authorize() returned for it,
+    still locked; once it is finished, authorize() refuses further updates with 409. Returns the
+    interaction's view and the live events that tell of it, for the caller to publish once its
+    transaction has committed: a client that reads the session on hearing of the final update
+    must find it stored."""
+    session_id, interaction_id = current["session_id"], current["id"]
+    update = _parse_update(body)
+    if update.get("runner") not in (None, "", runner_id):
+        raise BadRequest(f"runner must be this runner's registered id, {runner_id!r}")
+    folder = f"{session_outputs(session_id)}/{interaction_id}"
+    if not all(own_output(f, session_id, interaction_id) for f in update.get("files") or []):
+        raise BadRequest(f"files must be paths under this interaction's outputs folder, {folder}/")
+    if update.get("lora_dir") and not own_output(update["lora_dir"], session_id, interaction_id, folder_too=True):
+        raise BadRequest(f"lora_dir must be this interaction's outputs folder, {folder}, or one under it")
+    with conn.transaction():
+        final = update.get("final") is True or update.get("state") in _FINAL_STATES
+        state = update.get("state") or InteractionState.WAITING.value
+        if final and state not in _FINAL_STATES:
+            state = InteractionState.COMPLETE.value
+        message = update["message"] if update.get("message") is not None else current["message"]
+        message += update.get("delta") or ""
+        progress = 100 if final and state == InteractionState.COMPLETE else (
+            update["progress"] if update.get("progress") is not None else current["progress"])
+        row = sessions_store.apply_update(
+            conn, interaction_id, runner=runner_id, state=state,
+            message=message, progress=progress,
+            status=update["status"] if update.get("status") is not None else current["status"],
+            files=update.get("files"), error=update.get("error") or "", finished=final,
+            metadata=update.get("metadata"), data_prep_stage=update.get("data_prep_stage"),
+            lora_dir=update.get("lora_dir"),
+        )
+        if update.get("lora_dir") and final and state == InteractionState.COMPLETE:
+            sessions_store.finish_finetune(conn, session_id, update["lora_dir"])
+        sessions_store.touch_session(conn, session_id)
+    view = interaction_view(row)
+    # Streamed tokens go out as small delta events; every other change as the whole interaction.
+    told = [(EVENT_DELTA, {"interaction_id": interaction_id, "delta": update["delta"]})] if update.get("delta") else []
+    if final or not update.get("delta"):
+        told.append((EVENT_INTERACTION, view))
+    return view, told

@@ -1,0 +1,1 @@
+"""Where data lives: PostgreSQL's pool and migrations, and the filestore (local or S3)."""
