@@ -25,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.paths import models_dir  # noqa: E402
-from runner.tiny_models import build_tiny_sdxl  # noqa: E402
+from model_setup.tiny_models import build_tiny_sdxl  # noqa: E402
 
 
 def striped(path: Path, size=(256, 320)) -> Path:

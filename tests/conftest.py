@@ -56,14 +56,14 @@ def models_dir(tmp_path_factory) -> Path:
     if (built / "tiny-chat").is_dir() and (built / "tiny-sd").is_dir():
         return built
     out = tmp_path_factory.mktemp("models")
-    subprocess.run([sys.executable, "-m", "runner.tiny_models", "--out", str(out)], check=True)
+    subprocess.run([sys.executable, "-m", "model_setup.tiny_models", "--out", str(out)], check=True)
     return out
 
 
 @pytest.fixture(scope="session")
 def real_model_dir(models_dir) -> Path:
     """SmolLM2-135M-Instruct as `make setup` converted it (converted now if it is missing)."""
-    from runner import smollm2
+    from model_setup import smollm2
 
     return smollm2.build(models_dir)
 

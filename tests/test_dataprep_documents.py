@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from runner.dataprep.chunking import split_into_chunks, split_into_sentences
-from runner.dataprep.documents import (SUPPORTED_EXTENSIONS, DocumentError, UrlFetcher,
-                                       extract_fetched, extract_text, extract_url_field,
-                                       is_public_address, normalise_whitespace, resolve_public)
+from runner.dataprep.documents import (SUPPORTED_EXTENSIONS, DocumentError, extract_fetched, extract_text,
+                                       extract_url_field, normalise_whitespace)
+from runner.dataprep.url_fetcher import FetchError, UrlFetcher, is_public_address, resolve_public
 
 TINY_CHAT = Path(__file__).resolve().parent.parent / ".helix" / "models" / "tiny-chat"
 
@@ -200,7 +200,7 @@ def test_public_addresses_are_public(address):
 @pytest.mark.parametrize("host", ["127.0.0.1", "10.0.0.1", "169.254.169.254", "::1",
                                   "::ffff:127.0.0.1", "localhost", "127.1", "2130706433"])
 def test_resolve_public_refuses_hosts_that_resolve_to_private_addresses(host):
-    with pytest.raises(DocumentError, match="refused: resolves to"):
+    with pytest.raises(FetchError, match="refused: resolves to"):
         resolve_public(host)
 
 
@@ -286,7 +286,7 @@ class _LoopbackIsPublic(UrlFetcher):
 
 
 def test_loopback_is_refused_by_default(server):
-    with pytest.raises(DocumentError) as error:
+    with pytest.raises(FetchError) as error:
         UrlFetcher().fetch(server + "/page.html")
     assert str(error.value).startswith(server + "/page.html: refused: resolves to 127.0.0.1")
 
@@ -300,11 +300,11 @@ def test_allow_private_fetches_from_loopback(server):
 def test_redirects_are_followed_and_every_hop_is_checked(server):
     fetcher = _LoopbackIsPublic()
     assert fetcher.fetch(server + "/redirect")[1].startswith(b"<p>Served page.</p>")
-    with pytest.raises(DocumentError, match=r"http://169\.254\.169\.254/latest/: refused"):
+    with pytest.raises(FetchError, match=r"http://169\.254\.169\.254/latest/: refused"):
         fetcher.fetch(server + "/to-metadata")
-    with pytest.raises(DocumentError, match=r"http://localhost:\d+/page\.html: refused"):
+    with pytest.raises(FetchError, match=r"http://localhost:\d+/page\.html: refused"):
         fetcher.fetch(server + "/to-localhost")
-    with pytest.raises(DocumentError, match=r"too many redirects \(more than 2\)"):
+    with pytest.raises(FetchError, match=r"too many redirects \(more than 2\)"):
         _LoopbackIsPublic(max_redirects=2).fetch(server + "/loop")
 
 
@@ -317,22 +317,22 @@ def test_the_connection_goes_to_the_checked_address_with_the_original_host(serve
 
 def test_size_cap_stops_the_download(server):
     fetcher = UrlFetcher(allow_private=True, max_bytes=10_000)
-    with pytest.raises(DocumentError, match="larger than 10000 bytes"):
+    with pytest.raises(FetchError, match="larger than 10000 bytes"):
         fetcher.fetch(server + "/big")
-    with pytest.raises(DocumentError, match=r"larger than 1000 bytes \(5000\)"):
+    with pytest.raises(FetchError, match=r"larger than 1000 bytes \(5000\)"):
         UrlFetcher(allow_private=True, max_bytes=1000).fetch(server + "/declared-big")
     assert len(UrlFetcher(allow_private=True, max_bytes=60_000).fetch(server + "/big")[1]) == 50_000
 
 
 def test_overall_deadline_stops_a_trickling_server(server):
     started = time.monotonic()
-    with pytest.raises(DocumentError, match=r"trickle: timed out after 0\.5 s"):
+    with pytest.raises(FetchError, match=r"trickle: timed out after 0\.5 s"):
         UrlFetcher(allow_private=True, timeout=0.5).fetch(server + "/trickle")
     assert time.monotonic() - started < 2.0
 
 
 def test_http_errors_are_reported(server):
-    with pytest.raises(DocumentError, match=r"/missing: HTTP 404"):
+    with pytest.raises(FetchError, match=r"/missing: HTTP 404"):
         UrlFetcher(allow_private=True).fetch(server + "/missing")
 
 
@@ -340,7 +340,7 @@ def test_http_errors_are_reported(server):
                                  "gopher://127.0.0.1/", "javascript:alert(1)", "http:///no-host",
                                  "http://example.com:99999/"])
 def test_only_http_and_https_urls_with_a_host_are_fetched(url):
-    with pytest.raises(DocumentError) as error:
+    with pytest.raises(FetchError) as error:
         UrlFetcher(allow_private=True).fetch(url)
     assert str(error.value).startswith(url + ": ")
 

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from runner import tiny_models  # noqa: E402
+from model_setup import tiny_models  # noqa: E402
 from runner.image_pipeline import ImagePipeline  # noqa: E402
 
 

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from runner import tiny_models  # noqa: E402
+from model_setup import tiny_models  # noqa: E402
 from runner.image_pipeline import ImagePipeline  # noqa: E402
 from runner.interruption import Interrupted, interruptible, models_of  # noqa: E402
 

@@ -17,8 +17,9 @@ def imports_without(blocked: list[str], modules: list[str]) -> subprocess.Comple
 
 
 @pytest.mark.parametrize("blocked, modules", [
-    (["psycopg", "psycopg_pool", "flask", "controlplane"],
+    (["psycopg", "psycopg_pool", "flask", "controlplane", "model_setup"],  # nor the build-time model tools
      ["runner.supervisor", "runner.worker", "runner.jobs", "runner.control_plane", "shared.jobs",
+      "runner.dataprep.job", "runner.training.job",
       "runner.training.image_job", "runner.image_adapters", "runner.state_report", "runner.metrics",
       "shared.logs", "shared.runner_state"]),
     (["torch", "diffusers", "transformers", "peft", "vllm", "runner"],

