@@ -14,7 +14,6 @@ from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.fleet import decisions as scheduling_decisions
 from controlplane.fleet.dispatch import job_stage
 from controlplane.runners import reports as runner_service
-from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view, iso_time
 from controlplane.storage import db
@@ -62,11 +61,9 @@ def update_interaction(session_id: str, interaction_id: str):
     redis = current_app.extensions["redis"]
     with db.transaction() as conn:
         interaction = _authorize(conn, session_id, interaction_id, named)
-        view, told = runner_service.apply_update(conn, interaction, body, _acting_runner(named))
+        view = runner_service.apply_update(conn, redis, interaction, body, _acting_runner(named))
         # Under the interaction's row lock: two updates of one attempt never both count as its first.
         decision = scheduling_decisions.record(redis, interaction, job_stage(interaction), _acting_runner(named))
-    for event, data in told:  # committed now: whoever hears of it reads what it says
-        events.publish(redis, session_id, event, data)
     if decision is not None:
         metrics.observe_scheduling(decision)
     if view["finished"]:

@@ -109,6 +109,7 @@ def cancel_session(session_id: str):
     """Stops queued or running work; the interaction ends with state error, status cancelled."""
     with db.transaction() as conn:
         _service().cancel(conn, g.user, session_id)
+    with db.transaction() as conn:  # once its work is queued or stopped: the view tells where it stands
         return jsonify(_full_view(conn, session_id))
 
 
@@ -118,6 +119,7 @@ def restart_session(session_id: str):
     """Runs the last interaction again (one still queued or running is left as it is)."""
     with db.transaction() as conn:
         _service().restart(conn, g.user, session_id)
+    with db.transaction() as conn:  # once its work is queued or stopped: the view tells where it stands
         return jsonify(_full_view(conn, session_id))
 
 

@@ -4,6 +4,7 @@ the final update with `lora_dir`) go through the same routes as a text fine-tune
 from __future__ import annotations
 
 import io
+from functools import partial
 from typing import Any, Mapping
 
 import psycopg
@@ -14,6 +15,7 @@ from controlplane.finetune.image_input import PixelLimits, check_images, parse_o
 from controlplane.fleet.dispatch import Dispatcher
 from controlplane.http.fields import text_field
 from controlplane.sessions import store as sessions_store
+from controlplane.storage import db
 from controlplane.storage.filestore import Filestore, UserFiles, session_folder
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
 
@@ -37,33 +39,33 @@ class ImageFinetuneService:
                               max_name_bytes=self.config.max_name_bytes, trigger_word=options["trigger_word"])
         session_id = sessions_store.new_id()
         store = UserFiles(self.filestore, user["id"])
-        try:
-            paths = []
-            for image in images:
-                path = f"{session_folder(session_id)}/images/{image.name}"
-                store.store.write(store.key(path), io.BytesIO(image.data))
-                paths.append(path)
-            with conn.transaction():
-                session = sessions_store.insert_session(
-                    conn, owner=user["id"], mode=SessionMode.FINETUNE, type=SessionType.IMAGE, model_name=model,
-                    name=name or f"fine-tune on {len(images)} images", config={"finetune": options},
-                    session_id=session_id)
-                user_turn = sessions_store.insert_interaction(
-                    conn, session_id=session_id, creator=Creator.USER, mode=SessionMode.FINETUNE, message=message,
-                    state=InteractionState.COMPLETE, files=paths,
-                    metadata={"captions": {i.name: i.caption for i in images},
-                              "sizes": {i.name: [i.width, i.height] for i in images}})
-                system_turn = sessions_store.insert_interaction(
-                    conn, session_id=session_id, creator=Creator.SYSTEM, mode=SessionMode.FINETUNE,
-                    state=InteractionState.WAITING, data_prep_stage=DataPrepStage.FINETUNE,
-                    status=f"queued: waiting for a runner to train on {len(images)} images")
-        except BaseException:
-            try:
-                store.store.delete(store.key(session_folder(session_id)))
-            except NotFound:
-                pass
-            raise
-        conn.commit()
+        # A refused request stores nothing: its images go if the session is not stored.
+        db.after_rollback(conn, partial(_remove_folder, store, session_folder(session_id)))
+        paths = []
+        for image in images:
+            path = f"{session_folder(session_id)}/images/{image.name}"
+            store.store.write(store.key(path), io.BytesIO(image.data))
+            paths.append(path)
+        session = sessions_store.insert_session(
+            conn, owner=user["id"], mode=SessionMode.FINETUNE, type=SessionType.IMAGE, model_name=model,
+            name=name or f"fine-tune on {len(images)} images", config={"finetune": options},
+            session_id=session_id)
+        user_turn = sessions_store.insert_interaction(
+            conn, session_id=session_id, creator=Creator.USER, mode=SessionMode.FINETUNE, message=message,
+            state=InteractionState.COMPLETE, files=paths,
+            metadata={"captions": {i.name: i.caption for i in images},
+                      "sizes": {i.name: [i.width, i.height] for i in images}})
+        system_turn = sessions_store.insert_interaction(
+            conn, session_id=session_id, creator=Creator.SYSTEM, mode=SessionMode.FINETUNE,
+            state=InteractionState.WAITING, data_prep_stage=DataPrepStage.FINETUNE,
+            status=f"queued: waiting for a runner to train on {len(images)} images")
         interactions = [user_turn, system_turn]
-        self.dispatcher.try_enqueue(session, interactions, system_turn["id"])
+        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, system_turn["id"]))
         return {**session, "interactions": interactions}
+
+
+def _remove_folder(store: UserFiles, folder: str) -> None:
+    try:
+        store.store.delete(store.key(folder))
+    except NotFound:
+        pass

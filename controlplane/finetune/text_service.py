@@ -3,6 +3,7 @@ as it reads them and writes question/answer pairs, the review, retries, and the 
 data preparation to training. PostgreSQL holds every stage, so any stage can be resumed."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Mapping
 
 import psycopg
@@ -17,6 +18,7 @@ from controlplane.http.fields import text_field
 from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
+from controlplane.storage import db
 from controlplane.storage.db import storable
 from controlplane.storage.filestore import Filestore, UserFiles, session_folder
 from shared.finetune import ADAPTER_FILES, system_prompt
@@ -49,18 +51,14 @@ class FinetuneService:
         session_id = sessions_store.new_id()
         options["system_prompt"] = system_prompt(names + urls)
         stored = self._store_documents(user["id"], session_id, files, names)
-        try:
-            with conn.transaction():
-                session = sessions_store.insert_session(
-                    conn, owner=user["id"], mode=SessionMode.FINETUNE, type=SessionType.TEXT,
-                    model_name=model, name=text_field(form, "name", 200) or f"fine-tune on {(names + urls)[0][:50]}",
-                    config={"finetune": options}, session_id=session_id)
-                interactions = self._add_documents_turn(conn, session, message, stored, urls)
-        except BaseException:
-            self._remove_documents(user["id"], session_id)  # a refused request stores nothing
-            raise
-        conn.commit()
-        self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
+        # A refused request stores nothing.
+        db.after_rollback(conn, partial(self._remove_documents, user["id"], session_id))
+        session = sessions_store.insert_session(
+            conn, owner=user["id"], mode=SessionMode.FINETUNE, type=SessionType.TEXT,
+            model_name=model, name=text_field(form, "name", 200) or f"fine-tune on {(names + urls)[0][:50]}",
+            config={"finetune": options}, session_id=session_id)
+        interactions = self._add_documents_turn(conn, session, message, stored, urls)
+        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, interactions[-1]["id"]))
         return {**session, "interactions": interactions}
 
     def _document_names(self, files: list[Any]) -> list[str]:
@@ -104,8 +102,9 @@ class FinetuneService:
             status="queued: waiting for a runner to read the documents")
         return [user_turn, system_turn]
 
-    def _finetune_interaction(self, conn, user, session_id: str, interaction_id: str | None = None):
-        session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
+    def _finetune_interaction(self, conn, user, session_id: str, interaction_id: str | None = None,
+                              for_update: bool = True):
+        session = sessions_store.get_session(conn, session_id, user["id"], for_update=for_update)
         if session is None:
             raise NotFound("session not found")
         interactions = sessions_store.get_interactions(conn, session_id)
@@ -122,53 +121,54 @@ class FinetuneService:
 
     def put_pairs(self, conn, user, session_id: str, interaction_id: str, body: Any) -> list[dict[str, Any]]:
         pairs = parse_pairs(body)
-        with conn.transaction():
-            _, _, interaction = self._finetune_interaction(conn, user, session_id, interaction_id)
-            if interaction["state"] != InteractionState.EDITING:
-                raise Conflict("pairs can be edited only while the fine-tune waits for review"
-                               " (data_prep_stage edit_questions)")
-            finetune_store.replace_all_pairs(conn, interaction_id, pairs)
-            rows = finetune_store.list_pairs(conn, interaction_id)
-            # The status counted the pairs when data preparation ended: it counts the saved ones now.
-            row = finetune_store.set_stage(
-                conn, interaction_id, DataPrepStage.EDIT_QUESTIONS, state=InteractionState.EDITING,
-                progress=interaction["progress"],
-                status=_review_status(len(rows), _failures(interaction["data_prep_chunks"])))
-        events.publish(self.redis, session_id, EVENT_INTERACTION, interaction_view(row))
+        _, _, interaction = self._finetune_interaction(conn, user, session_id, interaction_id)
+        if interaction["state"] != InteractionState.EDITING:
+            raise Conflict("pairs can be edited only while the fine-tune waits for review"
+                           " (data_prep_stage edit_questions)")
+        finetune_store.replace_all_pairs(conn, interaction_id, pairs)
+        rows = finetune_store.list_pairs(conn, interaction_id)
+        # The status counted the pairs when data preparation ended: it counts the saved ones now.
+        row = finetune_store.set_stage(
+            conn, interaction_id, DataPrepStage.EDIT_QUESTIONS, state=InteractionState.EDITING,
+            progress=interaction["progress"],
+            status=_review_status(len(rows), _failures(interaction["data_prep_chunks"])))
+        self._publish_after_commit(conn, session_id, row)
         return rows
 
     def start(self, conn, user, session_id: str) -> dict[str, Any]:
         """After the review: train on the pairs as they now stand."""
-        with conn.transaction():
-            session, interactions, interaction = self._finetune_interaction(conn, user, session_id)
-            if interaction["state"] != InteractionState.EDITING:
-                raise Conflict("this fine-tune is not waiting for review: nothing to start")
-            if not finetune_store.session_pairs(conn, session_id):  # all of the session's pairs train
-                raise BadRequest("there are no question/answer pairs to train on: PUT some first")
-            row = sessions_store.reopen_interaction(conn, interaction["id"], stage=DataPrepStage.FINETUNE,
-                                                    status="queued: waiting for a runner to train")
+        session, interactions, interaction = self._finetune_interaction(conn, user, session_id)
+        if interaction["state"] != InteractionState.EDITING:
+            raise Conflict("this fine-tune is not waiting for review: nothing to start")
+        if not finetune_store.session_pairs(conn, session_id):  # all of the session's pairs train
+            raise BadRequest("there are no question/answer pairs to train on: PUT some first")
+        row = sessions_store.reopen_interaction(conn, interaction["id"], stage=DataPrepStage.FINETUNE,
+                                                status="queued: waiting for a runner to train")
         return self._enqueue(conn, session, row)
 
     def retry(self, conn, user, session_id: str) -> dict[str, Any]:
         """Runs data preparation again for the chunks (and files) that failed; done ones stay."""
-        with conn.transaction():
-            session, interactions, interaction = self._finetune_interaction(conn, user, session_id)
-            stage = interaction["data_prep_stage"]
-            retryable = interaction["state"] == InteractionState.EDITING or (
-                interaction["state"] == InteractionState.ERROR
-                and stage in (DataPrepStage.EXTRACT_TEXT, DataPrepStage.GENERATE_QUESTIONS))
-            if not retryable:
-                raise Conflict("only a fine-tune whose data preparation failed or waits for review can retry")
-            row = sessions_store.reopen_interaction(conn, interaction["id"], stage=DataPrepStage.GENERATE_QUESTIONS,
-                                                    status="queued: retrying the failed chunks")
+        session, interactions, interaction = self._finetune_interaction(conn, user, session_id)
+        stage = interaction["data_prep_stage"]
+        retryable = interaction["state"] == InteractionState.EDITING or (
+            interaction["state"] == InteractionState.ERROR
+            and stage in (DataPrepStage.EXTRACT_TEXT, DataPrepStage.GENERATE_QUESTIONS))
+        if not retryable:
+            raise Conflict("only a fine-tune whose data preparation failed or waits for review can retry")
+        row = sessions_store.reopen_interaction(conn, interaction["id"], stage=DataPrepStage.GENERATE_QUESTIONS,
+                                                status="queued: retrying the failed chunks")
         return self._enqueue(conn, session, row)
 
     def _enqueue(self, conn, session, interaction) -> dict[str, Any]:
-        conn.commit()
         interactions = sessions_store.get_interactions(conn, session["id"])
-        self.dispatcher.try_enqueue(session, interactions, interaction["id"])
-        events.publish(self.redis, session["id"], EVENT_INTERACTION, interaction_view(interaction))
+        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, interaction["id"]))
+        self._publish_after_commit(conn, session["id"], interaction)
         return {**session, "interactions": interactions}
+
+    def _publish_after_commit(self, conn, session_id: str, interaction: dict[str, Any]) -> None:
+        """Tells the session's live streams of the interaction once its change is stored."""
+        db.after_commit(conn, partial(events.publish, self.redis, session_id, EVENT_INTERACTION,
+                                      interaction_view(interaction)))
 
     def add_documents(self, conn, user, session_id: str, form: Mapping[str, str], files: list[Any]) -> dict[str, Any]:
         """More documents for a fine-tuned session: their pairs are prepared, then the model is
@@ -179,40 +179,38 @@ class FinetuneService:
         if not names and not urls:
             raise BadRequest("send the new documents as files (multipart) or urls=...")
         stored: list[str] = []
-        try:
-            return self._add_documents(conn, user, session_id, urls, message, names, files, stored)
-        except BaseException:
-            store = UserFiles(self.filestore, user["id"])
-            for path in stored:  # a refused request stores nothing
-                store.store.delete(store.key(path))
-            raise
+        db.after_rollback(conn, partial(self._remove_files, user["id"], stored))  # a refused request stores nothing
+        return self._add_documents(conn, user, session_id, urls, message, names, files, stored)
+
+    def _remove_files(self, owner: str, paths: list[str]) -> None:
+        store = UserFiles(self.filestore, owner)
+        for path in paths:
+            store.store.delete(store.key(path))
 
     def _add_documents(self, conn, user, session_id, urls, message, names, files, stored) -> dict[str, Any]:
-        with conn.transaction():
-            session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
-            if session is None:
-                raise NotFound("session not found")
-            interactions = sessions_store.get_interactions(conn, session_id)
-            finetunes = [i for i in interactions if i["mode"] == SessionMode.FINETUNE and i["creator"] == Creator.SYSTEM]
-            if not finetunes or not finetunes[-1]["finished"] or (interactions and not interactions[-1]["finished"]):
-                raise Conflict("documents can be added to a fine-tune session once its last run has finished")
-            existing = {p.rsplit("/", 1)[-1] for i in interactions if i["creator"] == Creator.USER for p in i["files"]}
-            clash = sorted(set(names) & existing)
-            if clash or len(set(names)) != len(names):
-                raise BadRequest(f"the session already has a document named {(clash or names)[0]!r}: rename it")
-            options = dict(session["config"].get("finetune", {}))
-            documents = sorted(existing) + names + urls
-            if len(documents) > self.config.max_finetune_documents:
-                raise BadRequest(f"at most {self.config.max_finetune_documents} documents per session")
-            options["system_prompt"] = system_prompt(documents)
-            stored += self._store_documents(user["id"], session_id, files, names, keep_on_error=True)
-            conn.execute("UPDATE sessions SET mode = 'finetune', config = config || %s, updated = now() WHERE id = %s",
-                         (Jsonb({"finetune": options}), session_id))
-            session = sessions_store.get_session(conn, session_id, user["id"])
-            added = self._add_documents_turn(conn, session, message, stored, urls)
-        conn.commit()
+        session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
+        if session is None:
+            raise NotFound("session not found")
+        interactions = sessions_store.get_interactions(conn, session_id)
+        finetunes = [i for i in interactions if i["mode"] == SessionMode.FINETUNE and i["creator"] == Creator.SYSTEM]
+        if not finetunes or not finetunes[-1]["finished"] or (interactions and not interactions[-1]["finished"]):
+            raise Conflict("documents can be added to a fine-tune session once its last run has finished")
+        existing = {p.rsplit("/", 1)[-1] for i in interactions if i["creator"] == Creator.USER for p in i["files"]}
+        clash = sorted(set(names) & existing)
+        if clash or len(set(names)) != len(names):
+            raise BadRequest(f"the session already has a document named {(clash or names)[0]!r}: rename it")
+        options = dict(session["config"].get("finetune", {}))
+        documents = sorted(existing) + names + urls
+        if len(documents) > self.config.max_finetune_documents:
+            raise BadRequest(f"at most {self.config.max_finetune_documents} documents per session")
+        options["system_prompt"] = system_prompt(documents)
+        stored += self._store_documents(user["id"], session_id, files, names, keep_on_error=True)
+        conn.execute("UPDATE sessions SET mode = 'finetune', config = config || %s, updated = now() WHERE id = %s",
+                     (Jsonb({"finetune": options}), session_id))
+        session = sessions_store.get_session(conn, session_id, user["id"])
+        added = self._add_documents_turn(conn, session, message, stored, urls)
         interactions = interactions + added
-        self.dispatcher.try_enqueue(session, interactions, added[-1]["id"])
+        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, added[-1]["id"]))
         return {**session, "interactions": interactions}
 
     def clone(self, conn, user, session_id: str, interaction_id: str, mode: str) -> dict[str, Any]:
@@ -220,8 +218,9 @@ class FinetuneService:
         review (`with_questions`), or everything, the trained adapter included (`all`)."""
         if mode not in ("just_data", "with_questions", "all"):
             raise BadRequest("clone mode must be just_data, with_questions or all")
-        session, interactions, source = self._finetune_interaction(conn, user, session_id, interaction_id)
-        conn.rollback()  # nothing locked while files are copied
+        # Read without locks: nothing is held while the files are copied.
+        session, interactions, source = self._finetune_interaction(conn, user, session_id, interaction_id,
+                                                                   for_update=False)
         image = session["type"] == SessionType.IMAGE
         if image and mode == "with_questions":
             raise BadRequest("an image fine-tune has no questions: clone it just_data or all")
@@ -234,6 +233,7 @@ class FinetuneService:
         before = interactions[:interactions.index(source)]
         documents = next((i for i in reversed(before) if i["creator"] == Creator.USER), {"files": [], "metadata": {}})
         moved = {}
+        db.after_rollback(conn, partial(self._remove_documents, user["id"], new_id))  # copies of a refused clone
         adapter_files = IMAGE_ADAPTER_FILES if image else ADAPTER_FILES
         for path in documents["files"] + ([f"{source['lora_dir']}/{n}" for n in adapter_files] if mode == "all" else []):
             target = path.replace(session_folder(session_id), session_folder(new_id), 1)
@@ -241,42 +241,36 @@ class FinetuneService:
                 files.store.write(files.key(target), data)
             moved[path] = target
         new_lora = source["lora_dir"].replace(session_folder(session_id), session_folder(new_id), 1) if mode == "all" else ""
-        try:
-            with conn.transaction():
-                clone = sessions_store.insert_session(
-                    conn, owner=user["id"], mode=SessionMode.INFERENCE if mode == "all" else SessionMode.FINETUNE,
-                    type=session["type"], model_name=session["model_name"], name=f"{session['name']} (clone)"[:200],
-                    config=session["config"], parent_session=session_id, lora_dir=new_lora, session_id=new_id)
-                user_turn = sessions_store.insert_interaction(
-                    conn, session_id=new_id, creator=Creator.USER, mode=SessionMode.FINETUNE,
-                    message=documents.get("message", ""), state=InteractionState.COMPLETE,
-                    files=[moved[p] for p in documents["files"]],
-                    metadata={k: documents["metadata"][k] for k in ("urls", "captions", "sizes") if k in documents["metadata"]})
-                state, stage, status = {
-                    "just_data": (InteractionState.WAITING, DataPrepStage.FINETUNE,
-                                  "queued: waiting for a runner to train") if image else
-                                 (InteractionState.WAITING, DataPrepStage.EXTRACT_TEXT,
-                                  "queued: waiting for a runner to read the documents"),
-                    "with_questions": (InteractionState.EDITING, DataPrepStage.EDIT_QUESTIONS,
-                                       "cloned pairs ready for review; start training with POST .../finetune/start"),
-                    "all": (InteractionState.COMPLETE, DataPrepStage.COMPLETE, "cloned with its adapter"),
-                }[mode]
-                system_turn = sessions_store.insert_interaction(
-                    conn, session_id=new_id, creator=Creator.SYSTEM, mode=SessionMode.FINETUNE, state=state,
-                    status=status, data_prep_stage=stage, lora_dir=new_lora,
-                    message=source["message"] if mode == "all" else "",
-                    metadata=(dict(source["metadata"]) if mode == "all" else {}) | {"cloned_from": source["id"]})
-                if mode != "just_data":
-                    finetune_store.copy_pairs(conn, source["id"], system_turn["id"])
-                    conn.execute("UPDATE interactions SET data_prep_chunks = %s WHERE id = %s",
-                                 (Jsonb(source["data_prep_chunks"]), system_turn["id"]))
-        except BaseException:
-            self._remove_documents(user["id"], new_id)
-            raise
-        conn.commit()
+        clone = sessions_store.insert_session(
+            conn, owner=user["id"], mode=SessionMode.INFERENCE if mode == "all" else SessionMode.FINETUNE,
+            type=session["type"], model_name=session["model_name"], name=f"{session['name']} (clone)"[:200],
+            config=session["config"], parent_session=session_id, lora_dir=new_lora, session_id=new_id)
+        user_turn = sessions_store.insert_interaction(
+            conn, session_id=new_id, creator=Creator.USER, mode=SessionMode.FINETUNE,
+            message=documents.get("message", ""), state=InteractionState.COMPLETE,
+            files=[moved[p] for p in documents["files"]],
+            metadata={k: documents["metadata"][k] for k in ("urls", "captions", "sizes") if k in documents["metadata"]})
+        state, stage, status = {
+            "just_data": (InteractionState.WAITING, DataPrepStage.FINETUNE,
+                          "queued: waiting for a runner to train") if image else
+                         (InteractionState.WAITING, DataPrepStage.EXTRACT_TEXT,
+                          "queued: waiting for a runner to read the documents"),
+            "with_questions": (InteractionState.EDITING, DataPrepStage.EDIT_QUESTIONS,
+                               "cloned pairs ready for review; start training with POST .../finetune/start"),
+            "all": (InteractionState.COMPLETE, DataPrepStage.COMPLETE, "cloned with its adapter"),
+        }[mode]
+        system_turn = sessions_store.insert_interaction(
+            conn, session_id=new_id, creator=Creator.SYSTEM, mode=SessionMode.FINETUNE, state=state,
+            status=status, data_prep_stage=stage, lora_dir=new_lora,
+            message=source["message"] if mode == "all" else "",
+            metadata=(dict(source["metadata"]) if mode == "all" else {}) | {"cloned_from": source["id"]})
+        if mode != "just_data":
+            finetune_store.copy_pairs(conn, source["id"], system_turn["id"])
+            conn.execute("UPDATE interactions SET data_prep_chunks = %s WHERE id = %s",
+                         (Jsonb(source["data_prep_chunks"]), system_turn["id"]))
         interactions = [user_turn, system_turn]
         if mode == "just_data":
-            self.dispatcher.try_enqueue(clone, interactions, system_turn["id"])
+            db.after_commit(conn, partial(self.dispatcher.try_enqueue, clone, interactions, system_turn["id"]))
         return {**clone, "interactions": sessions_store.get_interactions(conn, new_id)}
 
     # -- the runner's reports -------------------------------------------------------------
@@ -296,20 +290,19 @@ class FinetuneService:
         # A document's length is the runner's to bound (HELIX_DATAPREP_MAX_DOCUMENT_CHARS): a
         # bound here too refused the report of every document over a million characters.
         chunks, chars = _count(body, "chunks"), _count(body, "chars", 2**53)
-        with conn.transaction():
-            interaction = self._running(conn, session_id, interaction_id)
-            # A retry reads the document again: the chunks an earlier attempt finished stay done.
-            earlier = {c["index"]: c for c in interaction["data_prep_chunks"].get(name, {}).get("chunks", [])}
+        interaction = self._running(conn, session_id, interaction_id)
+        # A retry reads the document again: the chunks an earlier attempt finished stay done.
+        earlier = {c["index"]: c for c in interaction["data_prep_chunks"].get(name, {}).get("chunks", [])}
 
-            def chunk_entry(i: int) -> dict:
-                before = earlier.get(i, {})
-                if before.get("state") == "done":
-                    return before
-                return {"index": i, "state": "pending", "question_count": 0, "error": "",
-                        "attempts": before.get("attempts", 0)}
+        def chunk_entry(i: int) -> dict:
+            before = earlier.get(i, {})
+            if before.get("state") == "done":
+                return before
+            return {"index": i, "state": "pending", "question_count": 0, "error": "",
+                    "attempts": before.get("attempts", 0)}
 
-            finetune_store.set_document(conn, interaction_id, name, {
-                "chars": chars, "error": error, "chunks": [chunk_entry(i) for i in range(chunks)]})
+        finetune_store.set_document(conn, interaction_id, name, {
+            "chars": chars, "error": error, "chunks": [chunk_entry(i) for i in range(chunks)]})
 
     def report_chunk(self, conn, session_id: str, interaction_id: str, body: Any) -> None:
         """One chunk's pairs (replacing any from an earlier attempt), filter counts and error."""
@@ -327,17 +320,16 @@ class FinetuneService:
         dropped = body.get("dropped") or {}
         if not isinstance(dropped, dict) or not all(type(v) is int for v in dropped.values()):
             raise BadRequest("dropped must map a filter's name to a count")
-        with conn.transaction():
-            interaction = self._running(conn, session_id, interaction_id)
-            if name not in interaction["data_prep_chunks"]:
-                raise BadRequest(f"report document {name[:80]!r} before its chunks")
-            earlier = next((c for c in interaction["data_prep_chunks"][name].get("chunks", []) if c["index"] == index), {})
-            finetune_store.replace_chunk_pairs(conn, interaction_id, name, index, pairs)
-            finetune_store.set_chunk(conn, interaction_id, name, index, {
-                "attempts": earlier.get("attempts", 0) + 1,
-                "index": index, "state": "error" if error or not (pairs or note) else "done",
-                "question_count": len(pairs), "error": error or ("" if pairs or note else "no pairs"),
-                "note": note, "dropped": dropped, "coverage": coverage})
+        interaction = self._running(conn, session_id, interaction_id)
+        if name not in interaction["data_prep_chunks"]:
+            raise BadRequest(f"report document {name[:80]!r} before its chunks")
+        earlier = next((c for c in interaction["data_prep_chunks"][name].get("chunks", []) if c["index"] == index), {})
+        finetune_store.replace_chunk_pairs(conn, interaction_id, name, index, pairs)
+        finetune_store.set_chunk(conn, interaction_id, name, index, {
+            "attempts": earlier.get("attempts", 0) + 1,
+            "index": index, "state": "error" if error or not (pairs or note) else "done",
+            "question_count": len(pairs), "error": error or ("" if pairs or note else "no pairs"),
+            "note": note, "dropped": dropped, "coverage": coverage})
 
     def pairs_for_training(self, conn, session_id: str, interaction_id: str) -> list[dict[str, Any]]:
         self._running(conn, session_id, interaction_id)
@@ -354,45 +346,44 @@ class FinetuneService:
             raise BadRequest("points must be a list of objects of numbers")
         if from_step is not None and (type(from_step) is not int or from_step < 0):
             raise BadRequest("from_step must be a whole number of steps, 0 or more")
-        with conn.transaction():
-            interaction = self._running(conn, session_id, interaction_id)
-            if from_step is None:
-                finetune_store.append_history(conn, interaction_id, points)
-            else:
-                # A run from step 0 starts the history anew; one resumed at step k keeps steps up to k.
-                history = interaction["metadata"].get("training_history", []) if from_step else []
-                kept = [p for p in history if p.get("step", 0) <= from_step]
-                finetune_store.merge_metadata(conn, interaction_id, {"training_history": kept + points})
+        interaction = self._running(conn, session_id, interaction_id)
+        if from_step is None:
+            finetune_store.append_history(conn, interaction_id, points)
+        else:
+            # A run from step 0 starts the history anew; one resumed at step k keeps steps up to k.
+            history = interaction["metadata"].get("training_history", []) if from_step else []
+            kept = [p for p in history if p.get("step", 0) <= from_step]
+            finetune_store.merge_metadata(conn, interaction_id, {"training_history": kept + points})
 
     def report_prepared(self, conn, session_id: str, interaction_id: str) -> dict[str, Any]:
         """Data preparation is over: stop in error when no chunk made a pair; else wait for the
         review, or queue the training."""
-        with conn.transaction():
-            interaction = self._running(conn, session_id, interaction_id)
-            session = sessions_store.get_session_any_owner(conn, session_id)
-            pairs = finetune_store.count_pairs(conn, interaction_id)
-            failed = _failures(interaction["data_prep_chunks"])
-            finetune_store.merge_metadata(conn, interaction_id, {"dataprep": _summary(interaction["data_prep_chunks"], pairs)})
-            review = session["config"].get("finetune", {}).get("manually_review_questions")
-            if not pairs and not review:
-                row = sessions_store.apply_update(
-                    conn, interaction_id, runner=interaction["runner"], state=InteractionState.ERROR,
-                    message=interaction["message"], progress=interaction["progress"], status="failed",
-                    files=None, finished=True, metadata=None,
-                    error="no question/answer pairs could be made from the documents: "
-                          + ("; ".join(failed[:10]) or "no text"))
-            elif review:  # with no pairs too: the reviewer can write their own
-                row = finetune_store.set_stage(
-                    conn, interaction_id, DataPrepStage.EDIT_QUESTIONS, state=InteractionState.EDITING,
-                    progress=100, status=_review_status(pairs, failed))
-            else:
-                row = finetune_store.set_stage(
-                    conn, interaction_id, DataPrepStage.FINETUNE, state=InteractionState.WAITING,
-                    status=f"queued: training on {pairs} question/answer pairs"
-                    + (f" ({len(failed)} chunks or files failed)" if failed else ""))
-        events.publish(self.redis, session_id, EVENT_INTERACTION, interaction_view(row))
+        interaction = self._running(conn, session_id, interaction_id)
+        session = sessions_store.get_session_any_owner(conn, session_id)
+        pairs = finetune_store.count_pairs(conn, interaction_id)
+        failed = _failures(interaction["data_prep_chunks"])
+        finetune_store.merge_metadata(conn, interaction_id, {"dataprep": _summary(interaction["data_prep_chunks"], pairs)})
+        review = session["config"].get("finetune", {}).get("manually_review_questions")
+        if not pairs and not review:
+            row = sessions_store.apply_update(
+                conn, interaction_id, runner=interaction["runner"], state=InteractionState.ERROR,
+                message=interaction["message"], progress=interaction["progress"], status="failed",
+                files=None, finished=True, metadata=None,
+                error="no question/answer pairs could be made from the documents: "
+                      + ("; ".join(failed[:10]) or "no text"))
+        elif review:  # with no pairs too: the reviewer can write their own
+            row = finetune_store.set_stage(
+                conn, interaction_id, DataPrepStage.EDIT_QUESTIONS, state=InteractionState.EDITING,
+                progress=100, status=_review_status(pairs, failed))
+        else:
+            row = finetune_store.set_stage(
+                conn, interaction_id, DataPrepStage.FINETUNE, state=InteractionState.WAITING,
+                status=f"queued: training on {pairs} question/answer pairs"
+                + (f" ({len(failed)} chunks or files failed)" if failed else ""))
+        self._publish_after_commit(conn, session_id, row)
         if row["data_prep_stage"] == DataPrepStage.FINETUNE:
-            self.dispatcher.try_enqueue(session, sessions_store.get_interactions(conn, session_id), interaction_id)
+            db.after_commit(conn, partial(self.dispatcher.try_enqueue, session,
+                                          sessions_store.get_interactions(conn, session_id), interaction_id))
         return row
 
 

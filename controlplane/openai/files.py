@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -13,6 +14,7 @@ from controlplane.config import Config
 from controlplane.errors import BadRequest, NotFound
 from controlplane.finetune import examples as finetune_examples
 from controlplane.http.fields import ensure_utf8
+from controlplane.storage import db
 from controlplane.storage.filestore import Filestore, UserFiles
 
 PURPOSE = "fine-tune"
@@ -50,17 +52,12 @@ class OpenAIFiles:
         file_id = f"file-{uuid.uuid4().hex}"
         files = UserFiles(self.filestore, user["id"])
         path = f"{FOLDER}/{file_id}.jsonl"
+        db.after_rollback(conn, partial(self._remove_content, user["id"], path))  # nothing half-written
         files.store.write(files.key(path), io.BytesIO(data))
-        try:
-            with conn.transaction():
-                row = conn.execute(
-                    "INSERT INTO openai_files (id, owner, filename, purpose, bytes, examples, path)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
-                    (file_id, user["id"], filename, purpose, len(data), len(examples), path)).fetchone()
-        except BaseException:
-            files.store.delete(files.key(path))  # nothing half-written
-            raise
-        return row
+        return conn.execute(
+            "INSERT INTO openai_files (id, owner, filename, purpose, bytes, examples, path)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
+            (file_id, user["id"], filename, purpose, len(data), len(examples), path)).fetchone()
 
     def get(self, conn: psycopg.Connection, user: dict[str, Any], file_id: str, what: str = "file") -> dict[str, Any]:
         row = conn.execute("SELECT * FROM openai_files WHERE id = %s AND owner = %s", (file_id, user["id"])).fetchone()
@@ -85,16 +82,17 @@ class OpenAIFiles:
 
     def delete(self, conn: psycopg.Connection, user: dict[str, Any], file_id: str) -> dict[str, Any]:
         """The row and the content; a job made from the file keeps its pairs (they were copied)."""
-        with conn.transaction():
-            row = self.get(conn, user, file_id)
-            conn.execute("DELETE FROM openai_files WHERE id = %s", (file_id,))
-        conn.commit()
-        files = UserFiles(self.filestore, user["id"])
+        row = self.get(conn, user, file_id)
+        conn.execute("DELETE FROM openai_files WHERE id = %s", (file_id,))
+        db.after_commit(conn, partial(self._remove_content, user["id"], row["path"]))
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    def _remove_content(self, owner: str, path: str) -> None:
+        files = UserFiles(self.filestore, owner)
         try:
-            files.store.delete(files.key(row["path"]))
+            files.store.delete(files.key(path))
         except NotFound:
             pass  # already removed through the filestore routes
-        return {"id": file_id, "object": "file", "deleted": True}
 
     def content(self, user: dict[str, Any], row: dict[str, Any]) -> bytes:
         files = UserFiles(self.filestore, user["id"])

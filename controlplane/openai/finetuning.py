@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -24,6 +25,7 @@ from controlplane.openai.chat import FINE_TUNED_PREFIX, fine_tuned_id
 from controlplane.openai.files import OpenAIFiles
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.service import cancel_interaction, is_cancelled, known_models, stop_cancelled_work
+from controlplane.storage import db
 from shared.finetune import HYPERPARAMETERS
 from shared.jobs import WorkKind
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
@@ -160,29 +162,27 @@ class OpenAIFineTuning:
 
         training = self.files.examples(conn, user, training_file, "training_file")
         validation = self.files.examples(conn, user, validation_file, "validation_file") if validation_file else []
-        conn.rollback()  # nothing held while the session is written
         pairs = _pairs(training, training_file, False) + _pairs(validation, validation_file or "", True)
         options = {"manually_review_questions": False, "system_prompt": common_system(training),
                    "hyperparameters": trainer, "eval_share": 0.0, "seed": seed}
         job = {"training_file": training_file, "validation_file": validation_file, "suffix": suffix or None,
                "hyperparameters": shown, "metadata": metadata, "examples": len(training),
                "validation_examples": len(validation)}
-        with conn.transaction():
-            session = sessions_store.insert_session(
-                conn, owner=user["id"], mode=SessionMode.FINETUNE, type=SessionType.TEXT, model_name=model,
-                name=f"fine-tune {suffix or training_file}"[:200], config={"finetune": options, "openai_job": job})
-            user_turn = sessions_store.insert_interaction(
-                conn, session_id=session["id"], creator=Creator.USER, mode=SessionMode.FINETUNE,
-                message=f"Fine-tune on {training_file}" + (f", validated on {validation_file}" if validation_file else ""),
-                state=InteractionState.COMPLETE, metadata={"training_file": training_file,
-                                                           "validation_file": validation_file})
-            system_turn = sessions_store.insert_interaction(
-                conn, session_id=session["id"], creator=Creator.SYSTEM, mode=SessionMode.FINETUNE,
-                state=InteractionState.WAITING, data_prep_stage=DataPrepStage.FINETUNE,
-                status=f"queued: training on {sum(not p['held_out'] for p in pairs)} question/answer pairs")
-            finetune_store.add_pairs(conn, system_turn["id"], pairs)
-        conn.commit()  # a runner must find the rows its job names
-        self.dispatcher.try_enqueue(session, [user_turn, system_turn], system_turn["id"])
+        session = sessions_store.insert_session(
+            conn, owner=user["id"], mode=SessionMode.FINETUNE, type=SessionType.TEXT, model_name=model,
+            name=f"fine-tune {suffix or training_file}"[:200], config={"finetune": options, "openai_job": job})
+        user_turn = sessions_store.insert_interaction(
+            conn, session_id=session["id"], creator=Creator.USER, mode=SessionMode.FINETUNE,
+            message=f"Fine-tune on {training_file}" + (f", validated on {validation_file}" if validation_file else ""),
+            state=InteractionState.COMPLETE, metadata={"training_file": training_file,
+                                                       "validation_file": validation_file})
+        system_turn = sessions_store.insert_interaction(
+            conn, session_id=session["id"], creator=Creator.SYSTEM, mode=SessionMode.FINETUNE,
+            state=InteractionState.WAITING, data_prep_stage=DataPrepStage.FINETUNE,
+            status=f"queued: training on {sum(not p['held_out'] for p in pairs)} question/answer pairs")
+        finetune_store.add_pairs(conn, system_turn["id"], pairs)
+        # A runner must find the rows its job names.
+        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, [user_turn, system_turn], system_turn["id"]))
         return job_view(session, system_turn)
 
     # -- reading --------------------------------------------------------------------------
@@ -232,16 +232,14 @@ class OpenAIFineTuning:
         """Stops queued or running work the way a session's cancel does (one mechanism): the
         interaction ends now as cancelled, its queued job is removed, and a runner training it
         kills the training process within a second."""
-        with conn.transaction():
-            session, turn = self._job(conn, user, job_id, for_update=True)
-            # Locked, as a runner's report locks it: its last report cannot land between check and update.
-            turn = sessions_store.get_interaction_for_runner(conn, session["id"], turn["id"])
-            if turn["finished"]:
-                raise Conflict(f"the job has already {job_status(turn)}: only a queued or running job can be cancelled")
-            turn = cancel_interaction(conn, turn)
-            sessions_store.touch_session(conn, session["id"])
-        conn.commit()
-        stop_cancelled_work(self.dispatcher, session["id"], turn)
+        session, turn = self._job(conn, user, job_id, for_update=True)
+        # Locked, as a runner's report locks it: its last report cannot land between check and update.
+        turn = sessions_store.get_interaction_for_runner(conn, session["id"], turn["id"])
+        if turn["finished"]:
+            raise Conflict(f"the job has already {job_status(turn)}: only a queued or running job can be cancelled")
+        turn = cancel_interaction(conn, turn)
+        sessions_store.touch_session(conn, session["id"])
+        db.after_commit(conn, partial(stop_cancelled_work, self.dispatcher, session["id"], turn))
         return job_view(session, turn)
 
 

@@ -8,16 +8,20 @@ interaction's own outputs folder.
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
+from redis import Redis
 
 from controlplane.config import Config
 from controlplane.errors import BadRequest, Conflict, Forbidden, NotFound
 from controlplane.fleet.dispatch import Dispatcher, job_stage
+from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
+from controlplane.storage import db
 from controlplane.storage.db import storable
 from controlplane.storage.filestore import session_outputs
 from shared import image_budget, runner_state
@@ -163,13 +167,12 @@ def _parse_update(body: Any) -> dict[str, Any]:
     return body
 
 
-def apply_update(conn: psycopg.Connection, current: dict[str, Any], body: Any,
-                 runner_id: str) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+def apply_update(conn: psycopg.Connection, redis: Redis, current: dict[str, Any], body: Any,
+                 runner_id: str) -> dict[str, Any]:
     """Applies one update of `runner_id` to the interaction that authorize() returned for it,
     still locked; once it is finished, authorize() refuses further updates with 409. Returns the
-    interaction's view and the live events that tell of it, for the caller to publish once its
-    transaction has committed: a client that reads the session on hearing of the final update
-    must find it stored."""
+    interaction's view; the live events that tell of it go out once the unit of work has
+    committed: a client that reads the session on hearing of the final update must find it stored."""
     session_id, interaction_id = current["session_id"], current["id"]
     update = _parse_update(body)
     if update.get("runner") not in (None, "", runner_id):
@@ -179,29 +182,30 @@ def apply_update(conn: psycopg.Connection, current: dict[str, Any], body: Any,
         raise BadRequest(f"files must be paths under this interaction's outputs folder, {folder}/")
     if update.get("lora_dir") and not own_output(update["lora_dir"], session_id, interaction_id, folder_too=True):
         raise BadRequest(f"lora_dir must be this interaction's outputs folder, {folder}, or one under it")
-    with conn.transaction():
-        final = update.get("final") is True or update.get("state") in _FINAL_STATES
-        state = update.get("state") or InteractionState.WAITING.value
-        if final and state not in _FINAL_STATES:
-            state = InteractionState.COMPLETE.value
-        message = update["message"] if update.get("message") is not None else current["message"]
-        message += update.get("delta") or ""
-        progress = 100 if final and state == InteractionState.COMPLETE else (
-            update["progress"] if update.get("progress") is not None else current["progress"])
-        row = sessions_store.apply_update(
-            conn, interaction_id, runner=runner_id, state=state,
-            message=message, progress=progress,
-            status=update["status"] if update.get("status") is not None else current["status"],
-            files=update.get("files"), error=update.get("error") or "", finished=final,
-            metadata=update.get("metadata"), data_prep_stage=update.get("data_prep_stage"),
-            lora_dir=update.get("lora_dir"),
-        )
-        if update.get("lora_dir") and final and state == InteractionState.COMPLETE:
-            sessions_store.finish_finetune(conn, session_id, update["lora_dir"])
-        sessions_store.touch_session(conn, session_id)
+    final = update.get("final") is True or update.get("state") in _FINAL_STATES
+    state = update.get("state") or InteractionState.WAITING.value
+    if final and state not in _FINAL_STATES:
+        state = InteractionState.COMPLETE.value
+    message = update["message"] if update.get("message") is not None else current["message"]
+    message += update.get("delta") or ""
+    progress = 100 if final and state == InteractionState.COMPLETE else (
+        update["progress"] if update.get("progress") is not None else current["progress"])
+    row = sessions_store.apply_update(
+        conn, interaction_id, runner=runner_id, state=state,
+        message=message, progress=progress,
+        status=update["status"] if update.get("status") is not None else current["status"],
+        files=update.get("files"), error=update.get("error") or "", finished=final,
+        metadata=update.get("metadata"), data_prep_stage=update.get("data_prep_stage"),
+        lora_dir=update.get("lora_dir"),
+    )
+    if update.get("lora_dir") and final and state == InteractionState.COMPLETE:
+        sessions_store.finish_finetune(conn, session_id, update["lora_dir"])
+    sessions_store.touch_session(conn, session_id)
     view = interaction_view(row)
     # Streamed tokens go out as small delta events; every other change as the whole interaction.
     told = [(EVENT_DELTA, {"interaction_id": interaction_id, "delta": update["delta"]})] if update.get("delta") else []
     if final or not update.get("delta"):
         told.append((EVENT_INTERACTION, view))
-    return view, told
+    for event, data in told:
+        db.after_commit(conn, partial(events.publish, redis, session_id, event, data))
+    return view

@@ -4,6 +4,7 @@ a runner that dequeues at once must find the rows, and if the enqueue fails the 
 re-creates the job from those rows."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Mapping
 
 import psycopg
@@ -16,6 +17,7 @@ from controlplane.http.fields import optional_float, optional_int, required_choi
 from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
+from controlplane.storage import db
 from controlplane.storage.filestore import Filestore, UserFiles, session_folder
 from shared.image_budget import ImageBudget
 from shared.jobs import WorkKind
@@ -182,14 +184,12 @@ class SessionService:
             config["job_timeout"] = timeout  # seconds: RQ's timeout for this session's jobs
         name = text_field(form, "name", 200) or prompt.strip()[:60]
 
-        with conn.transaction():
-            session = sessions_store.insert_session(
-                conn, owner=user["id"], mode=SessionMode.INFERENCE, type=session_type, model_name=model,
-                name=name, config=config,
-            )
-            interactions = self._add_turn(conn, session, prompt)
-        conn.commit()  # a runner must find the rows its job names
-        self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
+        session = sessions_store.insert_session(
+            conn, owner=user["id"], mode=SessionMode.INFERENCE, type=session_type, model_name=model,
+            name=name, config=config,
+        )
+        interactions = self._add_turn(conn, session, prompt)
+        self._enqueue_after_commit(conn, session, interactions, interactions[-1]["id"])
         return {**session, "interactions": interactions}
 
     def create_conversation(self, conn: psycopg.Connection, user: dict[str, Any], *, model: str,
@@ -201,51 +201,47 @@ class SessionService:
         check_fits(conn, self.config, model, "".join(t for _, t in turns) + text.get("system_prompt", ""),
                    text.get("max_tokens"))
         scheduling.check_fleet(conn, self.config, model, [WorkKind.TEXT_INFERENCE])
-        with conn.transaction():
-            session = sessions_store.insert_session(
-                conn, owner=user["id"], mode=SessionMode.INFERENCE, type=SessionType.TEXT, model_name=model,
-                name=(name or turns[-1][1].strip()[:60])[:200], config={**(extra_config or {}), "text": text},
-                lora_dir=lora_dir)
-            interactions = []
-            for role, content in turns[:-1]:
-                interactions.append(sessions_store.insert_interaction(
-                    conn, session_id=session["id"], creator=Creator.USER if role == "user" else Creator.SYSTEM,
-                    mode=session["mode"], message=content, state=InteractionState.COMPLETE))
-            interactions += self._add_turn(conn, session, turns[-1][1])
-        conn.commit()
-        self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
+        session = sessions_store.insert_session(
+            conn, owner=user["id"], mode=SessionMode.INFERENCE, type=SessionType.TEXT, model_name=model,
+            name=(name or turns[-1][1].strip()[:60])[:200], config={**(extra_config or {}), "text": text},
+            lora_dir=lora_dir)
+        interactions = []
+        for role, content in turns[:-1]:
+            interactions.append(sessions_store.insert_interaction(
+                conn, session_id=session["id"], creator=Creator.USER if role == "user" else Creator.SYSTEM,
+                mode=session["mode"], message=content, state=InteractionState.COMPLETE))
+        interactions += self._add_turn(conn, session, turns[-1][1])
+        self._enqueue_after_commit(conn, session, interactions, interactions[-1]["id"])
         return {**session, "interactions": interactions}
 
     def continue_chat(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str,
                       form: Mapping[str, str]) -> dict[str, Any]:
         prompt = text_field(form, "input", self.config.max_input_chars, required=True)
-        with conn.transaction():
-            session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
-            if session is None:
-                raise NotFound("session not found")
-            if session["mode"] != SessionMode.INFERENCE:
-                raise Conflict("this session is still being fine-tuned: chat with it once its"
-                               " fine-tune interaction is complete")
-            scheduling.check_fleet(conn, self.config, session["model_name"],
-                                   scheduling.kinds_of(SessionMode.INFERENCE, session["type"]))
-            metadata = None
-            if session["type"] == SessionType.TEXT:
-                check_fits(conn, self.config, session["model_name"], prompt, None)
-            else:
-                # An image prompt may carry the same settings as a new image session (seed
-                # included). The job runs the session's settings overridden by these, so that is
-                # the work checked against the runners' budget of now, and what sizes its timeout.
-                params = _job_params(form, SessionType.IMAGE)["image"]
-                timeout = check_image_work(conn, self.config, session["model_name"],
-                                           {**session["config"].get("image", {}), **params})
-                metadata = {"image": params, "job_timeout": timeout}  # None: no budget, the default
-            previous = sessions_store.get_interactions(conn, session_id)
-            if previous and not previous[-1]["finished"]:
-                raise Conflict("the previous reply is still being generated: wait for it to finish")
-            interactions = previous + self._add_turn(conn, session, prompt, metadata)
-            sessions_store.touch_session(conn, session_id)
-        conn.commit()
-        self.dispatcher.try_enqueue(session, interactions, interactions[-1]["id"])
+        session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
+        if session is None:
+            raise NotFound("session not found")
+        if session["mode"] != SessionMode.INFERENCE:
+            raise Conflict("this session is still being fine-tuned: chat with it once its"
+                           " fine-tune interaction is complete")
+        scheduling.check_fleet(conn, self.config, session["model_name"],
+                               scheduling.kinds_of(SessionMode.INFERENCE, session["type"]))
+        metadata = None
+        if session["type"] == SessionType.TEXT:
+            check_fits(conn, self.config, session["model_name"], prompt, None)
+        else:
+            # An image prompt may carry the same settings as a new image session (seed
+            # included). The job runs the session's settings overridden by these, so that is
+            # the work checked against the runners' budget of now, and what sizes its timeout.
+            params = _job_params(form, SessionType.IMAGE)["image"]
+            timeout = check_image_work(conn, self.config, session["model_name"],
+                                       {**session["config"].get("image", {}), **params})
+            metadata = {"image": params, "job_timeout": timeout}  # None: no budget, the default
+        previous = sessions_store.get_interactions(conn, session_id)
+        if previous and not previous[-1]["finished"]:
+            raise Conflict("the previous reply is still being generated: wait for it to finish")
+        interactions = previous + self._add_turn(conn, session, prompt, metadata)
+        sessions_store.touch_session(conn, session_id)
+        self._enqueue_after_commit(conn, session, interactions, interactions[-1]["id"])
         return {**session, "interactions": interactions}
 
     def _add_turn(self, conn: psycopg.Connection, session: dict[str, Any], prompt: str,
@@ -276,16 +272,14 @@ class SessionService:
     def cancel(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> dict[str, Any]:
         """Stops the session's queued or running work. Cancelling a cancelled session again
         changes nothing and answers the same; one whose work already ended is a 409."""
-        with conn.transaction():
-            session, interactions, turn = self._last_turn(conn, user, session_id)
-            if turn["finished"]:
-                if is_cancelled(turn):
-                    return {**session, "interactions": interactions}
-                raise Conflict(f"nothing to cancel: the last interaction already ended ({turn['state']})")
-            turn = cancel_interaction(conn, turn)
-            sessions_store.touch_session(conn, session_id)
-        conn.commit()
-        stop_cancelled_work(self.dispatcher, session_id, turn)
+        session, interactions, turn = self._last_turn(conn, user, session_id)
+        if turn["finished"]:
+            if is_cancelled(turn):
+                return {**session, "interactions": interactions}
+            raise Conflict(f"nothing to cancel: the last interaction already ended ({turn['state']})")
+        turn = cancel_interaction(conn, turn)
+        sessions_store.touch_session(conn, session_id)
+        db.after_commit(conn, partial(stop_cancelled_work, self.dispatcher, session_id, turn))
         return {**session, "interactions": [turn if i["id"] == turn["id"] else i for i in interactions]}
 
     def restart(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> dict[str, Any]:
@@ -293,47 +287,53 @@ class SessionService:
         where it stopped (data preparation keeps its done chunks, training resumes from its last
         checkpoint). One still queued or running is left as it is (a repeated restart changes
         nothing); a fine-tune that waits for review or has completed is a 409."""
-        with conn.transaction():
-            session, interactions, turn = self._last_turn(conn, user, session_id)
-            if not turn["finished"]:
-                if turn["state"] == InteractionState.EDITING:
-                    raise Conflict("this fine-tune waits for the review of its question/answer pairs:"
-                                   " start it (POST .../finetune/start) or retry its data preparation")
-                return {**session, "interactions": interactions}
-            if turn["mode"] == SessionMode.FINETUNE:
-                if turn["state"] == InteractionState.COMPLETE:
-                    raise Conflict("this fine-tune is complete: add documents to train it again")
-                training = turn["data_prep_stage"] == DataPrepStage.FINETUNE
-                stage = DataPrepStage.FINETUNE if training else DataPrepStage.GENERATE_QUESTIONS
-                status = "queued: waiting for a runner to train" if training else "queued: preparing the data again"
-                kinds = [WorkKind.IMAGE_FINETUNE if session["type"] == SessionType.IMAGE else
-                         WorkKind.TEXT_FINETUNE if training else WorkKind.TEXT_DATAPREP]
-                fresh = False
-            else:
-                stage, status, fresh = turn["data_prep_stage"], "queued: waiting for a runner", True
-                kinds = scheduling.kinds_of(SessionMode.INFERENCE, session["type"])
-            scheduling.check_fleet(conn, self.config, session["model_name"], kinds)
-            row = sessions_store.restart_interaction(conn, turn["id"], stage=stage, status=status, fresh=fresh)
-            sessions_store.touch_session(conn, session_id)
-        conn.commit()
+        session, interactions, turn = self._last_turn(conn, user, session_id)
+        if not turn["finished"]:
+            if turn["state"] == InteractionState.EDITING:
+                raise Conflict("this fine-tune waits for the review of its question/answer pairs:"
+                               " start it (POST .../finetune/start) or retry its data preparation")
+            return {**session, "interactions": interactions}
+        if turn["mode"] == SessionMode.FINETUNE:
+            if turn["state"] == InteractionState.COMPLETE:
+                raise Conflict("this fine-tune is complete: add documents to train it again")
+            training = turn["data_prep_stage"] == DataPrepStage.FINETUNE
+            stage = DataPrepStage.FINETUNE if training else DataPrepStage.GENERATE_QUESTIONS
+            status = "queued: waiting for a runner to train" if training else "queued: preparing the data again"
+            kinds = [WorkKind.IMAGE_FINETUNE if session["type"] == SessionType.IMAGE else
+                     WorkKind.TEXT_FINETUNE if training else WorkKind.TEXT_DATAPREP]
+            fresh = False
+        else:
+            stage, status, fresh = turn["data_prep_stage"], "queued: waiting for a runner", True
+            kinds = scheduling.kinds_of(SessionMode.INFERENCE, session["type"])
+        scheduling.check_fleet(conn, self.config, session["model_name"], kinds)
+        row = sessions_store.restart_interaction(conn, turn["id"], stage=stage, status=status, fresh=fresh)
+        sessions_store.touch_session(conn, session_id)
         interactions = sessions_store.get_interactions(conn, session_id)
-        self.dispatcher.try_enqueue(session, interactions, row["id"])
-        events.publish(self.dispatcher.redis, session_id, EVENT_INTERACTION, interaction_view(row))
+        self._enqueue_after_commit(conn, session, interactions, row["id"])
+        db.after_commit(conn, partial(events.publish, self.dispatcher.redis, session_id, EVENT_INTERACTION,
+                                      interaction_view(row)))
         return {**session, "interactions": interactions}
 
     def delete(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> dict[str, Any]:
-        with conn.transaction():
-            interactions = sessions_store.get_interactions(conn, session_id)
-            session = sessions_store.delete_session(conn, session_id, user["id"])
-            if session is None:
-                raise NotFound("session not found")
-        conn.commit()
+        interactions = sessions_store.get_interactions(conn, session_id)
+        session = sessions_store.delete_session(conn, session_id, user["id"])
+        if session is None:
+            raise NotFound("session not found")
+        db.after_commit(conn, partial(self._remove_work_and_files, user["id"], session_id, interactions))
+        return session
+
+    def _remove_work_and_files(self, owner: str, session_id: str, interactions: list[dict[str, Any]]) -> None:
+        """A deleted session's queued or running jobs and its folder in the filestore."""
         for interaction in interactions:
             if not interaction["finished"]:
                 self.dispatcher.cancel(interaction["id"])
-        files = UserFiles(self.filestore, user["id"])
+        files = UserFiles(self.filestore, owner)
         try:
             files.store.delete(files.key(session_folder(session_id)))
         except NotFound:
             pass
-        return session
+
+    def _enqueue_after_commit(self, conn: psycopg.Connection, session: dict[str, Any],
+                              interactions: list[dict[str, Any]], interaction_id: str) -> None:
+        """Queues the interaction's job once its rows are stored: a runner looks them up."""
+        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, interaction_id))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import atexit
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psycopg
 from flask import Flask, current_app
@@ -27,11 +27,56 @@ def pool() -> ConnectionPool:
     return current_app.extensions["db_pool"]
 
 
+class _Hooks:
+    def __init__(self):
+        self.after_commit: list[Callable[[], None]] = []
+        self.after_rollback: list[Callable[[], None]] = []
+
+
+# What each open unit of work does once it has committed or rolled back, by its connection.
+_hooks: dict[int, _Hooks] = {}
+
+
 @contextmanager
 def transaction() -> Iterator[psycopg.Connection]:
-    """A connection inside one transaction: committed on success, rolled back on error."""
-    with pool().connection() as conn:
-        yield conn
+    """A request's unit of work: one transaction on one connection, committed once at the end
+    (rolled back on error), and then what the work left for after_commit() is done, in order.
+    Services never commit themselves, so nothing a runner or a client acts on is seen before it
+    is stored, and nothing is enqueued or published for work that was rolled back."""
+    hooks = _Hooks()
+    try:
+        with pool().connection() as conn:
+            _hooks[id(conn)] = hooks
+            try:
+                with conn.transaction():
+                    yield conn
+            finally:
+                del _hooks[id(conn)]
+    except BaseException:
+        for action in hooks.after_rollback:
+            action()
+        raise
+    for action in hooks.after_commit:
+        action()
+
+
+def _hooks_of(conn: psycopg.Connection) -> _Hooks:
+    hooks = _hooks.get(id(conn))
+    if hooks is None:
+        raise RuntimeError("a unit of work's hooks need a connection from db.transaction()")
+    return hooks
+
+
+def after_commit(conn: psycopg.Connection, action: Callable[[], None]) -> None:
+    """Runs `action` once the unit of work on `conn` has committed: enqueueing a job whose rows a
+    runner will look up, publishing an event a client will read the session on, stopping work."""
+    _hooks_of(conn).after_commit.append(action)
+
+
+def after_rollback(conn: psycopg.Connection, action: Callable[[], None]) -> None:
+    """Runs `action` if the unit of work on `conn` fails: removing files it stored on the way, so
+    a refused request leaves nothing behind."""
+    _hooks_of(conn).after_rollback.append(action)
 
 
 @contextmanager
