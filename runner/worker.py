@@ -29,10 +29,11 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
-from runner import jobs, metrics
+from runner import jobs
 from runner.config import RunnerConfig
-from runner.control_plane import ControlPlane
-from runner.memory import Admission
+from runner.control_plane.client import ControlPlane
+from runner.state import metrics
+from runner.state.memory import Admission
 from shared import logs
 from shared.jobs import ENTRY_POINTS, WorkKind, queue_name
 from shared.memory import JOB_META_KEY, MEMORY_WAIT_TTL_SECONDS, memory_wait_key, need_of
@@ -70,7 +71,7 @@ def _outcome(result) -> str:
 class AllowlistedJob(Job):
     """Anyone who can write to Redis can name any callable in a job: run only our entry points.
     Every log record written while a job runs carries its job, session and interaction ids, and
-    each job is counted by kind and outcome (runner/metrics.py)."""
+    each job is counted by kind and outcome (runner/state/metrics.py)."""
 
     def _execute(self):
         if self.func_name not in ALLOWED_FUNCTIONS:

@@ -1,7 +1,7 @@
 """An image model's work budget: how much one request may ask of the runners that serve it.
 
 A request's work is width × height × steps × num_images. Each runner measures what that costs
-on its pipeline (runner/image_calibration.py) and announces it in its registration `info`; the
+on its pipeline (runner/images/calibration.py) and announces it in its registration `info`; the
 control plane refuses a request over the budget with a 400 at once and sizes the job's timeout
 from its work, and the runner holds every job it takes to its own budget as well (a job queued
 before any runner announced one). Both sides use this arithmetic, so they agree.

@@ -1,6 +1,6 @@
 """The state a runner reports every few seconds with its registration: what it holds and does now.
 
-The runner builds it (runner/state_report.py), the control plane checks it with `problem()` and
+The runner builds it (runner/state/report.py), the control plane checks it with `problem()` and
 stores it on the runner's row for listings, the dashboard and metrics. It is separate from the
 registration's `info` (static facts the scheduler reads): this one changes from report to report.
 

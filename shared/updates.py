@@ -43,7 +43,7 @@ def session_channel(session_id: str) -> str:
     return f"helix:events:session:{session_id}"
 
 
-# A reply's text so far, streamed by the runner (runner/text_stream.py): a client connecting
+# A reply's text so far, streamed by the runner (runner/text/stream.py): a client connecting
 # mid-reply starts from it. Kept a while after the last delta, in case the final update is late.
 PARTIAL_TEXT_TTL_SECONDS = 3600
 

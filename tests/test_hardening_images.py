@@ -5,7 +5,6 @@ and the decoding itself never runs on a gunicorn worker's event loop, so other u
 stay answered while a large upload is checked."""
 from __future__ import annotations
 
-import io
 import statistics
 import struct
 import time

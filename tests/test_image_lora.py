@@ -16,10 +16,10 @@ pytest.importorskip("diffusers")
 from PIL import Image  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from runner import adapters  # noqa: E402
-from runner.image_adapters import ImageAdapters  # noqa: E402
-from runner.image_pipeline import ImagePipeline  # noqa: E402
 from model_setup.tiny_models import build_tiny_sdxl  # noqa: E402
+from runner import adapters  # noqa: E402
+from runner.images.adapters import ImageAdapters  # noqa: E402
+from runner.images.pipeline import ImagePipeline  # noqa: E402
 from runner.training import image_lora  # noqa: E402
 from shared.image_finetune import ADAPTER_FILE  # noqa: E402
 

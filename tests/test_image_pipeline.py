@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from model_setup import tiny_models  # noqa: E402
-from runner.image_pipeline import ImagePipeline  # noqa: E402
+from runner.images.pipeline import ImagePipeline  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from model_setup import tiny_models  # noqa: E402
-from runner.image_pipeline import ImagePipeline  # noqa: E402
-from runner.interruption import Interrupted, interruptible, models_of  # noqa: E402
+from runner.images.interruption import Interrupted, interruptible, models_of  # noqa: E402
+from runner.images.pipeline import ImagePipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_the_pipeline_works_as_before_after_a_stop(pipeline):
 def test_sliced_attention_equals_whole_attention():
     import torch.nn.functional as F
 
-    from runner import interruption
+    from runner.images import interruption
 
     q, k, v = (torch.randn(2, 8, 4096, 8) for _ in range(3))
     whole = interruption._original_sdpa(q, k, v)

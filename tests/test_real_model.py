@@ -3,7 +3,6 @@ through the sessions API, and its replies stream as they are generated."""
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 
 import pytest

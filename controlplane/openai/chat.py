@@ -33,7 +33,7 @@ class UpstreamError(ApiError):
 
 class RequestCrashedEngine(UpstreamError):
     """The runner failed the request for good: it was the only suspect in flight at a second crash
-    of the model server's engine (runner/engine_crashes.py). The SDKs must not send it again: each
+    of the model server's engine (runner/text/engine_crashes.py). The SDKs must not send it again: each
     try could take the model server down for everyone."""
     headers = {"x-should-retry": "false"}
 

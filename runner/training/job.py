@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner import adapters
+from runner.control_plane.client import Gone
 from runner.dataprep.quality import hold_out
 from runner.evaluation.compare import evaluate
-from runner.control_plane import Gone
 from runner.job_watch import JobWatch
 from runner.jobs import CANCEL_POLL_SECONDS, context, unless_gone
+from runner.text import adapters
 from shared.finetune import ADAPTER_FILES, hyperparameters
 from shared.jobs import TextFinetuneJob
 from shared.processes import die_with_parent

@@ -7,7 +7,7 @@ folder; the supervisor announces it with the runner's registration, so the contr
 requests over it at once.
 
 It also measures how late a stop can land at that size (the longest stretch between two
-interruption checks, runner/interruption.py) and warns when that is over STOP_TARGET_SECONDS.
+interruption checks, runner/images/interruption.py) and warns when that is over STOP_TARGET_SECONDS.
 It does not shrink the size on its own: on a busy machine that stretch is mostly time spent
 waiting for a core, and the limit would follow the neighbours' load rather than the pipeline.
 """
@@ -46,7 +46,7 @@ def _side(pixels: int, multiple: int) -> int:
 def measure(pipeline: Any, side: int, steps: int = 5) -> dict[str, float]:
     """Times `steps` denoising steps of one side×side image; returns seconds per step, the rest
     of the call (encoding, decoding), and the longest stretch a stop would have waited."""
-    from runner.interruption import interruptible  # torch: not in the supervisor, which only reads the file
+    from runner.images.interruption import interruptible  # torch: not in the supervisor, which only reads the file
 
     stamps: list[float] = []
     started = time.monotonic()

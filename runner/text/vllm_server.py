@@ -99,7 +99,7 @@ class VllmServer:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        from runner.vllm_shim import ensure_vllm_metadata
+        from runner.text.vllm_shim import ensure_vllm_metadata
 
         ensure_vllm_metadata()
         return [

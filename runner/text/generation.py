@@ -15,7 +15,7 @@ class ModelError(Exception):
 
 class EngineFailure(Exception):
     """vLLM failed on its side (its engine died, an internal error): not the request's fault, so
-    it is worth another try once vLLM is healthy again (runner/engine_crashes.py says how often).
+    it is worth another try once vLLM is healthy again (runner/text/engine_crashes.py says how often).
     `in_flight`: vLLM had taken the request when it failed (it may be what took the engine down);
     False when vLLM refused it at the door because its engine was already down."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import requests
 
-from runner import metrics
+from runner.state import metrics
 from shared.finetune import ADAPTER_FILES
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""`python -m runner.healthcheck`: exits 0 while this runner's workers are listening, 1 otherwise.
+"""`python -m runner.state.healthcheck`: exits 0 while this runner's workers are listening, 1 otherwise.
 
 For container health checks and Kubernetes probes: a runner serves nothing over HTTP (its vLLM
 listens on loopback only), so this asks Redis what the control plane's reconciler itself goes by,
@@ -27,7 +27,7 @@ def live_worker_keys(redis: Redis, runner_id: str) -> list[str]:
 def main() -> int:
     runner_id, redis_url = os.environ.get("HELIX_RUNNER_ID", ""), os.environ.get("REDIS_URL", "")
     if not runner_id or not redis_url:
-        print("runner.healthcheck needs HELIX_RUNNER_ID and REDIS_URL in its environment", file=sys.stderr)
+        print("runner.state.healthcheck needs HELIX_RUNNER_ID and REDIS_URL in its environment", file=sys.stderr)
         return 1
     try:
         keys = live_worker_keys(Redis.from_url(redis_url, socket_timeout=3, socket_connect_timeout=3), runner_id)

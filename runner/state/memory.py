@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psutil
 from redis import Redis
 
-from runner.state_report import GpuMemory
+from runner.state.report import GpuMemory
 from shared.memory import admission_need, human
 
 log = logging.getLogger(__name__)

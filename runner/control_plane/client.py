@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from runner.http_session import pooled_session
+from runner.control_plane.http_session import pooled_session
 from shared.runners import RUNNER_HEADER
 from shared.updates import InteractionUpdate
 

@@ -15,7 +15,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
-from runner import adapters, metrics
+from runner.state import metrics
+from runner.text import adapters
 from shared.image_finetune import ADAPTER_FILE, ADAPTER_FILES
 
 log = logging.getLogger(__name__)
