@@ -10,7 +10,6 @@ from typing import Any, Mapping
 import psycopg
 
 from controlplane.config import Config
-from controlplane.errors import NotFound
 from controlplane.finetune.image_input import PixelLimits, check_images, parse_options
 from controlplane.fleet.dispatch import Dispatcher
 from controlplane.http.fields import text_field
@@ -40,7 +39,7 @@ class ImageFinetuneService:
         session_id = sessions_store.new_id()
         store = UserFiles(self.filestore, user["id"])
         # A refused request stores nothing: its images go if the session is not stored.
-        db.after_rollback(conn, partial(_remove_folder, store, session_folder(session_id)))
+        db.after_rollback(conn, partial(store.remove, session_folder(session_id)))
         paths = []
         for image in images:
             path = f"{session_folder(session_id)}/images/{image.name}"
@@ -62,10 +61,3 @@ class ImageFinetuneService:
         interactions = [user_turn, system_turn]
         db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, system_turn["id"]))
         return {**session, "interactions": interactions}
-
-
-def _remove_folder(store: UserFiles, folder: str) -> None:
-    try:
-        store.store.delete(store.key(folder))
-    except NotFound:
-        pass

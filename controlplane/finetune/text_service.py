@@ -50,9 +50,10 @@ class FinetuneService:
             raise BadRequest(f"at most {self.config.max_finetune_documents} documents per session")
         session_id = sessions_store.new_id()
         options["system_prompt"] = system_prompt(names + urls)
-        stored = self._store_documents(user["id"], session_id, files, names)
-        # A refused request stores nothing.
-        db.after_rollback(conn, partial(self._remove_documents, user["id"], session_id))
+        # A refused request stores nothing: the new session's folder goes.
+        db.after_rollback(conn, partial(UserFiles(self.filestore, user["id"]).remove, session_folder(session_id)))
+        stored: list[str] = []
+        self._store_documents(user["id"], session_id, files, names, stored)
         session = sessions_store.insert_session(
             conn, owner=user["id"], mode=SessionMode.FINETUNE, type=SessionType.TEXT,
             model_name=model, name=text_field(form, "name", 200) or f"fine-tune on {(names + urls)[0][:50]}",
@@ -69,28 +70,14 @@ class FinetuneService:
         return names
 
     def _store_documents(self, owner: str, session_id: str, files: list[Any], names: list[str],
-                         keep_on_error: bool = False) -> list[str]:
+                         stored: list[str]) -> None:
+        """Writes the uploads, adding each path to `stored` as it is written: the caller's
+        after_rollback removes them if the request is refused."""
         store = UserFiles(self.filestore, owner)
-        paths = []
-        try:
-            for upload, name in zip(files, names):
-                path = f"{session_folder(session_id)}/documents/{name}"
-                store.store.write(store.key(path), upload.stream)
-                paths.append(path)
-        except BaseException:
-            for path in paths if keep_on_error else []:
-                store.store.delete(store.key(path))
-            if not keep_on_error:
-                self._remove_documents(owner, session_id)
-            raise
-        return paths
-
-    def _remove_documents(self, owner: str, session_id: str) -> None:
-        files = UserFiles(self.filestore, owner)
-        try:
-            files.store.delete(files.key(session_folder(session_id)))
-        except NotFound:
-            pass
+        for upload, name in zip(files, names):
+            path = f"{session_folder(session_id)}/documents/{name}"
+            store.store.write(store.key(path), upload.stream)
+            stored.append(path)
 
     def _add_documents_turn(self, conn, session, message: str, paths: list[str], urls: list[str]) -> list[dict]:
         user_turn = sessions_store.insert_interaction(
@@ -179,13 +166,9 @@ class FinetuneService:
         if not names and not urls:
             raise BadRequest("send the new documents as files (multipart) or urls=...")
         stored: list[str] = []
-        db.after_rollback(conn, partial(self._remove_files, user["id"], stored))  # a refused request stores nothing
+        # A refused request stores nothing: the documents written on the way go.
+        db.after_rollback(conn, lambda: UserFiles(self.filestore, user["id"]).remove(*stored))
         return self._add_documents(conn, user, session_id, urls, message, names, files, stored)
-
-    def _remove_files(self, owner: str, paths: list[str]) -> None:
-        store = UserFiles(self.filestore, owner)
-        for path in paths:
-            store.store.delete(store.key(path))
 
     def _add_documents(self, conn, user, session_id, urls, message, names, files, stored) -> dict[str, Any]:
         session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
@@ -204,7 +187,7 @@ class FinetuneService:
         if len(documents) > self.config.max_finetune_documents:
             raise BadRequest(f"at most {self.config.max_finetune_documents} documents per session")
         options["system_prompt"] = system_prompt(documents)
-        stored += self._store_documents(user["id"], session_id, files, names, keep_on_error=True)
+        self._store_documents(user["id"], session_id, files, names, stored)
         conn.execute("UPDATE sessions SET mode = 'finetune', config = config || %s, updated = now() WHERE id = %s",
                      (Jsonb({"finetune": options}), session_id))
         session = sessions_store.get_session(conn, session_id, user["id"])
@@ -233,7 +216,7 @@ class FinetuneService:
         before = interactions[:interactions.index(source)]
         documents = next((i for i in reversed(before) if i["creator"] == Creator.USER), {"files": [], "metadata": {}})
         moved = {}
-        db.after_rollback(conn, partial(self._remove_documents, user["id"], new_id))  # copies of a refused clone
+        db.after_rollback(conn, partial(files.remove, session_folder(new_id)))  # copies of a refused clone
         adapter_files = IMAGE_ADAPTER_FILES if image else ADAPTER_FILES
         for path in documents["files"] + ([f"{source['lora_dir']}/{n}" for n in adapter_files] if mode == "all" else []):
             target = path.replace(session_folder(session_id), session_folder(new_id), 1)

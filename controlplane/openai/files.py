@@ -52,7 +52,7 @@ class OpenAIFiles:
         file_id = f"file-{uuid.uuid4().hex}"
         files = UserFiles(self.filestore, user["id"])
         path = f"{FOLDER}/{file_id}.jsonl"
-        db.after_rollback(conn, partial(self._remove_content, user["id"], path))  # nothing half-written
+        db.after_rollback(conn, partial(files.remove, path))  # nothing half-written
         files.store.write(files.key(path), io.BytesIO(data))
         return conn.execute(
             "INSERT INTO openai_files (id, owner, filename, purpose, bytes, examples, path)"
@@ -84,15 +84,9 @@ class OpenAIFiles:
         """The row and the content; a job made from the file keeps its pairs (they were copied)."""
         row = self.get(conn, user, file_id)
         conn.execute("DELETE FROM openai_files WHERE id = %s", (file_id,))
-        db.after_commit(conn, partial(self._remove_content, user["id"], row["path"]))
+        # One removed through the filestore routes already is no error.
+        db.after_commit(conn, partial(UserFiles(self.filestore, user["id"]).remove, row["path"]))
         return {"id": file_id, "object": "file", "deleted": True}
-
-    def _remove_content(self, owner: str, path: str) -> None:
-        files = UserFiles(self.filestore, owner)
-        try:
-            files.store.delete(files.key(path))
-        except NotFound:
-            pass  # already removed through the filestore routes
 
     def content(self, user: dict[str, Any], row: dict[str, Any]) -> bytes:
         files = UserFiles(self.filestore, user["id"])

@@ -327,11 +327,7 @@ class SessionService:
         for interaction in interactions:
             if not interaction["finished"]:
                 self.dispatcher.cancel(interaction["id"])
-        files = UserFiles(self.filestore, owner)
-        try:
-            files.store.delete(files.key(session_folder(session_id)))
-        except NotFound:
-            pass
+        UserFiles(self.filestore, owner).remove(session_folder(session_id))
 
     def _enqueue_after_commit(self, conn: psycopg.Connection, session: dict[str, Any],
                               interactions: list[dict[str, Any]], interaction_id: str) -> None:

@@ -296,6 +296,15 @@ class UserFiles:
     def key(self, path: str) -> str:
         return f"{self.root}/{path}" if path else self.root
 
+    def remove(self, *paths: str) -> None:
+        """Removes files or folders of the user's; one already gone is no error (a clean-up
+        after a refused request, or after the user deleted it through the filestore routes)."""
+        for path in paths:
+            try:
+                self.store.delete(self.key(path))
+            except NotFound:
+                pass
+
     def relative(self, info: FileInfo) -> FileInfo:
         info.path = info.path[len(self.root) + 1:] if info.path.startswith(self.root + "/") else ""
         return info
