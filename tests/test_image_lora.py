@@ -17,7 +17,7 @@ from PIL import Image  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from model_setup.tiny_models import build_tiny_sdxl  # noqa: E402
-from runner import adapters  # noqa: E402
+from runner.text import adapters  # noqa: E402
 from runner.images.adapters import ImageAdapters  # noqa: E402
 from runner.images.pipeline import ImagePipeline  # noqa: E402
 from runner.training import image_lora  # noqa: E402
