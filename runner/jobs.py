@@ -31,7 +31,7 @@ from runner.text.stream import TextStream, clear_partial_text
 from runner.text.vllm_server import healthy, wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
 from shared.types import InteractionState
-from shared.updates import InteractionUpdate
+from shared.wire import InteractionUpdate
 
 log = logging.getLogger(__name__)
 

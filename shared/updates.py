@@ -1,38 +1,7 @@
-"""Messages a runner posts to the control plane about an interaction it is working on."""
+"""A session's live events and a reply's streamed text, as both sides name them in Redis.
+
+What a runner posts about an interaction is shared/wire.py's InteractionUpdate."""
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass, field
-from typing import Any
-
-from shared.types import InteractionState
-
-
-@dataclass
-class InteractionUpdate:
-    """One report on an interaction.
-
-    `delta` appends text to the message (streamed tokens); `message` replaces it. A `final`
-    update (state complete or error) closes the interaction; later updates are refused, so a
-    job that ran twice cannot overwrite the result that landed first.
-    """
-
-    runner: str = ""  # filled in by the runner's client
-    state: str = InteractionState.WAITING.value
-    delta: str = ""
-    message: str | None = None
-    progress: int | None = None
-    status: str | None = None
-    files: list[str] | None = None
-    error: str = ""
-    final: bool = False
-    metadata: dict[str, Any] = field(default_factory=dict)
-    # Fine-tunes: the stage reached, and the adapter's folder once trained.
-    data_prep_stage: str | None = None
-    lora_dir: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 # Events published on a session's live channel (server-sent events).
 EVENT_INTERACTION = "interaction"

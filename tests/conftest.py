@@ -24,6 +24,8 @@ from controlplane.devstack.embedded import EmbeddedPostgres, EmbeddedValkey, fre
 from controlplane.http.serving import gunicorn_command
 from controlplane.storage.migrate import apply_migrations
 from shared.processes import LoggedProcess, die_with_parent, stop, wait_for_port
+from shared.runners import RUNNER_HEADER
+from shared.wire import WIRE_VERSION, WIRE_VERSION_HEADER
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT_MODEL = "helix/tiny-chat"
@@ -231,6 +233,13 @@ def _runner_token(database_url: str) -> str:
 def runner_token(services) -> str:
     """A runner token of the live server."""
     return _runner_token(services["database_url"])
+
+
+def runner_auth(token: str, runner_id: str | None = None) -> dict[str, str]:
+    """A runner request's headers: its token, the version of the runner API's messages it speaks
+    (the control plane refuses another), and the runner it acts for."""
+    headers = {"Authorization": f"Bearer {token}", WIRE_VERSION_HEADER: str(WIRE_VERSION)}
+    return headers if runner_id is None else {**headers, RUNNER_HEADER: runner_id}
 
 
 @pytest.fixture(scope="session")

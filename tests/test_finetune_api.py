@@ -10,8 +10,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from shared.jobs import job_id_for, queue_name
-from shared.runners import RUNNER_HEADER
-from tests.conftest import hold_job
+from tests.conftest import hold_job, runner_auth
 
 
 def _post(client, user, files=(), **fields):
@@ -131,7 +130,7 @@ def test_reviewed_pairs_in_either_shape_and_paraphrases_share_their_fact(client,
 def test_a_run_that_starts_again_replaces_the_history_past_its_start(client, user, api_runner_token):
     """A runner killed after its checkpoint at step 2 had reported steps 3 and 4; the run resumed at
     step 2 reports them again. The history keeps each step once; a run from step 0 starts it anew."""
-    headers = {"Authorization": f"Bearer {api_runner_token}", RUNNER_HEADER: "history-tests"}
+    headers = runner_auth(api_runner_token, "history-tests")
     assert client.post("/api/v1/runner/register", headers=headers,
                        json={"runner_id": "history-tests", "models": {}}).status_code == 200
     s = _post(client, user, files=[("a.txt", b"Mira founded the Zorblat Library.")]).json

@@ -15,8 +15,7 @@ import pytest
 
 from controlplane.accounts import store as accounts
 from shared import logs
-from shared.runners import RUNNER_HEADER
-from tests.conftest import REPO, User, hold_job
+from tests.conftest import REPO, User, hold_job, runner_auth
 
 STATE = {"version": "0.1.0", "report_interval": 5.0,
          "models": [{"type": "text", "name": "acme/m", "state": "loaded"}],
@@ -50,7 +49,7 @@ def admin(db) -> User:
 
 def test_tokens_are_listed_and_a_revoked_one_is_refused_on_the_next_request(client, user, config, token):
     name, secret = token
-    headers = {"Authorization": f"Bearer {secret}", RUNNER_HEADER: f"{name}-r"}
+    headers = runner_auth(secret, f"{name}-r")
     assert register(client, headers, f"{name}-r").status_code == 200
     listed = cli(config.database_url, "tokens")
     assert listed.returncode == 0, listed.stderr
@@ -78,7 +77,7 @@ def test_tokens_are_listed_and_a_revoked_one_is_refused_on_the_next_request(clie
 def test_a_revoked_tokens_updates_are_refused_mid_job(client, user, db, token):
     name, secret = token
     runner = f"{name}-busy"
-    headers = {"Authorization": f"Bearer {secret}", RUNNER_HEADER: runner}
+    headers = runner_auth(secret, runner)
     assert register(client, headers, runner).status_code == 200
     s = client.post("/api/v1/sessions", headers=user.headers, data={"input": "hi", "mode": "inference", "type": "text"}).json
     sid, iid = s["id"], s["interactions"][-1]["id"]
@@ -93,7 +92,7 @@ def test_a_revoked_tokens_updates_are_refused_mid_job(client, user, db, token):
 
 def test_reported_state_is_stored_and_shown_on_the_dashboard(client, db, admin, user, token, config):
     name, secret = token
-    headers = {"Authorization": f"Bearer {secret}"}
+    headers = runner_auth(secret)
     assert register(client, headers, f"{name}-s", {"text": ["acme/m"]}, STATE).status_code == 200
     assert db.execute("SELECT state FROM runners WHERE id = %s", (f"{name}-s",)).fetchone()["state"] == STATE
 
@@ -119,7 +118,7 @@ def test_reported_state_is_stored_and_shown_on_the_dashboard(client, db, admin, 
 
 
 @pytest.mark.parametrize("state, fragment", [
-    ([1], "must be an object"),
+    ([1], "state: Input should be a valid dictionary"),
     ({"cpu": 1}, "unknown fields: cpu"),
     ({"version": 5}, "version"),
     ({"memory": {"host": {"free_bytes": -1}}}, "memory.host.free_bytes"),
@@ -136,14 +135,14 @@ def test_reported_state_is_stored_and_shown_on_the_dashboard(client, db, admin, 
     ({"version": "x" * 64, "adapters": {"text": ["y" * 200] * 64, "image": ["z" * 200] * 64}}, "at most 16384 bytes"),
 ])
 def test_junk_state_is_a_400_naming_what_is_wrong(client, token, state, fragment):
-    r = register(client, {"Authorization": f"Bearer {token[1]}"}, f"{token[0]}-junk", state=state)
+    r = register(client, runner_auth(token[1]), f"{token[0]}-junk", state=state)
     assert r.status_code == 400 and fragment in r.json["error"], r.json
 
 
 def test_the_dashboard_shows_queues_and_who_took_what_after_how_long(client, admin, user, token):
     name, secret = token
     runner = f"{name}-q"
-    headers = {"Authorization": f"Bearer {secret}", RUNNER_HEADER: runner}
+    headers = runner_auth(secret, runner)
     model = f"acme/q-{uuid.uuid4().hex[:8]}"
     assert register(client, headers, runner, {"text": [model]}).status_code == 200
     turns = []

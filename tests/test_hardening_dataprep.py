@@ -12,10 +12,9 @@ import zipfile
 import pytest
 import requests
 
-from conftest import TEXT_MODEL, hold_job, wait_for_session
+from conftest import TEXT_MODEL, hold_job, runner_auth, wait_for_session
 from runner.dataprep.documents import DocumentError, ReadLimits, extract_text
 from shared.finetune import DOCUMENT_MAX_INFLATED_BYTES
-from shared.runners import RUNNER_HEADER
 
 RUNNER_MAX_CHARS = 1_000_000  # the runner's default HELIX_DATAPREP_MAX_DOCUMENT_CHARS
 FACT = "The Zorblat Library on Kelvar Island was founded in 1847 by Mira Tessel."
@@ -126,7 +125,7 @@ def test_cancel_stops_reading_and_chunking_within_seconds(live_server, runner, l
 def test_the_control_plane_takes_the_report_of_a_document_of_any_length(client, user, api_runner_token):
     """A runner whose operator raised HELIX_DATAPREP_MAX_DOCUMENT_CHARS reports longer documents:
     the report was refused ("chars must be a whole number") past 1,000,000."""
-    headers = {"Authorization": f"Bearer {api_runner_token}", RUNNER_HEADER: "r-long"}
+    headers = runner_auth(api_runner_token, "r-long")
     assert client.post("/api/v1/runner/register", headers=headers,
                        json={"runner_id": "r-long", "models": {"text": []}}).status_code == 200
     s = client.post("/api/v1/sessions", headers=user.headers, content_type="multipart/form-data",

@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from shared.runners import RUNNER_HEADER
-from tests.conftest import hold_job
+from tests.conftest import hold_job, runner_auth
 
 SESSION = "/api/v1/sessions"
 WEIRD_IDS = ["%00", "a%00b", "x" * 5000, "'; DROP TABLE sessions; --", "%ED%A0%80", "..%2F..", "💥"]
@@ -22,7 +21,7 @@ def new_turn(client, user):
 @pytest.fixture()
 def runner_turn(client, user, api_runner_token):
     """A new turn whose job runner 'hostile-tests' runs, and that runner's headers."""
-    headers = {"Authorization": f"Bearer {api_runner_token}", RUNNER_HEADER: "hostile-tests"}
+    headers = runner_auth(api_runner_token, "hostile-tests")
     assert client.post("/api/v1/runner/register", headers=headers,
                        json={"runner_id": "hostile-tests", "models": {}}).status_code == 200
     sid, iid = new_turn(client, user)
@@ -105,7 +104,7 @@ def test_hostile_api_key_deletes(client, user, query):
 ])
 def test_hostile_runner_registrations(client, api_runner_token, body):
     r = client.post("/api/v1/runner/register", data=body,
-                    headers={"Authorization": f"Bearer {api_runner_token}", "Content-Type": "application/json"})
+                    headers={**runner_auth(api_runner_token), "Content-Type": "application/json"})
     if r.status_code == 200:  # NUL was stored as U+FFFD; everything else must be refused
         assert "\x00" not in str(r.json)
     else:
@@ -128,7 +127,7 @@ def test_hostile_runner_updates(client, user, runner_turn, body):
 
 @pytest.mark.parametrize("weird", WEIRD_IDS)
 def test_weird_ids_on_runner_routes(client, api_runner_token, weird):
-    headers = {"Authorization": f"Bearer {api_runner_token}"}
+    headers = runner_auth(api_runner_token)
     assert_clear_4xx(client.post(f"/api/v1/runner/sessions/{weird}/interactions/{weird}", headers=headers, json={}))
     assert_clear_4xx(client.get(f"/api/v1/runner/sessions/{weird}/files?path=sessions/{weird}/x", headers=headers))
     r = client.post(f"/api/v1/runner/sessions/{weird}/interactions/{weird}/files", headers=headers,
@@ -140,7 +139,7 @@ def test_weird_ids_on_runner_routes(client, api_runner_token, weird):
 def test_runner_upload_of_a_name_too_long_is_400(client, user, api_runner_token, name):
     sid, iid = new_turn(client, user)
     r = client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}/files",
-                    headers={"Authorization": f"Bearer {api_runner_token}"},
+                    headers=runner_auth(api_runner_token),
                     data={"file": (io.BytesIO(b"x"), name)}, content_type="multipart/form-data")
     assert r.status_code == 400 and "bytes" in r.json["error"]  # was a 500 (OSError, errno 36)
 

@@ -17,7 +17,7 @@ from rq.serializers import JSONSerializer
 
 from shared.image_budget import ImageBudget
 from shared.jobs import job_id_for
-from tests.conftest import start_runner, wait_for_session
+from tests.conftest import runner_auth, start_runner, wait_for_session
 
 LARGE_MODEL = "helix/tiny-sd-large"  # the tiny pipeline, on a runner that takes up to 1024x1024
 
@@ -133,7 +133,7 @@ def test_a_job_queued_before_any_runner_announced_is_held_to_the_runners_budget(
         live_server, services, runner_token, models_dir, tmp_path_factory, live_user):
     late_model = "helix/tiny-sd-late"
     # A runner of an older version lists the model but announces no budget: the control plane cannot judge.
-    r = requests.post(f"{live_server}/api/v1/runner/register", headers={"Authorization": f"Bearer {runner_token}"},
+    r = requests.post(f"{live_server}/api/v1/runner/register", headers=runner_auth(runner_token),
                       json={"runner_id": "runner-old", "models": {"image": [late_model]}, "info": {}}, timeout=10)
     assert r.status_code == 200, r.text
     r = post(live_server, live_user, model_name=late_model, width="2048", height="2048", steps="150",

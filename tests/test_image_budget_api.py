@@ -13,7 +13,7 @@ from rq.serializers import JSONSerializer
 from shared.image_budget import ImageBudget
 from shared.jobs import job_id_for
 from shared.runners import RUNNER_HEADER
-from tests.conftest import hold_job
+from tests.conftest import hold_job, runner_auth
 
 # A runner that takes up to 512x512 and does one 1-megapixel step in 2 s.
 BUDGET = ImageBudget(max_pixels=512 * 512, max_seconds=60, seconds_per_megapixel_step=2.0,
@@ -22,7 +22,7 @@ BUDGET = ImageBudget(max_pixels=512 * 512, max_seconds=60, seconds_per_megapixel
 
 @pytest.fixture()
 def runner_headers(api_runner_token):
-    return {"Authorization": f"Bearer {api_runner_token}"}
+    return runner_auth(api_runner_token)
 
 
 def register(client, headers, model, info, runner_id=None):

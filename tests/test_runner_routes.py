@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from shared.runners import RUNNER_HEADER
-from tests.conftest import hold_job
+from tests.conftest import hold_job, runner_auth
 
 RUNNER = "r1"
 
@@ -21,7 +21,7 @@ def register(client, headers, runner_id, models, info=None):
 @pytest.fixture()
 def runner_headers(client, api_runner_token):
     """Runner r1's headers: its token, and its id registered with that token."""
-    headers = {"Authorization": f"Bearer {api_runner_token}"}
+    headers = runner_auth(api_runner_token)
     assert register(client, headers, RUNNER, {"text": []}).status_code == 200
     return {**headers, RUNNER_HEADER: RUNNER}
 
@@ -54,7 +54,9 @@ def test_updates_stream_then_final_closes(client, user, runner_headers):
 
 @pytest.mark.parametrize("body, fragment", [
     ([1, 2], "JSON object"),
-    ({"state": "dancing"}, "unknown state"),
+    ({"state": "dancing"}, "state: Input should be"),
+    ({"progress": 5.0}, "progress"),
+    ({"stat": "typo"}, "stat: unknown field"),
     ({"progress": 101}, "progress"),
     ({"progress": "half"}, "progress"),
     ({"files": "a.png"}, "files"),
@@ -122,7 +124,7 @@ def test_runner_upload_goes_to_the_owners_files(client, user, runner_headers):
     ({"models": {"text": ["a" * 201]}}, "not allowed"),
     ({"models": {"text": ["bad name"]}}, "not allowed"),
     ({"models": {"text": ["<script>"]}}, "not allowed"),
-    ({"models": {"audio": ["m"]}}, "session type"),
+    ({"models": {"audio": ["m"]}}, "models.audio"),
     ({"runner_id": "r" * 201}, "runner_id"),
     ({"runner_id": "a b"}, "runner_id"),
     ({"info": {f"k{i}": i for i in range(33)}}, "info"),
@@ -159,7 +161,7 @@ def test_runners_not_seen_for_a_while_are_forgotten(client, user, runner_headers
 def test_one_token_cannot_register_runners_without_end(client, db, config):
     from controlplane.accounts import store as accounts
 
-    headers = {"Authorization": f"Bearer {accounts.create_runner_token(db, 'flood')[1]}"}
+    headers = runner_auth(accounts.create_runner_token(db, 'flood')[1])
     prefix = uuid.uuid4().hex[:8]
     for i in range(config.max_runners_per_token):
         assert register(client, headers, f"{prefix}-{i}", {"text": ["acme/ok"]}).status_code == 200
@@ -196,7 +198,7 @@ def other_runner(client, db):
     """Another runner, registered with another runner token."""
     from controlplane.accounts import store as accounts
 
-    headers = {"Authorization": f"Bearer {accounts.create_runner_token(db, 'other')[1]}"}
+    headers = runner_auth(accounts.create_runner_token(db, 'other')[1])
     runner_id = f"other-{uuid.uuid4().hex[:8]}"
     assert register(client, headers, runner_id, {"text": []}).status_code == 200
     return {**headers, RUNNER_HEADER: runner_id}
@@ -220,7 +222,7 @@ def test_a_runner_writes_only_the_interactions_whose_job_it_runs(client, user, r
                       headers=runner_headers).status_code == 409
     # Its own interaction: it must name itself, and cannot write as another runner.
     sid, iid = new_turn(client, user)
-    token_only = {"Authorization": f"Bearer {api_runner_token}"}
+    token_only = runner_auth(api_runner_token)
     r = client.post(url.format(sid, iid), headers=token_only, json={"delta": "x"})
     assert r.status_code == 400 and RUNNER_HEADER in r.json["error"]
     r = client.post(url.format(sid, iid), headers=token_only, json={"runner": RUNNER, "delta": "x"})
@@ -254,7 +256,7 @@ def test_final_is_true_or_false(client, user, runner_headers):
     url = f"/api/v1/runner/sessions/{sid}/interactions/{iid}"
     for final in ("false", 0, 1, [], "true"):
         r = client.post(url, headers=runner_headers, json={"message": "partial", "final": final})
-        assert r.status_code == 400 and "final must be true or false" in r.json["error"]  # "false" finished it
+        assert r.status_code == 400 and "final: Input should be a valid boolean" in r.json["error"]  # "false" finished it
     r = client.post(url, headers=runner_headers, json={"message": "partial", "final": False})
     assert r.status_code == 200 and not r.json["finished"]
 
@@ -282,3 +284,29 @@ def test_a_runner_id_belongs_to_the_token_that_registered_it_first(client, db, r
     assert token == "test runner"
     assert client.post("/api/v1/runner/register", headers=runner_headers,
                        json={"runner_id": RUNNER, "models": {}}).status_code == 200
+
+
+@pytest.mark.parametrize("spoken, upgrade", [(None, "runner"), ("0", "runner"), ("2", "control plane"),
+                                             ("x", "runner")])
+def test_a_runner_of_another_wire_version_is_told_what_to_upgrade(client, user, api_runner_token, spoken, upgrade):
+    """Its messages would be misread (or misread ours): every runner route refuses it, saying
+    which side to upgrade, once its token is known good."""
+    from shared.wire import WIRE_VERSION_HEADER
+
+    headers = {k: v for k, v in runner_auth(api_runner_token, RUNNER).items() if k != WIRE_VERSION_HEADER}
+    if spoken is not None:
+        headers[WIRE_VERSION_HEADER] = spoken
+    sid, iid = new_turn(client, user)
+    for r in (register_as(client, headers),
+              client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}", headers=headers, json={"delta": "x"}),
+              client.get(f"/api/v1/runner/sessions/{sid}/files?path=sessions/{sid}/x", headers=headers),
+              client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}/finetune/metrics", headers=headers,
+                          json={"points": []})):
+        assert r.status_code == 400, r.json
+        assert f"upgrade the {upgrade}" in r.json["error"] and WIRE_VERSION_HEADER in r.json["error"], r.json
+    forged = {**headers, "Authorization": "Bearer hr-forged"}
+    assert register_as(client, forged).status_code == 401  # the token first: nothing is said to a stranger
+
+
+def register_as(client, headers):
+    return client.post("/api/v1/runner/register", headers=headers, json={"runner_id": RUNNER, "models": {}})

@@ -19,12 +19,12 @@ from psycopg.rows import dict_row
 from controlplane.runners.reconciler import Reconciler
 from shared.memory import GIB, MIB, needs_from_env, parse_size
 from shared.settings import SettingError
-from tests.conftest import TEXT_MODEL, app_with, start_control_plane, start_runner, wait_for_session
+from tests.conftest import TEXT_MODEL, app_with, runner_auth, start_control_plane, start_runner, wait_for_session
 from tests.test_openai_finetuning import examples, sdk, upload
 
 
 def _register(client, token: str, runner_id: str, models: dict, info: dict | None = None):
-    return client.post("/api/v1/runner/register", headers={"Authorization": f"Bearer {token}"},
+    return client.post("/api/v1/runner/register", headers=runner_auth(token),
                        json={"runner_id": runner_id, "models": models, "info": info or {}})
 
 
@@ -135,7 +135,7 @@ def test_a_runner_without_the_memory_leaves_the_job_for_another(services, runner
     try:
         small.wait_for_log("ready:", timeout=300)
         # The large runner has announced itself (it is down now): the fleet could hold the job.
-        requests.post(f"{url}/api/v1/runner/register", headers={"Authorization": f"Bearer {runner_token}"},
+        requests.post(f"{url}/api/v1/runner/register", headers=runner_auth(runner_token),
                       json={"runner_id": f"large-{model[-6:]}", "models": {"image": [model]},
                             "info": {"host_memory_bytes": 4 * GIB}}, timeout=10).raise_for_status()
         r = requests.post(f"{url}/api/v1/sessions", headers=user.headers,

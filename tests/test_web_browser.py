@@ -223,10 +223,10 @@ def test_a_reply_holding_markup_streams_in_as_text(browser, live_server, service
     """A reply delivered the way a runner delivers one (its update route: deltas, then the final
     message) full of HTML and script: shown live, as text, and nothing runs."""
     from shared.runners import RUNNER_HEADER
-    from tests.conftest import hold_job
+    from tests.conftest import hold_job, runner_auth
 
     runner_id, model = f"html-{uuid.uuid4().hex[:6]}", "helix/markup-writer"
-    headers = {"Authorization": f"Bearer {runner_token}"}
+    headers = runner_auth(runner_token)
     r = requests.post(f"{live_server}/api/v1/runner/register", headers=headers, timeout=10,
                       json={"runner_id": runner_id, "models": {"text": [model]}, "info": {}})
     assert r.status_code == 200, r.text

@@ -6,6 +6,8 @@ update, its `runner` field), registered with the request's token and running the
 interaction (see runner_service.authorize)."""
 from __future__ import annotations
 
+from functools import wraps
+
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from controlplane import metrics
@@ -13,12 +15,16 @@ from controlplane.accounts.auth import require_runner
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.fleet import decisions as scheduling_decisions
 from controlplane.fleet.dispatch import job_stage
+from controlplane.http.messages import parsed
 from controlplane.runners import reports as runner_service
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view, iso_time
 from controlplane.storage import db
+from controlplane.storage.db import storable
 from controlplane.storage.filestore import UserFiles, session_folder, session_outputs, user_path
 from shared.runners import RUNNER_HEADER, runner_of_worker
+from shared.wire import (WIRE_VERSION, WIRE_VERSION_HEADER, ChunkReport, DocumentReport, InteractionUpdate,
+                         MetricsReport, Registration)
 
 bp = Blueprint("runner", __name__, url_prefix="/api/v1/runner")
 
@@ -27,6 +33,26 @@ bp = Blueprint("runner", __name__, url_prefix="/api/v1/runner")
 def _runner_upload_limit():
     """Runners upload adapters and training checkpoints, far larger than a user's request."""
     request.max_content_length = current_app.config["HELIX"].max_runner_upload_bytes
+
+
+def same_wire(route):
+    """Refuses a runner that speaks another version of these routes' messages (shared/wire.py),
+    once its token is known good, with what to upgrade: it would misread or be misread."""
+    @wraps(route)
+    def checked(*args, **kwargs):
+        spoken = request.headers.get(WIRE_VERSION_HEADER, "")
+        if spoken != str(WIRE_VERSION):
+            side = "runner" if not spoken.isdigit() or int(spoken) < WIRE_VERSION else "control plane"
+            raise BadRequest(f"this runner speaks version {spoken[:20] or 'none'} of the runner API's messages"
+                             f" ({WIRE_VERSION_HEADER}) and this control plane speaks {WIRE_VERSION}:"
+                             f" upgrade the {side} so that both run the same release")
+        return route(*args, **kwargs)
+    return checked
+
+
+def _message(model, what: str):
+    """The request's JSON body as `model`; NUL (which models emit) stored as U+FFFD."""
+    return parsed(model, storable(request.get_json(silent=True)), what)
 
 
 def _max_name_bytes() -> int:
@@ -46,22 +72,24 @@ def _authorize(conn, session_id: str, interaction_id: str, named: str = "") -> d
 
 @bp.post("/register")
 @require_runner
+@same_wire
 def register():
     with db.transaction() as conn:
         row = runner_service.register_runner(conn, current_app.config["HELIX"], g.runner_token["id"],
-                                             request.get_json(silent=True))
+                                             _message(Registration, "registration"))
     return jsonify(id=row["id"], models=row["models"], first_seen=iso_time(row["first_seen"]))
 
 
 @bp.post("/sessions/<session_id>/interactions/<interaction_id>")
 @require_runner
+@same_wire
 def update_interaction(session_id: str, interaction_id: str):
-    body = request.get_json(silent=True)
-    named = body.get("runner") if isinstance(body, dict) and isinstance(body.get("runner"), str) else ""
+    update = _message(InteractionUpdate, "update")
+    named = update.runner
     redis = current_app.extensions["redis"]
     with db.transaction() as conn:
         interaction = _authorize(conn, session_id, interaction_id, named)
-        view = runner_service.apply_update(conn, redis, interaction, body, _acting_runner(named))
+        view = runner_service.apply_update(conn, redis, interaction, update, _acting_runner(named))
         # Under the interaction's row lock: two updates of one attempt never both count as its first.
         decision = scheduling_decisions.record(redis, interaction, job_stage(interaction), _acting_runner(named))
     if decision is not None:
@@ -73,6 +101,7 @@ def update_interaction(session_id: str, interaction_id: str):
 
 @bp.post("/sessions/<session_id>/interactions/<interaction_id>/files")
 @require_runner
+@same_wire
 def upload_result(session_id: str, interaction_id: str):
     """A runner's output file, stored in the session owner's filestore under the session."""
     upload = request.files.get("file")
@@ -92,6 +121,7 @@ def upload_result(session_id: str, interaction_id: str):
 
 @bp.get("/sessions/<session_id>/files")
 @require_runner
+@same_wire
 def download_input(session_id: str):
     """A file of the session (its inputs, say), for a runner running one of its jobs: only inside
     that session's folder."""
@@ -127,26 +157,30 @@ def _finetune():
     return current_app.extensions["finetune_service"]
 
 
-# The reports a data-preparation or training job makes, by the service method that takes each.
-_FINETUNE_REPORTS = {"document": "report_document", "chunk": "report_chunk", "metrics": "report_metrics"}
+# The reports a data-preparation or training job makes: their message, and the service method that takes each.
+_FINETUNE_REPORTS = {"document": (DocumentReport, "report_document"), "chunk": (ChunkReport, "report_chunk"),
+                     "metrics": (MetricsReport, "report_metrics")}
 
 
 @bp.post("/sessions/<session_id>/interactions/<interaction_id>/finetune/<report>")
 @require_runner
+@same_wire
 def finetune_report(session_id: str, interaction_id: str, report: str):
     """A document read, a chunk's pairs, training metrics, or (`prepared`) the end of data preparation."""
     if report != "prepared" and report not in _FINETUNE_REPORTS:
         raise NotFound(f"no fine-tune report {report[:40]!r}: use prepared, " + ", ".join(_FINETUNE_REPORTS))
+    message = None if report == "prepared" else _message(_FINETUNE_REPORTS[report][0], f"{report} report")
     with db.transaction() as conn:
         _authorize(conn, session_id, interaction_id)
-        if report == "prepared":
+        if message is None:
             return jsonify(interaction_view(_finetune().report_prepared(conn, session_id, interaction_id)))
-        getattr(_finetune(), _FINETUNE_REPORTS[report])(conn, session_id, interaction_id, request.get_json(silent=True))
+        getattr(_finetune(), _FINETUNE_REPORTS[report][1])(conn, session_id, interaction_id, message)
     return jsonify(ok=True)
 
 
 @bp.get("/sessions/<session_id>/interactions/<interaction_id>/finetune/pairs")
 @require_runner
+@same_wire
 def training_pairs(session_id: str, interaction_id: str):
     with db.transaction() as conn:
         _authorize(conn, session_id, interaction_id)

@@ -19,12 +19,12 @@ from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
-from controlplane.storage.db import storable
 from controlplane.storage.filestore import Filestore, UserFiles, session_folder
 from shared.finetune import ADAPTER_FILES, system_prompt
 from shared.image_finetune import ADAPTER_FILES as IMAGE_ADAPTER_FILES
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
 from shared.updates import EVENT_INTERACTION
+from shared.wire import ChunkReport, DocumentReport, MetricsReport
 
 
 class FinetuneService:
@@ -266,16 +266,11 @@ class FinetuneService:
             raise Conflict("interaction already finished")
         return interaction
 
-    def report_document(self, conn, session_id: str, interaction_id: str, body: Any) -> None:
+    def report_document(self, conn, session_id: str, interaction_id: str, report: DocumentReport) -> None:
         """A document read (or not): its characters, chunk count and error."""
-        body = _object(body)
-        name, error = _string(body, "document", 2000), _string(body, "error", 4000)
-        # A document's length is the runner's to bound (HELIX_DATAPREP_MAX_DOCUMENT_CHARS): a
-        # bound here too refused the report of every document over a million characters.
-        chunks, chars = _count(body, "chunks"), _count(body, "chars", 2**53)
         interaction = self._running(conn, session_id, interaction_id)
         # A retry reads the document again: the chunks an earlier attempt finished stay done.
-        earlier = {c["index"]: c for c in interaction["data_prep_chunks"].get(name, {}).get("chunks", [])}
+        earlier = {c["index"]: c for c in interaction["data_prep_chunks"].get(report.document, {}).get("chunks", [])}
 
         def chunk_entry(i: int) -> dict:
             before = earlier.get(i, {})
@@ -284,25 +279,13 @@ class FinetuneService:
             return {"index": i, "state": "pending", "question_count": 0, "error": "",
                     "attempts": before.get("attempts", 0)}
 
-        finetune_store.set_document(conn, interaction_id, name, {
-            "chars": chars, "error": error, "chunks": [chunk_entry(i) for i in range(chunks)]})
+        finetune_store.set_document(conn, interaction_id, report.document, {
+            "chars": report.chars, "error": report.error, "chunks": [chunk_entry(i) for i in range(report.chunks)]})
 
-    def report_chunk(self, conn, session_id: str, interaction_id: str, body: Any) -> None:
+    def report_chunk(self, conn, session_id: str, interaction_id: str, report: ChunkReport) -> None:
         """One chunk's pairs (replacing any from an earlier attempt), filter counts and error."""
-        body = _object(body)
-        name, error = _string(body, "document", 2000), _string(body, "error", 4000)
-        note, coverage = _string(body, "note", 500), body.get("coverage") or {}
-        index = _count(body, "index")
-        if not isinstance(coverage, dict):
-            raise BadRequest("coverage must be an object")
-        pairs = body.get("pairs") or []
-        if not isinstance(pairs, list) or not all(
-                isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("question", "answer", "fact", "style"))
-                for p in pairs):
-            raise BadRequest("pairs must be a list of {question, answer, fact, style} strings")
-        dropped = body.get("dropped") or {}
-        if not isinstance(dropped, dict) or not all(type(v) is int for v in dropped.values()):
-            raise BadRequest("dropped must map a filter's name to a count")
+        name, index, error, note = report.document, report.index, report.error, report.note
+        pairs = [p.model_dump() for p in report.pairs]
         interaction = self._running(conn, session_id, interaction_id)
         if name not in interaction["data_prep_chunks"]:
             raise BadRequest(f"report document {name[:80]!r} before its chunks")
@@ -312,31 +295,24 @@ class FinetuneService:
             "attempts": earlier.get("attempts", 0) + 1,
             "index": index, "state": "error" if error or not (pairs or note) else "done",
             "question_count": len(pairs), "error": error or ("" if pairs or note else "no pairs"),
-            "note": note, "dropped": dropped, "coverage": coverage})
+            "note": note, "dropped": report.dropped, "coverage": report.coverage})
 
     def pairs_for_training(self, conn, session_id: str, interaction_id: str) -> list[dict[str, Any]]:
         self._running(conn, session_id, interaction_id)
         return finetune_store.session_pairs(conn, session_id)
 
-    def report_metrics(self, conn, session_id: str, interaction_id: str, body: Any) -> None:
+    def report_metrics(self, conn, session_id: str, interaction_id: str, report: MetricsReport) -> None:
         """Training points to add to the history. A run that starts sends `from_step`, the step it
         starts at: what an interrupted run reported past it is dropped, as the new run reports
         those steps again (the history never holds a step twice)."""
-        body = _object(body)
-        points, from_step = body.get("points"), body.get("from_step")
-        if not isinstance(points, list) or len(points) > 10_000 or not all(
-                isinstance(p, dict) and all(type(v) in (int, float) for v in p.values()) for p in points):
-            raise BadRequest("points must be a list of objects of numbers")
-        if from_step is not None and (type(from_step) is not int or from_step < 0):
-            raise BadRequest("from_step must be a whole number of steps, 0 or more")
         interaction = self._running(conn, session_id, interaction_id)
-        if from_step is None:
-            finetune_store.append_history(conn, interaction_id, points)
+        if report.from_step is None:
+            finetune_store.append_history(conn, interaction_id, report.points)
         else:
             # A run from step 0 starts the history anew; one resumed at step k keeps steps up to k.
-            history = interaction["metadata"].get("training_history", []) if from_step else []
-            kept = [p for p in history if p.get("step", 0) <= from_step]
-            finetune_store.merge_metadata(conn, interaction_id, {"training_history": kept + points})
+            history = interaction["metadata"].get("training_history", []) if report.from_step else []
+            kept = [p for p in history if p.get("step", 0) <= report.from_step]
+            finetune_store.merge_metadata(conn, interaction_id, {"training_history": kept + report.points})
 
     def report_prepared(self, conn, session_id: str, interaction_id: str) -> dict[str, Any]:
         """Data preparation is over: stop in error when no chunk made a pair; else wait for the
@@ -399,21 +375,3 @@ def _failures(chunks: dict[str, Any]) -> list[str]:
     return failed
 
 
-def _object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise BadRequest("send a JSON object")
-    return storable(body)  # models do emit NUL, which PostgreSQL cannot store
-
-
-def _string(body: dict, key: str, limit: int) -> str:
-    value = body.get(key) or ""
-    if not isinstance(value, str) or len(value) > limit:
-        raise BadRequest(f"{key} must be a string of at most {limit} characters")
-    return value
-
-
-def _count(body: dict, key: str, most: int = 1_000_000) -> int:
-    value = body.get(key) or 0
-    if type(value) is not int or not 0 <= value <= most:
-        raise BadRequest(f"{key} must be a whole number from 0 to {most}")
-    return value

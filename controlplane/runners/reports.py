@@ -22,33 +22,25 @@ from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
-from controlplane.storage.db import storable
 from controlplane.storage.filestore import session_outputs
 from shared import image_budget, runner_state
 from shared.runners import RUNNER_HEADER, runner_of_worker
-from shared.types import DataPrepStage, InteractionState, SessionType
+from shared.types import InteractionState
 from shared.updates import EVENT_DELTA, EVENT_INTERACTION
+from shared.wire import InteractionUpdate, Registration
 
 _FINAL_STATES = {InteractionState.COMPLETE.value, InteractionState.ERROR.value}
 
 
 # Runner ids and model names end up in queue names, Redis keys and error messages: plain names only.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,199}")
-_MAX_INFO_ENTRIES = 32
 
 
 _NAME_RULE = "letters, digits and . _ : @ + / - (at most 200, starting with a letter or digit)"
 
 
-def _check_info(info: Any) -> dict[str, Any]:
-    """A few plain facts about the runner (worker counts, its model's limits), nothing bulky."""
-    if not isinstance(info, dict) or len(info) > _MAX_INFO_ENTRIES:
-        raise BadRequest(f"info must be an object of at most {_MAX_INFO_ENTRIES} entries")
-    for key, value in info.items():
-        if len(key) > 64 or not (value is None or isinstance(value, (bool, int, float))
-                                 or (isinstance(value, str) and len(value) <= 200)):
-            raise BadRequest(f"info {key[:64]!r}: names are at most 64 characters and values numbers,"
-                             " booleans or strings of at most 200 characters")
+def _check_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The facts whose ranges matter beyond their types (shared/wire.py bounds the rest)."""
     for key in ("max_model_len", "max_tokens"):  # the text model's limits, which requests are held to
         if key in info and (type(info[key]) is not int or not 1 <= info[key] <= 10**7):
             raise BadRequest(f"info {key} must be a whole number of tokens from 1 to 10000000")
@@ -61,26 +53,19 @@ def _check_info(info: Any) -> dict[str, Any]:
     return info
 
 
-def register_runner(conn: psycopg.Connection, config: Config, token_id: str, body: Any) -> dict[str, Any]:
+def register_runner(conn: psycopg.Connection, config: Config, token_id: str,
+                    registration: Registration) -> dict[str, Any]:
     """Records what a runner announces, within limits: a runner cannot flood the model list
     users choose from (every session request reads it), nor its error messages."""
-    if not isinstance(body, dict):
-        raise BadRequest("registration must be a JSON object with runner_id and models")
-    body = storable(body)
-    info = _check_info(body.get("info") or {})
-    state = body.get("state") or {}
+    info = _check_info(registration.info)
+    state = registration.state
     found = runner_state.problem(state)
     if found:
         raise BadRequest(found)
-    runner_id = body.get("runner_id")
-    runner_id = runner_id.strip() if isinstance(runner_id, str) else ""
+    runner_id = registration.runner_id.strip()
     if not SAFE_NAME.fullmatch(runner_id):
         raise BadRequest(f"runner_id is required: {_NAME_RULE}")
-    models = body.get("models") or {}
-    types = {t.value for t in SessionType}
-    if not isinstance(models, dict) or not set(models) <= types or not all(
-            isinstance(v, list) and all(isinstance(m, str) for m in v) for v in models.values()):
-        raise BadRequest("models must map a session type (text, image) to a list of model names")
+    models = {kind.value: names for kind, names in registration.models.items()}
     for names in models.values():
         if len(names) > config.max_runner_models:
             raise BadRequest(f"a runner may announce at most {config.max_runner_models} models of a type,"
@@ -141,70 +126,43 @@ def own_output(path: str, session_id: str, interaction_id: str, folder_too: bool
         part not in ("", ".", "..") for part in path.split("/"))
 
 
-def _parse_update(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise BadRequest("update must be a JSON object")
-    body = storable(body)
-    state = body.get("state") or InteractionState.WAITING.value
-    if state not in {s.value for s in InteractionState}:
-        raise BadRequest(f"unknown state {state!r}")
-    progress = body.get("progress")
-    if progress is not None and (type(progress) is not int or not 0 <= progress <= 100):
-        raise BadRequest("progress must be a whole number from 0 to 100")
-    files = body.get("files")
-    if files is not None and (not isinstance(files, list) or not all(isinstance(f, str) for f in files)):
-        raise BadRequest("files must be a list of paths")
-    if body.get("final") is not None and type(body["final"]) is not bool:
-        raise BadRequest("final must be true or false")
-    stage = body.get("data_prep_stage")
-    if stage is not None and stage not in {s.value for s in DataPrepStage}:
-        raise BadRequest(f"unknown data_prep_stage {stage!r}")
-    for key in ("delta", "message", "status", "error", "runner", "lora_dir"):
-        if body.get(key) is not None and not isinstance(body[key], str):
-            raise BadRequest(f"{key} must be a string")
-    if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
-        raise BadRequest("metadata must be an object")
-    return body
-
-
-def apply_update(conn: psycopg.Connection, redis: Redis, current: dict[str, Any], body: Any,
+def apply_update(conn: psycopg.Connection, redis: Redis, current: dict[str, Any], update: InteractionUpdate,
                  runner_id: str) -> dict[str, Any]:
     """Applies one update of `runner_id` to the interaction that authorize() returned for it,
     still locked; once it is finished, authorize() refuses further updates with 409. Returns the
     interaction's view; the live events that tell of it go out once the unit of work has
     committed: a client that reads the session on hearing of the final update must find it stored."""
     session_id, interaction_id = current["session_id"], current["id"]
-    update = _parse_update(body)
-    if update.get("runner") not in (None, "", runner_id):
+    if update.runner not in ("", runner_id):
         raise BadRequest(f"runner must be this runner's registered id, {runner_id!r}")
     folder = f"{session_outputs(session_id)}/{interaction_id}"
-    if not all(own_output(f, session_id, interaction_id) for f in update.get("files") or []):
+    if not all(own_output(f, session_id, interaction_id) for f in update.files or []):
         raise BadRequest(f"files must be paths under this interaction's outputs folder, {folder}/")
-    if update.get("lora_dir") and not own_output(update["lora_dir"], session_id, interaction_id, folder_too=True):
+    if update.lora_dir and not own_output(update.lora_dir, session_id, interaction_id, folder_too=True):
         raise BadRequest(f"lora_dir must be this interaction's outputs folder, {folder}, or one under it")
-    final = update.get("final") is True or update.get("state") in _FINAL_STATES
-    state = update.get("state") or InteractionState.WAITING.value
+    final = update.final or update.state in _FINAL_STATES
+    state = update.state.value
     if final and state not in _FINAL_STATES:
         state = InteractionState.COMPLETE.value
-    message = update["message"] if update.get("message") is not None else current["message"]
-    message += update.get("delta") or ""
+    message = (update.message if update.message is not None else current["message"]) + update.delta
     progress = 100 if final and state == InteractionState.COMPLETE else (
-        update["progress"] if update.get("progress") is not None else current["progress"])
+        update.progress if update.progress is not None else current["progress"])
     row = sessions_store.apply_update(
         conn, interaction_id, runner=runner_id, state=state,
         message=message, progress=progress,
-        status=update["status"] if update.get("status") is not None else current["status"],
-        files=update.get("files"), error=update.get("error") or "", finished=final,
-        metadata=update.get("metadata"), data_prep_stage=update.get("data_prep_stage"),
-        lora_dir=update.get("lora_dir"),
+        status=update.status if update.status is not None else current["status"],
+        files=update.files, error=update.error, finished=final,
+        metadata=update.metadata or None,
+        data_prep_stage=update.data_prep_stage.value if update.data_prep_stage else None,
+        lora_dir=update.lora_dir,
     )
-    if update.get("lora_dir") and final and state == InteractionState.COMPLETE:
-        sessions_store.finish_finetune(conn, session_id, update["lora_dir"])
+    if update.lora_dir and final and state == InteractionState.COMPLETE:
+        sessions_store.finish_finetune(conn, session_id, update.lora_dir)
     sessions_store.touch_session(conn, session_id)
     view = interaction_view(row)
     # Streamed tokens go out as small delta events; every other change as the whole interaction.
-    told = [(EVENT_DELTA, {"interaction_id": interaction_id, "delta": update["delta"]})] if update.get("delta") else []
-    if final or not update.get("delta"):
+    told = [(EVENT_DELTA, {"interaction_id": interaction_id, "delta": update.delta})] if update.delta else []
+    if final or not update.delta:
         told.append((EVENT_INTERACTION, view))
     for event, data in told:
         db.after_commit(conn, partial(events.publish, redis, session_id, event, data))

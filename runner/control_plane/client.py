@@ -13,7 +13,7 @@ import requests
 
 from runner.control_plane.http_session import pooled_session
 from shared.runners import RUNNER_HEADER
-from shared.updates import InteractionUpdate
+from shared.wire import WIRE_VERSION, WIRE_VERSION_HEADER, InteractionUpdate, Message, Registration
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +29,19 @@ class ControlPlane:
         self.http = pooled_session(pool_size)
         self.http.headers["Authorization"] = f"Bearer {token}"
         self.http.headers[RUNNER_HEADER] = runner_id  # the control plane checks this runner holds the job
+        self.http.headers[WIRE_VERSION_HEADER] = str(WIRE_VERSION)  # it refuses another version's messages
 
     def register(self, models: dict[str, list[str]], info: dict[str, Any] | None = None,
                  state: dict[str, Any] | None = None) -> None:
         """Announces the runner (again): its models, static facts (`info`) and its state now."""
-        r = self.http.post(f"{self.api_url}/api/v1/runner/register", timeout=10,
-                           json={"runner_id": self.runner_id, "models": models, "info": info or {},
-                                 "state": state or {}})
+        registration = Registration(runner_id=self.runner_id, models=models, info=info or {}, state=state or {})
+        r = self.http.post(f"{self.api_url}/api/v1/runner/register", timeout=10, json=registration.to_wire())
         r.raise_for_status()
 
     def _post_update(self, session_id: str, interaction_id: str, update: InteractionUpdate,
                      timeout: float) -> requests.Response:
         url = f"{self.api_url}/api/v1/runner/sessions/{session_id}/interactions/{interaction_id}"
-        return self.http.post(url, json=update.to_dict(), timeout=timeout)
+        return self.http.post(url, json=update.to_wire(), timeout=timeout)
 
     def update(self, session_id: str, interaction_id: str, update: InteractionUpdate) -> bool:
         """Best effort: a lost progress report is replaced by the next one. Raises Gone when the
@@ -80,14 +80,14 @@ class ControlPlane:
 
         return _retrying(get, f"download of {path}")
 
-    def report(self, session_id: str, interaction_id: str, what: str, body: dict[str, Any] | None = None,
+    def report(self, session_id: str, interaction_id: str, what: str, body: Message | None = None,
                method: str = "POST") -> Any:
         """A fine-tune report that must land (`document`, `chunk`, `prepared`, `metrics`), or a
         read (`pairs`), retried on transient failures; Gone once the interaction is over."""
         url = f"{self.api_url}/api/v1/runner/sessions/{session_id}/interactions/{interaction_id}/finetune/{what}"
 
         def send() -> Any:
-            r = self.http.request(method, url, json=body, timeout=60)
+            r = self.http.request(method, url, json=body.to_wire() if body is not None else None, timeout=60)
             if r.status_code in (404, 409):
                 raise Gone(interaction_id)
             r.raise_for_status()

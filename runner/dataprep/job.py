@@ -36,7 +36,7 @@ from runner.jobs import CANCEL_POLL_SECONDS, context, unless_gone
 from shared.finetune import DEFAULT_QUESTION_STYLES
 from shared.jobs import TextDataPrepJob
 from shared.types import DataPrepStage
-from shared.updates import InteractionUpdate
+from shared.wire import ChunkReport, DocumentReport, InteractionUpdate, QuestionPair
 
 log = logging.getLogger(__name__)
 MIN_FACT_WORDS = 4       # shorter "sentences" are headings and captions, nothing to ask about
@@ -121,12 +121,12 @@ def _plan(ctx, job: TextDataPrepJob, check_stop: Callable[[], None]) -> list[Chu
                 text, error = _read_document(ctx, job, name, path, fetcher, limits)
             except DocumentError as err:
                 ctx.client.report(job.session_id, job.interaction_id, "document",
-                                  {"document": name, "error": str(err)})
+                                  DocumentReport(document=name, error=str(err)[:4000]))
                 continue
             chunks = split_into_chunks(text, count, chunk_tokens=job.chunk_tokens,
                                        overlap_tokens=job.overlap_tokens, check_stop=check_stop)
         ctx.client.report(job.session_id, job.interaction_id, "document",
-                          {"document": name, "chars": len(text), "chunks": len(chunks), "error": error})
+                          DocumentReport(document=name, chars=len(text), chunks=len(chunks), error=error or ""))
         for index, chunk in enumerate(chunks):
             check_stop()
             facts = [s for s in split_into_sentences(chunk) if len(s.split()) >= MIN_FACT_WORDS]
@@ -138,24 +138,25 @@ def _plan(ctx, job: TextDataPrepJob, check_stop: Callable[[], None]) -> list[Chu
 
 
 def _finish_chunk(ctx, job: TextDataPrepJob, chunk: ChunkWork, seen: set[str], lock: threading.Lock) -> int:
-    body: dict[str, Any] = {"document": chunk.document, "index": chunk.index, "pairs": [], "dropped": {}}
+    report = ChunkReport(document=chunk.document, index=chunk.index)
     if chunk.errors and not chunk.candidates:
-        body["error"] = chunk.errors[0]
+        report.error = chunk.errors[0][:4000]
     elif not chunk.ask:
-        body["note"] = "every sentence was asked about in the chunk before" if chunk.facts else "no sentences to ask about"
+        report.note = "every sentence was asked about in the chunk before" if chunk.facts else "no sentences to ask about"
     else:
         with lock:  # one `seen` set: a question repeated in another chunk is a duplicate there
             accepted, dropped = filter_candidates(chunk.candidates, chunk.facts, seen)
         kept, coverage = balance(accepted, chunk.facts, job.questions_per_fact)
         dropped["over_cap"] = coverage["over_cap"]
-        body.update(dropped=dropped, coverage={k: v for k, v in coverage.items() if k != "over_cap"},
-                    pairs=[{"question": c.question, "answer": c.answer, "style": c.style,
-                            "fact": f"{chunk.document}#{chunk.index}#{c.fact_index}"} for c in kept])
+        report.dropped = dropped
+        report.coverage = {k: v for k, v in coverage.items() if k != "over_cap"}
+        report.pairs = [QuestionPair(question=c.question, answer=c.answer, style=c.style,
+                                     fact=f"{chunk.document}#{chunk.index}#{c.fact_index}") for c in kept]
         if not kept:
-            body["error"] = ("no question survived the filters: "
-                             + ", ".join(f"{k} {v}" for k, v in dropped.items() if v))
-    ctx.client.report(job.session_id, job.interaction_id, "chunk", body)
-    return len(body["pairs"])
+            report.error = ("no question survived the filters: "
+                            + ", ".join(f"{k} {v}" for k, v in dropped.items() if v))
+    ctx.client.report(job.session_id, job.interaction_id, "chunk", report)
+    return len(report.pairs)
 
 
 @unless_gone
@@ -234,5 +235,5 @@ def _prepare_text(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
         raise
     finally:
         pool.shutdown(wait=not stopped, cancel_futures=True)
-    ctx.client.report(job.session_id, job.interaction_id, "prepared", {})
+    ctx.client.report(job.session_id, job.interaction_id, "prepared")
     return {"chunks": len(work), "pairs": pairs, "seconds": round(time.monotonic() - started, 1)}

@@ -16,7 +16,8 @@ from redis import Redis
 
 from runner.control_plane.client import ControlPlane
 from shared.types import InteractionState
-from shared.updates import EVENT_DELTA, PARTIAL_TEXT_TTL_SECONDS, InteractionUpdate, partial_text_key, session_channel
+from shared.updates import EVENT_DELTA, PARTIAL_TEXT_TTL_SECONDS, partial_text_key, session_channel
+from shared.wire import InteractionUpdate
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from runner.training.job import TrainingFailed, _Reporter, _run_child, _untar
 from shared.image_finetune import ADAPTER_FILE, hyperparameters
 from shared.jobs import ImageFinetuneJob
 from shared.types import DataPrepStage, InteractionState
-from shared.updates import InteractionUpdate
+from shared.wire import InteractionUpdate
 
 log = logging.getLogger(__name__)
 

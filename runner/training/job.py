@@ -29,7 +29,7 @@ from shared.finetune import ADAPTER_FILES, hyperparameters
 from shared.jobs import TextFinetuneJob
 from shared.processes import die_with_parent
 from shared.types import DataPrepStage, InteractionState
-from shared.updates import InteractionUpdate
+from shared.wire import InteractionUpdate, MetricsReport
 
 log = logging.getLogger(__name__)
 REPORT_INTERVAL = 1.0  # seconds between loss reports: a history, not a stream
@@ -81,7 +81,7 @@ class _Reporter:
     def flush(self, force: bool = False) -> None:
         if not self.points or (not force and time.monotonic() - self.last_sent < REPORT_INTERVAL):
             return
-        self.ctx.client.report(self.job.session_id, self.job.interaction_id, "metrics", {"points": self.points})
+        self.ctx.client.report(self.job.session_id, self.job.interaction_id, "metrics", MetricsReport(points=self.points))
         step = self.points[-1].get("step", 0)
         self.ctx.client.update(self.job.session_id, self.job.interaction_id, InteractionUpdate(
             progress=min(89, int(step * 90 / self.total_steps)),
@@ -94,7 +94,7 @@ class _Reporter:
             self.total_steps = max(1, event["total_steps"])
             # The history restarts here: an earlier attempt's points past this step are replaced.
             self.ctx.client.report(self.job.session_id, self.job.interaction_id, "metrics",
-                                   {"points": [], "from_step": event["start_step"]})
+                                   MetricsReport(points=[], from_step=event["start_step"]))
             self.ctx.client.update(self.job.session_id, self.job.interaction_id, InteractionUpdate(
                 status=f"training: {event['train_rows']} {self.unit}, {self.total_steps} steps"
                 + (f", resuming at step {event['start_step']}" if event["start_step"] else ""),

@@ -1,0 +1,30 @@
+"""A JSON body read with the declared type of its message (pydantic), or a 400 naming what to fix."""
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from controlplane.errors import BadRequest
+
+M = TypeVar("M", bound=BaseModel)
+_MOST_PROBLEMS = 5
+
+
+def _problem(error: dict[str, Any], model: type[BaseModel]) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "body"
+    if error["type"] == "extra_forbidden":
+        return f"{field}: unknown field (known: {', '.join(model.model_fields)})"
+    return f"{field}: {error['msg']}"
+
+
+def parsed(model: type[M], body: Any, what: str) -> M:
+    """`body` (a request's JSON, None when it was not JSON) as `model`."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"send the {what} as a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as err:
+        problems = [_problem(e, model) for e in err.errors()]
+        more = f" (and {len(problems) - _MOST_PROBLEMS} more)" if len(problems) > _MOST_PROBLEMS else ""
+        raise BadRequest(f"{what}: " + "; ".join(problems[:_MOST_PROBLEMS]) + more) from None

@@ -1,0 +1,111 @@
+"""The messages a runner sends the control plane, one declared type each (pydantic).
+
+The runner builds them and the control plane parses the body with the same type, so a field is
+named, typed and bounded in one place; a body that does not fit is answered with a 400 naming the
+field. Types are strict where the wire is JSON: a count is a whole number, never "5" or 5.0; a
+flag is true or false, never "false" or 0.
+
+WIRE_VERSION counts incompatible changes to these messages. Every runner request carries it in the
+WIRE_VERSION_HEADER header, and the control plane refuses a runner of another version with an
+error that says which side to upgrade, instead of misreading its messages.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from shared.types import DataPrepStage, InteractionState, SessionType
+
+WIRE_VERSION = 1
+WIRE_VERSION_HEADER = "X-Helix-Wire-Version"
+
+Count = Annotated[StrictInt, Field(ge=0, le=1_000_000)]
+DocumentName = Annotated[StrictStr, Field(max_length=2000)]
+ErrorText = Annotated[StrictStr, Field(max_length=4000)]
+
+
+class Message(BaseModel):
+    """A runner's message: unknown fields are refused (a misspelt one would otherwise be lost)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class InteractionUpdate(Message):
+    """One report on an interaction: POST /api/v1/runner/sessions/{id}/interactions/{id}.
+
+    `delta` appends text to the message (streamed tokens); `message` replaces it. A `final`
+    update (state complete or error) closes the interaction; later updates are refused, so a
+    job that ran twice cannot overwrite the result that landed first."""
+
+    runner: StrictStr = ""  # filled in by the runner's client
+    state: InteractionState = InteractionState.WAITING
+    delta: StrictStr = ""
+    message: StrictStr | None = None
+    progress: Annotated[StrictInt, Field(ge=0, le=100)] | None = None
+    status: StrictStr | None = None
+    files: list[StrictStr] | None = None
+    error: StrictStr = ""
+    final: StrictBool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    # Fine-tunes: the stage reached, and the adapter's folder once trained.
+    data_prep_stage: DataPrepStage | None = None
+    lora_dir: StrictStr | None = None
+
+
+class DocumentReport(Message):
+    """A document read (or not): POST …/finetune/document. Its length is the runner's to bound
+    (HELIX_DATAPREP_MAX_DOCUMENT_CHARS): a bound here refused every document over a million
+    characters once."""
+
+    document: DocumentName
+    chars: Annotated[StrictInt, Field(ge=0, le=2**53)] = 0
+    chunks: Count = 0
+    error: ErrorText = ""
+
+
+class QuestionPair(Message):
+    """A question about one fact of a chunk, and its answer; `fact` is document#chunk#sentence."""
+
+    question: StrictStr
+    answer: StrictStr
+    fact: StrictStr
+    style: StrictStr
+
+
+class ChunkReport(Message):
+    """One chunk's pairs (replacing an earlier attempt's), filter counts and error:
+    POST …/finetune/chunk."""
+
+    document: DocumentName
+    index: Count
+    pairs: list[QuestionPair] = Field(default_factory=list)
+    dropped: dict[StrictStr, StrictInt] = Field(default_factory=dict)  # a filter's name: what it dropped
+    coverage: dict[str, Any] = Field(default_factory=dict)
+    note: Annotated[StrictStr, Field(max_length=500)] = ""
+    error: ErrorText = ""
+
+
+class MetricsReport(Message):
+    """Training points to add to the history: POST …/finetune/metrics. A run that starts sends
+    `from_step`, the step it starts at; what an interrupted run reported past it is dropped."""
+
+    points: Annotated[list[dict[str, StrictInt | StrictFloat]], Field(max_length=10_000)]
+    from_step: Annotated[StrictInt, Field(ge=0)] | None = None
+
+
+InfoValue = StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=200)] | None
+
+
+class Registration(Message):
+    """A runner announcing itself, again every few seconds: POST /api/v1/runner/register.
+    `info` holds static facts the scheduler reads (worker counts, the model's limits, the image
+    budget); `state` what it holds and does now (shared/runner_state.py checks it)."""
+
+    runner_id: StrictStr
+    models: dict[SessionType, list[StrictStr]] = Field(default_factory=dict)
+    info: dict[Annotated[StrictStr, Field(max_length=64)], InfoValue] = Field(default_factory=dict, max_length=32)
+    state: dict[str, Any] = Field(default_factory=dict)
