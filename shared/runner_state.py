@@ -1,7 +1,7 @@
 """The state a runner reports every few seconds with its registration: what it holds and does now.
 
-The runner builds it (runner/state/report.py), the control plane checks it with `problem()` and
-stores it on the runner's row for listings, the dashboard and metrics. It is separate from the
+The runner builds it (runner/state/report.py), the control plane parses it as `RunnerState` (inside
+shared/wire.py's Registration) and stores it on the runner's row for listings, the dashboard and metrics. It is separate from the
 registration's `info` (static facts the scheduler reads): this one changes from report to report.
 
     {"version": "0.1.0",                        the runner's package version
@@ -18,83 +18,73 @@ Every part is optional: a runner reports what it can measure cheaply.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Literal
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr,
+                      model_validator)
 
 MODEL_STATES = ("loaded", "starting", "down")
 MAX_ADAPTERS = 64
 MAX_GPUS = 16
 MAX_BYTES = 16 * 1024  # the whole report as JSON
-_MAX_COUNT = 10**6
-_MAX_MEMORY = 2**60
-_KEYS = {"version", "report_interval", "models", "adapters", "memory", "jobs", "workers"}
-_MEMORY = ("total_bytes", "free_bytes")
 
 
-def _name(value: Any, limit: int = 200) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= limit and value.isprintable()
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must be printable text")
+    return value
 
 
-def _whole(value: Any, high: int) -> bool:
-    return type(value) is int and 0 <= value <= high
+Name = Annotated[StrictStr, Field(min_length=1, max_length=200), AfterValidator(_printable)]
+WorkKindName = Annotated[StrictStr, Field(min_length=1, max_length=64), AfterValidator(_printable)]
+Bytes = Annotated[StrictInt, Field(ge=0, le=2**60)]
+Count = Annotated[StrictInt, Field(ge=0, le=10**6)]
 
 
-def _memory(value: Any, where: str) -> str | None:
-    if not isinstance(value, dict) or not set(value) <= {*_MEMORY, "index", "name"}:
-        return f"state {where} must be an object of {', '.join(_MEMORY)}"
-    for key in _MEMORY:
-        if key in value and not _whole(value[key], _MAX_MEMORY):
-            return f"state {where}.{key} must be a whole number of bytes"
-    if "index" in value and not _whole(value["index"], MAX_GPUS):
-        return f"state {where}.index must be a whole number below {MAX_GPUS}"
-    if "name" in value and not _name(value["name"]):
-        return f"state {where}.name must be a string of at most 200 characters"
-    return None
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-def _counts(value: Any, where: str) -> str | None:
-    if not isinstance(value, dict) or len(value) > 16 or not all(
-            _name(k, 64) and _whole(v, _MAX_COUNT) for k, v in value.items()):
-        return f"state {where} must map at most 16 kinds of work (names of at most 64 characters) to counts"
-    return None
+class Memory(_Part):
+    total_bytes: Bytes | None = None
+    free_bytes: Bytes | None = None
 
 
-def problem(state: Any) -> str | None:
-    """What is wrong with a reported state (None: nothing). Bounded and plain: small objects of
-    known keys, numbers, short strings."""
-    if not isinstance(state, dict):
-        return "state must be an object"
-    if len(json.dumps(state)) > MAX_BYTES:
-        return f"state must be at most {MAX_BYTES} bytes of JSON"
-    unknown = set(state) - _KEYS
-    if unknown:
-        return f"state has unknown fields: {', '.join(sorted(unknown))[:200]} (known: {', '.join(sorted(_KEYS))})"
-    if "version" in state and not _name(state["version"], 64):
-        return "state version must be a string of at most 64 characters"
-    interval = state.get("report_interval")
-    if interval is not None and (type(interval) not in (int, float) or not 0 < interval <= 86400):
-        return "state report_interval must be a number of seconds from 0 to 86400"
-    models = state.get("models", [])
-    if not isinstance(models, list) or len(models) > 32 or not all(
-            isinstance(m, dict) and set(m) <= {"type", "name", "state"} and _name(m.get("type"), 16)
-            and _name(m.get("name")) and m.get("state", "loaded") in MODEL_STATES for m in models):
-        return ("state models must be a list of at most 32 {type, name, state} objects, state one of "
-                + ", ".join(MODEL_STATES))
-    adapters = state.get("adapters", {})
-    if not isinstance(adapters, dict) or not set(adapters) <= {"text", "image"} or not all(
-            isinstance(v, list) and len(v) <= MAX_ADAPTERS and all(_name(a) for a in v) for v in adapters.values()):
-        return f"state adapters must map text and image to lists of at most {MAX_ADAPTERS} names"
-    memory = state.get("memory", {})
-    if not isinstance(memory, dict) or not set(memory) <= {"host", "gpu"}:
-        return "state memory must be an object with host and gpu"
-    if "host" in memory and (found := _memory(memory["host"], "memory.host")):
-        return found
-    gpus = memory.get("gpu", [])
-    if not isinstance(gpus, list) or len(gpus) > MAX_GPUS:
-        return f"state memory.gpu must be a list of at most {MAX_GPUS} devices"
-    for n, gpu in enumerate(gpus):
-        if found := _memory(gpu, f"memory.gpu[{n}]"):
-            return found
-    for key in ("jobs", "workers"):
-        if key in state and (found := _counts(state[key], key)):
-            return found
-    return None
+class GpuMemory(Memory):
+    index: Annotated[StrictInt, Field(ge=0, le=MAX_GPUS)] | None = None
+    name: Name | None = None
+
+
+class MemoryState(_Part):
+    host: Memory | None = None
+    gpu: Annotated[list[GpuMemory], Field(max_length=MAX_GPUS)] = Field(default_factory=list)
+
+
+class ModelState(_Part):
+    type: Annotated[StrictStr, Field(min_length=1, max_length=16)]
+    name: Name
+    state: Literal[MODEL_STATES] = "loaded"
+
+
+class RunnerState(_Part):
+    """Bounded and plain: small objects of known keys, numbers, short strings."""
+
+    version: Annotated[StrictStr, Field(min_length=1, max_length=64)] | None = None
+    report_interval: Annotated[StrictInt | StrictFloat, Field(gt=0, le=86400)] | None = None
+    models: Annotated[list[ModelState], Field(max_length=32)] = Field(default_factory=list)
+    adapters: dict[Literal["text", "image"], Annotated[list[Name], Field(max_length=MAX_ADAPTERS)]] = \
+        Field(default_factory=dict)
+    memory: MemoryState = Field(default_factory=MemoryState)
+    jobs: Annotated[dict[WorkKindName, Count], Field(max_length=16)] = Field(default_factory=dict)
+    workers: Annotated[dict[WorkKindName, Count], Field(max_length=16)] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _small(cls, value):
+        if isinstance(value, dict) and len(json.dumps(value, default=str)) > MAX_BYTES:
+            raise ValueError(f"must be at most {MAX_BYTES} bytes of JSON")
+        return value
+
+    def stored(self) -> dict:
+        """What the runner's row keeps: only what it reported."""
+        return self.model_dump(mode="json", exclude_unset=True)

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from shared.runner_state import RunnerState
 from shared.types import DataPrepStage, InteractionState, SessionType
 
 WIRE_VERSION = 1
@@ -31,7 +32,7 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude_unset=True)  # what was given: the other side has the defaults
 
 
 class InteractionUpdate(Message):
@@ -103,9 +104,9 @@ InfoValue = StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(ma
 class Registration(Message):
     """A runner announcing itself, again every few seconds: POST /api/v1/runner/register.
     `info` holds static facts the scheduler reads (worker counts, the model's limits, the image
-    budget); `state` what it holds and does now (shared/runner_state.py checks it)."""
+    budget); `state` what it holds and does now (shared/runner_state.py)."""
 
     runner_id: StrictStr
     models: dict[SessionType, list[StrictStr]] = Field(default_factory=dict)
     info: dict[Annotated[StrictStr, Field(max_length=64)], InfoValue] = Field(default_factory=dict, max_length=32)
-    state: dict[str, Any] = Field(default_factory=dict)
+    state: RunnerState = Field(default_factory=RunnerState)

@@ -14,7 +14,8 @@ _MOST_PROBLEMS = 5
 def _problem(error: dict[str, Any], model: type[BaseModel]) -> str:
     field = ".".join(str(part) for part in error["loc"]) or "body"
     if error["type"] == "extra_forbidden":
-        return f"{field}: unknown field (known: {', '.join(model.model_fields)})"
+        known = f" (known: {', '.join(model.model_fields)})" if len(error["loc"]) == 1 else ""
+        return f"{field}: unknown field{known}"
     return f"{field}: {error['msg']}"
 
 

@@ -23,7 +23,7 @@ from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
 from controlplane.storage.filestore import session_outputs
-from shared import image_budget, runner_state
+from shared import image_budget
 from shared.runners import RUNNER_HEADER, runner_of_worker
 from shared.types import InteractionState
 from shared.updates import EVENT_DELTA, EVENT_INTERACTION
@@ -58,10 +58,7 @@ def register_runner(conn: psycopg.Connection, config: Config, token_id: str,
     """Records what a runner announces, within limits: a runner cannot flood the model list
     users choose from (every session request reads it), nor its error messages."""
     info = _check_info(registration.info)
-    state = registration.state
-    found = runner_state.problem(state)
-    if found:
-        raise BadRequest(found)
+    state = registration.state.stored()
     runner_id = registration.runner_id.strip()
     if not SAFE_NAME.fullmatch(runner_id):
         raise BadRequest(f"runner_id is required: {_NAME_RULE}")
