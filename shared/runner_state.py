@@ -1,8 +1,9 @@
 """The state a runner reports every few seconds with its registration: what it holds and does now.
 
 The runner builds it (runner/state/report.py), the control plane parses it as `RunnerState` (inside
-shared/wire.py's Registration) and stores it on the runner's row for listings, the dashboard and metrics. It is separate from the
-registration's `info` (static facts the scheduler reads): this one changes from report to report.
+shared/wire.py's Registration) and stores it on the runner's row for listings, the dashboard and
+metrics. It is separate from the registration's `info` (static facts the scheduler reads): this one
+changes from report to report.
 
     {"version": "0.1.0",                        the runner's package version
      "report_interval": 5.0,                    seconds between its reports

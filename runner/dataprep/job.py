@@ -142,7 +142,8 @@ def _finish_chunk(ctx, job: TextDataPrepJob, chunk: ChunkWork, seen: set[str], l
     if chunk.errors and not chunk.candidates:
         report.error = chunk.errors[0][:4000]
     elif not chunk.ask:
-        report.note = "every sentence was asked about in the chunk before" if chunk.facts else "no sentences to ask about"
+        report.note = ("every sentence was asked about in the chunk before" if chunk.facts
+                       else "no sentences to ask about")
     else:
         with lock:  # one `seen` set: a question repeated in another chunk is a duplicate there
             accepted, dropped = filter_candidates(chunk.candidates, chunk.facts, seen)
