@@ -9,10 +9,23 @@ from controlplane.errors import BadRequest
 
 M = TypeVar("M", bound=BaseModel)
 _MOST_PROBLEMS = 5
+_TYPE_TAGS = {"str", "int", "float", "bool", "none"}
+
+
+def field_path(loc: tuple) -> str:
+    """Where a problem is, as a client spells it: `messages[0].content`. pydantic also names the
+    member of a union it tried (`str`, `list[TextPart]`, `constrained-str`): those are left out."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.isidentifier() and part not in _TYPE_TAGS and not part[:1].isupper():
+            path += f".{part}"
+    return path.lstrip(".")
 
 
 def _problem(error: dict[str, Any], model: type[BaseModel]) -> str:
-    field = ".".join(str(part) for part in error["loc"]) or "body"
+    field = field_path(error["loc"]) or "body"
     if error["type"] == "extra_forbidden":
         known = f" (known: {', '.join(model.model_fields)})" if len(error["loc"]) == 1 else ""
         return f"{field}: unknown field{known}"
@@ -26,6 +39,6 @@ def parsed(model: type[M], body: Any, what: str) -> M:
     try:
         return model.model_validate(body)
     except ValidationError as err:
-        problems = [_problem(e, model) for e in err.errors()]
+        problems = list(dict.fromkeys(_problem(e, model) for e in err.errors()))
         more = f" (and {len(problems) - _MOST_PROBLEMS} more)" if len(problems) > _MOST_PROBLEMS else ""
         raise BadRequest(f"{what}: " + "; ".join(problems[:_MOST_PROBLEMS]) + more) from None

@@ -1,4 +1,6 @@
-"""OpenAI request bodies checked and turned into a session's parts: its turns and its settings.
+"""OpenAI request bodies, each a declared model (pydantic), parsed and turned into a session's
+parts: its turns and its settings. Limits that depend on the model served (its longest reply) or
+on the engine's costs (a schema's grammar, stop strings) are checked after parsing, here.
 
 What the serving engine cannot do is refused here with a 400 naming the parameter (tools, logprobs,
 streams of several choices are not served), never passed on to fail on a runner later.
@@ -7,10 +9,26 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from controlplane.errors import BadRequest
 from controlplane.http.fields import ensure_utf8
+from controlplane.http.messages import field_path
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_CHOICES = 8
 MAX_STOP_SEQUENCES = 4
@@ -31,6 +49,99 @@ class EngineCostLimits:
 _UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logprobs", "top_logprobs", "audio",
                 "modalities", "prediction", "logit_bias")
 
+Number = StrictInt | StrictFloat
+
+
+class _Lenient(BaseModel):
+    """OpenAI's bodies: fields this server has no use for (`user`, `metadata`, `store`, …) are let
+    through unread, as the SDKs send them."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[TextPart]
+
+
+class StreamOptions(_Lenient):
+    include_usage: StrictBool | None = None
+
+
+class JsonSchemaSpec(_Lenient):
+    name: StrictStr | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
+class _TextBody(_Lenient):
+    """What chat and plain completions share: the model and how to sample. Bounds that depend on
+    the model served (its longest reply) and on the engine's costs are checked after parsing."""
+
+    model: Annotated[StrictStr, Field(pattern=r"\S")]
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[Number, Field(ge=0, le=1)] | None = None
+    seed: Annotated[StrictInt, Field(ge=-2**63, le=2**63 - 1)] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_CHOICES)] | None = None
+    presence_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
+    stop: StrictStr | Annotated[list[Annotated[StrictStr, Field(min_length=1)]],
+                                Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    response_format: ResponseFormat | None = None
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _served(cls, body: Any) -> Any:
+        if isinstance(body, dict):
+            for name in _UNSUPPORTED:
+                if body.get(name) not in (None, False, [], {}):
+                    raise PydanticCustomError("unsupported", "'{name}' is not supported by this server", {"name": name})
+        return body
+
+
+class ChatCompletionBody(_TextBody):
+    """POST /v1/chat/completions."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+
+
+class CompletionBody(_TextBody):
+    """POST /v1/completions: one prompt, completed as it is (no chat template)."""
+
+    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=1)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain(cls, body: Any) -> Any:
+        if isinstance(body, dict) and (body.get("echo") or body.get("best_of") not in (None, 1) or body.get("suffix")):
+            raise PydanticCustomError("unsupported", "'echo', 'best_of' and 'suffix' are not supported by this server")
+        return body
+
+
+class ImageGenerationBody(_Lenient):
+    """POST /v1/images/generations."""
+
+    prompt: StrictStr | list[TextPart]
+    model: Annotated[StrictStr, Field(pattern=r"\S")] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=4)] | None = None
+    size: StrictStr | None = None
+    seed: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+
 
 @dataclass
 class ChatRequest:
@@ -42,45 +153,32 @@ class ChatRequest:
     include_usage: bool = False
 
 
-def _number(body: dict, name: str, low: float, high: float, whole: bool = False) -> float | int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    kinds = (int,) if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
-        kind = "a whole number" if whole else "a number"
-        raise BadRequest(f"'{name}' must be {kind} from {low} to {high}, got {json.dumps(value)[:40]}")
-    return value
+def _parsed(model: type[M], body: Any) -> M:
+    """The body as `model`, or a 400 naming each parameter as OpenAI's documentation spells it."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            where = field_path(e["loc"])
+            if e["loc"] == ("model",):
+                problems.append("'model' is required, the name of a model: GET /v1/models lists them")
+            else:
+                problems.append(f"'{where}': {e['msg']}" if where else e["msg"])
+        raise BadRequest("; ".join(list(dict.fromkeys(problems))[:3])) from None
 
 
-def _text(value: Any, where: str, max_chars: int) -> str:
+def _text(value: str | list[TextPart], where: str, max_chars: int) -> str:
     """A message's content: a string, or OpenAI's list of parts of which only text is served."""
     if isinstance(value, list):
-        parts = []
-        for part in value:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise BadRequest(f"{where}: only text parts ({{\"type\": \"text\", \"text\": ...}}) are served")
-            parts.append(part["text"])
-        value = "\n".join(parts)
-    if not isinstance(value, str):
-        raise BadRequest(f"{where} must be a string or a list of text parts")
+        value = "\n".join(part.text for part in value)
     if "\x00" in ensure_utf8(value, where):
         raise BadRequest(f"{where} must not contain NUL characters")
     if len(value) > max_chars:
         raise BadRequest(f"{where} is {len(value)} characters; the limit is {max_chars}")
     return value
-
-
-def _body(body: Any) -> dict:
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    for name in _UNSUPPORTED:
-        if body.get(name) not in (None, False, [], {}):
-            raise BadRequest(f"'{name}' is not supported by this server")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise BadRequest("'model' is required: GET /v1/models lists them")
-    return body
 
 
 def _count_enum_entries(schema: Any) -> int:
@@ -118,11 +216,8 @@ def check_schema_cost(schema: dict, limits: EngineCostLimits) -> None:
                          " and check it against your list instead")
 
 
-def _stop(value: Any, limits: EngineCostLimits) -> list[str] | None:
-    stop = [value] if isinstance(value, str) else value
-    if stop is not None and (not isinstance(stop, list) or len(stop) > MAX_STOP_SEQUENCES
-                             or not all(isinstance(s, str) and s for s in stop)):
-        raise BadRequest(f"'stop' must be a string or a list of at most {MAX_STOP_SEQUENCES} non-empty strings")
+def _stop(stop: str | list[str] | None, limits: EngineCostLimits) -> list[str] | None:
+    stop = [stop] if isinstance(stop, str) else stop
     size = sum(len(ensure_utf8(s, "stop").encode()) for s in stop or [])
     if size > limits.stop_bytes:
         raise BadRequest(f"'stop' holds {size} bytes (UTF-8) in all; the limit is {limits.stop_bytes}"
@@ -130,98 +225,73 @@ def _stop(value: Any, limits: EngineCostLimits) -> list[str] | None:
     return stop or None
 
 
-def _response_format(value: Any, limits: EngineCostLimits) -> dict | None:
-    if value is None:
+def _response_format(value: ResponseFormat | None, limits: EngineCostLimits) -> dict | None:
+    if value is None or value.type == "text":
         return None
-    kind = value.get("type") if isinstance(value, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
+    if value.type == "json_object":
         return {"type": "json_object"}
-    if kind == "json_schema":
-        spec = value.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
-            raise BadRequest("'response_format.json_schema.schema' must be a JSON Schema object")
-        check_schema_cost(spec["schema"], limits)
-        return {"type": "json_schema", "json_schema": {"name": str(spec.get("name") or "response")[:64],
-                                                        "schema": spec["schema"], "strict": bool(spec.get("strict"))}}
-    raise BadRequest("'response_format.type' must be text, json_object or json_schema")
+    if value.json_schema is None:
+        raise BadRequest("'response_format.json_schema.schema' must be a JSON Schema object")
+    spec = value.json_schema
+    check_schema_cost(spec.schema_, limits)
+    return {"type": "json_schema", "json_schema": {"name": (spec.name or "response")[:64],
+                                                    "schema": spec.schema_, "strict": bool(spec.strict)}}
 
 
-def _settings(body: dict, max_reply: int, limits: EngineCostLimits) -> dict[str, Any]:
-    """max_tokens, temperature and the engine's sampling parameters, checked."""
-    max_tokens = _number(body, "max_completion_tokens", 1, max_reply, whole=True)
-    if max_tokens is None:
-        max_tokens = _number(body, "max_tokens", 1, max_reply, whole=True)
-    sampling = {name: _number(body, name, low, high, whole) for name, low, high, whole in (
-        ("top_p", 0.0, 1.0, False), ("seed", -2**63, 2**63 - 1, True), ("n", 1, MAX_CHOICES, True),
-        ("presence_penalty", -2.0, 2.0, False), ("frequency_penalty", -2.0, 2.0, False))}
-    sampling["stop"] = _stop(body.get("stop"), limits)
-    sampling["response_format"] = _response_format(body.get("response_format"), limits)
-    text = {"max_tokens": max_tokens, "temperature": _number(body, "temperature", 0.0, 2.0),
+def _settings(body: _TextBody, max_reply: int, limits: EngineCostLimits) -> dict[str, Any]:
+    """max_tokens, temperature and the engine's sampling parameters, checked against the model."""
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    if max_tokens is not None and max_tokens > max_reply:
+        name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        raise BadRequest(f"'{name}' must be a whole number from 1 to {max_reply}, got {max_tokens}")
+    sampling = {"top_p": body.top_p, "seed": body.seed, "n": body.n, "presence_penalty": body.presence_penalty,
+                "frequency_penalty": body.frequency_penalty, "stop": _stop(body.stop, limits),
+                "response_format": _response_format(body.response_format, limits)}
+    text = {"max_tokens": max_tokens, "temperature": body.temperature,
             "sampling": {k: v for k, v in sampling.items() if v is not None}}
     return {k: v for k, v in text.items() if v not in (None, {})}
 
 
-def _stream(body: dict, text: dict) -> tuple[bool, bool]:
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise BadRequest("'stream' must be true or false")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise BadRequest("'stream_options' must be an object")
+def _stream(body: _TextBody, text: dict) -> tuple[bool, bool]:
+    stream = bool(body.stream)
     if stream and text.get("sampling", {}).get("n", 1) > 1:
         raise BadRequest("'n' above 1 is served without streaming only: set stream to false")
-    return stream, bool(options.get("include_usage"))
+    return stream, bool(body.stream_options and body.stream_options.include_usage)
 
 
 def chat_request(body: Any, max_chars: int, max_reply: int = 8192,
                  limits: EngineCostLimits = EngineCostLimits()) -> ChatRequest:
-    body = _body(body)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty list of {\"role\", \"content\"} objects")
+    parsed = _parsed(ChatCompletionBody, body)
     system, turns = [], []
-    for n, message in enumerate(messages):
-        where = f"messages[{n}]"
-        if not isinstance(message, dict):
-            raise BadRequest(f"{where} must be an object with 'role' and 'content'")
-        role = message.get("role")
-        content = _text(message.get("content"), f"{where}.content", max_chars)
-        if role in ("system", "developer"):
+    for n, message in enumerate(parsed.messages):
+        content = _text(message.content, f"messages[{n}].content", max_chars)
+        if message.role in ("system", "developer"):
             system.append(content)
-        elif role in ("user", "assistant"):
-            if turns and turns[-1][0] == role:  # two in a row: one turn, as chat templates want
-                turns[-1] = (role, turns[-1][1] + "\n\n" + content)
-            else:
-                turns.append((role, content))
+        elif turns and turns[-1][0] == message.role:  # two in a row: one turn, as chat templates want
+            turns[-1] = (message.role, turns[-1][1] + "\n\n" + content)
         else:
-            raise BadRequest(f"{where}.role must be system, developer, user or assistant, not {str(role)[:20]!r}")
+            turns.append((message.role, content))
     if not turns or turns[-1][0] != "user":
         raise BadRequest("the last message must be the user's (role 'user'): it is what the model answers")
     if sum(len(t) for _, t in turns) + sum(map(len, system)) > max_chars:
         raise BadRequest(f"the messages hold more than {max_chars} characters, this server's limit")
-    text = _settings(body, max_reply, limits)
-    stream, include_usage = _stream(body, text)
-    return ChatRequest(model=body["model"].strip(), turns=turns, system="\n\n".join(system), text=text,
+    text = _settings(parsed, max_reply, limits)
+    stream, include_usage = _stream(parsed, text)
+    return ChatRequest(model=parsed.model.strip(), turns=turns, system="\n\n".join(system), text=text,
                        stream=stream, include_usage=include_usage)
 
 
 def completion_request(body: Any, max_chars: int, max_reply: int = 8192,
                        limits: EngineCostLimits = EngineCostLimits()) -> ChatRequest:
     """A plain completion: the prompt is completed as it is, without a chat template."""
-    body = _body(body)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
+    parsed = _parsed(CompletionBody, body)
+    prompt = parsed.prompt[0] if isinstance(parsed.prompt, list) else parsed.prompt
+    if not prompt:
         raise BadRequest("'prompt' must be a non-empty string (one prompt per request)")
     prompt = _text(prompt, "prompt", max_chars)
-    text = {**_settings(body, max_reply, limits), "completion": True}
-    if body.get("echo") or body.get("best_of") not in (None, 1) or body.get("suffix"):
-        raise BadRequest("'echo', 'best_of' and 'suffix' are not supported by this server")
-    stream, include_usage = _stream(body, text)
-    return ChatRequest(model=body["model"].strip(), turns=[("user", prompt)], text=text,
+    text = {**_settings(parsed, max_reply, limits), "completion": True}
+    stream, include_usage = _stream(parsed, text)
+    return ChatRequest(model=parsed.model.strip(), turns=[("user", prompt)], text=text,
                        stream=stream, include_usage=include_usage)
 
 
@@ -234,32 +304,23 @@ class ImageRequest:
 
 
 def image_request(body: Any, max_chars: int) -> ImageRequest:
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    prompt = _text(body.get("prompt"), "prompt", max_chars)
+    parsed = _parsed(ImageGenerationBody, body)
+    prompt = _text(parsed.prompt, "prompt", max_chars)
     if not prompt.strip():
         raise BadRequest("'prompt' must describe the image")
     image: dict[str, Any] = {}
-    n = _number(body, "n", 1, 4, whole=True)
-    if n is not None:
-        image["num_images"] = n
-    size = body.get("size")
-    if size not in (None, "auto"):
+    if parsed.n is not None:
+        image["num_images"] = parsed.n
+    if parsed.size not in (None, "auto"):
         try:
-            width, height = (int(v) for v in str(size).lower().split("x"))
+            width, height = (int(v) for v in parsed.size.lower().split("x"))
         except ValueError:
-            raise BadRequest(f"'size' must be WIDTHxHEIGHT, e.g. 512x512, got {str(size)[:20]!r}") from None
+            raise BadRequest(f"'size' must be WIDTHxHEIGHT, e.g. 512x512, got {parsed.size[:20]!r}") from None
         for name, value in (("width", width), ("height", height)):
             if not 64 <= value <= 2048 or value % 8:
                 raise BadRequest(f"'size' {name} must be a multiple of 8 from 64 to 2048, got {value}")
         image.update(width=width, height=height)
-    seed = _number(body, "seed", 0, 2**32 - 1, whole=True)
-    if seed is not None:
-        image["seed"] = seed
-    response_format = body.get("response_format") or "url"
-    if response_format not in ("url", "b64_json"):
-        raise BadRequest("'response_format' must be url or b64_json")
-    model = body.get("model")
-    if model is not None and (not isinstance(model, str) or not model.strip()):
-        raise BadRequest("'model' must be an image model's name: GET /v1/models lists them")
-    return ImageRequest(model=(model or "").strip(), prompt=prompt, image=image, response_format=response_format)
+    if parsed.seed is not None:
+        image["seed"] = parsed.seed
+    return ImageRequest(model=(parsed.model or "").strip(), prompt=prompt, image=image,
+                        response_format=parsed.response_format or "url")
