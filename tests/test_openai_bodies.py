@@ -36,6 +36,9 @@ USER_TURN = [{"role": "user", "content": "hi"}]
     ({"model": "m", "messages": USER_TURN, "response_format": {"type": "xml"}}, "'response_format.type'"),
     ({"model": "m", "messages": USER_TURN, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
      "'response_format.json_schema.schema'"),
+    ({"model": "m", "messages": USER_TURN, "response_format": {"type": "json_schema", "json_schema": {
+        "schema": {"type": "object", "properties": {"a": {"type": "strng"}}}}}},
+     "is not a valid JSON Schema: 'strng' is not valid under any of the given schemas (at $.properties.a.type)"),
     ({"model": "m", "messages": USER_TURN, "tools": [{"type": "function"}]}, "'tools' is not supported"),
     ({"model": "m", "messages": USER_TURN, "logprobs": True}, "'logprobs' is not supported"),
     ([USER_TURN], "the body must be a JSON object"),

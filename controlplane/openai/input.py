@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 
+from jsonschema import SchemaError
+from jsonschema.validators import validator_for
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -216,6 +218,16 @@ def check_schema_cost(schema: dict, limits: EngineCostLimits) -> None:
                          " and check it against your list instead")
 
 
+def check_schema_is_valid(schema: dict) -> None:
+    """A 400 naming the first mistake in a schema (checked against its own metaschema), before it
+    is queued: the engine would refuse it only once a runner took it."""
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as err:
+        raise BadRequest(f"'response_format.json_schema.schema' is not a valid JSON Schema: {err.message[:300]}"
+                         f" (at {err.json_path})") from None
+
+
 def _stop(stop: str | list[str] | None, limits: EngineCostLimits) -> list[str] | None:
     stop = [stop] if isinstance(stop, str) else stop
     size = sum(len(ensure_utf8(s, "stop").encode()) for s in stop or [])
@@ -234,6 +246,7 @@ def _response_format(value: ResponseFormat | None, limits: EngineCostLimits) -> 
         raise BadRequest("'response_format.json_schema.schema' must be a JSON Schema object")
     spec = value.json_schema
     check_schema_cost(spec.schema_, limits)
+    check_schema_is_valid(spec.schema_)
     return {"type": "json_schema", "json_schema": {"name": (spec.name or "response")[:64],
                                                     "schema": spec.schema_, "strict": bool(spec.strict)}}
 
