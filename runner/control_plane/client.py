@@ -1,7 +1,8 @@
 """The runner's HTTP client for the control plane: registration and interaction updates.
 
-Progress and streamed text are best effort and throttled; the final update is retried until
-it lands (or the control plane says the interaction is already closed).
+Progress and streamed text are best effort and throttled; reports, uploads and downloads are
+retried on the HTTP adapter (urllib3's Retry, http_session.DELIVERY_RETRY); the final update is
+retried until it lands (or the control plane says the interaction is already closed).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import requests
 
-from runner.control_plane.http_session import pooled_session
+from runner.control_plane.http_session import DELIVERY_RETRY, pooled_session
 from shared.runners import RUNNER_HEADER
 from shared.wire import WIRE_VERSION, WIRE_VERSION_HEADER, InteractionUpdate, Message, Registration
 
@@ -26,10 +27,12 @@ class ControlPlane:
     def __init__(self, api_url: str, token: str, runner_id: str, pool_size: int = 1):
         self.api_url = api_url.rstrip("/")
         self.runner_id = runner_id
-        self.http = pooled_session(pool_size)
-        self.http.headers["Authorization"] = f"Bearer {token}"
-        self.http.headers[RUNNER_HEADER] = runner_id  # the control plane checks this runner holds the job
-        self.http.headers[WIRE_VERSION_HEADER] = str(WIRE_VERSION)  # it refuses another version's messages
+        self.http = pooled_session(pool_size)  # best effort: progress, streamed text
+        self.delivery = pooled_session(pool_size, retry=DELIVERY_RETRY)  # what must land
+        for session in (self.http, self.delivery):
+            session.headers["Authorization"] = f"Bearer {token}"
+            session.headers[RUNNER_HEADER] = runner_id  # the control plane checks this runner holds the job
+            session.headers[WIRE_VERSION_HEADER] = str(WIRE_VERSION)  # it refuses another version's messages
 
     def register(self, models: dict[str, list[str]], info: dict[str, Any] | None = None,
                  state: dict[str, Any] | None = None) -> None:
@@ -60,25 +63,19 @@ class ControlPlane:
         """Stores an output file through the control plane; returns its path in the owner's files."""
         url = f"{self.api_url}/api/v1/runner/sessions/{session_id}/interactions/{interaction_id}/files"
 
-        def post() -> str:
-            r = self.http.post(url, files={"file": (name, data)}, timeout=60)
-            if r.status_code in (404, 409):
-                raise Gone(interaction_id)
-            r.raise_for_status()
-            return r.json()["path"]
-
-        return _retrying(post, f"upload of {name}")
+        r = self.delivery.post(url, files={"file": (name, data)}, timeout=60)
+        if r.status_code in (404, 409):
+            raise Gone(interaction_id)
+        r.raise_for_status()
+        return r.json()["path"]
 
     def download(self, session_id: str, path: str) -> bytes:
         """A file of the session (an uploaded input) fetched through the control plane."""
         url = f"{self.api_url}/api/v1/runner/sessions/{session_id}/files"
 
-        def get() -> bytes:
-            r = self.http.get(url, params={"path": path}, timeout=120)
-            r.raise_for_status()
-            return r.content
-
-        return _retrying(get, f"download of {path}")
+        r = self.delivery.get(url, params={"path": path}, timeout=120)
+        r.raise_for_status()
+        return r.content
 
     def report(self, session_id: str, interaction_id: str, what: str, body: Message | None = None,
                method: str = "POST") -> Any:
@@ -86,14 +83,11 @@ class ControlPlane:
         read (`pairs`), retried on transient failures; Gone once the interaction is over."""
         url = f"{self.api_url}/api/v1/runner/sessions/{session_id}/interactions/{interaction_id}/finetune/{what}"
 
-        def send() -> Any:
-            r = self.http.request(method, url, json=body.to_wire() if body is not None else None, timeout=60)
-            if r.status_code in (404, 409):
-                raise Gone(interaction_id)
-            r.raise_for_status()
-            return r.json()
-
-        return _retrying(send, f"fine-tune {what}")
+        r = self.delivery.request(method, url, json=body.to_wire() if body is not None else None, timeout=60)
+        if r.status_code in (404, 409):
+            raise Gone(interaction_id)
+        r.raise_for_status()
+        return r.json()
 
     def finish(self, session_id: str, interaction_id: str, update: InteractionUpdate,
                deadline_seconds: float = 600) -> None:
@@ -114,19 +108,3 @@ class ControlPlane:
                 raise RuntimeError(f"final update for {interaction_id} never landed")
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-def _retrying(action, what: str, attempts: int = 5):
-    """Runs a delivery that must land, retrying transient failures with backoff."""
-    delay = 0.2
-    for attempt in range(attempts):
-        try:
-            return action()
-        except requests.RequestException as err:
-            response = getattr(err, "response", None)
-            client_error = response is not None and 400 <= response.status_code < 500
-            if client_error or attempt == attempts - 1:
-                raise
-            log.warning("%s failed (%s); retrying", what, err)
-            time.sleep(delay)
-            delay *= 2
