@@ -108,3 +108,14 @@ def set_stage(conn: psycopg.Connection, interaction_id: str, stage: str, *, stat
 def merge_metadata(conn: psycopg.Connection, interaction_id: str, metadata: dict[str, Any]) -> None:
     conn.execute("UPDATE interactions SET updated = now(), metadata = metadata || %s WHERE id = %s",
                  (Jsonb(metadata), interaction_id))
+
+
+def reopen_for_documents(conn: psycopg.Connection, session_id: str, options: dict[str, Any]) -> None:
+    """A session taking more documents is a fine-tune again, with its fine-tune options now."""
+    conn.execute("UPDATE sessions SET mode = 'finetune', config = config || %s, updated = now() WHERE id = %s",
+                 (Jsonb({"finetune": options}), session_id))
+
+
+def set_chunks(conn: psycopg.Connection, interaction_id: str, chunks: dict[str, Any]) -> None:
+    """The whole data-preparation record (a clone takes its source's)."""
+    conn.execute("UPDATE interactions SET data_prep_chunks = %s WHERE id = %s", (Jsonb(chunks), interaction_id))

@@ -7,7 +7,6 @@ from functools import partial
 from typing import Any, Mapping
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from controlplane.config import Config
 from controlplane.errors import BadRequest, Conflict, NotFound
@@ -188,8 +187,7 @@ class FinetuneService:
             raise BadRequest(f"at most {self.config.max_finetune_documents} documents per session")
         options["system_prompt"] = system_prompt(documents)
         self._store_documents(user["id"], session_id, files, names, stored)
-        conn.execute("UPDATE sessions SET mode = 'finetune', config = config || %s, updated = now() WHERE id = %s",
-                     (Jsonb({"finetune": options}), session_id))
+        finetune_store.reopen_for_documents(conn, session_id, options)
         session = sessions_store.get_session(conn, session_id, user["id"])
         added = self._add_documents_turn(conn, session, message, stored, urls)
         interactions = interactions + added
@@ -249,8 +247,7 @@ class FinetuneService:
             metadata=(dict(source["metadata"]) if mode == "all" else {}) | {"cloned_from": source["id"]})
         if mode != "just_data":
             finetune_store.copy_pairs(conn, source["id"], system_turn["id"])
-            conn.execute("UPDATE interactions SET data_prep_chunks = %s WHERE id = %s",
-                         (Jsonb(source["data_prep_chunks"]), system_turn["id"]))
+            finetune_store.set_chunks(conn, system_turn["id"], source["data_prep_chunks"])
         interactions = [user_turn, system_turn]
         if mode == "just_data":
             db.after_commit(conn, partial(self.dispatcher.try_enqueue, clone, interactions, system_turn["id"]))

@@ -19,6 +19,7 @@ from rq.job import Job
 
 from controlplane.config import Config
 from controlplane.errors import BadRequest
+from controlplane.fleet import store as fleet_store
 from controlplane.fleet.dispatch import job_stage
 from shared.jobs import WorkKind, job_id_for, queue_name
 from shared.memory import capacity, human, memory_wait_key, need_of
@@ -47,14 +48,6 @@ def kinds_of(mode: str, session_type: str) -> tuple[WorkKind, ...]:
     return (WorkKind.TEXT_INFERENCE,)
 
 
-def _live_runners(conn: psycopg.Connection, model: str, session_type: SessionType, seconds: float) -> list[dict]:
-    """Runners serving `model` that reported within `seconds`."""
-    return conn.execute(
-        "SELECT id, info FROM runners WHERE models -> %s ? %s AND last_seen > now() - make_interval(secs => %s)",
-        (session_type.value, model, seconds),
-    ).fetchall()
-
-
 def fleet_refusal(conn: psycopg.Connection, config: Config, model: str, kind: WorkKind) -> str:
     """Why no live runner serving `model` could ever hold a job of this kind ("" if one could, or
     if that cannot be told: no runner serves the model yet, or one announced no memory)."""
@@ -62,7 +55,8 @@ def fleet_refusal(conn: psycopg.Connection, config: Config, model: str, kind: Wo
     if need <= 0:
         return ""
     # Runners seen within HELIX_RUNNER_TTL: one restarting for a minute still counts.
-    sizes = [capacity(r["info"] or {}) for r in _live_runners(conn, model, session_type_of(kind), config.runner_ttl)]
+    live = fleet_store.live_runners(conn, model, session_type_of(kind).value, config.runner_ttl)
+    sizes = [capacity(r["info"] or {}) for r in live]
     if not sizes or 0 in sizes or max(sizes) >= need:
         return ""
     return (f"{kind.value} on model {model!r} needs {human(need)} of memory (its declared need:"
@@ -104,7 +98,7 @@ def waiting_status(conn: psycopg.Connection, redis: Redis, config: Config, sessi
     elif status not in (b"queued", None):
         position = None  # ended or stopped: the reconciler re-queues or ends it at its next pass
     kind_type = SessionType(session["type"])
-    if not _live_runners(conn, model, kind_type, config.runner_gone_seconds):  # alive now, not gone
+    if not fleet_store.live_runners(conn, model, kind_type.value, config.runner_gone_seconds):  # alive now, not gone
         reason = f"no runner serves model {model}"
     elif status is None:
         reason = "queued again: its job was lost (a restart of Redis) and is being recreated"

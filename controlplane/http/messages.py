@@ -9,7 +9,7 @@ from controlplane.errors import BadRequest
 
 M = TypeVar("M", bound=BaseModel)
 _MOST_PROBLEMS = 5
-_TYPE_TAGS = {"str", "int", "float", "bool", "none"}
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "constrained-str", "constrained-int", "constrained-float"}
 
 
 def field_path(loc: tuple) -> str:
@@ -19,8 +19,8 @@ def field_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part.isidentifier() and part not in _TYPE_TAGS and not part[:1].isupper():
-            path += f".{part}"
+        elif part not in _TYPE_TAGS and "[" not in part and not part[:1].isupper():
+            path += f".{part}"  # a field, or a key of a mapping
     return path.lstrip(".")
 
 

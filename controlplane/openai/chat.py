@@ -17,6 +17,7 @@ from redis import Redis
 
 from controlplane.config import Config
 from controlplane.errors import ApiError, BadRequest, NotFound
+from controlplane.openai import store as openai_store
 from controlplane.openai.input import ChatRequest, ImageRequest
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.service import SessionService, known_models
@@ -68,9 +69,7 @@ class OpenAIService:
         """The base models (text and image) and every fine-tuned text session the caller owns."""
         listed = [{"id": m, "object": "model", "created": 0, "owned_by": "helix"}
                   for kind in (SessionType.TEXT, SessionType.IMAGE) for m in known_models(conn, self.config, kind)]
-        for row in conn.execute(
-                "SELECT id, model_name, created FROM sessions WHERE owner = %s AND lora_dir <> ''"
-                " AND type = 'text' AND mode = 'inference' ORDER BY created", (user["id"],)):
+        for row in openai_store.fine_tuned_sessions(conn, user["id"]):
             listed.append({"id": fine_tuned_id(row), "object": "model", "created": _created(row["created"]),
                            "owned_by": user["id"], "parent": row["model_name"]})
         return listed

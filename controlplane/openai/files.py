@@ -14,6 +14,7 @@ from controlplane.config import Config
 from controlplane.errors import BadRequest, NotFound
 from controlplane.finetune import examples as finetune_examples
 from controlplane.http.fields import ensure_utf8
+from controlplane.openai import store as openai_store
 from controlplane.storage import db
 from controlplane.storage.filestore import Filestore, UserFiles
 
@@ -54,13 +55,11 @@ class OpenAIFiles:
         path = f"{FOLDER}/{file_id}.jsonl"
         db.after_rollback(conn, partial(files.remove, path))  # nothing half-written
         files.store.write(files.key(path), io.BytesIO(data))
-        return conn.execute(
-            "INSERT INTO openai_files (id, owner, filename, purpose, bytes, examples, path)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
-            (file_id, user["id"], filename, purpose, len(data), len(examples), path)).fetchone()
+        return openai_store.insert_file(conn, file_id=file_id, owner=user["id"], filename=filename,
+                                        purpose=purpose, size=len(data), examples=len(examples), path=path)
 
     def get(self, conn: psycopg.Connection, user: dict[str, Any], file_id: str, what: str = "file") -> dict[str, Any]:
-        row = conn.execute("SELECT * FROM openai_files WHERE id = %s AND owner = %s", (file_id, user["id"])).fetchone()
+        row = openai_store.get_file(conn, file_id, user["id"])
         if row is None:
             raise NotFound(f"no {what} with id {file_id[:100]!r}: GET /v1/files lists yours")
         return row
@@ -68,22 +67,13 @@ class OpenAIFiles:
     def list(self, conn: psycopg.Connection, user: dict[str, Any], purpose: str, after: str, limit: int,
              order: str) -> list[dict[str, Any]]:
         """One page, newest first (or oldest, `order=asc`), after the file `after`."""
-        sign, direction = ("<", "DESC") if order == "desc" else (">", "ASC")
-        where, params = ["owner = %s"], [user["id"]]
-        if purpose:
-            where.append("purpose = %s")
-            params.append(purpose)
-        if after:
-            cursor = self.get(conn, user, after)
-            where.append(f"(created, id) {sign} (%s, %s)")
-            params += [cursor["created"], cursor["id"]]
-        return conn.execute(f"SELECT * FROM openai_files WHERE {' AND '.join(where)}"
-                            f" ORDER BY created {direction}, id {direction} LIMIT %s", (*params, limit)).fetchall()
+        cursor = self.get(conn, user, after) if after else None
+        return openai_store.list_files(conn, user["id"], purpose, cursor, limit, newest_first=order == "desc")
 
     def delete(self, conn: psycopg.Connection, user: dict[str, Any], file_id: str) -> dict[str, Any]:
         """The row and the content; a job made from the file keeps its pairs (they were copied)."""
         row = self.get(conn, user, file_id)
-        conn.execute("DELETE FROM openai_files WHERE id = %s", (file_id,))
+        openai_store.delete_file(conn, file_id)
         # One removed through the filestore routes already is no error.
         db.after_commit(conn, partial(UserFiles(self.filestore, user["id"]).remove, row["path"]))
         return {"id": file_id, "object": "file", "deleted": True}

@@ -21,6 +21,7 @@ from controlplane.finetune import store as finetune_store
 from controlplane.finetune.examples import Pair, common_system
 from controlplane.fleet import scheduling
 from controlplane.fleet.dispatch import Dispatcher
+from controlplane.openai import store as openai_store
 from controlplane.openai.chat import FINE_TUNED_PREFIX, fine_tuned_id
 from controlplane.openai.files import OpenAIFiles
 from controlplane.sessions import store as sessions_store
@@ -199,13 +200,8 @@ class OpenAIFineTuning:
 
     def list(self, conn: psycopg.Connection, user: dict[str, Any], after: str, limit: int) -> list[dict[str, Any]]:
         """One page of the caller's jobs, newest first, after the job `after`."""
-        cursor, params = "", [user["id"]]
-        if after:
-            session, _ = self._job(conn, user, after)
-            cursor, params = " AND (created, id) < (%s, %s)", [user["id"], session["created"], session["id"]]
-        sessions = conn.execute(
-            f"SELECT * FROM sessions WHERE owner = %s AND config ? 'openai_job'{cursor}"
-            " ORDER BY created DESC, id DESC LIMIT %s", (*params, limit)).fetchall()
+        cursor = self._job(conn, user, after)[0] if after else None
+        sessions = openai_store.job_sessions(conn, user["id"], cursor, limit)
         return [job_view(s, _training_turn(sessions_store.get_interactions(conn, s["id"]))) for s in sessions]
 
     def events(self, conn: psycopg.Connection, user: dict[str, Any], job_id: str) -> list[dict[str, Any]]:

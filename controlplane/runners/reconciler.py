@@ -18,7 +18,6 @@ import threading
 import time
 
 from flask import Flask
-from psycopg.types.json import Jsonb
 from redis.exceptions import LockError
 from rq.job import JobStatus
 
@@ -64,8 +63,7 @@ class Reconciler:
             self._fail(conn, interaction, session["id"],
                        f"gave up after {MAX_ATTEMPTS} attempts: {reason}")
             return
-        conn.execute("UPDATE interactions SET metadata = metadata || %s, status = %s WHERE id = %s",
-                     (Jsonb({"attempts": attempts}), f"queued again ({reason})", interaction["id"]))
+        sessions_store.count_attempt(conn, interaction["id"], attempts, f"queued again ({reason})")
         self.dispatcher.enqueue(session, sessions_store.get_interactions(conn, session["id"]),
                                 interaction["id"])
         log.warning("re-queued interaction %s (%s), attempt %d", interaction["id"], reason, attempts)
@@ -78,8 +76,7 @@ class Reconciler:
         return self._fits[key]
 
     def _changed_within_grace(self, conn, interaction: dict) -> bool:
-        now = conn.execute("SELECT now() AS now").fetchone()["now"]
-        return (now - interaction["updated"]).total_seconds() < self.grace_seconds
+        return sessions_store.seconds_since_update(conn, interaction) < self.grace_seconds
 
     def check(self, conn, interaction_id: str, session_id: str, owner: str) -> str:
         """Reconciles one interaction; returns what it did (for logs and tests)."""

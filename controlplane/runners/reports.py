@@ -12,11 +12,11 @@ from functools import partial
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 from redis import Redis
 
 from controlplane.config import Config
 from controlplane.errors import BadRequest, Conflict, Forbidden, NotFound
+from controlplane.fleet import store as fleet_store
 from controlplane.fleet.dispatch import Dispatcher, job_stage
 from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
@@ -70,20 +70,12 @@ def register_runner(conn: psycopg.Connection, config: Config, token_id: str,
         bad = next((m for m in names if not SAFE_NAME.fullmatch(m)), None)
         if bad is not None:
             raise BadRequest(f"model name {bad[:60]!r} is not allowed: {_NAME_RULE}")
-    live = conn.execute(
-        "SELECT count(*) AS n FROM runners WHERE token_id = %s AND id <> %s"
-        " AND last_seen > now() - make_interval(secs => %s)", (token_id, runner_id, config.runner_ttl),
-    ).fetchone()["n"]
+    live = fleet_store.other_live_runners_of_token(conn, token_id, runner_id, config.runner_ttl)
     if live >= config.max_runners_per_token:
         raise Conflict(f"this runner token already has {live} live runners, the most one token may have:"
                        " reuse a runner id (HELIX_RUNNER_ID)")
-    row = conn.execute(
-        "INSERT INTO runners (id, token_id, models, info, state) VALUES (%s, %s, %s, %s, %s)"
-        " ON CONFLICT (id) DO UPDATE SET models = excluded.models, info = excluded.info, state = excluded.state,"
-        " last_seen = now() WHERE runners.token_id = excluded.token_id RETURNING id, models, first_seen, last_seen",
-        (runner_id, token_id, Jsonb({k: list(dict.fromkeys(v)) for k, v in models.items()}), Jsonb(info),
-         Jsonb(state)),
-    ).fetchone()
+    row = fleet_store.upsert_runner(conn, runner_id, token_id, {k: list(dict.fromkeys(v)) for k, v in models.items()},
+                                    info, state)
     if row is None:
         raise Conflict(f"runner id {runner_id!r} is registered with another runner token: a token cannot"
                        " take over another's runner; pick another HELIX_RUNNER_ID")
@@ -112,7 +104,7 @@ def check_runner(conn: psycopg.Connection, token_id: str, runner_id: str) -> Non
     """A token acts only for the runner ids registered with it (else 403)."""
     if not runner_id:
         raise BadRequest(f"name the runner: send its registered id in the {RUNNER_HEADER} header")
-    if conn.execute("SELECT 1 FROM runners WHERE id = %s AND token_id = %s", (runner_id, token_id)).fetchone() is None:
+    if not fleet_store.is_registered(conn, runner_id, token_id):
         raise Forbidden(f"runner {runner_id[:200]!r} is not registered with this runner token: register it first")
 
 

@@ -12,6 +12,7 @@ import psycopg
 from controlplane.config import Config
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.fleet import scheduling
+from controlplane.fleet import store as fleet_store
 from controlplane.fleet.dispatch import Dispatcher
 from controlplane.http.fields import optional_float, optional_int, required_choice, text_field
 from controlplane.sessions import events
@@ -54,14 +55,8 @@ def stop_cancelled_work(dispatcher: Dispatcher, session_id: str, interaction: di
 def known_models(conn: psycopg.Connection, config: Config, session_type: SessionType) -> list[str]:
     """Models from the configuration, then any that a runner seen within HELIX_RUNNER_TTL announced."""
     models = list(config.text_models if session_type == SessionType.TEXT else config.image_models)
-    for row in conn.execute(
-        "SELECT DISTINCT jsonb_array_elements_text(models -> %s) AS m FROM runners"
-        " WHERE last_seen > now() - make_interval(secs => %s) ORDER BY m",
-        (session_type.value, config.runner_ttl),
-    ):
-        if row["m"] not in models:
-            models.append(row["m"])
-    return models
+    return models + [m for m in fleet_store.announced_models(conn, session_type.value, config.runner_ttl)
+                     if m not in models]
 
 
 def _model_name(conn: psycopg.Connection, config: Config, form: Mapping[str, str],
@@ -87,11 +82,7 @@ CHARS_PER_TOKEN_BOUND = 8
 def context_length(conn: psycopg.Connection, config: Config, model: str) -> int | None:
     """The text model's context in tokens, as its live runners announced it (the smallest, since
     any of them may take the job); None when none did."""
-    return conn.execute(
-        "SELECT min((info ->> 'max_model_len')::numeric)::bigint AS n FROM runners WHERE models -> 'text' ? %s"
-        " AND jsonb_typeof(info -> 'max_model_len') = 'number' AND last_seen > now() - make_interval(secs => %s)",
-        (model, config.runner_ttl),
-    ).fetchone()["n"]
+    return fleet_store.smallest_context(conn, model, config.runner_ttl)
 
 
 def check_fits(conn: psycopg.Connection, config: Config, model: str, prompt: str, max_tokens: int | None) -> None:
@@ -111,11 +102,8 @@ def check_fits(conn: psycopg.Connection, config: Config, model: str, prompt: str
 def image_budget(conn: psycopg.Connection, config: Config, model: str) -> ImageBudget | None:
     """What the image model's live runners announced they can do (the strictest of them, since any
     of them may take the job); None when none did."""
-    rows = conn.execute(
-        "SELECT info FROM runners WHERE models -> 'image' ? %s AND info ? 'image_max_pixels'"
-        " AND last_seen > now() - make_interval(secs => %s)", (model, config.runner_ttl),
-    ).fetchall()
-    return ImageBudget.strictest(b for b in (ImageBudget.from_info(r["info"]) for r in rows) if b)
+    infos = fleet_store.image_budget_infos(conn, model, config.runner_ttl)
+    return ImageBudget.strictest(b for b in map(ImageBudget.from_info, infos) if b)
 
 
 def check_image_work(conn: psycopg.Connection, config: Config, model: str, params: dict[str, Any]) -> int | None:

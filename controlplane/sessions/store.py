@@ -192,3 +192,15 @@ def unfinished_system_interactions(conn: psycopg.Connection, older_than_seconds:
         " ORDER BY i.created, i.id LIMIT %s",
         (older_than_seconds, *(after or ()), limit),
     ).fetchall()
+
+
+def count_attempt(conn: psycopg.Connection, interaction_id: str, attempts: int, status: str) -> None:
+    """The interaction's job is queued again: its attempts so far, and a status saying why."""
+    conn.execute("UPDATE interactions SET metadata = metadata || %s, status = %s WHERE id = %s",
+                 (Jsonb({"attempts": attempts}), status, interaction_id))
+
+
+def seconds_since_update(conn: psycopg.Connection, interaction: dict[str, Any]) -> float:
+    """By the database's clock, which wrote `updated` (a replica's own clock may differ)."""
+    now = conn.execute("SELECT now() AS now").fetchone()["now"]
+    return (now - interaction["updated"]).total_seconds()

@@ -1,0 +1,62 @@
+"""The runners table: what each runner announced (models, facts, state) and when it was last seen.
+
+Every read here is of live runners: seen within `seconds` (HELIX_RUNNER_TTL, or the shorter
+HELIX_RUNNER_GONE_SECONDS where a runner must be alive now).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+_LIVE = "last_seen > now() - make_interval(secs => %s)"
+
+
+def announced_models(conn: psycopg.Connection, session_type: str, seconds: float) -> list[str]:
+    """The models of a type that live runners announced, by name."""
+    return [row["m"] for row in conn.execute(
+        f"SELECT DISTINCT jsonb_array_elements_text(models -> %s) AS m FROM runners WHERE {_LIVE} ORDER BY m",
+        (session_type, seconds))]
+
+
+def live_runners(conn: psycopg.Connection, model: str, session_type: str, seconds: float) -> list[dict[str, Any]]:
+    """Each live runner serving `model` (as a model of `session_type`): its id and facts."""
+    return conn.execute(f"SELECT id, info FROM runners WHERE models -> %s ? %s AND {_LIVE}",
+                        (session_type, model, seconds)).fetchall()
+
+
+def smallest_context(conn: psycopg.Connection, model: str, seconds: float) -> int | None:
+    """The smallest context (max_model_len) live runners of the text model announced; None: none did."""
+    return conn.execute(
+        "SELECT min((info ->> 'max_model_len')::numeric)::bigint AS n FROM runners WHERE models -> 'text' ? %s"
+        f" AND jsonb_typeof(info -> 'max_model_len') = 'number' AND {_LIVE}", (model, seconds),
+    ).fetchone()["n"]
+
+
+def image_budget_infos(conn: psycopg.Connection, model: str, seconds: float) -> list[dict[str, Any]]:
+    """The facts of each live runner of the image model that announced a work budget."""
+    return [row["info"] for row in conn.execute(
+        f"SELECT info FROM runners WHERE models -> 'image' ? %s AND info ? 'image_max_pixels' AND {_LIVE}",
+        (model, seconds))]
+
+
+def other_live_runners_of_token(conn: psycopg.Connection, token_id: str, runner_id: str, seconds: float) -> int:
+    return conn.execute(f"SELECT count(*) AS n FROM runners WHERE token_id = %s AND id <> %s AND {_LIVE}",
+                        (token_id, runner_id, seconds)).fetchone()["n"]
+
+
+def upsert_runner(conn: psycopg.Connection, runner_id: str, token_id: str, models: dict[str, list[str]],
+                  info: dict[str, Any], state: dict[str, Any]) -> dict[str, Any] | None:
+    """Records an announcement; None when the id belongs to another token (which keeps it)."""
+    return conn.execute(
+        "INSERT INTO runners (id, token_id, models, info, state) VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET models = excluded.models, info = excluded.info, state = excluded.state,"
+        " last_seen = now() WHERE runners.token_id = excluded.token_id RETURNING id, models, first_seen, last_seen",
+        (runner_id, token_id, Jsonb(models), Jsonb(info), Jsonb(state)),
+    ).fetchone()
+
+
+def is_registered(conn: psycopg.Connection, runner_id: str, token_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM runners WHERE id = %s AND token_id = %s",
+                        (runner_id, token_id)).fetchone() is not None
