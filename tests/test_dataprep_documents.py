@@ -137,6 +137,16 @@ def test_text_decodes_utf8_with_bom_and_falls_back_to_latin1():
     assert extract_text("e.txt", "Notepad’s UTF-16".encode("utf-16")) == "Notepad’s UTF-16"
 
 
+@pytest.mark.parametrize("text, encoding", [
+    ("Привет! Это документ о кошках и собаках, которые живут вместе в одном доме.", "cp1251"),
+    ("これは猫と犬についての文書です。彼らは一緒に住んでいます。", "shift_jis"),
+    ("The naïve café served crème brûlée — delicious.", "cp1252"),
+])
+def test_text_in_a_legacy_code_page_is_read_in_it(text, encoding):
+    """Found by charset_normalizer: Windows-1252 alone turned Russian and Japanese into mojibake."""
+    assert extract_text("legacy.txt", text.encode(encoding)) == text
+
+
 def test_empty_whitespace_and_markup_only_files_are_rejected():
     with pytest.raises(DocumentError, match=r"empty\.txt: the file is empty"):
         extract_text("empty.txt", b"")

@@ -154,24 +154,37 @@ def _unix_newlines(text: str) -> str:
 
 def _decode_text(source: str, data: bytes, charset: str | None = None) -> str:
     """The declared charset, else UTF-8 (UTF-16 with a byte-order mark, as Windows saves it);
-    failing those Windows-1252 or latin-1, kept only when the result reads as text."""
+    failing those, the encoding charset_normalizer finds (Windows-1252 where it reads as well as
+    the best guess: short Western text fits many code pages), kept only when it reads as text."""
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         charset = "utf-16"
     elif b"\x00" in data:
         raise DocumentError(source, "binary content (NUL bytes), not text")
     text = None
-    for encoding in filter(None, (charset, "utf-8-sig", "cp1252")):
+    for encoding in filter(None, (charset, "utf-8-sig")):
         try:
             text = data.decode(encoding)
             break
         except (UnicodeDecodeError, LookupError):
             continue
     if text is None:
-        text = data.decode("latin-1")
+        text = _guess_encoding(data)
     unprintable = sum(1 for ch in text if not (ch.isprintable() or ch.isspace()))
     if unprintable > 0.05 * len(text):
         raise DocumentError(source, "binary content (too many unprintable characters), not text")
     return text
+
+
+def _guess_encoding(data: bytes) -> str:
+    from charset_normalizer import from_bytes  # imported here: most documents are UTF-8
+
+    matches = from_bytes(data)
+    best = matches.best()
+    if best is None:
+        return data.decode("latin-1")  # every byte is a character: the printable check decides
+    western = next((m for m in matches if m.encoding == "cp1252" and m.chaos <= best.chaos
+                    and m.coherence >= best.coherence), None)
+    return str(western or best)
 
 
 def _html_text(html: str, check_stop: Callable[[], None] = _keep_going) -> str:
