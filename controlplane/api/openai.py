@@ -9,10 +9,11 @@ import json
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
 from controlplane.errors import ApiError, BadRequest
+from controlplane.http import event_stream
 from controlplane.openai import input as openai_input
 from controlplane.openai.chat import chat_completion, final_reply, image_response, stream_chunks
 from controlplane.sessions import events
@@ -97,20 +98,15 @@ def _answer(session: dict[str, Any], model: str, completion: bool, stream: bool,
             release()
         return jsonify(chat_completion(session, reply, model, completion))
 
-    def body():
+    def chunks():
         try:
             for piece in stream_chunks(session, reply_id, model, completion, include_usage, items):
-                yield ": keep-alive\n\n" if piece is None else f"data: {json.dumps(piece)}\n\n"
-            yield "data: [DONE]\n\n"
+                yield event_stream.KEEP_ALIVE if piece is None else event_stream.message(piece)
+            yield event_stream.message("[DONE]")
         except ApiError as err:  # the reply failed after the stream began: say so in the stream
-            yield f"data: {json.dumps({'error': openai_error(err.message, err.status)})}\n\n"
-        finally:
-            release()
+            yield event_stream.message({"error": openai_error(err.message, err.status)})
 
-    response = Response(stream_with_context(body()), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    response.call_on_close(release)
-    return response
+    return event_stream.response(chunks(), release)
 
 
 def _text_call(parse, completion: bool):

@@ -1,12 +1,13 @@
 """The Helix sessions routes, and the session's live events stream."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from flask import Blueprint, current_app, g, jsonify, request
 
 from controlplane import metrics
 from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest, NotFound
 from controlplane.fleet import scheduling
+from controlplane.http import event_stream
 from controlplane.http.fields import optional_int, text_field
 from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
@@ -153,14 +154,4 @@ def session_events(session_id: str):
         return session_view(row) if row else None
 
     release = app.extensions["event_streams"].acquire(owner, session_id)
-
-    def body():
-        try:
-            yield from events.stream(app.extensions["redis"], session_id, read_session)
-        finally:  # the client left (a write failed) or the stream ended: the slot is free now
-            release()
-
-    response = Response(stream_with_context(body()), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    response.call_on_close(release)  # also when the body never started (a HEAD request)
-    return response
+    return event_stream.response(events.stream(app.extensions["redis"], session_id, read_session), release)

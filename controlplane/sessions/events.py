@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 from redis import Redis
 
 from controlplane.errors import ServiceUnavailable, TooManyRequests
+from controlplane.http import event_stream
 from shared.updates import EVENT_DELTA, EVENT_INTERACTION, partial_text_key, session_channel
 
 # An idle stream writes a comment this often: a write is how a server learns that its client
@@ -66,10 +67,6 @@ def publish(redis: Redis, session_id: str, event: str, data: dict[str, Any]) -> 
         redis.publish(session_channel(session_id), json.dumps({"event": event, "data": data}))
     except Exception:
         pass  # live events are best effort; PostgreSQL holds the truth
-
-
-def sse(event: str, data: Any) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
 def _finished(view: dict[str, Any] | None) -> bool:
@@ -167,4 +164,4 @@ def stream(redis: Redis, session_id: str, read_session: Callable[[], dict[str, A
     """session_events as server-sent events; an idle stream writes a comment every
     PING_SECONDS, so a client that left is noticed promptly."""
     for item in session_events(redis, session_id, read_session, max_seconds):
-        yield ": keep-alive\n\n" if item is None else sse(*item)
+        yield event_stream.KEEP_ALIVE if item is None else event_stream.message(item[1], event=item[0])
