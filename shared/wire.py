@@ -11,6 +11,7 @@ error that says which side to upgrade, instead of misreading its messages.
 """
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
@@ -32,7 +33,9 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_unset=True)  # what was given: the other side has the defaults
+        """What was set (the other side has the defaults), as JSON has it: a NaN or infinite
+        number (a diverged loss) becomes null, where requests would refuse to send it at all."""
+        return json.loads(self.model_dump_json(exclude_unset=True))
 
 
 class InteractionUpdate(Message):
@@ -94,7 +97,8 @@ class MetricsReport(Message):
     """Training points to add to the history: POST …/finetune/metrics. A run that starts sends
     `from_step`, the step it starts at; what an interrupted run reported past it is dropped."""
 
-    points: Annotated[list[dict[str, StrictInt | StrictFloat]], Field(max_length=10_000)]
+    # A loss that diverged (NaN, infinite) travels as null: JSON and PostgreSQL have no NaN.
+    points: Annotated[list[dict[str, StrictInt | StrictFloat | None]], Field(max_length=10_000)]
     from_step: Annotated[StrictInt, Field(ge=0)] | None = None
 
 

@@ -79,3 +79,11 @@ def test_delivery_gives_up_after_five_tries(stand_in):
     with pytest.raises(requests.HTTPError) as failed:
         client(stand_in).report("s", "i", "metrics", MetricsReport(points=[]))
     assert getattr(failed.value.response, "status_code", None) == 503 and len(stand_in.received) == 5
+
+
+@pytest.mark.parametrize("stand_in", [[]], indirect=True)
+def test_a_diverged_loss_travels_as_null(stand_in):
+    """NaN is not JSON (nor storable in PostgreSQL's jsonb): a diverged run still reports its steps."""
+    client(stand_in).report("s", "i", "metrics", MetricsReport(points=[{"step": 3, "loss": float("nan")}]))
+    assert stand_in.received[0][1] == {"points": [{"step": 3, "loss": None}]}
+    assert MetricsReport.model_validate(stand_in.received[0][1]).points[0]["loss"] is None
