@@ -8,7 +8,7 @@ import pytest
 from redis import Redis
 
 from controlplane.sessions import events
-from shared.updates import EVENT_INTERACTION
+from shared.updates import EVENT_DELTA, EVENT_INTERACTION, partial_text_key
 
 
 def view(finished: bool, message: str = "") -> dict:
@@ -52,3 +52,37 @@ def test_a_missed_final_event_is_sent_from_the_database_at_the_next_keepalive(re
     got = parse(events.stream(redis, "s1", lambda: next(reads), max_seconds=10))
     assert [name for name, _ in got] == ["session", "session", "end"]
     assert got[1][1]["interactions"][0]["message"] == "from postgres"
+
+
+def test_a_stored_copy_arriving_after_later_deltas_does_not_take_the_text_back(redis):
+    """The runner stores its text through the control plane while it goes on streaming deltas
+    straight to Redis: the stored copy's event can come after deltas past it. Seen in a CI run
+    on a loaded machine as a reply with a gap, to a client that connected mid-reply."""
+    key = partial_text_key("i1")
+    redis.delete(key)
+
+    def stream(offset: int, piece: str) -> None:  # as runner/text/stream.py publishes a delta
+        redis.append(key, piece)
+        events.publish(redis, "s1", EVENT_DELTA, {"interaction_id": "i1", "delta": piece, "offset": offset})
+
+    def read_session():
+        stream(0, "Hello")
+        stream(5, " world")
+        # The copy stored when the runner had "Hello", published only now.
+        events.publish(redis, "s1", EVENT_INTERACTION, view(False, "Hello")["interactions"][0])
+        stream(11, ", again")
+        events.publish(redis, "s1", EVENT_INTERACTION, view(True, "Hello world, again")["interactions"][0])
+        return view(False)
+
+    text = ""
+    for name, data in parse(events.stream(redis, "s1", read_session, max_seconds=10)):
+        if name == "delta":
+            text += data["delta"]
+        elif name == "interaction" and data["finished"]:
+            break
+        elif name == "interaction":
+            text = data["message"]  # a stored copy replaces the text so far
+        elif name == "session":
+            text = data["interactions"][0]["message"]
+    assert text == "Hello world, again"  # before the final event: was "Hello, again"
+    redis.delete(key)
