@@ -33,7 +33,7 @@ def file_view(files: UserFiles, info: FileInfo) -> dict:
 def list_files():
     files = _files()
     path = _path(request.args.get("path"))
-    return jsonify([file_view(files, i) for i in files.store.list(files.key(path))])
+    return jsonify([file_view(files, i) for i in files.list(path)])
 
 
 @bp.get("/get")
@@ -41,18 +41,18 @@ def list_files():
 def get_file():
     files = _files()
     path = _path(request.args.get("path"), allow_root=False)
-    return jsonify(file_view(files, files.store.stat(files.key(path))))
+    return jsonify(file_view(files, files.stat(path)))
 
 
 @bp.get("/viewer/<path:path>")
 @require_user
 def viewer(path: str):
     files = _files()
-    key = files.key(_path(path, allow_root=False))
-    info = files.store.stat(key)
+    path = _path(path, allow_root=False)
+    info = files.stat(path)
     if info.directory:
         raise BadRequest("path is a folder")
-    body = files.store.open(key)
+    body = files.open(path)
     mimetype = mimetypes.guess_type(info.name)[0] or "application/octet-stream"
     # A user's HTML or SVG must never run as a page of this origin: a sandboxed, script-free view.
     return Response(body, mimetype=mimetype, headers={"Content-Length": str(info.size),
@@ -79,7 +79,7 @@ def upload():
     saved, written = [], []
     try:
         for upload, target in zip(uploads, targets):
-            saved.append(file_view(files, files.store.write(files.key(target), upload.stream)))
+            saved.append(file_view(files, files.write(target, upload.stream)))
             written.append(target)
     except BaseException:
         # A write that still fails (a body cut short, a folder made meanwhile) takes back the
@@ -87,7 +87,7 @@ def upload():
         for target in written:
             if target in new:
                 try:
-                    files.store.delete(files.key(target))
+                    files.delete(target)
                 except Exception:
                     pass  # gone already: nothing to take back
         raise
@@ -117,7 +117,7 @@ def _check_targets(files: UserFiles, folder: str, targets: list[str]) -> set[str
 
 def _stat(files: UserFiles, path: str) -> FileInfo | None:
     try:
-        return files.store.stat(files.key(path))
+        return files.stat(path)
     except NotFound:
         return None
 
@@ -127,7 +127,7 @@ def _stat(files: UserFiles, path: str) -> FileInfo | None:
 def folder():
     files = _files()
     path = _path(request.args.get("path"), allow_root=False)
-    return jsonify(file_view(files, files.store.mkdir(files.key(path)))), 201
+    return jsonify(file_view(files, files.mkdir(path))), 201
 
 
 @bp.put("/rename")
@@ -138,7 +138,7 @@ def rename():
     new_path = _path(request.args.get("new_path"), allow_root=False)
     if new_path == path or new_path.startswith(path + "/"):
         raise BadRequest("new_path must not be the path itself or inside it")
-    return jsonify(file_view(files, files.store.rename(files.key(path), files.key(new_path))))
+    return jsonify(file_view(files, files.rename(path, new_path)))
 
 
 @bp.delete("/delete")
@@ -146,5 +146,5 @@ def rename():
 def delete():
     files = _files()
     path = _path(request.args.get("path"), allow_root=False)
-    files.store.delete(files.key(path))
+    files.delete(path)
     return jsonify(deleted=path)

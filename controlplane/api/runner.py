@@ -115,7 +115,7 @@ def upload_result(session_id: str, interaction_id: str):
         session = sessions_store.get_session_any_owner(conn, session_id)
         files = UserFiles(current_app.extensions["filestore"], session["owner"])
         path = f"{session_outputs(session_id)}/{interaction_id}/{name}"
-        files.store.write(files.key(path), upload.stream)
+        files.write(path, upload.stream)
     return jsonify(path=path), 201
 
 
@@ -144,10 +144,10 @@ def download_input(session_id: str):
                    if i["creator"] == "system" and not i["finished"]):
             raise Conflict(f"runner {runner_id!r} is running none of this session's jobs")
     files = UserFiles(current_app.extensions["filestore"], session["owner"])
-    info = files.store.stat(files.key(path))
+    info = files.stat(path)
     if info.directory:
         raise BadRequest("path is a folder")
-    return Response(files.store.open(files.key(path)), mimetype="application/octet-stream",
+    return Response(files.open(path), mimetype="application/octet-stream",
                     headers={"Content-Length": str(info.size)}, direct_passthrough=True)
 
 

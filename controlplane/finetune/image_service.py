@@ -43,7 +43,7 @@ class ImageFinetuneService:
         paths = []
         for image in images:
             path = f"{session_folder(session_id)}/images/{image.name}"
-            store.store.write(store.key(path), io.BytesIO(image.data))
+            store.write(path, io.BytesIO(image.data))
             paths.append(path)
         session = sessions_store.insert_session(
             conn, owner=user["id"], mode=SessionMode.FINETUNE, type=SessionType.IMAGE, model_name=model,

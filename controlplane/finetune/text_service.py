@@ -75,7 +75,7 @@ class FinetuneService:
         store = UserFiles(self.filestore, owner)
         for upload, name in zip(files, names):
             path = f"{session_folder(session_id)}/documents/{name}"
-            store.store.write(store.key(path), upload.stream)
+            store.write(path, upload.stream)
             stored.append(path)
 
     def _add_documents_turn(self, conn, session, message: str, paths: list[str], urls: list[str]) -> list[dict]:
@@ -218,8 +218,8 @@ class FinetuneService:
         adapter_files = IMAGE_ADAPTER_FILES if image else ADAPTER_FILES
         for path in documents["files"] + ([f"{source['lora_dir']}/{n}" for n in adapter_files] if mode == "all" else []):
             target = path.replace(session_folder(session_id), session_folder(new_id), 1)
-            with files.store.open(files.key(path)) as data:
-                files.store.write(files.key(target), data)
+            with files.open(path) as data:
+                files.write(target, data)
             moved[path] = target
         new_lora = source["lora_dir"].replace(session_folder(session_id), session_folder(new_id), 1) if mode == "all" else ""
         clone = sessions_store.insert_session(

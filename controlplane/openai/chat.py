@@ -117,7 +117,7 @@ class OpenAIService:
 
     def image_data(self, user: dict[str, Any], path: str) -> str:
         files = UserFiles(self.filestore, user["id"])
-        with files.store.open(files.key(path)) as f:
+        with files.open(path) as f:
             return base64.b64encode(f.read()).decode()
 
 

@@ -54,7 +54,7 @@ class OpenAIFiles:
         files = UserFiles(self.filestore, user["id"])
         path = f"{FOLDER}/{file_id}.jsonl"
         db.after_rollback(conn, partial(files.remove, path))  # nothing half-written
-        files.store.write(files.key(path), io.BytesIO(data))
+        files.write(path, io.BytesIO(data))
         return openai_store.insert_file(conn, file_id=file_id, owner=user["id"], filename=filename,
                                         purpose=purpose, size=len(data), examples=len(examples), path=path)
 
@@ -81,7 +81,7 @@ class OpenAIFiles:
     def content(self, user: dict[str, Any], row: dict[str, Any]) -> bytes:
         files = UserFiles(self.filestore, user["id"])
         try:
-            with files.store.open(files.key(row["path"])) as f:
+            with files.open(row["path"]) as f:
                 return f.read()
         except NotFound:
             raise NotFound(f"the content of {row['id']} is gone from your filestore ({row['path']})") from None

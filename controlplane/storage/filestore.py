@@ -296,12 +296,35 @@ class UserFiles:
     def key(self, path: str) -> str:
         return f"{self.root}/{path}" if path else self.root
 
+    # The store's operations on the user's own paths (already checked by user_path).
+
+    def write(self, path: str, data: BinaryIO) -> FileInfo:
+        return self.store.write(self.key(path), data)
+
+    def open(self, path: str) -> BinaryIO:
+        return self.store.open(self.key(path))
+
+    def stat(self, path: str) -> FileInfo:
+        return self.store.stat(self.key(path))
+
+    def list(self, path: str) -> list[FileInfo]:
+        return self.store.list(self.key(path))
+
+    def mkdir(self, path: str) -> FileInfo:
+        return self.store.mkdir(self.key(path))
+
+    def rename(self, path: str, new_path: str) -> FileInfo:
+        return self.store.rename(self.key(path), self.key(new_path))
+
+    def delete(self, path: str) -> None:
+        self.store.delete(self.key(path))
+
     def remove(self, *paths: str) -> None:
         """Removes files or folders of the user's; one already gone is no error (a clean-up
         after a refused request, or after the user deleted it through the filestore routes)."""
         for path in paths:
             try:
-                self.store.delete(self.key(path))
+                self.delete(path)
             except NotFound:
                 pass
 
