@@ -29,6 +29,7 @@ USER_TURN = [{"role": "user", "content": "hi"}]
     ({"model": "m", "messages": USER_TURN, "max_completion_tokens": 10**9},
      "'max_completion_tokens' must be a whole number from 1 to"),
     ({"model": "m", "messages": USER_TURN, "stop": [""]}, "'stop"),
+    ({"model": "m", "messages": USER_TURN, "stop": ""}, "'stop"),
     ({"model": "m", "messages": USER_TURN, "stop": ["a", "b", "c", "d", "e"]}, "'stop"),
     ({"model": "m", "messages": USER_TURN, "stream": "yes"}, "'stream'"),
     ({"model": "m", "messages": USER_TURN, "stream": True, "n": 2}, "'n' above 1"),

@@ -99,8 +99,8 @@ class _TextBody(_Lenient):
     n: Annotated[StrictInt, Field(ge=1, le=MAX_CHOICES)] | None = None
     presence_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
-    stop: StrictStr | Annotated[list[Annotated[StrictStr, Field(min_length=1)]],
-                                Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    stop: Annotated[StrictStr, Field(min_length=1)] | Annotated[
+        list[Annotated[StrictStr, Field(min_length=1)]], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     response_format: ResponseFormat | None = None
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
