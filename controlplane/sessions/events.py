@@ -92,19 +92,6 @@ def with_streamed_text(redis: Redis, view: dict[str, Any] | None) -> dict[str, A
     return view
 
 
-def _caught_up(redis: Redis, interaction: dict[str, Any]) -> dict[str, Any]:
-    """A stored copy of a reply in progress, brought up to the text the runner has streamed. The
-    runner stores its text through the control plane while it goes on publishing deltas straight
-    to Redis, so the copy's event can arrive after deltas past it: sent as it was, it would take a
-    client's text back, and the deltas after it would leave a gap."""
-    try:
-        streamed = redis.get(partial_text_key(interaction["id"]))
-    except Exception:
-        return interaction
-    text = streamed.decode("utf-8", "replace") if streamed is not None else ""
-    return {**interaction, "message": text} if len(text) > len(interaction.get("message") or "") else interaction
-
-
 def _unseen(delta: dict[str, Any], known: dict[str, int]) -> dict[str, Any] | None:
     """The part of a delta this client has not had yet (in the snapshot, or an earlier event),
     by the delta's offset in its reply; None when it had all of it."""
@@ -164,7 +151,11 @@ def session_events(redis: Redis, session_id: str, read_session: Callable[[], dic
                     continue
             elif event == EVENT_INTERACTION:
                 if not data.get("finished") and len(data.get("message") or "") < known.get(data["id"], 0):
-                    data = _caught_up(redis, data)
+                    # A stored copy of a reply in progress: the runner stores its text through the
+                    # control plane while it goes on publishing deltas straight to Redis, so the copy
+                    # can arrive after deltas past it. Sent as it was, it would take a client's text
+                    # back and the next delta would leave a gap: bring it up to the streamed text.
+                    with_streamed_text(redis, {"interactions": [data]})
                 known[data["id"]] = len(data.get("message") or "")
             yield event, data
             if event == EVENT_INTERACTION and data.get("finished"):
