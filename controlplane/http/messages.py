@@ -1,14 +1,13 @@
 """A JSON body read with the declared type of its message (pydantic), or a 400 naming what to fix."""
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from controlplane.errors import BadRequest
 
 M = TypeVar("M", bound=BaseModel)
-_MOST_PROBLEMS = 5
 _TYPE_TAGS = {"str", "int", "float", "bool", "none", "constrained-str", "constrained-int", "constrained-float"}
 
 
@@ -24,21 +23,28 @@ def field_path(loc: tuple) -> str:
     return path.lstrip(".")
 
 
-def _problem(error: dict[str, Any], model: type[BaseModel]) -> str:
-    field = field_path(error["loc"]) or "body"
+def _problem(path: str, error: dict[str, Any], model: type[BaseModel]) -> str:
     if error["type"] == "extra_forbidden":
         known = f" (known: {', '.join(model.model_fields)})" if len(error["loc"]) == 1 else ""
-        return f"{field}: unknown field{known}"
-    return f"{field}: {error['msg']}"
+        return f"{path or 'body'}: unknown field{known}"
+    return f"{path or 'body'}: {error['msg']}"
 
 
-def parsed(model: type[M], body: Any, what: str) -> M:
-    """`body` (a request's JSON, None when it was not JSON) as `model`."""
+def validated(model: type[M], body: Any, *, not_an_object: str,
+              describe: Callable[[str, dict[str, Any]], str], most: int = 5, prefix: str = "") -> M:
+    """`body` (a request's JSON, None when it was not JSON) as `model`, or a 400 listing the first
+    `most` problems, each as `describe(field path, pydantic's error)` words it."""
     if not isinstance(body, dict):
-        raise BadRequest(f"send the {what} as a JSON object")
+        raise BadRequest(not_an_object)
     try:
         return model.model_validate(body)
     except ValidationError as err:
-        problems = list(dict.fromkeys(_problem(e, model) for e in err.errors()))
-        more = f" (and {len(problems) - _MOST_PROBLEMS} more)" if len(problems) > _MOST_PROBLEMS else ""
-        raise BadRequest(f"{what}: " + "; ".join(problems[:_MOST_PROBLEMS]) + more) from None
+        problems = list(dict.fromkeys(describe(field_path(e["loc"]), e) for e in err.errors()))
+        more = f" (and {len(problems) - most} more)" if len(problems) > most else ""
+        raise BadRequest(prefix + "; ".join(problems[:most]) + more) from None
+
+
+def parsed(model: type[M], body: Any, what: str) -> M:
+    """A runner's message: `what` names it in the error."""
+    return validated(model, body, not_an_object=f"send the {what} as a JSON object", prefix=f"{what}: ",
+                     describe=lambda path, error: _problem(path, error, model))

@@ -21,14 +21,13 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
-    ValidationError,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from controlplane.errors import BadRequest
 from controlplane.http.fields import ensure_utf8
-from controlplane.http.messages import field_path
+from controlplane.http.messages import validated
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -155,21 +154,15 @@ class ChatRequest:
     include_usage: bool = False
 
 
+def _openai_problem(path: str, error: dict[str, Any]) -> str:
+    """A problem named as OpenAI's documentation spells the parameter."""
+    if error["loc"] == ("model",):
+        return "'model' is required, the name of a model: GET /v1/models lists them"
+    return f"'{path}': {error['msg']}" if path else error["msg"]
+
+
 def _parsed(model: type[M], body: Any) -> M:
-    """The body as `model`, or a 400 naming each parameter as OpenAI's documentation spells it."""
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            where = field_path(e["loc"])
-            if e["loc"] == ("model",):
-                problems.append("'model' is required, the name of a model: GET /v1/models lists them")
-            else:
-                problems.append(f"'{where}': {e['msg']}" if where else e["msg"])
-        raise BadRequest("; ".join(list(dict.fromkeys(problems))[:3])) from None
+    return validated(model, body, not_an_object="the body must be a JSON object", describe=_openai_problem, most=3)
 
 
 def _text(value: str | list[TextPart], where: str, max_chars: int) -> str:
