@@ -342,6 +342,19 @@ def hold_job(redis_url: str, interaction_id: str, runner_id: str, stage: str = "
     return name
 
 
+def wait_until(condition, timeout: float, what: str, interval: float = 0.2, detail=None):
+    """Polls `condition` until it returns something true; fails saying `what` did not happen
+    (and what `detail()` says about it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout:.0f}s: {what}" + (f": {detail()}" if detail else ""))
+        time.sleep(interval)
+
+
 def wait_for_session(base_url: str, user: User, session_id: str, timeout: float = 60,
                      until=lambda s: s["interactions"][-1]["finished"]) -> dict:
     deadline = time.monotonic() + timeout

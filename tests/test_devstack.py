@@ -13,6 +13,7 @@ import requests
 
 from controlplane.devstack.embedded import free_port
 from controlplane.devstack.stack import Child
+from tests.conftest import wait_until
 
 
 def start_up(state_dir, port, pg_port, redis_port):
@@ -137,13 +138,6 @@ def platform_child(up, needle):
     return None
 
 
-def wait_until(condition, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.5)
-
-
 def healthy(port) -> bool:
     try:
         return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok
@@ -171,7 +165,7 @@ def test_up_restarts_parts_that_die_and_loses_nothing(tmp_path):
         for store in ("valkey", "postgres"):
             platform_child(proc, store).kill()
             # Requests in between get a 503 (or no answer); then the store is back on its data.
-            wait_until(lambda: create(store) == 201, f"{store} did not come back")
+            wait_until(lambda: create(store) == 201, 60, f"{store} did not come back", interval=0.5)
         assert requests.get(f"{url}/{first.json()['id']}", headers=headers).status_code == 200
 
         # The control plane, once it has run a while, is restarted too.
@@ -182,7 +176,7 @@ def test_up_restarts_parts_that_die_and_loses_nothing(tmp_path):
         killed.kill()
         wait_until(lambda: (platform_child(proc, "gunicorn") or killed).pid != killed.pid and healthy(port)
                    and not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in orphans),
-                   "the control plane did not come back")
+                   60, "the control plane did not come back", interval=0.5)
         assert requests.get(f"{url}/{first.json()['id']}", headers=headers).status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)

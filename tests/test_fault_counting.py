@@ -43,7 +43,7 @@ from controlplane.http.serving import gunicorn_command
 from controlplane.storage.migrate import apply_migrations
 from shared.jobs import WorkKind, job_id_for, queue_name
 from shared.runners import runner_of_worker
-from tests.conftest import Process, User, freeze, start_runner, thaw, vllm_server
+from tests.conftest import Process, User, freeze, start_runner, thaw, vllm_server, wait_until
 
 MODEL = "helix/tiny-chat-faults"  # served only by this module's runners
 MAX_TOKENS = 24
@@ -64,19 +64,6 @@ END $$;
 CREATE TRIGGER fault_final_updates AFTER UPDATE ON interactions
     FOR EACH ROW WHEN (NEW.finished) EXECUTE FUNCTION fault_record_final_update();
 """
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.2, detail=None):
-    """Polls `condition` until it returns something true; fails saying `what` did not happen
-    (and what `detail()` says about it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"after {timeout:.0f}s: {what}" + (f": {detail()}" if detail else ""))
-        time.sleep(interval)
 
 
 class Stack:
