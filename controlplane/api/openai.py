@@ -14,10 +14,12 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from controlplane.accounts.auth import require_user
 from controlplane.errors import ApiError, BadRequest
 from controlplane.http import event_stream
+from controlplane.http.forms import read_form
 from controlplane.openai import input as openai_input
 from controlplane.openai.chat import chat_completion, final_reply, image_response, stream_chunks
 from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
+from controlplane.sessions.input import ContinueChat
 from controlplane.sessions.service import known_models
 from controlplane.sessions.views import session_view
 from controlplane.storage import db
@@ -197,7 +199,7 @@ def helix_session_chat():
                                          config.max_input_chars)
         with _call_slot() as release, db.transaction() as conn:
             session = current_app.extensions["session_service"].continue_chat(
-                conn, g.user, session_id, {"input": call.turns[-1][1]})
+                conn, g.user, session_id, read_form(ContinueChat, {"input": call.turns[-1][1]}))
         return _answer(session, session["model_name"], False, call.stream, False, release)
     with db.transaction() as conn:
         model = body.get("model") or next(iter(known_models(conn, current_app.config["HELIX"], SessionType.TEXT)), "")

@@ -5,13 +5,16 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from controlplane import metrics
 from controlplane.accounts.auth import require_user
-from controlplane.errors import BadRequest, NotFound
+from controlplane.errors import NotFound
+from controlplane.finetune.image_input import ImageFinetuneForm
+from controlplane.finetune.text_input import TextFinetuneForm
 from controlplane.fleet import scheduling
 from controlplane.http import event_stream
 from controlplane.http.fields import optional_int, text_field
+from controlplane.http.forms import read_form, request_fields
 from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
-from controlplane.sessions.service import session_kind
+from controlplane.sessions.input import ContinueChat, NewSession, SessionKind
 from controlplane.sessions.views import session_view
 from controlplane.storage import db
 from shared.types import SessionMode, SessionType
@@ -21,24 +24,6 @@ bp = Blueprint("sessions", __name__, url_prefix="/api/v1/sessions")
 
 def _service():
     return current_app.extensions["session_service"]
-
-
-def _form() -> dict[str, str]:
-    """Form fields from urlencoded or multipart bodies, or a JSON object for SDK users."""
-    if request.is_json:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise BadRequest("JSON body must be an object")
-        form = {}
-        for key, value in body.items():
-            if isinstance(value, (dict, list)):
-                raise BadRequest(f"'{key}' must be a string or a number, not {type(value).__name__}")
-            if isinstance(value, bool):
-                value = str(value).lower()
-            if value is not None:
-                form[key] = value if isinstance(value, str) else str(value)
-        return form
-    return request.form.to_dict()
 
 
 def _session_or_404(conn, session_id: str):
@@ -51,17 +36,19 @@ def _session_or_404(conn, session_id: str):
 @bp.post("")
 @require_user
 def create_session():
-    form = _form()
+    body = request_fields()
     files = [f for f in request.files.getlist("files") if f.filename]
-    mode, session_type = session_kind(form)
+    kind = read_form(SessionKind, body)
+    limits = {"input_max_chars": current_app.config["HELIX"].max_input_chars}
     with db.transaction() as conn:
-        if mode == SessionMode.FINETUNE:
-            model = _service().model_for(conn, form, mode, session_type)
-            fine_tuning = current_app.extensions[
-                "image_finetune_service" if session_type == SessionType.IMAGE else "finetune_service"]
+        if kind.mode == SessionMode.FINETUNE:
+            image = kind.type == SessionType.IMAGE
+            form = read_form(ImageFinetuneForm if image else TextFinetuneForm, body, **limits)
+            model = _service().model_for(conn, form.model_name, kind.mode, kind.type)
+            fine_tuning = current_app.extensions["image_finetune_service" if image else "finetune_service"]
             session = fine_tuning.create(conn, g.user, form, files, model)
         else:
-            session = _service().create(conn, g.user, form, files)
+            session = _service().create(conn, g.user, read_form(NewSession, body, **limits), files)
     return jsonify(session_view(session)), 201
 
 
@@ -128,7 +115,8 @@ def restart_session(session_id: str):
 @require_user
 def continue_session(session_id: str):
     with db.transaction() as conn:
-        session = _service().continue_chat(conn, g.user, session_id, _form())
+        session = _service().continue_chat(conn, g.user, session_id, read_form(
+            ContinueChat, request_fields(), input_max_chars=current_app.config["HELIX"].max_input_chars))
     return jsonify(session_view(session))
 
 

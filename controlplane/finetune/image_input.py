@@ -13,13 +13,17 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 from PIL import ExifTags, Image, UnidentifiedImageError
+from pydantic import ConfigDict, Field, StringConstraints, field_validator
+from pydantic_core import PydanticCustomError
 
 from controlplane.errors import BadRequest
-from controlplane.http.fields import hyperparameters, text_field
+from controlplane.http.fields import text_field
+from controlplane.http.forms import Text, hyperparameter_form
 from controlplane.http.off_loop import run_off_loop
+from controlplane.sessions.input import SessionKind
 from controlplane.storage.filestore import user_path
 from shared.image_finetune import (
     DEFAULT_TRIGGER_WORD,
@@ -51,16 +55,36 @@ class PixelLimits:
     total: int         # most decoded pixels of all the request's images together
 
 
-def parse_options(form: Mapping[str, str]) -> dict[str, Any]:
-    """The optional hyperparameters and trigger word, validated now so no bad value reaches a runner."""
-    if (form.get("steps") or "").strip():
-        raise BadRequest("'steps' is the number of denoising steps of a generated image: a fine-tune's"
-                         " length is 'training_steps'")
-    hyper = hyperparameters(form, HYPERPARAMETERS, INTEGER_HYPERPARAMETERS)
-    trigger = (form.get("trigger_word") or "").strip() or DEFAULT_TRIGGER_WORD
-    if not _TRIGGER.fullmatch(trigger):
-        raise BadRequest("'trigger_word' must be one word of at most 40 letters, digits, '_' or '-'")
-    return {"hyperparameters": hyper, "trigger_word": trigger}
+ImageHyperparameters = hyperparameter_form("ImageHyperparameters", HYPERPARAMETERS, INTEGER_HYPERPARAMETERS)
+
+
+class ImageFinetuneForm(SessionKind, ImageHyperparameters):
+    """POST /api/v1/sessions in finetune mode, type image: the images ride beside it as files,
+    each captioned by the form field named after its file (read by `check_images`)."""
+
+    model_config = ConfigDict(extra="allow")  # the captions, named after the files
+
+    input: Text = ""
+    name: Text = Field("", max_length=200)
+    model_name: Text = Field("", max_length=500)
+    trigger_word: Annotated[str, StringConstraints(strip_whitespace=True, pattern=f"^{_TRIGGER.pattern}$")] = Field(
+        DEFAULT_TRIGGER_WORD, description="one word of at most 40 letters, digits, '_' or '-'")
+    steps: Any = Field(None, description="refused: a fine-tune's length is 'training_steps'")
+
+    @field_validator("steps")
+    @classmethod
+    def _not_denoising_steps(cls, value: Any) -> None:
+        if value is not None:
+            raise PydanticCustomError("steps", "is the number of denoising steps of a generated image: a"
+                                      " fine-tune's length is 'training_steps'")
+        return None
+
+    def captions(self) -> dict[str, Any]:
+        """The fields this model does not name: each image's caption, under its file's name."""
+        return dict(self.model_extra or {})
+
+    def options(self) -> dict[str, Any]:
+        return {"hyperparameters": self.hyperparameters(), "trigger_word": self.trigger_word}
 
 
 def image_name(filename: str, max_name_bytes: int) -> str:
@@ -130,7 +154,7 @@ def measure_images(uploads: list[tuple[str, bytes]], limits: PixelLimits) -> lis
     return [_decoded_size(name, data) for name, data in uploads]
 
 
-def check_images(files: list[Any], form: Mapping[str, str], *, max_images: int, limits: PixelLimits,
+def check_images(files: list[Any], captions: Mapping[str, Any], *, max_images: int, limits: PixelLimits,
                  max_name_bytes: int, trigger_word: str) -> list[TrainingImage]:
     """Every image of the request with its caption: the form field named after its file name
     (Helix's convention), else the trigger word. Pillow's work runs off the event loop."""
@@ -146,7 +170,7 @@ def check_images(files: list[Any], form: Mapping[str, str], *, max_images: int, 
         if name in seen:
             raise BadRequest(f"two files are named {name!r}: give each image its own name")
         seen.add(name)
-        given = form.get(upload.filename) if upload.filename in form else form.get(name)
+        given = captions.get(upload.filename) if upload.filename in captions else captions.get(name)
         caption = text_field({name: given or ""}, name, MAX_CAPTION_CHARS)
         uploads.append((name, caption, upload.stream.read()))
     sizes = run_off_loop(measure_images, [(name, data) for name, _, data in uploads], limits)

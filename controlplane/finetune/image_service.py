@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 from functools import partial
-from typing import Any, Mapping
+from typing import Any
 
 import psycopg
 
 from controlplane.config import Config
-from controlplane.finetune.image_input import PixelLimits, check_images, parse_options
+from controlplane.finetune.image_input import ImageFinetuneForm, PixelLimits, check_images
 from controlplane.fleet.dispatch import Dispatcher
-from controlplane.http.fields import text_field
 from controlplane.sessions import store as sessions_store
 from controlplane.storage import db
 from controlplane.storage.filestore import Filestore, UserFiles, session_folder
@@ -25,16 +24,14 @@ class ImageFinetuneService:
         self.dispatcher = dispatcher
         self.filestore = filestore
 
-    def create(self, conn: psycopg.Connection, user: dict[str, Any], form: Mapping[str, str],
+    def create(self, conn: psycopg.Connection, user: dict[str, Any], form: ImageFinetuneForm,
                files: list[Any], model: str) -> dict[str, Any]:
         """Every image is checked before the first is stored; a refused request stores nothing."""
-        options = parse_options(form)
-        message = text_field(form, "input", self.config.max_input_chars)
-        name = text_field(form, "name", 200)
+        options, message, name = form.options(), form.input, form.name
         limits = PixelLimits(min_px=self.config.min_finetune_image_px,
                              per_image=self.config.max_finetune_image_pixels,
                              total=self.config.max_finetune_total_pixels)
-        images = check_images(files, form, max_images=self.config.max_finetune_images, limits=limits,
+        images = check_images(files, form.captions(), max_images=self.config.max_finetune_images, limits=limits,
                               max_name_bytes=self.config.max_name_bytes, trigger_word=options["trigger_word"])
         session_id = sessions_store.new_id()
         store = UserFiles(self.filestore, user["id"])

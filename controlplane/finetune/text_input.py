@@ -5,10 +5,15 @@ from __future__ import annotations
 import re
 import zipfile
 from pathlib import PurePosixPath
-from typing import Any, Mapping
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from controlplane.errors import BadRequest
-from controlplane.http.fields import hyperparameters, optional_float, optional_int, text_field
+from controlplane.http.fields import text_field
+from controlplane.http.forms import Form, Text, hyperparameter_form
+from controlplane.sessions.input import SessionKind
 from controlplane.storage.filestore import user_path
 from shared.finetune import (
     DEFAULT_EVAL_SHARE,
@@ -23,42 +28,77 @@ MAX_PAIR_CHARS = 4_000
 _URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
 
 
-def _yes(form: Mapping[str, str], name: str) -> bool:
-    value = (form.get(name) or "").strip().lower()
-    if value in ("", "no", "false", "0", "off"):
-        return False
-    if value in ("yes", "true", "1", "on"):
-        return True
-    raise BadRequest(f"'{name}' must be yes or no, got {value[:20]!r}")
-
-
-def parse_options(form: Mapping[str, str]) -> dict[str, Any]:
-    """Every optional fine-tune setting, validated now so a bad value never reaches a runner."""
-    styles = [s.strip() for s in (form.get("question_styles") or "").split(",") if s.strip()]
-    unknown = [s for s in styles if s not in QUESTION_STYLES]
-    if unknown:
-        raise BadRequest(f"unknown question style {unknown[0][:40]!r}: use any of {', '.join(QUESTION_STYLES)}")
-    hyper = hyperparameters(form, HYPERPARAMETERS, INTEGER_HYPERPARAMETERS)
-    chunk_tokens = optional_int(form, "chunk_tokens", 64, 2048) or 384
-    overlap = optional_int(form, "overlap_tokens", 0, chunk_tokens // 2)
-    eval_share = optional_float(form, "eval_share", 0.0, 0.5)
-    return {
-        "manually_review_questions": _yes(form, "manually_review_questions"),
-        "question_styles": list(dict.fromkeys(styles)),
-        "questions_per_fact": optional_int(form, "questions_per_fact", 1, 10) or 4,
-        "chunk_tokens": chunk_tokens,
-        "overlap_tokens": overlap if overlap is not None else min(48, chunk_tokens // 8),
-        "eval_share": eval_share if eval_share is not None else DEFAULT_EVAL_SHARE,
-        "hyperparameters": hyper,
-    }
-
-
-def parse_urls(raw: str) -> list[str]:
-    urls = (raw or "").split()
+def _urls(value: Any) -> list[str]:
+    """`urls`: whitespace-separated in a form, or a JSON list; each an http(s) URL, once."""
+    urls = value.split() if isinstance(value, str) else value
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise PydanticCustomError("urls", "must be URLs separated by spaces or newlines")
     for url in urls:
         if len(url) > 2000 or not _URL.match(url):
-            raise BadRequest(f"'urls' holds {url[:80]!r}, which is not an http(s) URL")
+            raise PydanticCustomError("url", "holds {url}, which is not an http(s) URL", {"url": repr(url[:80])})
     return list(dict.fromkeys(urls))
+
+
+def _styles(value: Any) -> list[str]:
+    """`question_styles`: comma-separated names (or a JSON list), each one of QUESTION_STYLES."""
+    styles = value.split(",") if isinstance(value, str) else value
+    if not isinstance(styles, list) or not all(isinstance(s, str) for s in styles):
+        raise PydanticCustomError("styles", "must be style names separated by commas")
+    styles = [s.strip() for s in styles if s.strip()]
+    unknown = [s for s in styles if s not in QUESTION_STYLES]
+    if unknown:
+        raise PydanticCustomError("style", "holds the unknown question style {style}: use any of {known}",
+                                  {"style": repr(unknown[0][:40]), "known": ", ".join(QUESTION_STYLES)})
+    return list(dict.fromkeys(styles))
+
+
+Urls = Annotated[list[str], BeforeValidator(_urls)]
+
+
+class DocumentsForm(Form):
+    """PUT /api/v1/sessions/{id}/finetune/documents: more documents (files ride beside it)."""
+
+    input: Text = ""
+    urls: Urls = Field(default_factory=list, description="http(s) URLs separated by spaces")
+
+
+TextHyperparameters = hyperparameter_form("TextHyperparameters", HYPERPARAMETERS, INTEGER_HYPERPARAMETERS)
+
+
+class TextFinetuneForm(SessionKind, DocumentsForm, TextHyperparameters):
+    """POST /api/v1/sessions in finetune mode, type text: documents (as files or urls) and every
+    optional setting of data preparation and training."""
+
+    name: Text = Field("", max_length=200)
+    model_name: Text = Field("", max_length=500)
+    manually_review_questions: bool = False
+    question_styles: Annotated[list[str], BeforeValidator(_styles)] = Field(default_factory=list)
+    questions_per_fact: int = Field(4, ge=1, le=10)
+    chunk_tokens: int = Field(384, ge=64, le=2048)
+    overlap_tokens: int | None = Field(None, ge=0, le=1024)
+    eval_share: float = Field(DEFAULT_EVAL_SHARE, ge=0.0, le=0.5)
+
+    @field_validator("overlap_tokens")
+    @classmethod
+    def _within_half_a_chunk(cls, value: int | None, info: ValidationInfo) -> int | None:
+        high = info.data.get("chunk_tokens", 384) // 2
+        if value is not None and value > high:
+            raise PydanticCustomError("range", "must be between 0 and {high}, got {value}",
+                                      {"high": high, "value": value})
+        return value
+
+    def options(self) -> dict[str, Any]:
+        """The session's fine-tune settings, as its jobs read them."""
+        return {
+            "manually_review_questions": self.manually_review_questions,
+            "question_styles": self.question_styles,
+            "questions_per_fact": self.questions_per_fact,
+            "chunk_tokens": self.chunk_tokens,
+            "overlap_tokens": (self.overlap_tokens if self.overlap_tokens is not None
+                               else min(48, self.chunk_tokens // 8)),
+            "eval_share": self.eval_share,
+            "hyperparameters": self.hyperparameters(),
+        }
 
 
 def document_name(filename: str, max_name_bytes: int) -> str:

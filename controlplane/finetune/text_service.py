@@ -4,16 +4,15 @@ data preparation to training. PostgreSQL holds every stage, so any stage can be 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Mapping
+from typing import Any
 
 import psycopg
 
 from controlplane.config import Config
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.finetune import store as finetune_store
-from controlplane.finetune.text_input import check_archive, document_name, parse_options, parse_pairs, parse_urls
+from controlplane.finetune.text_input import DocumentsForm, TextFinetuneForm, check_archive, document_name, parse_pairs
 from controlplane.fleet.dispatch import Dispatcher
-from controlplane.http.fields import text_field
 from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
@@ -35,11 +34,9 @@ class FinetuneService:
 
     # -- the user's side ------------------------------------------------------------------
 
-    def create(self, conn: psycopg.Connection, user: dict[str, Any], form: Mapping[str, str],
+    def create(self, conn: psycopg.Connection, user: dict[str, Any], form: TextFinetuneForm,
                files: list[Any], model: str) -> dict[str, Any]:
-        options = parse_options(form)
-        urls = parse_urls(form.get("urls", ""))
-        message = text_field(form, "input", self.config.max_input_chars)
+        options, urls, message = form.options(), form.urls, form.input
         names = self._document_names(files)
         if len(set(names)) != len(names):
             raise BadRequest("two files share a name: give each document its own")
@@ -55,7 +52,7 @@ class FinetuneService:
         self._store_documents(user["id"], session_id, files, names, stored)
         session = sessions_store.insert_session(
             conn, owner=user["id"], mode=SessionMode.FINETUNE, type=SessionType.TEXT,
-            model_name=model, name=text_field(form, "name", 200) or f"fine-tune on {(names + urls)[0][:50]}",
+            model_name=model, name=form.name or f"fine-tune on {(names + urls)[0][:50]}",
             config={"finetune": options}, session_id=session_id)
         interactions = self._add_documents_turn(conn, session, message, stored, urls)
         db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, interactions[-1]["id"]))
@@ -156,11 +153,10 @@ class FinetuneService:
         db.after_commit(conn, partial(events.publish, self.redis, session_id, EVENT_INTERACTION,
                                       interaction_view(interaction)))
 
-    def add_documents(self, conn, user, session_id: str, form: Mapping[str, str], files: list[Any]) -> dict[str, Any]:
+    def add_documents(self, conn, user, session_id: str, form: DocumentsForm, files: list[Any]) -> dict[str, Any]:
         """More documents for a fine-tuned session: their pairs are prepared, then the model is
         trained again on all of the session's pairs, old and new."""
-        urls = parse_urls(form.get("urls", ""))
-        message = text_field(form, "input", self.config.max_input_chars)
+        urls, message = form.urls, form.input
         names = self._document_names(files)
         if not names and not urls:
             raise BadRequest("send the new documents as files (multipart) or urls=...")

@@ -17,9 +17,11 @@ from redis import Redis
 
 from controlplane.config import Config
 from controlplane.errors import ApiError, BadRequest, NotFound
+from controlplane.http.forms import read_form
 from controlplane.openai import store as openai_store
 from controlplane.openai.input import ChatRequest, ImageRequest
 from controlplane.sessions import store as sessions_store
+from controlplane.sessions.input import NewSession
 from controlplane.sessions.service import SessionService, known_models
 from controlplane.storage.filestore import Filestore, UserFiles
 from shared.types import InteractionState, SessionMode, SessionType
@@ -109,11 +111,11 @@ class OpenAIService:
     def start_image(self, conn: psycopg.Connection, user: dict[str, Any], request: ImageRequest) -> dict[str, Any]:
         form = {"mode": SessionMode.INFERENCE.value, "type": SessionType.IMAGE.value, "input": request.prompt,
                 **({"model_name": request.model} if request.model else {}),
-                **{k: str(v) for k, v in request.image.items()}}
+                **request.image}
         models = known_models(conn, self.config, SessionType.IMAGE)
         if request.model and request.model not in models:
             raise NotFound(f"the image model {request.model[:200]!r} does not exist: GET /v1/models lists them")
-        return self.sessions.create(conn, user, form, [])
+        return self.sessions.create(conn, user, read_form(NewSession, form), [])
 
     def image_data(self, user: dict[str, Any], path: str) -> str:
         files = UserFiles(self.filestore, user["id"])

@@ -5,7 +5,7 @@ re-creates the job from those rows."""
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Mapping
+from typing import Any
 
 import psycopg
 
@@ -14,9 +14,9 @@ from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.fleet import scheduling
 from controlplane.fleet import store as fleet_store
 from controlplane.fleet.dispatch import Dispatcher
-from controlplane.http.fields import optional_float, optional_int, required_choice, text_field
 from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
+from controlplane.sessions.input import ContinueChat, NewSession
 from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
 from controlplane.storage.filestore import Filestore, UserFiles, session_folder
@@ -59,10 +59,9 @@ def known_models(conn: psycopg.Connection, config: Config, session_type: Session
                      if m not in models]
 
 
-def _model_name(conn: psycopg.Connection, config: Config, form: Mapping[str, str],
-                session_type: SessionType) -> str:
+def _model_name(conn: psycopg.Connection, config: Config, requested: str, session_type: SessionType) -> str:
     models = known_models(conn, config, session_type)
-    requested = (form.get("model_name") or "").strip()
+    requested = requested.strip()
     if not requested:
         if not models:
             raise BadRequest(f"no {session_type.value} model is configured on this server")
@@ -120,57 +119,32 @@ def check_image_work(conn: psycopg.Connection, config: Config, model: str, param
     return budget.job_timeout(*args)
 
 
-def _job_params(form: Mapping[str, str], session_type: SessionType) -> dict[str, Any]:
-    """Optional generation settings, validated now so a bad value never reaches a runner."""
-    if session_type == SessionType.IMAGE:
-        params = {
-            "num_images": optional_int(form, "num_images", 1, 4),
-            "width": optional_int(form, "width", 64, 2048, multiple_of=8),
-            "height": optional_int(form, "height", 64, 2048, multiple_of=8),
-            "steps": optional_int(form, "steps", 1, 150),
-            "guidance": optional_float(form, "guidance", 0.0, 30.0),
-            "seed": optional_int(form, "seed", 0, 2**32 - 1),
-        }
-        return {"image": {k: v for k, v in params.items() if v is not None}}
-    params = {
-        "max_tokens": optional_int(form, "max_tokens", 1, 8192),
-        "temperature": optional_float(form, "temperature", 0.0, 2.0),
-    }
-    return {"text": {k: v for k, v in params.items() if v is not None}}
-
-
-def session_kind(form: Mapping[str, str]) -> tuple[SessionMode, SessionType]:
-    """The form's mode and type, which choose the service that creates the session."""
-    return required_choice(form, "mode", SessionMode), required_choice(form, "type", SessionType)
-
-
 class SessionService:
     def __init__(self, config: Config, dispatcher: Dispatcher, filestore: Filestore):
         self.config = config
         self.dispatcher = dispatcher
         self.filestore = filestore
 
-    def model_for(self, conn: psycopg.Connection, form: Mapping[str, str], mode: SessionMode,
+    def model_for(self, conn: psycopg.Connection, requested: str, mode: SessionMode,
                   session_type: SessionType) -> str:
-        """The form's model (or the default for its type), once the fleet can run its work."""
-        model = _model_name(conn, self.config, form, session_type)
+        """The requested model (or the default for its type), once the fleet can run its work."""
+        model = _model_name(conn, self.config, requested, session_type)
         scheduling.check_fleet(conn, self.config, model, scheduling.kinds_of(mode, session_type))
         return model
 
-    def create(self, conn: psycopg.Connection, user: dict[str, Any], form: Mapping[str, str],
+    def create(self, conn: psycopg.Connection, user: dict[str, Any], request: NewSession,
                files: list[Any]) -> dict[str, Any]:
         """An inference session: its first prompt, queued for a runner."""
         if files:
             raise BadRequest("inference sessions take no files: send the prompt as input=...")
-        session_type = required_choice(form, "type", SessionType)
-        prompt = text_field(form, "input", self.config.max_input_chars, required=True)
-        model = self.model_for(conn, form, SessionMode.INFERENCE, session_type)
-        config = _job_params(form, session_type)
+        session_type, prompt = request.type, request.input
+        model = self.model_for(conn, request.model_name, SessionMode.INFERENCE, session_type)
+        config = request.job_params()
         if session_type == SessionType.TEXT:
             check_fits(conn, self.config, model, prompt, config["text"].get("max_tokens"))
         elif (timeout := check_image_work(conn, self.config, model, config["image"])) is not None:
             config["job_timeout"] = timeout  # seconds: RQ's timeout for this session's jobs
-        name = text_field(form, "name", 200) or prompt.strip()[:60]
+        name = request.name or prompt.strip()[:60]
 
         session = sessions_store.insert_session(
             conn, owner=user["id"], mode=SessionMode.INFERENCE, type=session_type, model_name=model,
@@ -203,8 +177,8 @@ class SessionService:
         return {**session, "interactions": interactions}
 
     def continue_chat(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str,
-                      form: Mapping[str, str]) -> dict[str, Any]:
-        prompt = text_field(form, "input", self.config.max_input_chars, required=True)
+                      request: ContinueChat) -> dict[str, Any]:
+        prompt = request.input
         session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
         if session is None:
             raise NotFound("session not found")
@@ -220,7 +194,7 @@ class SessionService:
             # An image prompt may carry the same settings as a new image session (seed
             # included). The job runs the session's settings overridden by these, so that is
             # the work checked against the runners' budget of now, and what sizes its timeout.
-            params = _job_params(form, SessionType.IMAGE)["image"]
+            params = request.image_params()
             timeout = check_image_work(conn, self.config, session["model_name"],
                                        {**session["config"].get("image", {}), **params})
             metadata = {"image": params, "job_timeout": timeout}  # None: no budget, the default
