@@ -121,7 +121,7 @@ def test_reviewed_pairs_in_either_shape_and_paraphrases_share_their_fact(client,
     # The same answer makes two questions paraphrases of one fact (one of them can be held out).
     assert pairs[0]["fact"] == pairs[1]["fact"] != pairs[2]["fact"]
     for bad, message in [({"pairs": "x"}, "JSON list"), ([{"question": "q?"}], "'answer'"),
-                         ([{"question": "q?", "answer": "a" * 5000}], "longer than"), ([], "at least one")]:
+                         ([{"question": "q?", "answer": "a" * 5000}], "the limit is 4000"), ([], "at least one")]:
         r = client.put(url, headers=user.headers, json=bad)
         assert r.status_code == 400 and message in r.json["error"], (bad, r.json)
     assert len(client.get(url, headers=user.headers).json) == 3  # a refused edit changes nothing

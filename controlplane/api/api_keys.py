@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
+from pydantic import ConfigDict, Field
 
 from controlplane.accounts import store as accounts
 from controlplane.accounts.auth import forget_secrets, require_user
 from controlplane.errors import BadRequest, NotFound
-from controlplane.http.fields import text_field
+from controlplane.http.forms import Form, Text, read_form, request_fields
 from controlplane.sessions.views import api_key_view
 from controlplane.storage import db
 
 bp = Blueprint("api_keys", __name__, url_prefix="/api/v1/api_keys")
+
+
+class KeyName(Form):
+    """POST and PATCH /api/v1/api_keys: the key's name, shown in its list (text only, as ever)."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=False)
+    name: Text = Field("", max_length=200)
 
 
 @bp.get("")
@@ -23,10 +31,7 @@ def list_keys():
 @bp.post("")
 @require_user
 def create_key():
-    form = request.get_json(silent=True) if request.is_json else request.form
-    if not isinstance(form, dict):
-        raise BadRequest("JSON body must be an object")
-    name = text_field(form, "name", 200).strip() or "api key"
+    name = read_form(KeyName, request_fields()).name.strip() or "api key"
     with db.transaction() as conn:
         row, key = accounts.create_api_key(conn, g.user["id"], name)
     return jsonify(api_key_view(row, key)), 201
@@ -38,10 +43,7 @@ def rename_key():
     key_id = request.args.get("id") or ""
     if not key_id:
         raise BadRequest("name the key to rename: ?id=<key id>")
-    form = request.get_json(silent=True) if request.is_json else request.form
-    if not isinstance(form, dict):
-        raise BadRequest("JSON body must be an object")
-    name = text_field(form, "name", 200).strip()
+    name = read_form(KeyName, request_fields()).name.strip()
     if not name:
         raise BadRequest("send the key's new name as 'name' (not empty)")
     with db.transaction() as conn:

@@ -7,12 +7,12 @@ import zipfile
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from controlplane.errors import BadRequest
-from controlplane.http.fields import text_field
-from controlplane.http.forms import Form, Text, hyperparameter_form
+from controlplane.http.forms import Form, Text, clean_text, describe, hyperparameter_form
 from controlplane.sessions.input import SessionKind
 from controlplane.storage.filestore import user_path
 from shared.finetune import (
@@ -133,37 +133,56 @@ def check_archive(name: str, stream: Any, max_inflated_bytes: int) -> None:
                          " split it, or send its text as .txt or .pdf")
 
 
+PairText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PAIR_CHARS),
+                     AfterValidator(clean_text)]
+Note = Annotated[str, BeforeValidator(lambda v: v[:500] if isinstance(v, str) else None)]
+
+
+class ReviewPair(BaseModel):
+    """One reviewed pair: {question, answer}, or Helix's ShareGPT-style
+    {"conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]}. `fact`
+    groups the questions of one fact (the same answer is the same fact, when it is not given)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    question: PairText
+    answer: PairText
+    fact: Note | None = None
+    document: Note | None = None
+    style: Note | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_conversation(cls, item: Any) -> Any:
+        turns = item.get("conversations") if isinstance(item, dict) else None
+        if isinstance(turns, list) and len(turns) >= 2:
+            value = [t.get("value") if isinstance(t, dict) else None for t in turns[:2]]
+            return {**item, "question": value[0], "answer": value[1]}
+        return item
+
+    def stored(self) -> dict[str, str]:
+        pair = self.model_dump(exclude_none=True)
+        pair.setdefault("fact", " ".join(self.answer.lower().split())[:500])
+        return pair
+
+
+ReviewPairs = TypeAdapter(Annotated[list[ReviewPair], Field(min_length=1, max_length=MAX_PAIRS)])
+
+
 def parse_pairs(body: Any) -> list[dict[str, str]]:
-    """A reviewer's pairs: a list of {question, answer} (or Helix's ShareGPT-style
-    {"conversations": [{"from": "human", ...}, {"from": "gpt", ...}]}), or {"pairs": [...]}."""
+    """A reviewer's pairs: a JSON list of them, or {"pairs": [...]}."""
     if isinstance(body, dict) and "pairs" in body:
         body = body["pairs"]
     if not isinstance(body, list):
         raise BadRequest('send a JSON list of {"question": ..., "answer": ...} objects')
-    if len(body) > MAX_PAIRS:
-        raise BadRequest(f"at most {MAX_PAIRS} pairs")
-    pairs = []
-    for n, item in enumerate(body):
-        if isinstance(item, dict) and isinstance(item.get("conversations"), list) and len(item["conversations"]) >= 2:
-            turns = item["conversations"]
-            item = {"question": turns[0].get("value") if isinstance(turns[0], dict) else None,
-                    "answer": turns[1].get("value") if isinstance(turns[1], dict) else None}
-        if not isinstance(item, dict):
-            raise BadRequest(f"pair {n} must be an object with question and answer")
-        pair = {}
-        for key in ("question", "answer"):
-            value = item.get(key)
-            if not isinstance(value, str) or not value.strip():
-                raise BadRequest(f"pair {n}: '{key}' must be a non-empty string")
-            if len(value) > MAX_PAIR_CHARS or "\x00" in value:
-                raise BadRequest(f"pair {n}: '{key}' is longer than {MAX_PAIR_CHARS} characters or holds NUL")
-            text_field({key: value}, key, MAX_PAIR_CHARS)
-            pair[key] = value.strip()
-        for key in ("fact", "document", "style"):
-            if isinstance(item.get(key), str):
-                pair[key] = item[key][:500]
-        pair.setdefault("fact", " ".join(pair["answer"].lower().split())[:500])  # same answer: same fact
-        pairs.append(pair)
-    if not pairs:
-        raise BadRequest("send at least one pair")
-    return pairs
+    try:
+        return [pair.stored() for pair in ReviewPairs.validate_python(body)]
+    except ValidationError as err:
+        error = err.errors()[0]
+        if not error["loc"]:  # the list itself
+            raise BadRequest("send at least one pair" if error["type"] == "too_short"
+                             else f"at most {MAX_PAIRS} pairs") from None
+        n, *field = error["loc"]
+        if not field or error["type"] == "model_type":
+            raise BadRequest(f"pair {n} must be an object with question and answer") from None
+        raise BadRequest(f"pair {n}: {describe(ReviewPair, {**error, 'loc': tuple(field)})}") from None

@@ -30,7 +30,7 @@ from controlplane.errors import BadRequest
 F = TypeVar("F", bound="Form")
 
 
-def _clean_text(value: str, info: ValidationInfo) -> str:
+def clean_text(value: str, info: ValidationInfo) -> str:
     """Text that PostgreSQL can store and a file can hold, within its length limit: the field's
     own `max_length`, or the server's setting named in the validation context."""
     try:
@@ -46,7 +46,7 @@ def _clean_text(value: str, info: ValidationInfo) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_clean_text)]
+Text = Annotated[str, AfterValidator(clean_text)]
 """A text field: valid Unicode without NUL."""
 
 
@@ -146,11 +146,13 @@ def describe(model: type[BaseModel], error: dict[str, Any]) -> str:
     if kind in ("bool_parsing", "bool_type"):
         return f"'{name}' must be yes or no, got {_shown(given)}"
     if kind == "string_type":
-        return f"'{name}' must be a string or a number, not {type(given).__name__}"
+        return f"'{name}' must be text, not {type(given).__name__}"
     if kind == "string_pattern_mismatch" and field is not None and field.description:
         return f"'{name}' must be {field.description}"
     if kind == "string_too_long":
         return f"'{name}' is {len(given)} characters; the limit is {error['ctx']['max_length']}"
+    if kind == "string_too_short":
+        return f"'{name}' must not be empty"
     return f"'{name}' {error['msg']}"
 
 
