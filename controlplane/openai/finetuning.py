@@ -6,7 +6,6 @@ is after `POST .../finetune/start`. The same job, runner and trainer do the work
 `fine_tuned_model` is the session's model id, `ft:<base model>:<session id>`."""
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from functools import partial
@@ -24,6 +23,8 @@ from controlplane.fleet.dispatch import Dispatcher
 from controlplane.openai import store as openai_store
 from controlplane.openai.chat import FINE_TUNED_PREFIX, fine_tuned_id
 from controlplane.openai.files import OpenAIFiles
+from controlplane.openai.input import read_body
+from controlplane.openai.job_input import DEFAULT_LEARNING_RATE, FineTuningJobBody
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.service import cancel_interaction, is_cancelled, known_models, stop_cancelled_work
 from controlplane.storage import db
@@ -32,80 +33,10 @@ from shared.jobs import WorkKind
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
 
 JOB_PREFIX = "ftjob-"
-MAX_SUFFIX_CHARS = 64
-MAX_METADATA_KEYS = 16
-_DEFAULT_LR = HYPERPARAMETERS["learning_rate"][0]
 
 
 def _time(value: Any) -> int | None:
     return int(value.timestamp()) if value is not None else None
-
-
-def _auto_or_number(given: dict, name: str, low: float, high: float, whole: bool) -> int | float | None:
-    """OpenAI's "auto" (None: the platform's default) or a number within the trainer's bounds."""
-    value = given.get(name, "auto")
-    if value == "auto" or value is None:
-        return None
-    kinds = (int,) if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
-        kind = "a whole number" if whole else "a number"
-        raise BadRequest(f"hyperparameters.{name} must be \"auto\" or {kind} from {low:g} to {high:g},"
-                         f" got {json.dumps(value)[:40]}")
-    return value
-
-
-def _hyperparameters(body: dict) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(as the caller gave them, in the trainer's names) from `hyperparameters` or
-    `method.supervised.hyperparameters`."""
-    given = body.get("hyperparameters")
-    method = body.get("method")
-    if method is not None:
-        if not isinstance(method, dict) or method.get("type", "supervised") != "supervised":
-            raise BadRequest("method.type must be \"supervised\": the only method this server trains")
-        supervised = method.get("supervised") or {}
-        if not isinstance(supervised, dict):
-            raise BadRequest("method.supervised must be an object")
-        if supervised.get("hyperparameters") is not None:
-            if given is not None:
-                raise BadRequest("give hyperparameters or method.supervised.hyperparameters, not both")
-            given = supervised["hyperparameters"]
-    given = {} if given is None else given
-    if not isinstance(given, dict):
-        raise BadRequest("hyperparameters must be an object of n_epochs, batch_size and learning_rate_multiplier")
-    unknown = sorted(set(given) - {"n_epochs", "batch_size", "learning_rate_multiplier"})
-    if unknown:
-        raise BadRequest(f"unknown hyperparameter {unknown[0][:40]!r}: use n_epochs, batch_size,"
-                         " learning_rate_multiplier")
-    _, lr_low, lr_high = HYPERPARAMETERS["learning_rate"]
-    epochs = _auto_or_number(given, "n_epochs", *HYPERPARAMETERS["epochs"][1:], whole=True)
-    batch = _auto_or_number(given, "batch_size", *HYPERPARAMETERS["batch_size"][1:], whole=True)
-    multiplier = _auto_or_number(given, "learning_rate_multiplier", lr_low / _DEFAULT_LR, lr_high / _DEFAULT_LR,
-                                 whole=False)
-    trainer = {k: v for k, v in (("epochs", epochs), ("batch_size", batch),
-                                 ("learning_rate", multiplier and multiplier * _DEFAULT_LR)) if v is not None}
-    shown = {"n_epochs": epochs or "auto", "batch_size": batch or "auto",
-             "learning_rate_multiplier": multiplier or "auto"}
-    return shown, trainer
-
-
-def _optional_string(body: dict, name: str, limit: int) -> str:
-    value = body.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
-        raise BadRequest(f"'{name}' must be a string of at most {limit} characters")
-    return value
-
-
-def _metadata(body: dict) -> dict[str, str] | None:
-    value = body.get("metadata")
-    if value is None:
-        return None
-    if not isinstance(value, dict) or len(value) > MAX_METADATA_KEYS or not all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 and "\x00" not in k + v
-            for k, v in value.items()):
-        raise BadRequest(f"metadata must map at most {MAX_METADATA_KEYS} keys (64 characters) to strings (512)")
-    return value
 
 
 def _pairs(examples: list[list[Pair]], file_id: str, held_out: bool) -> list[dict[str, Any]]:
@@ -131,11 +62,8 @@ class OpenAIFineTuning:
     # -- creating -------------------------------------------------------------------------
 
     def create(self, conn: psycopg.Connection, user: dict[str, Any], body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise BadRequest("'model' is required: a base text model of GET /v1/models")
+        request = read_body(FineTuningJobBody, body)
+        model = request.model
         models = known_models(conn, self.config, SessionType.TEXT)
         if model.startswith(FINE_TUNED_PREFIX):
             raise BadRequest(f"'model' must be a base model: fine-tune {model.split(':')[1][:200]!r} again"
@@ -143,23 +71,12 @@ class OpenAIFineTuning:
         if model not in models:
             raise BadRequest(f"the model {model[:200]!r} cannot be fine-tuned here: use one of "
                              + ", ".join(models[:5]))
-        if body.get("integrations"):
-            raise BadRequest("'integrations' are not supported by this server")
         scheduling.check_fleet(conn, self.config, model, [WorkKind.TEXT_FINETUNE])
-        shown, trainer = _hyperparameters(body)
-        suffix = _optional_string(body, "suffix", MAX_SUFFIX_CHARS)
-        metadata = _metadata(body)
-        seed = body.get("seed")
-        if seed is None:
-            seed = random.randrange(2**31)
-        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
-            raise BadRequest("'seed' must be a whole number from 0 to 2147483647")
-        training_file = body.get("training_file")
-        if not isinstance(training_file, str) or not training_file:
-            raise BadRequest("'training_file' is required: the id of a file uploaded with purpose fine-tune")
-        validation_file = body.get("validation_file")
-        if validation_file is not None and (not isinstance(validation_file, str) or not validation_file):
-            raise BadRequest("'validation_file' must be the id of a file uploaded with purpose fine-tune")
+        chosen = request.chosen_hyperparameters()
+        shown, trainer = chosen.model_dump(), chosen.for_trainer()
+        suffix, metadata = request.suffix or "", request.metadata
+        seed = request.seed if request.seed is not None else random.randrange(2**31)
+        training_file, validation_file = request.training_file, request.validation_file
 
         training = self.files.examples(conn, user, training_file, "training_file")
         validation = self.files.examples(conn, user, validation_file, "validation_file") if validation_file else []
@@ -273,7 +190,8 @@ def job_view(session: dict[str, Any], turn: dict[str, Any]) -> dict[str, Any]:
     if run.get("epochs"):
         hp["n_epochs"] = run["epochs"]  # as resolved by the trainer
     hp["batch_size"] = options["hyperparameters"].get("batch_size", HYPERPARAMETERS["batch_size"][0])
-    hp["learning_rate_multiplier"] = options["hyperparameters"].get("learning_rate", _DEFAULT_LR) / _DEFAULT_LR
+    learning_rate = options["hyperparameters"].get("learning_rate", DEFAULT_LEARNING_RATE)
+    hp["learning_rate_multiplier"] = learning_rate / DEFAULT_LEARNING_RATE
     error = None
     if status == "failed":
         error = {"code": "training_failed", "message": turn["error"] or "the fine-tune failed", "param": None}

@@ -53,39 +53,39 @@ _UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logprobs"
 Number = StrictInt | StrictFloat
 
 
-class _Lenient(BaseModel):
+class OpenAIBody(BaseModel):
     """OpenAI's bodies: fields this server has no use for (`user`, `metadata`, `store`, …) are let
     through unread, as the SDKs send them."""
 
     model_config = ConfigDict(extra="allow")
 
 
-class TextPart(_Lenient):
+class TextPart(OpenAIBody):
     type: Literal["text"]
     text: StrictStr
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(OpenAIBody):
     role: Literal["system", "developer", "user", "assistant"]
     content: StrictStr | list[TextPart]
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(OpenAIBody):
     include_usage: StrictBool | None = None
 
 
-class JsonSchemaSpec(_Lenient):
+class JsonSchemaSpec(OpenAIBody):
     name: StrictStr | None = None
     schema_: dict[str, Any] = Field(alias="schema")
     strict: StrictBool | None = None
 
 
-class ResponseFormat(_Lenient):
+class ResponseFormat(OpenAIBody):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaSpec | None = None
 
 
-class _TextBody(_Lenient):
+class _TextBody(OpenAIBody):
     """What chat and plain completions share: the model and how to sample. Bounds that depend on
     the model served (its longest reply) and on the engine's costs are checked after parsing."""
 
@@ -133,7 +133,7 @@ class CompletionBody(_TextBody):
         return body
 
 
-class ImageGenerationBody(_Lenient):
+class ImageGenerationBody(OpenAIBody):
     """POST /v1/images/generations."""
 
     prompt: StrictStr | list[TextPart]
@@ -161,7 +161,7 @@ def _openai_problem(path: str, error: dict[str, Any]) -> str:
     return f"'{path}': {error['msg']}" if path else error["msg"]
 
 
-def _parsed(model: type[M], body: Any) -> M:
+def read_body(model: type[M], body: Any) -> M:
     return validated(model, body, not_an_object="the body must be a JSON object", describe=_openai_problem, most=3)
 
 
@@ -267,7 +267,7 @@ def _stream(body: _TextBody, text: dict) -> tuple[bool, bool]:
 
 def chat_request(body: Any, max_chars: int, max_reply: int = 8192,
                  limits: EngineCostLimits = EngineCostLimits()) -> ChatRequest:
-    parsed = _parsed(ChatCompletionBody, body)
+    parsed = read_body(ChatCompletionBody, body)
     system, turns = [], []
     for n, message in enumerate(parsed.messages):
         content = _text(message.content, f"messages[{n}].content", max_chars)
@@ -290,7 +290,7 @@ def chat_request(body: Any, max_chars: int, max_reply: int = 8192,
 def completion_request(body: Any, max_chars: int, max_reply: int = 8192,
                        limits: EngineCostLimits = EngineCostLimits()) -> ChatRequest:
     """A plain completion: the prompt is completed as it is, without a chat template."""
-    parsed = _parsed(CompletionBody, body)
+    parsed = read_body(CompletionBody, body)
     prompt = parsed.prompt[0] if isinstance(parsed.prompt, list) else parsed.prompt
     if not prompt:
         raise BadRequest("'prompt' must be a non-empty string (one prompt per request)")
@@ -310,7 +310,7 @@ class ImageRequest:
 
 
 def image_request(body: Any, max_chars: int) -> ImageRequest:
-    parsed = _parsed(ImageGenerationBody, body)
+    parsed = read_body(ImageGenerationBody, body)
     prompt = _text(parsed.prompt, "prompt", max_chars)
     if not prompt.strip():
         raise BadRequest("'prompt' must describe the image")
