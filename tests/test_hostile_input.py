@@ -191,3 +191,20 @@ def test_finetune_document_name_too_long_is_400(client, user):
     r = client.post(SESSION, headers=user.headers, content_type="multipart/form-data",
                     data={"mode": "finetune", "type": "text", "files": (io.BytesIO(b"facts"), "文" * 100 + ".txt")})
     assert r.status_code == 400 and "200 bytes" in r.json["error"], r.json
+
+
+@pytest.mark.parametrize("body, names", [
+    ({"messages": "hello"}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "user", "content": {"content_type": "text", "parts": [1]}}]}, "messages[0].content.parts[0]"),
+    ({"messages": [{"role": "user", "content": {"content_type": "image", "parts": ["x"]}}]}, "content_type"),
+    ({"messages": [{"role": "user", "content": "hi"}], "session_id": 5}, "session_id"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream"),
+])
+def test_helix_chat_bodies_name_the_field_to_fix(client, user, db, body, names):
+    before = db.execute("SELECT count(*) AS n FROM sessions WHERE owner = %s", (user.id,)).fetchone()["n"]
+    r = client.post("/api/v1/sessions/chat", headers=user.headers, json=body)
+    assert_clear_4xx(r)
+    assert names in r.json["error"], r.json
+    after = db.execute("SELECT count(*) AS n FROM sessions WHERE owner = %s", (user.id,)).fetchone()["n"]
+    assert after == before

@@ -15,11 +15,12 @@ from controlplane.accounts.auth import require_user
 from controlplane.errors import ApiError, BadRequest
 from controlplane.http import event_stream
 from controlplane.http.forms import read_form
+from controlplane.http.messages import parsed
 from controlplane.openai import input as openai_input
 from controlplane.openai.chat import chat_completion, final_reply, image_response, stream_chunks
 from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
-from controlplane.sessions.input import ContinueChat
+from controlplane.sessions.input import ContinueChat, HelixChat
 from controlplane.sessions.service import known_models
 from controlplane.sessions.views import session_view
 from controlplane.storage import db
@@ -174,27 +175,11 @@ def image_generations():
 def helix_session_chat():
     """Helix's chat route: `messages` of `{"role", "content": {"content_type": "text", "parts": [...]}}`,
     an optional `system` and `model`, and `session_id` to continue a session of the caller's."""
-    body = _body()
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-        raise BadRequest("'messages' must be a list of {\"role\", \"content\": {\"content_type\": \"text\","
-                         " \"parts\": [...]}} objects")
-    messages = []
-    for n, message in enumerate(body["messages"]):
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, dict):
-            parts = content.get("parts")
-            if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
-                raise BadRequest(f"messages[{n}].content.parts must be a list of strings")
-            content = "\n".join(parts)
-        messages.append({"role": message.get("role") if isinstance(message, dict) else None, "content": content})
-    if body.get("system"):
-        messages.insert(0, {"role": "system", "content": body["system"]})
-    stream = body.get("stream", False)
+    chat = parsed(HelixChat, _body(), "chat")
+    messages, stream = chat.openai_messages(), chat.stream
     config = current_app.config["HELIX"]
-    session_id = body.get("session_id") or ""
+    session_id = chat.session_id or ""
     if session_id:
-        if not isinstance(session_id, str):
-            raise BadRequest("'session_id' must be a string")
         call = openai_input.chat_request({"model": "-", "messages": messages, "stream": stream},
                                          config.max_input_chars)
         with _call_slot() as release, db.transaction() as conn:
@@ -202,7 +187,7 @@ def helix_session_chat():
                 conn, g.user, session_id, read_form(ContinueChat, {"input": call.turns[-1][1]}))
         return _answer(session, session["model_name"], False, call.stream, False, release)
     with db.transaction() as conn:
-        model = body.get("model") or next(iter(known_models(conn, current_app.config["HELIX"], SessionType.TEXT)), "")
+        model = chat.model or next(iter(known_models(conn, current_app.config["HELIX"], SessionType.TEXT)), "")
     call = openai_input.chat_request({"model": model, "messages": messages, "stream": stream}, config.max_input_chars)
     with _call_slot() as release, db.transaction() as conn:
         session = _service().start_chat(conn, g.user, call)

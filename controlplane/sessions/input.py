@@ -3,9 +3,9 @@ declared field (the forms a client sends to POST and PUT /api/v1/sessions). Limi
 the fleet (the model's context, the image budget) are checked after, by the session service."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from controlplane.http.forms import Form, Text, multiple_of
 from shared.types import SessionMode, SessionType
@@ -57,3 +57,37 @@ class NewSession(ImageSettings):
         if self.type == SessionType.IMAGE:
             return {"image": self.image_params()}
         return {"text": self.model_dump(include={"max_tokens", "temperature"}, exclude_none=True)}
+
+
+class HelixContent(BaseModel):
+    """Helix's message content: text parts, joined by newlines."""
+
+    content_type: Literal["text"] = "text"
+    parts: list[StrictStr]
+
+
+class HelixMessage(BaseModel):
+    role: StrictStr | None = None
+    content: StrictStr | HelixContent
+
+    def as_openai(self) -> dict[str, Any]:
+        text = self.content if isinstance(self.content, str) else "\n".join(self.content.parts)
+        return {"role": self.role, "content": text}
+
+
+class HelixChat(BaseModel):
+    """POST /api/v1/sessions/chat: Helix's chat body. `session_id` continues a session of the
+    caller's; without it, a new one starts on `model` (the first text model when left out).
+    The messages' roles and lengths are checked as an OpenAI chat's are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messages: Annotated[list[HelixMessage], Field(min_length=1)]
+    system: StrictStr | None = None
+    model: StrictStr | None = None
+    session_id: StrictStr | None = None
+    stream: StrictBool = False
+
+    def openai_messages(self) -> list[dict[str, Any]]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + [m.as_openai() for m in self.messages]
