@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
+from typing import Callable
 
 from flask import Flask
 from redis.exceptions import LockError
@@ -47,21 +49,28 @@ class Reconciler:
         self.page_size = 500
         self._fits: dict[tuple[str, WorkKind], str] = {}  # the fleet's memory fit, per pass
 
-    def _fail(self, conn, interaction: dict, session_id: str, error: str) -> None:
+    def _fail(self, conn, interaction: dict, session_id: str, error: str,
+              after_commit: list[Callable[[], None]]) -> None:
         row = sessions_store.apply_update(
             conn, interaction["id"], runner=interaction["runner"], state=InteractionState.ERROR.value,
             message=interaction["message"], progress=interaction["progress"],
             status="failed", files=None, error=error, finished=True, metadata=None,
         )
-        events.publish(self.redis, session_id, EVENT_INTERACTION, interaction_view(row))
+        # Told once stored: a client that reads the session on the event sees the failure.
+        after_commit.append(partial(events.publish, self.redis, session_id, EVENT_INTERACTION,
+                                    interaction_view(row)))
 
-    def _requeue(self, conn, session: dict, interaction: dict, reason: str, ran: bool = True) -> None:
+    def _requeue(self, conn, session: dict, interaction: dict, reason: str,
+                 after_commit: list[Callable[[], None]], ran: bool = True) -> None:
         """Queues the interaction's job again; `ran`: the lost job had started, which counts
-        as an attempt (a job that crashes runners must not be retried forever)."""
+        as an attempt (a job that crashes runners must not be retried forever). Unlike a request,
+        the reconciler enqueues before its commit: an enqueue that fails (Redis away) rolls back
+        the attempt it counted, and the next pass tries again; a commit that fails after it leaves
+        a job whose rows are unchanged, which a runner runs as the same attempt."""
         attempts = int(interaction["metadata"].get("attempts", 1)) + ran
         if attempts > MAX_ATTEMPTS:
             self._fail(conn, interaction, session["id"],
-                       f"gave up after {MAX_ATTEMPTS} attempts: {reason}")
+                       f"gave up after {MAX_ATTEMPTS} attempts: {reason}", after_commit)
             return
         sessions_store.count_attempt(conn, interaction["id"], attempts, f"queued again ({reason})")
         self.dispatcher.enqueue(session, sessions_store.get_interactions(conn, session["id"]),
@@ -79,49 +88,58 @@ class Reconciler:
         return sessions_store.seconds_since_update(conn, interaction) < self.grace_seconds
 
     def check(self, conn, interaction_id: str, session_id: str, owner: str) -> str:
-        """Reconciles one interaction; returns what it did (for logs and tests)."""
+        """Reconciles one interaction; returns what it did (for logs and tests). What it
+        publishes or stops is done once its change is committed."""
+        after_commit: list[Callable[[], None]] = []
         with conn.transaction():
-            session = sessions_store.get_session(conn, session_id, owner)
-            interaction = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
-            if session is None or interaction is None or interaction["finished"]:
-                return "done"
-            if interaction["state"] == InteractionState.EDITING:
-                return "waiting-for-user"  # a fine-tune's review: its data-prep job has finished
-            if self._changed_within_grace(conn, interaction):
-                # A retry or an approval has just committed and is enqueueing the next job: the
-                # job it replaces (finished, or missing) is not a lost one.
-                return "recent"
-            job = self.dispatcher.fetch(interaction_id, job_stage(interaction))
-            if job is None:
-                self._requeue(conn, session, interaction, "job missing from the queue")
-                return "requeued-missing"
-            status = job.get_status(refresh=False)
-            if status == JobStatus.STARTED:
-                if job.worker_name and not self.redis.exists(worker_alive_key(job.worker_name)):
-                    self._requeue(conn, session, interaction, f"runner worker {job.worker_name} died")
-                    return "requeued-dead-worker"
-                return "running"
-            if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-                self._fail(conn, interaction, session_id, f"the job {status.value}: see the runner's log")
-                return "failed"
-            if status == JobStatus.FINISHED:
-                self._requeue(conn, session, interaction, "job finished without a final update")
-                return "requeued-finished"
-            refusal = self._fleet_refusal(conn, session["model_name"], WorkKind(job.origin.split(":")[1]))
-            if refusal:  # runners changed since it was queued: it would wait forever
-                self._fail(conn, interaction, session_id, refusal)
-                self.dispatcher.cancel(interaction_id)
-                return "failed-no-runner-fits"
-            if status == JobStatus.QUEUED and not self.dispatcher.listed(job):
-                # A worker took it off the queue and never started it. Seen so in two passes (a
-                # worker mid-dequeue marks it started within milliseconds), it is lost: queue it
-                # again, not counted as an attempt since it never ran.
-                if self._unlisted_before(job):
-                    self._requeue(conn, session, interaction, "job taken from the queue but never started",
-                                  ran=False)
-                    return "requeued-unstarted"
-                return "queued-unlisted"
-            return "queued"
+            result = self._check(conn, interaction_id, session_id, owner, after_commit)
+        for action in after_commit:
+            action()
+        return result
+
+    def _check(self, conn, interaction_id: str, session_id: str, owner: str,
+               after_commit: list[Callable[[], None]]) -> str:
+        session = sessions_store.get_session(conn, session_id, owner)
+        interaction = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
+        if session is None or interaction is None or interaction["finished"]:
+            return "done"
+        if interaction["state"] == InteractionState.EDITING:
+            return "waiting-for-user"  # a fine-tune's review: its data-prep job has finished
+        if self._changed_within_grace(conn, interaction):
+            # A retry or an approval has just committed and is enqueueing the next job: the
+            # job it replaces (finished, or missing) is not a lost one.
+            return "recent"
+        job = self.dispatcher.fetch(interaction_id, job_stage(interaction))
+        if job is None:
+            self._requeue(conn, session, interaction, "job missing from the queue", after_commit)
+            return "requeued-missing"
+        status = job.get_status(refresh=False)
+        if status == JobStatus.STARTED:
+            if job.worker_name and not self.redis.exists(worker_alive_key(job.worker_name)):
+                self._requeue(conn, session, interaction, f"runner worker {job.worker_name} died", after_commit)
+                return "requeued-dead-worker"
+            return "running"
+        if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+            self._fail(conn, interaction, session_id, f"the job {status.value}: see the runner's log", after_commit)
+            return "failed"
+        if status == JobStatus.FINISHED:
+            self._requeue(conn, session, interaction, "job finished without a final update", after_commit)
+            return "requeued-finished"
+        refusal = self._fleet_refusal(conn, session["model_name"], WorkKind(job.origin.split(":")[1]))
+        if refusal:  # runners changed since it was queued: it would wait forever
+            self._fail(conn, interaction, session_id, refusal, after_commit)
+            after_commit.append(partial(self.dispatcher.cancel, interaction_id))
+            return "failed-no-runner-fits"
+        if status == JobStatus.QUEUED and not self.dispatcher.listed(job):
+            # A worker took it off the queue and never started it. Seen so in two passes (a
+            # worker mid-dequeue marks it started within milliseconds), it is lost: queue it
+            # again, not counted as an attempt since it never ran.
+            if self._unlisted_before(job):
+                self._requeue(conn, session, interaction, "job taken from the queue but never started",
+                              after_commit, ran=False)
+                return "requeued-unstarted"
+            return "queued-unlisted"
+        return "queued"
 
     def _unlisted_before(self, job) -> bool:
         """Records that this very job (by when it was enqueued) was found off its queue; returns
