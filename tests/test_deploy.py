@@ -479,6 +479,11 @@ def test_the_control_plane_image_install_serves(services, tmp_path):
         for path in paths:
             answer = requests.get(f"http://127.0.0.1:{port}{path}", timeout=10)
             assert answer.status_code == 200 and answer.json() == {"ok": True}, (path, proc.log()[-2000:])
+        # The web app's scripts and styles, vendored libraries included, shipped by the package.
+        static = REPO / "controlplane" / "web" / "static"
+        for path in sorted(p.relative_to(static).as_posix() for p in static.rglob("*") if p.is_file()):
+            answer = requests.get(f"http://127.0.0.1:{port}/assets/{path}", timeout=10)
+            assert answer.status_code == 200 and answer.content == (static / path).read_bytes(), path
         assert "gunicorn" in Path(f"/proc/{proc.proc.pid}/cmdline").read_bytes().decode(errors="replace")
     finally:
         stop(proc.proc, timeout=20)

@@ -125,27 +125,70 @@ def test_a_running_chat_is_stopped_then_run_again_from_the_page(browser, live_se
 
 
 def test_replies_render_markdown_but_never_markup(browser, live_server, web_user):
-    """What a model replies goes through the page's Markdown renderer: code and emphasis become
-    elements, and tags, scripts and handlers stay text."""
+    """What a model replies goes through the page's Markdown renderer (markdown-it's tokens, drawn
+    as elements by markdown.js): code, emphasis, lists, tables and links become elements, and tags,
+    scripts, handlers and addresses that are not http or https stay text."""
     page = signed_in_page(browser, live_server, web_user)
     created = requests.post(f"{live_server}/api/v1/sessions", headers=web_user.headers, timeout=10,
                             data={"mode": "inference", "type": "text", "input": "hi"}).json()
     page.goto(f"/sessions/{created['id']}")
+    assert page.evaluate("typeof window.markdownit") == "function"  # the vendored library, loaded
+    reply = "\n\n".join([
+        INJECTION,
+        "# A title",
+        "```python\nprint('<b>hi</b>')\n```",
+        '```x" onmouseover="window.pwned = 3\nno language\n```',
+        "- [a link](javascript:alert(1))\n- [ok](https://example.org/)\n  - nested *one*\n  - [mail](mailto:a@example.org)",
+        "3. three\n4. four",
+        "| left | right |\n|:-----|------:|\n| ~~gone~~ | `<i>x</i>` |",
+        "> quoted <iframe src=x></iframe>\n\n---",
+        "![a cat](https://example.org/cat.png) ![inline](data:image/png;base64,AAAA)",
+        'line one  \nline <a href="javascript:alert(1)">two</a>',
+    ])
     html = page.evaluate("""(text) => {
-        const box = document.createElement('div');
+        const turn = document.createElement('div'), box = document.createElement('div');
+        turn.className = 'message';  // styled as a reply is
+        box.className = 'body';
         box.id = 'rendered';
         box.append(window.helixMarkdown.render(text));
-        document.getElementById('main').append(box);
+        turn.append(box);
+        document.getElementById('main').append(turn);
         return box.innerHTML;
-    }""", INJECTION + "\n\n```python\nprint('<b>hi</b>')\n```\n\n- [a link](javascript:alert(1))\n- [ok](https://example.org/)")
+    }""", reply)
     page.wait_for_timeout(200)  # time for a handler to run, if one had been created
     assert page.evaluate("window.pwned") is None
     rendered = page.locator("#rendered")
-    assert rendered.locator("script, img, [onerror]").count() == 0
+    assert rendered.locator("script, img, iframe, i, b, [onerror], [onmouseover]").count() == 0
     assert rendered.locator("strong").text_content() == "bold"
-    assert rendered.locator("pre code").text_content() == "print('<b>hi</b>')"
-    assert rendered.locator("a").count() == 1 and rendered.locator("a").get_attribute("href") == "https://example.org/"
+    assert rendered.locator("h3").text_content() == "A title"  # the page's own headings are h1 and h2
+    assert rendered.locator("pre code").nth(0).text_content() == "print('<b>hi</b>')"
+    assert rendered.locator("pre code").nth(0).get_attribute("class") == "language-python"
+    assert rendered.locator("pre code").nth(1).text_content() == "no language"
+    assert rendered.locator("pre code").nth(1).get_attribute("class") is None  # not a safe class name
+    # Only http and https addresses are links, each opening apart from the page; an image is a link.
+    links = rendered.locator("a")
+    assert [links.nth(i).get_attribute("href") for i in range(links.count())] == [
+        "https://example.org/", "https://example.org/cat.png"]
+    assert links.nth(0).get_attribute("rel") == "noopener noreferrer nofollow"
+    assert links.nth(0).get_attribute("target") == "_blank"
+    assert links.nth(1).text_content() == "a cat"
+    assert rendered.locator("ul > li").nth(0).text_content() == "[a link](javascript:alert(1))"
+    assert rendered.locator("ul > li > ul > li").count() == 2  # the nested list
+    assert rendered.locator("ul > li > ul > li em").text_content() == "one"
+    assert rendered.locator("ul > li > ul > li").nth(1).text_content() == "mail"
+    assert rendered.locator("ol").get_attribute("start") == "3"
+    assert rendered.locator("ol > li").all_text_contents() == ["three", "four"]
+    assert rendered.locator("table th").all_text_contents() == ["left", "right"]
+    assert rendered.locator("table td s").text_content() == "gone"
+    assert rendered.locator("table td code").text_content() == "<i>x</i>"
+    assert rendered.locator("table td").nth(1).evaluate("n => getComputedStyle(n).textAlign") == "right"
+    assert rendered.locator("blockquote").text_content().strip() == "quoted <iframe src=x></iframe>"
+    assert rendered.locator("hr").count() == 1 and rendered.locator("br").count() == 1
+    assert "inline" in rendered.text_content()
+    assert 'line <a href="javascript:alert(1)">two</a>' in rendered.text_content()
     assert "&lt;script&gt;" in html
+    check_no_js_errors(page)
+    screenshot(page, "reply-markdown")
     page.context.close()
 
 
