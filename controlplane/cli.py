@@ -144,21 +144,20 @@ def _memory(state: dict) -> str:
 
 def cmd_runners_list(args) -> None:
     from controlplane.config import Config
-    from controlplane.fleet import overview as fleet
+    from controlplane.fleet import store as fleet_store
 
     gone_seconds = Config.from_env().runner_gone_seconds
     with _connect() as conn:
-        rows = fleet.runners(conn, gone_seconds)
+        rows = fleet_store.runners_with_tokens(conn, gone_seconds)
     if not rows:
         print("no runner has registered yet")
     for r in rows:
-        models = ", ".join(f"{kind}: {' '.join(names)}" for kind, names in r["models"].items() if names)
-        state = r["state"] or {}
-        jobs = " ".join(f"{kind}={n}" for kind, n in state.get("jobs", {}).items() if n)
-        extra = "  ".join(x for x in (_memory(state), f"jobs {jobs}" if jobs else "",
-                                      f"version {state['version']}" if state.get("version") else "") if x)
-        print(f"{r['id']}  {'gone' if r['gone'] else 'alive'}  last seen {int(r['seconds_since_seen'])}s ago"
-              f"  token {r['token']!r}{' (revoked)' if r['token_revoked'] else ''}  {models}"
+        models = ", ".join(f"{kind}: {' '.join(names)}" for kind, names in r.models.items() if names)
+        jobs = " ".join(f"{kind}={n}" for kind, n in r.state.get("jobs", {}).items() if n)
+        extra = "  ".join(x for x in (_memory(r.state), f"jobs {jobs}" if jobs else "",
+                                      f"version {r.state['version']}" if r.state.get("version") else "") if x)
+        print(f"{r.id}  {'gone' if r.gone else 'alive'}  last seen {int(r.seconds_since_seen)}s ago"
+              f"  token {r.token!r}{' (revoked)' if r.token_revoked else ''}  {models}"
               + (f"  {extra}" if extra else ""))
 
 

@@ -25,6 +25,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from controlplane.errors import Unauthorized
 from controlplane.fleet import overview as fleet
+from controlplane.fleet import store as fleet_store
+from controlplane.sessions import store as sessions_store
 from controlplane.storage import db
 
 log = logging.getLogger(__name__)
@@ -98,18 +100,14 @@ class FleetCollector:
         try:
             with db.transaction() as conn:
                 conn.execute("SET LOCAL statement_timeout = 2000")  # a scrape never holds a connection long
-                rows = conn.execute(
-                    "SELECT CASE WHEN state = 'editing' THEN 'review' WHEN scheduled IS NULL THEN 'queued'"
-                    " ELSE 'running' END AS state, count(*) AS n FROM interactions"
-                    " WHERE NOT finished AND creator = 'system' GROUP BY 1").fetchall()
-                fleet_runners = fleet.runner_counts(conn, config.runner_gone_seconds)
+                counts = sessions_store.unfinished_system_counts(conn)
+                fleet_runners = fleet_store.runner_counts(conn, config.runner_gone_seconds)
         except Exception as err:
             log.warning("metrics: database unavailable: %s", err)
-            rows, fleet_runners = None, None
-        if rows is not None:
-            counts = {r["state"]: r["n"] for r in rows}
-            for state in ("queued", "running", "review"):
-                unfinished.add_metric([state], counts.get(state, 0))
+            counts, fleet_runners = None, None
+        if counts is not None:
+            for state, n in counts.items():
+                unfinished.add_metric([state], n)
             yield unfinished
         if fleet_runners is not None:
             for status in ("alive", "gone"):

@@ -44,7 +44,8 @@ CONTROL_PLANE_LAYERS = [
     {"http"},                  # request plumbing: fields, bodies, context, error handlers, gunicorn
     {"storage"},               # PostgreSQL, migrations, the filestore
     {"accounts", "fleet"},     # who is asking; where work goes
-    {"sessions", "metrics"},
+    {"sessions"},
+    {"metrics"},               # counts what the sessions' store holds; read by the runners' reconciler
     {"finetune", "runners"},
     {"openai"},
     {"api", "web"},            # thin routes

@@ -10,6 +10,7 @@ from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest, Forbidden
 from controlplane.fleet import decisions as scheduling_decisions
 from controlplane.fleet import overview as fleet
+from controlplane.fleet import store as fleet_store
 from controlplane.sessions.views import iso_time
 from controlplane.storage import db
 
@@ -17,11 +18,11 @@ bp = Blueprint("dashboard", __name__, url_prefix="/api/v1/dashboard")
 MAX_DECISIONS = scheduling_decisions.KEPT
 
 
-def _runner_view(row: dict) -> dict:
-    return {"id": row["id"], "status": "gone" if row["gone"] else "alive", "token": row["token"],
-            "token_revoked": row["token_revoked"], "models": row["models"], "info": row["info"],
-            "state": row["state"], "first_seen": iso_time(row["first_seen"]),
-            "last_seen": iso_time(row["last_seen"]), "seconds_since_seen": row["seconds_since_seen"]}
+def _runner_view(row: fleet_store.RunnerRow) -> dict:
+    return {"id": row.id, "status": "gone" if row.gone else "alive", "token": row.token,
+            "token_revoked": row.token_revoked, "models": row.models, "info": row.info,
+            "state": row.state, "first_seen": iso_time(row.first_seen),
+            "last_seen": iso_time(row.last_seen), "seconds_since_seen": row.seconds_since_seen}
 
 
 @bp.get("")
@@ -34,7 +35,7 @@ def dashboard():
         raise BadRequest(f"decisions must be a whole number from 0 to {MAX_DECISIONS}")
     config = current_app.config["HELIX"]
     with db.transaction() as conn:
-        runners = fleet.runners(conn, config.runner_gone_seconds)
+        runners = fleet_store.runners_with_tokens(conn, config.runner_gone_seconds)
     redis = current_app.extensions["redis"]
     return jsonify(queues=fleet.queues(redis), runners=[_runner_view(r) for r in runners],
                    runner_gone_seconds=config.runner_gone_seconds,

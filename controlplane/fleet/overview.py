@@ -1,16 +1,12 @@
-"""The fleet as operators see it: runners with their last reported state (alive or gone), and the
-queues with their length and oldest wait. Read by the dashboard, `helix runners list` and /metrics.
-
-A runner is `gone` once it has not reported for `runner_gone_seconds` (HELIX_RUNNER_GONE_SECONDS).
-Nothing else happens then: the work it held is already recovered by the reconciler once its
-workers' heartbeats expire, which is sooner (shared.runners.HEARTBEAT_TTL_SECONDS).
+"""The queues as operators see them: their length and how long the job at the head has waited.
+Read by the dashboard and /metrics, beside the runners with their last reported state, alive or
+gone (fleet.store.runners_with_tokens and runner_counts).
 """
 from __future__ import annotations
 
 import time
 from typing import Any
 
-import psycopg
 from redis import Redis
 from rq.job import Job
 from rq.utils import utcparse
@@ -20,28 +16,6 @@ from shared.jobs import WorkKind
 QUEUE_PREFIX = "helix:"
 RQ_QUEUES_SET = "rq:queues"  # RQ keeps the key of every queue it has enqueued to in this set
 RQ_QUEUE_KEY_PREFIX = "rq:queue:"
-
-
-def runners(conn: psycopg.Connection, gone_seconds: float) -> list[dict[str, Any]]:
-    """Every registered runner, most recently heard from first, with `gone` and `seconds_since_seen`."""
-    rows = conn.execute(
-        "SELECT r.id, r.models, r.info, r.state, r.first_seen, r.last_seen, t.name AS token,"
-        " t.revoked IS NOT NULL AS token_revoked, extract(epoch FROM now() - r.last_seen)::float8 AS ago"
-        " FROM runners r JOIN runner_tokens t ON t.id = r.token_id ORDER BY r.last_seen DESC, r.id"
-    ).fetchall()
-    for row in rows:
-        row["seconds_since_seen"] = round(max(0.0, row.pop("ago")), 1)
-        row["gone"] = row["seconds_since_seen"] > gone_seconds or row["token_revoked"]
-    return rows
-
-
-def runner_counts(conn: psycopg.Connection, gone_seconds: float) -> dict[str, int]:
-    """How many registered runners are alive and how many gone (one pass over the runners)."""
-    row = conn.execute(
-        "SELECT count(*) FILTER (WHERE r.last_seen >= now() - make_interval(secs => %s) AND t.revoked IS NULL)"
-        " AS alive, count(*) AS registered FROM runners r JOIN runner_tokens t ON t.id = r.token_id",
-        (gone_seconds,)).fetchone()
-    return {"alive": row["alive"], "gone": row["registered"] - row["alive"]}
 
 
 def _kind_and_model(queue: str) -> tuple[str, str]:

@@ -1,16 +1,60 @@
 """The runners table: what each runner announced (models, facts, state) and when it was last seen.
 
-Every read here is of live runners: seen within `seconds` (HELIX_RUNNER_TTL, or the shorter
-HELIX_RUNNER_GONE_SECONDS where a runner must be alive now).
+The reads for scheduling are of live runners: seen within `seconds` (HELIX_RUNNER_TTL, or the
+shorter HELIX_RUNNER_GONE_SECONDS where a runner must be alive now). The reads for operators
+(the dashboard, `helix runners list`, /metrics) are of every registered runner, alive or gone.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 _LIVE = "last_seen > now() - make_interval(secs => %s)"
+
+# Every registered runner with its token, and whether it is gone: silent for more than `gone_seconds`
+# (HELIX_RUNNER_GONE_SECONDS, counted to a tenth of a second, as shown) or its token revoked. One
+# rule for the dashboard and /metrics, so the two never disagree about a runner. Nothing else happens
+# to a gone runner: the work it held is already recovered by the reconciler once its workers'
+# heartbeats expire, which is sooner (shared.runners.HEARTBEAT_TTL_SECONDS).
+_WITH_TOKEN = ("runners r JOIN runner_tokens t ON t.id = r.token_id CROSS JOIN LATERAL (SELECT"
+               " round(greatest(0, extract(epoch FROM now() - r.last_seen)::numeric), 1)::float8 AS seconds) ago")
+_GONE = "(ago.seconds > %s OR t.revoked IS NOT NULL)"
+
+
+@dataclass(frozen=True)
+class RunnerRow:
+    """A registered runner as operators see it (runners_with_tokens)."""
+    id: str
+    models: dict[str, list[str]]  # by session type: the models it announced
+    info: dict[str, Any]          # facts it announced (memory, max_model_len, ...)
+    state: dict[str, Any]         # what it last reported (memory free, jobs, version)
+    first_seen: datetime
+    last_seen: datetime
+    token: str                    # its runner token's name
+    token_revoked: bool
+    seconds_since_seen: float     # by the database's clock, to a tenth of a second
+    gone: bool
+
+
+def runners_with_tokens(conn: psycopg.Connection, gone_seconds: float) -> list[RunnerRow]:
+    """Every registered runner, most recently heard from first."""
+    with conn.cursor(row_factory=class_row(RunnerRow)) as cur:
+        return cur.execute(
+            "SELECT r.id, r.models, r.info, r.state, r.first_seen, r.last_seen, t.name AS token,"
+            " t.revoked IS NOT NULL AS token_revoked, ago.seconds AS seconds_since_seen,"
+            f" {_GONE} AS gone FROM {_WITH_TOKEN} ORDER BY r.last_seen DESC, r.id", (gone_seconds,)).fetchall()
+
+
+def runner_counts(conn: psycopg.Connection, gone_seconds: float) -> dict[str, int]:
+    """How many registered runners are alive and how many gone, in one pass (for /metrics)."""
+    return conn.execute(
+        "SELECT count(*) FILTER (WHERE NOT gone) AS alive, count(*) FILTER (WHERE gone) AS gone"
+        f" FROM (SELECT {_GONE} AS gone FROM {_WITH_TOKEN}) g", (gone_seconds,)).fetchone()
 
 
 def announced_models(conn: psycopg.Connection, session_type: str, seconds: float) -> list[str]:

@@ -194,6 +194,17 @@ def unfinished_system_interactions(conn: psycopg.Connection, older_than_seconds:
     ).fetchall()
 
 
+def unfinished_system_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """How many system interactions are unfinished, by stage: queued (no runner has taken it yet),
+    running, review (a fine-tune waiting for its user in `editing`). For /metrics at every scrape:
+    one count on the partial index of unfinished interactions."""
+    found = {row["stage"]: row["n"] for row in conn.execute(
+        "SELECT CASE WHEN state = 'editing' THEN 'review' WHEN scheduled IS NULL THEN 'queued'"
+        " ELSE 'running' END AS stage, count(*) AS n FROM interactions"
+        " WHERE NOT finished AND creator = 'system' GROUP BY 1")}
+    return {stage: found.get(stage, 0) for stage in ("queued", "running", "review")}
+
+
 def count_attempt(conn: psycopg.Connection, interaction_id: str, attempts: int, status: str) -> None:
     """The interaction's job is queued again: its attempts so far, and a status saying why."""
     conn.execute("UPDATE interactions SET metadata = metadata || %s, status = %s WHERE id = %s",
