@@ -63,8 +63,7 @@ def multiple_of(step: int):
 class Form(BaseModel):
     """A body of form fields or a JSON object; see the module's docstring for how it is read."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, coerce_numbers_to_str=True,
-                              str_max_length=None)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, coerce_numbers_to_str=True)
 
     @model_validator(mode="before")
     @classmethod
