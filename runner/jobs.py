@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import requests
 
 from runner.config import RunnerConfig
@@ -26,7 +27,7 @@ from runner.job_watch import JobWatch
 from runner.state import metrics
 from runner.text import adapters, engine_crashes
 from runner.text.abortable import abortable
-from runner.text.generation import EngineFailure, Generation, ModelError, fit_history, stream_chat
+from runner.text.generation import EngineFailure, Generation, ModelError, Reply, fit_history, stream_chat, vllm_client
 from runner.text.stream import TextStream, clear_partial_text
 from runner.text.vllm_server import healthy, wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
@@ -45,7 +46,8 @@ class WorkerContext:
     image_pipeline: Any = None
     image_budget: Any = None  # shared.image_budget.ImageBudget: what this runner's pipeline can do
     image_adapters: Any = None  # runner.images.adapters.ImageAdapters on the warm pipeline
-    http: requests.Session | None = None
+    http: requests.Session | None = None  # vLLM's token counts and adapter loads
+    vllm_stream: httpx.Client | None = None  # vLLM's streamed replies (runner/text/generation.py)
     redis: Any = None  # streamed text goes to clients through it
 
 
@@ -57,7 +59,8 @@ def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vll
     """Called once per worker process (shared by its threads); loads the image pipeline there
     so it stays warm."""
     global _context
-    _context = WorkerContext(kind, config, client, vllm_url, http=pooled_session(pool_size), redis=redis)
+    _context = WorkerContext(kind, config, client, vllm_url, http=pooled_session(pool_size),
+                             vllm_stream=vllm_client(pool_size), redis=redis)
     if kind == WorkKind.IMAGE_INFERENCE:
         from runner.images.pipeline import ImagePipeline
 
@@ -143,12 +146,12 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
             taken = threading.Event()  # vLLM answered the request: it was in flight
 
             def open_stream(on_response):
-                def on_vllm_response(response: requests.Response) -> None:
+                def on_vllm_response(response: Reply) -> None:
                     taken.set()
                     on_response(response)
 
                 return stream_chat(ctx.vllm_url, model, messages, max_tokens=max_tokens, temperature=job.temperature,
-                                   extra={**ctx.config.sampling_extra, **job.sampling}, session=ctx.http,
+                                   extra={**ctx.config.sampling_extra, **job.sampling}, session=ctx.vllm_stream,
                                    prompt=job.prompt, generation=generation, on_response=on_vllm_response)
 
             try:
@@ -173,7 +176,11 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
                 return {"error": str(err)}
             except EngineFailure as err:
                 failure, in_flight = err, err.in_flight
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+            # vLLM unreachable, or its connection dropped mid-reply (it died): requests' errors from
+            # fit_history and the adapter's load, httpx's from the streamed reply.
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, httpx.TransportError) as err:
+                if isinstance(err, httpx.ReadTimeout) and not taken.is_set():
+                    raise  # no answer at all within the read timeout: RQ retries the job, as on requests' ReadTimeout
                 failure, in_flight = err, taken.is_set()
         if watch.stop.is_set():
             raise Gone(job.interaction_id) from None

@@ -279,6 +279,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="jobs in flight at once, one RQ worker per thread")
     args = p.parse_args()
     logs.configure()  # HELIX_LOG_FORMAT: json (default) or text
+    # httpx (vLLM's streamed replies) tells every request at INFO; one line per reply is noise.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     run_worker(WorkKind(args.kind), args.name, RunnerConfig.from_env(), args.vllm_url, max(1, args.threads))
 
 

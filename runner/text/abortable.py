@@ -9,26 +9,20 @@ stuck) is closed as soon as its response arrives.
 from __future__ import annotations
 
 import queue
-import socket
 import threading
-from typing import Callable, Iterator
-
-import requests
+from typing import Callable, Iterator, Protocol
 
 from runner.job_watch import JobWatch
 
-OpenStream = Callable[[Callable[[requests.Response], None]], Iterator[str]]
+
+class Abortable(Protocol):
+    """A streamed response that any thread may abort (runner.text.generation.Reply: it shuts the
+    response's socket, so a read blocked on it returns at once)."""
+
+    def abort(self) -> None: ...
 
 
-def shut(response: requests.Response) -> None:
-    """Shuts the response's socket from any thread: a read blocked on it returns at once."""
-    connection = getattr(response.raw, "_connection", None) or getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed
+OpenStream = Callable[[Callable[[Abortable], None]], Iterator[str]]
 
 
 def abortable(open_stream: OpenStream, watch: JobWatch, poll: float = 1.0) -> Iterator[str]:
@@ -37,20 +31,20 @@ def abortable(open_stream: OpenStream, watch: JobWatch, poll: float = 1.0) -> It
     HTTP response as soon as it has one. Errors of the request are raised in the caller's thread."""
     items: queue.SimpleQueue = queue.SimpleQueue()
     lock = threading.Lock()
-    held: dict[str, requests.Response | None] = {"response": None}
+    held: dict[str, Abortable | None] = {"response": None}
     aborted = threading.Event()
 
-    def on_response(response: requests.Response) -> None:
+    def on_response(response: Abortable) -> None:
         with lock:
             held["response"] = response
             if aborted.is_set():
-                shut(response)
+                response.abort()
 
     def abort() -> None:
         with lock:
             aborted.set()
             if held["response"] is not None:
-                shut(held["response"])
+                held["response"].abort()
 
     def read() -> None:
         try:

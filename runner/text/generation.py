@@ -1,12 +1,16 @@
 """Streams a chat reply from the runner's local vLLM OpenAI-compatible server."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
+import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import httpx
 import requests
+from httpx_sse import connect_sse
 
 
 class ModelError(Exception):
@@ -114,14 +118,59 @@ class Generation:
     usage: dict[str, int] = field(default_factory=dict)
 
 
+# A streamed reply: connected and the request sent within 5 s each, then at most 600 s between two
+# reads (requests' (5, 600) did the same: urllib3 sends a request under the connect timeout).
+STREAM_TIMEOUT = httpx.Timeout(5, read=600)
+
+
+def vllm_client(pool_size: int = 1) -> httpx.Client:
+    """The HTTP client a worker process streams vLLM's replies with, shared by its threads (an
+    httpx client is safe to send from several at once). It keeps up to `pool_size` connections
+    alive, as a text worker runs that many jobs at once, and opens as many as are asked for (a
+    requests session's pool did not wait for a free connection either)."""
+    return httpx.Client(timeout=STREAM_TIMEOUT, limits=httpx.Limits(
+        max_connections=None, max_keepalive_connections=max(10, pool_size)))
+
+
+class Reply:
+    """A streamed reply's HTTP response, as `stream_chat` hands it to `on_response`: another
+    thread may abort it (runner/text/abortable.py)."""
+
+    def __init__(self, response: httpx.Response):
+        self.response = response
+        self._lock = threading.Lock()
+        self._open = True
+
+    def abort(self) -> None:
+        """Shuts the response's socket: a read blocked on it returns at once (closing the response
+        would not wake it), and vLLM sees its client leave and aborts the request. Does nothing once
+        the reply has ended: its connection may be back in the pool, serving another request."""
+        with self._lock:
+            if not self._open:
+                return
+            stream = self.response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed
+
+    def _ended(self) -> None:
+        with self._lock:
+            self._open = False
+
+
 def stream_chat(base_url: str, model: str, messages: list[dict[str, str]] | None, *,
                 max_tokens: int | None, temperature: float | None, extra: dict | None = None,
-                session: requests.Session | None = None, prompt: str | None = None,
+                session: httpx.Client | None = None, prompt: str | None = None,
                 generation: Generation | None = None,
-                on_response: Callable[[requests.Response], None] | None = None) -> Iterator[str]:
+                on_response: Callable[[Reply], None] | None = None) -> Iterator[str]:
     """Yields the first choice's text as it streams: a chat reply to `messages`, or with `prompt`
     a plain completion of it. `generation` collects all choices, finish reasons and usage;
-    `on_response` is given the HTTP response as soon as it starts (to abort it from another thread)."""
+    `on_response` is given the reply as soon as its response starts (to abort it from another
+    thread). `session`: the client to send it with (`vllm_client`); a client of its own if none.
+    A connection that fails or drops raises httpx's error (an `httpx.TransportError`)."""
     body: dict = {**(extra or {}), "model": model, "stream": True, "stream_options": {"include_usage": True}}
     if prompt is not None:
         body["prompt"], path = prompt, "/v1/completions"
@@ -132,10 +181,16 @@ def stream_chat(base_url: str, model: str, messages: list[dict[str, str]] | None
     if temperature is not None:
         body["temperature"] = temperature
     gen = generation if generation is not None else Generation()
-    http = session or requests
-    with http.post(f"{base_url}{path}", json=body, stream=True, timeout=(5, 600)) as r:
+    with contextlib.ExitStack() as scope:
+        http = session or scope.enter_context(vllm_client())
+        events = scope.enter_context(connect_sse(http, "POST", f"{base_url}{path}", json=body, timeout=STREAM_TIMEOUT))
+        r = events.response
+        reply = Reply(r)
+        scope.callback(reply._ended)  # before the response closes and its connection is let go
         if on_response is not None:
-            on_response(r)
+            on_response(reply)
+        if r.status_code >= 400:
+            r.read()  # a streamed response's body is read on demand
         if r.status_code >= 500:
             raise EngineFailure(f"the model server answered {r.status_code}: {r.text[:300]}", in_flight=False)
         if 400 <= r.status_code < 500:
@@ -145,13 +200,12 @@ def stream_chat(base_url: str, model: str, messages: list[dict[str, str]] | None
                 detail = r.text[:500]
             raise ModelError(str(detail) or f"model refused the request ({r.status_code})")
         r.raise_for_status()
-        for line in r.iter_lines(decode_unicode=True):
-            if not line or not line.startswith("data:"):
+        for event in events.iter_sse():
+            if not event.data:
                 continue
-            data = line[5:].strip()
-            if data == "[DONE]":
+            if event.data == "[DONE]":
                 return
-            chunk = json.loads(data)
+            chunk = event.json()
             if chunk.get("error"):
                 # vLLM reports its own failures mid-stream too (code 500: "EngineCore encountered
                 # an issue" when its engine died): those are the server's, not the request's.
