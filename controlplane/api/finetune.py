@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
 from controlplane.finetune.text_input import DocumentsForm
-from controlplane.http.forms import read_form, request_fields
+from controlplane.http.forms import read_request
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import session_view
 from controlplane.storage import db
@@ -57,8 +57,7 @@ def retry(session_id: str):
 def add_documents(session_id: str):
     files = [f for f in request.files.getlist("files") if f.filename]
     with db.transaction() as conn:
-        return _session(conn, _service().add_documents(conn, g.user, session_id, read_form(
-            DocumentsForm, request_fields(), input_max_chars=current_app.config["HELIX"].max_input_chars), files))
+        return _session(conn, _service().add_documents(conn, g.user, session_id, read_request(DocumentsForm), files))
 
 
 @bp.post("/clone/<interaction_id>/<mode>")

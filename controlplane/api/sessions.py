@@ -11,7 +11,7 @@ from controlplane.finetune.text_input import TextFinetuneForm
 from controlplane.fleet import scheduling
 from controlplane.http import event_stream
 from controlplane.http.fields import optional_int, text_field
-from controlplane.http.forms import read_form, request_fields
+from controlplane.http.forms import read_form, read_request, request_fields
 from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.input import ContinueChat, NewSession, SessionKind
@@ -39,16 +39,15 @@ def create_session():
     body = request_fields()
     files = [f for f in request.files.getlist("files") if f.filename]
     kind = read_form(SessionKind, body)
-    limits = {"input_max_chars": current_app.config["HELIX"].max_input_chars}
     with db.transaction() as conn:
         if kind.mode == SessionMode.FINETUNE:
             image = kind.type == SessionType.IMAGE
-            form = read_form(ImageFinetuneForm if image else TextFinetuneForm, body, **limits)
+            form = read_request(ImageFinetuneForm if image else TextFinetuneForm, body)
             model = _service().model_for(conn, form.model_name, kind.mode, kind.type)
             fine_tuning = current_app.extensions["image_finetune_service" if image else "finetune_service"]
             session = fine_tuning.create(conn, g.user, form, files, model)
         else:
-            session = _service().create(conn, g.user, read_form(NewSession, body, **limits), files)
+            session = _service().create(conn, g.user, read_request(NewSession, body), files)
     return jsonify(session_view(session)), 201
 
 
@@ -115,8 +114,7 @@ def restart_session(session_id: str):
 @require_user
 def continue_session(session_id: str):
     with db.transaction() as conn:
-        session = _service().continue_chat(conn, g.user, session_id, read_form(
-            ContinueChat, request_fields(), input_max_chars=current_app.config["HELIX"].max_input_chars))
+        session = _service().continue_chat(conn, g.user, session_id, read_request(ContinueChat))
     return jsonify(session_view(session))
 
 

@@ -81,7 +81,7 @@ class TextFinetuneForm(SessionKind, DocumentsForm, TextHyperparameters):
     @field_validator("overlap_tokens")
     @classmethod
     def _within_half_a_chunk(cls, value: int | None, info: ValidationInfo) -> int | None:
-        high = info.data.get("chunk_tokens", 384) // 2
+        high = info.data.get("chunk_tokens", cls.model_fields["chunk_tokens"].default) // 2
         if value is not None and value > high:
             raise PydanticCustomError("range", "must be between 0 and {high}, got {value}",
                                       {"high": high, "value": value})

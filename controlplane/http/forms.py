@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from annotated_types import Ge, Le
-from flask import request
+from flask import current_app, request
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -170,3 +170,9 @@ def read_form(model: type[F], form: Any, **limits: int) -> F:
     except ValidationError as err:
         raise BadRequest(describe(model, err.errors()[0])) from None
 
+
+def read_request(model: type[F], fields: Any = None) -> F:
+    """The request's fields (or `fields` already read from it) as `model`, held to the server's
+    text limits (HELIX_MAX_INPUT_CHARS for a prompt)."""
+    return read_form(model, request_fields() if fields is None else fields,
+                     input_max_chars=current_app.config["HELIX"].max_input_chars)
