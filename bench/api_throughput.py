@@ -11,13 +11,14 @@ from __future__ import annotations
 from bench.loadgen import closed_loop_get, cpu_seconds
 from bench.report import Figure, ratio_result, spread
 from bench.stack import BenchStack
+from controlplane.storage.rows import SessionRow
 
 GOAL = 0.6
 
 
 def measure(stack: BenchStack, figure: Figure, *, concurrency: int, seconds: float, repetitions: int, **_) -> None:
     (owner, key), = stack.users(1, "p1")
-    session, = stack.text_sessions([owner], stack.text_model, reply="Lighthouses guide ships. " * 20)
+    (session, _), = stack.text_sessions([owner], stack.text_model, reply="Lighthouses guide ships. " * 20)
     bare = stack.bare_server("bench.bare_app:app")
     try:
         _alternate(stack, bare, session, key, figure, concurrency=concurrency, seconds=seconds,
@@ -27,9 +28,9 @@ def measure(stack: BenchStack, figure: Figure, *, concurrency: int, seconds: flo
         stack.servers.remove(bare)
 
 
-def _alternate(stack: BenchStack, bare, session: dict, key: str, figure: Figure, *, concurrency: int,
+def _alternate(stack: BenchStack, bare, session: SessionRow, key: str, figure: Figure, *, concurrency: int,
                seconds: float, repetitions: int) -> None:
-    api_path = f"/api/v1/sessions/{session['id']}"
+    api_path = f"/api/v1/sessions/{session.id}"
     headers = {"Authorization": f"Bearer {key}"}
     figure.model = "-"
     figure.inputs = {"concurrency": concurrency, "seconds": seconds, "repetitions": repetitions,

@@ -31,6 +31,7 @@ from controlplane.devstack.stack import control_plane_command
 from controlplane.http.serving import APP, gunicorn_command
 from controlplane.sessions import store as sessions_store
 from controlplane.storage.migrate import apply_migrations
+from controlplane.storage.rows import SessionWithInteractions
 from shared.processes import LoggedProcess, free_port, wait_for_port
 from shared.runners import runner_environment
 from shared.types import Creator, InteractionState
@@ -186,7 +187,7 @@ class BenchStack:
                 out.append((user["id"], accounts.create_api_key(conn, user["id"], tag)[1]))
         return out
 
-    def text_sessions(self, owners: list[str], model: str, reply: str | None) -> list[dict]:
+    def text_sessions(self, owners: list[str], model: str, reply: str | None) -> list[SessionWithInteractions]:
         """Chat sessions (one per owner) written straight to PostgreSQL: finished with `reply`, or
         (None) with their reply still waiting, as between a POST and the runner's final update."""
         out = []
@@ -195,10 +196,10 @@ class BenchStack:
                 session = sessions_store.insert_session(conn, owner=owner, mode="inference", type="text",
                                                         model_name=model, name="bench", config={"text": {}})
                 user = sessions_store.insert_interaction(
-                    conn, session_id=session["id"], creator=Creator.USER, mode="inference",
+                    conn, session_id=session.id, creator=Creator.USER, mode="inference",
                     message="Tell me about lighthouses.", state=InteractionState.COMPLETE)
                 system = sessions_store.insert_interaction(
-                    conn, session_id=session["id"], creator=Creator.SYSTEM, mode="inference", message=reply or "",
+                    conn, session_id=session.id, creator=Creator.SYSTEM, mode="inference", message=reply or "",
                     state=InteractionState.COMPLETE if reply is not None else InteractionState.WAITING)
-                out.append({**session, "interactions": [user, system]})
+                out.append((session, [user, system]))
         return out

@@ -29,6 +29,7 @@ from rq.serializers import JSONSerializer
 from bench.loadgen import http_session, read_sse
 from bench.report import Figure, count_reasons, percentile, spread
 from bench.stack import REPO, BenchStack
+from controlplane.storage.rows import SessionRow
 from shared.jobs import WorkKind, queue_name
 from shared.processes import die_with_parent
 
@@ -73,7 +74,7 @@ def _poll(url: str, key: str, session_id: str, seconds: float) -> list[float]:
     return json.loads(out.stdout)
 
 
-async def _ramp(stack: BenchStack, server_url: str, levels: list[int], sessions: list[dict], keys: dict[str, str],
+async def _ramp(stack: BenchStack, server_url: str, levels: list[int], sessions: list[SessionRow], keys: dict[str, str],
                 poll_key: str, poll_session: str, poll_seconds: float, open_timeout: float) -> list[dict]:
     steps: list[dict] = []
     streams: list[Stream] = []
@@ -88,7 +89,7 @@ async def _ramp(stack: BenchStack, server_url: str, levels: list[int], sessions:
                     streams.append(state)
                     waits.append(ready.wait())
                     tasks.append(asyncio.create_task(_hold(
-                        http, f"{server_url}/api/v1/sessions/{s['id']}/events", keys[s["owner"]], state, ready)))
+                        http, f"{server_url}/api/v1/sessions/{s.id}/events", keys[s.owner], state, ready)))
                 try:
                     await asyncio.wait_for(asyncio.gather(*waits), open_timeout)
                 except asyncio.TimeoutError:
@@ -130,19 +131,21 @@ def measure(stack: BenchStack, figure: Figure, *, levels: list[int], poll_second
         top = max(levels)
         users = stack.users(math.ceil(top / STREAMS_PER_USER) + 1, "streams")
         (poll_owner, poll_key) = users.pop()
-        poll_session, = stack.text_sessions([poll_owner], HELD_MODEL, reply="Lighthouses guide ships. " * 20)
+        (poll_session, _), = stack.text_sessions([poll_owner], HELD_MODEL, reply="Lighthouses guide ships. " * 20)
         keys = dict(users)
-        sessions = stack.text_sessions([users[i // STREAMS_PER_USER][0] for i in range(top)], HELD_MODEL, None)
+        created = stack.text_sessions([users[i // STREAMS_PER_USER][0] for i in range(top)], HELD_MODEL, None)
         dispatcher = Dispatcher(redis, Config.from_env(stack.env))
-        for s in sessions:  # queued as the POST queues them, so no reconciler pass does it mid-measurement
-            dispatcher.try_enqueue(s, s["interactions"], s["interactions"][-1]["id"])
+        # Queued as the POST queues them, so no reconciler pass does it mid-measurement.
+        for session, turns in created:
+            dispatcher.try_enqueue(session, turns, turns[-1].id)
+        sessions = [session for session, _ in created]
         figure.model = "-"
         figure.inputs = {"levels": levels, "seconds": poll_seconds, "streams_per_user": STREAMS_PER_USER,
                          "server": "gunicorn, 1 worker process (controlplane.http.serving.gunicorn_command)",
                          "poll": "GET /api/v1/sessions/{id}, back to back, one client",
                          "server_open_file_limit": list(nofile) if nofile else None}
-        baseline = _poll(server.url, poll_key, poll_session["id"], poll_seconds)
-        steps = asyncio.run(_ramp(stack, server.url, levels, sessions, keys, poll_key, poll_session["id"],
+        baseline = _poll(server.url, poll_key, poll_session.id, poll_seconds)
+        steps = asyncio.run(_ramp(stack, server.url, levels, sessions, keys, poll_key, poll_session.id,
                                   poll_seconds, open_timeout=60 + top / 20))
     finally:
         server.stop()

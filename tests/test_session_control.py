@@ -160,7 +160,7 @@ def test_a_cancel_and_a_runner_report_at_once_do_not_deadlock(unserved, config, 
     s = _chat(client, user)
     sid, iid = s["id"], s["interactions"][-1]["id"]
     with psycopg.connect(config.database_url, row_factory=dict_row) as report:
-        assert sessions_store.get_interaction_for_runner(report, sid, iid)["id"] == iid  # as authorize() locks it
+        assert sessions_store.get_interaction_for_runner(report, sid, iid).id == iid  # as authorize() locks it
         with ThreadPoolExecutor(1) as pool:
             cancel = pool.submit(client.post, f"/api/v1/sessions/{sid}/cancel", headers=user.headers)
             deadline = time.monotonic() + 10

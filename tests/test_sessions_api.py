@@ -226,10 +226,18 @@ def test_image_session_queues_validated_parameters(client, user, config):
 
 
 def test_chat_history_leaves_out_failed_turns():
+    from datetime import datetime, timezone
+
     from controlplane.fleet.dispatch import chat_history
+    from controlplane.storage.rows import InteractionRow
 
     def turn(n, creator, state="complete", message=""):
-        return {"id": str(n), "creator": creator, "state": state, "message": message}
+        now = datetime.now(timezone.utc)
+        return InteractionRow(
+            id=str(n), session_id="s", seq=n, created=now, updated=now, scheduled=None, completed=None,
+            creator=creator, mode="inference", runner="", message=message, progress=0, files=[],
+            finished=state != "waiting", metadata={}, state=state, status="", error="", lora_dir="",
+            data_prep_chunks={}, data_prep_stage="")
 
     interactions = [
         turn(1, "user", message="q1"), turn(2, "system", message="a1"),

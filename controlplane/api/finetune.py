@@ -10,6 +10,7 @@ from controlplane.http.forms import read_request
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import session_view
 from controlplane.storage import db
+from controlplane.storage.rows import SessionWithInteractions
 
 bp = Blueprint("finetune", __name__, url_prefix="/api/v1/sessions/<session_id>/finetune")
 
@@ -33,9 +34,10 @@ def put_pairs(session_id: str, interaction_id: str):
     return jsonify(pairs)
 
 
-def _session(conn, session: dict):
+def _session(conn, changed: SessionWithInteractions):
     """The session as GET shows it, pairs included."""
-    return jsonify(session_view(sessions_store.get_session_with_interactions(conn, session["id"], g.user["id"])))
+    session, _ = changed
+    return jsonify(session_view(*sessions_store.get_session_with_interactions(conn, session.id, g.user["id"])))
 
 
 @bp.post("/start")

@@ -24,6 +24,7 @@ from controlplane.sessions.input import ContinueChat, HelixChat
 from controlplane.sessions.service import known_models
 from controlplane.sessions.views import session_view
 from controlplane.storage import db
+from controlplane.storage.rows import SessionRow, SessionWithInteractions
 from shared.types import SessionType
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -63,14 +64,14 @@ def _body() -> Any:
 def _reader(app, session_id: str, owner: str) -> Callable[[], dict | None]:
     def read() -> dict | None:
         with app.app_context(), db.transaction() as conn:
-            row = sessions_store.get_session_with_interactions(conn, session_id, owner)
-        return session_view(row) if row else None
+            found = sessions_store.get_session_with_interactions(conn, session_id, owner)
+        return session_view(*found) if found else None
     return read
 
 
-def _reply_events(app, session: dict[str, Any]):
+def _reply_events(app, session: SessionRow):
     """The session's live events until its reply is final or HELIX_OPENAI_REPLY_SECONDS pass."""
-    return events.session_events(app.extensions["redis"], session["id"], _reader(app, session["id"], g.user["id"]),
+    return events.session_events(app.extensions["redis"], session.id, _reader(app, session.id, g.user["id"]),
                                  app.config["HELIX"].openai_reply_seconds)
 
 
@@ -87,16 +88,17 @@ def _call_slot() -> Iterator[Callable[[], None]]:
         raise
 
 
-def _answer(session: dict[str, Any], model: str, completion: bool, stream: bool, include_usage: bool,
+def _answer(started: SessionWithInteractions, model: str, completion: bool, stream: bool, include_usage: bool,
             release: Callable[[], None]):
     """Waits for the session's reply, or streams it, holding the call's stream slot meanwhile
     (each waits on the session's live channel) and giving it back at the end."""
     app = current_app._get_current_object()
-    reply_id = session["interactions"][-1]["id"]
+    session, interactions = started
+    reply_id = interactions[-1].id
     items = _reply_events(app, session)
     if not stream:
         try:
-            reply = final_reply(items, session["id"], reply_id)
+            reply = final_reply(items, session.id, reply_id)
         finally:
             release()
         return jsonify(chat_completion(session, reply, model, completion))
@@ -118,8 +120,8 @@ def _text_call(parse, completion: bool):
                                            schema_enum_entries=config.max_schema_enum_entries)
     call = parse(_body(), config.max_input_chars, limits=limits)
     with _call_slot() as release, db.transaction() as conn:
-        session = _service().start_chat(conn, g.user, call)
-    return _answer(session, call.model, completion, call.stream, call.include_usage, release)
+        started = _service().start_chat(conn, g.user, call)
+    return _answer(started, call.model, completion, call.stream, call.include_usage, release)
 
 
 @bp.get("/models")
@@ -157,10 +159,10 @@ def image_generations():
     config = current_app.config["HELIX"]
     call = openai_input.image_request(_body(), config.max_input_chars)
     with _call_slot() as release, db.transaction() as conn:
-        session = _service().start_image(conn, g.user, call)
+        session, interactions = _service().start_image(conn, g.user, call)
     app = current_app._get_current_object()
     try:
-        reply = final_reply(_reply_events(app, session), session["id"], session["interactions"][-1]["id"])
+        reply = final_reply(_reply_events(app, session), session.id, interactions[-1].id)
     finally:
         release()
     if call.response_format == "b64_json":
@@ -183,12 +185,12 @@ def helix_session_chat():
         call = openai_input.chat_request({"model": "-", "messages": messages, "stream": stream},
                                          config.max_input_chars)
         with _call_slot() as release, db.transaction() as conn:
-            session = current_app.extensions["session_service"].continue_chat(
+            continued = current_app.extensions["session_service"].continue_chat(
                 conn, g.user, session_id, read_form(ContinueChat, {"input": call.turns[-1][1]}))
-        return _answer(session, session["model_name"], False, call.stream, False, release)
+        return _answer(continued, continued[0].model_name, False, call.stream, False, release)
     with db.transaction() as conn:
         model = chat.model or next(iter(known_models(conn, current_app.config["HELIX"], SessionType.TEXT)), "")
     call = openai_input.chat_request({"model": model, "messages": messages, "stream": stream}, config.max_input_chars)
     with _call_slot() as release, db.transaction() as conn:
-        session = _service().start_chat(conn, g.user, call)
-    return _answer(session, call.model, False, call.stream, False, release)
+        started = _service().start_chat(conn, g.user, call)
+    return _answer(started, call.model, False, call.stream, False, release)

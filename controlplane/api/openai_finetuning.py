@@ -8,7 +8,8 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest
-from controlplane.openai.files import file_view
+from controlplane.http.forms import read_form
+from controlplane.openai.files import FileUpload, file_view
 from controlplane.storage import db
 
 bp = Blueprint("openai_finetuning", __name__, url_prefix="/v1")
@@ -40,9 +41,9 @@ def _page(items: list[dict[str, Any]], limit: int, **extra: Any):
 @bp.post("/files")
 @require_user
 def upload_file():
-    upload = request.files.get("file")
+    form = read_form(FileUpload, request.form.to_dict())
     with db.transaction() as conn:
-        row = _files().create(conn, g.user, upload, request.form.get("purpose", ""))
+        row = _files().create(conn, g.user, request.files.get("file"), form)
     return jsonify(file_view(row))
 
 

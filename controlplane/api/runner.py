@@ -113,7 +113,7 @@ def upload_result(session_id: str, interaction_id: str):
     with db.transaction() as conn:
         _authorize(conn, session_id, interaction_id)
         session = sessions_store.get_session_any_owner(conn, session_id)
-        files = UserFiles(current_app.extensions["filestore"], session["owner"])
+        files = UserFiles(current_app.extensions["filestore"], session.owner)
         path = f"{session_outputs(session_id)}/{interaction_id}/{name}"
         files.write(path, upload.stream)
     return jsonify(path=path), 201
@@ -134,16 +134,16 @@ def download_input(session_id: str):
             raise NotFound("session not found")
         # Its own files, and the adapter it is served with (which may be another session's of
         # the same owner: a chat on a fine-tuned model through the OpenAI API).
-        readable = [session_folder(session_id)] + ([session["lora_dir"]] if session["lora_dir"] else [])
+        readable = [session_folder(session_id)] + ([session.lora_dir] if session.lora_dir else [])
         if not any(path.startswith(folder + "/") for folder in readable):
             raise BadRequest(f"runners may read only files under {session_folder(session_id)}/"
                              " and the session's adapter")
         dispatcher = current_app.extensions["dispatcher"]
-        if not any(runner_of_worker(dispatcher.holder(i["id"], job_stage(i))) == runner_id
+        if not any(runner_of_worker(dispatcher.holder(i.id, job_stage(i))) == runner_id
                    for i in sessions_store.get_interactions(conn, session_id)
-                   if i["creator"] == "system" and not i["finished"]):
+                   if i.creator == "system" and not i.finished):
             raise Conflict(f"runner {runner_id!r} is running none of this session's jobs")
-    files = UserFiles(current_app.extensions["filestore"], session["owner"])
+    files = UserFiles(current_app.extensions["filestore"], session.owner)
     info = files.stat(path)
     if info.directory:
         raise BadRequest("path is a folder")

@@ -17,6 +17,7 @@ from controlplane.sessions import store as sessions_store
 from controlplane.sessions.input import ContinueChat, NewSession, SessionKind
 from controlplane.sessions.views import session_view
 from controlplane.storage import db
+from controlplane.storage.rows import SessionWithInteractions
 from shared.types import SessionMode, SessionType
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/v1/sessions")
@@ -26,11 +27,11 @@ def _service():
     return current_app.extensions["session_service"]
 
 
-def _session_or_404(conn, session_id: str):
-    row = sessions_store.get_session_with_interactions(conn, session_id, g.user["id"])
-    if row is None:
+def _session_or_404(conn, session_id: str) -> SessionWithInteractions:
+    found = sessions_store.get_session_with_interactions(conn, session_id, g.user["id"])
+    if found is None:
         raise NotFound("session not found")
-    return row
+    return found
 
 
 @bp.post("")
@@ -45,10 +46,10 @@ def create_session():
             form = read_request(ImageFinetuneForm if image else TextFinetuneForm, body)
             model = _service().model_for(conn, form.model_name, kind.mode, kind.type)
             fine_tuning = current_app.extensions["image_finetune_service" if image else "finetune_service"]
-            session = fine_tuning.create(conn, g.user, form, files, model)
+            created = fine_tuning.create(conn, g.user, form, files, model)
         else:
-            session = _service().create(conn, g.user, read_request(NewSession, body), files)
-    return jsonify(session_view(session)), 201
+            created = _service().create(conn, g.user, read_request(NewSession, body), files)
+    return jsonify(session_view(*created)), 201
 
 
 @bp.get("")
@@ -66,9 +67,9 @@ def list_sessions():
 
 def _full_view(conn, session_id: str) -> dict:
     """The session as GET shows it: pairs listed, and a queued interaction's place and reason."""
-    row = _session_or_404(conn, session_id)
+    session, interactions = _session_or_404(conn, session_id)
     return scheduling.annotate(conn, current_app.extensions["redis"], current_app.config["HELIX"],
-                               session_view(row), row)
+                               session_view(session, interactions), session, interactions)
 
 
 @bp.get("/<session_id>")
@@ -114,8 +115,8 @@ def restart_session(session_id: str):
 @require_user
 def continue_session(session_id: str):
     with db.transaction() as conn:
-        session = _service().continue_chat(conn, g.user, session_id, read_request(ContinueChat))
-    return jsonify(session_view(session))
+        continued = _service().continue_chat(conn, g.user, session_id, read_request(ContinueChat))
+    return jsonify(session_view(*continued))
 
 
 @bp.delete("/<session_id>")
@@ -136,8 +137,8 @@ def session_events(session_id: str):
 
     def read_session() -> dict | None:
         with app.app_context(), db.read() as conn:
-            row = sessions_store.get_session_with_interactions(conn, session_id, owner)
-        return session_view(row) if row else None
+            found = sessions_store.get_session_with_interactions(conn, session_id, owner)
+        return session_view(*found) if found else None
 
     release = app.extensions["event_streams"].acquire(owner, session_id)
     return event_stream.response(events.stream(app.extensions["redis"], session_id, read_session), release)

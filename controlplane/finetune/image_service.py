@@ -15,6 +15,7 @@ from controlplane.fleet.dispatch import Dispatcher
 from controlplane.sessions import store as sessions_store
 from controlplane.storage import db
 from controlplane.storage.filestore import Filestore, UserFiles, session_folder
+from controlplane.storage.rows import SessionWithInteractions
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
 
 
@@ -25,7 +26,7 @@ class ImageFinetuneService:
         self.filestore = filestore
 
     def create(self, conn: psycopg.Connection, user: dict[str, Any], form: ImageFinetuneForm,
-               files: list[Any], model: str) -> dict[str, Any]:
+               files: list[Any], model: str) -> SessionWithInteractions:
         """Every image is checked before the first is stored; a refused request stores nothing."""
         options, message, name = form.options(), form.input, form.name
         limits = PixelLimits(min_px=self.config.min_finetune_image_px,
@@ -56,5 +57,5 @@ class ImageFinetuneService:
             state=InteractionState.WAITING, data_prep_stage=DataPrepStage.FINETUNE,
             status=f"queued: waiting for a runner to train on {len(images)} images")
         interactions = [user_turn, system_turn]
-        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, system_turn["id"]))
-        return {**session, "interactions": interactions}
+        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, system_turn.id))
+        return session, interactions

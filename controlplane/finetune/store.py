@@ -7,7 +7,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from controlplane.sessions.store import INTERACTION_COLUMNS, new_id
+from controlplane.sessions.store import INTERACTION_COLUMNS, new_id, one_interaction
+from controlplane.storage.rows import InteractionRow
 
 PAIR_FIELDS = ("id", "document", "chunk_index", "fact", "style", "question", "answer")
 
@@ -98,11 +99,11 @@ def append_history(conn: psycopg.Connection, interaction_id: str, points: list[d
 
 
 def set_stage(conn: psycopg.Connection, interaction_id: str, stage: str, *, state: str, status: str,
-              progress: int = 0) -> dict[str, Any]:
-    return conn.execute(
-        f"UPDATE interactions SET updated = now(), data_prep_stage = %s, state = %s, status = %s,"
+              progress: int = 0) -> InteractionRow:
+    return one_interaction(
+        conn, f"UPDATE interactions SET updated = now(), data_prep_stage = %s, state = %s, status = %s,"
         f" progress = %s WHERE id = %s RETURNING {INTERACTION_COLUMNS}",
-        (stage, state, status, progress, interaction_id)).fetchone()
+        (stage, state, status, progress, interaction_id))
 
 
 def merge_metadata(conn: psycopg.Connection, interaction_id: str, metadata: dict[str, Any]) -> None:

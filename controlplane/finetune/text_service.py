@@ -18,6 +18,7 @@ from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
 from controlplane.storage.filestore import Filestore, UserFiles, session_folder
+from controlplane.storage.rows import InteractionRow, SessionRow, SessionWithInteractions
 from shared.finetune import ADAPTER_FILES, system_prompt
 from shared.image_finetune import ADAPTER_FILES as IMAGE_ADAPTER_FILES
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
@@ -35,7 +36,7 @@ class FinetuneService:
     # -- the user's side ------------------------------------------------------------------
 
     def create(self, conn: psycopg.Connection, user: dict[str, Any], form: TextFinetuneForm,
-               files: list[Any], model: str) -> dict[str, Any]:
+               files: list[Any], model: str) -> SessionWithInteractions:
         options, urls, message = form.options(), form.urls, form.input
         names = self._document_names(files)
         if len(set(names)) != len(names):
@@ -55,8 +56,8 @@ class FinetuneService:
             model_name=model, name=form.name or f"fine-tune on {(names + urls)[0][:50]}",
             config={"finetune": options}, session_id=session_id)
         interactions = self._add_documents_turn(conn, session, message, stored, urls)
-        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, interactions[-1]["id"]))
-        return {**session, "interactions": interactions}
+        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, interactions[-1].id))
+        return session, interactions
 
     def _document_names(self, files: list[Any]) -> list[str]:
         """The stored name of each uploaded document, once it passed the door's checks."""
@@ -75,25 +76,26 @@ class FinetuneService:
             store.write(path, upload.stream)
             stored.append(path)
 
-    def _add_documents_turn(self, conn, session, message: str, paths: list[str], urls: list[str]) -> list[dict]:
+    def _add_documents_turn(self, conn, session: SessionRow, message: str, paths: list[str],
+                            urls: list[str]) -> list[InteractionRow]:
         user_turn = sessions_store.insert_interaction(
-            conn, session_id=session["id"], creator=Creator.USER, mode=SessionMode.FINETUNE,
+            conn, session_id=session.id, creator=Creator.USER, mode=SessionMode.FINETUNE,
             message=message, state=InteractionState.COMPLETE, files=paths, metadata={"urls": urls})
         system_turn = sessions_store.insert_interaction(
-            conn, session_id=session["id"], creator=Creator.SYSTEM, mode=SessionMode.FINETUNE,
+            conn, session_id=session.id, creator=Creator.SYSTEM, mode=SessionMode.FINETUNE,
             state=InteractionState.WAITING, data_prep_stage=DataPrepStage.EXTRACT_TEXT,
             status="queued: waiting for a runner to read the documents")
         return [user_turn, system_turn]
 
     def _finetune_interaction(self, conn, user, session_id: str, interaction_id: str | None = None,
-                              for_update: bool = True):
+                              for_update: bool = True) -> tuple[SessionRow, list[InteractionRow], InteractionRow]:
         session = sessions_store.get_session(conn, session_id, user["id"], for_update=for_update)
         if session is None:
             raise NotFound("session not found")
         interactions = sessions_store.get_interactions(conn, session_id)
-        candidates = [i for i in interactions if i["mode"] == SessionMode.FINETUNE and i["creator"] == Creator.SYSTEM]
+        candidates = [i for i in interactions if i.mode == SessionMode.FINETUNE and i.creator == Creator.SYSTEM]
         if interaction_id is not None:
-            candidates = [i for i in candidates if i["id"] == interaction_id]
+            candidates = [i for i in candidates if i.id == interaction_id]
         if not candidates:
             raise NotFound("no fine-tune interaction with that id in this session")
         return session, interactions, candidates[-1]
@@ -105,7 +107,7 @@ class FinetuneService:
     def put_pairs(self, conn, user, session_id: str, interaction_id: str, body: Any) -> list[dict[str, Any]]:
         pairs = parse_pairs(body)
         _, _, interaction = self._finetune_interaction(conn, user, session_id, interaction_id)
-        if interaction["state"] != InteractionState.EDITING:
+        if interaction.state != InteractionState.EDITING:
             raise Conflict("pairs can be edited only while the fine-tune waits for review"
                            " (data_prep_stage edit_questions)")
         finetune_store.replace_all_pairs(conn, interaction_id, pairs)
@@ -113,47 +115,48 @@ class FinetuneService:
         # The status counted the pairs when data preparation ended: it counts the saved ones now.
         row = finetune_store.set_stage(
             conn, interaction_id, DataPrepStage.EDIT_QUESTIONS, state=InteractionState.EDITING,
-            progress=interaction["progress"],
-            status=_review_status(len(rows), _failures(interaction["data_prep_chunks"])))
+            progress=interaction.progress,
+            status=_review_status(len(rows), _failures(interaction.data_prep_chunks)))
         self._publish_after_commit(conn, session_id, row)
         return rows
 
-    def start(self, conn, user, session_id: str) -> dict[str, Any]:
+    def start(self, conn, user, session_id: str) -> SessionWithInteractions:
         """After the review: train on the pairs as they now stand."""
         session, interactions, interaction = self._finetune_interaction(conn, user, session_id)
-        if interaction["state"] != InteractionState.EDITING:
+        if interaction.state != InteractionState.EDITING:
             raise Conflict("this fine-tune is not waiting for review: nothing to start")
         if not finetune_store.session_pairs(conn, session_id):  # all of the session's pairs train
             raise BadRequest("there are no question/answer pairs to train on: PUT some first")
-        row = sessions_store.reopen_interaction(conn, interaction["id"], stage=DataPrepStage.FINETUNE,
+        row = sessions_store.reopen_interaction(conn, interaction.id, stage=DataPrepStage.FINETUNE,
                                                 status="queued: waiting for a runner to train")
         return self._enqueue(conn, session, row)
 
-    def retry(self, conn, user, session_id: str) -> dict[str, Any]:
+    def retry(self, conn, user, session_id: str) -> SessionWithInteractions:
         """Runs data preparation again for the chunks (and files) that failed; done ones stay."""
         session, interactions, interaction = self._finetune_interaction(conn, user, session_id)
-        stage = interaction["data_prep_stage"]
-        retryable = interaction["state"] == InteractionState.EDITING or (
-            interaction["state"] == InteractionState.ERROR
+        stage = interaction.data_prep_stage
+        retryable = interaction.state == InteractionState.EDITING or (
+            interaction.state == InteractionState.ERROR
             and stage in (DataPrepStage.EXTRACT_TEXT, DataPrepStage.GENERATE_QUESTIONS))
         if not retryable:
             raise Conflict("only a fine-tune whose data preparation failed or waits for review can retry")
-        row = sessions_store.reopen_interaction(conn, interaction["id"], stage=DataPrepStage.GENERATE_QUESTIONS,
+        row = sessions_store.reopen_interaction(conn, interaction.id, stage=DataPrepStage.GENERATE_QUESTIONS,
                                                 status="queued: retrying the failed chunks")
         return self._enqueue(conn, session, row)
 
-    def _enqueue(self, conn, session, interaction) -> dict[str, Any]:
-        interactions = sessions_store.get_interactions(conn, session["id"])
-        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, interaction["id"]))
-        self._publish_after_commit(conn, session["id"], interaction)
-        return {**session, "interactions": interactions}
+    def _enqueue(self, conn, session, interaction) -> SessionWithInteractions:
+        interactions = sessions_store.get_interactions(conn, session.id)
+        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, interaction.id))
+        self._publish_after_commit(conn, session.id, interaction)
+        return session, interactions
 
-    def _publish_after_commit(self, conn, session_id: str, interaction: dict[str, Any]) -> None:
+    def _publish_after_commit(self, conn, session_id: str, interaction: InteractionRow) -> None:
         """Tells the session's live streams of the interaction once its change is stored."""
         db.after_commit(conn, partial(events.publish, self.redis, session_id, EVENT_INTERACTION,
                                       interaction_view(interaction)))
 
-    def add_documents(self, conn, user, session_id: str, form: DocumentsForm, files: list[Any]) -> dict[str, Any]:
+    def add_documents(self, conn, user, session_id: str, form: DocumentsForm,
+                      files: list[Any]) -> SessionWithInteractions:
         """More documents for a fine-tuned session: their pairs are prepared, then the model is
         trained again on all of the session's pairs, old and new."""
         urls, message = form.urls, form.input
@@ -165,19 +168,19 @@ class FinetuneService:
         db.after_rollback(conn, lambda: UserFiles(self.filestore, user["id"]).remove(*stored))
         return self._add_documents(conn, user, session_id, urls, message, names, files, stored)
 
-    def _add_documents(self, conn, user, session_id, urls, message, names, files, stored) -> dict[str, Any]:
+    def _add_documents(self, conn, user, session_id, urls, message, names, files, stored) -> SessionWithInteractions:
         session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
         if session is None:
             raise NotFound("session not found")
         interactions = sessions_store.get_interactions(conn, session_id)
-        finetunes = [i for i in interactions if i["mode"] == SessionMode.FINETUNE and i["creator"] == Creator.SYSTEM]
-        if not finetunes or not finetunes[-1]["finished"] or (interactions and not interactions[-1]["finished"]):
+        finetunes = [i for i in interactions if i.mode == SessionMode.FINETUNE and i.creator == Creator.SYSTEM]
+        if not finetunes or not finetunes[-1].finished or (interactions and not interactions[-1].finished):
             raise Conflict("documents can be added to a fine-tune session once its last run has finished")
-        existing = {p.rsplit("/", 1)[-1] for i in interactions if i["creator"] == Creator.USER for p in i["files"]}
+        existing = {p.rsplit("/", 1)[-1] for i in interactions if i.creator == Creator.USER for p in i.files}
         clash = sorted(set(names) & existing)
         if clash or len(set(names)) != len(names):
             raise BadRequest(f"the session already has a document named {(clash or names)[0]!r}: rename it")
-        options = dict(session["config"].get("finetune", {}))
+        options = dict(session.config.get("finetune", {}))
         documents = sorted(existing) + names + urls
         if len(documents) > self.config.max_finetune_documents:
             raise BadRequest(f"at most {self.config.max_finetune_documents} documents per session")
@@ -187,10 +190,10 @@ class FinetuneService:
         session = sessions_store.get_session(conn, session_id, user["id"])
         added = self._add_documents_turn(conn, session, message, stored, urls)
         interactions = interactions + added
-        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, added[-1]["id"]))
-        return {**session, "interactions": interactions}
+        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, added[-1].id))
+        return session, interactions
 
-    def clone(self, conn, user, session_id: str, interaction_id: str, mode: str) -> dict[str, Any]:
+    def clone(self, conn, user, session_id: str, interaction_id: str, mode: str) -> SessionWithInteractions:
         """A new session from a fine-tune: its documents (`just_data`), with its pairs ready for
         review (`with_questions`), or everything, the trained adapter included (`all`)."""
         if mode not in ("just_data", "with_questions", "all"):
@@ -198,35 +201,37 @@ class FinetuneService:
         # Read without locks: nothing is held while the files are copied.
         session, interactions, source = self._finetune_interaction(conn, user, session_id, interaction_id,
                                                                    for_update=False)
-        image = session["type"] == SessionType.IMAGE
+        image = session.type == SessionType.IMAGE
         if image and mode == "with_questions":
             raise BadRequest("an image fine-tune has no questions: clone it just_data or all")
-        if mode == "all" and not source["lora_dir"]:
+        if mode == "all" and not source.lora_dir:
             raise Conflict("this fine-tune has no trained adapter yet: clone with_questions instead")
-        if mode != "just_data" and source["state"] not in (InteractionState.EDITING, InteractionState.COMPLETE):
+        if mode != "just_data" and source.state not in (InteractionState.EDITING, InteractionState.COMPLETE):
             raise Conflict("this fine-tune has no finished question/answer pairs yet: clone just_data instead")
         new_id = sessions_store.new_id()
         files = UserFiles(self.filestore, user["id"])
         before = interactions[:interactions.index(source)]
-        documents = next((i for i in reversed(before) if i["creator"] == Creator.USER), {"files": [], "metadata": {}})
+        documents = next((i for i in reversed(before) if i.creator == Creator.USER), None)
+        document_files = documents.files if documents else []
+        document_metadata = documents.metadata if documents else {}
         moved = {}
         db.after_rollback(conn, partial(files.remove, session_folder(new_id)))  # copies of a refused clone
         adapter_files = IMAGE_ADAPTER_FILES if image else ADAPTER_FILES
-        for path in documents["files"] + ([f"{source['lora_dir']}/{n}" for n in adapter_files] if mode == "all" else []):
+        for path in document_files + ([f"{source.lora_dir}/{n}" for n in adapter_files] if mode == "all" else []):
             target = path.replace(session_folder(session_id), session_folder(new_id), 1)
             with files.open(path) as data:
                 files.write(target, data)
             moved[path] = target
-        new_lora = source["lora_dir"].replace(session_folder(session_id), session_folder(new_id), 1) if mode == "all" else ""
+        new_lora = source.lora_dir.replace(session_folder(session_id), session_folder(new_id), 1) if mode == "all" else ""
         clone = sessions_store.insert_session(
             conn, owner=user["id"], mode=SessionMode.INFERENCE if mode == "all" else SessionMode.FINETUNE,
-            type=session["type"], model_name=session["model_name"], name=f"{session['name']} (clone)"[:200],
-            config=session["config"], parent_session=session_id, lora_dir=new_lora, session_id=new_id)
+            type=session.type, model_name=session.model_name, name=f"{session.name} (clone)"[:200],
+            config=session.config, parent_session=session_id, lora_dir=new_lora, session_id=new_id)
         user_turn = sessions_store.insert_interaction(
             conn, session_id=new_id, creator=Creator.USER, mode=SessionMode.FINETUNE,
-            message=documents.get("message", ""), state=InteractionState.COMPLETE,
-            files=[moved[p] for p in documents["files"]],
-            metadata={k: documents["metadata"][k] for k in ("urls", "captions", "sizes") if k in documents["metadata"]})
+            message=documents.message if documents else "", state=InteractionState.COMPLETE,
+            files=[moved[p] for p in document_files],
+            metadata={k: document_metadata[k] for k in ("urls", "captions", "sizes") if k in document_metadata})
         state, stage, status = {
             "just_data": (InteractionState.WAITING, DataPrepStage.FINETUNE,
                           "queued: waiting for a runner to train") if image else
@@ -239,23 +244,23 @@ class FinetuneService:
         system_turn = sessions_store.insert_interaction(
             conn, session_id=new_id, creator=Creator.SYSTEM, mode=SessionMode.FINETUNE, state=state,
             status=status, data_prep_stage=stage, lora_dir=new_lora,
-            message=source["message"] if mode == "all" else "",
-            metadata=(dict(source["metadata"]) if mode == "all" else {}) | {"cloned_from": source["id"]})
+            message=source.message if mode == "all" else "",
+            metadata=(dict(source.metadata) if mode == "all" else {}) | {"cloned_from": source.id})
         if mode != "just_data":
-            finetune_store.copy_pairs(conn, source["id"], system_turn["id"])
-            finetune_store.set_chunks(conn, system_turn["id"], source["data_prep_chunks"])
+            finetune_store.copy_pairs(conn, source.id, system_turn.id)
+            finetune_store.set_chunks(conn, system_turn.id, source.data_prep_chunks)
         interactions = [user_turn, system_turn]
         if mode == "just_data":
-            db.after_commit(conn, partial(self.dispatcher.try_enqueue, clone, interactions, system_turn["id"]))
-        return {**clone, "interactions": sessions_store.get_interactions(conn, new_id)}
+            db.after_commit(conn, partial(self.dispatcher.try_enqueue, clone, interactions, system_turn.id))
+        return clone, sessions_store.get_interactions(conn, new_id)
 
     # -- the runner's reports -------------------------------------------------------------
 
-    def _running(self, conn, session_id: str, interaction_id: str) -> dict[str, Any]:
+    def _running(self, conn, session_id: str, interaction_id: str) -> InteractionRow:
         interaction = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
-        if interaction is None or interaction["mode"] != SessionMode.FINETUNE:
+        if interaction is None or interaction.mode != SessionMode.FINETUNE:
             raise NotFound("fine-tune interaction not found")
-        if interaction["finished"]:
+        if interaction.finished:
             raise Conflict("interaction already finished")
         return interaction
 
@@ -263,7 +268,7 @@ class FinetuneService:
         """A document read (or not): its characters, chunk count and error."""
         interaction = self._running(conn, session_id, interaction_id)
         # A retry reads the document again: the chunks an earlier attempt finished stay done.
-        earlier = {c["index"]: c for c in interaction["data_prep_chunks"].get(report.document, {}).get("chunks", [])}
+        earlier = {c["index"]: c for c in interaction.data_prep_chunks.get(report.document, {}).get("chunks", [])}
 
         def chunk_entry(i: int) -> dict:
             before = earlier.get(i, {})
@@ -280,9 +285,9 @@ class FinetuneService:
         name, index, error, note = report.document, report.index, report.error, report.note
         pairs = [p.model_dump() for p in report.pairs]
         interaction = self._running(conn, session_id, interaction_id)
-        if name not in interaction["data_prep_chunks"]:
+        if name not in interaction.data_prep_chunks:
             raise BadRequest(f"report document {name[:80]!r} before its chunks")
-        earlier = next((c for c in interaction["data_prep_chunks"][name].get("chunks", []) if c["index"] == index), {})
+        earlier = next((c for c in interaction.data_prep_chunks[name].get("chunks", []) if c["index"] == index), {})
         finetune_store.replace_chunk_pairs(conn, interaction_id, name, index, pairs)
         finetune_store.set_chunk(conn, interaction_id, name, index, {
             "attempts": earlier.get("attempts", 0) + 1,
@@ -303,23 +308,23 @@ class FinetuneService:
             finetune_store.append_history(conn, interaction_id, report.points)
         else:
             # A run from step 0 starts the history anew; one resumed at step k keeps steps up to k.
-            history = interaction["metadata"].get("training_history", []) if report.from_step else []
+            history = interaction.metadata.get("training_history", []) if report.from_step else []
             kept = [p for p in history if p.get("step", 0) <= report.from_step]
             finetune_store.merge_metadata(conn, interaction_id, {"training_history": kept + report.points})
 
-    def report_prepared(self, conn, session_id: str, interaction_id: str) -> dict[str, Any]:
+    def report_prepared(self, conn, session_id: str, interaction_id: str) -> InteractionRow:
         """Data preparation is over: stop in error when no chunk made a pair; else wait for the
         review, or queue the training."""
         interaction = self._running(conn, session_id, interaction_id)
         session = sessions_store.get_session_any_owner(conn, session_id)
         pairs = finetune_store.count_pairs(conn, interaction_id)
-        failed = _failures(interaction["data_prep_chunks"])
-        finetune_store.merge_metadata(conn, interaction_id, {"dataprep": _summary(interaction["data_prep_chunks"], pairs)})
-        review = session["config"].get("finetune", {}).get("manually_review_questions")
+        failed = _failures(interaction.data_prep_chunks)
+        finetune_store.merge_metadata(conn, interaction_id, {"dataprep": _summary(interaction.data_prep_chunks, pairs)})
+        review = session.config.get("finetune", {}).get("manually_review_questions")
         if not pairs and not review:
             row = sessions_store.apply_update(
-                conn, interaction_id, runner=interaction["runner"], state=InteractionState.ERROR,
-                message=interaction["message"], progress=interaction["progress"], status="failed",
+                conn, interaction_id, runner=interaction.runner, state=InteractionState.ERROR,
+                message=interaction.message, progress=interaction.progress, status="failed",
                 files=None, finished=True, metadata=None,
                 error="no question/answer pairs could be made from the documents: "
                       + ("; ".join(failed[:10]) or "no text"))
@@ -333,7 +338,7 @@ class FinetuneService:
                 status=f"queued: training on {pairs} question/answer pairs"
                 + (f" ({len(failed)} chunks or files failed)" if failed else ""))
         self._publish_after_commit(conn, session_id, row)
-        if row["data_prep_stage"] == DataPrepStage.FINETUNE:
+        if row.data_prep_stage == DataPrepStage.FINETUNE:
             db.after_commit(conn, partial(self.dispatcher.try_enqueue, session,
                                           sessions_store.get_interactions(conn, session_id), interaction_id))
         return row

@@ -17,6 +17,7 @@ from redis import Redis
 from rq.job import Job
 from rq.utils import utcparse
 
+from controlplane.storage.rows import InteractionRow
 from shared.jobs import job_id_for
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,10 @@ def _seconds(stamp: bytes | None) -> float | None:
         return None
 
 
-def record(redis: Redis, interaction: dict[str, Any], stage: str, runner_id: str) -> dict[str, Any] | None:
+def record(redis: Redis, interaction: InteractionRow, stage: str, runner_id: str) -> dict[str, Any] | None:
     """Records the decision behind this update if it is the first of its attempt; returns it (else
     None). Never raises: a decision lost to a Redis hiccup must not refuse the runner's update."""
-    job_id = job_id_for(interaction["id"], stage)
+    job_id = job_id_for(interaction.id, stage)
     try:
         with redis.pipeline(transaction=False) as pipe:
             pipe.hmget(Job.key_for(job_id), "enqueued_at", "started_at", "origin", "worker_name")
@@ -45,7 +46,7 @@ def record(redis: Redis, interaction: dict[str, Any], stage: str, runner_id: str
         if not started_at or seen == started_at:
             return None
         queued, started = _seconds(enqueued_at), _seconds(started_at)
-        decision = {"interaction_id": interaction["id"], "session_id": interaction["session_id"],
+        decision = {"interaction_id": interaction.id, "session_id": interaction.session_id,
                     "job_id": job_id, "runner": runner_id, "worker": (worker or b"").decode(),
                     "queue": (origin or b"").decode(), "at": round(time.time(), 3),
                     "waited_seconds": round(max(0.0, started - queued), 3) if queued and started else None}
@@ -55,9 +56,9 @@ def record(redis: Redis, interaction: dict[str, Any], stage: str, runner_id: str
             pipe.ltrim(DECISIONS_KEY, 0, KEPT - 1)
             pipe.execute()
     except Exception as err:  # redis errors of every kind
-        log.warning("could not record which runner took interaction %s: %s", interaction["id"], err)
+        log.warning("could not record which runner took interaction %s: %s", interaction.id, err)
         return None
-    log.info("runner %s took interaction %s after %ss in queue %s", runner_id, interaction["id"],
+    log.info("runner %s took interaction %s after %ss in queue %s", runner_id, interaction.id,
              decision["waited_seconds"], decision["queue"])
     return decision
 

@@ -15,6 +15,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from controlplane.config import Config
+from controlplane.storage.rows import InteractionRow, SessionRow
 from shared.finetune import DEFAULT_EVAL_SHARE
 from shared.jobs import (
     ENTRY_POINTS,
@@ -33,7 +34,7 @@ from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, 
 log = logging.getLogger(__name__)
 
 
-def chat_history(interactions: list[dict[str, Any]], upto_id: str) -> list[dict[str, str]]:
+def chat_history(interactions: list[InteractionRow], upto_id: str) -> list[dict[str, str]]:
     """The messages before the system interaction `upto_id`, in the roles a chat model expects.
 
     A turn whose reply failed is left out whole, so user and assistant still alternate (many
@@ -42,14 +43,14 @@ def chat_history(interactions: list[dict[str, Any]], upto_id: str) -> list[dict[
     messages: list[dict[str, str]] = []
     pending_user: dict[str, str] | None = None
     for i in interactions:
-        if i.get("mode") == SessionMode.FINETUNE:
+        if i.mode == SessionMode.FINETUNE:
             continue  # the documents and the training run are not part of the conversation
-        if i["creator"] == Creator.USER:
-            pending_user = {"role": "user", "content": i["message"]}
-        elif i["id"] == upto_id:
+        if i.creator == Creator.USER:
+            pending_user = {"role": "user", "content": i.message}
+        elif i.id == upto_id:
             break
-        elif pending_user and i["state"] == InteractionState.COMPLETE and i["message"]:
-            messages += [pending_user, {"role": "assistant", "content": i["message"]}]
+        elif pending_user and i.state == InteractionState.COMPLETE and i.message:
+            messages += [pending_user, {"role": "assistant", "content": i.message}]
             pending_user = None
         else:
             pending_user = None
@@ -58,49 +59,54 @@ def chat_history(interactions: list[dict[str, Any]], upto_id: str) -> list[dict[
     return messages
 
 
-def job_stage(interaction: dict[str, Any]) -> str:
+def job_stage(interaction: InteractionRow) -> str:
     """Which job an unfinished interaction needs: a fine-tune has two in turn, each its own id."""
-    if interaction["mode"] != SessionMode.FINETUNE:
+    if interaction.mode != SessionMode.FINETUNE:
         return ""
-    return "finetune" if interaction["data_prep_stage"] == DataPrepStage.FINETUNE else "dataprep"
+    return "finetune" if interaction.data_prep_stage == DataPrepStage.FINETUNE else "dataprep"
 
 
-def _user_turn_before(interactions: list[dict[str, Any]], interaction: dict[str, Any]) -> dict[str, Any]:
+def _user_turn_before(interactions: list[InteractionRow], interaction: InteractionRow) -> InteractionRow | None:
     """The user's turn just before a system interaction: the documents or images it works on."""
-    before = interactions[:next(n for n, i in enumerate(interactions) if i["id"] == interaction["id"])]
-    return next((i for i in reversed(before) if i["creator"] == Creator.USER), None) or {}
+    before = interactions[:next(n for n, i in enumerate(interactions) if i.id == interaction.id)]
+    return next((i for i in reversed(before) if i.creator == Creator.USER), None)
 
 
-def _image_finetune_job(session: dict[str, Any], interactions: list[dict[str, Any]],
-                        interaction: dict[str, Any]) -> tuple[WorkKind, dict[str, Any]]:
+def _sent_with(interactions: list[InteractionRow], interaction: InteractionRow) -> tuple[list[str], dict[str, Any]]:
+    """The files and metadata of the user's turn before a system interaction (none if no turn)."""
     turn = _user_turn_before(interactions, interaction)
-    captions = turn.get("metadata", {}).get("captions", {})
+    return (turn.files, turn.metadata) if turn else ([], {})
+
+
+def _image_finetune_job(session: SessionRow, interactions: list[InteractionRow],
+                        interaction: InteractionRow) -> tuple[WorkKind, dict[str, Any]]:
+    files, metadata = _sent_with(interactions, interaction)
+    captions = metadata.get("captions", {})
     job = ImageFinetuneJob(
-        session_id=session["id"], interaction_id=interaction["id"], model=session["model_name"],
-        images=[{"path": p, "caption": captions.get(p.rsplit("/", 1)[-1], "")} for p in turn.get("files", [])],
-        hyperparameters=session["config"].get("finetune", {}).get("hyperparameters", {}),
-        checkpoint=interaction["metadata"].get("checkpoint", {}).get("path", ""))
+        session_id=session.id, interaction_id=interaction.id, model=session.model_name,
+        images=[{"path": p, "caption": captions.get(p.rsplit("/", 1)[-1], "")} for p in files],
+        hyperparameters=session.config.get("finetune", {}).get("hyperparameters", {}),
+        checkpoint=interaction.metadata.get("checkpoint", {}).get("path", ""))
     return WorkKind.IMAGE_FINETUNE, job.to_dict()
 
 
-def _finetune_job(session: dict[str, Any], interactions: list[dict[str, Any]],
-                  interaction: dict[str, Any]) -> tuple[WorkKind, dict[str, Any]]:
-    if session["type"] == SessionType.IMAGE:
+def _finetune_job(session: SessionRow, interactions: list[InteractionRow],
+                  interaction: InteractionRow) -> tuple[WorkKind, dict[str, Any]]:
+    if session.type == SessionType.IMAGE:
         return _image_finetune_job(session, interactions, interaction)
-    options = session["config"].get("finetune", {})
-    common = {"session_id": session["id"], "interaction_id": interaction["id"], "model": session["model_name"]}
+    options = session.config.get("finetune", {})
+    common = {"session_id": session.id, "interaction_id": interaction.id, "model": session.model_name}
     if job_stage(interaction) == "finetune":
         job = TextFinetuneJob(**common, system_prompt=options.get("system_prompt", ""),
                               hyperparameters=options.get("hyperparameters", {}),
                               eval_share=options.get("eval_share", DEFAULT_EVAL_SHARE),
-                              checkpoint=interaction["metadata"].get("checkpoint", {}).get("path", ""),
+                              checkpoint=interaction.metadata.get("checkpoint", {}).get("path", ""),
                               seed=options.get("seed", 0))
         return WorkKind.TEXT_FINETUNE, job.to_dict()
-    documents = _user_turn_before(interactions, interaction)
-    done = [f"{name}#{chunk['index']}" for name, report in interaction["data_prep_chunks"].items()
+    files, metadata = _sent_with(interactions, interaction)
+    done = [f"{name}#{chunk['index']}" for name, report in interaction.data_prep_chunks.items()
             for chunk in report.get("chunks", []) if chunk.get("state") == "done"]
-    job = TextDataPrepJob(**common, files=documents.get("files", []),
-                          urls=documents.get("metadata", {}).get("urls", []),
+    job = TextDataPrepJob(**common, files=files, urls=metadata.get("urls", []),
                           question_styles=options.get("question_styles", []),
                           questions_per_fact=options.get("questions_per_fact", 4),
                           chunk_tokens=options.get("chunk_tokens", 384),
@@ -108,29 +114,28 @@ def _finetune_job(session: dict[str, Any], interactions: list[dict[str, Any]],
     return WorkKind.TEXT_DATAPREP, job.to_dict()
 
 
-def build_job(session: dict[str, Any], interactions: list[dict[str, Any]],
+def build_job(session: SessionRow, interactions: list[InteractionRow],
               interaction_id: str) -> tuple[WorkKind, dict[str, Any]]:
-    interaction = next(i for i in interactions if i["id"] == interaction_id)
-    if interaction["mode"] == SessionMode.FINETUNE:
+    interaction = next(i for i in interactions if i.id == interaction_id)
+    if interaction.mode == SessionMode.FINETUNE:
         return _finetune_job(session, interactions, interaction)
-    if session["type"] == SessionType.IMAGE:
+    if session.type == SessionType.IMAGE:
         prompt = chat_history(interactions, interaction_id)[-1]["content"]
         # The session's settings, overridden by those sent with this prompt (a PUT's fields).
-        params = {**session["config"].get("image", {}), **_user_turn_before(interactions, interaction)
-                  .get("metadata", {}).get("image", {})}
-        job = ImageInferenceJob(session_id=session["id"], interaction_id=interaction_id,
-                                model=session["model_name"], prompt=prompt,
-                                lora_dir=session["lora_dir"], **params)
+        params = {**session.config.get("image", {}), **_sent_with(interactions, interaction)[1].get("image", {})}
+        job = ImageInferenceJob(session_id=session.id, interaction_id=interaction_id,
+                                model=session.model_name, prompt=prompt,
+                                lora_dir=session.lora_dir, **params)
         return WorkKind.IMAGE_INFERENCE, job.to_dict()
-    text = session["config"].get("text", {})
+    text = session.config.get("text", {})
     messages = chat_history(interactions, interaction_id)
     # The caller's own system prompt; else a fine-tuned session is served as it was trained.
     system_prompt = text.get("system_prompt") or (
-        session["config"].get("finetune", {}).get("system_prompt") if session["lora_dir"] else "")
+        session.config.get("finetune", {}).get("system_prompt") if session.lora_dir else "")
     if system_prompt:
         messages = [{"role": "system", "content": system_prompt}, *messages]
-    job = TextInferenceJob(session_id=session["id"], interaction_id=interaction_id,
-                           model=session["model_name"], messages=messages, lora_dir=session["lora_dir"],
+    job = TextInferenceJob(session_id=session.id, interaction_id=interaction_id,
+                           model=session.model_name, messages=messages, lora_dir=session.lora_dir,
                            max_tokens=text.get("max_tokens"), temperature=text.get("temperature"),
                            sampling=text.get("sampling", {}),
                            prompt=messages[-1]["content"] if text.get("completion") else None)
@@ -142,15 +147,14 @@ class Dispatcher:
         self.redis = redis
         self.config = config
 
-    def _timeout(self, kind: WorkKind, session: dict[str, Any], interactions: list[dict[str, Any]],
+    def _timeout(self, kind: WorkKind, session: SessionRow, interactions: list[InteractionRow],
                  interaction_id: str) -> int:
         if kind == WorkKind.IMAGE_INFERENCE:
             # Sized from the request's work and the runners' budget: a continuation's own (its
             # fields may ask for more than the first prompt did), else the session's.
-            turn = _user_turn_before(interactions, next(i for i in interactions if i["id"] == interaction_id))
-            sized = turn.get("metadata", {})
+            sized = _sent_with(interactions, next(i for i in interactions if i.id == interaction_id))[1]
             if "job_timeout" not in sized:
-                sized = session["config"]
+                sized = session.config
             if sized.get("job_timeout"):
                 return int(sized["job_timeout"])
         return {WorkKind.IMAGE_INFERENCE: self.config.image_job_timeout,
@@ -158,11 +162,11 @@ class Dispatcher:
                 WorkKind.TEXT_FINETUNE: self.config.finetune_job_timeout,
                 WorkKind.IMAGE_FINETUNE: self.config.finetune_job_timeout}.get(kind, self.config.text_job_timeout)
 
-    def enqueue(self, session: dict[str, Any], interactions: list[dict[str, Any]], interaction_id: str) -> Job:
+    def enqueue(self, session: SessionRow, interactions: list[InteractionRow], interaction_id: str) -> Job:
         kind, payload = build_job(session, interactions, interaction_id)
-        queue = Queue(queue_name(kind, session["model_name"]), connection=self.redis,
+        queue = Queue(queue_name(kind, session.model_name), connection=self.redis,
                       serializer=JSONSerializer)
-        stage = job_stage(next(i for i in interactions if i["id"] == interaction_id))
+        stage = job_stage(next(i for i in interactions if i.id == interaction_id))
         job_id = job_id_for(interaction_id, stage)
         existing = self.fetch(interaction_id, stage)
         if existing is not None:
@@ -172,14 +176,14 @@ class Dispatcher:
             timeout=self._timeout(kind, session, interactions, interaction_id),
             result_ttl=3600, failure_ttl=24 * 3600, retry=Retry(max=2),
             # The runner holds the job to the need the control plane checked the fleet against.
-            meta={JOB_META_KEY: need_of(self.config.memory_needs, session["model_name"], kind)},
+            meta={JOB_META_KEY: need_of(self.config.memory_needs, session.model_name, kind)},
         )
         # Ties the request (its request_id, in the log context) to the interaction and its job.
         log.info("queued job %s on %s", job_id, queue.name,
-                 extra={"session_id": session["id"], "interaction_id": interaction_id, "job_id": job_id})
+                 extra={"session_id": session.id, "interaction_id": interaction_id, "job_id": job_id})
         return job
 
-    def try_enqueue(self, session: dict[str, Any], interactions: list[dict[str, Any]],
+    def try_enqueue(self, session: SessionRow, interactions: list[InteractionRow],
                     interaction_id: str) -> bool:
         """Enqueue after the session is committed; if Redis is away the reconciler will do it."""
         try:

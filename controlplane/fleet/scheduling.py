@@ -21,6 +21,7 @@ from controlplane.config import Config
 from controlplane.errors import BadRequest
 from controlplane.fleet import store as fleet_store
 from controlplane.fleet.dispatch import job_stage
+from controlplane.storage.rows import InteractionRow, SessionRow
 from shared.jobs import WorkKind, job_id_for, queue_name
 from shared.memory import capacity, human, memory_wait_key, need_of
 from shared.types import Creator, InteractionState, SessionMode, SessionType
@@ -75,17 +76,17 @@ def _jobs_ahead(n: int) -> str:
     return "1 job ahead" if n == 1 else f"{n} jobs ahead"
 
 
-def waiting_status(conn: psycopg.Connection, redis: Redis, config: Config, session: dict[str, Any],
-                   interaction: dict[str, Any]) -> dict[str, Any] | None:
+def waiting_status(conn: psycopg.Connection, redis: Redis, config: Config, session: SessionRow,
+                   interaction: InteractionRow) -> dict[str, Any] | None:
     """`queue_position` (0: next to be taken) and `waiting_reason` of an interaction whose job is
     queued; None when it is not waiting in a queue (finished, running, or waiting for its user)."""
-    if (interaction.get("finished") or interaction.get("creator") != Creator.SYSTEM
-            or interaction.get("state") != InteractionState.WAITING):
+    if (interaction.finished or interaction.creator != Creator.SYSTEM
+            or interaction.state != InteractionState.WAITING):
         return None
     stage = job_stage(interaction)
-    job_id = job_id_for(interaction["id"], stage)
-    model = session["model_name"]
-    queue_key = Queue.redis_queue_namespace_prefix + queue_name(work_kind(session["type"], stage), model)
+    job_id = job_id_for(interaction.id, stage)
+    model = session.model_name
+    queue_key = Queue.redis_queue_namespace_prefix + queue_name(work_kind(session.type, stage), model)
     with redis.pipeline(transaction=False) as pipe:  # one round trip
         pipe.hget(Job.key_for(job_id), "status")
         pipe.lpos(queue_key, job_id)  # stops at the job: it costs the jobs ahead of it
@@ -97,7 +98,7 @@ def waiting_status(conn: psycopg.Connection, redis: Redis, config: Config, sessi
         position = 0  # being taken by a worker right now
     elif status not in (b"queued", None):
         position = None  # ended or stopped: the reconciler re-queues or ends it at its next pass
-    kind_type = SessionType(session["type"])
+    kind_type = SessionType(session.type)
     if not fleet_store.live_runners(conn, model, kind_type.value, config.runner_gone_seconds):  # alive now, not gone
         reason = f"no runner serves model {model}"
     elif status is None:
@@ -119,15 +120,16 @@ def waits_in_queue(view: dict[str, Any]) -> bool:
 
 
 def annotate(conn: psycopg.Connection, redis: Redis, config: Config, view: dict[str, Any],
-             session: dict[str, Any]) -> dict[str, Any]:
-    """Adds the waiting status to the session view's unfinished interactions, in place."""
-    for interaction in view["interactions"]:
-        if interaction["finished"] or interaction["creator"] != Creator.SYSTEM:
+             session: SessionRow, interactions: list[InteractionRow]) -> dict[str, Any]:
+    """Adds the waiting status to the session view's unfinished interactions (the views of
+    `interactions`, in order), in place."""
+    for interaction, shown in zip(interactions, view["interactions"]):
+        if interaction.finished or interaction.creator != Creator.SYSTEM:
             continue
         try:
             status = waiting_status(conn, redis, config, session, interaction)
         except Exception:  # Redis away: the session itself still reads from PostgreSQL
             status = None
         if status is not None:
-            interaction.update(status)
+            shown.update(status)
     return view

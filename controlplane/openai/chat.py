@@ -24,6 +24,7 @@ from controlplane.sessions import store as sessions_store
 from controlplane.sessions.input import NewSession
 from controlplane.sessions.service import SessionService, known_models
 from controlplane.storage.filestore import Filestore, UserFiles
+from controlplane.storage.rows import SessionRow, SessionWithInteractions
 from shared.types import InteractionState, SessionMode, SessionType
 
 FINE_TUNED_PREFIX = "ft:"
@@ -53,8 +54,8 @@ class ReplyTimeout(ApiError):
                          f" poll GET /api/v1/sessions/{session_id} for it")
 
 
-def fine_tuned_id(session: dict[str, Any]) -> str:
-    return f"{FINE_TUNED_PREFIX}{session['model_name']}:{session['id']}"
+def fine_tuned_id(session: SessionRow) -> str:
+    return f"{FINE_TUNED_PREFIX}{session.model_name}:{session.id}"
 
 
 def _created(value: Any) -> int:
@@ -72,8 +73,8 @@ class OpenAIService:
         listed = [{"id": m, "object": "model", "created": 0, "owned_by": "helix"}
                   for kind in (SessionType.TEXT, SessionType.IMAGE) for m in known_models(conn, self.config, kind)]
         for row in openai_store.fine_tuned_sessions(conn, user["id"]):
-            listed.append({"id": fine_tuned_id(row), "object": "model", "created": _created(row["created"]),
-                           "owned_by": user["id"], "parent": row["model_name"]})
+            listed.append({"id": fine_tuned_id(row), "object": "model", "created": _created(row.created),
+                           "owned_by": user["id"], "parent": row.model_name})
         return listed
 
     def _text_model(self, conn: psycopg.Connection, user: dict[str, Any], model: str) -> tuple[str, dict[str, Any]]:
@@ -86,18 +87,19 @@ class OpenAIService:
             except ValueError:
                 raise NotFound(f"the model {model[:200]!r} does not exist") from None
             source = sessions_store.get_session(conn, session_id, user["id"])
-            if source is None or not source["lora_dir"] or source["type"] != SessionType.TEXT \
+            if source is None or not source.lora_dir or source.type != SessionType.TEXT \
                     or fine_tuned_id(source) != model:
                 raise NotFound(f"the model {model[:200]!r} does not exist or is not yours")
-            finetune = {k: v for k, v in source["config"].get("finetune", {}).items() if k == "system_prompt"}
-            return source["model_name"], {"lora_dir": source["lora_dir"], "finetune": finetune}
+            finetune = {k: v for k, v in source.config.get("finetune", {}).items() if k == "system_prompt"}
+            return source.model_name, {"lora_dir": source.lora_dir, "finetune": finetune}
         if model not in known_models(conn, self.config, SessionType.TEXT):
             raise NotFound(f"the model {model[:200]!r} does not exist: GET /v1/models lists them")
         return model, {"lora_dir": "", "finetune": {}}
 
     # -- text -----------------------------------------------------------------------------
 
-    def start_chat(self, conn: psycopg.Connection, user: dict[str, Any], request: ChatRequest) -> dict[str, Any]:
+    def start_chat(self, conn: psycopg.Connection, user: dict[str, Any],
+                   request: ChatRequest) -> SessionWithInteractions:
         """Records the call as a session of the caller's and queues its reply."""
         base, served = self._text_model(conn, user, request.model)
         text = {**request.text, **({"system_prompt": request.system} if request.system else {})}
@@ -108,7 +110,8 @@ class OpenAIService:
 
     # -- images ---------------------------------------------------------------------------
 
-    def start_image(self, conn: psycopg.Connection, user: dict[str, Any], request: ImageRequest) -> dict[str, Any]:
+    def start_image(self, conn: psycopg.Connection, user: dict[str, Any],
+                    request: ImageRequest) -> SessionWithInteractions:
         form = {"mode": SessionMode.INFERENCE.value, "type": SessionType.IMAGE.value, "input": request.prompt,
                 **({"model_name": request.model} if request.model else {}),
                 **request.image}
@@ -160,7 +163,7 @@ def choices(reply: dict[str, Any]) -> list[dict[str, Any]]:
     return meta.get("choices") or [{"index": 0, "text": reply["message"], "finish_reason": meta.get("finish_reason")}]
 
 
-def chat_completion(session: dict[str, Any], reply: dict[str, Any], model: str, completion: bool) -> dict[str, Any]:
+def chat_completion(session: SessionRow, reply: dict[str, Any], model: str, completion: bool) -> dict[str, Any]:
     if completion:
         listed = [{"index": c["index"], "text": c["text"], "finish_reason": c["finish_reason"] or "stop",
                    "logprobs": None} for c in choices(reply)]
@@ -169,17 +172,17 @@ def chat_completion(session: dict[str, Any], reply: dict[str, Any], model: str, 
                    "finish_reason": c["finish_reason"] or "stop", "logprobs": None} for c in choices(reply)]
     return {"id": f"{'cmpl' if completion else 'chatcmpl'}-{reply['id']}",
             "object": "text_completion" if completion else "chat.completion",
-            "created": _created(session["created"]), "model": model, "choices": listed,
-            "usage": usage(reply), "session_id": session["id"]}
+            "created": _created(session.created), "model": model, "choices": listed,
+            "usage": usage(reply), "session_id": session.id}
 
 
-def chunk(session: dict[str, Any], reply_id: str, model: str, completion: bool, delta: dict | None = None,
+def chunk(session: SessionRow, reply_id: str, model: str, completion: bool, delta: dict | None = None,
           finish_reason: str | None = None, usage_counts: dict | None = None) -> dict[str, Any]:
     """One streamed piece in OpenAI's chunk shape, naming its session as a whole answer does (an
     extra field, which the SDKs keep), so a streaming caller can find its session too."""
     body: dict[str, Any] = {"id": f"{'cmpl' if completion else 'chatcmpl'}-{reply_id}",
                             "object": "text_completion" if completion else "chat.completion.chunk",
-                            "created": _created(session["created"]), "model": model, "session_id": session["id"]}
+                            "created": _created(session.created), "model": model, "session_id": session.id}
     if usage_counts is not None:
         body["choices"], body["usage"] = [], usage_counts
         return body
@@ -192,7 +195,7 @@ def chunk(session: dict[str, Any], reply_id: str, model: str, completion: bool, 
     return body
 
 
-def stream_chunks(session: dict[str, Any], reply_id: str, model: str, completion: bool, include_usage: bool,
+def stream_chunks(session: SessionRow, reply_id: str, model: str, completion: bool, include_usage: bool,
                   items: Iterator[tuple[str, Any] | None]) -> Iterator[dict[str, Any] | None]:
     """A reply's events as OpenAI chunks: the text as it streams (each piece once, by offset),
     then its finish reason and, when asked, the token counts; None for idle ticks."""
@@ -225,8 +228,8 @@ def stream_chunks(session: dict[str, Any], reply_id: str, model: str, completion
                 if include_usage:
                     yield chunk(session, reply_id, model, completion, usage_counts=usage(data))
                 return
-    raise ReplyTimeout(session["id"])
+    raise ReplyTimeout(session.id)
 
 
-def image_response(session: dict[str, Any], reply: dict[str, Any], data: list[dict[str, str]]) -> dict[str, Any]:
-    return {"created": _created(session["created"]), "data": data, "session_id": session["id"]}
+def image_response(session: SessionRow, reply: dict[str, Any], data: list[dict[str, str]]) -> dict[str, Any]:
+    return {"created": _created(session.created), "data": data, "session_id": session.id}

@@ -3,6 +3,7 @@
 row in `openai_files` that gives its OpenAI id and shape. Another user's file does not exist."""
 from __future__ import annotations
 
+import enum
 import io
 import uuid
 from functools import partial
@@ -14,6 +15,7 @@ from controlplane.config import Config
 from controlplane.errors import BadRequest, NotFound
 from controlplane.finetune import examples as finetune_examples
 from controlplane.http.fields import ensure_utf8
+from controlplane.http.forms import Form
 from controlplane.openai import store as openai_store
 from controlplane.storage import db
 from controlplane.storage.filestore import Filestore, UserFiles
@@ -21,6 +23,18 @@ from controlplane.storage.filestore import Filestore, UserFiles
 PURPOSE = "fine-tune"
 FOLDER = "openai-files"
 MAX_FILENAME_CHARS = 255
+
+
+class FilePurpose(enum.Enum):
+    """What an uploaded file is for: this server keeps fine-tuning files only."""
+
+    FINE_TUNE = PURPOSE
+
+
+class FileUpload(Form):
+    """POST /v1/files: its form fields beside the multipart field `file` (the JSONL examples)."""
+
+    purpose: FilePurpose
 
 
 def file_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -38,13 +52,10 @@ class OpenAIFiles:
     def __init__(self, config: Config, filestore: Filestore):
         self.config, self.filestore = config, filestore
 
-    def create(self, conn: psycopg.Connection, user: dict[str, Any], upload: Any, purpose: str) -> dict[str, Any]:
+    def create(self, conn: psycopg.Connection, user: dict[str, Any], upload: Any, form: FileUpload) -> dict[str, Any]:
         if upload is None:
             raise BadRequest("send a multipart/form-data body: the JSONL file as the multipart field 'file',"
                              f" and purpose={PURPOSE}")
-        if purpose != PURPOSE:
-            raise BadRequest(f"purpose must be {PURPOSE!r}: this server keeps fine-tuning files only"
-                             + (f", got {purpose[:40]!r}" if purpose else ""))
         filename = ensure_utf8((upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip(), "filename")
         if not filename or "\x00" in filename or len(filename) > MAX_FILENAME_CHARS:
             raise BadRequest(f"the file needs a name of 1 to {MAX_FILENAME_CHARS} characters")
@@ -56,7 +67,7 @@ class OpenAIFiles:
         db.after_rollback(conn, partial(files.remove, path))  # nothing half-written
         files.write(path, io.BytesIO(data))
         return openai_store.insert_file(conn, file_id=file_id, owner=user["id"], filename=filename,
-                                        purpose=purpose, size=len(data), examples=len(examples), path=path)
+                                        purpose=form.purpose.value, size=len(data), examples=len(examples), path=path)
 
     def get(self, conn: psycopg.Connection, user: dict[str, Any], file_id: str, what: str = "file") -> dict[str, Any]:
         row = openai_store.get_file(conn, file_id, user["id"])

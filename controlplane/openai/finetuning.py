@@ -28,6 +28,7 @@ from controlplane.openai.job_input import DEFAULT_LEARNING_RATE, FineTuningJobBo
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.service import cancel_interaction, is_cancelled, known_models, stop_cancelled_work
 from controlplane.storage import db
+from controlplane.storage.rows import InteractionRow, SessionRow
 from shared.finetune import HYPERPARAMETERS
 from shared.jobs import WorkKind
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
@@ -90,27 +91,27 @@ class OpenAIFineTuning:
             conn, owner=user["id"], mode=SessionMode.FINETUNE, type=SessionType.TEXT, model_name=model,
             name=f"fine-tune {suffix or training_file}"[:200], config={"finetune": options, "openai_job": job})
         user_turn = sessions_store.insert_interaction(
-            conn, session_id=session["id"], creator=Creator.USER, mode=SessionMode.FINETUNE,
+            conn, session_id=session.id, creator=Creator.USER, mode=SessionMode.FINETUNE,
             message=f"Fine-tune on {training_file}" + (f", validated on {validation_file}" if validation_file else ""),
             state=InteractionState.COMPLETE, metadata={"training_file": training_file,
                                                        "validation_file": validation_file})
         system_turn = sessions_store.insert_interaction(
-            conn, session_id=session["id"], creator=Creator.SYSTEM, mode=SessionMode.FINETUNE,
+            conn, session_id=session.id, creator=Creator.SYSTEM, mode=SessionMode.FINETUNE,
             state=InteractionState.WAITING, data_prep_stage=DataPrepStage.FINETUNE,
             status=f"queued: training on {sum(not p['held_out'] for p in pairs)} question/answer pairs")
-        finetune_store.add_pairs(conn, system_turn["id"], pairs)
+        finetune_store.add_pairs(conn, system_turn.id, pairs)
         # A runner must find the rows its job names.
-        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, [user_turn, system_turn], system_turn["id"]))
+        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, [user_turn, system_turn], system_turn.id))
         return job_view(session, system_turn)
 
     # -- reading --------------------------------------------------------------------------
 
     def _job(self, conn: psycopg.Connection, user: dict[str, Any], job_id: str,
-             for_update: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+             for_update: bool = False) -> tuple[SessionRow, InteractionRow]:
         session = sessions_store.get_session(conn, session_id_of(job_id), user["id"], for_update=for_update)
-        if session is None or "openai_job" not in session["config"]:
+        if session is None or "openai_job" not in session.config:
             raise NotFound(f"no fine-tuning job with id {job_id[:100]!r}: GET /v1/fine_tuning/jobs lists yours")
-        return session, _training_turn(sessions_store.get_interactions(conn, session["id"]))
+        return session, _training_turn(sessions_store.get_interactions(conn, session.id))
 
     def get(self, conn: psycopg.Connection, user: dict[str, Any], job_id: str) -> dict[str, Any]:
         return job_view(*self._job(conn, user, job_id))
@@ -119,7 +120,7 @@ class OpenAIFineTuning:
         """One page of the caller's jobs, newest first, after the job `after`."""
         cursor = self._job(conn, user, after)[0] if after else None
         sessions = openai_store.job_sessions(conn, user["id"], cursor, limit)
-        return [job_view(s, _training_turn(sessions_store.get_interactions(conn, s["id"]))) for s in sessions]
+        return [job_view(s, _training_turn(sessions_store.get_interactions(conn, s.id))) for s in sessions]
 
     def events(self, conn: psycopg.Connection, user: dict[str, Any], job_id: str) -> list[dict[str, Any]]:
         """Newest first, as OpenAI lists them."""
@@ -129,13 +130,13 @@ class OpenAIFineTuning:
         """The trained adapter, once there is one (the trainer's intermediate checkpoints are for
         resuming after a lost runner, not models to call)."""
         session, turn = self._job(conn, user, job_id)
-        if job_status(turn) != "succeeded" or not session["lora_dir"]:
+        if job_status(turn) != "succeeded" or not session.lora_dir:
             return []
         metrics = _step_metrics(turn)
         last = metrics[-1] if metrics else {}
-        return [{"object": "fine_tuning.job.checkpoint", "id": f"ftckpt-{session['id']}",
-                 "created_at": _time(turn["completed"]), "fine_tuned_model_checkpoint": fine_tuned_id(session),
-                 "fine_tuning_job_id": JOB_PREFIX + session["id"], "step_number": last.get("step", 0),
+        return [{"object": "fine_tuning.job.checkpoint", "id": f"ftckpt-{session.id}",
+                 "created_at": _time(turn.completed), "fine_tuned_model_checkpoint": fine_tuned_id(session),
+                 "fine_tuning_job_id": JOB_PREFIX + session.id, "step_number": last.get("step", 0),
                  "metrics": {k: v for k, v in last.items() if k in ("step", "train_loss", "valid_loss")}
                  | ({"full_valid_loss": last["valid_loss"]} if "valid_loss" in last else {})}]
 
@@ -147,31 +148,31 @@ class OpenAIFineTuning:
         kills the training process within a second."""
         session, turn = self._job(conn, user, job_id, for_update=True)
         # Locked, as a runner's report locks it: its last report cannot land between check and update.
-        turn = sessions_store.get_interaction_for_runner(conn, session["id"], turn["id"])
-        if turn["finished"]:
+        turn = sessions_store.get_interaction_for_runner(conn, session.id, turn.id)
+        if turn.finished:
             raise Conflict(f"the job has already {job_status(turn)}: only a queued or running job can be cancelled")
         turn = cancel_interaction(conn, turn)
-        sessions_store.touch_session(conn, session["id"])
-        db.after_commit(conn, partial(stop_cancelled_work, self.dispatcher, session["id"], turn))
+        sessions_store.touch_session(conn, session.id)
+        db.after_commit(conn, partial(stop_cancelled_work, self.dispatcher, session.id, turn))
         return job_view(session, turn)
 
 
-def _training_turn(interactions: list[dict[str, Any]]) -> dict[str, Any]:
-    return next(i for i in interactions if i["creator"] == Creator.SYSTEM and i["mode"] == SessionMode.FINETUNE)
+def _training_turn(interactions: list[InteractionRow]) -> InteractionRow:
+    return next(i for i in interactions if i.creator == Creator.SYSTEM and i.mode == SessionMode.FINETUNE)
 
 
-def job_status(turn: dict[str, Any]) -> str:
-    if turn["finished"]:
-        if turn["state"] == InteractionState.COMPLETE:
+def job_status(turn: InteractionRow) -> str:
+    if turn.finished:
+        if turn.state == InteractionState.COMPLETE:
             return "succeeded"
         return "cancelled" if is_cancelled(turn) else "failed"
-    return "running" if turn["scheduled"] is not None else "queued"
+    return "running" if turn.scheduled is not None else "queued"
 
 
-def _step_metrics(turn: dict[str, Any]) -> list[dict[str, Any]]:
+def _step_metrics(turn: InteractionRow) -> list[dict[str, Any]]:
     """The training history, one entry per step with its training and (at epoch ends) validation loss."""
     steps: dict[int, dict[str, Any]] = {}
-    for point in turn["metadata"].get("training_history", []):
+    for point in turn.metadata.get("training_history", []):
         entry = steps.setdefault(int(point.get("step", 0)), {"step": int(point.get("step", 0))})
         if "loss" in point:
             entry.update(train_loss=point["loss"], epoch=point.get("epoch"), learning_rate=point.get("learning_rate"))
@@ -182,9 +183,9 @@ def _step_metrics(turn: dict[str, Any]) -> list[dict[str, Any]]:
     return [steps[k] for k in sorted(steps)]
 
 
-def job_view(session: dict[str, Any], turn: dict[str, Any]) -> dict[str, Any]:
-    job, options = session["config"]["openai_job"], session["config"]["finetune"]
-    run = turn["metadata"].get("training_run") or {}
+def job_view(session: SessionRow, turn: InteractionRow) -> dict[str, Any]:
+    job, options = session.config["openai_job"], session.config["finetune"]
+    run = turn.metadata.get("training_run") or {}
     status = job_status(turn)
     hp = dict(job["hyperparameters"])
     if run.get("epochs"):
@@ -194,25 +195,25 @@ def job_view(session: dict[str, Any], turn: dict[str, Any]) -> dict[str, Any]:
     hp["learning_rate_multiplier"] = learning_rate / DEFAULT_LEARNING_RATE
     error = None
     if status == "failed":
-        error = {"code": "training_failed", "message": turn["error"] or "the fine-tune failed", "param": None}
+        error = {"code": "training_failed", "message": turn.error or "the fine-tune failed", "param": None}
     tokens = run.get("train_tokens", 0) * run.get("epochs", 0) if status == "succeeded" and run else None
-    return {"id": JOB_PREFIX + session["id"], "object": "fine_tuning.job", "created_at": _time(session["created"]),
-            "finished_at": _time(turn["completed"]) if turn["finished"] else None, "model": session["model_name"],
-            "fine_tuned_model": fine_tuned_id(session) if status == "succeeded" and session["lora_dir"] else None,
-            "organization_id": session["owner"], "status": status, "hyperparameters": hp,
+    return {"id": JOB_PREFIX + session.id, "object": "fine_tuning.job", "created_at": _time(session.created),
+            "finished_at": _time(turn.completed) if turn.finished else None, "model": session.model_name,
+            "fine_tuned_model": fine_tuned_id(session) if status == "succeeded" and session.lora_dir else None,
+            "organization_id": session.owner, "status": status, "hyperparameters": hp,
             "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
             "training_file": job["training_file"], "validation_file": job["validation_file"], "result_files": [],
             "trained_tokens": tokens, "error": error, "seed": options["seed"], "suffix": job["suffix"],
             "metadata": job["metadata"], "integrations": [], "estimated_finish": None,
-            "session_id": session["id"]}
+            "session_id": session.id}
 
 
-def job_events(session: dict[str, Any], turn: dict[str, Any]) -> list[dict[str, Any]]:
+def job_events(session: SessionRow, turn: InteractionRow) -> list[dict[str, Any]]:
     """The job's events, oldest first, read from its session: each has a stable id (its place in
     this list, which only grows)."""
-    job_id, job = JOB_PREFIX + session["id"], session["config"]["openai_job"]
-    created = _time(session["created"])
-    run = turn["metadata"].get("training_run") or {}
+    job_id, job = JOB_PREFIX + session.id, session.config["openai_job"]
+    created = _time(session.created)
+    run = turn.metadata.get("training_run") or {}
     listed: list[tuple[int, str, str, str, dict]] = [
         (created, "info", "message", f"Created fine-tuning job: {job_id}", {}),
         (created, "info", "message", f"Validated training file: {job['training_file']}"
@@ -222,7 +223,7 @@ def job_events(session: dict[str, Any], turn: dict[str, Any]) -> list[dict[str, 
         listed.append((created, "info", "message", f"Validated validation file: {job['validation_file']}"
                        f" ({job['validation_examples']} examples)", {}))
     listed.append((created, "info", "message", "Files validated, the job is queued", {}))
-    started = _time(turn["scheduled"])
+    started = _time(turn.scheduled)
     if started is not None:
         listed.append((started, "info", "message", "Fine-tuning job started", {}))
     for entry in _step_metrics(turn):
@@ -232,15 +233,15 @@ def job_events(session: dict[str, Any], turn: dict[str, Any]) -> list[dict[str, 
         text += f": training loss={entry['train_loss']:.4f}" if "train_loss" in entry else ":"
         text += f", validation loss={entry['valid_loss']:.4f}" if "valid_loss" in entry else ""
         listed.append((int(entry.get("time") or started or created), "info", "metrics", text, data))
-    status, finished = job_status(turn), _time(turn["completed"]) or created
+    status, finished = job_status(turn), _time(turn.completed) or created
     if status == "succeeded":
         listed.append((finished, "info", "message", f"New fine-tuned model created: {fine_tuned_id(session)}",
-                       {"evaluation": turn["metadata"].get("evaluation")}))
+                       {"evaluation": turn.metadata.get("evaluation")}))
         listed.append((finished, "info", "message", "The job has successfully completed", {}))
     elif status == "failed":
-        listed.append((finished, "error", "message", f"The job failed: {turn['error']}", {}))
+        listed.append((finished, "error", "message", f"The job failed: {turn.error}", {}))
     elif status == "cancelled":
         listed.append((finished, "info", "message", "The job was cancelled", {}))
-    return [{"object": "fine_tuning.job.event", "id": f"ftevent-{session['id']}-{n}", "created_at": at,
+    return [{"object": "fine_tuning.job.event", "id": f"ftevent-{session.id}-{n}", "created_at": at,
              "level": level, "type": kind, "message": message, "data": data}
             for n, (at, level, kind, message, data) in enumerate(listed)]

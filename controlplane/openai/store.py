@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
+
+from controlplane.storage.rows import SessionRow
 
 
 def insert_file(conn: psycopg.Connection, *, file_id: str, owner: str, filename: str, purpose: str, size: int,
@@ -38,19 +41,19 @@ def delete_file(conn: psycopg.Connection, file_id: str) -> None:
     conn.execute("DELETE FROM openai_files WHERE id = %s", (file_id,))
 
 
-def fine_tuned_sessions(conn: psycopg.Connection, owner: str) -> list[dict[str, Any]]:
+def fine_tuned_sessions(conn: psycopg.Connection, owner: str) -> list[SessionRow]:
     """The owner's text sessions that hold an adapter and chat: each is a model to call."""
-    return conn.execute(
-        "SELECT id, model_name, created FROM sessions WHERE owner = %s AND lora_dir <> ''"
-        " AND type = 'text' AND mode = 'inference' ORDER BY created", (owner,)).fetchall()
+    with conn.cursor(row_factory=class_row(SessionRow)) as cur:
+        return cur.execute("SELECT * FROM sessions WHERE owner = %s AND lora_dir <> ''"
+                           " AND type = 'text' AND mode = 'inference' ORDER BY created", (owner,)).fetchall()
 
 
-def job_sessions(conn: psycopg.Connection, owner: str, after: dict[str, Any] | None, limit: int) -> list[dict[str, Any]]:
+def job_sessions(conn: psycopg.Connection, owner: str, after: SessionRow | None, limit: int) -> list[SessionRow]:
     """One page of the owner's fine-tuning jobs (sessions made by the jobs API), newest first,
     after the job session `after`."""
     cursor, params = "", [owner]
     if after:
-        cursor, params = " AND (created, id) < (%s, %s)", [owner, after["created"], after["id"]]
-    return conn.execute(
-        f"SELECT * FROM sessions WHERE owner = %s AND config ? 'openai_job'{cursor}"
-        " ORDER BY created DESC, id DESC LIMIT %s", (*params, limit)).fetchall()
+        cursor, params = " AND (created, id) < (%s, %s)", [owner, after.created, after.id]
+    with conn.cursor(row_factory=class_row(SessionRow)) as cur:
+        return cur.execute(f"SELECT * FROM sessions WHERE owner = %s AND config ? 'openai_job'{cursor}"
+                           " ORDER BY created DESC, id DESC LIMIT %s", (*params, limit)).fetchall()

@@ -29,6 +29,7 @@ from controlplane.fleet.dispatch import Dispatcher, job_stage
 from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
+from controlplane.storage.rows import InteractionRow, SessionRow
 from shared.jobs import WorkKind
 from shared.runners import worker_alive_key
 from shared.types import InteractionState
@@ -49,33 +50,33 @@ class Reconciler:
         self.page_size = 500
         self._fits: dict[tuple[str, WorkKind], str] = {}  # the fleet's memory fit, per pass
 
-    def _fail(self, conn, interaction: dict, session_id: str, error: str,
+    def _fail(self, conn, interaction: InteractionRow, session_id: str, error: str,
               after_commit: list[Callable[[], None]]) -> None:
         row = sessions_store.apply_update(
-            conn, interaction["id"], runner=interaction["runner"], state=InteractionState.ERROR.value,
-            message=interaction["message"], progress=interaction["progress"],
+            conn, interaction.id, runner=interaction.runner, state=InteractionState.ERROR.value,
+            message=interaction.message, progress=interaction.progress,
             status="failed", files=None, error=error, finished=True, metadata=None,
         )
         # Told once stored: a client that reads the session on the event sees the failure.
         after_commit.append(partial(events.publish, self.redis, session_id, EVENT_INTERACTION,
                                     interaction_view(row)))
 
-    def _requeue(self, conn, session: dict, interaction: dict, reason: str,
+    def _requeue(self, conn, session: SessionRow, interaction: InteractionRow, reason: str,
                  after_commit: list[Callable[[], None]], ran: bool = True) -> None:
         """Queues the interaction's job again; `ran`: the lost job had started, which counts
         as an attempt (a job that crashes runners must not be retried forever). Unlike a request,
         the reconciler enqueues before its commit: an enqueue that fails (Redis away) rolls back
         the attempt it counted, and the next pass tries again; a commit that fails after it leaves
         a job whose rows are unchanged, which a runner runs as the same attempt."""
-        attempts = int(interaction["metadata"].get("attempts", 1)) + ran
+        attempts = int(interaction.metadata.get("attempts", 1)) + ran
         if attempts > MAX_ATTEMPTS:
-            self._fail(conn, interaction, session["id"],
+            self._fail(conn, interaction, session.id,
                        f"gave up after {MAX_ATTEMPTS} attempts: {reason}", after_commit)
             return
-        sessions_store.count_attempt(conn, interaction["id"], attempts, f"queued again ({reason})")
-        self.dispatcher.enqueue(session, sessions_store.get_interactions(conn, session["id"]),
-                                interaction["id"])
-        log.warning("re-queued interaction %s (%s), attempt %d", interaction["id"], reason, attempts)
+        sessions_store.count_attempt(conn, interaction.id, attempts, f"queued again ({reason})")
+        self.dispatcher.enqueue(session, sessions_store.get_interactions(conn, session.id),
+                                interaction.id)
+        log.warning("re-queued interaction %s (%s), attempt %d", interaction.id, reason, attempts)
 
     def _fleet_refusal(self, conn, model: str, kind: WorkKind) -> str:
         """Whether the fleet could ever hold such a job: asked once per model and kind in a pass."""
@@ -84,7 +85,7 @@ class Reconciler:
             self._fits[key] = scheduling.fleet_refusal(conn, self.app.config["HELIX"], model, kind)
         return self._fits[key]
 
-    def _changed_within_grace(self, conn, interaction: dict) -> bool:
+    def _changed_within_grace(self, conn, interaction: InteractionRow) -> bool:
         return sessions_store.seconds_since_update(conn, interaction) < self.grace_seconds
 
     def check(self, conn, interaction_id: str, session_id: str, owner: str) -> str:
@@ -101,9 +102,9 @@ class Reconciler:
                after_commit: list[Callable[[], None]]) -> str:
         session = sessions_store.get_session(conn, session_id, owner)
         interaction = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
-        if session is None or interaction is None or interaction["finished"]:
+        if session is None or interaction is None or interaction.finished:
             return "done"
-        if interaction["state"] == InteractionState.EDITING:
+        if interaction.state == InteractionState.EDITING:
             return "waiting-for-user"  # a fine-tune's review: its data-prep job has finished
         if self._changed_within_grace(conn, interaction):
             # A retry or an approval has just committed and is enqueueing the next job: the
@@ -125,7 +126,7 @@ class Reconciler:
         if status == JobStatus.FINISHED:
             self._requeue(conn, session, interaction, "job finished without a final update", after_commit)
             return "requeued-finished"
-        refusal = self._fleet_refusal(conn, session["model_name"], WorkKind(job.origin.split(":")[1]))
+        refusal = self._fleet_refusal(conn, session.model_name, WorkKind(job.origin.split(":")[1]))
         if refusal:  # runners changed since it was queued: it would wait forever
             self._fail(conn, interaction, session_id, refusal, after_commit)
             after_commit.append(partial(self.dispatcher.cancel, interaction_id))

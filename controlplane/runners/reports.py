@@ -23,6 +23,7 @@ from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
 from controlplane.storage.filestore import session_outputs
+from controlplane.storage.rows import InteractionRow
 from shared import image_budget
 from shared.runners import RUNNER_HEADER, runner_of_worker
 from shared.types import InteractionState
@@ -83,7 +84,7 @@ def register_runner(conn: psycopg.Connection, config: Config, token_id: str,
 
 
 def authorize(conn: psycopg.Connection, dispatcher: Dispatcher, token_id: str, runner_id: str,
-              session_id: str, interaction_id: str) -> dict[str, Any]:
+              session_id: str, interaction_id: str) -> InteractionRow:
     """Checks that `runner_id` is registered with the request's token (else 403) and that one of
     its workers is running the interaction's job (else 409, which tells a runner to stop);
     returns the interaction, locked for the rest of the transaction."""
@@ -91,7 +92,7 @@ def authorize(conn: psycopg.Connection, dispatcher: Dispatcher, token_id: str, r
     interaction = sessions_store.get_interaction_for_runner(conn, session_id, interaction_id)
     if interaction is None:
         raise NotFound("interaction not found")
-    if interaction["finished"]:
+    if interaction.finished:
         raise Conflict("interaction already finished")
     holder = dispatcher.holder(interaction_id, job_stage(interaction))
     if runner_of_worker(holder) != runner_id:
@@ -115,13 +116,13 @@ def own_output(path: str, session_id: str, interaction_id: str, folder_too: bool
         part not in ("", ".", "..") for part in path.split("/"))
 
 
-def apply_update(conn: psycopg.Connection, redis: Redis, current: dict[str, Any], update: InteractionUpdate,
+def apply_update(conn: psycopg.Connection, redis: Redis, current: InteractionRow, update: InteractionUpdate,
                  runner_id: str) -> dict[str, Any]:
     """Applies one update of `runner_id` to the interaction that authorize() returned for it,
     still locked; once it is finished, authorize() refuses further updates with 409. Returns the
     interaction's view; the live events that tell of it go out once the unit of work has
     committed: a client that reads the session on hearing of the final update must find it stored."""
-    session_id, interaction_id = current["session_id"], current["id"]
+    session_id, interaction_id = current.session_id, current.id
     if update.runner not in ("", runner_id):
         raise BadRequest(f"runner must be this runner's registered id, {runner_id!r}")
     folder = f"{session_outputs(session_id)}/{interaction_id}"
@@ -133,13 +134,13 @@ def apply_update(conn: psycopg.Connection, redis: Redis, current: dict[str, Any]
     state = update.state.value
     if final and state not in _FINAL_STATES:
         state = InteractionState.COMPLETE.value
-    message = (update.message if update.message is not None else current["message"]) + update.delta
+    message = (update.message if update.message is not None else current.message) + update.delta
     progress = 100 if final and state == InteractionState.COMPLETE else (
-        update.progress if update.progress is not None else current["progress"])
+        update.progress if update.progress is not None else current.progress)
     row = sessions_store.apply_update(
         conn, interaction_id, runner=runner_id, state=state,
         message=message, progress=progress,
-        status=update.status if update.status is not None else current["status"],
+        status=update.status if update.status is not None else current.status,
         files=update.files, error=update.error, finished=final,
         metadata=update.metadata or None,
         data_prep_stage=update.data_prep_stage.value if update.data_prep_stage else None,

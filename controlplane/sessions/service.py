@@ -20,6 +20,7 @@ from controlplane.sessions.input import ContinueChat, NewSession
 from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
 from controlplane.storage.filestore import Filestore, UserFiles, session_folder
+from controlplane.storage.rows import InteractionRow, SessionRow, SessionWithInteractions
 from shared.image_budget import ImageBudget
 from shared.jobs import WorkKind
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
@@ -28,27 +29,27 @@ from shared.updates import EVENT_INTERACTION
 CANCELLED = "cancelled"  # the status of an interaction stopped by its user (its state: error)
 
 
-def is_cancelled(interaction: dict[str, Any]) -> bool:
-    return bool(interaction["finished"] and interaction["state"] == InteractionState.ERROR
-                and (interaction.get("metadata") or {}).get("cancelled"))
+def is_cancelled(interaction: InteractionRow) -> bool:
+    return bool(interaction.finished and interaction.state == InteractionState.ERROR
+                and interaction.metadata.get("cancelled"))
 
 
-def cancel_interaction(conn: psycopg.Connection, interaction: dict[str, Any]) -> dict[str, Any]:
+def cancel_interaction(conn: psycopg.Connection, interaction: InteractionRow) -> InteractionRow:
     """Ends an unfinished interaction as cancelled (state error, status cancelled, metadata
     cancelled: true), in the caller's transaction, with the row locked by the caller. Then, after
     the commit, call `stop_cancelled_work`. Shared by the sessions' cancel and the OpenAI
     fine-tuning cancel, so both say the same thing and stop work the same way."""
     return sessions_store.apply_update(
-        conn, interaction["id"], runner=interaction["runner"], state=InteractionState.ERROR,
-        message=interaction["message"], progress=interaction["progress"], status=CANCELLED, files=None,
+        conn, interaction.id, runner=interaction.runner, state=InteractionState.ERROR,
+        message=interaction.message, progress=interaction.progress, status=CANCELLED, files=None,
         error="cancelled by the user", finished=True, metadata={CANCELLED: True})
 
 
-def stop_cancelled_work(dispatcher: Dispatcher, session_id: str, interaction: dict[str, Any]) -> None:
+def stop_cancelled_work(dispatcher: Dispatcher, session_id: str, interaction: InteractionRow) -> None:
     """Removes the cancelled interaction's job: a queued one leaves its queue; a running one is
     gone from Redis, which its runner watches while it works (it stops within a second: the
     model server's request is aborted, a training process killed, its memory freed)."""
-    dispatcher.cancel(interaction["id"])
+    dispatcher.cancel(interaction.id)
     events.publish(dispatcher.redis, session_id, EVENT_INTERACTION, interaction_view(interaction))
 
 
@@ -133,7 +134,7 @@ class SessionService:
         return model
 
     def create(self, conn: psycopg.Connection, user: dict[str, Any], request: NewSession,
-               files: list[Any]) -> dict[str, Any]:
+               files: list[Any]) -> SessionWithInteractions:
         """An inference session: its first prompt, queued for a runner."""
         if files:
             raise BadRequest("inference sessions take no files: send the prompt as input=...")
@@ -151,12 +152,12 @@ class SessionService:
             name=name, config=config,
         )
         interactions = self._add_turn(conn, session, prompt)
-        self._enqueue_after_commit(conn, session, interactions, interactions[-1]["id"])
-        return {**session, "interactions": interactions}
+        self._enqueue_after_commit(conn, session, interactions, interactions[-1].id)
+        return session, interactions
 
     def create_conversation(self, conn: psycopg.Connection, user: dict[str, Any], *, model: str,
                             turns: list[tuple[str, str]], text: dict[str, Any], lora_dir: str = "",
-                            extra_config: dict[str, Any] | None = None, name: str = "") -> dict[str, Any]:
+                            extra_config: dict[str, Any] | None = None, name: str = "") -> SessionWithInteractions:
         """A text session from a whole conversation (an OpenAI-style request): the earlier turns
         as finished interactions, then the last user message with a reply to generate. `model`
         is a known base model; `lora_dir` an adapter of the user's that serves it."""
@@ -170,113 +171,111 @@ class SessionService:
         interactions = []
         for role, content in turns[:-1]:
             interactions.append(sessions_store.insert_interaction(
-                conn, session_id=session["id"], creator=Creator.USER if role == "user" else Creator.SYSTEM,
-                mode=session["mode"], message=content, state=InteractionState.COMPLETE))
+                conn, session_id=session.id, creator=Creator.USER if role == "user" else Creator.SYSTEM,
+                mode=session.mode, message=content, state=InteractionState.COMPLETE))
         interactions += self._add_turn(conn, session, turns[-1][1])
-        self._enqueue_after_commit(conn, session, interactions, interactions[-1]["id"])
-        return {**session, "interactions": interactions}
+        self._enqueue_after_commit(conn, session, interactions, interactions[-1].id)
+        return session, interactions
 
     def continue_chat(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str,
-                      request: ContinueChat) -> dict[str, Any]:
+                      request: ContinueChat) -> SessionWithInteractions:
         prompt = request.input
         session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
         if session is None:
             raise NotFound("session not found")
-        if session["mode"] != SessionMode.INFERENCE:
+        if session.mode != SessionMode.INFERENCE:
             raise Conflict("this session is still being fine-tuned: chat with it once its"
                            " fine-tune interaction is complete")
-        scheduling.check_fleet(conn, self.config, session["model_name"],
-                               scheduling.kinds_of(SessionMode.INFERENCE, session["type"]))
+        scheduling.check_fleet(conn, self.config, session.model_name,
+                               scheduling.kinds_of(SessionMode.INFERENCE, session.type))
         metadata = None
-        if session["type"] == SessionType.TEXT:
-            check_fits(conn, self.config, session["model_name"], prompt, None)
+        if session.type == SessionType.TEXT:
+            check_fits(conn, self.config, session.model_name, prompt, None)
         else:
             # An image prompt may carry the same settings as a new image session (seed
             # included). The job runs the session's settings overridden by these, so that is
             # the work checked against the runners' budget of now, and what sizes its timeout.
             params = request.image_params()
-            timeout = check_image_work(conn, self.config, session["model_name"],
-                                       {**session["config"].get("image", {}), **params})
+            timeout = check_image_work(conn, self.config, session.model_name,
+                                       {**session.config.get("image", {}), **params})
             metadata = {"image": params, "job_timeout": timeout}  # None: no budget, the default
         previous = sessions_store.get_interactions(conn, session_id)
-        if previous and not previous[-1]["finished"]:
+        if previous and not previous[-1].finished:
             raise Conflict("the previous reply is still being generated: wait for it to finish")
         interactions = previous + self._add_turn(conn, session, prompt, metadata)
         sessions_store.touch_session(conn, session_id)
-        self._enqueue_after_commit(conn, session, interactions, interactions[-1]["id"])
-        return {**session, "interactions": interactions}
+        self._enqueue_after_commit(conn, session, interactions, interactions[-1].id)
+        return session, interactions
 
-    def _add_turn(self, conn: psycopg.Connection, session: dict[str, Any], prompt: str,
-                  metadata: dict | None = None) -> list[dict]:
+    def _add_turn(self, conn: psycopg.Connection, session: SessionRow, prompt: str,
+                  metadata: dict | None = None) -> list[InteractionRow]:
         user_turn = sessions_store.insert_interaction(
-            conn, session_id=session["id"], creator=Creator.USER, mode=session["mode"],
+            conn, session_id=session.id, creator=Creator.USER, mode=session.mode,
             message=prompt, state=InteractionState.COMPLETE, metadata=metadata,
         )
         system_turn = sessions_store.insert_interaction(
-            conn, session_id=session["id"], creator=Creator.SYSTEM, mode=session["mode"],
+            conn, session_id=session.id, creator=Creator.SYSTEM, mode=session.mode,
             state=InteractionState.WAITING, status="queued: waiting for a runner",
         )
         return [user_turn, system_turn]
 
     def _last_turn(self, conn: psycopg.Connection, user: dict[str, Any],
-                   session_id: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
-        """The session (locked), its interactions, and its last system interaction (locked, as a
+                   session_id: str) -> tuple[SessionRow, InteractionRow]:
+        """The session (locked) and its last system interaction (locked, as a
         runner's report locks it: no report lands between the check and the change)."""
         session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
         if session is None:
             raise NotFound("session not found")
         interactions = sessions_store.get_interactions(conn, session_id)
-        last = next((i for i in reversed(interactions) if i["creator"] == Creator.SYSTEM), None)
+        last = next((i for i in reversed(interactions) if i.creator == Creator.SYSTEM), None)
         if last is None:
             raise Conflict("this session has no interaction to act on")
-        return session, interactions, sessions_store.get_interaction_for_runner(conn, session_id, last["id"])
+        return session, sessions_store.get_interaction_for_runner(conn, session_id, last.id)
 
-    def cancel(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> dict[str, Any]:
+    def cancel(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> None:
         """Stops the session's queued or running work. Cancelling a cancelled session again
         changes nothing and answers the same; one whose work already ended is a 409."""
-        session, interactions, turn = self._last_turn(conn, user, session_id)
-        if turn["finished"]:
+        _, turn = self._last_turn(conn, user, session_id)
+        if turn.finished:
             if is_cancelled(turn):
-                return {**session, "interactions": interactions}
-            raise Conflict(f"nothing to cancel: the last interaction already ended ({turn['state']})")
+                return
+            raise Conflict(f"nothing to cancel: the last interaction already ended ({turn.state})")
         turn = cancel_interaction(conn, turn)
         sessions_store.touch_session(conn, session_id)
         db.after_commit(conn, partial(stop_cancelled_work, self.dispatcher, session_id, turn))
-        return {**session, "interactions": [turn if i["id"] == turn["id"] else i for i in interactions]}
 
-    def restart(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> dict[str, Any]:
+    def restart(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> None:
         """Runs the last interaction again: a reply or images from the start, a fine-tune from
         where it stopped (data preparation keeps its done chunks, training resumes from its last
         checkpoint). One still queued or running is left as it is (a repeated restart changes
         nothing); a fine-tune that waits for review or has completed is a 409."""
-        session, interactions, turn = self._last_turn(conn, user, session_id)
-        if not turn["finished"]:
-            if turn["state"] == InteractionState.EDITING:
+        session, turn = self._last_turn(conn, user, session_id)
+        if not turn.finished:
+            if turn.state == InteractionState.EDITING:
                 raise Conflict("this fine-tune waits for the review of its question/answer pairs:"
                                " start it (POST .../finetune/start) or retry its data preparation")
-            return {**session, "interactions": interactions}
-        if turn["mode"] == SessionMode.FINETUNE:
-            if turn["state"] == InteractionState.COMPLETE:
+            return
+        if turn.mode == SessionMode.FINETUNE:
+            if turn.state == InteractionState.COMPLETE:
                 raise Conflict("this fine-tune is complete: add documents to train it again")
-            training = turn["data_prep_stage"] == DataPrepStage.FINETUNE
+            training = turn.data_prep_stage == DataPrepStage.FINETUNE
             stage = DataPrepStage.FINETUNE if training else DataPrepStage.GENERATE_QUESTIONS
             status = "queued: waiting for a runner to train" if training else "queued: preparing the data again"
-            kinds = [WorkKind.IMAGE_FINETUNE if session["type"] == SessionType.IMAGE else
+            kinds = [WorkKind.IMAGE_FINETUNE if session.type == SessionType.IMAGE else
                      WorkKind.TEXT_FINETUNE if training else WorkKind.TEXT_DATAPREP]
             fresh = False
         else:
-            stage, status, fresh = turn["data_prep_stage"], "queued: waiting for a runner", True
-            kinds = scheduling.kinds_of(SessionMode.INFERENCE, session["type"])
-        scheduling.check_fleet(conn, self.config, session["model_name"], kinds)
-        row = sessions_store.restart_interaction(conn, turn["id"], stage=stage, status=status, fresh=fresh)
+            stage, status, fresh = turn.data_prep_stage, "queued: waiting for a runner", True
+            kinds = scheduling.kinds_of(SessionMode.INFERENCE, session.type)
+        scheduling.check_fleet(conn, self.config, session.model_name, kinds)
+        row = sessions_store.restart_interaction(conn, turn.id, stage=stage, status=status, fresh=fresh)
         sessions_store.touch_session(conn, session_id)
         interactions = sessions_store.get_interactions(conn, session_id)
-        self._enqueue_after_commit(conn, session, interactions, row["id"])
+        self._enqueue_after_commit(conn, session, interactions, row.id)
         db.after_commit(conn, partial(events.publish, self.dispatcher.redis, session_id, EVENT_INTERACTION,
                                       interaction_view(row)))
-        return {**session, "interactions": interactions}
 
-    def delete(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> dict[str, Any]:
+    def delete(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> SessionRow:
         interactions = sessions_store.get_interactions(conn, session_id)
         session = sessions_store.delete_session(conn, session_id, user["id"])
         if session is None:
@@ -284,14 +283,14 @@ class SessionService:
         db.after_commit(conn, partial(self._remove_work_and_files, user["id"], session_id, interactions))
         return session
 
-    def _remove_work_and_files(self, owner: str, session_id: str, interactions: list[dict[str, Any]]) -> None:
+    def _remove_work_and_files(self, owner: str, session_id: str, interactions: list[InteractionRow]) -> None:
         """A deleted session's queued or running jobs and its folder in the filestore."""
         for interaction in interactions:
-            if not interaction["finished"]:
-                self.dispatcher.cancel(interaction["id"])
+            if not interaction.finished:
+                self.dispatcher.cancel(interaction.id)
         UserFiles(self.filestore, owner).remove(session_folder(session_id))
 
-    def _enqueue_after_commit(self, conn: psycopg.Connection, session: dict[str, Any],
-                              interactions: list[dict[str, Any]], interaction_id: str) -> None:
+    def _enqueue_after_commit(self, conn: psycopg.Connection, session: SessionRow,
+                              interactions: list[InteractionRow], interaction_id: str) -> None:
         """Queues the interaction's job once its rows are stored: a runner looks them up."""
         db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, interaction_id))

@@ -3,18 +3,15 @@ session simply does not exist for the caller."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
+from controlplane.storage.rows import INTERACTION_FIELDS, SessionRow, InteractionRow
 from shared.types import Creator, InteractionState
 
-INTERACTION_COLUMNS = (
-    "id, session_id, seq, created, updated, scheduled, completed, creator, mode, runner, message,"
-    " progress, files, finished, metadata, state, status, error, lora_dir, data_prep_chunks,"
-    " data_prep_stage"
-)
+INTERACTION_COLUMNS = ", ".join(INTERACTION_FIELDS)
 
 # A fine-tune interaction's question/answer pairs, listed with it (the Helix reference promises
 # "all of the generated QA pairs" in the session's GET response).
@@ -29,87 +26,94 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def one_session(conn: psycopg.Connection, query: str, params: tuple | list = ()) -> SessionRow | None:
+    with conn.cursor(row_factory=class_row(SessionRow)) as cur:
+        return cur.execute(query, params).fetchone()
+
+
+def one_interaction(conn: psycopg.Connection, query: str, params: tuple | list = ()) -> InteractionRow | None:
+    """Runs a query that selects or returns INTERACTION_COLUMNS of at most one interaction."""
+    with conn.cursor(row_factory=class_row(InteractionRow)) as cur:
+        return cur.execute(query, params).fetchone()
+
+
 def insert_session(conn: psycopg.Connection, *, owner: str, mode: str, type: str, model_name: str,
                    name: str = "", config: dict | None = None, parent_session: str = "",
-                   lora_dir: str = "", session_id: str | None = None) -> dict[str, Any]:
-    return conn.execute(
-        "INSERT INTO sessions (id, name, mode, type, model_name, owner, config, parent_session, lora_dir)"
+                   lora_dir: str = "", session_id: str | None = None) -> SessionRow:
+    return one_session(
+        conn, "INSERT INTO sessions (id, name, mode, type, model_name, owner, config, parent_session, lora_dir)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
         (session_id or new_id(), name, mode, type, model_name, owner, Jsonb(config or {}),
-         parent_session, lora_dir),
-    ).fetchone()
+         parent_session, lora_dir))
 
 
 def insert_interaction(conn: psycopg.Connection, *, session_id: str, creator: Creator, mode: str,
                        message: str = "", state: InteractionState, files: list[str] | None = None,
                        metadata: dict | None = None, status: str = "",
-                       data_prep_stage: str = "", lora_dir: str = "") -> dict[str, Any]:
+                       data_prep_stage: str = "", lora_dir: str = "") -> InteractionRow:
     """`scheduled` stays empty until a runner's first report: it is when a runner took the work."""
     finished = state in (InteractionState.COMPLETE, InteractionState.ERROR)
-    return conn.execute(
-        f"INSERT INTO interactions (id, session_id, seq, creator, mode, message, state, files,"
+    return one_interaction(
+        conn, f"INSERT INTO interactions (id, session_id, seq, creator, mode, message, state, files,"
         f" metadata, finished, completed, progress, status, data_prep_stage, lora_dir)"
         f" VALUES (%s, %s, (SELECT coalesce(max(seq), 0) + 1 FROM interactions WHERE session_id = %s),"
         f" %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END, %s, %s, %s, %s)"
         f" RETURNING {INTERACTION_COLUMNS}",
         (new_id(), session_id, session_id, creator.value, mode, message, state.value,
          Jsonb(files or []), Jsonb(metadata or {}), finished, finished,
-         100 if finished else 0, status, data_prep_stage, lora_dir),
-    ).fetchone()
+         100 if finished else 0, status, data_prep_stage, lora_dir))
 
 
 def get_session(conn: psycopg.Connection, session_id: str, owner: str, *,
-                for_update: bool = False) -> dict[str, Any] | None:
+                for_update: bool = False) -> SessionRow | None:
     lock = " FOR UPDATE" if for_update else ""
-    return conn.execute(
-        f"SELECT * FROM sessions WHERE id = %s AND owner = %s{lock}", (session_id, owner)
-    ).fetchone()
+    return one_session(conn, f"SELECT * FROM sessions WHERE id = %s AND owner = %s{lock}", (session_id, owner))
 
 
-def get_session_any_owner(conn: psycopg.Connection, session_id: str) -> dict[str, Any] | None:
+def get_session_any_owner(conn: psycopg.Connection, session_id: str) -> SessionRow | None:
     """For runner routes only: a runner works for every user, a user only for themselves."""
-    return conn.execute("SELECT * FROM sessions WHERE id = %s", (session_id,)).fetchone()
+    return one_session(conn, "SELECT * FROM sessions WHERE id = %s", (session_id,))
 
 
-def get_interactions(conn: psycopg.Connection, session_id: str) -> list[dict[str, Any]]:
-    return conn.execute(
-        f"SELECT {INTERACTION_COLUMNS} FROM interactions WHERE session_id = %s ORDER BY seq",
-        (session_id,),
-    ).fetchall()
+def get_interactions(conn: psycopg.Connection, session_id: str) -> list[InteractionRow]:
+    with conn.cursor(row_factory=class_row(InteractionRow)) as cur:
+        return cur.execute(f"SELECT {INTERACTION_COLUMNS} FROM interactions WHERE session_id = %s ORDER BY seq",
+                           (session_id,)).fetchall()
 
 
 def get_session_with_interactions(conn: psycopg.Connection, session_id: str,
-                                  owner: str) -> dict[str, Any] | None:
-    """The session row with its interactions, in one round trip on indexed lookups."""
+                                  owner: str) -> tuple[SessionRow, list[InteractionRow]] | None:
+    """The session with its interactions (and a fine-tune's pairs), in one round trip on indexed
+    lookups: what the session's JSON shows."""
     row = conn.execute(
         f"SELECT s.*, coalesce((SELECT json_agg(i ORDER BY i.seq) FROM"
         f" (SELECT {INTERACTION_COLUMNS}, {_QA_PAIRS} FROM interactions WHERE session_id = s.id) i),"
         f" '[]'::json) AS interactions FROM sessions s WHERE s.id = %s AND s.owner = %s",
         (session_id, owner),
     ).fetchone()
-    return row
+    if row is None:
+        return None
+    interactions = row.pop("interactions")
+    return SessionRow(**row), [InteractionRow.from_json(i) for i in interactions]
 
 
 def list_sessions(conn: psycopg.Connection, owner: str, offset: int, limit: int,
-                  search: str = "") -> tuple[list, int]:
+                  search: str = "") -> tuple[list[SessionRow], int]:
     """The owner's sessions, newest first; `search` keeps those whose name or id holds it (any case)."""
     where, params = "owner = %s", [owner]
     if search:
         pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         where += " AND (name ILIKE %s OR id ILIKE %s)"
         params += [pattern, pattern]
-    rows = conn.execute(
-        f"SELECT * FROM sessions WHERE {where} ORDER BY created DESC, id LIMIT %s OFFSET %s",
-        (*params, limit, offset),
-    ).fetchall()
+    with conn.cursor(row_factory=class_row(SessionRow)) as cur:
+        rows = cur.execute(f"SELECT * FROM sessions WHERE {where} ORDER BY created DESC, id LIMIT %s OFFSET %s",
+                           (*params, limit, offset)).fetchall()
     total = conn.execute(f"SELECT count(*) AS n FROM sessions WHERE {where}", params).fetchone()["n"]
     return rows, total
 
 
-def delete_session(conn: psycopg.Connection, session_id: str, owner: str) -> dict[str, Any] | None:
-    return conn.execute(
-        "DELETE FROM sessions WHERE id = %s AND owner = %s RETURNING *", (session_id, owner)
-    ).fetchone()
+def delete_session(conn: psycopg.Connection, session_id: str, owner: str) -> SessionRow | None:
+    return one_session(conn, "DELETE FROM sessions WHERE id = %s AND owner = %s RETURNING *", (session_id, owner))
 
 
 def touch_session(conn: psycopg.Connection, session_id: str) -> None:
@@ -117,56 +121,52 @@ def touch_session(conn: psycopg.Connection, session_id: str) -> None:
 
 
 def get_interaction_for_runner(conn: psycopg.Connection, session_id: str,
-                               interaction_id: str) -> dict[str, Any] | None:
+                               interaction_id: str) -> InteractionRow | None:
     """The interaction, locked for the caller's transaction. Its session is locked first: every
     writer takes the session before its interaction (a cancel locks the session, then the turn; a
     runner's report locks the turn, then touches the session), so no two of them deadlock."""
     conn.execute("SELECT 1 FROM sessions WHERE id = %s FOR NO KEY UPDATE", (session_id,))
-    return conn.execute(
-        f"SELECT {INTERACTION_COLUMNS} FROM interactions WHERE id = %s AND session_id = %s FOR UPDATE",
-        (interaction_id, session_id),
-    ).fetchone()
+    return one_interaction(
+        conn, f"SELECT {INTERACTION_COLUMNS} FROM interactions WHERE id = %s AND session_id = %s FOR UPDATE",
+        (interaction_id, session_id))
 
 
 def apply_update(conn: psycopg.Connection, interaction_id: str, *, runner: str, state: str,
                  message: str, progress: int, status: str, files: list[str] | None, error: str,
                  finished: bool, metadata: dict | None, data_prep_stage: str | None = None,
-                 lora_dir: str | None = None) -> dict[str, Any]:
-    return conn.execute(
-        f"UPDATE interactions SET updated = now(), runner = %s, state = %s, message = %s,"
+                 lora_dir: str | None = None) -> InteractionRow:
+    return one_interaction(
+        conn, f"UPDATE interactions SET updated = now(), runner = %s, state = %s, message = %s,"
         f" progress = %s, status = %s, files = coalesce(%s, files), error = %s, finished = %s,"
         f" completed = CASE WHEN %s THEN now() ELSE completed END,"
         f" scheduled = coalesce(scheduled, now()),"
         f" data_prep_stage = coalesce(%s, data_prep_stage), lora_dir = coalesce(%s, lora_dir),"
         f" metadata = metadata || %s WHERE id = %s RETURNING {INTERACTION_COLUMNS}",
         (runner, state, message, progress, status, Jsonb(files) if files is not None else None,
-         error, finished, finished, data_prep_stage, lora_dir, Jsonb(metadata or {}), interaction_id),
-    ).fetchone()
+         error, finished, finished, data_prep_stage, lora_dir, Jsonb(metadata or {}), interaction_id))
 
 
 def reopen_interaction(conn: psycopg.Connection, interaction_id: str, *, stage: str,
-                       status: str) -> dict[str, Any]:
+                       status: str) -> InteractionRow:
     """A fine-tune interaction taken up again (retry, start after review): waiting, unfinished."""
-    return conn.execute(
-        f"UPDATE interactions SET updated = now(), state = 'waiting', finished = false,"
+    return one_interaction(
+        conn, f"UPDATE interactions SET updated = now(), state = 'waiting', finished = false,"
         f" completed = NULL, error = '', progress = 0, status = %s, data_prep_stage = %s"
-        f" WHERE id = %s RETURNING {INTERACTION_COLUMNS}", (status, stage, interaction_id),
-    ).fetchone()
+        f" WHERE id = %s RETURNING {INTERACTION_COLUMNS}", (status, stage, interaction_id))
 
 
 def restart_interaction(conn: psycopg.Connection, interaction_id: str, *, stage: str,
-                        status: str, fresh: bool) -> dict[str, Any]:
+                        status: str, fresh: bool) -> InteractionRow:
     """A finished interaction run again: waiting, unfinished, no error, its attempts and its
     cancellation forgotten. `fresh` clears what the earlier run produced too (a reply, images);
     a fine-tune keeps its metadata (its last checkpoint: training resumes from it)."""
-    return conn.execute(
-        f"UPDATE interactions SET updated = now(), state = 'waiting', finished = false, completed = NULL,"
+    return one_interaction(
+        conn, f"UPDATE interactions SET updated = now(), state = 'waiting', finished = false, completed = NULL,"
         f" error = '', progress = 0, status = %s, data_prep_stage = %s,"
         f" metadata = CASE WHEN %s THEN '{{}}'::jsonb ELSE metadata - 'cancelled' - 'attempts' END,"
         f" message = CASE WHEN %s THEN '' ELSE message END, files = CASE WHEN %s THEN '[]'::jsonb ELSE files END,"
         f" scheduled = NULL, runner = '' WHERE id = %s RETURNING {INTERACTION_COLUMNS}",
-        (status, stage, fresh, fresh, fresh, interaction_id),
-    ).fetchone()
+        (status, stage, fresh, fresh, fresh, interaction_id))
 
 
 def finish_finetune(conn: psycopg.Connection, session_id: str, lora_dir: str) -> None:
@@ -211,7 +211,7 @@ def count_attempt(conn: psycopg.Connection, interaction_id: str, attempts: int, 
                  (Jsonb({"attempts": attempts}), status, interaction_id))
 
 
-def seconds_since_update(conn: psycopg.Connection, interaction: dict[str, Any]) -> float:
+def seconds_since_update(conn: psycopg.Connection, interaction: InteractionRow) -> float:
     """By the database's clock, which wrote `updated` (a replica's own clock may differ)."""
     now = conn.execute("SELECT now() AS now").fetchone()["now"]
-    return (now - interaction["updated"]).total_seconds()
+    return (now - interaction.updated).total_seconds()

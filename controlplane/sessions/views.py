@@ -4,38 +4,29 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-_INTERACTION_FIELDS = (
-    "id", "created", "updated", "scheduled", "completed", "creator", "mode", "runner", "message",
-    "progress", "files", "finished", "metadata", "state", "status", "error", "lora_dir",
-    "data_prep_chunks", "data_prep_stage",
-)
-_SESSION_FIELDS = (
-    "id", "name", "created", "updated", "parent_session", "mode", "type", "model_name", "lora_dir",
-    "owner", "owner_type", "config",
-)
+from controlplane.storage.rows import INTERACTION_FIELDS, SESSION_FIELDS, InteractionRow, SessionRow
+
+_INTERACTION_VIEW_FIELDS = tuple(f for f in INTERACTION_FIELDS if f not in ("session_id", "seq"))
 
 
-def iso_time(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value  # already ISO text (rows aggregated by PostgreSQL as JSON), or None
+def iso_time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
-def interaction_view(row: dict[str, Any]) -> dict[str, Any]:
-    view = {k: row.get(k) for k in _INTERACTION_FIELDS}
+def interaction_view(row: InteractionRow) -> dict[str, Any]:
+    view = {k: getattr(row, k) for k in _INTERACTION_VIEW_FIELDS}
     for k in ("created", "updated", "scheduled", "completed"):
         view[k] = iso_time(view[k])
-    if row.get("mode") == "finetune" and row.get("creator") == "system":
-        view["qa_pairs"] = [{k: v for k, v in p.items() if k != "seq"} for p in row.get("qa_pairs") or []]
+    if row.mode == "finetune" and row.creator == "system":
+        view["qa_pairs"] = [{k: v for k, v in p.items() if k != "seq"} for p in row.qa_pairs or []]
     return view
 
 
-def session_view(row: dict[str, Any], interactions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    view = {k: row.get(k) for k in _SESSION_FIELDS}
-    view["created"] = iso_time(view["created"])
-    view["updated"] = iso_time(view["updated"])
-    rows = interactions if interactions is not None else row.get("interactions") or []
-    view["interactions"] = [interaction_view(i) for i in rows]
+def session_view(row: SessionRow, interactions: list[InteractionRow]) -> dict[str, Any]:
+    view = {k: getattr(row, k) for k in SESSION_FIELDS}
+    view["created"] = iso_time(row.created)
+    view["updated"] = iso_time(row.updated)
+    view["interactions"] = [interaction_view(i) for i in interactions]
     return view
 
 
