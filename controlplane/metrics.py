@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily
 
 from controlplane.errors import Unauthorized
+from controlplane.fleet import fair_share_store
 from controlplane.fleet import overview as fleet
 from controlplane.fleet import store as fleet_store
 from controlplane.sessions import store as sessions_store
@@ -102,9 +103,10 @@ class FleetCollector:
                 conn.execute("SET LOCAL statement_timeout = 2000")  # a scrape never holds a connection long
                 counts = sessions_store.unfinished_system_counts(conn)
                 fleet_runners = fleet_store.runner_counts(conn, config.runner_gone_seconds)
+                held = fair_share_store.held_by_queue(conn)
         except Exception as err:
             log.warning("metrics: database unavailable: %s", err)
-            counts, fleet_runners = None, None
+            counts, fleet_runners, held = None, None, {}
         if counts is not None:
             for state, n in counts.items():
                 unfinished.add_metric([state], n)
@@ -117,17 +119,22 @@ class FleetCollector:
         length = GaugeMetricFamily("helix_queue_length", "Jobs waiting in a queue", labels=labels)
         wait = GaugeMetricFamily("helix_queue_oldest_wait_seconds",
                                  "How long the job at the head of a queue has waited (0 when empty)", labels=labels)
+        held_back = GaugeMetricFamily("helix_queue_held_jobs",
+                                      "Jobs held back in PostgreSQL by fair share, by the queue they wait for",
+                                      labels=labels)
         try:
             queues = fleet.queues(self.app.extensions["redis"])
         except Exception as err:
             log.warning("metrics: Redis unavailable: %s", err)
             return
-        for q in queues:
+        for q in fleet.with_held(queues, held):
             key = [q["name"], q["kind"], q["model"]]
             length.add_metric(key, q["length"])
             wait.add_metric(key, q["oldest_wait_seconds"] or 0)
+            held_back.add_metric(key, q["held"])
         yield length
         yield wait
+        yield held_back
 
 
 def _exposition(app: Flask) -> bytes:

@@ -242,8 +242,9 @@ class Supervisor:
             for i in range(self.config.image_finetune_workers):  # each run trains in its own child
                 self._spawn(WorkKind.IMAGE_FINETUNE, i)
         self._wait_for_workers()
-        if self.config.image_model:
-            self.register()  # with the image budget the image worker measured before it listened
+        # Once listening: the control plane learns the workers (fair share divides them between
+        # users) and the image budget the image worker measured before it listened.
+        self.register()
         log.info("runner %s ready: text=%r image=%r", self.config.runner_id,
                  self.config.text_model, self.config.image_model)
 

@@ -35,21 +35,13 @@ from runner.control_plane.client import ControlPlane
 from runner.state import metrics
 from runner.state.memory import Admission
 from shared import logs
-from shared.jobs import ENTRY_POINTS, WorkKind, queue_name
+from shared.jobs import ENTRY_POINTS, QUEUES_OF_WORKER, WorkKind, queue_name
 from shared.memory import JOB_META_KEY, MEMORY_WAIT_TTL_SECONDS, memory_wait_key, need_of
 from shared.runners import HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_TTL_SECONDS, thread_worker_name, worker_alive_key
 
 log = logging.getLogger(__name__)
 ALLOWED_FUNCTIONS = frozenset(ENTRY_POINTS.values())
 KIND_OF_FUNCTION = {function: kind.value for kind, function in ENTRY_POINTS.items()}
-# The queues each kind of worker takes work from, first listed first served: text workers
-# prepare fine-tune data on the warm vLLM server between chats, never before them.
-QUEUES_OF_WORKER = {
-    WorkKind.TEXT_INFERENCE: (WorkKind.TEXT_INFERENCE, WorkKind.TEXT_DATAPREP),
-    WorkKind.IMAGE_INFERENCE: (WorkKind.IMAGE_INFERENCE,),
-    WorkKind.TEXT_FINETUNE: (WorkKind.TEXT_FINETUNE,),
-    WorkKind.IMAGE_FINETUNE: (WorkKind.IMAGE_FINETUNE,),
-}
 IMAGE_KINDS = (WorkKind.IMAGE_INFERENCE, WorkKind.IMAGE_FINETUNE)
 # How long a stopping process waits for its running jobs to finish before it leaves them to
 # the reconciler (which queues them again once the workers' liveness keys are gone).

@@ -19,6 +19,17 @@ class WorkKind(StrEnum):
     IMAGE_FINETUNE = "image-finetune"  # UNet LoRA on captioned images, samples, adapter upload
 
 
+# The queues each kind of runner worker takes work from, first listed first served: text workers
+# prepare fine-tune data on the warm vLLM server between chats, never before them. The control
+# plane counts a queue's workers by it (fair share).
+QUEUES_OF_WORKER: dict[WorkKind, tuple[WorkKind, ...]] = {
+    WorkKind.TEXT_INFERENCE: (WorkKind.TEXT_INFERENCE, WorkKind.TEXT_DATAPREP),
+    WorkKind.IMAGE_INFERENCE: (WorkKind.IMAGE_INFERENCE,),
+    WorkKind.TEXT_FINETUNE: (WorkKind.TEXT_FINETUNE,),
+    WorkKind.IMAGE_FINETUNE: (WorkKind.IMAGE_FINETUNE,),
+}
+
+
 # Dotted names of the runner's job entry points, one per kind of work. The runner executes
 # jobs whose function is in this table and nothing else.
 ENTRY_POINTS: dict[WorkKind, str] = {

@@ -1,6 +1,6 @@
 """GET /api/v1/dashboard: the fleet at a glance, for admins (users with is_admin; others get 403).
 
-Queues with their length and oldest wait, runners with their reported state (alive or gone), and
+Queues with their length, oldest wait and jobs held back by fair share, runners with their reported state (alive or gone), and
 the latest scheduling decisions (which runner took which interaction, after how long queued)."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest, Forbidden
 from controlplane.fleet import decisions as scheduling_decisions
+from controlplane.fleet import fair_share_store
 from controlplane.fleet import overview as fleet
 from controlplane.fleet import store as fleet_store
 from controlplane.sessions.views import iso_time
@@ -36,7 +37,8 @@ def dashboard():
     config = current_app.config["HELIX"]
     with db.transaction() as conn:
         runners = fleet_store.runners_with_tokens(conn, config.runner_gone_seconds)
+        held = fair_share_store.held_by_queue(conn)
     redis = current_app.extensions["redis"]
-    return jsonify(queues=fleet.queues(redis), runners=[_runner_view(r) for r in runners],
+    return jsonify(queues=fleet.with_held(fleet.queues(redis), held), runners=[_runner_view(r) for r in runners],
                    runner_gone_seconds=config.runner_gone_seconds,
                    decisions=scheduling_decisions.recent(redis, int(raw)) if int(raw) else [])

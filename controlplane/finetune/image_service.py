@@ -12,6 +12,7 @@ import psycopg
 from controlplane.config import Config
 from controlplane.finetune.image_input import ImageFinetuneForm, PixelLimits, check_images
 from controlplane.fleet.dispatch import Dispatcher
+from controlplane.sessions import fair_share
 from controlplane.sessions import store as sessions_store
 from controlplane.storage import db
 from controlplane.storage.filestore import Filestore, UserFiles, session_folder
@@ -57,5 +58,5 @@ class ImageFinetuneService:
             state=InteractionState.WAITING, data_prep_stage=DataPrepStage.FINETUNE,
             status=f"queued: waiting for a runner to train on {len(images)} images")
         interactions = [user_turn, system_turn]
-        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, system_turn.id))
+        fair_share.submit(conn, self.dispatcher, session, interactions, system_turn.id)
         return session, interactions

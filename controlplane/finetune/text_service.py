@@ -13,7 +13,7 @@ from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.finetune import store as finetune_store
 from controlplane.finetune.text_input import DocumentsForm, TextFinetuneForm, check_archive, document_name, parse_pairs
 from controlplane.fleet.dispatch import Dispatcher
-from controlplane.sessions import events
+from controlplane.sessions import events, fair_share
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
@@ -56,7 +56,7 @@ class FinetuneService:
             model_name=model, name=form.name or f"fine-tune on {(names + urls)[0][:50]}",
             config={"finetune": options}, session_id=session_id)
         interactions = self._add_documents_turn(conn, session, message, stored, urls)
-        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, interactions[-1].id))
+        fair_share.submit(conn, self.dispatcher, session, interactions, interactions[-1].id)
         return session, interactions
 
     def _document_names(self, files: list[Any]) -> list[str]:
@@ -146,7 +146,7 @@ class FinetuneService:
 
     def _enqueue(self, conn, session, interaction) -> SessionWithInteractions:
         interactions = sessions_store.get_interactions(conn, session.id)
-        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, interaction.id))
+        fair_share.submit(conn, self.dispatcher, session, interactions, interaction.id)
         self._publish_after_commit(conn, session.id, interaction)
         return session, interactions
 
@@ -190,7 +190,7 @@ class FinetuneService:
         session = sessions_store.get_session(conn, session_id, user["id"])
         added = self._add_documents_turn(conn, session, message, stored, urls)
         interactions = interactions + added
-        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, added[-1].id))
+        fair_share.submit(conn, self.dispatcher, session, interactions, added[-1].id)
         return session, interactions
 
     def clone(self, conn, user, session_id: str, interaction_id: str, mode: str) -> SessionWithInteractions:
@@ -251,7 +251,7 @@ class FinetuneService:
             finetune_store.set_chunks(conn, system_turn.id, source.data_prep_chunks)
         interactions = [user_turn, system_turn]
         if mode == "just_data":
-            db.after_commit(conn, partial(self.dispatcher.try_enqueue, clone, interactions, system_turn.id))
+            fair_share.submit(conn, self.dispatcher, clone, interactions, system_turn.id)
         return clone, sessions_store.get_interactions(conn, new_id)
 
     # -- the runner's reports -------------------------------------------------------------
@@ -339,8 +339,11 @@ class FinetuneService:
                 + (f" ({len(failed)} chunks or files failed)" if failed else ""))
         self._publish_after_commit(conn, session_id, row)
         if row.data_prep_stage == DataPrepStage.FINETUNE:
-            db.after_commit(conn, partial(self.dispatcher.try_enqueue, session,
-                                          sessions_store.get_interactions(conn, session_id), interaction_id))
+            fair_share.submit(conn, self.dispatcher, session, sessions_store.get_interactions(conn, session_id),
+                              interaction_id)
+        else:  # ended, or waiting for its review: it holds no place in its owner's share
+            for action in fair_share.finish(conn, self.dispatcher, interaction_id):
+                db.after_commit(conn, action)
         return row
 
 

@@ -1,4 +1,5 @@
-"""The queues as operators see them: their length and how long the job at the head has waited.
+"""The queues as operators see them: their length, how long the job at the head has waited, and
+the jobs fair share holds back for them in PostgreSQL.
 Read by the dashboard and /metrics, beside the runners with their last reported state, alive or
 gone (fleet.store.runners_with_tokens and runner_counts).
 """
@@ -18,7 +19,7 @@ RQ_QUEUES_SET = "rq:queues"  # RQ keeps the key of every queue it has enqueued t
 RQ_QUEUE_KEY_PREFIX = "rq:queue:"
 
 
-def _kind_and_model(queue: str) -> tuple[str, str]:
+def kind_and_model(queue: str) -> tuple[str, str]:
     """helix:<kind>:<model> -> (kind, model); a queue named otherwise -> ("", rest)."""
     rest = queue[len(QUEUE_PREFIX):]
     kind, _, model = rest.partition(":")
@@ -44,10 +45,22 @@ def queues(redis: Redis) -> list[dict[str, Any]]:
     now = time.time()
     out = []
     for name, length, when in zip(names, lengths, enqueued):
-        kind, model = _kind_and_model(name)
+        kind, model = kind_and_model(name)
         out.append({"name": name, "kind": kind, "model": model, "length": length,
                     "oldest_wait_seconds": _wait(when, now) if length else None})
     return out
+
+
+def with_held(queues: list[dict[str, Any]], held: dict[str, int]) -> list[dict[str, Any]]:
+    """The queues, each with `held`: its jobs held back in PostgreSQL by fair share (a queue whose
+    every job is held, or running, is listed too)."""
+    listed = [{**q, "held": held.get(q["name"], 0)} for q in queues]
+    known = {q["name"] for q in queues}
+    for name in sorted(set(held) - known):
+        kind, model = kind_and_model(name)
+        listed.append({"name": name, "kind": kind, "model": model, "length": 0, "oldest_wait_seconds": None,
+                       "held": held[name]})
+    return listed
 
 
 def _wait(enqueued_at: bytes | None, now: float) -> float | None:

@@ -19,6 +19,7 @@ from rq.job import Job
 
 from controlplane.config import Config
 from controlplane.errors import BadRequest
+from controlplane.fleet import fair_share_store
 from controlplane.fleet import store as fleet_store
 from controlplane.fleet.dispatch import job_stage
 from controlplane.storage.rows import InteractionRow, SessionRow
@@ -87,6 +88,9 @@ def waiting_status(conn: psycopg.Connection, redis: Redis, config: Config, sessi
     job_id = job_id_for(interaction.id, stage)
     model = session.model_name
     queue_key = Queue.redis_queue_namespace_prefix + queue_name(work_kind(session.type, stage), model)
+    place = fair_share_store.held(conn, interaction.id)
+    if place is not None:  # held back in PostgreSQL behind its owner's earlier jobs (fair share)
+        return _held_status(conn, redis, config, session, place)
     with redis.pipeline(transaction=False) as pipe:  # one round trip
         pipe.hget(Job.key_for(job_id), "status")
         pipe.lpos(queue_key, job_id)  # stops at the job: it costs the jobs ahead of it
@@ -111,6 +115,17 @@ def waiting_status(conn: psycopg.Connection, redis: Redis, config: Config, sessi
         reason = _jobs_ahead(position)
     else:
         reason = f"next in line: waiting for a free worker on a runner serving {model}"
+    return {"queue_position": position, "waiting_reason": reason}
+
+
+def _held_status(conn: psycopg.Connection, redis: Redis, config: Config, session: SessionRow,
+                 place: dict[str, Any]) -> dict[str, Any]:
+    """A held job is taken after every job now in its queue and its owner's held jobs before it."""
+    position = redis.llen(Queue.redis_queue_namespace_prefix + place["queue"]) + place["held_ahead"]
+    if not fleet_store.live_runners(conn, session.model_name, session.type, config.runner_gone_seconds):
+        reason = f"no runner serves model {session.model_name}"
+    else:
+        reason = f"{place['own_ahead']} of your own jobs ahead"
     return {"queue_position": position, "waiting_reason": reason}
 
 

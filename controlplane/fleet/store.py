@@ -70,6 +70,17 @@ def live_runners(conn: psycopg.Connection, model: str, session_type: str, second
                         (session_type, model, seconds)).fetchall()
 
 
+def live_workers(conn: psycopg.Connection, model: str, session_type: str, worker_kinds: list[str],
+                 seconds: float) -> int:
+    """How many workers of these kinds the live runners serving `model` last reported."""
+    return conn.execute(
+        "SELECT coalesce(sum(w.value::numeric), 0)::bigint AS n FROM runners r,"
+        " jsonb_each(CASE WHEN jsonb_typeof(r.state -> 'workers') = 'object' THEN r.state -> 'workers'"
+        " ELSE '{}'::jsonb END) w WHERE w.key = ANY(%s) AND jsonb_typeof(w.value) = 'number'"
+        f" AND r.models -> %s ? %s AND r.{_LIVE}", (worker_kinds, session_type, model, seconds),
+    ).fetchone()["n"]
+
+
 def smallest_context(conn: psycopg.Connection, model: str, seconds: float) -> int | None:
     """The smallest context (max_model_len) live runners of the text model announced; None: none did."""
     return conn.execute(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from functools import partial
 from typing import Any
 
 import psycopg
@@ -26,8 +25,8 @@ from controlplane.openai.files import OpenAIFiles
 from controlplane.openai.input import read_body
 from controlplane.openai.job_input import DEFAULT_LEARNING_RATE, FineTuningJobBody
 from controlplane.sessions import store as sessions_store
-from controlplane.sessions.service import cancel_interaction, is_cancelled, known_models, stop_cancelled_work
-from controlplane.storage import db
+from controlplane.sessions import fair_share
+from controlplane.sessions.service import cancel_interaction, is_cancelled, known_models
 from controlplane.storage.rows import InteractionRow, SessionRow
 from shared.finetune import HYPERPARAMETERS
 from shared.jobs import WorkKind
@@ -100,8 +99,7 @@ class OpenAIFineTuning:
             state=InteractionState.WAITING, data_prep_stage=DataPrepStage.FINETUNE,
             status=f"queued: training on {sum(not p['held_out'] for p in pairs)} question/answer pairs")
         finetune_store.add_pairs(conn, system_turn.id, pairs)
-        # A runner must find the rows its job names.
-        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, [user_turn, system_turn], system_turn.id))
+        fair_share.submit(conn, self.dispatcher, session, [user_turn, system_turn], system_turn.id)
         return job_view(session, system_turn)
 
     # -- reading --------------------------------------------------------------------------
@@ -151,9 +149,8 @@ class OpenAIFineTuning:
         turn = sessions_store.get_interaction_for_runner(conn, session.id, turn.id)
         if turn.finished:
             raise Conflict(f"the job has already {job_status(turn)}: only a queued or running job can be cancelled")
-        turn = cancel_interaction(conn, turn)
+        turn = cancel_interaction(conn, self.dispatcher, turn)
         sessions_store.touch_session(conn, session.id)
-        db.after_commit(conn, partial(stop_cancelled_work, self.dispatcher, session.id, turn))
         return job_view(session, turn)
 
 

@@ -24,9 +24,9 @@ from redis.exceptions import LockError
 from rq.job import JobStatus
 
 from controlplane import metrics
-from controlplane.fleet import scheduling
+from controlplane.fleet import fair_share_store, scheduling
 from controlplane.fleet.dispatch import Dispatcher, job_stage
-from controlplane.sessions import events
+from controlplane.sessions import events, fair_share
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
 from controlplane.storage.rows import InteractionRow, SessionRow
@@ -60,6 +60,7 @@ class Reconciler:
         # Told once stored: a client that reads the session on the event sees the failure.
         after_commit.append(partial(events.publish, self.redis, session_id, EVENT_INTERACTION,
                                     interaction_view(row)))
+        after_commit.extend(fair_share.finish(conn, self.dispatcher, interaction.id))
 
     def _requeue(self, conn, session: SessionRow, interaction: InteractionRow, reason: str,
                  after_commit: list[Callable[[], None]], ran: bool = True) -> None:
@@ -106,6 +107,8 @@ class Reconciler:
             return "done"
         if interaction.state == InteractionState.EDITING:
             return "waiting-for-user"  # a fine-tune's review: its data-prep job has finished
+        if fair_share_store.held(conn, interaction_id) is not None:
+            return "held"  # waits in PostgreSQL for its owner's share: release_held's work
         if self._changed_within_grace(conn, interaction):
             # A retry or an approval has just committed and is enqueueing the next job: the
             # job it replaces (finished, or missing) is not a lost one.
@@ -176,6 +179,9 @@ class Reconciler:
                             log.exception("reconciling interaction %s failed", row["id"])
                     after = (page[-1]["created"], page[-1]["id"])
                     lock.reacquire()  # a long pass keeps its lock
+                released = fair_share.release_held(conn, self.dispatcher)
+                if released:
+                    log.info("released %d jobs held back by fair share", released)
         finally:
             try:
                 lock.release()

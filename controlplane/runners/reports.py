@@ -12,13 +12,12 @@ from functools import partial
 from typing import Any
 
 import psycopg
-from redis import Redis
 
 from controlplane.config import Config
 from controlplane.errors import BadRequest, Conflict, Forbidden, NotFound
 from controlplane.fleet import store as fleet_store
 from controlplane.fleet.dispatch import Dispatcher, job_stage
-from controlplane.sessions import events
+from controlplane.sessions import events, fair_share
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
@@ -116,12 +115,13 @@ def own_output(path: str, session_id: str, interaction_id: str, folder_too: bool
         part not in ("", ".", "..") for part in path.split("/"))
 
 
-def apply_update(conn: psycopg.Connection, redis: Redis, current: InteractionRow, update: InteractionUpdate,
-                 runner_id: str) -> dict[str, Any]:
+def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, current: InteractionRow,
+                 update: InteractionUpdate, runner_id: str) -> dict[str, Any]:
     """Applies one update of `runner_id` to the interaction that authorize() returned for it,
     still locked; once it is finished, authorize() refuses further updates with 409. Returns the
     interaction's view; the live events that tell of it go out once the unit of work has
-    committed: a client that reads the session on hearing of the final update must find it stored."""
+    committed: a client that reads the session on hearing of the final update must find it stored.
+    A final update gives the interaction's place in its owner's fair share to their next job."""
     session_id, interaction_id = current.session_id, current.id
     if update.runner not in ("", runner_id):
         raise BadRequest(f"runner must be this runner's registered id, {runner_id!r}")
@@ -149,11 +149,14 @@ def apply_update(conn: psycopg.Connection, redis: Redis, current: InteractionRow
     if update.lora_dir and final and state == InteractionState.COMPLETE:
         sessions_store.finish_finetune(conn, session_id, update.lora_dir)
     sessions_store.touch_session(conn, session_id)
+    if final:
+        for action in fair_share.finish(conn, dispatcher, interaction_id):
+            db.after_commit(conn, action)
     view = interaction_view(row)
     # Streamed tokens go out as small delta events; every other change as the whole interaction.
     told = [(EVENT_DELTA, {"interaction_id": interaction_id, "delta": update.delta})] if update.delta else []
     if final or not update.delta:
         told.append((EVENT_INTERACTION, view))
     for event, data in told:
-        db.after_commit(conn, partial(events.publish, redis, session_id, event, data))
+        db.after_commit(conn, partial(events.publish, dispatcher.redis, session_id, event, data))
     return view

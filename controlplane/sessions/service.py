@@ -14,7 +14,7 @@ from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.fleet import scheduling
 from controlplane.fleet import store as fleet_store
 from controlplane.fleet.dispatch import Dispatcher
-from controlplane.sessions import events
+from controlplane.sessions import events, fair_share
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.input import ContinueChat, NewSession
 from controlplane.sessions.views import interaction_view
@@ -34,23 +34,29 @@ def is_cancelled(interaction: InteractionRow) -> bool:
                 and interaction.metadata.get("cancelled"))
 
 
-def cancel_interaction(conn: psycopg.Connection, interaction: InteractionRow) -> InteractionRow:
+def cancel_interaction(conn: psycopg.Connection, dispatcher: Dispatcher,
+                       interaction: InteractionRow) -> InteractionRow:
     """Ends an unfinished interaction as cancelled (state error, status cancelled, metadata
-    cancelled: true), in the caller's transaction, with the row locked by the caller. Then, after
-    the commit, call `stop_cancelled_work`. Shared by the sessions' cancel and the OpenAI
-    fine-tuning cancel, so both say the same thing and stop work the same way."""
-    return sessions_store.apply_update(
+    cancelled: true), in the caller's unit of work, with the row locked by the caller; once it
+    commits, its work stops and its owner's next held jobs go to the queue. Shared by the
+    sessions' cancel and the OpenAI fine-tuning cancel, so both say the same thing and stop work
+    the same way."""
+    cancelled = sessions_store.apply_update(
         conn, interaction.id, runner=interaction.runner, state=InteractionState.ERROR,
         message=interaction.message, progress=interaction.progress, status=CANCELLED, files=None,
         error="cancelled by the user", finished=True, metadata={CANCELLED: True})
+    db.after_commit(conn, partial(_stop_cancelled_work, dispatcher, cancelled))
+    for action in fair_share.finish(conn, dispatcher, interaction.id):
+        db.after_commit(conn, action)
+    return cancelled
 
 
-def stop_cancelled_work(dispatcher: Dispatcher, session_id: str, interaction: InteractionRow) -> None:
+def _stop_cancelled_work(dispatcher: Dispatcher, interaction: InteractionRow) -> None:
     """Removes the cancelled interaction's job: a queued one leaves its queue; a running one is
     gone from Redis, which its runner watches while it works (it stops within a second: the
     model server's request is aborted, a training process killed, its memory freed)."""
     dispatcher.cancel(interaction.id)
-    events.publish(dispatcher.redis, session_id, EVENT_INTERACTION, interaction_view(interaction))
+    events.publish(dispatcher.redis, interaction.session_id, EVENT_INTERACTION, interaction_view(interaction))
 
 
 def known_models(conn: psycopg.Connection, config: Config, session_type: SessionType) -> list[str]:
@@ -152,7 +158,7 @@ class SessionService:
             name=name, config=config,
         )
         interactions = self._add_turn(conn, session, prompt)
-        self._enqueue_after_commit(conn, session, interactions, interactions[-1].id)
+        self._submit(conn, session, interactions, interactions[-1].id)
         return session, interactions
 
     def create_conversation(self, conn: psycopg.Connection, user: dict[str, Any], *, model: str,
@@ -174,7 +180,7 @@ class SessionService:
                 conn, session_id=session.id, creator=Creator.USER if role == "user" else Creator.SYSTEM,
                 mode=session.mode, message=content, state=InteractionState.COMPLETE))
         interactions += self._add_turn(conn, session, turns[-1][1])
-        self._enqueue_after_commit(conn, session, interactions, interactions[-1].id)
+        self._submit(conn, session, interactions, interactions[-1].id)
         return session, interactions
 
     def continue_chat(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str,
@@ -204,7 +210,7 @@ class SessionService:
             raise Conflict("the previous reply is still being generated: wait for it to finish")
         interactions = previous + self._add_turn(conn, session, prompt, metadata)
         sessions_store.touch_session(conn, session_id)
-        self._enqueue_after_commit(conn, session, interactions, interactions[-1].id)
+        self._submit(conn, session, interactions, interactions[-1].id)
         return session, interactions
 
     def _add_turn(self, conn: psycopg.Connection, session: SessionRow, prompt: str,
@@ -240,9 +246,8 @@ class SessionService:
             if is_cancelled(turn):
                 return
             raise Conflict(f"nothing to cancel: the last interaction already ended ({turn.state})")
-        turn = cancel_interaction(conn, turn)
+        cancel_interaction(conn, self.dispatcher, turn)
         sessions_store.touch_session(conn, session_id)
-        db.after_commit(conn, partial(stop_cancelled_work, self.dispatcher, session_id, turn))
 
     def restart(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> None:
         """Runs the last interaction again: a reply or images from the start, a fine-tune from
@@ -271,7 +276,7 @@ class SessionService:
         row = sessions_store.restart_interaction(conn, turn.id, stage=stage, status=status, fresh=fresh)
         sessions_store.touch_session(conn, session_id)
         interactions = sessions_store.get_interactions(conn, session_id)
-        self._enqueue_after_commit(conn, session, interactions, row.id)
+        self._submit(conn, session, interactions, row.id)
         db.after_commit(conn, partial(events.publish, self.dispatcher.redis, session_id, EVENT_INTERACTION,
                                       interaction_view(row)))
 
@@ -290,7 +295,8 @@ class SessionService:
                 self.dispatcher.cancel(interaction.id)
         UserFiles(self.filestore, owner).remove(session_folder(session_id))
 
-    def _enqueue_after_commit(self, conn: psycopg.Connection, session: SessionRow,
+    def _submit(self, conn: psycopg.Connection, session: SessionRow,
                               interactions: list[InteractionRow], interaction_id: str) -> None:
-        """Queues the interaction's job once its rows are stored: a runner looks them up."""
-        db.after_commit(conn, partial(self.dispatcher.try_enqueue, session, interactions, interaction_id))
+        """Submits the interaction's job to its queue, in its owner's fair share: queued once its
+        rows are stored (a runner looks them up)."""
+        fair_share.submit(conn, self.dispatcher, session, interactions, interaction_id)

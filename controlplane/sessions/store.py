@@ -179,7 +179,9 @@ def unfinished_system_interactions(conn: psycopg.Connection, older_than_seconds:
                                    after: tuple | None = None, limit: int = 500) -> list:
     """Work that PostgreSQL says should be queued or running: the reconciler's source of truth.
     An interaction in `editing` waits for its user (a fine-tune's review), not for a runner; one
-    changed in the last `older_than_seconds` is being enqueued by whoever changed it.
+    changed (or released by fair share) in the last `older_than_seconds` is being enqueued by
+    whoever changed it; one held back by fair share (queued_work) waits for its owner's share, not
+    for a job.
 
     One page, oldest first; pass the last row's (created, id) as `after` for the next page.
     """
@@ -188,9 +190,11 @@ def unfinished_system_interactions(conn: psycopg.Connection, older_than_seconds:
         "SELECT i.id, i.session_id, i.created, s.owner FROM interactions i"
         " JOIN sessions s ON s.id = i.session_id"
         " WHERE NOT i.finished AND i.creator = 'system' AND i.state <> 'editing'"
+        " AND NOT EXISTS (SELECT 1 FROM queued_work q WHERE q.interaction_id = i.id"
+        " AND (q.released IS NULL OR q.released >= now() - make_interval(secs => %s)))"
         f" AND i.updated < now() - make_interval(secs => %s){after_clause}"
         " ORDER BY i.created, i.id LIMIT %s",
-        (older_than_seconds, *(after or ()), limit),
+        (older_than_seconds, older_than_seconds, *(after or ()), limit),
     ).fetchall()
 
 

@@ -8,7 +8,7 @@
   function rows(id, items, cells, empty) {
     const body = document.querySelector(`#${id} tbody`);
     body.replaceChildren(...(items.length ? items.map((item) => el("tr", {}, cells(item).map((c) => el("td", {}, c))))
-      : [el("tr", {}, el("td", { colspan: 5, text: empty }))]));
+      : [el("tr", {}, el("td", { colspan: body.closest("table").querySelectorAll("th").length, text: empty }))]));
   }
 
   async function load() {
@@ -16,7 +16,8 @@
       const d = await api("GET", "/api/v1/dashboard?decisions=50");
       rows("runners", d.runners, (r) => [r.id, r.status + (r.token_revoked ? " (token revoked)" : ""), models(r.models),
         r.token, `${seconds(r.seconds_since_seen)} ago`], "No runner has registered.");
-      rows("queues", d.queues, (q) => [q.name, q.kind, q.model, String(q.length), seconds(q.oldest_wait_seconds)], "No queues yet.");
+      rows("queues", d.queues, (q) => [q.name, q.kind, q.model, String(q.length), String(q.held), seconds(q.oldest_wait_seconds)],
+        "No queues yet.");
       rows("decisions", d.decisions, (x) => [new Date(x.at * 1000).toLocaleString(), x.runner, x.queue,
         seconds(x.waited_seconds), x.session_id],
       "No decisions yet.");

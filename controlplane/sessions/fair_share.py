@@ -1,0 +1,110 @@
+"""Fair share of the fleet between users.
+
+Work goes to one RQ queue per kind of work and model, taken first come, first served. Left at
+that, one user's backlog of 300 chats holds up everyone else's next chat for the whole backlog.
+So a job is queued in Redis ("released") only while its owner has fewer jobs released there than
+their share of the queue's workers: the workers the live runners serving the model reported for
+that kind of work, divided between the users with work for the queue (at least one each; while
+no runner has reported workers for it, there is nothing to share and nothing is held). The
+rest wait in PostgreSQL (`queued_work`), oldest first, and are released as the owner's jobs end.
+Another user's new job so waits behind about a worker's turn of anyone's backlog, not all of it.
+
+Each decision is taken under a lock per owner and queue in the caller's transaction, and what it
+releases is queued once that transaction commits: a held job is never queued twice, and it
+survives restarts of PostgreSQL, Redis and the control plane (the reconciler re-queues a released
+job that Redis lost, and releases what a lost decision left waiting).
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Callable
+
+import psycopg
+
+from controlplane.fleet import fair_share_store
+from controlplane.fleet import store as fleet_store
+from controlplane.fleet.dispatch import Dispatcher, job_stage
+from controlplane.fleet.overview import kind_and_model
+from controlplane.fleet.scheduling import session_type_of, work_kind
+from controlplane.sessions import store as sessions_store
+from controlplane.storage import db
+from controlplane.storage.rows import InteractionRow, SessionRow
+from shared.jobs import QUEUES_OF_WORKER, WorkKind, queue_name
+
+Action = Callable[[], object]
+
+
+def queue_of(session: SessionRow, interaction: InteractionRow) -> str:
+    """The RQ queue the interaction's next job goes to."""
+    return queue_name(work_kind(session.type, job_stage(interaction)), session.model_name)
+
+
+def submit(conn: psycopg.Connection, dispatcher: Dispatcher, session: SessionRow,
+           interactions: list[InteractionRow], interaction_id: str) -> None:
+    """The interaction's job, in the request's unit of work: queued once it commits if its owner
+    is within their share of the queue, else held here until their earlier jobs end."""
+    interaction = next(i for i in interactions if i.id == interaction_id)
+    queue = queue_of(session, interaction)
+    fair_share_store.lock(conn, session.owner, queue)  # before any row of the line, as release() does
+    fair_share_store.submit(conn, interaction_id, session.owner, queue)
+    for action in release(conn, dispatcher, session.owner, queue, {session.id: (session, interactions)}):
+        db.after_commit(conn, action)
+
+
+def finish(conn: psycopg.Connection, dispatcher: Dispatcher, interaction_id: str) -> list[Action]:
+    """The interaction needs no worker any more (it ended, or waits for its user): its place goes
+    and its owner's next jobs on that queue are released. Returns the enqueues to do after commit."""
+    place = fair_share_store.place_of(conn, interaction_id)
+    if place is None:
+        return []
+    fair_share_store.lock(conn, *place)  # before its row, as release() does: no two wait on each other
+    fair_share_store.forget(conn, interaction_id)
+    return release(conn, dispatcher, *place)
+
+
+def release(conn: psycopg.Connection, dispatcher: Dispatcher, owner: str, queue: str,
+            read: dict[str, tuple[SessionRow, list[InteractionRow]]] | None = None) -> list[Action]:
+    """Releases the owner's oldest held jobs on `queue` up to their share; returns the enqueues to
+    do once the caller's transaction commits. `read`: sessions the caller holds already, by id."""
+    fair_share_store.lock(conn, owner, queue)
+    each = share(conn, dispatcher, queue)
+    free = None if each is None else each - fair_share_store.running(conn, owner, queue)
+    if free is not None and free <= 0:
+        return []
+    actions: list[Action] = []
+    for row in fair_share_store.release_oldest(conn, owner, queue, free):
+        session, interactions = (read or {}).get(row["session_id"]) or (
+            sessions_store.get_session_any_owner(conn, row["session_id"]),
+            sessions_store.get_interactions(conn, row["session_id"]))
+        actions.append(partial(dispatcher.try_enqueue, session, interactions, row["interaction_id"]))
+    return actions
+
+
+def share(conn: psycopg.Connection, dispatcher: Dispatcher, queue: str) -> int | None:
+    """How many jobs each user with work for `queue` may have released there at once; None (no
+    limit) while no live runner has reported workers for it: there is nothing to share yet."""
+    kind, model = kind_and_model(queue)
+    takers = [worker.value for worker, queues in QUEUES_OF_WORKER.items() if kind in queues]
+    workers = fleet_store.live_workers(conn, model, session_type_of(WorkKind(kind)).value, takers,
+                                       dispatcher.config.runner_ttl)
+    if not workers:
+        return None
+    owners = fair_share_store.owners_waiting_on(conn, queue)
+    return max(1, math.ceil(workers / max(1, owners)))
+
+
+def release_held(conn: psycopg.Connection, dispatcher: Dispatcher) -> int:
+    """The reconciler's pass over held work: each owner's line on each queue released up to their
+    share (runners that joined, a decision lost between commit and enqueue). Commits each line."""
+    released = 0
+    fair_share_store.forget_finished(conn)
+    lines = fair_share_store.held_lines(conn)
+    conn.commit()
+    for line in lines:
+        with conn.transaction():
+            actions = release(conn, dispatcher, line["owner"], line["queue"])
+        for action in actions:
+            action()
+        released += len(actions)
+    return released
