@@ -79,6 +79,15 @@ def test_a_users_backlog_waits_in_postgresql_and_another_users_job_goes_ahead(se
     assert _turn(client, alice, alice_chats[3][0])["waiting_reason"] == "1 of your own jobs ahead"
 
 
+def test_no_worker_idles_while_work_waits(served, config, make_user):
+    app, model = served(workers=4)
+    client, alice, bob = app.test_client(), make_user(), make_user()
+    _, bob_iid = _chat(client, bob)
+    alice_chats = [_chat(client, alice) for _ in range(6)]
+    # Alice's share of four workers beside Bob is two, but Bob keeps only one busy: she takes three.
+    assert _queued(config, model) == [job_id_for(bob_iid)] + [job_id_for(iid) for _, iid in alice_chats[:3]]
+
+
 def test_concurrent_requests_release_exactly_the_share(served, config, make_user, db):
     app, model = served(workers=3)
     user = make_user()

@@ -231,12 +231,16 @@ def stack(tmp_path_factory, models_dir):
         s.stop()
 
 
-@pytest.fixture()
-def user(stack) -> User:
-    """A user of the private stack, new for each test, so a test counts only its own sessions."""
+def new_user(stack) -> User:
     with stack.db() as conn:
         row = accounts.create_user(conn, f"faults-{time.monotonic_ns()}@example.com")
         return User(row, accounts.create_api_key(conn, row["id"], "faults")[1])
+
+
+@pytest.fixture()
+def user(stack) -> User:
+    """A user of the private stack, new for each test, so a test counts only its own sessions."""
+    return new_user(stack)
 
 
 @dataclass
@@ -334,15 +338,21 @@ def hold_jobs(stack: Stack, client: Client, runner_id: str, label: str, least: i
         assert len(batch) < 24, f"{runner_id} never took {least} jobs"
 
 
-def assert_every_worker_takes_a_job(stack: Stack, client: Client, label: str) -> None:
+def assert_every_worker_takes_a_job(stack: Stack, client: Client, label: str,
+                                    others: tuple[Client, ...] = ()) -> None:
     """Both runners at full strength: with their vLLMs frozen, every RQ worker of theirs takes
-    job when there are enough (a worker that quit on a Redis error would leave one queued)."""
+    job when there are enough (a worker that quit on a Redis error would leave one queued).
+    `others`: clients whose unfinished jobs may hold workers too."""
     servers = [stack.freeze(r) for r in RUNNER_IDS]
+
+    def replies() -> list[str]:
+        return client.replies + [iid for other in others for iid in other.replies]
+
     try:
         client.create_many(label, 2 * TEXT_WORKERS)
         # Each worker holds at most one job: as many held as there are workers is all of them.
-        wait_until(lambda: len(stack.holders(client.replies)) == 2 * TEXT_WORKERS, 90, "every worker holding a job",
-                   detail=lambda: f"{len(stack.holders(client.replies))} of {2 * TEXT_WORKERS} workers busy")
+        wait_until(lambda: len(stack.holders(replies())) == 2 * TEXT_WORKERS, 90, "every worker holding a job",
+                   detail=lambda: f"{len(stack.holders(replies()))} of {2 * TEXT_WORKERS} workers busy")
     finally:
         for server in servers:
             thaw(server)
@@ -374,25 +384,27 @@ def test_control_plane_restarted_with_sessions_in_flight(stack, user):
 
 def test_redis_restarted_empty_with_sessions_queued_and_running(stack, user):
     """Valkey goes away for a few seconds, while replies finish, and comes back with nothing:
-    every job, queued or running, is gone. The reconciler queues each again, once; every RQ
-    worker of both runners reconnects (all of them take a job afterwards) and each session is
-    answered once."""
-    client = Client(stack, user)
+    every job, queued or running, is gone. The reconciler queues each again, once; jobs that fair
+    share held back in PostgreSQL were never in Redis and run once; every RQ worker of both
+    runners reconnects (all of them take a job afterwards) and each session is answered once."""
+    client, other = Client(stack, user), Client(stack, new_user(stack))
     servers = [stack.freeze(r) for r in RUNNER_IDS]
     try:
         running = client.create_many("running", 2 * TEXT_WORKERS)  # every worker holds one
         wait_until(lambda: len(stack.holders(running)) == len(running), 60, "every worker holding a job")
-        queued = client.create_many("queued", 4)
+        held = client.create_many("held", 2)  # past the user's share of the workers: in PostgreSQL
+        queued = other.create_many("queued", 4)  # within another user's share: queued in Redis
         assert stack.queue().count == len(queued)
+        assert all(status is None for status, _, _ in stack.jobs(held).values())  # no job of theirs in Redis
         stack.valkey.stop()
     finally:
         for server in servers:
             thaw(server)  # the running replies end while Redis is away
     time.sleep(3)
     stack.start_valkey()
-    lost = client.replies
-    assert_every_worker_takes_a_job(stack, client, "after the restart")
-    assert_each_answered_once(stack, client, attempts={iid: 2 for iid in lost}, timeout=180)
+    assert_every_worker_takes_a_job(stack, client, "after the restart", others=(other,))
+    assert_each_answered_once(stack, client, attempts={iid: 2 for iid in running}, timeout=180)
+    assert_each_answered_once(stack, other, attempts={iid: 2 for iid in queued})
 
 
 def test_postgres_stopped_for_seconds_under_load(stack, user):

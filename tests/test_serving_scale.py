@@ -113,17 +113,20 @@ def test_a_runner_killed_holding_64_jobs_loses_none(live_server, services, runne
         thaw(server)
         # What it held when it died (a dead worker's jobs stay "started" until the reconciler
         # takes them back): each of those runs again, as attempt 2.
-        held = {job.id for job in (started.get_queue().fetch_job(i) for i in started.get_job_ids())
-                if job and runner_of_worker(job.worker_name) == "runner-k1"}
-        assert len(held) >= 60, f"the runner held only {len(held)} of 64 jobs when it was killed"
+        jobs = [job for job in (started.get_queue().fetch_job(i) for i in started.get_job_ids()) if job]
+        held = {job.id for job in jobs if job.worker_name and runner_of_worker(job.worker_name) == "runner-k1"}
+        # A job listed as started with no worker was queued anew by a reconciler pass in between: it
+        # may or may not have run on the victim first.
+        unknown = {job.id for job in jobs if not job.worker_name}
+        assert len(held) + len(unknown) >= 60, f"the runner held only {len(held)} of 64 jobs when it was killed"
         heir = start_runner(live_server, services, runner_token, models_dir, tmp_path, runner_id="runner-k2",
                             text_model=model, extra_env={"HELIX_TEXT_WORKERS": "64", **FULL_LENGTH})
         sessions = assert_all_complete_once(live_server, live_user, ids, timeout=300)
         for s in sessions:
             reply = s["interactions"][-1]
             # A job its worker had taken from the queue but not yet started is not a lost attempt.
-            expected = 2 if job_id_for(reply["id"]) in held else 1
-            assert reply["runner"] == "runner-k2" and reply["metadata"].get("attempts", 1) == expected, reply
+            expected = {2} if job_id_for(reply["id"]) in held else {1, 2} if job_id_for(reply["id"]) in unknown else {1}
+            assert reply["runner"] == "runner-k2" and reply["metadata"].get("attempts", 1) in expected, reply
         assert_registries_drain(started, failed)
     finally:
         victim.stop()

@@ -8,8 +8,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest
-from controlplane.http.forms import read_form
-from controlplane.openai.files import FileUpload, file_view
+from controlplane.openai.files import file_view
 from controlplane.storage import db
 
 bp = Blueprint("openai_finetuning", __name__, url_prefix="/v1")
@@ -41,9 +40,8 @@ def _page(items: list[dict[str, Any]], limit: int, **extra: Any):
 @bp.post("/files")
 @require_user
 def upload_file():
-    form = read_form(FileUpload, request.form.to_dict())
     with db.transaction() as conn:
-        row = _files().create(conn, g.user, request.files.get("file"), form)
+        row = _files().create(conn, g.user, request.files.get("file"), request.form.to_dict())
     return jsonify(file_view(row))
 
 

@@ -30,14 +30,14 @@ def forget(conn: psycopg.Connection, interaction_id: str) -> None:
     conn.execute("DELETE FROM queued_work WHERE interaction_id = %s", (interaction_id,))
 
 
-def running(conn: psycopg.Connection, owner: str, queue: str) -> int:
-    """The owner's released jobs on `queue` whose interaction is still unfinished and not waiting
-    for its user (a fine-tune's review holds no worker)."""
+def running(conn: psycopg.Connection, queue: str, owner: str | None = None) -> int:
+    """The released jobs on `queue` (the owner's, or everyone's) whose interaction is unfinished
+    and not waiting for its user (a fine-tune's review holds no worker)."""
+    mine = " AND q.owner = %s" if owner is not None else ""
     return conn.execute(
         "SELECT count(*) AS n FROM queued_work q JOIN interactions i ON i.id = q.interaction_id"
-        " WHERE q.queue = %s AND q.owner = %s AND q.released IS NOT NULL AND NOT i.finished"
-        " AND i.state <> 'editing'",
-        (queue, owner)).fetchone()["n"]
+        f" WHERE q.queue = %s{mine} AND q.released IS NOT NULL AND NOT i.finished AND i.state <> 'editing'",
+        (queue, owner) if owner is not None else (queue,)).fetchone()["n"]
 
 
 def owners_waiting_on(conn: psycopg.Connection, queue: str) -> int:

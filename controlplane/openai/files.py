@@ -15,7 +15,7 @@ from controlplane.config import Config
 from controlplane.errors import BadRequest, NotFound
 from controlplane.finetune import examples as finetune_examples
 from controlplane.http.fields import ensure_utf8
-from controlplane.http.forms import Form
+from controlplane.http.forms import Form, read_form
 from controlplane.openai import store as openai_store
 from controlplane.storage import db
 from controlplane.storage.filestore import Filestore, UserFiles
@@ -52,10 +52,13 @@ class OpenAIFiles:
     def __init__(self, config: Config, filestore: Filestore):
         self.config, self.filestore = config, filestore
 
-    def create(self, conn: psycopg.Connection, user: dict[str, Any], upload: Any, form: FileUpload) -> dict[str, Any]:
+    def create(self, conn: psycopg.Connection, user: dict[str, Any], upload: Any,
+               fields: dict[str, Any]) -> dict[str, Any]:
+        """`upload`: the multipart field `file`; `fields`: the body's other fields (FileUpload)."""
         if upload is None:
             raise BadRequest("send a multipart/form-data body: the JSONL file as the multipart field 'file',"
                              f" and purpose={PURPOSE}")
+        form = read_form(FileUpload, fields)
         filename = ensure_utf8((upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip(), "filename")
         if not filename or "\x00" in filename or len(filename) > MAX_FILENAME_CHARS:
             raise BadRequest(f"the file needs a name of 1 to {MAX_FILENAME_CHARS} characters")

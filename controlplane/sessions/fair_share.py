@@ -3,9 +3,10 @@
 Work goes to one RQ queue per kind of work and model, taken first come, first served. Left at
 that, one user's backlog of 300 chats holds up everyone else's next chat for the whole backlog.
 So a job is queued in Redis ("released") only while its owner has fewer jobs released there than
-their share of the queue's workers: the workers the live runners serving the model reported for
-that kind of work, divided between the users with work for the queue (at least one each; while
-no runner has reported workers for it, there is nothing to share and nothing is held). The
+their share of the queue's workers (the workers the live runners serving the model reported for
+that kind of work, divided between the users with work for the queue, at least one each), or
+while a worker would otherwise idle: a user alone takes every worker, and no worker waits while
+work does. While no runner has reported workers for the queue, nothing is held. The
 rest wait in PostgreSQL (`queued_work`), oldest first, and are released as the owner's jobs end.
 Another user's new job so waits behind about a worker's turn of anyone's backlog, not all of it.
 
@@ -68,10 +69,15 @@ def release(conn: psycopg.Connection, dispatcher: Dispatcher, owner: str, queue:
     """Releases the owner's oldest held jobs on `queue` up to their share; returns the enqueues to
     do once the caller's transaction commits. `read`: sessions the caller holds already, by id."""
     fair_share_store.lock(conn, owner, queue)
-    each = share(conn, dispatcher, queue)
-    free = None if each is None else each - fair_share_store.running(conn, owner, queue)
-    if free is not None and free <= 0:
-        return []
+    workers = queue_workers(conn, dispatcher, queue)
+    free = None  # no runner has reported workers for the queue: nothing to share yet
+    if workers:
+        share = max(1, math.ceil(workers / max(1, fair_share_store.owners_waiting_on(conn, queue))))
+        # Their share, or any worker no released job would keep busy: no worker idles while work waits.
+        free = max(share - fair_share_store.running(conn, queue, owner),
+                   workers - fair_share_store.running(conn, queue))
+        if free <= 0:
+            return []
     actions: list[Action] = []
     for row in fair_share_store.release_oldest(conn, owner, queue, free):
         session, interactions = (read or {}).get(row["session_id"]) or (
@@ -81,17 +87,12 @@ def release(conn: psycopg.Connection, dispatcher: Dispatcher, owner: str, queue:
     return actions
 
 
-def share(conn: psycopg.Connection, dispatcher: Dispatcher, queue: str) -> int | None:
-    """How many jobs each user with work for `queue` may have released there at once; None (no
-    limit) while no live runner has reported workers for it: there is nothing to share yet."""
+def queue_workers(conn: psycopg.Connection, dispatcher: Dispatcher, queue: str) -> int:
+    """The workers the live runners serving the queue's model reported for its kind of work."""
     kind, model = kind_and_model(queue)
     takers = [worker.value for worker, queues in QUEUES_OF_WORKER.items() if kind in queues]
-    workers = fleet_store.live_workers(conn, model, session_type_of(WorkKind(kind)).value, takers,
-                                       dispatcher.config.runner_ttl)
-    if not workers:
-        return None
-    owners = fair_share_store.owners_waiting_on(conn, queue)
-    return max(1, math.ceil(workers / max(1, owners)))
+    return fleet_store.live_workers(conn, model, session_type_of(WorkKind(kind)).value, takers,
+                                    dispatcher.config.runner_ttl)
 
 
 def release_held(conn: psycopg.Connection, dispatcher: Dispatcher) -> int:

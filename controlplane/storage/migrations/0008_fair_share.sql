@@ -12,3 +12,4 @@ CREATE TABLE queued_work (
 );
 CREATE INDEX queued_work_by_owner ON queued_work(queue, owner, submitted);
 CREATE INDEX queued_work_held ON queued_work(queue, owner, submitted) WHERE released IS NULL;
+CREATE INDEX queued_work_released ON queued_work(queue, owner) WHERE released IS NOT NULL;
