@@ -496,6 +496,10 @@ def test_runners_killed_mid_job_several_times(stack, user):
     def kill_holding(victim: str, label: str, also_held: set[str] = frozenset()) -> set[str]:
         """Kills the victim once it holds jobs of new sessions (and `also_held`); returns the
         replies whose jobs it held, each of which needs one more attempt."""
+        # Its replies of earlier batches done first (on a loaded machine they can still be running):
+        # else they and the re-queued jobs may fill every worker it has, leaving none for new ones.
+        wait_until(lambda: {i for i, r in stack.holders(client.replies).items() if r == victim} <= set(also_held),
+                   120, f"{label}: the victim done with earlier replies")
         # The re-queued jobs first: new sessions sent before them could fill every worker.
         stack.freeze(victim)
         wait_until(lambda: stack.holders(also_held) == {i: victim for i in also_held}, 60,
