@@ -25,6 +25,7 @@ from controlplane.sessions.service import SessionService
 from controlplane.storage import db
 from controlplane.storage.filestore import from_config
 from controlplane.storage.migrate import apply_migrations
+from controlplane.usage import admission
 from controlplane.web import error_pages
 from shared import logs
 
@@ -73,6 +74,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     redis = Redis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=5,
                            health_check_interval=30, max_connections=config.max_event_streams + 200)
     dispatcher = Dispatcher(redis, config)
+    admission.init_app(app, redis)
     filestore = from_config(config.filestore, config.s3_endpoint_url)
     finetune = FinetuneService(config, dispatcher, filestore, redis)
     sessions = SessionService(config, dispatcher, filestore)

@@ -50,19 +50,77 @@ def _password(args) -> str:
     return password
 
 
+def _known_plan(conn, plan: str | None) -> None:
+    from controlplane.usage import plans
+
+    if plan is not None and not any(p["name"] == plan for p in plans.list_plans(conn)):
+        sys.exit(f"no plan {plan!r}: create it with `helix plans set {plan} ...` (see `helix plans list`)")
+
+
 def cmd_users_create(args) -> None:
     from controlplane.accounts import store as accounts
+    from controlplane.usage.plans import DEFAULT_PLAN
 
     password = _password(args)
     with _connect() as conn:
         if accounts.get_user_by_email(conn, args.email):
             sys.exit(f"a user {args.email} already exists: use `helix keys create --email {args.email}`"
                      f" or `helix users password {args.email} --password ...`")
-        user = accounts.create_user(conn, args.email, is_admin=args.admin, password=password)
+        _known_plan(conn, args.plan)
+        user = accounts.create_user(conn, args.email, is_admin=args.admin, password=password,
+                                    plan=args.plan or DEFAULT_PLAN)
         _, key = accounts.create_api_key(conn, user["id"], args.key_name)
     print(f"created user {user['email']} ({user['id']}){' as admin' if args.admin else ''}"
-          f"{'; they can sign in to the web app' if password else ''}")
+          f" on plan {args.plan or DEFAULT_PLAN}{'; they can sign in to the web app' if password else ''}")
     print(key)
+
+
+def cmd_users_plan(args) -> None:
+    from controlplane.usage import plans
+
+    with _connect() as conn:
+        try:
+            plans.set_user_plan(conn, args.email, args.plan)
+        except plans.PlanError as err:
+            sys.exit(str(err))
+    print(f"{args.email} is on plan {args.plan} (every replica applies it within seconds)")
+
+
+def _limit(text: str) -> int:
+    """A limit on the command line: a whole number, 0 for unlimited."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number (0: unlimited), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (unlimited) or more, got {value}")
+    return value
+
+
+def cmd_plans_set(args) -> None:
+    from controlplane.usage import plans
+
+    limits = plans.Limits(**{name: getattr(args, name) or None for name in plans.LIMIT_NAMES})
+    with _connect() as conn:
+        try:
+            created = plans.set_plan(conn, args.name, limits)
+        except plans.PlanError as err:
+            sys.exit(str(err))
+    print(f"{'created' if created else 'replaced'} plan {args.name}: {_limits_text(limits)}")
+
+
+def _limits_text(limits) -> str:
+    stored = limits.stored()
+    return ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in stored.items()) or "no limits"
+
+
+def cmd_plans_list(args) -> None:
+    from controlplane.usage import plans
+
+    with _connect() as conn:
+        rows = plans.list_plans(conn)
+    for p in rows:
+        print(f"{p['name']}  users {p['users']}  keys {p['keys']}  {_limits_text(p['limits'])}")
 
 
 def cmd_users_password(args) -> None:
@@ -86,7 +144,8 @@ def cmd_keys_create(args) -> None:
         user = accounts.get_user_by_email(conn, args.email)
         if user is None:
             sys.exit(f"no user {args.email}: create one with `helix users create {args.email}`")
-        _, key = accounts.create_api_key(conn, user["id"], args.name)
+        _known_plan(conn, args.plan)
+        _, key = accounts.create_api_key(conn, user["id"], args.name, plan=args.plan)
     print(key)
 
 
@@ -203,7 +262,12 @@ def parser() -> argparse.ArgumentParser:
     uc.add_argument("--admin", action="store_true")
     uc.add_argument("--key-name", default="default")
     uc.add_argument("--password", help="a password for the web app (at least 8 characters; '-': read from stdin)")
+    uc.add_argument("--plan", help="the user's plan (default: default); see `helix plans list`")
     uc.set_defaults(func=cmd_users_create)
+    upl = users.add_parser("plan", help="put a user on a plan")
+    upl.add_argument("email")
+    upl.add_argument("plan")
+    upl.set_defaults(func=cmd_users_plan)
     up_ = users.add_parser("password", help="set a user's web-app password (signs their browsers out)")
     up_.add_argument("email")
     up_.add_argument("--password", required=True, help="the new password ('-': read from stdin)")
@@ -213,7 +277,20 @@ def parser() -> argparse.ArgumentParser:
     kc = keys.add_parser("create", help="create another API key for a user; prints it")
     kc.add_argument("--email", required=True)
     kc.add_argument("--name", default="cli")
+    kc.add_argument("--plan", help="a plan of the key's own, limiting it besides its user's plan")
     kc.set_defaults(func=cmd_keys_create)
+
+    plans = sub.add_parser("plans", help="plans: named sets of limits").add_subparsers(dest="action", required=True)
+    ps = plans.add_parser("set", help="create a plan or replace its limits (a limit not given, or 0, is unlimited)")
+    ps.add_argument("name")
+    from controlplane.usage.plans import Limits  # pydantic only: loads on a runner-only install too
+
+    for name, limit in Limits.model_fields.items():
+        ps.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_limit, default=0, metavar="N",
+                        help=limit.description)
+    ps.set_defaults(func=cmd_plans_set)
+    plans.add_parser("list", help="plans, their limits and how many users and keys are on each").set_defaults(
+        func=cmd_plans_list)
 
     runners = sub.add_parser("runners", help="manage runner tokens").add_subparsers(dest="action", required=True)
     rt = runners.add_parser("token", help="create a runner token; prints it")

@@ -6,6 +6,7 @@ from __future__ import annotations
 class ApiError(Exception):
     status = 400
     headers: dict[str, str] = {}  # sent with the error's response
+    details: dict[str, object] = {}  # fields of the JSON error besides its message
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)

@@ -43,6 +43,7 @@ CONTROL_PLANE_LAYERS = [
     {"errors", "config"},
     {"http"},                  # request plumbing: fields, bodies, context, error handlers, gunicorn
     {"storage"},               # PostgreSQL, migrations, the filestore
+    {"usage"},                 # plans and the limits held at the door
     {"accounts", "fleet"},     # who is asking; where work goes
     {"sessions"},
     {"metrics"},               # counts what the sessions' store holds; read by the runners' reconciler

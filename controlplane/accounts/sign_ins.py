@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from controlplane.accounts.store import USER_COLUMNS, digest
+from controlplane.accounts.store import USER_COLUMNS, digest, with_limits
 
 
 def create(conn: psycopg.Connection, user_id: str, lifetime: timedelta) -> str:
@@ -22,9 +22,11 @@ def create(conn: psycopg.Connection, user_id: str, lifetime: timedelta) -> str:
 
 
 def user_for_sign_in(conn: psycopg.Connection, token: str) -> dict[str, Any] | None:
+    """The signed-in user, with their plan's limits (a browser has no key of its own)."""
     columns = ", ".join(f"u.{c.strip()}" for c in USER_COLUMNS.split(","))
-    return conn.execute(f"SELECT {columns} FROM sign_ins s JOIN users u ON u.id = s.user_id"
-                        " WHERE s.digest = %s AND s.expires > now()", (digest(token),)).fetchone()
+    return with_limits(conn.execute(
+        f"SELECT {columns}, u.plan, p.limits AS plan_limits FROM sign_ins s JOIN users u ON u.id = s.user_id"
+        " JOIN plans p ON p.name = u.plan WHERE s.digest = %s AND s.expires > now()", (digest(token),)).fetchone())
 
 
 def delete(conn: psycopg.Connection, token: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from controlplane.usage.plans import DEFAULT_PLAN, limits_from
 from shared.types import API_KEY_PREFIX, RUNNER_TOKEN_PREFIX
 
 
@@ -32,10 +33,12 @@ MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1000  # hashing is slow on purpose: a megabyte of password must not cost seconds
 
 
-def create_user(conn: psycopg.Connection, email: str, is_admin: bool = False, password: str = "") -> dict[str, Any]:
+def create_user(conn: psycopg.Connection, email: str, is_admin: bool = False, password: str = "",
+                plan: str = DEFAULT_PLAN) -> dict[str, Any]:
     return conn.execute(
-        f"INSERT INTO users (id, email, is_admin, password_hash) VALUES (%s, %s, %s, %s) RETURNING {USER_COLUMNS}",
-        (str(uuid.uuid4()), email, is_admin, hash_password(password) if password else ""),
+        "INSERT INTO users (id, email, is_admin, password_hash, plan) VALUES (%s, %s, %s, %s, %s)"
+        f" RETURNING {USER_COLUMNS}",
+        (str(uuid.uuid4()), email, is_admin, hash_password(password) if password else "", plan),
     ).fetchone()
 
 
@@ -85,13 +88,15 @@ def user_for_password(conn: psycopg.Connection, email: str, password: str) -> di
     return row
 
 
-def create_api_key(conn: psycopg.Connection, owner: str, name: str) -> tuple[dict[str, Any], str]:
-    """Returns the stored row and the key itself, which is shown once and never stored."""
+def create_api_key(conn: psycopg.Connection, owner: str, name: str,
+                   plan: str | None = None) -> tuple[dict[str, Any], str]:
+    """Returns the stored row and the key itself, which is shown once and never stored. `plan`:
+    a plan of the key's own, limiting it besides its user's."""
     key = new_secret(API_KEY_PREFIX)
     row = conn.execute(
-        "INSERT INTO api_keys (id, owner, name, digest, hint) VALUES (%s, %s, %s, %s, %s)"
+        "INSERT INTO api_keys (id, owner, name, digest, hint, plan) VALUES (%s, %s, %s, %s, %s, %s)"
         " RETURNING id, owner, name, hint, created",
-        (str(uuid.uuid4()), owner, name, digest(key), _hint(key)),
+        (str(uuid.uuid4()), owner, name, digest(key), _hint(key), plan),
     ).fetchone()
     return row, key
 
@@ -119,12 +124,24 @@ def delete_api_key(conn: psycopg.Connection, owner: str, key_or_id: str) -> bool
     return cur.rowcount > 0
 
 
+def with_limits(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A request's user with its plans' limits read (usage/plans.py): the user's, and the key's own."""
+    if row is not None:
+        row["plan_limits"] = limits_from(row["plan_limits"])
+        if row.get("key_plan") is not None:
+            row["key_plan_limits"] = limits_from(row["key_plan_limits"])
+    return row
+
+
 def user_for_api_key(conn: psycopg.Connection, key: str) -> dict[str, Any] | None:
-    return conn.execute(
-        "SELECT u.id, u.email, u.is_admin, u.created FROM api_keys k JOIN users u ON u.id = k.owner"
-        " WHERE k.digest = %s",
+    """The key's user, with the key's id and the limits of the user's plan and of the key's own."""
+    return with_limits(conn.execute(
+        "SELECT u.id, u.email, u.is_admin, u.created, k.id AS key_id, u.plan, p.limits AS plan_limits,"
+        " k.plan AS key_plan, kp.limits AS key_plan_limits"
+        " FROM api_keys k JOIN users u ON u.id = k.owner JOIN plans p ON p.name = u.plan"
+        " LEFT JOIN plans kp ON kp.name = k.plan WHERE k.digest = %s",
         (digest(key),),
-    ).fetchone()
+    ).fetchone())
 
 
 def create_runner_token(conn: psycopg.Connection, name: str) -> tuple[dict[str, Any], str]:

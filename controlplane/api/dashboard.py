@@ -1,7 +1,8 @@
 """GET /api/v1/dashboard: the fleet at a glance, for admins (users with is_admin; others get 403).
 
-Queues with their length, oldest wait and jobs held back by fair share, runners with their reported state (alive or gone), and
-the latest scheduling decisions (which runner took which interaction, after how long queued)."""
+Queues with their length, oldest wait and jobs held back by fair share, runners with their reported state (alive or gone),
+the latest scheduling decisions (which runner took which interaction, after how long queued), and the plans with who is
+on them."""
 from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -14,6 +15,7 @@ from controlplane.fleet import overview as fleet
 from controlplane.fleet import store as fleet_store
 from controlplane.sessions.views import iso_time
 from controlplane.storage import db
+from controlplane.usage import plans
 
 bp = Blueprint("dashboard", __name__, url_prefix="/api/v1/dashboard")
 MAX_DECISIONS = scheduling_decisions.KEPT
@@ -38,7 +40,9 @@ def dashboard():
     with db.transaction() as conn:
         runners = fleet_store.runners_with_tokens(conn, config.runner_gone_seconds)
         held = fair_share_store.held_by_queue(conn)
+        plan_rows = plans.list_plans(conn)
     redis = current_app.extensions["redis"]
     return jsonify(queues=fleet.with_held(fleet.queues(redis), held), runners=[_runner_view(r) for r in runners],
                    runner_gone_seconds=config.runner_gone_seconds,
-                   decisions=scheduling_decisions.recent(redis, int(raw)) if int(raw) else [])
+                   decisions=scheduling_decisions.recent(redis, int(raw)) if int(raw) else [],
+                   plans=[{**p, "limits": p["limits"].stored(), "updated": iso_time(p["updated"])} for p in plan_rows])

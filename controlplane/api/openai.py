@@ -25,6 +25,8 @@ from controlplane.sessions.service import known_models
 from controlplane.sessions.views import session_view
 from controlplane.storage import db
 from controlplane.storage.rows import SessionRow, SessionWithInteractions
+from controlplane.usage import admission
+from controlplane.usage.admission import Work
 from shared.types import SessionType
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -35,9 +37,9 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: 
                 429: "rate_limit_error"}
 
 
-def openai_error(message: str, status: int) -> dict[str, Any]:
+def openai_error(message: str, status: int, code: str | None = None) -> dict[str, Any]:
     return {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": None,
-            "code": None if status < 500 else "server_error"}
+            "code": code if code else None if status < 500 else "server_error"}
 
 
 @bp.after_app_request
@@ -46,7 +48,8 @@ def _openai_error_shape(response: Response) -> Response:
     if request.path.startswith("/v1/") and response.status_code >= 400 and response.is_json:
         body = response.get_json(silent=True)
         if isinstance(body, dict) and isinstance(body.get("error"), str):
-            response.set_data(json.dumps({"error": openai_error(body["error"], response.status_code)}))
+            code = body.get("code") if isinstance(body.get("code"), str) else None
+            response.set_data(json.dumps({"error": openai_error(body["error"], response.status_code, code)}))
     return response
 
 
@@ -118,7 +121,9 @@ def _text_call(parse, completion: bool):
     config = current_app.config["HELIX"]
     limits = openai_input.EngineCostLimits(schema_bytes=config.max_schema_bytes, stop_bytes=config.max_stop_bytes,
                                            schema_enum_entries=config.max_schema_enum_entries)
-    call = parse(_body(), config.max_input_chars, limits=limits)
+    body = _body()
+    call = parse(body, config.max_input_chars, limits=limits)
+    admission.admit(Work.TEXT, body)
     with _call_slot() as release, db.transaction() as conn:
         started = _service().start_chat(conn, g.user, call)
     return _answer(started, call.model, completion, call.stream, call.include_usage, release)
@@ -157,7 +162,9 @@ def completions():
 @require_user
 def image_generations():
     config = current_app.config["HELIX"]
-    call = openai_input.image_request(_body(), config.max_input_chars)
+    body = _body()
+    call = openai_input.image_request(body, config.max_input_chars)
+    admission.admit(Work.IMAGE, body)
     with _call_slot() as release, db.transaction() as conn:
         session, interactions = _service().start_image(conn, g.user, call)
     app = current_app._get_current_object()
@@ -177,7 +184,9 @@ def image_generations():
 def helix_session_chat():
     """Helix's chat route: `messages` of `{"role", "content": {"content_type": "text", "parts": [...]}}`,
     an optional `system` and `model`, and `session_id` to continue a session of the caller's."""
-    chat = parsed(HelixChat, _body(), "chat")
+    body = _body()
+    chat = parsed(HelixChat, body, "chat")
+    admission.admit(Work.TEXT, body)
     messages, stream = chat.openai_messages(), chat.stream
     config = current_app.config["HELIX"]
     session_id = chat.session_id or ""

@@ -10,6 +10,8 @@ from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest
 from controlplane.openai.files import file_view
 from controlplane.storage import db
+from controlplane.usage import admission
+from controlplane.usage.admission import Work
 
 bp = Blueprint("openai_finetuning", __name__, url_prefix="/v1")
 
@@ -89,6 +91,7 @@ def create_job():
     body = request.get_json(silent=True)
     if body is None:
         raise BadRequest("the body must be JSON (Content-Type: application/json)")
+    admission.admit(Work.FINETUNE, body)
     with db.transaction() as conn:
         return jsonify(_jobs().create(conn, g.user, body))
 

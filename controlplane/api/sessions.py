@@ -18,6 +18,8 @@ from controlplane.sessions.input import ContinueChat, NewSession, SessionKind
 from controlplane.sessions.views import session_view
 from controlplane.storage import db
 from controlplane.storage.rows import SessionWithInteractions
+from controlplane.usage import admission
+from controlplane.usage.admission import Work
 from shared.types import SessionMode, SessionType
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/v1/sessions")
@@ -40,6 +42,8 @@ def create_session():
     body = request_fields()
     files = [f for f in request.files.getlist("files") if f.filename]
     kind = read_form(SessionKind, body)
+    admission.admit(Work.FINETUNE if kind.mode == SessionMode.FINETUNE else
+                    Work.IMAGE if kind.type == SessionType.IMAGE else Work.TEXT, body)
     with db.transaction() as conn:
         if kind.mode == SessionMode.FINETUNE:
             image = kind.type == SessionType.IMAGE
@@ -105,6 +109,7 @@ def cancel_session(session_id: str):
 @require_user
 def restart_session(session_id: str):
     """Runs the last interaction again (one still queued or running is left as it is)."""
+    admission.admit(None)
     with db.transaction() as conn:
         _service().restart(conn, g.user, session_id)
     with db.transaction() as conn:  # once its work is queued or stopped: the view tells where it stands
@@ -114,8 +119,10 @@ def restart_session(session_id: str):
 @bp.put("/<session_id>")
 @require_user
 def continue_session(session_id: str):
+    body = request_fields()
+    admission.admit(Work.TEXT, body)
     with db.transaction() as conn:
-        continued = _service().continue_chat(conn, g.user, session_id, read_request(ContinueChat))
+        continued = _service().continue_chat(conn, g.user, session_id, read_request(ContinueChat, body))
     return jsonify(session_view(*continued))
 
 

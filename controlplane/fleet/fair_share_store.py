@@ -5,10 +5,11 @@ from __future__ import annotations
 import psycopg
 
 
-def lock(conn: psycopg.Connection, owner: str, queue: str) -> None:
-    """Serializes the release decisions of one owner on one queue, on every replica, until the
-    caller's transaction ends: two of them never both see the same free slot."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"fair-share:{owner}:{queue}",))
+def lock(conn: psycopg.Connection, owner: str) -> None:
+    """Serializes the release decisions of one owner, on every replica, until the caller's
+    transaction ends: two of them never both see the same free slot (on a queue, or of the
+    owner's plan's concurrent jobs)."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"fair-share:{owner}",))
 
 
 def submit(conn: psycopg.Connection, interaction_id: str, owner: str, queue: str) -> None:
@@ -30,14 +31,31 @@ def forget(conn: psycopg.Connection, interaction_id: str) -> None:
     conn.execute("DELETE FROM queued_work WHERE interaction_id = %s", (interaction_id,))
 
 
-def running(conn: psycopg.Connection, queue: str, owner: str | None = None) -> int:
-    """The released jobs on `queue` (the owner's, or everyone's) whose interaction is unfinished
-    and not waiting for its user (a fine-tune's review holds no worker)."""
-    mine = " AND q.owner = %s" if owner is not None else ""
+def running(conn: psycopg.Connection, queue: str | None, owner: str | None = None) -> int:
+    """The released jobs on `queue` (None: every queue), the owner's or everyone's, whose
+    interaction is unfinished and not waiting for its user (a fine-tune's review holds no worker)."""
+    where = {"q.queue = %s": queue, "q.owner = %s": owner}
+    wanted = [(clause, value) for clause, value in where.items() if value is not None]
     return conn.execute(
         "SELECT count(*) AS n FROM queued_work q JOIN interactions i ON i.id = q.interaction_id"
-        f" WHERE q.queue = %s{mine} AND q.released IS NOT NULL AND NOT i.finished AND i.state <> 'editing'",
-        (queue, owner) if owner is not None else (queue,)).fetchone()["n"]
+        f" WHERE {''.join(clause + ' AND ' for clause, _ in wanted)}"
+        "q.released IS NOT NULL AND NOT i.finished AND i.state <> 'editing'",
+        [value for _, value in wanted]).fetchone()["n"]
+
+
+def waiting(conn: psycopg.Connection, owner: str) -> int:
+    """The owner's jobs waiting for a worker: held here, or queued in Redis and not yet taken."""
+    return conn.execute(
+        "SELECT count(*) AS n FROM queued_work q JOIN interactions i ON i.id = q.interaction_id"
+        " WHERE q.owner = %s AND NOT i.finished AND i.state <> 'editing'"
+        " AND (q.released IS NULL OR i.runner = '')", (owner,)).fetchone()["n"]
+
+
+def plan_limits(conn: psycopg.Connection, owner: str) -> dict | None:
+    """The owner's plan's limits as stored (usage/plans.py reads them)."""
+    row = conn.execute("SELECT p.limits FROM users u JOIN plans p ON p.name = u.plan WHERE u.id = %s",
+                       (owner,)).fetchone()
+    return row["limits"] if row else None
 
 
 def owners_waiting_on(conn: psycopg.Connection, queue: str) -> int:

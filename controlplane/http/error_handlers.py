@@ -27,14 +27,14 @@ class ErrorPages(Protocol):
 
 
 def init_app(app: Flask, pages: ErrorPages) -> None:
-    def _reply(message: str, status: int):
+    def _reply(message: str, status: int, **details: object):
         if pages.is_page_request():
             return pages.error_page(message, status)
-        return jsonify(error=message), status
+        return jsonify(error=message, **details), status
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
-        response = make_response(_reply(err.message, err.status))
+        response = make_response(_reply(err.message, err.status, **err.details))
         response.headers.update(err.headers)
         return response
 

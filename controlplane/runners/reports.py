@@ -23,6 +23,7 @@ from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
 from controlplane.storage.filestore import session_outputs
 from controlplane.storage.rows import InteractionRow
+from controlplane.usage import admission
 from shared import image_budget
 from shared.runners import RUNNER_HEADER, runner_of_worker
 from shared.types import InteractionState
@@ -115,6 +116,15 @@ def own_output(path: str, session_id: str, interaction_id: str, folder_too: bool
         part not in ("", ".", "..") for part in path.split("/"))
 
 
+def used_tokens(interaction: InteractionRow) -> int:
+    """The prompt and reply tokens the runner counted for a reply (0 for other work)."""
+    usage = (interaction.metadata or {}).get("usage")
+    if not isinstance(usage, dict):
+        return 0
+    return sum(value for key in ("prompt_tokens", "completion_tokens")
+               if isinstance(value := usage.get(key), int) and value > 0)
+
+
 def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, current: InteractionRow,
                  update: InteractionUpdate, runner_id: str) -> dict[str, Any]:
     """Applies one update of `runner_id` to the interaction that authorize() returned for it,
@@ -152,6 +162,7 @@ def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, current: Inte
     if final:
         for action in fair_share.finish(conn, dispatcher, interaction_id):
             db.after_commit(conn, action)
+        db.after_commit(conn, partial(admission.settle, dispatcher.redis, interaction_id, used_tokens(row)))
     view = interaction_view(row)
     # Streamed tokens go out as small delta events; every other change as the whole interaction.
     told = [(EVENT_DELTA, {"interaction_id": interaction_id, "delta": update.delta})] if update.delta else []

@@ -9,8 +9,11 @@ while a worker would otherwise idle: a user alone takes every worker, and no wor
 work does. While no runner has reported workers for the queue, nothing is held. The
 rest wait in PostgreSQL (`queued_work`), oldest first, and are released as the owner's jobs end.
 Another user's new job so waits behind about a worker's turn of anyone's backlog, not all of it.
+A user's plan may cap their jobs at once (concurrent_jobs, on every queue together: the rest wait
+here the same way) and their jobs waiting for a worker (queued_jobs: a request past it is refused
+with a 429 and stores nothing).
 
-Each decision is taken under a lock per owner and queue in the caller's transaction, and what it
+Each decision is taken under a lock per owner in the caller's transaction, and what it
 releases is queued once that transaction commits: a held job is never queued twice, and it
 survives restarts of PostgreSQL, Redis and the control plane (the reconciler re-queues a released
 job that Redis lost, and releases what a lost decision left waiting).
@@ -23,6 +26,7 @@ from typing import Callable
 
 import psycopg
 
+from controlplane.errors import TooManyRequests
 from controlplane.fleet import fair_share_store
 from controlplane.fleet import store as fleet_store
 from controlplane.fleet.dispatch import Dispatcher, job_stage
@@ -31,9 +35,20 @@ from controlplane.fleet.scheduling import session_type_of, work_kind
 from controlplane.sessions import store as sessions_store
 from controlplane.storage import db
 from controlplane.storage.rows import InteractionRow, SessionRow
+from controlplane.usage import admission
+from controlplane.usage.plans import limits_from
 from shared.jobs import QUEUES_OF_WORKER, WorkKind, queue_name
 
 Action = Callable[[], object]
+
+
+class QueueFull(TooManyRequests):
+    """The user's plan allows no more jobs waiting for a worker: the request stored nothing."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.details = {"code": "rate_limit_exceeded", "limit": "queued_jobs"}
+        self.headers = {"Retry-After": "5"}
 
 
 def queue_of(session: SessionRow, interaction: InteractionRow) -> str:
@@ -47,8 +62,13 @@ def submit(conn: psycopg.Connection, dispatcher: Dispatcher, session: SessionRow
     is within their share of the queue, else held here until their earlier jobs end."""
     interaction = next(i for i in interactions if i.id == interaction_id)
     queue = queue_of(session, interaction)
-    fair_share_store.lock(conn, session.owner, queue)  # before any row of the line, as release() does
+    fair_share_store.lock(conn, session.owner)  # before any row of theirs, as release() does
+    limit = admission.queued_jobs_limit()
+    if limit and fair_share_store.waiting(conn, session.owner) >= limit:
+        raise QueueFull(f"you have {limit} jobs waiting for a worker, the most your plan allows:"
+                        " retry once some have started")
     fair_share_store.submit(conn, interaction_id, session.owner, queue)
+    admission.bind_job(conn, interaction_id)
     for action in release(conn, dispatcher, session.owner, queue, {session.id: (session, interactions)}):
         db.after_commit(conn, action)
 
@@ -59,7 +79,7 @@ def finish(conn: psycopg.Connection, dispatcher: Dispatcher, interaction_id: str
     place = fair_share_store.place_of(conn, interaction_id)
     if place is None:
         return []
-    fair_share_store.lock(conn, *place)  # before its row, as release() does: no two wait on each other
+    fair_share_store.lock(conn, place[0])  # before its row, as release() does: no two wait on each other
     fair_share_store.forget(conn, interaction_id)
     return release(conn, dispatcher, *place)
 
@@ -68,7 +88,7 @@ def release(conn: psycopg.Connection, dispatcher: Dispatcher, owner: str, queue:
             read: dict[str, tuple[SessionRow, list[InteractionRow]]] | None = None) -> list[Action]:
     """Releases the owner's oldest held jobs on `queue` up to their share; returns the enqueues to
     do once the caller's transaction commits. `read`: sessions the caller holds already, by id."""
-    fair_share_store.lock(conn, owner, queue)
+    fair_share_store.lock(conn, owner)
     workers = queue_workers(conn, dispatcher, queue)
     free = None  # no runner has reported workers for the queue: nothing to share yet
     if workers:
@@ -76,8 +96,12 @@ def release(conn: psycopg.Connection, dispatcher: Dispatcher, owner: str, queue:
         # Their share, or any worker no released job would keep busy: no worker idles while work waits.
         free = max(share - fair_share_store.running(conn, queue, owner),
                    workers - fair_share_store.running(conn, queue))
-        if free <= 0:
-            return []
+    concurrent = limits_from(fair_share_store.plan_limits(conn, owner)).concurrent_jobs
+    if concurrent:  # their plan's jobs at once, on every queue
+        left = concurrent - fair_share_store.running(conn, None, owner)
+        free = left if free is None else min(free, left)
+    if free is not None and free <= 0:
+        return []
     actions: list[Action] = []
     for row in fair_share_store.release_oldest(conn, owner, queue, free):
         session, interactions = (read or {}).get(row["session_id"]) or (

@@ -1,4 +1,4 @@
-/* The admin page: GET /api/v1/dashboard every five seconds, drawn as three tables. */
+/* The admin page: GET /api/v1/dashboard every five seconds, drawn as four tables. */
 "use strict";
 (function () {
   const { el, api } = window.helix;
@@ -18,6 +18,10 @@
         r.token, `${seconds(r.seconds_since_seen)} ago`], "No runner has registered.");
       rows("queues", d.queues, (q) => [q.name, q.kind, q.model, String(q.length), String(q.held), seconds(q.oldest_wait_seconds)],
         "No queues yet.");
+      rows("plans", d.plans, (p) => [p.name,
+        Object.entries(p.limits).map(([name, value]) => `${name.replaceAll("_", " ")} ${value}`).join(", ") || "no limits",
+        `${p.users}${p.members.length ? ": " + p.members.join(", ") + (p.users > p.members.length ? ", …" : "") : ""}`,
+        String(p.keys)], "No plans.");
       rows("decisions", d.decisions, (x) => [new Date(x.at * 1000).toLocaleString(), x.runner, x.queue,
         seconds(x.waited_seconds), x.session_id],
       "No decisions yet.");
