@@ -106,6 +106,26 @@ def test_a_token_budget_is_charged_from_max_tokens_refunded_on_a_4xx_and_made_go
     assert after.status_code == 201, after.get_json()  # would not fit without the 670 given back
 
 
+def test_images_per_day_count_images_and_a_refused_request_uses_none(client, db, api_runner_token):
+    from tests.test_image_budget_api import BUDGET
+
+    model = f"acme/sd-{uuid.uuid4().hex[:6]}"
+    assert client.post("/api/v1/runner/register", headers=runner_auth(api_runner_token), json={
+        "runner_id": f"img-{model[-6:]}", "models": {"image": [model]}, "info": BUDGET.to_info()}).status_code == 200
+    user = _user_on(db, _plan(db, images_per_day=3))
+
+    def images(n: int, **form):
+        return client.post("/api/v1/sessions", headers=user.headers, data={
+            "mode": "inference", "type": "image", "input": "a cat", "model_name": model, "num_images": str(n), **form})
+
+    assert images(3, width="4096", height="4096").status_code == 400  # over the runners' budget: none used
+    assert images(2).status_code == 201
+    refused = images(2)
+    assert refused.status_code == 429 and refused.get_json()["limit"] == "images_per_day", refused.get_json()
+    assert "3 images per day" in refused.get_json()["error"] and int(refused.headers["Retry-After"]) <= 86400
+    assert images(1).status_code == 201 and images(1).status_code == 429
+
+
 def test_a_keys_own_plan_limits_that_key_and_not_its_user(client, db):
     user = _user_on(db, _plan(db, requests_per_minute=100), key_plan=_plan(db, requests_per_minute=1))
     other_key = accounts.create_api_key(db, user.id, "unlimited key")[1]

@@ -95,7 +95,8 @@ def token_estimate(fields: Any) -> int:
 def _checks(work: Work | None, fields: Any, tokens: int) -> list[Check]:
     checks = []
     day, day_left = _day()
-    images = _whole(fields.get("n"), 1) if isinstance(fields, Mapping) else 1
+    # OpenAI's n, or Helix's num_images.
+    images = _whole(fields.get("n", fields.get("num_images")), 1) if isinstance(fields, Mapping) else 1
     for scope, owner, limits in _scopes(g.user):
         prefix = f"helix:limit:{scope}:{owner}"
         if limits.requests_per_minute:
