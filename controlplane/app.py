@@ -92,9 +92,10 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     from controlplane.api import finetune as finetune_routes
     from controlplane.api import openai_finetuning as openai_finetuning_routes
     from controlplane.api import sessions as session_routes
+    from controlplane.api import usage as usage_routes
 
     for bp in (session_routes.bp, openai.helix_chat, finetune_routes.bp, api_keys.bp, runner.bp, filestore_routes.bp,
-               openai.bp, openai_finetuning_routes.bp, dashboard.bp):
+               openai.bp, openai_finetuning_routes.bp, dashboard.bp, usage_routes.bp):
         app.register_blueprint(bp)
     app.before_request(_refuse_nul_in_url)
     web.init_app(app)

@@ -220,6 +220,39 @@ def cmd_runners_list(args) -> None:
               + (f"  {extra}" if extra else ""))
 
 
+def cmd_usage(args) -> None:
+    """One user's usage (--email), or everyone's by user; by day, model, key or user."""
+    from controlplane.accounts import store as accounts
+    from controlplane.errors import BadRequest
+    from controlplane.usage import metering
+
+    group_by = args.group_by or ("day" if args.email else "user")
+    try:
+        start, end = metering.period(args.start, args.end)
+    except BadRequest as err:
+        sys.exit(err.message.replace("'from'", "--from").replace("'to'", "--to"))
+    with _connect() as conn:
+        owner = None
+        if args.email:
+            user = accounts.get_user_by_email(conn, args.email)
+            if user is None:
+                sys.exit(f"no user {args.email}: see `helix users create`")
+            owner = user["id"]
+        groups = metering.summary(conn, owner, start, end, group_by)
+        if group_by == "user":
+            emails = {r["id"]: r["email"] for r in conn.execute("SELECT id, email FROM users WHERE id = ANY(%s)",
+                                                               ([g["user"] for g in groups],))}
+            groups = [{**g, "user": emails.get(g["user"], g["user"])} for g in groups]
+    print(f"usage {'of ' + args.email if args.email else 'of every user'} from {start:%Y-%m-%d %H:%M} to"
+          f" {end:%Y-%m-%d %H:%M} UTC, by {group_by}")
+    columns = (group_by, "jobs", "prompt_tokens", "completion_tokens", "images", "runner_seconds")
+    rows = [columns] + [tuple(str(g[c]) for c in columns) for g in groups]
+    rows.append(("total",) + tuple(str(metering.totals(groups)[c]) for c in columns[1:]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    for r in rows:
+        print("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(r, widths))))
+
+
 def cmd_migrate(args) -> None:
     with _connect():
         pass
@@ -303,6 +336,13 @@ def parser() -> argparse.ArgumentParser:
     rr = runners.add_parser("revoke", help="revoke the runner token with this name (or id): refused at once")
     rr.add_argument("name")
     rr.set_defaults(func=cmd_runner_revoke)
+
+    usage = sub.add_parser("usage", help="what finished work used: one user's (--email), or every user's by user")
+    usage.add_argument("--email")
+    usage.add_argument("--from", dest="start", help="a date (2026-12-01) or ISO time; default: 30 days ago")
+    usage.add_argument("--to", dest="end", help="a date or ISO time; default: now")
+    usage.add_argument("--group-by", choices=("day", "model", "key", "user"))
+    usage.set_defaults(func=cmd_usage)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
 

@@ -306,5 +306,6 @@ def image_inference(payload: dict[str, Any]) -> dict[str, Any]:
         state=InteractionState.COMPLETE.value, message="", files=files, progress=100,
         status="complete", metadata={"generation_seconds": round(time.monotonic() - started, 3),
                                      "pipeline_loads": ImagePipeline.load_count,
+                                     "width": width, "height": height, "steps": steps,
                                      "seed": job.seed, **({"adapter": adapter} if adapter else {})}))
     return {"files": files}

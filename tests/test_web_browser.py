@@ -257,8 +257,41 @@ def test_the_admin_page_shows_runners_queues_and_decisions(browser, live_server,
     expect(page.locator("#runners tbody")).to_contain_text("alive")
     expect(page.locator("#queues tbody tr").first).not_to_contain_text("No queues yet", timeout=10_000)
     expect(page.locator("#decisions tbody")).to_contain_text("runner-main", timeout=30_000)
+    expect(page.locator("#plans tbody tr").first).to_contain_text("default")
     check_no_js_errors(page)
     screenshot(page, "admin")
+    page.context.close()
+
+
+def test_the_usage_page_shows_tokens_by_day_beside_the_plans_limits(browser, live_server, runner, live_db):
+    from datetime import datetime, timezone
+
+    from controlplane.accounts import store as accounts
+    from controlplane.usage import plans
+    from tests.browser import PASSWORD, WebUser
+    from tests.conftest import wait_for_session
+
+    plan = f"web-{uuid.uuid4().hex[:6]}"
+    plans.set_plan(live_db, plan, plans.Limits(requests_per_minute=100, images_per_day=5))
+    row = accounts.create_user(live_db, f"usage-{uuid.uuid4().hex[:8]}@example.com", password=PASSWORD, plan=plan)
+    user = WebUser(row, accounts.create_api_key(live_db, row["id"], "test")[1])
+    r = requests.post(f"{live_server}/api/v1/sessions", headers=user.headers, timeout=10,
+                      data={"mode": "inference", "type": "text", "input": "hi", "max_tokens": "8"})
+    assert r.status_code == 201 and r.headers["x-ratelimit-limit-requests"] == "100"
+    reply = wait_for_session(live_server, user, r.json()["id"])["interactions"][-1]
+    used = reply["metadata"]["usage"]
+    page = signed_in_page(browser, live_server, user)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Usage").click()
+    expect(page.get_by_role("heading", name=f"Your plan: {plan}")).to_be_visible()
+    expect(page.locator("#limits")).to_contain_text("requests per minute: 100")
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    cells = page.locator("#usage-days tbody tr").first.locator("td")
+    expect(cells.nth(0)).to_have_text(today)
+    expect(cells.nth(2)).to_have_text(str(used["prompt_tokens"]))
+    expect(cells.nth(3)).to_have_text(str(used["completion_tokens"]))
+    expect(page.locator("#usage-chart svg path.series")).to_have_count(2)
+    check_no_js_errors(page)
+    screenshot(page, "usage")
     page.context.close()
 
 

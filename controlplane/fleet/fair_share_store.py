@@ -12,13 +12,16 @@ def lock(conn: psycopg.Connection, owner: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"fair-share:{owner}",))
 
 
-def submit(conn: psycopg.Connection, interaction_id: str, owner: str, queue: str) -> None:
+def submit(conn: psycopg.Connection, interaction_id: str, owner: str, queue: str, api_key_id: str | None) -> None:
     """The interaction's job waits, last in its owner's line on `queue` (a new stage of a fine-tune,
-    or a restart, takes a new place)."""
+    or a restart, takes a new place). `api_key_id`: the key that asked for it, which its usage is
+    recorded against (a next stage queued by a runner's report keeps the key of the first)."""
     conn.execute(
-        "INSERT INTO queued_work (interaction_id, owner, queue) VALUES (%s, %s, %s)"
+        "INSERT INTO queued_work (interaction_id, owner, queue, api_key_id) VALUES (%s, %s, %s, %s)"
         " ON CONFLICT (interaction_id) DO UPDATE SET owner = excluded.owner, queue = excluded.queue,"
-        " submitted = clock_timestamp(), released = NULL", (interaction_id, owner, queue))
+        " submitted = clock_timestamp(), released = NULL,"
+        " api_key_id = coalesce(excluded.api_key_id, queued_work.api_key_id)",
+        (interaction_id, owner, queue, api_key_id))
 
 
 def place_of(conn: psycopg.Connection, interaction_id: str) -> tuple[str, str] | None:

@@ -17,14 +17,16 @@ from controlplane.config import Config
 from controlplane.errors import BadRequest, Conflict, Forbidden, NotFound
 from controlplane.fleet import store as fleet_store
 from controlplane.fleet.dispatch import Dispatcher, job_stage
+from controlplane.fleet.scheduling import work_kind
 from controlplane.sessions import events, fair_share
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
 from controlplane.storage.filestore import session_outputs
 from controlplane.storage.rows import InteractionRow
-from controlplane.usage import admission
+from controlplane.usage import admission, metering
 from shared import image_budget
+from shared.jobs import WorkKind
 from shared.runners import RUNNER_HEADER, runner_of_worker
 from shared.types import InteractionState
 from shared.updates import EVENT_DELTA, EVENT_INTERACTION
@@ -116,13 +118,36 @@ def own_output(path: str, session_id: str, interaction_id: str, folder_too: bool
         part not in ("", ".", "..") for part in path.split("/"))
 
 
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def used_tokens(interaction: InteractionRow) -> int:
     """The prompt and reply tokens the runner counted for a reply (0 for other work)."""
     usage = (interaction.metadata or {}).get("usage")
-    if not isinstance(usage, dict):
-        return 0
-    return sum(value for key in ("prompt_tokens", "completion_tokens")
-               if isinstance(value := usage.get(key), int) and value > 0)
+    return sum(_count(usage.get(key)) for key in ("prompt_tokens", "completion_tokens")) if isinstance(usage, dict) else 0
+
+
+def _used(conn: psycopg.Connection, before: InteractionRow, finished: InteractionRow) -> metering.Used | None:
+    """What the finished job used, as the runner reported it: tokens, images and their size, and
+    the time its runner held it (from taking it to its final report)."""
+    session = sessions_store.get_session_any_owner(conn, finished.session_id)
+    if session is None:
+        return None
+    stage = job_stage(before)
+    kind = work_kind(session.type, stage)
+    metadata = finished.metadata or {}
+    usage = metadata.get("usage") if isinstance(metadata.get("usage"), dict) else {}
+    image = kind == WorkKind.IMAGE_INFERENCE
+    held = (finished.completed or finished.updated) - finished.scheduled if finished.scheduled else None
+    return metering.Used(
+        interaction_id=finished.id, stage=stage, session_id=session.id, model=session.model_name, kind=kind.value,
+        prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
+        images=len(finished.files or []) if image else 0,
+        width=_count(metadata.get("width")) or None if image else None,
+        height=_count(metadata.get("height")) or None if image else None,
+        steps=_count(metadata.get("steps")) or None if image else None,
+        runner_seconds=max(0.0, held.total_seconds()) if held is not None else 0.0)
 
 
 def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, current: InteractionRow,
@@ -160,6 +185,9 @@ def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, current: Inte
         sessions_store.finish_finetune(conn, session_id, update.lora_dir)
     sessions_store.touch_session(conn, session_id)
     if final:
+        used = _used(conn, current, row)
+        if used is not None:
+            metering.record(conn, used)  # before finish() lets go of the key that asked for it
         for action in fair_share.finish(conn, dispatcher, interaction_id):
             db.after_commit(conn, action)
         db.after_commit(conn, partial(admission.settle, dispatcher.redis, interaction_id, used_tokens(row)))

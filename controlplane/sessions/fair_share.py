@@ -67,7 +67,7 @@ def submit(conn: psycopg.Connection, dispatcher: Dispatcher, session: SessionRow
     if limit and fair_share_store.waiting(conn, session.owner) >= limit:
         raise QueueFull(f"you have {limit} jobs waiting for a worker, the most your plan allows:"
                         " retry once some have started")
-    fair_share_store.submit(conn, interaction_id, session.owner, queue)
+    fair_share_store.submit(conn, interaction_id, session.owner, queue, admission.request_key_id())
     admission.bind_job(conn, interaction_id)
     for action in release(conn, dispatcher, session.owner, queue, {session.id: (session, interactions)}):
         db.after_commit(conn, action)

@@ -175,6 +175,12 @@ def queued_jobs_limit() -> int | None:
     return min(found) if found else None
 
 
+def request_key_id() -> str | None:
+    """The API key a user's request came with (None: a signed-in browser, or no user's request)."""
+    user = g.get("user") if has_request_context() else None
+    return user.get("key_id") if user else None
+
+
 def bind_job(conn: psycopg.Connection, interaction_id: str) -> None:
     """The request's token charge goes with the job it queues (once it commits), to be made good
     when the reply ends. Work queued outside a request (a fine-tune's next stage) has none."""

@@ -2,8 +2,9 @@
 the sign-in cookie. No build step and no CDN: everything it needs ships in this package.
 
 One routes module per page family: sign_in.py (sign in, sign up, sign out), account.py (API
-keys), sessions.py (the list, a new session, one session's page), admin.py (runners, queues and
-scheduling decisions, for admins); error_pages.py answers errors on pages in HTML.
+keys), sessions.py (the list, a new session, one session's page), usage.py (what the user's work
+used, and their plan), admin.py (runners, queues, plans and scheduling decisions, for admins);
+error_pages.py answers errors on pages in HTML.
 """
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ def _page_headers(response: Response) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    from controlplane.web import account, admin, sessions, sign_in
+    from controlplane.web import account, admin, sessions, sign_in, usage
 
     app.register_blueprint(assets)
-    for bp in (sign_in.bp, account.bp, sessions.bp, admin.bp):
+    for bp in (sign_in.bp, account.bp, sessions.bp, admin.bp, usage.bp):
         app.register_blueprint(bp)
     app.after_request(_page_headers)
     app.jinja_env.globals["sign_up_open"] = lambda: app.config["HELIX"].allow_sign_up

@@ -1,0 +1,32 @@
+"""GET /api/v1/usage: what the caller's finished work used (metering), by day, model or key, with
+their plan and its limits beside it. An admin may ask for everyone's with `all=true` (and group
+it by user)."""
+from __future__ import annotations
+
+from flask import Blueprint, g, jsonify, request
+
+from controlplane.accounts.auth import require_user
+from controlplane.errors import BadRequest, Forbidden
+from controlplane.sessions.views import iso_time
+from controlplane.storage import db
+from controlplane.usage import metering
+
+bp = Blueprint("usage", __name__, url_prefix="/api/v1/usage")
+
+@bp.get("")
+@require_user
+def usage():
+    everyone = request.args.get("all", "").lower() in ("1", "true", "yes")
+    if everyone and not g.user.get("is_admin"):
+        raise Forbidden("only admins may see everyone's usage (all=true)")
+    group_by = request.args.get("group_by", "user" if everyone else "day")
+    allowed = metering.GROUPS if everyone else tuple(x for x in metering.GROUPS if x != "user")
+    if group_by not in allowed:
+        raise BadRequest(f"unknown group_by {group_by[:40]!r}: use one of {'|'.join(allowed)}")
+    start, end = metering.period(request.args.get("from"), request.args.get("to"))
+    with db.transaction() as conn:
+        groups = metering.summary(conn, None if everyone else g.user["id"], start, end, group_by)
+    limits = g.user.get("plan_limits")
+    return jsonify(object="usage", **{"from": iso_time(start), "to": iso_time(end)}, group_by=group_by,
+                   data=groups, totals=metering.totals(groups),
+                   plan={"name": g.user.get("plan"), "limits": limits.stored() if limits else {}})

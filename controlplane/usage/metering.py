@@ -1,0 +1,110 @@
+"""Metering: what each finished piece of work used, recorded once, and read back by day, model,
+key or user. The runner's final report is what is recorded (reports.py calls record()): a job that
+was retried, or whose runner died, finishes once, so it is recorded once; the record is keyed by
+its interaction and stage besides, so no path can count it twice."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter
+
+from controlplane.errors import BadRequest
+
+if TYPE_CHECKING:
+    import psycopg
+
+USED = Counter("helix_usage_total", "What finished work used, by the owner's plan, kind of work and unit"
+               " (prompt_tokens, completion_tokens, images, runner_seconds); never by user", ["plan", "kind", "unit"])
+GROUPS = ("day", "model", "key", "user")
+_GROUP_COLUMN = {"day": "to_char(date_trunc('day', recorded AT TIME ZONE 'UTC'), 'YYYY-MM-DD')", "model": "model",
+                 "key": "coalesce(api_key_id, 'web')", "user": "owner"}
+UNITS = ("prompt_tokens", "completion_tokens", "images", "runner_seconds")
+DEFAULT_DAYS = 30
+MAX_DAYS = 366
+
+
+def moment(text: str, name: str) -> datetime:
+    """A day (2026-12-01, from its start, UTC) or an ISO 8601 time (UTC unless it says otherwise)."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BadRequest(f"'{name}' must be a date (2026-12-01) or an ISO 8601 time, got {text[:40]!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def period(start_text: str | None, end_text: str | None) -> tuple[datetime, datetime]:
+    """From `start_text` (default: DEFAULT_DAYS before the end) to `end_text` (default: now), at
+    most MAX_DAYS apart."""
+    end = moment(end_text, "to") if end_text else datetime.now(timezone.utc)
+    start = moment(start_text, "from") if start_text else end - timedelta(days=DEFAULT_DAYS)
+    if start >= end:
+        raise BadRequest("'from' must be before 'to'")
+    if end - start > timedelta(days=MAX_DAYS):
+        raise BadRequest(f"ask for at most {MAX_DAYS} days at a time")
+    return start, end
+
+
+@dataclass(frozen=True)
+class Used:
+    """One finished job's usage."""
+
+    interaction_id: str
+    stage: str
+    session_id: str
+    model: str
+    kind: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    images: int = 0
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    runner_seconds: float = 0.0
+
+
+def record(conn: psycopg.Connection, used: Used) -> bool:
+    """Records the job's usage against its session's owner and the key that asked for it (kept
+    with its fair-share place); False when it was recorded before."""
+    row = conn.execute(
+        "INSERT INTO usage_records (interaction_id, stage, owner, api_key_id, session_id, model, kind,"
+        " prompt_tokens, completion_tokens, images, width, height, steps, runner_seconds)"
+        " SELECT %(interaction_id)s, %(stage)s, s.owner,"
+        " (SELECT api_key_id FROM queued_work WHERE interaction_id = %(interaction_id)s), s.id, %(model)s, %(kind)s,"
+        " %(prompt_tokens)s, %(completion_tokens)s, %(images)s, %(width)s, %(height)s, %(steps)s, %(runner_seconds)s"
+        " FROM sessions s WHERE s.id = %(session_id)s"
+        " ON CONFLICT (interaction_id, stage) DO NOTHING"
+        " RETURNING (SELECT plan FROM users WHERE id = owner) AS plan", asdict(used)).fetchone()
+    if row is None:
+        return False
+    for unit in UNITS:
+        amount = getattr(used, unit)
+        if amount:
+            USED.labels(row["plan"], used.kind, unit).inc(amount)
+    return True
+
+
+def summary(conn: psycopg.Connection, owner: str | None, start: datetime, end: datetime,
+            group_by: str) -> list[dict[str, Any]]:
+    """Usage from `start` to `end` (exclusive), by `group_by` (one of GROUPS), for one owner or
+    (None) everyone; each group with its jobs, tokens, images and runner-seconds."""
+    column = _GROUP_COLUMN[group_by]
+    mine = " AND owner = %(owner)s" if owner is not None else ""
+    rows = conn.execute(
+        f"SELECT {column} AS group_key, count(*) AS jobs, sum(prompt_tokens) AS prompt_tokens,"
+        " sum(completion_tokens) AS completion_tokens, sum(images) AS images,"
+        " sum(runner_seconds) AS runner_seconds FROM usage_records"
+        f" WHERE recorded >= %(start)s AND recorded < %(end)s{mine} GROUP BY 1 ORDER BY 1",
+        {"owner": owner, "start": start, "end": end}).fetchall()
+    return [{group_by: r["group_key"], "jobs": r["jobs"], "prompt_tokens": int(r["prompt_tokens"]),
+             "completion_tokens": int(r["completion_tokens"]),
+             "total_tokens": int(r["prompt_tokens"]) + int(r["completion_tokens"]), "images": int(r["images"]),
+             "runner_seconds": round(float(r["runner_seconds"]), 3)} for r in rows]
+
+
+def totals(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("jobs", "prompt_tokens", "completion_tokens", "total_tokens", "images", "runner_seconds")
+    out = {k: sum(g[k] for g in groups) for k in keys}
+    out["runner_seconds"] = round(out["runner_seconds"], 3)
+    return out

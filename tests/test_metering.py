@@ -1,0 +1,98 @@
+"""Metering (issue 19, item 4): each finished job's usage recorded once, against its user, the key
+that asked for it, its model and session; read back by day, model or key, by the API and the CLI;
+/metrics counts it by plan, never by user."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from controlplane.accounts import store as accounts
+from controlplane.usage import plans
+from controlplane.usage.plans import Limits
+from shared.runners import RUNNER_HEADER
+from tests.conftest import User, hold_job, runner_auth
+
+REPO = Path(__file__).resolve().parent.parent
+RUNNER = "metering-runner"
+
+
+@pytest.fixture()
+def runner(client, api_runner_token) -> dict[str, str]:
+    headers = {**runner_auth(api_runner_token), RUNNER_HEADER: RUNNER}
+    assert client.post("/api/v1/runner/register", headers=headers,
+                       json={"runner_id": RUNNER, "models": {"text": []}}).status_code == 200
+    return headers
+
+
+def _answer(client, runner, user: User, prompt_tokens: int, completion_tokens: int, key: str | None = None) -> str:
+    """A chat whose reply a runner finishes having used these tokens; returns the session id."""
+    headers = {"Authorization": f"Bearer {key}"} if key else user.headers
+    s = client.post("/api/v1/sessions", headers=headers,
+                    data={"input": "hello", "mode": "inference", "type": "text"}).get_json()
+    sid, iid = s["id"], s["interactions"][-1]["id"]
+    hold_job(client.application.config["HELIX"].redis_url, iid, RUNNER)
+    url = f"/api/v1/runner/sessions/{sid}/interactions/{iid}"
+    final = {"runner": RUNNER, "state": "complete", "message": "Hi", "final": True,
+             "metadata": {"usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}}
+    assert client.post(url, headers=runner, json={"runner": RUNNER, "progress": 1}).status_code == 200
+    assert client.post(url, headers=runner, json=final).status_code == 200
+    assert client.post(url, headers=runner, json=final).status_code == 409  # a second final changes nothing
+    return sid
+
+
+def test_each_finished_reply_is_recorded_once_and_read_back_by_day_model_and_key(client, runner, db, config):
+    plan = f"metered-{uuid.uuid4().hex[:6]}"
+    plans.set_plan(db, plan, Limits())
+    row = accounts.create_user(db, f"metered-{uuid.uuid4().hex[:8]}@example.com", plan=plan)
+    key_row, key = accounts.create_api_key(db, row["id"], "script")
+    user = User(row, accounts.create_api_key(db, row["id"], "laptop")[1])
+    _answer(client, runner, user, 20, 10)
+    _answer(client, runner, user, 5, 7, key=key)
+
+    by_day = client.get("/api/v1/usage", headers=user.headers).get_json()
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    assert by_day["group_by"] == "day" and by_day["plan"] == {"name": plan, "limits": {}}
+    assert by_day["data"] == [{"day": today, "jobs": 2, "prompt_tokens": 25, "completion_tokens": 17,
+                               "total_tokens": 42, "images": 0, "runner_seconds": by_day["data"][0]["runner_seconds"]}]
+    assert by_day["data"][0]["runner_seconds"] >= 0 and by_day["totals"]["total_tokens"] == 42
+    by_key = client.get("/api/v1/usage?group_by=key", headers=user.headers).get_json()["data"]
+    assert {g["key"]: g["total_tokens"] for g in by_key}[key_row["id"]] == 12
+    by_model = client.get("/api/v1/usage?group_by=model", headers=user.headers).get_json()["data"]
+    assert [g["jobs"] for g in by_model] == [2]
+    # Nothing before the work was done; a period is checked.
+    assert client.get("/api/v1/usage?from=2020-01-01&to=2020-01-02", headers=user.headers).get_json()["data"] == []
+    for query, says in (("from=yesterday", "'from' must be a date"), ("from=2026-12-05&to=2026-12-01", "before"),
+                        ("from=2020-01-01&to=2026-01-01", "at most 366 days"), ("group_by=color", "unknown group_by"),
+                        ("group_by=user", "unknown group_by")):
+        r = client.get(f"/api/v1/usage?{query}", headers=user.headers)
+        assert r.status_code == 400 and says in r.get_json()["error"], (query, r.get_json())
+    assert client.get("/api/v1/usage?all=true", headers=user.headers).status_code == 403
+    admin_row = accounts.create_user(db, f"admin-{uuid.uuid4().hex[:8]}@example.com", is_admin=True)
+    admin = User(admin_row, accounts.create_api_key(db, admin_row["id"], "k")[1])
+    everyone = client.get("/api/v1/usage?all=true", headers=admin.headers).get_json()
+    assert everyone["group_by"] == "user" and {"user": row["id"], "total_tokens": 42}.items() <= next(
+        g for g in everyone["data"] if g["user"] == row["id"]).items()
+
+    # Counted by plan in /metrics, never by user.
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert f'helix_usage_total{{kind="text-inference",plan="{plan}",unit="completion_tokens"}} 17.0' in metrics
+    assert row["id"] not in metrics
+
+    # The CLI says the same; an admin sees everyone's by user.
+    env = {"DATABASE_URL": config.database_url, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "controlplane.cli", "usage", "--email", row["email"]],
+                         cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    total = out.stdout.strip().splitlines()[-1].split()
+    assert total[:5] == ["total", "2", "25", "17", "0"], out.stdout
+    everyone = subprocess.run([sys.executable, "-m", "controlplane.cli", "usage", "--from", "2026-01-01"],
+                              cwd=REPO, env=env, capture_output=True, text=True)
+    assert everyone.returncode == 0 and row["email"] in everyone.stdout, everyone.stderr
+    bad = subprocess.run([sys.executable, "-m", "controlplane.cli", "usage", "--from", "soon"],
+                         cwd=REPO, env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--from must be a date" in bad.stderr
