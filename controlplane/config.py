@@ -108,8 +108,9 @@ class Config:
     cookie_secure: str = "auto"
     # How long a browser stays signed in.
     sign_in_days: float = 14.0
-    # Failed sign-ins for one email within 15 minutes before its password is not even checked
-    # (429) until the window passes: guessing passwords stays slow.
+    # Failed sign-ins for one email from one address within 15 minutes before its password is not
+    # even checked (429) until the window passes: guessing passwords stays slow (an address gets
+    # 5 times as many over all emails, an email 10 times as many from anywhere: web/sign_in.py).
     max_failed_sign_ins: int = 10
     # Memory each control-plane process gives to recent status-poll answers (sessions/cache.py),
     # in MiB; 0 turns the copy off and every poll reads PostgreSQL.

@@ -7,7 +7,8 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 import psycopg
-from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
+from itsdangerous import BadSignature, URLSafeSerializer
 
 from controlplane.accounts import auth
 from controlplane.accounts import store as accounts
@@ -19,27 +20,63 @@ bp = Blueprint("sign_in", __name__)
 
 MAX_EMAIL_CHARS = 254
 FAILURE_WINDOW_SECONDS = 15 * 60
+# Failed sign-ins are counted three ways, each in a 15-minute window shared by every replica
+# (Redis), with a limit that is a multiple of HELIX_MAX_FAILED_SIGN_INS:
+# - one email from one address (1x): someone guessing one password is stopped, and only there;
+# - one address, any email (5x): one machine trying many accounts;
+# - one email, any address (10x): many machines guessing one password. A browser that signed in
+#   as that email before keeps a cookie that passes this one, so a stranger cannot lock a user out.
+_FAILURE_SCOPES = (("pair", 1), ("address", 5), ("email", 10))
+KNOWN_BROWSER_COOKIE = "helix_known"
+KNOWN_BROWSER_DAYS = 365
 
 
-def _failures_key(email: str) -> str:
-    return "helix:sign-in-failures:" + accounts.digest(email.strip().lower())
+def _email_digest(email: str) -> str:
+    return accounts.digest(email.strip().lower())
 
 
-def _too_many_failures(email: str) -> int:
-    """Seconds until this email may try again, or 0. Shared by every replica (Redis)."""
+def _failure_keys(email: str) -> dict[str, str]:
+    address = request.remote_addr or ""
+    return {"pair": "helix:sign-in-failures:pair:" + accounts.digest(f"{_email_digest(email)}|{address}"),
+            "address": "helix:sign-in-failures:address:" + accounts.digest(address),
+            "email": "helix:sign-in-failures:email:" + _email_digest(email)}
+
+
+def _known_browser(email: str) -> bool:
+    """Whether this browser signed in as `email` before (its signed cookie names it)."""
+    cookie = request.cookies.get(KNOWN_BROWSER_COOKIE)
+    if not cookie:
+        return False
+    try:
+        known = _browser_signer().loads(cookie)
+    except BadSignature:
+        return False
+    return isinstance(known, list) and _email_digest(email) in known
+
+
+def _browser_signer() -> URLSafeSerializer:
+    return URLSafeSerializer(current_app.secret_key, salt="known-browser")
+
+
+def _too_many_failures(email: str) -> tuple[int, str]:
+    """Seconds until this email may be tried again from here, and which count stopped it, or 0."""
     redis = current_app.extensions["redis"]
-    key = _failures_key(email)
-    failures = int(redis.get(key) or 0)
-    if failures < current_app.config["HELIX"].max_failed_sign_ins:
-        return 0
-    return max(1, redis.ttl(key))
+    keys = _failure_keys(email)
+    limit = current_app.config["HELIX"].max_failed_sign_ins
+    counts = dict(zip(keys, redis.mget(list(keys.values()))))
+    for scope, times in _FAILURE_SCOPES:
+        if scope == "email" and _known_browser(email):
+            continue
+        if int(counts[scope] or 0) >= limit * times:
+            return max(1, redis.ttl(keys[scope])), scope
+    return 0, ""
 
 
 def _count_failure(email: str) -> None:
-    redis = current_app.extensions["redis"]
-    with redis.pipeline() as pipe:
-        pipe.set(_failures_key(email), 0, ex=FAILURE_WINDOW_SECONDS, nx=True)  # the window starts at the first
-        pipe.incr(_failures_key(email))
+    with current_app.extensions["redis"].pipeline() as pipe:
+        for key in _failure_keys(email).values():
+            pipe.set(key, 0, ex=FAILURE_WINDOW_SECONDS, nx=True)  # the window starts at the first
+            pipe.incr(key)
         pipe.execute()
 
 
@@ -80,10 +117,12 @@ def sign_in():
     auth.check_csrf()
     email = text_field(request.form, "email", MAX_EMAIL_CHARS).strip()
     password = text_field(request.form, "password", accounts.MAX_PASSWORD_CHARS + 1)
-    wait = _too_many_failures(email)
+    wait, scope = _too_many_failures(email)
     if wait:
+        where = {"pair": "for this email from here", "address": "from here",
+                 "email": "for this email from anywhere"}[scope]
         return render_template("sign_in.html", next=_next_page(), email=email,
-                               error=f"Too many failed sign-ins for this email: try again in {-(-wait // 60)}"
+                               error=f"Too many failed sign-ins {where}: try again in {-(-wait // 60)}"
                                      " minutes."), 429
     with db.transaction() as conn:
         user = accounts.user_for_password(conn, email, password) if email and password else None
@@ -91,9 +130,28 @@ def sign_in():
         _count_failure(email)
         return render_template("sign_in.html", next=_next_page(), email=email,
                                error="That email and password do not match an account."), 401
-    current_app.extensions["redis"].delete(_failures_key(email))
+    current_app.extensions["redis"].delete(_failure_keys(email)["pair"])
     auth.sign_in(user, _lifetime())
-    return redirect(_next_page())
+    return _remember_browser(redirect(_next_page()), email)
+
+
+def _remember_browser(response: Response, email: str) -> Response:
+    """This browser signed in as `email`: a signed cookie says so, so that failures of strangers
+    for that email never lock it out (the last few emails signed in here)."""
+    known = []
+    cookie = request.cookies.get(KNOWN_BROWSER_COOKIE)
+    if cookie:
+        try:
+            loaded = _browser_signer().loads(cookie)
+            known = [d for d in loaded if isinstance(d, str)] if isinstance(loaded, list) else []
+        except BadSignature:
+            pass
+    digest = _email_digest(email)
+    known = ([digest] + [d for d in known if d != digest])[:5]
+    response.set_cookie(KNOWN_BROWSER_COOKIE, _browser_signer().dumps(known), max_age=KNOWN_BROWSER_DAYS * 86400,
+                        httponly=True, samesite="Lax",
+                        secure=current_app.session_interface.get_cookie_secure(current_app))
+    return response
 
 
 @bp.route("/sign-up", methods=["GET", "POST"])
