@@ -85,7 +85,8 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
                           image_finetune_service=ImageFinetuneService(config, dispatcher, filestore),
                           session_service=sessions, openai_service=OpenAIService(config, sessions, filestore, redis),
                           session_cache=SessionCache(config.database_url, config.session_cache_mb * 1024 * 1024),
-                          event_streams=events.StreamSlots(config.max_event_streams, config.max_event_streams_per_user))
+                          event_streams=events.StreamSlots(config.max_event_streams, config.max_event_streams_per_user,
+                                                           redis))
 
     from controlplane.api import api_keys, dashboard, openai, runner
     from controlplane.api import filestore as filestore_routes

@@ -48,7 +48,8 @@ class Config:
     # (a stream costs a greenlet and a Redis connection, tens of kilobytes), below the
     # connections a gunicorn worker takes (5000). Past it, a stream request gets 503 and can poll.
     max_event_streams: int = 4000
-    # Of those, the most one user may hold (past it, 429): no user can take every slot.
+    # The most one user may hold on every replica together (past it, 429): no user can take every
+    # slot. A plan may allow fewer (event_streams).
     max_event_streams_per_user: int = 1000
     # Seconds between reconciler passes in each replica; 0 turns it off.
     reconcile_interval: float = 5.0

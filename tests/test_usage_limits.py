@@ -256,3 +256,37 @@ def test_the_cli_sets_and_lists_plans_and_puts_users_on_them(config, db):
     moved = _cli(config, "users", "plan", email, plans.DEFAULT_PLAN)
     assert moved.returncode == 0, moved.stderr
     assert db.execute("SELECT plan FROM users WHERE email = %s", (email,)).fetchone()["plan"] == "default"
+
+
+def test_a_users_live_streams_are_counted_across_replicas_and_a_dead_processs_lapse(config, monkeypatch):
+    from redis import Redis
+
+    from controlplane.errors import TooManyRequests
+    from controlplane.sessions import events
+
+    redis = Redis.from_url(config.redis_url)
+    one, other = events.StreamSlots(10, 2, redis), events.StreamSlots(10, 2, redis)  # two replicas
+    user = f"streams-{uuid.uuid4().hex[:8]}"
+    first, _ = one.acquire(user), other.acquire(user)
+    with pytest.raises(TooManyRequests, match="you have 2 live event streams open"):
+        other.acquire(user, "s1")
+    first()
+    first()  # given back once, however often called
+    third = other.acquire(user)
+    with pytest.raises(TooManyRequests):
+        one.acquire(user)
+    # A plan may allow fewer than the server does.
+    planned = f"streams-{uuid.uuid4().hex[:8]}"
+    one.acquire(planned, plan_limit=1)
+    with pytest.raises(TooManyRequests):
+        other.acquire(planned, plan_limit=1)
+    # A process that dies holding a slot: its lease lapses (no one renews it), the slot comes back.
+    monkeypatch.setattr(events, "STREAM_LEASE_MS", 300)
+    dying, lapsing = events.StreamSlots(10, 1, redis), f"streams-{uuid.uuid4().hex[:8]}"
+    dying.acquire(lapsing)
+    dying._held.clear()  # gone with its process: nothing renews it
+    with pytest.raises(TooManyRequests):
+        one.acquire(lapsing, plan_limit=1)
+    time.sleep(0.4)
+    one.acquire(lapsing, plan_limit=1)()
+    third()

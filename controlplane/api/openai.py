@@ -83,7 +83,8 @@ def _call_slot() -> Iterator[Callable[[], None]]:
     """One of the caller's live-stream slots for a call, taken before its session is made, so a
     call refused with 429 or 503 stores and queues nothing; given back here only if the session
     could not be made (otherwise whoever answers the call gives it back)."""
-    release = current_app.extensions["event_streams"].acquire(g.user["id"])
+    release = current_app.extensions["event_streams"].acquire(
+        g.user["id"], plan_limit=g.user["plan_limits"].event_streams)
     try:
         yield release
     except BaseException:

@@ -147,5 +147,5 @@ def session_events(session_id: str):
             found = sessions_store.get_session_with_interactions(conn, session_id, owner)
         return session_view(*found) if found else None
 
-    release = app.extensions["event_streams"].acquire(owner, session_id)
+    release = app.extensions["event_streams"].acquire(owner, session_id, g.user["plan_limits"].event_streams)
     return event_stream.response(events.stream(app.extensions["redis"], session_id, read_session), release)

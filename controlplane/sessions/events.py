@@ -6,9 +6,10 @@ different replica than the one the runner reports to.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
-from collections import Counter
+import uuid
 from typing import Any, Callable, Iterator
 
 from redis import Redis
@@ -16,6 +17,8 @@ from redis import Redis
 from controlplane.errors import ServiceUnavailable, TooManyRequests
 from controlplane.http import event_stream
 from shared.updates import EVENT_DELTA, EVENT_INTERACTION, partial_text_key, session_channel
+
+log = logging.getLogger(__name__)
 
 # An idle stream writes a comment this often: a write is how a server learns that its client
 # left (the first write after the client closed still succeeds, the next one fails), so a slot
@@ -25,41 +28,103 @@ PING_SECONDS = 1.0
 KEEPALIVE_SECONDS = 15
 
 
+# A user's live streams, counted by every replica together: a sorted set of slots, each scored by
+# when its lease ends. A process renews its slots' leases while they are open; the slots of a
+# process that died lapse within STREAM_LEASE_MS.
+STREAM_LEASE_MS = 60_000
+_TAKE_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZCARD', KEYS[1])
+if held >= tonumber(ARGV[1]) then return -held end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return held + 1
+"""
+_RENEW_SLOTS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], 'XX', now + tonumber(ARGV[1]), ARGV[i + 1])
+  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1]))
+end
+return #KEYS
+"""
+
+
+def _streams_key(user_id: str) -> str:
+    return f"helix:event-streams:{user_id}"
+
+
 class StreamSlots:
-    """This process's live event streams: at most `total`, and at most `per_user` for one user,
-    so one user holding many streams cannot answer every other user's stream with a 503."""
+    """Live event streams: at most `total` in this process (each holds a connection), and at most
+    `per_user` for one user across every replica (Redis), so one user holding many streams cannot
+    answer every other user's stream with a 503, however many processes serve them."""
 
-    def __init__(self, total: int, per_user: int):
-        self.total, self.per_user = total, per_user
-        self._held: Counter[str] = Counter()
+    def __init__(self, total: int, per_user: int, redis: Redis):
+        self.total, self.per_user, self.redis = total, per_user, redis
+        self._held: dict[str, str] = {}  # this process's slots: slot id -> user id
         self._lock = threading.Lock()
+        self._take = redis.register_script(_TAKE_SLOT)
+        self._renew = redis.register_script(_RENEW_SLOTS)
+        self._renewer: threading.Thread | None = None
 
-    def acquire(self, user_id: str, session_id: str | None = None) -> Callable[[], None]:
-        """Takes a slot, or refuses with 429 (this user's share is used) or 503 (the process's);
-        returns the slot's release, which may be called any number of times. Without a session
-        (a call that would create one), the refusal says to retry instead of to poll."""
+    def acquire(self, user_id: str, session_id: str | None = None, plan_limit: int | None = None) -> Callable[[], None]:
+        """Takes a slot, or refuses with 429 (this user's share is used: the server's, or their
+        plan's `plan_limit` when lower) or 503 (the process's); returns the slot's release, which
+        may be called any number of times. Without a session (a call that would create one), the
+        refusal says to retry instead of to poll."""
         poll = f", or poll GET /api/v1/sessions/{session_id} instead" if session_id else ""
+        slot = uuid.uuid4().hex
         with self._lock:
-            if self._held[user_id] >= self.per_user:
-                close = "close one" if session_id else "retry once one of your open calls has finished"
-                raise TooManyRequests(f"you have {self._held[user_id]} live event streams open on this server,"
-                                      f" the most one user may hold: {close}{poll}")
-            if sum(self._held.values()) >= self.total:
+            if len(self._held) >= self.total:
                 raise ServiceUnavailable(f"too many live event streams on this server right now: retry{poll}")
-            self._held[user_id] += 1
-        released = False
+            self._held[slot] = user_id
+        try:
+            limit = min(self.per_user, plan_limit or self.per_user)
+            taken = int(self._take(keys=[_streams_key(user_id)], args=[limit, slot, STREAM_LEASE_MS]))
+        except BaseException:
+            with self._lock:
+                self._held.pop(slot, None)
+            raise
+        if taken < 0:
+            with self._lock:
+                self._held.pop(slot, None)
+            close = "close one" if session_id else "retry once one of your open calls has finished"
+            raise TooManyRequests(f"you have {-taken} live event streams open, the most one user may hold:"
+                                  f" {close}{poll}")
+        self._start_renewing()
 
         def release() -> None:
-            nonlocal released
             with self._lock:
-                if released:
+                if self._held.pop(slot, None) is None:
                     return
-                released = True
-                self._held[user_id] -= 1
-                if not self._held[user_id]:
-                    del self._held[user_id]
+            try:
+                self.redis.zrem(_streams_key(user_id), slot)
+            except Exception:
+                log.warning("could not give back a live stream's slot: it lapses within %d s", STREAM_LEASE_MS // 1000)
 
         return release
+
+    def _start_renewing(self) -> None:
+        with self._lock:
+            if self._renewer is None:
+                self._renewer = threading.Thread(target=self._renew_forever, name="stream-slot-leases", daemon=True)
+                self._renewer.start()
+
+    def _renew_forever(self) -> None:
+        while True:
+            time.sleep(STREAM_LEASE_MS / 3000)
+            with self._lock:
+                held = list(self._held.items())
+            for start in range(0, len(held), 500):
+                batch = held[start:start + 500]
+                try:
+                    self._renew(keys=[_streams_key(user) for _, user in batch],
+                                args=[STREAM_LEASE_MS] + [slot for slot, _ in batch])
+                except Exception:
+                    log.warning("could not renew live streams' slots", exc_info=True)
 
 
 def publish(redis: Redis, session_id: str, event: str, data: dict[str, Any]) -> None:
