@@ -110,4 +110,9 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
 
         app.extensions["reconciler"] = Reconciler(app)
         app.extensions["reconciler"].start_thread(config.reconcile_interval)
+    if start_reconciler and config.usage_webhook_url:
+        from controlplane.usage.webhook import UsageWebhook
+
+        app.extensions["usage_webhook"] = UsageWebhook(app, config.usage_webhook_url, config.usage_webhook_secret)
+        app.extensions["usage_webhook"].start_thread(max(1.0, config.reconcile_interval))
     return app

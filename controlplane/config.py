@@ -1,6 +1,7 @@
 """Control-plane settings, read from environment variables with documented defaults."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -27,6 +28,28 @@ def _flag(env: dict[str, str], name: str, default: bool) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise SettingError(f"{name} must be 1 or 0 (true or false), got {value!r}")
+
+
+PRICED_UNITS = ("prompt_tokens", "completion_tokens", "images", "runner_seconds")
+
+
+def _prices(text: str) -> dict[str, dict[str, float]]:
+    """HELIX_PRICES: {"*" | kind | model | "model kind": {unit: credits per unit}}."""
+    if not text.strip():
+        return {}
+    try:
+        table = json.loads(text)
+    except ValueError as err:
+        raise SettingError(f"HELIX_PRICES must be JSON: {err}") from None
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise SettingError('HELIX_PRICES must be an object of objects: {"*": {"completion_tokens": 0.002}, ...}')
+    for scope, units in table.items():
+        for unit, price in units.items():
+            if unit not in PRICED_UNITS:
+                raise SettingError(f"HELIX_PRICES[{scope!r}]: unknown unit {unit!r}: use {', '.join(PRICED_UNITS)}")
+            if isinstance(price, bool) or not isinstance(price, (int, float)) or not 0 <= price < 1e9:
+                raise SettingError(f"HELIX_PRICES[{scope!r}][{unit!r}] must be a number of credits from 0, got {price!r}")
+    return {scope: {unit: float(p) for unit, p in units.items()} for scope, units in table.items()}
 
 
 @dataclass
@@ -113,6 +136,13 @@ class Config:
     # even checked (429) until the window passes: guessing passwords stays slow (an address gets
     # 5 times as many over all emails, an email 10 times as many from anywhere: web/sign_in.py).
     max_failed_sign_ins: int = 10
+    # The price table (HELIX_PRICES, JSON): credits per unit of use, by "*", a kind of work, a
+    # model, or "model kind", the most specific winning per unit (usage/prices.py). Empty: free.
+    prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Where each usage record is posted for billing (HELIX_USAGE_WEBHOOK_URL), signed with
+    # HMAC-SHA256 of the body under HELIX_USAGE_WEBHOOK_SECRET; empty: not posted.
+    usage_webhook_url: str = ""
+    usage_webhook_secret: str = ""
     # Memory each control-plane process gives to recent status-poll answers (sessions/cache.py),
     # in MiB; 0 turns the copy off and every poll reads PostgreSQL.
     session_cache_mb: int = 64
@@ -184,6 +214,13 @@ class Config:
             raise SettingError(f"HELIX_COOKIE_SECURE must be auto, true or false, got {c.cookie_secure!r}")
         c.sign_in_days = env_float(env, "HELIX_SIGN_IN_DAYS", c.sign_in_days)
         c.max_failed_sign_ins = env_int(env, "HELIX_MAX_FAILED_SIGN_INS", c.max_failed_sign_ins)
+        c.prices = _prices(env.get("HELIX_PRICES", ""))
+        c.usage_webhook_url = env.get("HELIX_USAGE_WEBHOOK_URL", "").strip()
+        c.usage_webhook_secret = env.get("HELIX_USAGE_WEBHOOK_SECRET", "")
+        if c.usage_webhook_url and not c.usage_webhook_url.startswith(("http://", "https://")):
+            raise SettingError(f"HELIX_USAGE_WEBHOOK_URL must be an http(s) URL, got {c.usage_webhook_url[:80]!r}")
+        if c.usage_webhook_url and len(c.usage_webhook_secret) < 16:
+            raise SettingError("HELIX_USAGE_WEBHOOK_SECRET must be set, at least 16 characters, to sign the webhook")
         c.session_cache_mb = env_int(env, "HELIX_SESSION_CACHE_MB", c.session_cache_mb)
         if c.session_cache_mb < 0:
             raise SettingError("HELIX_SESSION_CACHE_MB must be 0 (off) or more")

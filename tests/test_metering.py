@@ -3,10 +3,14 @@ that asked for it, its model and session; read back by day, model or key, by the
 /metrics counts it by plan, never by user."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,7 @@ from controlplane.accounts import store as accounts
 from controlplane.usage import plans
 from controlplane.usage.plans import Limits
 from shared.runners import RUNNER_HEADER
-from tests.conftest import User, hold_job, runner_auth
+from tests.conftest import User, app_with, hold_job, runner_auth
 
 REPO = Path(__file__).resolve().parent.parent
 RUNNER = "metering-runner"
@@ -58,7 +62,8 @@ def test_each_finished_reply_is_recorded_once_and_read_back_by_day_model_and_key
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     assert by_day["group_by"] == "day" and by_day["plan"] == {"name": plan, "limits": {}}
     assert by_day["data"] == [{"day": today, "jobs": 2, "prompt_tokens": 25, "completion_tokens": 17,
-                               "total_tokens": 42, "images": 0, "runner_seconds": by_day["data"][0]["runner_seconds"]}]
+                               "total_tokens": 42, "images": 0, "runner_seconds": by_day["data"][0]["runner_seconds"],
+                               "credits": 0.0}]  # no price table: free
     assert by_day["data"][0]["runner_seconds"] >= 0 and by_day["totals"]["total_tokens"] == 42
     by_key = client.get("/api/v1/usage?group_by=key", headers=user.headers).get_json()["data"]
     assert {g["key"]: g["total_tokens"] for g in by_key}[key_row["id"]] == 12
@@ -96,3 +101,89 @@ def test_each_finished_reply_is_recorded_once_and_read_back_by_day_model_and_key
     bad = subprocess.run([sys.executable, "-m", "controlplane.cli", "usage", "--from", "soon"],
                          cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "--from must be a date" in bad.stderr
+
+
+def _priced_app(config, tmp_path_factory, api_runner_token, **changes):
+    app = app_with(config, tmp_path_factory, prices={"*": {"completion_tokens": 0.5, "prompt_tokens": 0.1},
+                                                      "text-finetune": {"runner_seconds": 2}}, **changes)
+    client = app.test_client()
+    headers = {**runner_auth(api_runner_token), RUNNER_HEADER: RUNNER}
+    assert client.post("/api/v1/runner/register", headers=headers,
+                       json={"runner_id": RUNNER, "models": {"text": []}}).status_code == 200
+    return app, client, headers
+
+
+def test_credits_priced_by_the_table_stop_new_work_when_the_months_are_spent(config, tmp_path_factory, db,
+                                                                              api_runner_token):
+    app, client, runner = _priced_app(config, tmp_path_factory, api_runner_token)
+    plan = f"credits-{uuid.uuid4().hex[:6]}"
+    plans.set_plan(db, plan, Limits(monthly_credits=10))
+    row = accounts.create_user(db, f"credits-{uuid.uuid4().hex[:8]}@example.com", plan=plan)
+    user = User(row, accounts.create_api_key(db, row["id"], "k")[1])
+    _answer(client, runner, user, 10, 14)  # 10 x 0.1 + 14 x 0.5 = 8 credits: 80%, warned
+    usage = client.get("/api/v1/usage", headers=user.headers).get_json()
+    assert usage["totals"]["credits"] == 8.0
+    assert usage["month"]["credits"] == 8.0 and usage["month"]["monthly_credits"] == 10 and usage["month"]["warning"]
+    _answer(client, runner, user, 0, 4)  # 10 credits: spent
+    refused = client.post("/api/v1/sessions", headers=user.headers,
+                          data={"input": "more", "mode": "inference", "type": "text"})
+    body = refused.get_json()
+    assert refused.status_code == 429 and body["code"] == "insufficient_quota", body
+    assert "10 credits for this month are spent" in body["error"] and refused.headers["x-should-retry"] == "false"
+    v1 = client.post("/v1/chat/completions", headers=user.headers,
+                     json={"model": config.text_models[0], "messages": [{"role": "user", "content": "hi"}]})
+    assert v1.status_code == 429 and v1.get_json()["error"]["type"] == "insufficient_quota"
+    assert v1.get_json()["error"]["code"] == "insufficient_quota"
+    assert _sessions_of(client, user) == 2  # the refused stored nothing
+
+
+def _sessions_of(client, user) -> int:
+    return len(client.get("/api/v1/sessions", headers=user.headers).get_json()["sessions"])
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """A billing system: answers the first delivery 500, then takes them."""
+
+    received: list[tuple[dict, bytes]] = []
+    fail_next = True
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((dict(self.headers), body))
+        status = 500 if type(self).fail_next else 200
+        type(self).fail_next = False
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_usage_webhook_is_signed_retried_and_delivers_each_record_once(config, tmp_path_factory, db,
+                                                                           api_runner_token):
+    from controlplane.usage.webhook import SIGNATURE_HEADER, UsageWebhook, signature
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url, secret = f"http://127.0.0.1:{server.server_port}/usage", "a webhook secret of ours"
+    try:
+        app, client, runner = _priced_app(config, tmp_path_factory, api_runner_token,
+                                          usage_webhook_url=url, usage_webhook_secret=secret)
+        row = accounts.create_user(db, f"billed-{uuid.uuid4().hex[:8]}@example.com")
+        user = User(row, accounts.create_api_key(db, row["id"], "k")[1])
+        sid = _answer(client, runner, user, 3, 4)
+        webhook = UsageWebhook(app, url, secret)
+        assert webhook.run_once() == 0  # answered 500: waits to be tried again
+        assert webhook.run_once() == 0  # not due yet (a second later)
+        time.sleep(1.2)
+        assert webhook.run_once() == 1
+        assert webhook.run_once() == 0  # delivered once
+        assert len(_Receiver.received) == 2
+        (first_headers, first), (headers, body) = _Receiver.received
+        assert headers[SIGNATURE_HEADER] == signature(secret, body) != signature("another secret", body)
+        records = json.loads(body)["records"]
+        assert json.loads(first)["records"][0]["id"] == records[0]["id"]  # the same id on a retry
+        assert records[0]["session_id"] == sid and records[0]["email"] == row["email"]
+        assert (records[0]["prompt_tokens"], records[0]["completion_tokens"], records[0]["credits"]) == (3, 4, 2.3)
+    finally:
+        server.shutdown()

@@ -49,7 +49,10 @@ def _openai_error_shape(response: Response) -> Response:
         body = response.get_json(silent=True)
         if isinstance(body, dict) and isinstance(body.get("error"), str):
             code = body.get("code") if isinstance(body.get("code"), str) else None
-            response.set_data(json.dumps({"error": openai_error(body["error"], response.status_code, code)}))
+            error = openai_error(body["error"], response.status_code, code)
+            if isinstance(body.get("type"), str):  # a kind of error OpenAI names apart (insufficient_quota)
+                error["type"] = body["type"]
+            response.set_data(json.dumps({"error": error}))
     return response
 
 

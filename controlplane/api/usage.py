@@ -1,6 +1,6 @@
 """GET /api/v1/usage: what the caller's finished work used (metering), by day, model or key, with
-their plan and its limits beside it. An admin may ask for everyone's with `all=true` (and group
-it by user)."""
+their plan and its limits beside it, and their credits this month against the plan's (a warning
+from 80%). An admin may ask for everyone's with `all=true` (and group it by user)."""
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
@@ -26,7 +26,12 @@ def usage():
     start, end = metering.period(request.args.get("from"), request.args.get("to"))
     with db.transaction() as conn:
         groups = metering.summary(conn, None if everyone else g.user["id"], start, end, group_by)
+        spent = metering.credits_this_month(conn, g.user["id"])
     limits = g.user.get("plan_limits")
+    monthly = limits.monthly_credits if limits else None
     return jsonify(object="usage", **{"from": iso_time(start), "to": iso_time(end)}, group_by=group_by,
                    data=groups, totals=metering.totals(groups),
-                   plan={"name": g.user.get("plan"), "limits": limits.stored() if limits else {}})
+                   plan={"name": g.user.get("plan"), "limits": limits.stored() if limits else {}},
+                   # The caller's own credits this month against their plan's; warned from 80%.
+                   month={"since": iso_time(metering.month_start()), "credits": round(spent, 6),
+                          "monthly_credits": monthly, "warning": bool(monthly and spent >= 0.8 * monthly)})

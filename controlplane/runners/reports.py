@@ -186,8 +186,10 @@ def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, current: Inte
     sessions_store.touch_session(conn, session_id)
     if final:
         used = _used(conn, current, row)
-        if used is not None:
-            metering.record(conn, used)  # before finish() lets go of the key that asked for it
+        recorded = used and metering.record(conn, used, dispatcher.config.prices,  # before finish() lets go
+                                            delivered=not dispatcher.config.usage_webhook_url)  # of the key
+        if recorded:
+            db.after_commit(conn, partial(admission.add_credits, dispatcher.redis, *recorded))
         for action in fair_share.finish(conn, dispatcher, interaction_id):
             db.after_commit(conn, action)
         db.after_commit(conn, partial(admission.settle, dispatcher.redis, interaction_id, used_tokens(row)))

@@ -25,6 +25,7 @@ from redis import Redis
 
 from controlplane.errors import TooManyRequests
 from controlplane.storage import db
+from controlplane.usage import metering
 from controlplane.usage.plans import Limits
 from controlplane.usage.rate_limits import Check, Outcome, RateLimits, seconds
 
@@ -40,6 +41,20 @@ class Work(enum.Enum):
     TEXT = "text"
     IMAGE = "image"
     FINETUNE = "finetune"
+
+
+class OutOfCredits(TooManyRequests):
+    """The plan's credits for this month are spent: OpenAI's insufficient_quota."""
+
+    def __init__(self, spent: float, limit: int):
+        now = datetime.now(timezone.utc)
+        next_month = (metering.month_start(now) + timedelta(days=32)).replace(day=1)
+        wait = int((next_month - now).total_seconds())
+        super().__init__(f"your plan's {limit} credits for this month are spent ({spent:.2f} used): new work"
+                         f" is refused until the month ends ({next_month:%Y-%m-%d} UTC) or your plan is raised")
+        self.details = {"code": "insufficient_quota", "type": "insufficient_quota", "limit": "monthly_credits",
+                        "resets_in_seconds": wait}
+        self.headers = {"Retry-After": str(wait), "x-should-retry": "false"}
 
 
 class RateLimited(TooManyRequests):
@@ -148,9 +163,43 @@ def headers(outcomes: list[Outcome]) -> dict[str, str]:
     return out
 
 
+CREDITS_CACHE_SECONDS = 60
+_ADD_CREDITS = "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBYFLOAT', KEYS[1], ARGV[1]) end return 1"
+
+
+def _credits_key(owner: str) -> str:
+    return f"helix:credits:{owner}:{metering.month_start():%Y-%m}"
+
+
+def credits_spent(redis: Redis, owner: str) -> float:
+    """The owner's credits used this month: PostgreSQL's sum, remembered in Redis for a minute and
+    brought up to date as records are made (add_credits)."""
+    cached = redis.get(_credits_key(owner))
+    if cached is not None:
+        return float(cached)
+    with db.transaction() as conn:
+        spent = metering.credits_this_month(conn, owner)
+    redis.set(_credits_key(owner), repr(spent), ex=CREDITS_CACHE_SECONDS, nx=True)
+    return spent
+
+
+def add_credits(redis: Redis, owner: str, amount: float) -> None:
+    """A record of `amount` credits was committed: the remembered sum, if any, counts it."""
+    if amount:
+        try:
+            redis.eval(_ADD_CREDITS, 1, _credits_key(owner), repr(amount))
+        except Exception:
+            log.warning("could not count %s credits of %s: the sum is read again within a minute", amount, owner)
+
+
 def admit(work: Work | None, fields: Any = None) -> None:
     """Charges the request to its user's (and key's) limits, or refuses it with a 429 that names
     the limit it met; `work`: what it asks for (None: nothing but a request)."""
+    monthly = (g.user.get("plan_limits") or Limits()).monthly_credits
+    if monthly:
+        spent = credits_spent(current_app.extensions["redis"], g.user["id"])
+        if spent >= monthly:
+            raise OutOfCredits(spent, monthly)
     tokens = token_estimate(fields) if work == Work.TEXT else 0
     checks = _checks(work, fields, tokens)
     if not checks:

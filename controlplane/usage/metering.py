@@ -64,25 +64,51 @@ class Used:
     runner_seconds: float = 0.0
 
 
-def record(conn: psycopg.Connection, used: Used) -> bool:
+def price(prices: dict[str, dict[str, float]], model: str, kind: str, unit: str) -> float:
+    """Credits per unit: the most specific entry of the price table that names the unit."""
+    for scope in (f"{model} {kind}", model, kind, "*"):
+        if unit in prices.get(scope, {}):
+            return prices[scope][unit]
+    return 0.0
+
+
+def credits_of(prices: dict[str, dict[str, float]], used: Used) -> float:
+    return sum(getattr(used, unit) * price(prices, used.model, used.kind, unit) for unit in UNITS)
+
+
+def record(conn: psycopg.Connection, used: Used, prices: dict[str, dict[str, float]],
+           delivered: bool) -> tuple[str, float] | None:
     """Records the job's usage against its session's owner and the key that asked for it (kept
-    with its fair-share place); False when it was recorded before."""
+    with its fair-share place), priced by the table; `delivered`: no webhook waits for it.
+    Returns its owner and credits, or None when it was recorded before."""
     row = conn.execute(
         "INSERT INTO usage_records (interaction_id, stage, owner, api_key_id, session_id, model, kind,"
-        " prompt_tokens, completion_tokens, images, width, height, steps, runner_seconds)"
+        " prompt_tokens, completion_tokens, images, width, height, steps, runner_seconds, credits, delivered)"
         " SELECT %(interaction_id)s, %(stage)s, s.owner,"
         " (SELECT api_key_id FROM queued_work WHERE interaction_id = %(interaction_id)s), s.id, %(model)s, %(kind)s,"
-        " %(prompt_tokens)s, %(completion_tokens)s, %(images)s, %(width)s, %(height)s, %(steps)s, %(runner_seconds)s"
+        " %(prompt_tokens)s, %(completion_tokens)s, %(images)s, %(width)s, %(height)s, %(steps)s, %(runner_seconds)s,"
+        " %(credits)s, CASE WHEN %(delivered)s THEN now() END"
         " FROM sessions s WHERE s.id = %(session_id)s"
         " ON CONFLICT (interaction_id, stage) DO NOTHING"
-        " RETURNING (SELECT plan FROM users WHERE id = owner) AS plan", asdict(used)).fetchone()
+        " RETURNING owner, (SELECT plan FROM users WHERE id = owner) AS plan",
+        {**asdict(used), "credits": credits_of(prices, used), "delivered": delivered}).fetchone()
     if row is None:
-        return False
+        return None
     for unit in UNITS:
         amount = getattr(used, unit)
         if amount:
             USED.labels(row["plan"], used.kind, unit).inc(amount)
-    return True
+    return row["owner"], credits_of(prices, used)
+
+
+def month_start(now: datetime | None = None) -> datetime:
+    now = now or datetime.now(timezone.utc)
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def credits_this_month(conn: psycopg.Connection, owner: str) -> float:
+    return float(conn.execute("SELECT coalesce(sum(credits), 0) AS spent FROM usage_records"
+                              " WHERE owner = %s AND recorded >= %s", (owner, month_start())).fetchone()["spent"])
 
 
 def summary(conn: psycopg.Connection, owner: str | None, start: datetime, end: datetime,
@@ -94,17 +120,18 @@ def summary(conn: psycopg.Connection, owner: str | None, start: datetime, end: d
     rows = conn.execute(
         f"SELECT {column} AS group_key, count(*) AS jobs, sum(prompt_tokens) AS prompt_tokens,"
         " sum(completion_tokens) AS completion_tokens, sum(images) AS images,"
-        " sum(runner_seconds) AS runner_seconds FROM usage_records"
+        " sum(runner_seconds) AS runner_seconds, sum(credits) AS credits FROM usage_records"
         f" WHERE recorded >= %(start)s AND recorded < %(end)s{mine} GROUP BY 1 ORDER BY 1",
         {"owner": owner, "start": start, "end": end}).fetchall()
     return [{group_by: r["group_key"], "jobs": r["jobs"], "prompt_tokens": int(r["prompt_tokens"]),
              "completion_tokens": int(r["completion_tokens"]),
              "total_tokens": int(r["prompt_tokens"]) + int(r["completion_tokens"]), "images": int(r["images"]),
-             "runner_seconds": round(float(r["runner_seconds"]), 3)} for r in rows]
+             "runner_seconds": round(float(r["runner_seconds"]), 3), "credits": round(float(r["credits"]), 6)}
+            for r in rows]
 
 
 def totals(groups: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("jobs", "prompt_tokens", "completion_tokens", "total_tokens", "images", "runner_seconds")
+    keys = ("jobs", "prompt_tokens", "completion_tokens", "total_tokens", "images", "runner_seconds", "credits")
     out = {k: sum(g[k] for g in groups) for k in keys}
-    out["runner_seconds"] = round(out["runner_seconds"], 3)
+    out["runner_seconds"], out["credits"] = round(out["runner_seconds"], 3), round(out["credits"], 6)
     return out

@@ -16,9 +16,16 @@ CREATE TABLE usage_records (
     height              integer,
     steps               integer,
     runner_seconds      double precision NOT NULL DEFAULT 0,
+    credits             double precision NOT NULL DEFAULT 0,  -- by the price table when recorded
     recorded            timestamptz NOT NULL DEFAULT now(),
+    -- The usage webhook: when the record was delivered (set at once where no webhook is set up),
+    -- and when to try again after a failed delivery.
+    delivered           timestamptz,
+    delivery_attempts   integer NOT NULL DEFAULT 0,
+    next_delivery       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (interaction_id, stage)
 );
+CREATE INDEX usage_records_undelivered ON usage_records(next_delivery) WHERE delivered IS NULL;
 CREATE INDEX usage_records_by_owner ON usage_records(owner, recorded);
 CREATE INDEX usage_records_by_time ON usage_records(recorded);
 
