@@ -187,3 +187,25 @@ def test_the_usage_webhook_is_signed_retried_and_delivers_each_record_once(confi
         assert (records[0]["prompt_tokens"], records[0]["completion_tokens"], records[0]["credits"]) == (3, 4, 2.3)
     finally:
         server.shutdown()
+
+
+def test_training_minutes_per_month_stop_new_fine_tunes_only(client, db, config):
+    plan = f"training-{uuid.uuid4().hex[:6]}"
+    plans.set_plan(db, plan, Limits(training_minutes_per_month=1))
+    row = accounts.create_user(db, f"trainer-{uuid.uuid4().hex[:8]}@example.com", plan=plan)
+    user = User(row, accounts.create_api_key(db, row["id"], "k")[1])
+    # This month a runner trained one of their fine-tunes for 61 seconds (as its final report recorded).
+    session = client.post("/api/v1/sessions", headers=user.headers,
+                          data={"input": "hi", "mode": "inference", "type": "text"}).get_json()
+    db.execute("INSERT INTO usage_records (interaction_id, stage, owner, session_id, model, kind, runner_seconds,"
+               " delivered) VALUES (%s, 'finetune', %s, %s, 'm', 'text-finetune', 61, now())",
+               (session["interactions"][-1]["id"], row["id"], session["id"]))
+    refused = client.post("/api/v1/sessions", headers=user.headers, data={
+        "mode": "finetune", "type": "text", "text": "Facts to learn. " * 20})
+    body = refused.get_json()
+    assert refused.status_code == 429 and body["limit"] == "training_minutes_per_month", body
+    assert "1 training minutes for this month are used" in body["error"]
+    assert client.post("/api/v1/sessions", headers=user.headers,  # chats go on
+                       data={"input": "hi", "mode": "inference", "type": "text"}).status_code == 201
+    usage = client.get("/api/v1/usage", headers=user.headers).get_json()
+    assert usage["month"]["training_minutes"] == 1.02

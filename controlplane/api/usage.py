@@ -26,12 +26,13 @@ def usage():
     start, end = metering.period(request.args.get("from"), request.args.get("to"))
     with db.transaction() as conn:
         groups = metering.summary(conn, None if everyone else g.user["id"], start, end, group_by)
-        spent = metering.credits_this_month(conn, g.user["id"])
+        month = metering.used_this_month(conn, g.user["id"])
     limits = g.user.get("plan_limits")
-    monthly = limits.monthly_credits if limits else None
+    monthly, spent = (limits.monthly_credits if limits else None), month.credits
     return jsonify(object="usage", **{"from": iso_time(start), "to": iso_time(end)}, group_by=group_by,
                    data=groups, totals=metering.totals(groups),
                    plan={"name": g.user.get("plan"), "limits": limits.stored() if limits else {}},
                    # The caller's own credits this month against their plan's; warned from 80%.
                    month={"since": iso_time(metering.month_start()), "credits": round(spent, 6),
+                          "training_minutes": round(month.training_seconds / 60, 2),
                           "monthly_credits": monthly, "warning": bool(monthly and spent >= 0.8 * monthly)})

@@ -189,7 +189,7 @@ def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, current: Inte
         recorded = used and metering.record(conn, used, dispatcher.config.prices,  # before finish() lets go
                                             delivered=not dispatcher.config.usage_webhook_url)  # of the key
         if recorded:
-            db.after_commit(conn, partial(admission.add_credits, dispatcher.redis, *recorded))
+            db.after_commit(conn, partial(admission.add_to_month, dispatcher.redis, *recorded))
         for action in fair_share.finish(conn, dispatcher, interaction_id):
             db.after_commit(conn, action)
         db.after_commit(conn, partial(admission.settle, dispatcher.redis, interaction_id, used_tokens(row)))

@@ -43,17 +43,34 @@ class Work(enum.Enum):
     FINETUNE = "finetune"
 
 
+def _next_month() -> tuple[datetime, int]:
+    """The next month's start, and the seconds until it."""
+    now = datetime.now(timezone.utc)
+    start = (metering.month_start(now) + timedelta(days=32)).replace(day=1)
+    return start, int((start - now).total_seconds())
+
+
 class OutOfCredits(TooManyRequests):
     """The plan's credits for this month are spent: OpenAI's insufficient_quota."""
 
     def __init__(self, spent: float, limit: int):
-        now = datetime.now(timezone.utc)
-        next_month = (metering.month_start(now) + timedelta(days=32)).replace(day=1)
-        wait = int((next_month - now).total_seconds())
+        next_month, wait = _next_month()
         super().__init__(f"your plan's {limit} credits for this month are spent ({spent:.2f} used): new work"
                          f" is refused until the month ends ({next_month:%Y-%m-%d} UTC) or your plan is raised")
         self.details = {"code": "insufficient_quota", "type": "insufficient_quota", "limit": "monthly_credits",
                         "resets_in_seconds": wait}
+        self.headers = {"Retry-After": str(wait), "x-should-retry": "false"}
+
+
+class OutOfTraining(TooManyRequests):
+    """The plan's training minutes for this month are used."""
+
+    def __init__(self, seconds: float, minutes: int):
+        next_month, wait = _next_month()
+        super().__init__(f"your plan's {minutes} training minutes for this month are used ({seconds / 60:.1f}):"
+                         f" new fine-tunes are refused until {next_month:%Y-%m-%d} UTC or your plan is raised")
+        self.details = {"code": "insufficient_quota", "type": "insufficient_quota",
+                        "limit": "training_minutes_per_month", "resets_in_seconds": wait}
         self.headers = {"Retry-After": str(wait), "x-should-retry": "false"}
 
 
@@ -163,43 +180,61 @@ def headers(outcomes: list[Outcome]) -> dict[str, str]:
     return out
 
 
-CREDITS_CACHE_SECONDS = 60
-_ADD_CREDITS = "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBYFLOAT', KEYS[1], ARGV[1]) end return 1"
+MONTH_CACHE_SECONDS = 60
+_ADD_TO_MONTH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBYFLOAT', KEYS[1], 'credits', ARGV[1])
+  redis.call('HINCRBYFLOAT', KEYS[1], 'training_seconds', ARGV[2])
+end
+return 1
+"""
 
 
-def _credits_key(owner: str) -> str:
-    return f"helix:credits:{owner}:{metering.month_start():%Y-%m}"
+def _month_key(owner: str) -> str:
+    return f"helix:month:{owner}:{metering.month_start():%Y-%m}"
 
 
-def credits_spent(redis: Redis, owner: str) -> float:
-    """The owner's credits used this month: PostgreSQL's sum, remembered in Redis for a minute and
-    brought up to date as records are made (add_credits)."""
-    cached = redis.get(_credits_key(owner))
-    if cached is not None:
-        return float(cached)
+def used_this_month(redis: Redis, owner: str) -> metering.MonthUsed:
+    """The owner's credits and training this month: PostgreSQL's sums, remembered in Redis for a
+    minute and brought up to date as records are made (add_to_month)."""
+    cached = redis.hgetall(_month_key(owner))
+    if cached:
+        return metering.MonthUsed(float(cached.get(b"credits", 0)), float(cached.get(b"training_seconds", 0)))
     with db.transaction() as conn:
-        spent = metering.credits_this_month(conn, owner)
-    redis.set(_credits_key(owner), repr(spent), ex=CREDITS_CACHE_SECONDS, nx=True)
-    return spent
+        used = metering.used_this_month(conn, owner)
+    with redis.pipeline() as pipe:
+        pipe.hsetnx(_month_key(owner), "credits", repr(used.credits))
+        pipe.hsetnx(_month_key(owner), "training_seconds", repr(used.training_seconds))
+        pipe.expire(_month_key(owner), MONTH_CACHE_SECONDS)
+        pipe.execute()
+    return used
 
 
-def add_credits(redis: Redis, owner: str, amount: float) -> None:
-    """A record of `amount` credits was committed: the remembered sum, if any, counts it."""
-    if amount:
+def add_to_month(redis: Redis, owner: str, used: metering.MonthUsed) -> None:
+    """A record was committed: the remembered sums, if any, count it."""
+    if used.credits or used.training_seconds:
         try:
-            redis.eval(_ADD_CREDITS, 1, _credits_key(owner), repr(amount))
+            redis.eval(_ADD_TO_MONTH, 1, _month_key(owner), repr(used.credits), repr(used.training_seconds))
         except Exception:
-            log.warning("could not count %s credits of %s: the sum is read again within a minute", amount, owner)
+            log.warning("could not count the month's use of %s: the sums are read again within a minute", owner)
+
+
+def _check_month(work: Work | None, limits: Limits) -> None:
+    """Refuses new work past the plan's monthly credits, and a fine-tune past its training minutes."""
+    minutes = limits.training_minutes_per_month if work == Work.FINETUNE else None
+    if not (limits.monthly_credits or minutes):
+        return
+    used = used_this_month(current_app.extensions["redis"], g.user["id"])
+    if limits.monthly_credits and used.credits >= limits.monthly_credits:
+        raise OutOfCredits(used.credits, limits.monthly_credits)
+    if minutes and used.training_seconds >= minutes * 60:
+        raise OutOfTraining(used.training_seconds, minutes)
 
 
 def admit(work: Work | None, fields: Any = None) -> None:
     """Charges the request to its user's (and key's) limits, or refuses it with a 429 that names
     the limit it met; `work`: what it asks for (None: nothing but a request)."""
-    monthly = (g.user.get("plan_limits") or Limits()).monthly_credits
-    if monthly:
-        spent = credits_spent(current_app.extensions["redis"], g.user["id"])
-        if spent >= monthly:
-            raise OutOfCredits(spent, monthly)
+    _check_month(work, g.user.get("plan_limits") or Limits())
     tokens = token_estimate(fields) if work == Work.TEXT else 0
     checks = _checks(work, fields, tokens)
     if not checks:

@@ -76,11 +76,22 @@ def credits_of(prices: dict[str, dict[str, float]], used: Used) -> float:
     return sum(getattr(used, unit) * price(prices, used.model, used.kind, unit) for unit in UNITS)
 
 
+TRAINING_KINDS = ("text-finetune", "image-finetune")
+
+
+@dataclass(frozen=True)
+class MonthUsed:
+    """What counts against a plan's monthly limits."""
+
+    credits: float = 0.0
+    training_seconds: float = 0.0
+
+
 def record(conn: psycopg.Connection, used: Used, prices: dict[str, dict[str, float]],
-           delivered: bool) -> tuple[str, float] | None:
+           delivered: bool) -> tuple[str, MonthUsed] | None:
     """Records the job's usage against its session's owner and the key that asked for it (kept
     with its fair-share place), priced by the table; `delivered`: no webhook waits for it.
-    Returns its owner and credits, or None when it was recorded before."""
+    Returns its owner and what it adds to their month, or None when it was recorded before."""
     row = conn.execute(
         "INSERT INTO usage_records (interaction_id, stage, owner, api_key_id, session_id, model, kind,"
         " prompt_tokens, completion_tokens, images, width, height, steps, runner_seconds, credits, delivered)"
@@ -98,7 +109,8 @@ def record(conn: psycopg.Connection, used: Used, prices: dict[str, dict[str, flo
         amount = getattr(used, unit)
         if amount:
             USED.labels(row["plan"], used.kind, unit).inc(amount)
-    return row["owner"], credits_of(prices, used)
+    training = used.runner_seconds if used.kind in TRAINING_KINDS else 0.0
+    return row["owner"], MonthUsed(credits_of(prices, used), training)
 
 
 def month_start(now: datetime | None = None) -> datetime:
@@ -106,9 +118,13 @@ def month_start(now: datetime | None = None) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def credits_this_month(conn: psycopg.Connection, owner: str) -> float:
-    return float(conn.execute("SELECT coalesce(sum(credits), 0) AS spent FROM usage_records"
-                              " WHERE owner = %s AND recorded >= %s", (owner, month_start())).fetchone()["spent"])
+def used_this_month(conn: psycopg.Connection, owner: str) -> MonthUsed:
+    row = conn.execute(
+        "SELECT coalesce(sum(credits), 0) AS credits,"
+        " coalesce(sum(runner_seconds) FILTER (WHERE kind = ANY(%s)), 0) AS training_seconds"
+        " FROM usage_records WHERE owner = %s AND recorded >= %s",
+        (list(TRAINING_KINDS), owner, month_start())).fetchone()
+    return MonthUsed(float(row["credits"]), float(row["training_seconds"]))
 
 
 def summary(conn: psycopg.Connection, owner: str | None, start: datetime, end: datetime,

@@ -32,6 +32,8 @@ class Limits(BaseModel):
         None, description="jobs waiting for a worker (a request past it gets a 429)")
     images_per_day: PositiveInt | None = Field(None, description="images per day (UTC)")
     finetunes_per_day: PositiveInt | None = Field(None, description="fine-tunes per day (UTC)")
+    training_minutes_per_month: PositiveInt | None = Field(
+        None, description="minutes runners spend training the user's fine-tunes per calendar month (UTC)")
     monthly_credits: PositiveInt | None = Field(
         None, description="credits of use per calendar month (UTC), by the price table (HELIX_PRICES)")
     event_streams: PositiveInt | None = Field(
