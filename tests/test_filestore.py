@@ -201,3 +201,24 @@ def test_an_upload_refused_for_a_conflict_stores_nothing(client, user):
     assert r.status_code == 409, r.json  # a file where the folder should be
     listed = client.get("/api/v1/filestore/list", headers=user.headers).json
     assert sorted((f["name"], f["directory"]) for f in listed) == [("note", False), ("taken", True)]
+
+
+def test_a_plans_storage_bytes_refuse_an_upload_past_them_and_store_nothing(client, db):
+    import uuid
+
+    from controlplane.accounts import store as accounts
+    from controlplane.usage import plans
+    from tests.conftest import User
+
+    plan = f"storage-{uuid.uuid4().hex[:6]}"
+    plans.set_plan(db, plan, plans.Limits(storage_bytes=6000))
+    row = accounts.create_user(db, f"storer-{uuid.uuid4().hex[:8]}@example.com", plan=plan)
+    user = User(row, accounts.create_api_key(db, row["id"], "k")[1])
+    assert upload(client, user, "docs", "a.bin", os.urandom(3000)).status_code == 201
+    refused = upload(client, user, "docs", "b.bin", os.urandom(3000))  # 6000 and the multipart around it
+    assert refused.status_code == 429 and refused.json["limit"] == "storage_bytes", refused.json
+    assert refused.json["used_bytes"] == 3000 and "past your plan's 6000" in refused.json["error"]
+    listed = client.get("/api/v1/filestore/list?path=docs", headers=user.headers).json
+    assert [f["name"] for f in listed] == ["a.bin"]
+    assert client.delete("/api/v1/filestore/delete?path=docs/a.bin", headers=user.headers).status_code == 200
+    assert upload(client, user, "docs", "b.bin", os.urandom(3000)).status_code == 201

@@ -11,6 +11,7 @@ from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import session_view
 from controlplane.storage import db
 from controlplane.storage.rows import SessionWithInteractions
+from controlplane.usage import admission
 
 bp = Blueprint("finetune", __name__, url_prefix="/api/v1/sessions/<session_id>/finetune")
 
@@ -58,6 +59,8 @@ def retry(session_id: str):
 @require_user
 def add_documents(session_id: str):
     files = [f for f in request.files.getlist("files") if f.filename]
+    if files:
+        admission.check_storage(current_app.extensions["filestore"])
     with db.transaction() as conn:
         return _session(conn, _service().add_documents(conn, g.user, session_id, read_request(DocumentsForm), files))
 

@@ -42,6 +42,7 @@ def _page(items: list[dict[str, Any]], limit: int, **extra: Any):
 @bp.post("/files")
 @require_user
 def upload_file():
+    admission.check_storage(current_app.extensions["filestore"])
     with db.transaction() as conn:
         row = _files().create(conn, g.user, request.files.get("file"), request.form.to_dict())
     return jsonify(file_view(row))

@@ -44,6 +44,8 @@ def create_session():
     kind = read_form(SessionKind, body)
     admission.admit(Work.FINETUNE if kind.mode == SessionMode.FINETUNE else
                     Work.IMAGE if kind.type == SessionType.IMAGE else Work.TEXT, body)
+    if files:
+        admission.check_storage(current_app.extensions["filestore"])
     with db.transaction() as conn:
         if kind.mode == SessionMode.FINETUNE:
             image = kind.type == SessionType.IMAGE

@@ -66,6 +66,7 @@ class Filestore(Protocol):
     def mkdir(self, key: str) -> FileInfo: ...
     def rename(self, key: str, new_key: str) -> FileInfo: ...
     def delete(self, key: str) -> None: ...
+    def used_bytes(self, key: str) -> int: ...
 
 
 class LocalFilestore:
@@ -166,6 +167,13 @@ class LocalFilestore:
             path.unlink()
         else:
             raise NotFound("file not found")
+
+    def used_bytes(self, key: str) -> int:
+        """The size of every file under `key` (0 when there is nothing there)."""
+        top = self.root / key
+        if not top.is_dir():
+            return 0
+        return sum(entry.stat().st_size for entry in top.rglob("*") if entry.is_file() and not entry.is_symlink())
 
 
 class S3Filestore:
@@ -270,6 +278,9 @@ class S3Filestore:
         for k in keys:
             self.s3.delete_object(Bucket=self.bucket, Key=k)
 
+    def used_bytes(self, key: str) -> int:
+        return sum(obj["Size"] for obj in self._objects(key))
+
 
 def from_config(location: str, endpoint_url: str = "") -> Filestore:
     if location.startswith("s3://"):
@@ -318,6 +329,10 @@ class UserFiles:
 
     def delete(self, path: str) -> None:
         self.store.delete(self.key(path))
+
+    def used_bytes(self) -> int:
+        """The bytes of every file the user has stored (their uploads, their sessions' outputs)."""
+        return self.store.used_bytes(self.root)
 
     def remove(self, *paths: str) -> None:
         """Removes files or folders of the user's; one already gone is no error (a clean-up

@@ -34,6 +34,8 @@ class Limits(BaseModel):
     finetunes_per_day: PositiveInt | None = Field(None, description="fine-tunes per day (UTC)")
     training_minutes_per_month: PositiveInt | None = Field(
         None, description="minutes runners spend training the user's fine-tunes per calendar month (UTC)")
+    storage_bytes: PositiveInt | None = Field(
+        None, description="bytes of files the user may keep in the filestore (uploads past it are refused)")
     monthly_credits: PositiveInt | None = Field(
         None, description="credits of use per calendar month (UTC), by the price table (HELIX_PRICES)")
     event_streams: PositiveInt | None = Field(
