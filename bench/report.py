@@ -110,7 +110,8 @@ def _result(f: Figure) -> str:
 
 
 def _inputs(f: Figure) -> str:
-    keys = ("concurrency", "sessions", "tokens", "repetitions", "seconds", "samples", "levels", "chunks", "rows", "epochs")
+    keys = ("concurrency", "sessions", "backlog", "tokens", "repetitions", "seconds", "samples", "checks", "levels",
+            "chunks", "rows", "epochs")
     return ", ".join(f"{k}={f.inputs[k]}" for k in keys if k in f.inputs)
 
 

@@ -4,8 +4,8 @@ writes it to bench/results.json.
     .venv/bin/python -m bench.run [FIGURE ...] [--quick] [--output bench/results.json]
     e.g. .venv/bin/python -m bench.run P1 P2 --quick
 
-Figures (the issue's table; bench/README.md says what each measures): P1 P2 P3 P3x P3b S1 P4 P5 P6
-P7 GPU. Each runs under its own time limit, so a figure that hangs is reported as timed out and
+Figures (the issue's table; bench/README.md says what each measures): P1 S1 A1 P2 P3 P3b P3x F1 P4
+P5 P6 P7 GPU. Each runs under its own time limit, so a figure that hangs is reported as timed out and
 the next one still runs. --quick shrinks every input (fewer sessions, tokens, seconds,
 repetitions): for checking that the harness works, not for figures to quote.
 """
@@ -63,6 +63,8 @@ PLANS: dict[str, Plan] = {
                dict(concurrency=16, seconds=5.0, repetitions=3), dict(concurrency=8, seconds=1.0, repetitions=1), 300),
     "S1": Plan("open event streams one control-plane process holds while a poller's p99 < 250 ms", ">= 1000",
                dict(levels=[250, 500, 1000, 2000], poll_seconds=8.0), dict(levels=[50, 100], poll_seconds=2.0), 900),
+    "A1": Plan("server CPU of the admission check per request (a user and key on plans that limit everything)",
+               "<= 0.2 ms", dict(checks=2000, repetitions=3), dict(checks=200, repetitions=1), 300),
     "P2": Plan("POST /api/v1/sessions answered -> runner starts the job; floor: raw RQ enqueue -> start",
                "p50 <= 25 ms, p99 <= 100 ms", dict(samples=100), dict(samples=15), 900),
     "P3": Plan("tokens/s of concurrent chat sessions, POST to final event on the events stream / the same"
@@ -72,6 +74,8 @@ PLANS: dict[str, Plan] = {
                 ">= 4", dict(sessions=64, tokens=128), dict(sessions=16, tokens=32), 1500),
     "P3x": Plan("P3 with 256 sessions", ">= 0.8",
                 dict(sessions=256, tokens=128, repetitions=1), dict(sessions=48, tokens=32, repetitions=1), 2400),
+    "F1": Plan("another user's chat behind one user's queued chats / the same chat alone (fair share)", "<= 2",
+               dict(backlog=300, tokens=64, repetitions=2), dict(backlog=40, tokens=16, repetitions=1), 1800),
     "P4": Plan("question generation for 32 chunks: one at a time (s) / concurrent (s)", ">= 5",
                dict(chunks=32), dict(chunks=6), 900),
     "P5": Plan("first chat on a fresh LoRA adapter (load + reply) / a warm chat on the base model", "<= 2",
@@ -94,8 +98,12 @@ def figure_function(name: str) -> Callable:
         from bench.api_throughput import measure
     elif name == "S1":
         from bench.stream_capacity import measure
+    elif name == "A1":
+        from bench.admission_cost import measure
     elif name == "P2":
         from bench.dispatch_latency import measure
+    elif name == "F1":
+        from bench.fair_share import measure
     elif name in ("P3", "P3x"):
         from bench.chat_throughput import measure_concurrent as measure
     elif name == "P3b":

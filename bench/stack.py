@@ -32,6 +32,8 @@ from controlplane.http.serving import APP, gunicorn_command
 from controlplane.sessions import store as sessions_store
 from controlplane.storage.migrate import apply_migrations
 from controlplane.storage.rows import SessionWithInteractions
+from controlplane.usage import plans
+from controlplane.usage.plans import DEFAULT_PLAN, Limits
 from shared.processes import LoggedProcess, free_port, wait_for_port
 from shared.runners import runner_environment
 from shared.types import Creator, InteractionState
@@ -177,14 +179,19 @@ class BenchStack:
         with psycopg.connect(self.pg.url, row_factory=dict_row, autocommit=True) as conn:
             yield conn
 
-    def users(self, n: int, tag: str = "bench") -> list[tuple[str, str]]:
+    def users(self, n: int, tag: str = "bench", limits: Limits | None = None) -> list[tuple[str, str]]:
         """n users with an API key each: (user id, key). One user per concurrent client, so the
-        per-user limits of the platform measure nothing but themselves."""
+        per-user limits of the platform measure nothing but themselves. `limits`: a plan the
+        users and their keys are put on (each held to it, as a hosted API's customers are)."""
         out = []
         with psycopg.connect(self.pg.url, row_factory=dict_row) as conn:
+            plan = None
+            if limits is not None:
+                plan = f"{tag}-{uuid.uuid4().hex[:8]}"
+                plans.set_plan(conn, plan, limits)
             for _ in range(n):
-                user = accounts.create_user(conn, f"{tag}-{uuid.uuid4().hex[:12]}@example.com")
-                out.append((user["id"], accounts.create_api_key(conn, user["id"], tag)[1]))
+                user = accounts.create_user(conn, f"{tag}-{uuid.uuid4().hex[:12]}@example.com", plan=plan or DEFAULT_PLAN)
+                out.append((user["id"], accounts.create_api_key(conn, user["id"], tag, plan=plan)[1]))
         return out
 
     def text_sessions(self, owners: list[str], model: str, reply: str | None) -> list[SessionWithInteractions]:
