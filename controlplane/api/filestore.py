@@ -9,7 +9,7 @@ from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.sessions.views import iso_time
 from controlplane.storage.filestore import FileInfo, UserFiles, user_path
-from controlplane.usage import admission
+from controlplane.usage import storage_quota
 
 bp = Blueprint("filestore", __name__, url_prefix="/api/v1/filestore")
 
@@ -70,7 +70,7 @@ def upload():
     uploads = [f for f in request.files.getlist("files") if f.filename]
     if not uploads:
         raise BadRequest("send one or more files in the multipart field 'files'")
-    admission.check_storage(current_app.extensions["filestore"])
+    storage_quota.check_storage(current_app.extensions["filestore"])
     targets = []
     for upload in uploads:  # every name is checked before any file is written: a refusal stores nothing
         name = _path(upload.filename, allow_root=False)

@@ -11,7 +11,7 @@ from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import session_view
 from controlplane.storage import db
 from controlplane.storage.rows import SessionWithInteractions
-from controlplane.usage import admission
+from controlplane.usage import storage_quota
 
 bp = Blueprint("finetune", __name__, url_prefix="/api/v1/sessions/<session_id>/finetune")
 
@@ -60,7 +60,7 @@ def retry(session_id: str):
 def add_documents(session_id: str):
     files = [f for f in request.files.getlist("files") if f.filename]
     if files:
-        admission.check_storage(current_app.extensions["filestore"])
+        storage_quota.check_storage(current_app.extensions["filestore"])
     with db.transaction() as conn:
         return _session(conn, _service().add_documents(conn, g.user, session_id, read_request(DocumentsForm), files))
 

@@ -10,7 +10,7 @@ from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest
 from controlplane.openai.files import file_view
 from controlplane.storage import db
-from controlplane.usage import admission
+from controlplane.usage import admission, storage_quota
 from controlplane.usage.admission import Work
 
 bp = Blueprint("openai_finetuning", __name__, url_prefix="/v1")
@@ -42,7 +42,7 @@ def _page(items: list[dict[str, Any]], limit: int, **extra: Any):
 @bp.post("/files")
 @require_user
 def upload_file():
-    admission.check_storage(current_app.extensions["filestore"])
+    storage_quota.check_storage(current_app.extensions["filestore"])
     with db.transaction() as conn:
         row = _files().create(conn, g.user, request.files.get("file"), request.form.to_dict())
     return jsonify(file_view(row))

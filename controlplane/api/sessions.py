@@ -18,7 +18,7 @@ from controlplane.sessions.input import ContinueChat, NewSession, SessionKind
 from controlplane.sessions.views import session_view
 from controlplane.storage import db
 from controlplane.storage.rows import SessionWithInteractions
-from controlplane.usage import admission
+from controlplane.usage import admission, storage_quota
 from controlplane.usage.admission import Work
 from shared.types import SessionMode, SessionType
 
@@ -45,7 +45,7 @@ def create_session():
     admission.admit(Work.FINETUNE if kind.mode == SessionMode.FINETUNE else
                     Work.IMAGE if kind.type == SessionType.IMAGE else Work.TEXT, body)
     if files:
-        admission.check_storage(current_app.extensions["filestore"])
+        storage_quota.check_storage(current_app.extensions["filestore"])
     with db.transaction() as conn:
         if kind.mode == SessionMode.FINETUNE:
             image = kind.type == SessionType.IMAGE

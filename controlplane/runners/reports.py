@@ -24,7 +24,7 @@ from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
 from controlplane.storage.filestore import session_outputs
 from controlplane.storage.rows import InteractionRow
-from controlplane.usage import admission, metering
+from controlplane.usage import metering, monthly, token_charges
 from shared import image_budget
 from shared.jobs import WorkKind
 from shared.runners import RUNNER_HEADER, runner_of_worker
@@ -189,10 +189,10 @@ def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, current: Inte
         recorded = used and metering.record(conn, used, dispatcher.config.prices,  # before finish() lets go
                                             delivered=not dispatcher.config.usage_webhook_url)  # of the key
         if recorded:
-            db.after_commit(conn, partial(admission.add_to_month, dispatcher.redis, *recorded))
+            db.after_commit(conn, partial(monthly.add_to_month, dispatcher.redis, *recorded))
         for action in fair_share.finish(conn, dispatcher, interaction_id):
             db.after_commit(conn, action)
-        db.after_commit(conn, partial(admission.settle, dispatcher.redis, interaction_id, used_tokens(row)))
+        db.after_commit(conn, partial(token_charges.settle, dispatcher.redis, interaction_id, used_tokens(row)))
     view = interaction_view(row)
     # Streamed tokens go out as small delta events; every other change as the whole interaction.
     told = [(EVENT_DELTA, {"interaction_id": interaction_id, "delta": update.delta})] if update.delta else []

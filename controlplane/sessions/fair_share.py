@@ -35,7 +35,7 @@ from controlplane.fleet.scheduling import session_type_of, work_kind
 from controlplane.sessions import store as sessions_store
 from controlplane.storage import db
 from controlplane.storage.rows import InteractionRow, SessionRow
-from controlplane.usage import admission
+from controlplane.usage import admission, token_charges
 from controlplane.usage.plans import limits_from
 from shared.jobs import QUEUES_OF_WORKER, WorkKind, queue_name
 
@@ -68,7 +68,7 @@ def submit(conn: psycopg.Connection, dispatcher: Dispatcher, session: SessionRow
         raise QueueFull(f"you have {limit} jobs waiting for a worker, the most your plan allows:"
                         " retry once some have started")
     fair_share_store.submit(conn, interaction_id, session.owner, queue, admission.request_key_id())
-    admission.bind_job(conn, interaction_id)
+    token_charges.bind_job(conn, interaction_id)
     for action in release(conn, dispatcher, session.owner, queue, {session.id: (session, interactions)}):
         db.after_commit(conn, action)
 

@@ -3,8 +3,9 @@ anything is stored or queued (rate_limits.py keeps the counts in Redis, shared b
 
 A text request is charged its tokens at admission, estimated from its body (about four bytes a
 token) and its max_tokens (the runner's default reply length when absent); its job carries the
-charge, and when the reply ends the real count of prompt and reply tokens replaces the estimate.
-A request refused later at the door (a 4xx) gets back all but its request.
+charge and the real count replaces the estimate when the reply ends (token_charges.py). A request
+refused later at the door (a 4xx) gets back all but its request. A plan's monthly limits are
+checked first (monthly.py).
 
 Every answer of a limited route says how much is left, in the headers OpenAI's SDKs read:
 x-ratelimit-{limit,remaining,reset}-{requests,tokens}. A refusal is a 429 with Retry-After (and
@@ -12,21 +13,17 @@ retry-after-ms), naming the limit and when it resets."""
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
-import psycopg
 from flask import Flask, Response, current_app, g, has_request_context, request
 from redis import Redis
 
 from controlplane.errors import TooManyRequests
-from controlplane.storage import db
-from controlplane.storage.filestore import Filestore, UserFiles
-from controlplane.usage import metering
+from controlplane.usage import monthly
 from controlplane.usage.plans import Limits
 from controlplane.usage.rate_limits import Check, Outcome, RateLimits, seconds
 
@@ -35,66 +32,12 @@ log = logging.getLogger(__name__)
 MINUTE_MS = 60_000
 BYTES_PER_TOKEN = 4
 DEFAULT_REPLY_TOKENS = 512  # the runner's reply cap when a request names none (HELIX_MAX_TOKENS)
-CHARGE_SECONDS = 2 * 24 * 3600  # a job's charge waits this long for its reply to end
 
 
 class Work(enum.Enum):
     TEXT = "text"
     IMAGE = "image"
     FINETUNE = "finetune"
-
-
-def _next_month() -> tuple[datetime, int]:
-    """The next month's start, and the seconds until it."""
-    now = datetime.now(timezone.utc)
-    start = (metering.month_start(now) + timedelta(days=32)).replace(day=1)
-    return start, int((start - now).total_seconds())
-
-
-class OutOfCredits(TooManyRequests):
-    """The plan's credits for this month are spent: OpenAI's insufficient_quota."""
-
-    def __init__(self, spent: float, limit: int):
-        next_month, wait = _next_month()
-        super().__init__(f"your plan's {limit} credits for this month are spent ({spent:.2f} used): new work"
-                         f" is refused until the month ends ({next_month:%Y-%m-%d} UTC) or your plan is raised")
-        self.details = {"code": "insufficient_quota", "type": "insufficient_quota", "limit": "monthly_credits",
-                        "resets_in_seconds": wait}
-        self.headers = {"Retry-After": str(wait), "x-should-retry": "false"}
-
-
-class OutOfTraining(TooManyRequests):
-    """The plan's training minutes for this month are used."""
-
-    def __init__(self, seconds: float, minutes: int):
-        next_month, wait = _next_month()
-        super().__init__(f"your plan's {minutes} training minutes for this month are used ({seconds / 60:.1f}):"
-                         f" new fine-tunes are refused until {next_month:%Y-%m-%d} UTC or your plan is raised")
-        self.details = {"code": "insufficient_quota", "type": "insufficient_quota",
-                        "limit": "training_minutes_per_month", "resets_in_seconds": wait}
-        self.headers = {"Retry-After": str(wait), "x-should-retry": "false"}
-
-
-class StorageFull(TooManyRequests):
-    """An upload would take the user past their plan's filestore bytes."""
-
-    def __init__(self, used: int, incoming: int, limit: int):
-        super().__init__(f"this upload of {incoming} bytes would take your files to {used + incoming} bytes, past"
-                         f" your plan's {limit}: delete files (or sessions) you no longer need first")
-        self.details = {"code": "insufficient_quota", "type": "insufficient_quota", "limit": "storage_bytes",
-                        "used_bytes": used}
-        self.headers = {"x-should-retry": "false"}
-
-
-def check_storage(filestore: Filestore) -> None:
-    """Refuses an upload (the request's body) past the plan's filestore bytes, before it is stored.
-    What runners write for the user (images, adapters) is counted, never refused."""
-    limit = (g.user.get("plan_limits") or Limits()).storage_bytes
-    if not limit:
-        return
-    used, incoming = UserFiles(filestore, g.user["id"]).used_bytes(), request.content_length or 0
-    if used + incoming > limit:
-        raise StorageFull(used, incoming, limit)
 
 
 class RateLimited(TooManyRequests):
@@ -203,61 +146,10 @@ def headers(outcomes: list[Outcome]) -> dict[str, str]:
     return out
 
 
-MONTH_CACHE_SECONDS = 60
-_ADD_TO_MONTH = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBYFLOAT', KEYS[1], 'credits', ARGV[1])
-  redis.call('HINCRBYFLOAT', KEYS[1], 'training_seconds', ARGV[2])
-end
-return 1
-"""
-
-
-def _month_key(owner: str) -> str:
-    return f"helix:month:{owner}:{metering.month_start():%Y-%m}"
-
-
-def used_this_month(redis: Redis, owner: str) -> metering.MonthUsed:
-    """The owner's credits and training this month: PostgreSQL's sums, remembered in Redis for a
-    minute and brought up to date as records are made (add_to_month)."""
-    cached = redis.hgetall(_month_key(owner))
-    if cached:
-        return metering.MonthUsed(float(cached.get(b"credits", 0)), float(cached.get(b"training_seconds", 0)))
-    with db.transaction() as conn:
-        used = metering.used_this_month(conn, owner)
-    with redis.pipeline() as pipe:
-        pipe.hsetnx(_month_key(owner), "credits", repr(used.credits))
-        pipe.hsetnx(_month_key(owner), "training_seconds", repr(used.training_seconds))
-        pipe.expire(_month_key(owner), MONTH_CACHE_SECONDS)
-        pipe.execute()
-    return used
-
-
-def add_to_month(redis: Redis, owner: str, used: metering.MonthUsed) -> None:
-    """A record was committed: the remembered sums, if any, count it."""
-    if used.credits or used.training_seconds:
-        try:
-            redis.eval(_ADD_TO_MONTH, 1, _month_key(owner), repr(used.credits), repr(used.training_seconds))
-        except Exception:
-            log.warning("could not count the month's use of %s: the sums are read again within a minute", owner)
-
-
-def _check_month(work: Work | None, limits: Limits) -> None:
-    """Refuses new work past the plan's monthly credits, and a fine-tune past its training minutes."""
-    minutes = limits.training_minutes_per_month if work == Work.FINETUNE else None
-    if not (limits.monthly_credits or minutes):
-        return
-    used = used_this_month(current_app.extensions["redis"], g.user["id"])
-    if limits.monthly_credits and used.credits >= limits.monthly_credits:
-        raise OutOfCredits(used.credits, limits.monthly_credits)
-    if minutes and used.training_seconds >= minutes * 60:
-        raise OutOfTraining(used.training_seconds, minutes)
-
-
 def admit(work: Work | None, fields: Any = None) -> None:
     """Charges the request to its user's (and key's) limits, or refuses it with a 429 that names
     the limit it met; `work`: what it asks for (None: nothing but a request)."""
-    _check_month(work, g.user.get("plan_limits") or Limits())
+    monthly.check_month(work == Work.FINETUNE, g.user.get("plan_limits") or Limits())
     tokens = token_estimate(fields) if work == Work.TEXT else 0
     checks = _checks(work, fields, tokens)
     if not checks:
@@ -286,47 +178,6 @@ def request_key_id() -> str | None:
     """The API key a user's request came with (None: a signed-in browser, or no user's request)."""
     user = g.get("user") if has_request_context() else None
     return user.get("key_id") if user else None
-
-
-def bind_job(conn: psycopg.Connection, interaction_id: str) -> None:
-    """The request's token charge goes with the job it queues (once it commits), to be made good
-    when the reply ends. Work queued outside a request (a fine-tune's next stage) has none."""
-    if not has_request_context():
-        return
-    admission: Admission | None = g.get("admission")
-    if admission is None or admission.bound or not admission.tokens:
-        return
-    admission.bound = True
-    rates = [[o.check.key, o.check.limit, o.check.period_ms] for o in admission.outcomes
-             if o.check.key.endswith(":tokens")]
-    record = json.dumps({"tokens": admission.tokens, "rates": rates})
-    redis: Redis = current_app.extensions["redis"]
-    db.after_commit(conn, lambda: _store_charge(redis, interaction_id, record))
-
-
-def _charge_key(interaction_id: str) -> str:
-    return f"helix:charge:{interaction_id}"
-
-
-def _store_charge(redis: Redis, interaction_id: str, record: str) -> None:
-    try:
-        redis.set(_charge_key(interaction_id), record, ex=CHARGE_SECONDS)
-    except Exception:
-        log.warning("could not record the token charge of %s: its estimate stands", interaction_id, exc_info=True)
-
-
-def settle(redis: Redis, interaction_id: str, used_tokens: int) -> None:
-    """The reply ended having used `used_tokens`: its charge becomes that, not the estimate."""
-    try:
-        record = redis.getdel(_charge_key(interaction_id))
-        if record is None:
-            return
-        charge = json.loads(record)
-        limits = RateLimits(redis)
-        for key, limit, period_ms in charge["rates"]:
-            limits.adjust(key, limit, period_ms, used_tokens - charge["tokens"])
-    except Exception:
-        log.warning("could not settle the token charge of %s", interaction_id, exc_info=True)
 
 
 def _give_back(limits: RateLimits, admission: Admission) -> None:
