@@ -88,6 +88,15 @@ def test_no_worker_idles_while_work_waits(served, config, make_user):
     assert _queued(config, model) == [job_id_for(bob_iid)] + [job_id_for(iid) for _, iid in alice_chats[:3]]
 
 
+def test_deleting_a_session_releases_its_owners_next_job_at_once(served, config, make_user):
+    app, model = served(workers=1)
+    client, alice = app.test_client(), make_user()
+    chats = [_chat(client, alice) for _ in range(3)]
+    assert _queued(config, model) == [job_id_for(chats[0][1])]
+    assert client.delete(f"/api/v1/sessions/{chats[0][0]}", headers=alice.headers).status_code == 200
+    assert _queued(config, model) == [job_id_for(chats[1][1])]  # not at the reconciler's next pass
+
+
 def test_concurrent_requests_release_exactly_the_share(served, config, make_user, db):
     app, model = served(workers=3)
     user = make_user()

@@ -104,10 +104,10 @@ def release(conn: psycopg.Connection, dispatcher: Dispatcher, owner: str, queue:
         return []
     actions: list[Action] = []
     for row in fair_share_store.release_oldest(conn, owner, queue, free):
-        session, interactions = (read or {}).get(row["session_id"]) or (
-            sessions_store.get_session_any_owner(conn, row["session_id"]),
-            sessions_store.get_interactions(conn, row["session_id"]))
-        actions.append(partial(dispatcher.try_enqueue, session, interactions, row["interaction_id"]))
+        found = (read or {}).get(row["session_id"]) or sessions_store.get_session_with_interactions(
+            conn, row["session_id"], owner)  # one round trip a job
+        if found is not None:
+            actions.append(partial(dispatcher.try_enqueue, *found, row["interaction_id"]))
     return actions
 
 

@@ -286,6 +286,11 @@ class SessionService:
         if session is None:
             raise NotFound("session not found")
         db.after_commit(conn, partial(self._remove_work_and_files, user["id"], session_id, interactions))
+        # Its jobs' places went with it: the owner's next held jobs on those queues go now.
+        unfinished = [i for i in interactions if not i.finished and i.creator == Creator.SYSTEM]
+        for queue in {fair_share.queue_of(session, i) for i in unfinished}:
+            for action in fair_share.release(conn, self.dispatcher, session.owner, queue):
+                db.after_commit(conn, action)
         return session
 
     def _remove_work_and_files(self, owner: str, session_id: str, interactions: list[InteractionRow]) -> None:
