@@ -84,13 +84,13 @@ def waiting_status(conn: psycopg.Connection, redis: Redis, config: Config, sessi
     if (interaction.finished or interaction.creator != Creator.SYSTEM
             or interaction.state != InteractionState.WAITING):
         return None
+    place = fair_share_store.held(conn, interaction.id)
+    if place is not None:  # held back in PostgreSQL behind its owner's earlier jobs (fair share)
+        return _held_status(conn, redis, config, session, place)
     stage = job_stage(interaction)
     job_id = job_id_for(interaction.id, stage)
     model = session.model_name
     queue_key = Queue.redis_queue_namespace_prefix + queue_name(work_kind(session.type, stage), model)
-    place = fair_share_store.held(conn, interaction.id)
-    if place is not None:  # held back in PostgreSQL behind its owner's earlier jobs (fair share)
-        return _held_status(conn, redis, config, session, place)
     with redis.pipeline(transaction=False) as pipe:  # one round trip
         pipe.hget(Job.key_for(job_id), "status")
         pipe.lpos(queue_key, job_id)  # stops at the job: it costs the jobs ahead of it

@@ -12,3 +12,7 @@ ALTER TABLE users ADD COLUMN plan text NOT NULL DEFAULT 'default' REFERENCES pla
 ALTER TABLE api_keys ADD COLUMN plan text REFERENCES plans(name);
 CREATE INDEX users_by_plan ON users(plan);
 CREATE INDEX queued_work_owner ON queued_work(owner);  -- a plan's concurrent and queued jobs count across queues
+-- A held job's place counts its owner's jobs before it by (submitted, interaction_id): an index in
+-- that order serves the count (the one it replaces stopped at submitted).
+CREATE INDEX queued_work_line ON queued_work(queue, owner, submitted, interaction_id);
+DROP INDEX queued_work_by_owner;
