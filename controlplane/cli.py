@@ -86,6 +86,19 @@ def cmd_users_plan(args) -> None:
     print(f"{args.email} is on plan {args.plan} (every replica applies it within seconds)")
 
 
+def cmd_keys_plan(args) -> None:
+    from controlplane.usage import plans
+
+    plan = None if args.plan == "-" else args.plan
+    with _connect() as conn:
+        try:
+            plans.set_key_plan(conn, args.key_id, plan)
+        except plans.PlanError as err:
+            sys.exit(str(err))
+    print(f"API key {args.key_id} is on plan {plan} besides its user's" if plan else
+          f"API key {args.key_id} is held to its user's plan alone")
+
+
 def _limit(text: str) -> int:
     """A limit on the command line: a whole number, 0 for unlimited."""
     try:
@@ -312,6 +325,10 @@ def parser() -> argparse.ArgumentParser:
     kc.add_argument("--name", default="cli")
     kc.add_argument("--plan", help="a plan of the key's own, limiting it besides its user's plan")
     kc.set_defaults(func=cmd_keys_create)
+    kp = keys.add_parser("plan", help="put an API key (by its id) on a plan of its own, besides its user's ('-': none)")
+    kp.add_argument("key_id")
+    kp.add_argument("plan")
+    kp.set_defaults(func=cmd_keys_plan)
 
     plans = sub.add_parser("plans", help="plans: named sets of limits").add_subparsers(dest="action", required=True)
     ps = plans.add_parser("set", help="create a plan or replace its limits (a limit not given, or 0, is unlimited)")

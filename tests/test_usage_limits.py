@@ -253,6 +253,12 @@ def test_the_cli_sets_and_lists_plans_and_puts_users_on_them(config, db):
         assert out.returncode != 0 and says in out.stderr, (args, out.stderr)
     assert accounts.get_user_by_email(db, "x-" + email) is None
     assert next(p for p in plans.list_plans(db) if p["name"] == name)["limits"] == Limits(requests_per_minute=30)
+    key_id = accounts.list_api_keys(db, accounts.get_user_by_email(db, email)["id"])[0]["id"]
+    assert _cli(config, "keys", "plan", key_id, name).returncode == 0
+    assert db.execute("SELECT plan FROM api_keys WHERE id = %s", (key_id,)).fetchone()["plan"] == name
+    assert "no API key" in _cli(config, "keys", "plan", "no-such-key", name).stderr
+    assert _cli(config, "keys", "plan", key_id, "-").returncode == 0
+    assert db.execute("SELECT plan FROM api_keys WHERE id = %s", (key_id,)).fetchone()["plan"] is None
     moved = _cli(config, "users", "plan", email, plans.DEFAULT_PLAN)
     assert moved.returncode == 0, moved.stderr
     assert db.execute("SELECT plan FROM users WHERE email = %s", (email,)).fetchone()["plan"] == "default"
