@@ -102,6 +102,14 @@ class MetricsReport(Message):
     from_step: Annotated[StrictInt, Field(ge=0)] | None = None
 
 
+class PreparedReport(Message):
+    """Data preparation is over: POST …/finetune/prepared. What writing its questions used, for
+    metering (a runner of before this message sends no body: nothing counted)."""
+
+    prompt_tokens: Annotated[StrictInt, Field(ge=0, le=2**53)] = 0
+    completion_tokens: Annotated[StrictInt, Field(ge=0, le=2**53)] = 0
+
+
 InfoValue = StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=200)] | None
 
 

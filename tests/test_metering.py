@@ -209,3 +209,24 @@ def test_training_minutes_per_month_stop_new_fine_tunes_only(client, db, config)
                        data={"input": "hi", "mode": "inference", "type": "text"}).status_code == 201
     usage = client.get("/api/v1/usage", headers=user.headers).get_json()
     assert usage["month"]["training_minutes"] == 1.02
+
+
+def test_question_writing_is_recorded_when_data_preparation_ends(client, db, user, api_runner_token):
+    import io
+
+    headers = runner_auth(api_runner_token, "dataprep-metering")
+    assert client.post("/api/v1/runner/register", headers=headers,
+                       json={"runner_id": "dataprep-metering", "models": {}}).status_code == 200
+    s = client.post("/api/v1/sessions", headers=user.headers, content_type="multipart/form-data", data={
+        "mode": "finetune", "type": "text", "files": [(io.BytesIO(b"Mira founded the Zorblat Library."), "a.txt")]}).json
+    sid, iid = s["id"], s["interactions"][-1]["id"]
+    hold_job(client.application.config["HELIX"].redis_url, iid, "dataprep-metering", stage="dataprep",
+             kind="text-dataprep")
+    url = f"/api/v1/runner/sessions/{sid}/interactions/{iid}/finetune/prepared"
+    bad = client.post(url, headers=headers, json={"prompt_tokens": -1})
+    assert bad.status_code == 400 and "prompt_tokens" in bad.json["error"]
+    r = client.post(url, headers=headers, json={"prompt_tokens": 1200, "completion_tokens": 300})
+    assert r.status_code == 200, r.json
+    rows = db.execute("SELECT stage, kind, prompt_tokens, completion_tokens FROM usage_records"
+                      " WHERE interaction_id = %s", (iid,)).fetchall()
+    assert rows == [{"stage": "dataprep", "kind": "text-dataprep", "prompt_tokens": 1200, "completion_tokens": 300}]

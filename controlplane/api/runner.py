@@ -24,7 +24,7 @@ from controlplane.storage.db import storable
 from controlplane.storage.filestore import UserFiles, session_folder, session_outputs, user_path
 from shared.runners import RUNNER_HEADER, runner_of_worker
 from shared.wire import (WIRE_VERSION, WIRE_VERSION_HEADER, ChunkReport, DocumentReport, InteractionUpdate,
-                         MetricsReport, Registration)
+                         MetricsReport, PreparedReport, Registration)
 
 bp = Blueprint("runner", __name__, url_prefix="/api/v1/runner")
 
@@ -170,11 +170,14 @@ def finetune_report(session_id: str, interaction_id: str, report: str):
     """A document read, a chunk's pairs, training metrics, or (`prepared`) the end of data preparation."""
     if report != "prepared" and report not in _FINETUNE_REPORTS:
         raise NotFound(f"no fine-tune report {report[:40]!r}: use prepared, " + ", ".join(_FINETUNE_REPORTS))
-    message = None if report == "prepared" else _message(_FINETUNE_REPORTS[report][0], f"{report} report")
+    if report == "prepared":
+        prepared = _message(PreparedReport, "prepared report") if request.content_length else PreparedReport()
+        with db.transaction() as conn:
+            _authorize(conn, session_id, interaction_id)
+            return jsonify(interaction_view(_finetune().report_prepared(conn, session_id, interaction_id, prepared)))
+    message = _message(_FINETUNE_REPORTS[report][0], f"{report} report")
     with db.transaction() as conn:
         _authorize(conn, session_id, interaction_id)
-        if message is None:
-            return jsonify(interaction_view(_finetune().report_prepared(conn, session_id, interaction_id)))
         getattr(_finetune(), _FINETUNE_REPORTS[report][1])(conn, session_id, interaction_id, message)
     return jsonify(ok=True)
 

@@ -3,6 +3,7 @@ as it reads them and writes question/answer pairs, the review, retries, and the 
 data preparation to training. PostgreSQL holds every stage, so any stage can be resumed."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
@@ -19,11 +20,13 @@ from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
 from controlplane.storage.filestore import Filestore, UserFiles, session_folder
 from controlplane.storage.rows import InteractionRow, SessionRow, SessionWithInteractions
+from controlplane.usage import metering, monthly
 from shared.finetune import ADAPTER_FILES, system_prompt
 from shared.image_finetune import ADAPTER_FILES as IMAGE_ADAPTER_FILES
+from shared.jobs import WorkKind
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
 from shared.updates import EVENT_INTERACTION
-from shared.wire import ChunkReport, DocumentReport, MetricsReport
+from shared.wire import ChunkReport, DocumentReport, MetricsReport, PreparedReport
 
 
 class FinetuneService:
@@ -312,11 +315,23 @@ class FinetuneService:
             kept = [p for p in history if p.get("step", 0) <= report.from_step]
             finetune_store.merge_metadata(conn, interaction_id, {"training_history": kept + report.points})
 
-    def report_prepared(self, conn, session_id: str, interaction_id: str) -> InteractionRow:
-        """Data preparation is over: stop in error when no chunk made a pair; else wait for the
+    def _record_dataprep(self, conn, session: SessionRow, interaction: InteractionRow, report: PreparedReport) -> None:
+        held = (datetime.now(timezone.utc) - interaction.scheduled).total_seconds() if interaction.scheduled else 0.0
+        used = metering.Used(interaction_id=interaction.id, stage="dataprep", session_id=session.id,
+                             model=session.model_name, kind=WorkKind.TEXT_DATAPREP.value,
+                             prompt_tokens=report.prompt_tokens, completion_tokens=report.completion_tokens,
+                             runner_seconds=max(0.0, held))
+        recorded = metering.record(conn, used, self.config.prices, delivered=not self.config.usage_webhook_url)
+        if recorded:
+            db.after_commit(conn, partial(monthly.add_to_month, self.dispatcher.redis, *recorded))
+
+    def report_prepared(self, conn, session_id: str, interaction_id: str, report: PreparedReport) -> InteractionRow:
+        """Data preparation is over: its usage is recorded (the tokens its questions took, the time
+        its runner held it); then stop in error when no chunk made a pair; else wait for the
         review, or queue the training."""
         interaction = self._running(conn, session_id, interaction_id)
         session = sessions_store.get_session_any_owner(conn, session_id)
+        self._record_dataprep(conn, session, interaction, report)
         pairs = finetune_store.count_pairs(conn, interaction_id)
         failed = _failures(interaction.data_prep_chunks)
         finetune_store.merge_metadata(conn, interaction_id, {"dataprep": _summary(interaction.data_prep_chunks, pairs)})

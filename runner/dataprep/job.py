@@ -36,7 +36,7 @@ from runner.jobs import CANCEL_POLL_SECONDS, context, unless_gone
 from shared.finetune import DEFAULT_QUESTION_STYLES
 from shared.jobs import TextDataPrepJob
 from shared.types import DataPrepStage
-from shared.wire import ChunkReport, DocumentReport, InteractionUpdate, QuestionPair
+from shared.wire import ChunkReport, DocumentReport, InteractionUpdate, PreparedReport, QuestionPair
 
 log = logging.getLogger(__name__)
 MIN_FACT_WORDS = 4       # shorter "sentences" are headings and captions, nothing to ask about
@@ -236,5 +236,5 @@ def _prepare_text(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
         raise
     finally:
         pool.shutdown(wait=not stopped, cancel_futures=True)
-    ctx.client.report(job.session_id, job.interaction_id, "prepared")
+    ctx.client.report(job.session_id, job.interaction_id, "prepared", PreparedReport(**writer.usage))
     return {"chunks": len(work), "pairs": pairs, "seconds": round(time.monotonic() - started, 1)}

@@ -9,6 +9,7 @@ token limit is retried once and then counts as an error for its chunk, never as 
 from __future__ import annotations
 
 import json
+import threading
 import zlib
 
 import requests
@@ -61,6 +62,17 @@ class QuestionWriter:
         self.http = http
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.temperature = temperature
+        # The tokens every request took, retries included (requests run on several threads).
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        self._usage_lock = threading.Lock()
+
+    def _count(self, answer: dict) -> None:
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        if isinstance(usage, dict):
+            with self._usage_lock:
+                for key in self.usage:
+                    if isinstance(usage.get(key), int) and usage[key] > 0:
+                        self.usage[key] += usage[key]
 
     def messages(self, fact: str, context: str, document: str, style: str, count: int) -> list[dict]:
         """A worked example first: a 135M model copies a shown pattern far better than it follows
@@ -88,7 +100,9 @@ class QuestionWriter:
             try:
                 r = self.http.post(self.url, json=body, headers=self.headers, timeout=(10, 300))
                 r.raise_for_status()
-                choice = r.json()["choices"][0]
+                answer = r.json()
+                self._count(answer)
+                choice = answer["choices"][0]
             except (requests.RequestException, ValueError, KeyError, IndexError) as err:
                 if attempt == 2:
                     raise GenerationError(f"the question model failed: {err}") from None
