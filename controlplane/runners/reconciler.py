@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from functools import partial
 from typing import Callable
 
@@ -30,6 +29,7 @@ from controlplane.sessions import events, fair_share
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
 from controlplane.storage.rows import InteractionRow, SessionRow
+from shared.background import run_every
 from shared.jobs import WorkKind
 from shared.runners import worker_alive_key
 from shared.types import InteractionState
@@ -191,14 +191,4 @@ class Reconciler:
         return results
 
     def start_thread(self, interval: float) -> threading.Thread:
-        def loop() -> None:
-            while True:
-                time.sleep(interval)
-                try:
-                    self.run_once()
-                except Exception:
-                    log.warning("reconciler pass failed", exc_info=True)
-
-        thread = threading.Thread(target=loop, name="helix-reconciler", daemon=True)
-        thread.start()
-        return thread
+        return run_every(interval, "helix-reconciler", self.run_once)

@@ -14,7 +14,6 @@ import hmac
 import json
 import logging
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -22,6 +21,7 @@ import httpx
 import psycopg
 
 from controlplane.storage import db
+from shared.background import run_every
 
 log = logging.getLogger(__name__)
 BATCH = 100
@@ -90,14 +90,4 @@ class UsageWebhook:
                     return sent
 
     def start_thread(self, interval: float) -> threading.Thread:
-        def loop() -> None:
-            while True:
-                time.sleep(interval)
-                try:
-                    self.run_once()
-                except Exception:
-                    log.warning("usage webhook pass failed", exc_info=True)
-
-        thread = threading.Thread(target=loop, name="helix-usage-webhook", daemon=True)
-        thread.start()
-        return thread
+        return run_every(interval, "helix-usage-webhook", self.run_once)
