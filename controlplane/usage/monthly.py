@@ -1,11 +1,14 @@
 """A plan's monthly limits, held at the door: credits (by the price table) and training minutes.
 What a user used this month is PostgreSQL's sum of their usage records, remembered in Redis for a
-minute and counted up as records are made, so a check costs one round trip to Redis."""
+minute and counted up as records are made, and read by each process at most once a second per
+user: a check mostly costs nothing."""
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import datetime, timedelta, timezone
 
+from cachetools import TTLCache
 from flask import current_app, g
 from redis import Redis
 
@@ -78,8 +81,28 @@ def used_this_month(redis: Redis, owner: str) -> metering.MonthUsed:
     return used
 
 
+# A busy user's checks within a second share one read of Redis: a monthly limit may be passed by
+# what a second of requests brings, and a check costs no round trip most of the time.
+RECENT_SECONDS = 1.0
+_recent: TTLCache = TTLCache(maxsize=10_000, ttl=RECENT_SECONDS)
+_recent_lock = threading.Lock()
+
+
+def _recently_used(owner: str) -> metering.MonthUsed:
+    with _recent_lock:
+        used = _recent.get(owner)
+    if used is None:
+        used = used_this_month(current_app.extensions["redis"], owner)
+        with _recent_lock:
+            _recent[owner] = used
+    return used
+
+
 def add_to_month(redis: Redis, owner: str, used: metering.MonthUsed) -> None:
-    """A record was committed: the remembered sums, if any, count it."""
+    """A record was committed: the remembered sums, if any, count it (this process's copy is
+    dropped; other processes' last at most RECENT_SECONDS)."""
+    with _recent_lock:
+        _recent.pop(owner, None)
     if used.credits or used.training_seconds:
         try:
             redis.eval(_ADD_TO_MONTH, 1, _month_key(owner), repr(used.credits), repr(used.training_seconds))
@@ -92,7 +115,7 @@ def check_month(finetune: bool, limits: Limits) -> None:
     minutes = limits.training_minutes_per_month if finetune else None
     if not (limits.monthly_credits or minutes):
         return
-    used = used_this_month(current_app.extensions["redis"], g.user["id"])
+    used = _recently_used(g.user["id"])
     if limits.monthly_credits and used.credits >= limits.monthly_credits:
         raise OutOfCredits(used.credits, limits.monthly_credits)
     if minutes and used.training_seconds >= minutes * 60:

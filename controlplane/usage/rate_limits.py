@@ -17,16 +17,20 @@ from typing import Literal
 
 from redis import Redis
 
-# KEYS: one per check. ARGV: per check, its kind ("rate" or "quota"), limit, cost and period
-# (ms; for a quota, what is left of its period). Returns 1 or 0 (all charged, or none), then per
-# check: what is left, ms until full (rate) or until the period ends (quota), ms until this cost fits.
+# KEYS: one per check. ARGV[1]: per check, its kind ("rate" or "quota"), limit, cost and period
+# (ms; for a quota, what is left of its period), all in one comma-separated string. Returns, as
+# one comma-separated string (a reply cheap to send and to read): 1 or 0 (all charged, or none),
+# then per check what is left, ms until full (rate) or until the period ends (quota), and ms
+# until this cost fits.
 _CHECK = """
 local now_s = redis.call('TIME')
 local now = tonumber(now_s[1]) * 1000 + math.floor(tonumber(now_s[2]) / 1000)
+local args = {}
+for field in string.gmatch(ARGV[1], '[^,]+') do table.insert(args, field) end
 local out, charges, ok = {1}, {}, 1
 for i = 1, #KEYS do
   local base = (i - 1) * 4
-  local kind, limit, cost, period = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  local kind, limit, cost, period = args[base + 1], tonumber(args[base + 2]), tonumber(args[base + 3]), tonumber(args[base + 4])
   if kind == 'rate' then
     local interval = period / limit
     local tat = tonumber(redis.call('GET', KEYS[i]) or now)
@@ -62,16 +66,17 @@ end
 if ok == 1 then
   for i = 1, #KEYS do
     local base = (i - 1) * 4
-    if ARGV[base + 1] == 'rate' then
+    if args[base + 1] == 'rate' then
       redis.call('SET', KEYS[i], charges[i], 'PX', math.ceil(charges[i] - now) + 1000)
     else
       redis.call('INCRBY', KEYS[i], charges[i])
-      redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[base + 4]) + 60000)
+      redis.call('PEXPIRE', KEYS[i], tonumber(args[base + 4]) + 60000)
     end
   end
 end
 out[1] = ok
-return out
+for i = 2, #out do out[i] = string.format('%d', out[i]) end
+return table.concat(out, ',')
 """
 
 # KEYS[1]: a rate's key. ARGV: limit, period (ms), tokens to charge more (negative: to give back).
@@ -120,10 +125,8 @@ class RateLimits:
         """Charges every check's cost, or none when one would go past its limit."""
         if not checks:
             return True, []
-        args: list[object] = []
-        for c in checks:
-            args += [c.kind, c.limit, c.cost, c.period_ms]
-        result = self._check(keys=[c.key for c in checks], args=args)
+        spec = ",".join(f"{c.kind},{c.limit},{c.cost},{c.period_ms}" for c in checks)
+        result = [int(x) for x in self._check(keys=[c.key for c in checks], args=[spec]).split(b",")]
         outcomes = [Outcome(c, max(0, int(result[1 + 3 * n])), int(result[2 + 3 * n]), int(result[3 + 3 * n]))
                     for n, c in enumerate(checks)]
         return bool(result[0]), outcomes
