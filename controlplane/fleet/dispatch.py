@@ -223,4 +223,9 @@ class Dispatcher:
                     job.cancel()
                 except Exception:
                     pass
-                job.delete()
+                try:
+                    job.delete()
+                except Exception:  # RQ's registries changed under it (its worker ended it meanwhile)
+                    log.warning("could not delete job %s from RQ's registries: removing its hash", job.id,
+                                exc_info=True)
+                    self.redis.delete(job.key)  # what a runner watches to stop the work
