@@ -321,9 +321,7 @@ class FinetuneService:
                              model=session.model_name, kind=WorkKind.TEXT_DATAPREP.value,
                              prompt_tokens=report.prompt_tokens, completion_tokens=report.completion_tokens,
                              runner_seconds=max(0.0, held))
-        recorded = metering.record(conn, used, self.config.prices, delivered=not self.config.usage_webhook_url)
-        if recorded:
-            db.after_commit(conn, partial(monthly.add_to_month, self.dispatcher.redis, *recorded))
+        monthly.record(conn, used, self.config, self.dispatcher.redis)
 
     def report_prepared(self, conn, session_id: str, interaction_id: str, report: PreparedReport) -> InteractionRow:
         """Data preparation is over: its usage is recorded (the tokens its questions took, the time

@@ -54,12 +54,6 @@ def waiting(conn: psycopg.Connection, owner: str) -> int:
         " AND (q.released IS NULL OR i.runner = '')", (owner,)).fetchone()["n"]
 
 
-def plan_limits(conn: psycopg.Connection, owner: str) -> dict | None:
-    """The owner's plan's limits as stored (usage/plans.py reads them)."""
-    row = conn.execute("SELECT p.limits FROM users u JOIN plans p ON p.name = u.plan WHERE u.id = %s",
-                       (owner,)).fetchone()
-    return row["limits"] if row else None
-
 
 def owners_waiting_on(conn: psycopg.Connection, queue: str) -> int:
     """How many owners have work submitted to `queue` (released or not)."""

@@ -186,10 +186,8 @@ def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, current: Inte
     sessions_store.touch_session(conn, session_id)
     if final:
         used = _used(conn, current, row)
-        recorded = used and metering.record(conn, used, dispatcher.config.prices,  # before finish() lets go
-                                            delivered=not dispatcher.config.usage_webhook_url)  # of the key
-        if recorded:
-            db.after_commit(conn, partial(monthly.add_to_month, dispatcher.redis, *recorded))
+        if used is not None:  # before finish() lets go of the key that asked for the job
+            monthly.record(conn, used, dispatcher.config, dispatcher.redis)
         for action in fair_share.finish(conn, dispatcher, interaction_id):
             db.after_commit(conn, action)
         db.after_commit(conn, partial(token_charges.settle, dispatcher.redis, interaction_id, used_tokens(row)))

@@ -35,8 +35,7 @@ from controlplane.fleet.scheduling import session_type_of, work_kind
 from controlplane.sessions import store as sessions_store
 from controlplane.storage import db
 from controlplane.storage.rows import InteractionRow, SessionRow
-from controlplane.usage import admission, token_charges
-from controlplane.usage.plans import limits_from
+from controlplane.usage import admission, owner_limits, token_charges
 from shared.jobs import QUEUES_OF_WORKER, WorkKind, queue_name
 
 Action = Callable[[], object]
@@ -96,7 +95,7 @@ def release(conn: psycopg.Connection, dispatcher: Dispatcher, owner: str, queue:
         # Their share, or any worker no released job would keep busy: no worker idles while work waits.
         free = max(share - fair_share_store.running(conn, queue, owner),
                    workers - fair_share_store.running(conn, queue))
-    concurrent = limits_from(fair_share_store.plan_limits(conn, owner)).concurrent_jobs
+    concurrent = owner_limits.limits_of_owner(conn, owner).concurrent_jobs
     if concurrent:  # their plan's jobs at once, on every queue
         left = concurrent - fair_share_store.running(conn, None, owner)
         free = left if free is None else min(free, left)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 from cachetools import TTLCache
 from flask import current_app, g
@@ -96,6 +97,14 @@ def _recently_used(owner: str) -> metering.MonthUsed:
         with _recent_lock:
             _recent[owner] = used
     return used
+
+
+def record(conn, used: metering.Used, config, redis: Redis) -> None:
+    """Records a finished job's usage (priced by config's table, waiting for the webhook if one
+    is set) and, once that commits, counts it toward its owner's month."""
+    recorded = metering.record(conn, used, config.prices, delivered=not config.usage_webhook_url)
+    if recorded:
+        db.after_commit(conn, partial(add_to_month, redis, *recorded))
 
 
 def add_to_month(redis: Redis, owner: str, used: metering.MonthUsed) -> None:
