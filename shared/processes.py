@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -11,14 +12,17 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(sig: int = signal.SIGTERM):
-    """A preexec_fn asking Linux to send `sig` to the child when its parent dies."""
+def die_with_parent(sig: int = signal.SIGTERM, niceness: int = 0):
+    """A preexec_fn asking Linux to send `sig` to the child when its parent dies; with `niceness`,
+    the child also yields the CPU to everything else of the machine when it is busy."""
 
     def _set() -> None:
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
         except OSError:
             pass
+        if niceness:
+            os.nice(niceness)
 
     return _set
 

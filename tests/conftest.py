@@ -359,7 +359,8 @@ def wait_for_session(base_url: str, user: User, session_id: str, timeout: float 
                      until=lambda s: s["interactions"][-1]["finished"]) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        r = requests.get(f"{base_url}/api/v1/sessions/{session_id}", headers=user.headers, timeout=10)
+        # A poll may wait a while where training and vLLM hold both cores; the deadline is what counts.
+        r = requests.get(f"{base_url}/api/v1/sessions/{session_id}", headers=user.headers, timeout=60)
         r.raise_for_status()
         session = r.json()
         if until(session):

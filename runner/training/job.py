@@ -31,6 +31,8 @@ from shared.processes import die_with_parent
 from shared.types import DataPrepStage, InteractionState
 from shared.wire import InteractionUpdate, MetricsReport
 
+TRAINER_NICENESS = 10  # of 19: below serving, never starved when the CPU is otherwise idle
+
 log = logging.getLogger(__name__)
 REPORT_INTERVAL = 1.0  # seconds between loss reports: a history, not a stream
 
@@ -120,9 +122,11 @@ def _run_child(ctx, job, spec: dict, workdir: Path, reporter: _Reporter,
 
     with open(log_path, "ab") as err, JobWatch(get_current_job(), math.inf, interval=CANCEL_POLL_SECONDS) as watch:
         # SIGKILL when this worker dies: an orphaned trainer would hold the memory and race the retry.
+        # Training is background work: on a busy CPU it gives way to chats (vLLM) and, where they
+        # share the machine as under `make run`, the control plane and the databases.
         proc = subprocess.Popen([sys.executable, "-m", module, str(spec_path)],
                                 stdout=subprocess.PIPE, stderr=err, text=True,
-                                preexec_fn=die_with_parent(signal.SIGKILL))
+                                preexec_fn=die_with_parent(signal.SIGKILL, niceness=TRAINER_NICENESS))
         # Cancelled (its job gone from Redis): the training process is killed, its memory freed at once.
         watch.on_stop(proc.kill)
         done: dict = {}
