@@ -258,7 +258,8 @@ def cmd_usage(args) -> None:
             groups = [{**g, "user": emails.get(g["user"], g["user"])} for g in groups]
     print(f"usage {'of ' + args.email if args.email else 'of every user'} from {start:%Y-%m-%d %H:%M} to"
           f" {end:%Y-%m-%d %H:%M} UTC, by {group_by}")
-    columns = (group_by, "jobs", "prompt_tokens", "completion_tokens", "images", "runner_seconds")
+    columns = (group_by, "jobs", "prompt_tokens", "completion_tokens", "images", "runner_seconds", "training_tokens",
+               "stored_bytes")
     rows = [columns] + [tuple(str(g[c]) for c in columns) for g in groups]
     rows.append(("total",) + tuple(str(metering.totals(groups)[c]) for c in columns[1:]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]

@@ -30,7 +30,8 @@ def _flag(env: dict[str, str], name: str, default: bool) -> bool:
     raise SettingError(f"{name} must be 1 or 0 (true or false), got {value!r}")
 
 
-PRICED_UNITS = ("prompt_tokens", "completion_tokens", "images", "runner_seconds")
+# What metering counts of each finished job (usage/metering.py), each of which the price table may price.
+PRICED_UNITS = ("prompt_tokens", "completion_tokens", "images", "runner_seconds", "training_tokens", "stored_bytes")
 
 
 def _prices(text: str) -> dict[str, dict[str, float]]:

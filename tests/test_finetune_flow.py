@@ -140,6 +140,12 @@ def test_a_runner_killed_during_training_resumes_from_its_checkpoint(live_server
         steps = [p["step"] for p in system["metadata"]["training_history"] if "loss" in p]
         assert steps[-1] == system["metadata"]["training"]["steps"]
         assert steps == sorted(set(steps)), "a step is in the history twice"  # the killed run's are replaced
+        # Metered once, for the whole run: the tokens it trained on, the adapter it left.
+        usage = requests.get(f"{live_server}/api/v1/usage?group_by=model", headers=live_user.headers).json()
+        used = next(g for g in usage["data"] if g["model"] == model)
+        run = system["metadata"]["training_run"]
+        assert used["training_tokens"] == run["train_tokens"] * run["epochs"] > 0, used
+        assert used["stored_bytes"] > 0, used
     finally:
         for proc in runners.values():
             proc.stop()

@@ -3,6 +3,7 @@ that asked for it, its model and session; read back by day, model or key, by the
 /metrics counts it by plan, never by user."""
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_each_finished_reply_is_recorded_once_and_read_back_by_day_model_and_key
     assert by_day["group_by"] == "day" and by_day["plan"] == {"name": plan, "limits": {}}
     assert by_day["data"] == [{"day": today, "jobs": 2, "prompt_tokens": 25, "completion_tokens": 17,
                                "total_tokens": 42, "images": 0, "runner_seconds": by_day["data"][0]["runner_seconds"],
-                               "credits": 0.0}]  # no price table: free
+                               "training_tokens": 0, "stored_bytes": 0, "credits": 0.0}]  # no price table: free
     assert by_day["data"][0]["runner_seconds"] >= 0 and by_day["totals"]["total_tokens"] == 42
     by_key = client.get("/api/v1/usage?group_by=key", headers=user.headers).get_json()["data"]
     assert {g["key"]: g["total_tokens"] for g in by_key}[key_row["id"]] == 12
@@ -101,6 +102,26 @@ def test_each_finished_reply_is_recorded_once_and_read_back_by_day_model_and_key
     bad = subprocess.run([sys.executable, "-m", "controlplane.cli", "usage", "--from", "soon"],
                          cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "--from must be a date" in bad.stderr
+
+
+def test_the_bytes_a_job_leaves_in_the_filestore_are_recorded_with_it(client, runner, user, db):
+    s = client.post("/api/v1/sessions", headers=user.headers,
+                    data={"input": "hello", "mode": "inference", "type": "text"}).get_json()
+    sid, iid = s["id"], s["interactions"][-1]["id"]
+    hold_job(client.application.config["HELIX"].redis_url, iid, RUNNER)
+    url = f"/api/v1/runner/sessions/{sid}/interactions/{iid}"
+    for name, size in (("a.bin", 1000), ("b.bin", 234)):
+        r = client.post(f"{url}/files", headers=runner, content_type="multipart/form-data",
+                        data={"file": (io.BytesIO(b"x" * size), name)})
+        assert r.status_code == 201, r.json
+    final = {"runner": RUNNER, "state": "complete", "message": "Hi", "final": True, "files": [r.json["path"]]}
+    assert client.post(url, headers=runner, json=final).status_code == 200
+    row = db.execute("SELECT stored_bytes, training_tokens FROM usage_records WHERE interaction_id = %s",
+                     (iid,)).fetchone()
+    assert row == {"stored_bytes": 1234, "training_tokens": 0}
+    usage = client.get("/api/v1/usage", headers=user.headers).get_json()
+    assert usage["totals"]["stored_bytes"] >= 1234
+    assert usage["storage"]["used_bytes"] >= 1234 and usage["storage"]["storage_bytes"] is None  # no limit
 
 
 def _priced_app(config, tmp_path_factory, api_runner_token, **changes):
@@ -212,8 +233,6 @@ def test_training_minutes_per_month_stop_new_fine_tunes_only(client, db, config)
 
 
 def test_question_writing_is_recorded_when_data_preparation_ends(client, db, user, api_runner_token):
-    import io
-
     headers = runner_auth(api_runner_token, "dataprep-metering")
     assert client.post("/api/v1/runner/register", headers=headers,
                        json={"runner_id": "dataprep-metering", "models": {}}).status_code == 200

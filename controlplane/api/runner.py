@@ -89,7 +89,8 @@ def update_interaction(session_id: str, interaction_id: str):
     redis = current_app.extensions["redis"]
     with db.transaction() as conn:
         interaction = _authorize(conn, session_id, interaction_id, named)
-        view = runner_service.apply_update(conn, current_app.extensions["dispatcher"], interaction, update,
+        view = runner_service.apply_update(conn, current_app.extensions["dispatcher"],
+                                           current_app.extensions["filestore"], interaction, update,
                                            _acting_runner(named))
         # Under the interaction's row lock: two updates of one attempt never both count as its first.
         decision = scheduling_decisions.record(redis, interaction, job_stage(interaction), _acting_runner(named))

@@ -1,14 +1,15 @@
 """GET /api/v1/usage: what the caller's finished work used (metering), by day, model or key, with
 their plan and its limits beside it, and their credits this month against the plan's (a warning
-from 80%). An admin may ask for everyone's with `all=true` (and group it by user)."""
+from 80%), and the bytes their files take now against the plan's. An admin may ask for everyone's with `all=true` (and group it by user)."""
 from __future__ import annotations
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest, Forbidden
 from controlplane.sessions.views import iso_time
 from controlplane.storage import db
+from controlplane.storage.filestore import UserFiles
 from controlplane.usage import metering
 
 bp = Blueprint("usage", __name__, url_prefix="/api/v1/usage")
@@ -35,4 +36,6 @@ def usage():
                    # The caller's own credits this month against their plan's; warned from 80%.
                    month={"since": iso_time(metering.month_start()), "credits": round(spent, 6),
                           "training_minutes": round(month.training_seconds / 60, 2),
-                          "monthly_credits": monthly, "warning": bool(monthly and spent >= 0.8 * monthly)})
+                          "monthly_credits": monthly, "warning": bool(monthly and spent >= 0.8 * monthly)},
+                   storage={"used_bytes": UserFiles(current_app.extensions["filestore"], g.user["id"]).used_bytes(),
+                            "storage_bytes": limits.storage_bytes if limits else None})

@@ -28,6 +28,7 @@ from controlplane.sessions import store as sessions_store
 from controlplane.sessions import fair_share
 from controlplane.sessions.service import cancel_interaction, is_cancelled, known_models
 from controlplane.storage.rows import InteractionRow, SessionRow
+from controlplane.usage import metering
 from shared.finetune import HYPERPARAMETERS
 from shared.jobs import WorkKind
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
@@ -193,7 +194,7 @@ def job_view(session: SessionRow, turn: InteractionRow) -> dict[str, Any]:
     error = None
     if status == "failed":
         error = {"code": "training_failed", "message": turn.error or "the fine-tune failed", "param": None}
-    tokens = run.get("train_tokens", 0) * run.get("epochs", 0) if status == "succeeded" and run else None
+    tokens = metering.trained_tokens(turn.metadata, complete=True) if status == "succeeded" and run else None
     return {"id": JOB_PREFIX + session.id, "object": "fine_tuning.job", "created_at": _time(session.created),
             "finished_at": _time(turn.completed) if turn.finished else None, "model": session.model_name,
             "fine_tuned_model": fine_tuned_id(session) if status == "succeeded" and session.lora_dir else None,

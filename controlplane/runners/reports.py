@@ -22,9 +22,10 @@ from controlplane.sessions import events, fair_share
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
-from controlplane.storage.filestore import session_outputs
+from controlplane.storage.filestore import Filestore, UserFiles, session_outputs
 from controlplane.storage.rows import InteractionRow
 from controlplane.usage import metering, monthly, token_charges
+from controlplane.usage.metering import positive
 from shared import image_budget
 from shared.jobs import WorkKind
 from shared.runners import RUNNER_HEADER, runner_of_worker
@@ -118,19 +119,19 @@ def own_output(path: str, session_id: str, interaction_id: str, folder_too: bool
         part not in ("", ".", "..") for part in path.split("/"))
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def used_tokens(interaction: InteractionRow) -> int:
     """The prompt and reply tokens the runner counted for a reply (0 for other work)."""
     usage = (interaction.metadata or {}).get("usage")
-    return sum(_count(usage.get(key)) for key in ("prompt_tokens", "completion_tokens")) if isinstance(usage, dict) else 0
+    if not isinstance(usage, dict):
+        return 0
+    return sum(positive(usage.get(key)) for key in ("prompt_tokens", "completion_tokens"))
 
 
-def _used(conn: psycopg.Connection, before: InteractionRow, finished: InteractionRow) -> metering.Used | None:
-    """What the finished job used, as the runner reported it: tokens, images and their size, and
-    the time its runner held it (from taking it to its final report)."""
+def _used(conn: psycopg.Connection, filestore: Filestore, before: InteractionRow,
+          finished: InteractionRow) -> metering.Used | None:
+    """What the finished job used, as the runner reported it: tokens, images and their size, the
+    tokens it trained on, the time its runner held it (from taking it to its final report), and the
+    bytes it left in its outputs folder."""
     session = sessions_store.get_session_any_owner(conn, finished.session_id)
     if session is None:
         return None
@@ -142,15 +143,18 @@ def _used(conn: psycopg.Connection, before: InteractionRow, finished: Interactio
     held = (finished.completed or finished.updated) - finished.scheduled if finished.scheduled else None
     return metering.Used(
         interaction_id=finished.id, stage=stage, session_id=session.id, model=session.model_name, kind=kind.value,
-        prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens")),
+        prompt_tokens=positive(usage.get("prompt_tokens")), completion_tokens=positive(usage.get("completion_tokens")),
         images=len(finished.files or []) if image else 0,
-        width=_count(metadata.get("width")) or None if image else None,
-        height=_count(metadata.get("height")) or None if image else None,
-        steps=_count(metadata.get("steps")) or None if image else None,
-        runner_seconds=max(0.0, held.total_seconds()) if held is not None else 0.0)
+        width=positive(metadata.get("width")) or None if image else None,
+        height=positive(metadata.get("height")) or None if image else None,
+        steps=positive(metadata.get("steps")) or None if image else None,
+        runner_seconds=max(0.0, held.total_seconds()) if held is not None else 0.0,
+        training_tokens=metering.trained_tokens(metadata, complete=finished.state == InteractionState.COMPLETE),
+        stored_bytes=filestore.used_bytes(UserFiles(filestore, session.owner).key(
+            f"{session_outputs(session.id)}/{finished.id}")))
 
 
-def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, current: InteractionRow,
+def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, filestore: Filestore, current: InteractionRow,
                  update: InteractionUpdate, runner_id: str) -> dict[str, Any]:
     """Applies one update of `runner_id` to the interaction that authorize() returned for it,
     still locked; once it is finished, authorize() refuses further updates with 409. Returns the
@@ -185,7 +189,7 @@ def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, current: Inte
         sessions_store.finish_finetune(conn, session_id, update.lora_dir)
     sessions_store.touch_session(conn, session_id)
     if final:
-        used = _used(conn, current, row)
+        used = _used(conn, filestore, current, row)
         if used is not None:  # before finish() lets go of the key that asked for the job
             monthly.record(conn, used, dispatcher.config, dispatcher.redis)
         for action in fair_share.finish(conn, dispatcher, interaction_id):

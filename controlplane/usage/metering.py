@@ -10,17 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
+from controlplane.config import PRICED_UNITS
 from controlplane.errors import BadRequest
 
 if TYPE_CHECKING:
     import psycopg
 
 USED = Counter("helix_usage_total", "What finished work used, by the owner's plan, kind of work and unit"
-               " (prompt_tokens, completion_tokens, images, runner_seconds); never by user", ["plan", "kind", "unit"])
+               " (prompt_tokens, completion_tokens, images, runner_seconds, training_tokens, stored_bytes);"
+               " never by user", ["plan", "kind", "unit"])
 GROUPS = ("day", "model", "key", "user")
 _GROUP_COLUMN = {"day": "to_char(date_trunc('day', recorded AT TIME ZONE 'UTC'), 'YYYY-MM-DD')", "model": "model",
                  "key": "coalesce(api_key_id, 'web')", "user": "owner"}
-UNITS = ("prompt_tokens", "completion_tokens", "images", "runner_seconds")
+UNITS = PRICED_UNITS
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
 
@@ -62,6 +64,30 @@ class Used:
     height: int | None = None
     steps: int | None = None
     runner_seconds: float = 0.0
+    training_tokens: int = 0  # a fine-tune's examples' tokens times its epochs
+    stored_bytes: int = 0     # what the job left in its owner's filestore
+
+
+def positive(value: Any) -> int:
+    """A count a runner reported: a whole number above 0, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def trained_tokens(metadata: dict[str, Any], complete: bool) -> int:
+    """The tokens a fine-tune trained on, as OpenAI counts `trained_tokens`: its examples' tokens
+    times its epochs (the trainer's start report); a run that ended early, the share of its steps
+    it took. 0 for work that trained nothing."""
+    run = metadata.get("training_run")
+    if not isinstance(run, dict):
+        return 0
+    whole = positive(run.get("train_tokens")) * positive(run.get("epochs"))
+    if complete:
+        return whole
+    total = positive(run.get("total_steps"))
+    history = metadata.get("training_history")
+    done = max((positive(p.get("step")) for p in history if isinstance(p, dict)), default=0) if isinstance(
+        history, list) else 0
+    return whole * min(done, total) // total if total else 0
 
 
 def price(prices: dict[str, dict[str, float]], model: str, kind: str, unit: str) -> float:
@@ -94,11 +120,12 @@ def record(conn: psycopg.Connection, used: Used, prices: dict[str, dict[str, flo
     Returns its owner and what it adds to their month, or None when it was recorded before."""
     row = conn.execute(
         "INSERT INTO usage_records (interaction_id, stage, owner, api_key_id, session_id, model, kind,"
-        " prompt_tokens, completion_tokens, images, width, height, steps, runner_seconds, credits, delivered)"
+        " prompt_tokens, completion_tokens, images, width, height, steps, runner_seconds, training_tokens,"
+        " stored_bytes, credits, delivered)"
         " SELECT %(interaction_id)s, %(stage)s, s.owner,"
         " (SELECT api_key_id FROM queued_work WHERE interaction_id = %(interaction_id)s), s.id, %(model)s, %(kind)s,"
         " %(prompt_tokens)s, %(completion_tokens)s, %(images)s, %(width)s, %(height)s, %(steps)s, %(runner_seconds)s,"
-        " %(credits)s, CASE WHEN %(delivered)s THEN now() END"
+        " %(training_tokens)s, %(stored_bytes)s, %(credits)s, CASE WHEN %(delivered)s THEN now() END"
         " FROM sessions s WHERE s.id = %(session_id)s"
         " ON CONFLICT (interaction_id, stage) DO NOTHING"
         " RETURNING owner, (SELECT plan FROM users WHERE id = owner) AS plan",
@@ -130,24 +157,28 @@ def used_this_month(conn: psycopg.Connection, owner: str) -> MonthUsed:
 def summary(conn: psycopg.Connection, owner: str | None, start: datetime, end: datetime,
             group_by: str) -> list[dict[str, Any]]:
     """Usage from `start` to `end` (exclusive), by `group_by` (one of GROUPS), for one owner or
-    (None) everyone; each group with its jobs, tokens, images and runner-seconds."""
+    (None) everyone; each group with its jobs, tokens, images, runner-seconds, trained tokens and
+    stored bytes."""
     column = _GROUP_COLUMN[group_by]
     mine = " AND owner = %(owner)s" if owner is not None else ""
     rows = conn.execute(
         f"SELECT {column} AS group_key, count(*) AS jobs, sum(prompt_tokens) AS prompt_tokens,"
         " sum(completion_tokens) AS completion_tokens, sum(images) AS images,"
-        " sum(runner_seconds) AS runner_seconds, sum(credits) AS credits FROM usage_records"
+        " sum(runner_seconds) AS runner_seconds, sum(training_tokens) AS training_tokens,"
+        " sum(stored_bytes) AS stored_bytes, sum(credits) AS credits FROM usage_records"
         f" WHERE recorded >= %(start)s AND recorded < %(end)s{mine} GROUP BY 1 ORDER BY 1",
         {"owner": owner, "start": start, "end": end}).fetchall()
     return [{group_by: r["group_key"], "jobs": r["jobs"], "prompt_tokens": int(r["prompt_tokens"]),
              "completion_tokens": int(r["completion_tokens"]),
              "total_tokens": int(r["prompt_tokens"]) + int(r["completion_tokens"]), "images": int(r["images"]),
-             "runner_seconds": round(float(r["runner_seconds"]), 3), "credits": round(float(r["credits"]), 6)}
+             "runner_seconds": round(float(r["runner_seconds"]), 3), "training_tokens": int(r["training_tokens"]),
+             "stored_bytes": int(r["stored_bytes"]), "credits": round(float(r["credits"]), 6)}
             for r in rows]
 
 
 def totals(groups: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("jobs", "prompt_tokens", "completion_tokens", "total_tokens", "images", "runner_seconds", "credits")
+    keys = ("jobs", "prompt_tokens", "completion_tokens", "total_tokens", "images", "runner_seconds",
+            "training_tokens", "stored_bytes", "credits")
     out = {k: sum(g[k] for g in groups) for k in keys}
     out["runner_seconds"], out["credits"] = round(out["runner_seconds"], 3), round(out["credits"], 6)
     return out

@@ -39,7 +39,8 @@ def record_view(row: dict[str, Any]) -> dict[str, Any]:
             "interaction_id": row["interaction_id"], "model": row["model"], "kind": row["kind"],
             "prompt_tokens": row["prompt_tokens"], "completion_tokens": row["completion_tokens"],
             "images": row["images"], "width": row["width"], "height": row["height"], "steps": row["steps"],
-            "runner_seconds": row["runner_seconds"], "credits": row["credits"],
+            "runner_seconds": row["runner_seconds"], "training_tokens": row["training_tokens"],
+            "stored_bytes": row["stored_bytes"], "credits": row["credits"],
             "recorded": row["recorded"].isoformat()}
 
 

@@ -15,8 +15,9 @@
       ], { xLabel: "day of the last 30", yLabel: "tokens", title: "Tokens by day" }));
       const body = document.querySelector("#usage-days tbody");
       body.replaceChildren(...(u.data.length ? u.data.map((d) => el("tr", {}, [d.day, d.jobs, d.prompt_tokens,
-        d.completion_tokens, d.images, d.runner_seconds, d.credits].map((c) => el("td", { text: String(c) }))))
-        : [el("tr", {}, el("td", { colspan: 7, text: "No finished work in these 30 days." }))]));
+        d.completion_tokens, d.images, d.runner_seconds, d.training_tokens, d.stored_bytes, d.credits]
+        .map((c) => el("td", { text: String(c) }))))
+        : [el("tr", {}, el("td", { colspan: 9, text: "No finished work in these 30 days." }))]));
       const m = u.month, warning = document.getElementById("credits-warning");
       if (m.warning) {
         warning.textContent = `You have used ${m.credits.toFixed(2)} of your plan's ${m.monthly_credits} credits this month:`
@@ -24,7 +25,10 @@
         warning.hidden = false;
       }
       const t = u.totals;
-      status.textContent = `${t.jobs} jobs: ${t.total_tokens} tokens, ${t.images} images, ${t.runner_seconds} runner seconds.`;
+      status.textContent = `${t.jobs} jobs: ${t.total_tokens} tokens, ${t.images} images,`
+        + ` ${t.runner_seconds} runner seconds, ${t.training_tokens} trained tokens, ${t.stored_bytes} bytes stored.`
+        + ` Your files take ${u.storage.used_bytes} bytes`
+        + (u.storage.storage_bytes ? ` of your plan's ${u.storage.storage_bytes}.` : ".");
     } catch (err) {
       status.textContent = `Could not load your usage: ${err.message}`;
     }
