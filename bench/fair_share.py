@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import requests
 
@@ -29,8 +30,15 @@ def _reply(http: requests.Session, url: str, key: str, session_id: str) -> dict:
     return r.json()["interactions"][-1]
 
 
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 1)
+
+
 def _timed_chat(http: requests.Session, url: str, key: str, tokens: int, timeout: float) -> tuple[float, dict]:
-    """Seconds from POST to a final reply, and what the reply said while it waited."""
+    """Seconds from POST to a final reply, and what the reply said while it waited (with the
+    seconds it waited for a worker and ran on one, from its own timestamps)."""
     started = time.perf_counter()
     session_id = _post(http, url, key, "Tell me about the sea, in a few words.", tokens)
     first = _reply(http, url, key, session_id)
@@ -39,6 +47,8 @@ def _timed_chat(http: requests.Session, url: str, key: str, tokens: int, timeout
         if reply["finished"]:
             if reply["state"] != "complete":
                 raise RuntimeError(f"the timed chat failed: {reply.get('error')}")
+            first["waited_s"] = _seconds_between(reply["created"], reply["scheduled"])
+            first["ran_s"] = _seconds_between(reply["scheduled"], reply["completed"])
             return time.perf_counter() - started, first
         if time.perf_counter() - started > timeout:
             raise TimeoutError(f"the timed chat was not answered in {timeout:.0f} s")
@@ -70,7 +80,8 @@ def measure(stack: BenchStack, figure: Figure, *, backlog: int, tokens: int, rep
         backlog_ids = [_post(http, url, hog, f"Count to {n}.", tokens) for n in range(backlog)]
         seconds, first = _timed_chat(http, url, other, tokens, 1200)
         behind.append(seconds)
-        waited_as.append(first.get("waiting_reason") or first.get("state"))
+        waited_as.append({"said": first.get("waiting_reason") or first.get("state"),
+                          "waited_s": first["waited_s"], "ran_s": first["ran_s"]})
         _cancel_all(http, url, hog, backlog_ids)
     figure.platform = spread(behind, "s behind the backlog")
     figure.baseline = spread(alone, "s alone")

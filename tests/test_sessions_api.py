@@ -181,7 +181,8 @@ def test_api_keys_create_list_delete(client, user):
     assert new_key.startswith("hl-") and r.json["name"] == "laptop"
     listed = client.get("/api/v1/api_keys", headers=user.headers).json
     assert {k["name"] for k in listed} == {"test", "laptop"}
-    assert all("key" not in k for k in listed)  # keys are shown once, stored only as digests
+    # Keys are shown once, stored only as digests: a listed item's `key` (Helix's field) is its hint.
+    assert all(k["key"] == k["hint"] and "…" in k["key"] and k["owner_type"] == "user" for k in listed)
     other = {"Authorization": f"Bearer {new_key}"}
     assert client.get("/api/v1/sessions", headers=other).status_code == 200
     assert client.delete(f"/api/v1/api_keys?key={new_key}", headers=user.headers).status_code == 200

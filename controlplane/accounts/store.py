@@ -108,6 +108,12 @@ def list_api_keys(conn: psycopg.Connection, owner: str) -> list[dict[str, Any]]:
     ).fetchall()
 
 
+def own_api_key(conn: psycopg.Connection, owner: str, key: str) -> dict[str, Any] | None:
+    """The owner's key whose secret is `key` (None for anyone else's, or none)."""
+    return conn.execute("SELECT id, owner, name, hint, created FROM api_keys WHERE owner = %s AND digest = %s",
+                        (owner, digest(key))).fetchone()
+
+
 def rename_api_key(conn: psycopg.Connection, owner: str, key_id: str, name: str) -> dict[str, Any] | None:
     return conn.execute(
         "UPDATE api_keys SET name = %s WHERE owner = %s AND id = %s RETURNING id, owner, name, hint, created",

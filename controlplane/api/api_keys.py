@@ -1,4 +1,4 @@
-"""A user's API keys: list, create (the key is shown once), rename, delete."""
+"""A user's API keys: list, create (the key is shown once), check, rename, delete."""
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
@@ -31,10 +31,26 @@ def list_keys():
 @bp.post("")
 @require_user
 def create_key():
-    name = read_form(KeyName, request_fields()).name.strip() or "api key"
+    """The name comes in the body, or in the query string as Helix's client sends it; Helix's
+    client (`?name=`) is answered as Helix did, with the key alone as a JSON string."""
+    helix_client = "name" in request.args
+    name = read_form(KeyName, request.args.to_dict() if helix_client else request_fields()).name.strip() or "api key"
     with db.transaction() as conn:
         row, key = accounts.create_api_key(conn, g.user["id"], name)
-    return jsonify(api_key_view(row, key)), 201
+    return jsonify(key if helix_client else api_key_view(row, key)), 201
+
+
+@bp.get("/check")
+@require_user
+def check_key():
+    """Helix's check: the caller's key as an item, or null where it is not one of theirs (Helix
+    said whose any key was; here nobody learns of another user's keys)."""
+    key = request.args.get("key") or ""
+    if not key:
+        raise BadRequest("name the key to check: ?key=<key>")
+    with db.transaction() as conn:
+        row = accounts.own_api_key(conn, g.user["id"], key)
+    return jsonify(api_key_view(row, key) if row else None)
 
 
 @bp.patch("")

@@ -1,4 +1,6 @@
-"""Helix's filestore routes, confined to the caller's own root."""
+"""Helix's filestore routes, confined to the caller's own root. Paths are relative to that root
+(Helix's `user_prefix` is so empty); its `sessions/` folder, where sessions keep their documents
+and outputs, is read only here, as Helix's filestore config says: a session's files go with it."""
 from __future__ import annotations
 
 import mimetypes
@@ -7,19 +9,43 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.sessions import sharing
+from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import iso_time
+from controlplane.storage import db
 from controlplane.storage.filestore import FileInfo, UserFiles, user_path
 from controlplane.usage import storage_quota
 
 bp = Blueprint("filestore", __name__, url_prefix="/api/v1/filestore")
+READ_ONLY_FOLDERS = ("sessions",)
 
 
 def _files() -> UserFiles:
     return UserFiles(current_app.extensions["filestore"], g.user["id"])
 
 
+def _readable_files(path: str) -> UserFiles:
+    """Where `path` is read from: the caller's own root, or, for a file of another user's session
+    that the caller may read (shared, or the caller an admin: sessions/sharing.py), its owner's."""
+    parts = path.split("/")
+    if len(parts) > 2 and parts[0] == "sessions":
+        with db.read() as conn:
+            session = sessions_store.get_session_any_owner(conn, parts[1])
+        if session is not None and session.owner != g.user["id"] and sharing.may_read(g.user, session):
+            return UserFiles(current_app.extensions["filestore"], session.owner)
+    return _files()
+
+
 def _path(raw: str | None, allow_root: bool = True) -> str:
     return user_path(raw, max_name_bytes=current_app.config["HELIX"].max_name_bytes, allow_root=allow_root)
+
+
+def _writable(*paths: str) -> None:
+    for path in paths:
+        top = path.split("/", 1)[0]
+        if top in READ_ONLY_FOLDERS:
+            raise BadRequest(f"'{top}/' holds your sessions' documents and outputs and is read only here:"
+                             " delete the session to remove its files")
 
 
 def file_view(files: UserFiles, info: FileInfo) -> dict:
@@ -27,6 +53,13 @@ def file_view(files: UserFiles, info: FileInfo) -> dict:
     return {"name": info.name, "path": info.path, "directory": info.directory, "size": info.size,
             "created": iso_time(info.created),
             "url": None if info.directory else url_for("filestore.viewer", path=info.path)}
+
+
+@bp.get("/config")
+@require_user
+def filestore_config():
+    """Helix's FilestoreConfig: paths here are relative to the caller's root already."""
+    return jsonify(user_prefix="", folders=[{"name": name, "readonly": True} for name in READ_ONLY_FOLDERS])
 
 
 @bp.get("/list")
@@ -40,16 +73,16 @@ def list_files():
 @bp.get("/get")
 @require_user
 def get_file():
-    files = _files()
     path = _path(request.args.get("path"), allow_root=False)
+    files = _readable_files(path)
     return jsonify(file_view(files, files.stat(path)))
 
 
 @bp.get("/viewer/<path:path>")
 @require_user
 def viewer(path: str):
-    files = _files()
     path = _path(path, allow_root=False)
+    files = _readable_files(path)
     info = files.stat(path)
     if info.directory:
         raise BadRequest("path is a folder")
@@ -77,6 +110,7 @@ def upload():
         if "/" in name:
             raise BadRequest("file names must not contain '/'")
         targets.append(f"{folder}/{name}" if folder else name)
+    _writable(*targets)
     new = _check_targets(files, folder, targets)
     saved, written = [], []
     try:
@@ -129,6 +163,7 @@ def _stat(files: UserFiles, path: str) -> FileInfo | None:
 def folder():
     files = _files()
     path = _path(request.args.get("path"), allow_root=False)
+    _writable(path)
     return jsonify(file_view(files, files.mkdir(path))), 201
 
 
@@ -138,6 +173,7 @@ def rename():
     files = _files()
     path = _path(request.args.get("path"), allow_root=False)
     new_path = _path(request.args.get("new_path"), allow_root=False)
+    _writable(path, new_path)
     if new_path == path or new_path.startswith(path + "/"):
         raise BadRequest("new_path must not be the path itself or inside it")
     return jsonify(file_view(files, files.rename(path, new_path)))
@@ -148,5 +184,6 @@ def rename():
 def delete():
     files = _files()
     path = _path(request.args.get("path"), allow_root=False)
+    _writable(path)
     files.delete(path)
     return jsonify(deleted=path)

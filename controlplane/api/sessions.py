@@ -5,17 +5,17 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from controlplane import metrics
 from controlplane.accounts.auth import require_user
-from controlplane.errors import NotFound
+from controlplane.errors import BadRequest, NotFound
 from controlplane.finetune.image_input import ImageFinetuneForm
 from controlplane.finetune.text_input import TextFinetuneForm
 from controlplane.fleet import scheduling
 from controlplane.http import event_stream
 from controlplane.http.fields import optional_int, text_field
 from controlplane.http.forms import read_form, read_request, request_fields
-from controlplane.sessions import events
+from controlplane.sessions import events, sharing
 from controlplane.sessions import store as sessions_store
-from controlplane.sessions.input import ContinueChat, NewSession, SessionKind
-from controlplane.sessions.views import session_view
+from controlplane.sessions.input import ContinueChat, NewSession, SessionKind, SessionMeta, SessionSettings
+from controlplane.sessions.views import helix_config, session_summary, session_view
 from controlplane.storage import db
 from controlplane.storage.rows import SessionWithInteractions
 from controlplane.usage import admission, storage_quota
@@ -72,8 +72,9 @@ def list_sessions():
 
 
 def _full_view(conn, session_id: str) -> dict:
-    """The session as GET shows it: pairs listed, and a queued interaction's place and reason."""
-    session, interactions = _session_or_404(conn, session_id)
+    """The session as GET shows it: pairs listed, and a queued interaction's place and reason;
+    to its owner, and read only to anyone signed in where it is shared, and to admins."""
+    session, interactions = sharing.readable_session(conn, g.user, session_id)
     return scheduling.annotate(conn, current_app.extensions["redis"], current_app.config["HELIX"],
                                session_view(session, interactions), session, interactions)
 
@@ -92,9 +93,47 @@ def get_session(session_id: str):
     with db.read() as conn:
         view = _full_view(conn, session_id)
     response = jsonify(view)
-    if not scheduling.waits_in_queue(view):  # a queue position changes with no write to announce it
+    # Kept for the owner alone (a reader's right to it ends when the owner stops sharing), and
+    # not while a queue position changes with no write to announce it.
+    if view["owner"] == g.user["id"] and not scheduling.waits_in_queue(view):
         cache.put(session_id, g.user["id"], response.get_data(), mark)
     return response
+
+
+@bp.get("/<session_id>/summary")
+@require_user
+def get_session_summary(session_id: str):
+    """Helix's SessionSummary of one session, as the session list shows each."""
+    with db.read() as conn:
+        return jsonify(session_summary(*sharing.readable_session(conn, g.user, session_id)))
+
+
+@bp.put("/<session_id>/meta")
+@require_user
+def rename_session(session_id: str):
+    """Helix's rename: a SessionMetaUpdate; answers the session."""
+    meta = read_request(SessionMeta)
+    if meta.id and meta.id != session_id:
+        raise BadRequest(f"'id' must be this session's, {session_id}, or left out")
+    if (meta.owner and meta.owner != g.user["id"]) or meta.owner_type not in ("", "user"):
+        raise BadRequest("'owner' and 'owner_type' must be yours (a session cannot be given away), or left out")
+    with db.transaction() as conn:
+        if sessions_store.rename_session(conn, session_id, g.user["id"], meta.name.strip()) is None:
+            raise NotFound("session not found")
+        return jsonify(session_view(*_session_or_404(conn, session_id)))
+
+
+@bp.put("/<session_id>/config")
+@require_user
+def update_session_config(session_id: str):
+    """Helix's session settings (SessionMetadata): its owner shares it, or sets its avatar and
+    priority (kept and shown; priority changes no one's place in the queues). Answers them all."""
+    changes = read_request(SessionSettings).changes()
+    with db.transaction() as conn:
+        row = sessions_store.update_session_config(conn, session_id, g.user["id"], changes)
+    if row is None:
+        raise NotFound("session not found")
+    return jsonify(helix_config(row))
 
 
 @bp.post("/<session_id>/cancel")

@@ -1,6 +1,7 @@
 """GET /api/v1/usage: what the caller's finished work used (metering), by day, model or key, with
 their plan and its limits beside it, and their credits this month against the plan's (a warning
-from 80%), and the bytes their files take now against the plan's. An admin may ask for everyone's with `all=true` (and group it by user)."""
+from 80%), and the bytes their files take now against the plan's. An admin may ask for
+everyone's with `all=true` (and group it by user)."""
 from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request

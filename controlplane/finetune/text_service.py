@@ -14,7 +14,7 @@ from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.finetune import store as finetune_store
 from controlplane.finetune.text_input import DocumentsForm, TextFinetuneForm, check_archive, document_name, parse_pairs
 from controlplane.fleet.dispatch import Dispatcher
-from controlplane.sessions import events, fair_share
+from controlplane.sessions import events, fair_share, sharing
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
@@ -229,7 +229,8 @@ class FinetuneService:
         clone = sessions_store.insert_session(
             conn, owner=user["id"], mode=SessionMode.INFERENCE if mode == "all" else SessionMode.FINETUNE,
             type=session.type, model_name=session.model_name, name=f"{session.name} (clone)"[:200],
-            config=session.config, parent_session=session_id, lora_dir=new_lora, session_id=new_id)
+            config=sharing.cloned_config(session.config, source.id), parent_session=session_id, lora_dir=new_lora,
+            session_id=new_id)
         user_turn = sessions_store.insert_interaction(
             conn, session_id=new_id, creator=Creator.USER, mode=SessionMode.FINETUNE,
             message=documents.message if documents else "", state=InteractionState.COMPLETE,

@@ -91,3 +91,29 @@ class HelixChat(BaseModel):
     def openai_messages(self) -> list[dict[str, Any]]:
         system = [{"role": "system", "content": self.system}] if self.system else []
         return system + [m.as_openai() for m in self.messages]
+
+
+class SessionMeta(Form):
+    """PUT /api/v1/sessions/{id}/meta, Helix's SessionMetaUpdate: the session's new name. Its `id`,
+    `owner` and `owner_type`, where sent, must be the session's own: a session is never given away."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=False)
+    name: Text = Field(min_length=1, max_length=200, description="the session's new name (1 to 200 characters)")
+    id: Text = Field("", max_length=200)
+    owner: Text = Field("", max_length=200)
+    owner_type: Text = Field("", max_length=20)
+
+
+class SessionSettings(Form):
+    """PUT /api/v1/sessions/{id}/config, Helix's SessionMetadata: what its owner may set. Helix's
+    client sends the whole object back; the keys this platform derives (original_mode, origin,
+    document_ids, document_group_id, manually_review_questions, system_prompt, helix_version) are
+    read from where they live and left as they are."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=False)
+    shared: bool | None = None
+    avatar: Text | None = Field(None, max_length=2000)
+    priority: bool | None = None
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)

@@ -3,6 +3,7 @@ session simply does not exist for the caller."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
@@ -82,14 +83,15 @@ def get_interactions(conn: psycopg.Connection, session_id: str) -> list[Interact
 
 
 def get_session_with_interactions(conn: psycopg.Connection, session_id: str,
-                                  owner: str) -> tuple[SessionRow, list[InteractionRow]] | None:
+                                  owner: str | None) -> tuple[SessionRow, list[InteractionRow]] | None:
     """The session with its interactions (and a fine-tune's pairs), in one round trip on indexed
-    lookups: what the session's JSON shows."""
+    lookups: what the session's JSON shows. `owner` None: whoever owns it (see sessions/sharing.py)."""
+    mine = " AND s.owner = %s" if owner is not None else ""
     row = conn.execute(
         f"SELECT s.*, coalesce((SELECT json_agg(i ORDER BY i.seq) FROM"
         f" (SELECT {INTERACTION_COLUMNS}, {_QA_PAIRS} FROM interactions WHERE session_id = s.id) i),"
-        f" '[]'::json) AS interactions FROM sessions s WHERE s.id = %s AND s.owner = %s",
-        (session_id, owner),
+        f" '[]'::json) AS interactions FROM sessions s WHERE s.id = %s{mine}",
+        (session_id, owner) if owner is not None else (session_id,),
     ).fetchone()
     if row is None:
         return None
@@ -114,6 +116,18 @@ def list_sessions(conn: psycopg.Connection, owner: str, offset: int, limit: int,
 
 def delete_session(conn: psycopg.Connection, session_id: str, owner: str) -> SessionRow | None:
     return one_session(conn, "DELETE FROM sessions WHERE id = %s AND owner = %s RETURNING *", (session_id, owner))
+
+
+def rename_session(conn: psycopg.Connection, session_id: str, owner: str, name: str) -> SessionRow | None:
+    return one_session(conn, "UPDATE sessions SET name = %s, updated = now() WHERE id = %s AND owner = %s"
+                       " RETURNING *", (name, session_id, owner))
+
+
+def update_session_config(conn: psycopg.Connection, session_id: str, owner: str,
+                          changes: dict[str, Any]) -> SessionRow | None:
+    """Merges `changes` into the session's config (top-level keys replaced)."""
+    return one_session(conn, "UPDATE sessions SET config = config || %s, updated = now() WHERE id = %s AND owner = %s"
+                       " RETURNING *", (Jsonb(changes), session_id, owner))
 
 
 def touch_session(conn: psycopg.Connection, session_id: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from controlplane.storage.rows import INTERACTION_FIELDS, SESSION_FIELDS, InteractionRow, SessionRow
@@ -22,17 +23,68 @@ def interaction_view(row: InteractionRow) -> dict[str, Any]:
     return view
 
 
+def _platform_version() -> str:
+    try:
+        return version("helix-platform")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0.0.0"
+
+
+PLATFORM_VERSION = _platform_version()
+
+
+def helix_config(row: SessionRow) -> dict[str, Any]:
+    """Helix's session `config` keys (its SessionMetadata), read from where this platform keeps
+    them: the owner's settings (shared, avatar, priority), the fine-tune's options, the chat's
+    system prompt, and the session it was cloned from."""
+    config = row.config or {}
+    finetune = config.get("finetune") or {}
+    return {
+        "original_mode": "finetune" if finetune or config.get("openai_job") else row.mode,
+        "origin": {"type": "cloned" if row.parent_session else "user_created",
+                   "cloned_session_id": row.parent_session or "",
+                   "cloned_interaction_id": config.get("cloned_interaction_id", "")},
+        "shared": bool(config.get("shared", False)),
+        "avatar": config.get("avatar", ""),
+        "priority": bool(config.get("priority", False)),
+        "document_ids": config.get("document_ids", {}),
+        "document_group_id": config.get("document_group_id", ""),
+        "manually_review_questions": bool(finetune.get("manually_review_questions", False)),
+        "system_prompt": (config.get("text") or {}).get("system_prompt", ""),
+        "helix_version": PLATFORM_VERSION,
+    }
+
+
 def session_view(row: SessionRow, interactions: list[InteractionRow]) -> dict[str, Any]:
     view = {k: getattr(row, k) for k in SESSION_FIELDS}
+    view["config"] = {**(row.config or {}), **helix_config(row)}
     view["created"] = iso_time(row.created)
     view["updated"] = iso_time(row.updated)
     view["interactions"] = [interaction_view(i) for i in interactions]
     return view
 
 
+def session_summary(row: SessionRow, interactions: list[InteractionRow]) -> dict[str, Any]:
+    """Helix's SessionSummary: the session as its list shows it, timed by its last system turn;
+    `summary` is the first prompt of a chat, or what a fine-tune learns from."""
+    system = next((i for i in reversed(interactions) if i.creator == "system"), None)
+    user = next((i for i in interactions if i.creator == "user"), None)
+    if row.mode == "finetune" or helix_config(row)["original_mode"] == "finetune":
+        summary = f"fine tuning on {len(user.files) if user else 0} files"
+    else:
+        summary = user.message if user else ""
+    return {"session_id": row.id, "name": row.name, "interaction_id": system.id if system else "",
+            "mode": row.mode, "type": row.type, "model_name": row.model_name, "owner": row.owner,
+            "lora_dir": row.lora_dir, "summary": summary, "priority": helix_config(row)["priority"],
+            "created": iso_time(system.created if system else row.created),
+            "updated": iso_time(system.updated if system else row.updated),
+            "scheduled": iso_time(system.scheduled if system else None),
+            "completed": iso_time(system.completed if system else None)}
+
+
 def api_key_view(row: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-    view = {"id": row["id"], "name": row["name"], "hint": row["hint"], "owner": row["owner"],
-            "created": iso_time(row["created"])}
-    if key is not None:
-        view["key"] = key
-    return view
+    """Helix's ApiKey (owner, owner_type, key, name) and ours beside it. Keys are stored as
+    digests: `key` is the whole key only where the caller has it (made just now, or checked), else
+    its hint, the few characters kept to tell keys apart."""
+    return {"id": row["id"], "name": row["name"], "hint": row["hint"], "owner": row["owner"], "owner_type": "user",
+            "key": key if key is not None else row["hint"], "created": iso_time(row["created"])}
