@@ -103,6 +103,11 @@ def test_rename_and_summary(client, user, make_user):
     finetune = _finetune(client, user)
     assert client.get(f"/api/v1/sessions/{finetune['id']}/summary",
                       headers=user.headers).json["summary"] == "fine tuning on 1 files"
+    # The session list: Helix's summaries (the session's own fields beside them), and its counter.
+    listed = client.get("/api/v1/sessions", headers=user.headers).json
+    assert listed["counter"] == {"count": 2}
+    assert [s["summary"] for s in listed["sessions"]] == ["fine tuning on 1 files", "What is the Zorblat Library?"]
+    assert summary.items() <= listed["sessions"][1].items() and listed["sessions"][1]["id"] == sid
     assert client.get(f"/api/v1/sessions/{sid}/summary", headers=stranger.headers).status_code == 404
 
 

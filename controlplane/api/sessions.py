@@ -15,7 +15,7 @@ from controlplane.http.forms import read_form, read_request, request_fields
 from controlplane.sessions import events, sharing
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.input import ContinueChat, NewSession, SessionKind, SessionMeta, SessionSettings
-from controlplane.sessions.views import helix_config, session_summary, session_view
+from controlplane.sessions.views import helix_config, session_summary, session_view, summary_of
 from controlplane.storage import db
 from controlplane.storage.rows import SessionWithInteractions
 from controlplane.usage import admission, storage_quota
@@ -65,10 +65,11 @@ def list_sessions():
     limit = optional_int(request.args, "limit", 1, 1000) or 50
     search = text_field(request.args, "q", 200).strip()
     with db.transaction() as conn:
-        rows, total = sessions_store.list_sessions(conn, g.user["id"], offset, limit, search)
-    # `counter` is Helix's spelling of the total; `total_count` the plainer one.
-    return jsonify(sessions=[session_view(r, []) for r in rows], offset=offset, limit=limit,
-                   total_count=total, counter={"count": total})
+        ends, total = sessions_store.list_session_ends(conn, g.user["id"], offset, limit, search)
+    # Each item is Helix's SessionSummary with the session's own fields beside it; `counter` is
+    # Helix's spelling of the total, `total_count` the plainer one.
+    return jsonify(sessions=[{**session_view(row, []), **summary_of(row, user, system)} for row, user, system in ends],
+                   offset=offset, limit=limit, total_count=total, counter={"count": total})
 
 
 def _full_view(conn, session_id: str) -> dict:

@@ -99,19 +99,51 @@ def get_session_with_interactions(conn: psycopg.Connection, session_id: str,
     return SessionRow(**row), [InteractionRow.from_json(i) for i in interactions]
 
 
-def list_sessions(conn: psycopg.Connection, owner: str, offset: int, limit: int,
-                  search: str = "") -> tuple[list[SessionRow], int]:
-    """The owner's sessions, newest first; `search` keeps those whose name or id holds it (any case)."""
+def _owned_matching(owner: str, search: str) -> tuple[str, list[str]]:
+    """The WHERE clause of the owner's sessions whose name or id holds `search` (any case)."""
     where, params = "owner = %s", [owner]
     if search:
         pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         where += " AND (name ILIKE %s OR id ILIKE %s)"
         params += [pattern, pattern]
+    return where, params
+
+
+def list_sessions(conn: psycopg.Connection, owner: str, offset: int, limit: int,
+                  search: str = "") -> tuple[list[SessionRow], int]:
+    """The owner's sessions, newest first; `search` keeps those whose name or id holds it (any case)."""
+    where, params = _owned_matching(owner, search)
     with conn.cursor(row_factory=class_row(SessionRow)) as cur:
         rows = cur.execute(f"SELECT * FROM sessions WHERE {where} ORDER BY created DESC, id LIMIT %s OFFSET %s",
                            (*params, limit, offset)).fetchall()
     total = conn.execute(f"SELECT count(*) AS n FROM sessions WHERE {where}", params).fetchone()["n"]
     return rows, total
+
+
+SessionEnds = tuple[SessionRow, InteractionRow | None, InteractionRow | None]
+
+
+def _one_turn(creator: str, order: str) -> str:
+    return (f"(SELECT row_to_json(i) FROM (SELECT {INTERACTION_COLUMNS} FROM interactions"
+            f" WHERE session_id = s.id AND creator = '{creator}' ORDER BY seq {order} LIMIT 1) i)")
+
+
+def list_session_ends(conn: psycopg.Connection, owner: str, offset: int, limit: int,
+                      search: str = "") -> tuple[list[SessionEnds], int]:
+    """list_sessions, each session with its first user turn and its last system turn (what
+    Helix's session summaries are made of), in one query."""
+    where, params = _owned_matching(owner, search)
+    rows = conn.execute(
+        f"SELECT s.*, {_one_turn('user', 'ASC')} AS first_user, {_one_turn('system', 'DESC')} AS last_system"
+        f" FROM sessions s WHERE {where} ORDER BY created DESC, id LIMIT %s OFFSET %s",
+        (*params, limit, offset)).fetchall()
+    total = conn.execute(f"SELECT count(*) AS n FROM sessions WHERE {where}", params).fetchone()["n"]
+    ends = []
+    for row in rows:
+        first_user, last_system = row.pop("first_user"), row.pop("last_system")
+        ends.append((SessionRow(**row), InteractionRow.from_json(first_user) if first_user else None,
+                     InteractionRow.from_json(last_system) if last_system else None))
+    return ends, total
 
 
 def delete_session(conn: psycopg.Connection, session_id: str, owner: str) -> SessionRow | None:

@@ -67,8 +67,12 @@ def session_view(row: SessionRow, interactions: list[InteractionRow]) -> dict[st
 def session_summary(row: SessionRow, interactions: list[InteractionRow]) -> dict[str, Any]:
     """Helix's SessionSummary: the session as its list shows it, timed by its last system turn;
     `summary` is the first prompt of a chat, or what a fine-tune learns from."""
-    system = next((i for i in reversed(interactions) if i.creator == "system"), None)
-    user = next((i for i in interactions if i.creator == "user"), None)
+    return summary_of(row, next((i for i in interactions if i.creator == "user"), None),
+                      next((i for i in reversed(interactions) if i.creator == "system"), None))
+
+
+def summary_of(row: SessionRow, user: InteractionRow | None, system: InteractionRow | None) -> dict[str, Any]:
+    """session_summary from the session's first user turn and last system turn alone."""
     if row.mode == "finetune" or helix_config(row)["original_mode"] == "finetune":
         summary = f"fine tuning on {len(user.files) if user else 0} files"
     else:
