@@ -76,12 +76,17 @@ def test_reference_flow_fine_tunes_and_chats_with_the_adapter(live_server, real_
     assert "finetune" in seen
 
     # Both files read, every chunk accounted for, the pairs listed in the session.
-    chunks = final["data_prep_chunks"]
+    chunks = final["data_prep_files"]
     assert set(chunks) == {"textfile-1.txt", "textfile-2.txt"}
     assert all(not c["error"] for c in chunks.values())
     pairs = final["qa_pairs"]
     assert pairs and all(p["question"].endswith("?") and p["answer"] for p in pairs)
     assert sum(ch["question_count"] for c in chunks.values() for ch in c["chunks"]) == len(pairs)
+    # Helix's own shape of the same: each file's chunks as {index, question_count, error}.
+    helix = final["data_prep_chunks"]
+    assert set(helix) == set(chunks) and all(set(ch) == {"index", "question_count", "error"}
+                                              for c in helix.values() for ch in c)
+    assert sum(ch["question_count"] for c in helix.values() for ch in c) == len(pairs)
     summary = final["metadata"]["dataprep"]
     assert summary["pairs"] == len(pairs) and summary["files"] == 2 and summary["chunks_failed"] == 0
     assert set(summary["dropped"]) >= {"junk", "duplicate", "off_topic", "round_trip", "over_cap"}
@@ -146,7 +151,7 @@ def test_the_fine_tuned_model_knows_invented_facts_the_base_model_does_not(live_
     final = _system(session)
     assert final["state"] == "complete", final
     evaluation = final["metadata"]["evaluation"]
-    print("invented facts:", len(final["qa_pairs"]), "pairs;", final["data_prep_chunks"]["zorblat.txt"]["chunks"],
+    print("invented facts:", len(final["qa_pairs"]), "pairs;", final["data_prep_files"]["zorblat.txt"]["chunks"],
           "evaluation", evaluation["before"], "->", evaluation["after"])
     assert evaluation["after"]["token_f1"] > evaluation["before"]["token_f1"]
     assert evaluation["after"]["rouge_l"] > evaluation["before"]["rouge_l"]

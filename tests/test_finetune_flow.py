@@ -68,7 +68,7 @@ def test_review_edit_start_train_and_chat_through_the_adapter(live_server, runne
     # The tiny model's questions are noise: the filters drop them, and the review still opens so
     # the reviewer can write pairs. Each bad file failed early, by name, with what was wrong.
     assert system["state"] == "editing" and system["data_prep_stage"] == "edit_questions", system
-    chunks = system["data_prep_chunks"]
+    chunks = system["data_prep_files"]
     assert "empty" in chunks["empty.txt"]["error"]
     assert "binary" in chunks["binary.txt"]["error"]
     assert "no text layer" in chunks["scan.pdf"]["error"]
@@ -198,7 +198,7 @@ def test_clone_and_add_documents(live_server, runner, live_user):
     assert again.status_code == 409  # one run at a time
     s = _until_review(live_server, live_user, sid)
     newest = _system(s)
-    assert newest["id"] != system["id"] and set(newest["data_prep_chunks"]) == {"more.md"}
+    assert newest["id"] != system["id"] and set(newest["data_prep_files"]) == {"more.md"}
     requests.post(f"{base}/start", headers=live_user.headers).raise_for_status()
     s = wait_for_session(live_server, live_user, sid, timeout=300, until=lambda x: _system(x)["finished"])
     newest = _system(s)
@@ -216,7 +216,7 @@ def test_retry_runs_the_failed_chunks_again_and_leaves_done_ones(live_server, ru
                                          ("zorblat.txt", DOCUMENT.encode())])
     sid = s["id"]
     system = _system(_until_review(live_server, live_user, sid))
-    chunks = system["data_prep_chunks"]
+    chunks = system["data_prep_files"]
     assert [c["state"] for c in chunks["headings.md"]["chunks"]] == ["done"]
     assert [c["state"] for c in chunks["zorblat.txt"]["chunks"]] == ["error"]
     assert "failed" in system["status"] and "retry" in system["status"]
@@ -225,6 +225,6 @@ def test_retry_runs_the_failed_chunks_again_and_leaves_done_ones(live_server, ru
     assert _system(r.json())["data_prep_stage"] == "generate_questions"
     system = _system(wait_for_session(live_server, live_user, sid, timeout=120,
                                       until=lambda x: _system(x)["state"] == "editing"))
-    chunks = system["data_prep_chunks"]
+    chunks = system["data_prep_files"]
     assert chunks["headings.md"]["chunks"][0]["attempts"] == 1
     assert chunks["zorblat.txt"]["chunks"][0]["attempts"] == 2

@@ -66,7 +66,7 @@ def test_a_document_over_the_characters_limit_is_cut_and_its_neighbour_goes_on(l
                                until=lambda s: _system(s)["state"] in ("editing", "error"))
     system = _system(session)
     assert system["state"] == "editing", system["error"]
-    cut, facts = system["data_prep_chunks"]["big.txt"], system["data_prep_chunks"]["facts.txt"]
+    cut, facts = system["data_prep_files"]["big.txt"], system["data_prep_files"]["facts.txt"]
     assert RUNNER_MAX_CHARS - 20 <= cut["chars"] <= RUNNER_MAX_CHARS and len(cut["chunks"]) > 1
     assert f"cut at {RUNNER_MAX_CHARS} characters" in cut["error"]
     assert "HELIX_DATAPREP_MAX_DOCUMENT_CHARS" in cut["error"]
@@ -118,7 +118,7 @@ def test_cancel_stops_reading_and_chunking_within_seconds(live_server, runner, l
     took = time.monotonic() - started
     turn = _system(requests.get(f"{live_server}/api/v1/sessions/{sid}", headers=live_user.headers, timeout=10).json())
     assert (turn["state"], turn["status"]) == ("error", "cancelled")
-    assert "long.txt" not in turn["data_prep_chunks"], "stopped only after chunking the whole document"
+    assert "long.txt" not in turn["data_prep_files"], "stopped only after chunking the whole document"
     assert took < 5, f"the runner stopped {took:.1f} s after the cancel"
 
 
@@ -136,4 +136,4 @@ def test_the_control_plane_takes_the_report_of_a_document_of_any_length(client, 
                     json={"document": "a.txt", "chars": 1_500_000, "chunks": 3})
     assert r.status_code == 200, r.json  # was 400
     turn = client.get(f"/api/v1/sessions/{sid}", headers=user.headers).json["interactions"][-1]
-    assert turn["data_prep_chunks"]["a.txt"]["chars"] == 1_500_000
+    assert turn["data_prep_files"]["a.txt"]["chars"] == 1_500_000

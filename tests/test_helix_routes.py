@@ -82,6 +82,10 @@ def test_api_keys_as_helix_s_client_makes_and_checks_them(client, user, make_use
 def test_rename_and_summary(client, user, make_user):
     chat = _chat(client, user)
     sid = chat["id"]
+    # Helix's session fields besides: no bots here; each turn's text as `messages`.
+    assert chat["parent_bot"] == chat["child_bot"] == ""
+    assert chat["interactions"][0]["messages"] == [{"role": "user", "content": "What is the Zorblat Library?"}]
+    assert chat["interactions"][1]["messages"] == []  # no reply yet
     r = client.put(f"/api/v1/sessions/{sid}/meta", headers=user.headers,
                    json={"id": sid, "name": "Library questions", "owner": user.id, "owner_type": "user"})
     assert r.status_code == 200, r.json

@@ -14,10 +14,32 @@ def iso_time(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def helix_chunks(files: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Helix's `data_prep_chunks`: each file's chunks as `{index, question_count, error}` (a file
+    that failed whole, one entry with its error); the whole report is `data_prep_files`."""
+    chunks = {}
+    for name, info in (files or {}).items():
+        info = info if isinstance(info, dict) else {}
+        listed = [{"index": c.get("index", 0), "question_count": c.get("question_count", 0),
+                   "error": c.get("error") or ""} for c in info.get("chunks") or [] if isinstance(c, dict)]
+        if not listed and info.get("error"):
+            listed = [{"index": 0, "question_count": 0, "error": info["error"]}]
+        chunks[name] = listed
+    return chunks
+
+
+def _messages(row: InteractionRow) -> list[dict[str, str]]:
+    """Helix's `messages` of one turn: its text, as the user's or the assistant's."""
+    return [{"role": "user" if row.creator == "user" else "assistant", "content": row.message}] if row.message else []
+
+
 def interaction_view(row: InteractionRow) -> dict[str, Any]:
     view = {k: getattr(row, k) for k in _INTERACTION_VIEW_FIELDS}
     for k in ("created", "updated", "scheduled", "completed"):
         view[k] = iso_time(view[k])
+    view["messages"] = _messages(row)
+    view["data_prep_files"] = row.data_prep_chunks or {}
+    view["data_prep_chunks"] = helix_chunks(row.data_prep_chunks)
     if row.mode == "finetune" and row.creator == "system":
         view["qa_pairs"] = [{k: v for k, v in p.items() if k != "seq"} for p in row.qa_pairs or []]
     return view
@@ -58,6 +80,7 @@ def helix_config(row: SessionRow) -> dict[str, Any]:
 def session_view(row: SessionRow, interactions: list[InteractionRow]) -> dict[str, Any]:
     view = {k: getattr(row, k) for k in SESSION_FIELDS}
     view["config"] = {**(row.config or {}), **helix_config(row)}
+    view["parent_bot"] = view["child_bot"] = ""  # Helix's bots: none here
     view["created"] = iso_time(row.created)
     view["updated"] = iso_time(row.updated)
     view["interactions"] = [interaction_view(i) for i in interactions]

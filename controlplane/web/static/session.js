@@ -86,7 +86,7 @@
       ? `Failed: ${turn.error}` : turn.waiting_reason ? workingText(turn) : (turn.status || turn.data_prep_stage || turn.state);
     document.getElementById("ft-progress").value = turn.progress || 0;
     const errors = [];
-    for (const [file, info] of Object.entries(turn.data_prep_chunks || {})) {
+    for (const [file, info] of Object.entries(turn.data_prep_files || {})) {
       if (info && info.error) errors.push(el("li", {}, el("strong", { text: file }), `: ${info.error}`));
     }
     document.getElementById("chunk-errors").replaceChildren(...(errors.length
