@@ -15,6 +15,7 @@ import requests
 
 from bench.report import Figure, ratio_result, spread
 from bench.stack import BenchStack
+from controlplane.sessions.views import UNSET_TIME
 
 
 def _post(http: requests.Session, url: str, key: str, text: str, tokens: int) -> str:
@@ -31,7 +32,7 @@ def _reply(http: requests.Session, url: str, key: str, session_id: str) -> dict:
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
+    if not start or not end or UNSET_TIME in (start, end):
         return None
     return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 1)
 

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from controlplane.sessions.views import UNSET_TIME
 from shared.runners import RUNNER_HEADER
 from tests.conftest import hold_job, runner_auth
 
@@ -39,7 +40,7 @@ def test_updates_stream_then_final_closes(client, user, runner_headers):
     sid, iid = new_turn(client, user)
     url = f"/api/v1/runner/sessions/{sid}/interactions/{iid}"
     first = client.post(url, headers=runner_headers, json={"runner": "r1", "message": "", "progress": 0})
-    assert first.status_code == 200 and first.json["scheduled"] is not None  # when a runner took it
+    assert first.status_code == 200 and first.json["scheduled"] != UNSET_TIME  # when a runner took it
     client.post(url, headers=runner_headers, json={"runner": "r1", "delta": "Hel"})
     r = client.post(url, headers=runner_headers, json={"runner": "r1", "delta": "lo\x00"})
     assert r.json["message"] == "Hello\ufffd"  # NUL from a model is stored as U+FFFD

@@ -9,6 +9,7 @@ from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from controlplane.sessions.views import UNSET_TIME
 from shared.jobs import job_id_for, queue_name
 
 
@@ -28,7 +29,7 @@ def test_create_text_session_stores_turns_and_queues_job(client, user, config):
     assert (user_turn["creator"], user_turn["message"], user_turn["state"]) == ("user", "yo", "complete")
     assert (system_turn["creator"], system_turn["state"], system_turn["finished"]) == ("system", "waiting", False)
     assert system_turn["status"] == "queued: waiting for a runner"
-    assert system_turn["scheduled"] is None  # set when a runner takes it
+    assert system_turn["scheduled"] == UNSET_TIME  # set when a runner takes it (Go's zero time, as Helix sent)
     for field in ("progress", "files", "metadata", "status", "error", "data_prep_chunks", "data_prep_stage"):
         assert field in system_turn
     job = Job.fetch(job_id_for(system_turn["id"]), connection=Redis.from_url(config.redis_url),

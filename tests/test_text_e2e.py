@@ -9,6 +9,7 @@ import time
 
 import requests
 
+from controlplane.sessions.views import UNSET_TIME
 from tests.conftest import TEXT_MODEL, freeze, read_events, start_runner, thaw, vllm_server, wait_for_session
 
 
@@ -24,7 +25,7 @@ def test_reference_curl_line_answers_a_chat(live_server, runner, live_user):
     reply = done["interactions"][-1]
     assert reply["state"] == "complete" and reply["finished"] is True
     assert reply["message"] and reply["progress"] == 100 and reply["runner"] == "runner-main"
-    assert reply["completed"] is not None and reply["error"] == ""
+    assert reply["completed"] != UNSET_TIME and reply["error"] == ""
 
 
 def test_continued_chat_sends_the_whole_history(live_server, runner, live_user, services):

@@ -14,6 +14,14 @@ def iso_time(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+# What Helix sent for a time not set yet (Go's zero time.Time): its clients read every time as text.
+UNSET_TIME = "0001-01-01T00:00:00Z"
+
+
+def helix_time(value: datetime | None) -> str:
+    return value.isoformat() if value is not None else UNSET_TIME
+
+
 def helix_chunks(files: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Helix's `data_prep_chunks`: each file's chunks as `{index, question_count, error}` (a file
     that failed whole, one entry with its error); the whole report is `data_prep_files`."""
@@ -36,7 +44,7 @@ def _messages(row: InteractionRow) -> list[dict[str, str]]:
 def interaction_view(row: InteractionRow) -> dict[str, Any]:
     view = {k: getattr(row, k) for k in _INTERACTION_VIEW_FIELDS}
     for k in ("created", "updated", "scheduled", "completed"):
-        view[k] = iso_time(view[k])
+        view[k] = helix_time(view[k])
     view["messages"] = _messages(row)
     view["data_prep_files"] = row.data_prep_chunks or {}
     view["data_prep_chunks"] = helix_chunks(row.data_prep_chunks)
@@ -103,10 +111,10 @@ def summary_of(row: SessionRow, user: InteractionRow | None, system: Interaction
     return {"session_id": row.id, "name": row.name, "interaction_id": system.id if system else "",
             "mode": row.mode, "type": row.type, "model_name": row.model_name, "owner": row.owner,
             "lora_dir": row.lora_dir, "summary": summary, "priority": helix_config(row)["priority"],
-            "created": iso_time(system.created if system else row.created),
-            "updated": iso_time(system.updated if system else row.updated),
-            "scheduled": iso_time(system.scheduled if system else None),
-            "completed": iso_time(system.completed if system else None)}
+            "created": helix_time(system.created if system else row.created),
+            "updated": helix_time(system.updated if system else row.updated),
+            "scheduled": helix_time(system.scheduled if system else None),
+            "completed": helix_time(system.completed if system else None)}
 
 
 def api_key_view(row: dict[str, Any], key: str | None = None) -> dict[str, Any]:
