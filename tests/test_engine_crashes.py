@@ -167,7 +167,7 @@ def test_the_request_that_crashes_the_engine_fails_alone(chunked_stack, services
     for session_id in innocents:
         reply = wait_for_session(url, other, session_id, timeout=300)["interactions"][-1]
         assert reply["state"] == "complete" and reply["message"], reply
-        assert reply["metadata"].get("engine_crashes") == 1, reply["metadata"]  # in flight at the first
+        assert reply["metadata"].get("engine_crashes") == "1", reply["metadata"]  # in flight at the first
     # vLLM leaves a few seconds after its engine died: the second restart may still be coming. The
     # second crash can also come while the supervisor still waits for the first restart (the held
     # request reaches vLLM the moment it answers): then one "healthy again" follows both exits.

@@ -309,8 +309,8 @@ def assert_each_answered_once(stack: Stack, client: Client, attempts: dict[str, 
         assert [i["creator"] for i in turns] == ["user", "system"], turns
         reply = turns[1]
         assert reply["id"] == reply_id and reply["finished"] and reply["state"] == "complete", reply
-        assert reply["message"] and reply["metadata"]["usage"]["completion_tokens"] == MAX_TOKENS, reply
-        assert reply["metadata"].get("attempts", 1) == attempts.get(reply_id, 1), (attempts.get(reply_id, 1), reply)
+        assert reply["message"] and reply["usage"]["completion_tokens"] == MAX_TOKENS, reply
+        assert int(reply["metadata"].get("attempts", 1)) == attempts.get(reply_id, 1), (attempts.get(reply_id, 1), reply)
     with stack.db() as conn:
         counts = {r["interaction_id"]: r["n"] for r in conn.execute(
             "SELECT interaction_id, count(*) AS n FROM fault_final_updates WHERE interaction_id = ANY(%s)"

@@ -36,7 +36,7 @@ def test_a_fine_tune_is_created_at_once_with_its_documents_stored_and_data_prep_
     assert s["mode"] == "finetune" and s["type"] == "text" and s["model_name"] == config.text_models[0]
     user_turn, system_turn = s["interactions"]
     assert [p.rsplit("/", 1)[1] for p in user_turn["files"]] == ["notes.md", "page.html"]
-    assert user_turn["metadata"]["urls"] == ["https://example.org/a", "https://example.org/b"]
+    assert user_turn["urls"] == ["https://example.org/a", "https://example.org/b"]
     assert system_turn["state"] == "waiting" and system_turn["data_prep_stage"] == "extract_text"
     assert system_turn["qa_pairs"] == []
     options = s["config"]["finetune"]
@@ -50,7 +50,7 @@ def test_a_fine_tune_is_created_at_once_with_its_documents_stored_and_data_prep_
                     serializer=JSONSerializer)
     assert job.origin == queue_name("text-dataprep", config.text_models[0])
     payload = job.args[0]
-    assert payload["files"] == user_turn["files"] and payload["urls"] == user_turn["metadata"]["urls"]
+    assert payload["files"] == user_turn["files"] and payload["urls"] == user_turn["urls"]
     assert payload["question_styles"] == ["quiz", "keyword"]
 
 
@@ -143,7 +143,7 @@ def test_a_run_that_starts_again_replaces_the_history_past_its_start(client, use
         r = client.post(metrics, headers=headers, json=body)
         assert r.status_code == 200, r.json
         history = client.get(f"/api/v1/sessions/{sid}", headers=user.headers).json["interactions"][-1]
-        return [p["step"] for p in history["metadata"]["training_history"]]
+        return [p["step"] for p in history["training_history"]]
 
     def points(*steps: int) -> list[dict]:
         return [{"step": n, "loss": 1 / n} for n in steps]

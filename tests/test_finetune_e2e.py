@@ -87,17 +87,17 @@ def test_reference_flow_fine_tunes_and_chats_with_the_adapter(live_server, real_
     assert set(helix) == set(chunks) and all(set(ch) == {"index", "question_count", "error"}
                                               for c in helix.values() for ch in c)
     assert sum(ch["question_count"] for c in helix.values() for ch in c) == len(pairs)
-    summary = final["metadata"]["dataprep"]
+    summary = final["dataprep"]
     assert summary["pairs"] == len(pairs) and summary["files"] == 2 and summary["chunks_failed"] == 0
     assert set(summary["dropped"]) >= {"junk", "duplicate", "off_topic", "round_trip", "over_cap"}
 
     # Training left a loss history that went down, and the session serves the adapter.
-    history = [p for p in final["metadata"]["training_history"] if "loss" in p]
+    history = [p for p in final["training_history"] if "loss" in p]
     assert len(history) >= 4
     assert history[-1]["loss"] < history[0]["loss"]
     assert session["mode"] == "inference" and session["lora_dir"] == final["lora_dir"]
     assert final["lora_dir"].endswith(final["id"])
-    evaluation = final["metadata"]["evaluation"]
+    evaluation = final["evaluation"]
     assert set(evaluation["before"]) >= {"token_f1", "rouge_l"}
     print(f"reference fine-tune: {elapsed:.0f}s, {len(pairs)} pairs, evaluation {evaluation.get('before')} -> "
           f"{evaluation.get('after')}")
@@ -150,7 +150,7 @@ def test_the_fine_tuned_model_knows_invented_facts_the_base_model_does_not(live_
     session = wait_for_session(live_server, live_user, sid, timeout=900, until=lambda s: _system(s)["finished"])
     final = _system(session)
     assert final["state"] == "complete", final
-    evaluation = final["metadata"]["evaluation"]
+    evaluation = final["evaluation"]
     print("invented facts:", len(final["qa_pairs"]), "pairs;", final["data_prep_files"]["zorblat.txt"]["chunks"],
           "evaluation", evaluation["before"], "->", evaluation["after"])
     assert evaluation["after"]["token_f1"] > evaluation["before"]["token_f1"]

@@ -92,11 +92,11 @@ def test_review_edit_start_train_and_chat_through_the_adapter(live_server, runne
     s = wait_for_session(live_server, live_user, sid, timeout=300, until=lambda x: _system(x)["finished"])
     system = _system(s)
     assert system["state"] == "complete" and system["data_prep_stage"] == "complete", system
-    history = system["metadata"]["training_history"]
+    history = system["training_history"]
     losses = [p["loss"] for p in history if "loss" in p]
     assert len(losses) >= 6 and losses[-1] < losses[0], losses
     assert any("val_loss" in p for p in history)
-    evaluation = system["metadata"]["evaluation"]
+    evaluation = system["evaluation"]
     assert evaluation["held_out"] == len(evaluation["questions"]) == 3  # one paraphrase per fact
     assert s["mode"] == "inference" and s["lora_dir"] == system["lora_dir"]
 
@@ -126,24 +126,24 @@ def test_a_runner_killed_during_training_resumes_from_its_checkpoint(live_server
         assert requests.post(f"{live_server}/api/v1/sessions/{sid}/finetune/start",
                              headers=live_user.headers).status_code == 200
         s = wait_for_session(live_server, live_user, sid, timeout=300,
-                             until=lambda x: "checkpoint" in _system(x)["metadata"] or _system(x)["finished"])
+                             until=lambda x: "checkpoint" in _system(x) or _system(x)["finished"])
         system = _system(s)
         assert not system["finished"], "training ended before its first checkpoint: make the run longer"
-        victim, checkpoint_step = system["runner"], system["metadata"]["checkpoint"]["step"]
+        victim, checkpoint_step = system["runner"], system["checkpoint"]["step"]
         runners[victim].proc.send_signal(signal.SIGKILL)
         s = wait_for_session(live_server, live_user, sid, timeout=600, until=lambda x: _system(x)["finished"])
         system = _system(s)
         assert system["state"] == "complete", system
         assert system["runner"] != victim
         # The second runner started at a checkpoint, not at step 0.
-        assert system["metadata"]["training_run"]["start_step"] >= checkpoint_step > 0
-        steps = [p["step"] for p in system["metadata"]["training_history"] if "loss" in p]
-        assert steps[-1] == system["metadata"]["training"]["steps"]
+        assert system["training_run"]["start_step"] >= checkpoint_step > 0
+        steps = [p["step"] for p in system["training_history"] if "loss" in p]
+        assert steps[-1] == system["training"]["steps"]
         assert steps == sorted(set(steps)), "a step is in the history twice"  # the killed run's are replaced
         # Metered once, for the whole run: the tokens it trained on, the adapter it left.
         usage = requests.get(f"{live_server}/api/v1/usage?group_by=model", headers=live_user.headers).json()
         used = next(g for g in usage["data"] if g["model"] == model)
-        run = system["metadata"]["training_run"]
+        run = system["training_run"]
         assert used["training_tokens"] == run["train_tokens"] * run["epochs"] > 0, used
         assert used["stored_bytes"] > 0, used
     finally:
@@ -203,7 +203,7 @@ def test_clone_and_add_documents(live_server, runner, live_user):
     s = wait_for_session(live_server, live_user, sid, timeout=300, until=lambda x: _system(x)["finished"])
     newest = _system(s)
     assert newest["state"] == "complete", newest
-    assert newest["metadata"]["training"]["train_pairs"] + newest["metadata"]["training"]["eval_pairs"] >= 9
+    assert newest["training"]["train_pairs"] + newest["training"]["eval_pairs"] >= 9
     assert s["lora_dir"] == newest["lora_dir"] != system["lora_dir"]
     assert "more.md" in s["config"]["finetune"]["system_prompt"]
 

@@ -205,7 +205,7 @@ def test_a_runner_reports_its_state_shows_gone_when_killed_and_stops_when_revoke
     server = vllm_server(second)
     try:
         reply = wait_for_session(url, user, s2["id"], timeout=90)["interactions"][-1]
-        assert reply["state"] == "complete" and reply["runner"] == "fleet-a" and reply["metadata"]["attempts"] == 2
+        assert reply["state"] == "complete" and reply["runner"] == "fleet-a" and reply["metadata"]["attempts"] == "2"
         assert _dashboard_runner(url, admin, "fleet-a")["status"] == "alive"
 
         # 3. Revoked mid-reply: the runner stops at once, its workers with it, and the job is queued again.

@@ -117,7 +117,7 @@ def test_others_stay_answered_while_large_images_are_decoded(server, make_live_u
         r = upload.result()
         upload_seconds = time.monotonic() - started
     assert r.status_code == 201, r.text
-    assert r.json()["interactions"][0]["metadata"]["sizes"]["0.png"] == [LARGE_SIDE, LARGE_SIDE]
+    assert r.json()["interactions"][0]["sizes"]["0.png"] == [LARGE_SIDE, LARGE_SIDE]
 
     # On the event loop, the decoding held every other request for the whole upload.
     assert len(meanwhile) >= 10, f"{len(meanwhile)} answers in the {upload_seconds:.1f} s of the upload"

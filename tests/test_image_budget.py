@@ -125,7 +125,7 @@ def test_stopping_a_running_job_frees_the_worker_within_a_second(stop, live_serv
     else:  # the session stays, its image cancelled
         mine = requests.get(f"{live_server}/api/v1/sessions/{sid}", headers=alice.headers, timeout=10).json()
         turn = mine["interactions"][-1]
-        assert (turn["state"], turn["status"], turn["metadata"].get("cancelled")) == ("error", "cancelled", True), turn
+        assert (turn["state"], turn["status"], turn["metadata"].get("cancelled")) == ("error", "cancelled", "true"), turn
         assert not turn["files"]  # the stopped job reported nothing after the cancel
 
 

@@ -56,8 +56,8 @@ def test_an_image_fine_tune_is_created_at_once_with_captions_and_its_training_qu
     assert [p.rsplit("/", 1)[1] for p in user_turn["files"]] == ["cat.png", "dog.webp", "camera.jpg"]
     assert all(p.startswith(f"sessions/{s['id']}/images/") for p in user_turn["files"])
     # Captions as given (spaces tidied); without one, the trigger word.
-    assert user_turn["metadata"]["captions"] == {"cat.png": "a photo of my cat", "dog.webp": "hlx", "camera.jpg": "hlx"}
-    assert user_turn["metadata"]["sizes"]["camera.jpg"] == [300, 400]  # as displayed: EXIF rotation applied
+    assert user_turn["captions"] == {"cat.png": "a photo of my cat", "dog.webp": "hlx", "camera.jpg": "hlx"}
+    assert user_turn["sizes"]["camera.jpg"] == [300, 400]  # as displayed: EXIF rotation applied
     assert system_turn["state"] == "waiting" and system_turn["data_prep_stage"] == "finetune"
     assert s["config"]["finetune"] == {"hyperparameters": {"training_steps": 30, "learning_rate": 0.0005, "lora_rank": 8},
                                        "trigger_word": "hlx"}
@@ -79,7 +79,7 @@ def test_an_image_fine_tune_is_created_at_once_with_captions_and_its_training_qu
 def test_a_trigger_word_of_ones_own(client, user):
     r = _post(client, user, files=[("a.png", picture())], trigger_word="zxq_style")
     assert r.status_code == 201, r.json
-    assert r.json["interactions"][0]["metadata"]["captions"] == {"a.png": "zxq_style"}
+    assert r.json["interactions"][0]["captions"] == {"a.png": "zxq_style"}
 
 
 def _truncated() -> bytes:
@@ -152,7 +152,7 @@ def test_an_image_fine_tune_clones_with_its_images_and_captions(client, user, co
     clone = r.json
     user_turn, system_turn = clone["interactions"]
     assert user_turn["files"] == [f"sessions/{clone['id']}/images/cat.png"]
-    assert user_turn["metadata"]["captions"] == {"cat.png": "my cat"}
+    assert user_turn["captions"] == {"cat.png": "my cat"}
     assert system_turn["data_prep_stage"] == "finetune" and system_turn["state"] == "waiting"
     payload = _job(config, system_turn["id"], "finetune").args[0]
     assert payload["images"] == [{"path": user_turn["files"][0], "caption": "my cat"}]

@@ -153,8 +153,8 @@ def test_a_job_trains_on_the_sessions_path_and_its_model_answers(live_server, ru
     session = wait_for_session(live_server, user, sid, timeout=10)
     trained = [i for i in session["interactions"] if i["creator"] == "system"][0]
     assert session["mode"] == "inference" and session["lora_dir"]
-    assert trained["metadata"]["training"]["train_pairs"] == 6 and trained["metadata"]["training"]["eval_pairs"] == 2
-    assert trained["metadata"]["evaluation"]["held_out"] == 2
+    assert trained["training"]["train_pairs"] == 6 and trained["training"]["eval_pairs"] == 2
+    assert trained["evaluation"]["held_out"] == 2
 
     assert done.fine_tuned_model in [m.id for m in client.models.list()]
     reply = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=8,

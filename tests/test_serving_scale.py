@@ -126,7 +126,7 @@ def test_a_runner_killed_holding_64_jobs_loses_none(live_server, services, runne
             reply = s["interactions"][-1]
             # A job its worker had taken from the queue but not yet started is not a lost attempt.
             expected = {2} if job_id_for(reply["id"]) in held else {1, 2} if job_id_for(reply["id"]) in unknown else {1}
-            assert reply["runner"] == "runner-k2" and reply["metadata"].get("attempts", 1) in expected, reply
+            assert reply["runner"] == "runner-k2" and int(reply["metadata"].get("attempts", 1)) in expected, reply
         assert_registries_drain(started, failed)
     finally:
         victim.stop()

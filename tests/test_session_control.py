@@ -51,7 +51,7 @@ def test_a_queued_job_is_cancelled_then_restarted_and_both_repeat_safely(unserve
     assert r.status_code == 200, r.get_json()
     turn = r.get_json()["interactions"][-1]
     assert (turn["state"], turn["status"], turn["finished"]) == ("error", "cancelled", True)
-    assert turn["error"] == "cancelled by the user" and turn["metadata"]["cancelled"] is True
+    assert turn["error"] == "cancelled by the user" and turn["metadata"]["cancelled"] == "true"
     assert job_id_for(iid) not in _queued_ids(config, model)
     again = client.post(f"/api/v1/sessions/{sid}/cancel", headers=user.headers)
     assert again.status_code == 200 and again.get_json()["interactions"][-1] == turn

@@ -279,7 +279,7 @@ def test_the_usage_page_shows_tokens_by_day_beside_the_plans_limits(browser, liv
                       data={"mode": "inference", "type": "text", "input": "hi", "max_tokens": "8"})
     assert r.status_code == 201 and r.headers["x-ratelimit-limit-requests"] == "100"
     reply = wait_for_session(live_server, user, r.json()["id"])["interactions"][-1]
-    used = reply["metadata"]["usage"]
+    used = reply["usage"]
     page = signed_in_page(browser, live_server, user)
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Usage").click()
     expect(page.get_by_role("heading", name=f"Your plan: {plan}")).to_be_visible()

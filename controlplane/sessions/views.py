@@ -1,6 +1,7 @@
 """Session and interaction JSON in Helix's field names."""
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -8,6 +9,9 @@ from typing import Any
 from controlplane.storage.rows import INTERACTION_FIELDS, SESSION_FIELDS, InteractionRow, SessionRow
 
 _INTERACTION_VIEW_FIELDS = tuple(f for f in INTERACTION_FIELDS if f not in ("session_id", "seq"))
+# Fields added to an interaction's view after it is built (pairs, its place in the queue): never
+# taken by a metadata value.
+_LATER_FIELDS = frozenset({"qa_pairs", "queue_position", "waiting_reason"})
 
 
 def iso_time(value: datetime | None) -> str | None:
@@ -41,13 +45,29 @@ def _messages(row: InteractionRow) -> list[dict[str, str]]:
     return [{"role": "user" if row.creator == "user" else "assistant", "content": row.message}] if row.message else []
 
 
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
 def interaction_view(row: InteractionRow) -> dict[str, Any]:
+    """The interaction in Helix's shape. Its `metadata` is Helix's map of strings (a number or
+    yes/no as text: "2", "true"); a structured value kept in it (a training history, an
+    evaluation, a data preparation summary, token usage) is a field of the interaction's own."""
     view = {k: getattr(row, k) for k in _INTERACTION_VIEW_FIELDS}
     for k in ("created", "updated", "scheduled", "completed"):
         view[k] = helix_time(view[k])
     view["messages"] = _messages(row)
     view["data_prep_files"] = row.data_prep_chunks or {}
     view["data_prep_chunks"] = helix_chunks(row.data_prep_chunks)
+    flat = {}
+    for key, value in (row.metadata or {}).items():
+        if isinstance(value, (dict, list)) and key not in view and key not in _LATER_FIELDS:
+            view[key] = value
+        else:
+            flat[key] = _as_text(value)
+    view["metadata"] = flat
     if row.mode == "finetune" and row.creator == "system":
         view["qa_pairs"] = [{k: v for k, v in p.items() if k != "seq"} for p in row.qa_pairs or []]
     return view

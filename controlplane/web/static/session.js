@@ -139,7 +139,7 @@
   }
 
   function renderLoss(turn) {
-    const history = (turn.metadata && turn.metadata.training_history) || [];
+    const history = turn.training_history || [];
     const loss = history.filter((p) => typeof p.loss === "number").map((p) => [p.step, p.loss]);
     const val = history.filter((p) => typeof p.val_loss === "number").map((p) => [p.step, p.val_loss]);
     document.getElementById("loss").hidden = loss.length === 0;
@@ -152,7 +152,7 @@
   const score = (v) => (typeof v === "number" ? v.toFixed(2) : "–");
 
   function renderEvaluation(turn) {
-    const ev = turn.metadata && turn.metadata.evaluation;
+    const ev = turn.evaluation;
     const section = document.getElementById("evaluation");
     section.hidden = !ev || !Array.isArray(ev.questions);
     if (section.hidden) return;
@@ -166,7 +166,7 @@
   }
 
   function renderSamples(turn) {
-    const samples = (turn.metadata && turn.metadata.samples) || [];
+    const samples = turn.samples || [];
     document.getElementById("samples").hidden = samples.length === 0;
     document.getElementById("sample-images").replaceChildren(...samples.map((s) => el("figure", {},
       el("img", { src: fileUrl(s.file), alt: `Sample: ${s.caption}` }), el("figcaption", { text: s.caption }))));
