@@ -58,6 +58,12 @@ def test_filestore_config_names_the_read_only_sessions_folder_and_keeps_it_so(cl
     assert client.get(f"/api/v1/filestore/get?path={document}", headers=user.headers).status_code == 200
     # The rest of the filestore is the user's to write.
     assert client.post("/api/v1/filestore/folder?path=notes", headers=user.headers).status_code == 201
+    # Items in Helix's FileStoreItem shape: created in Unix seconds, the url to read the file at.
+    item = client.get(f"/api/v1/filestore/get?path={document}", headers=user.headers).json
+    assert isinstance(item["created"], int) and item["created"] > 1_700_000_000
+    assert item["url"].startswith("http") and client.get(item["url"], headers=user.headers).data.startswith(b"Mira")
+    folder = next(i for i in client.get("/api/v1/filestore/list", headers=user.headers).json if i["name"] == "notes")
+    assert folder["directory"] is True and folder["url"] == ""
 
 
 def test_api_keys_as_helix_s_client_makes_and_checks_them(client, user, make_user):

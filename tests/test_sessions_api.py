@@ -1,6 +1,7 @@
 """The sessions and API-key routes against real PostgreSQL and Valkey (no runner needed)."""
 from __future__ import annotations
 
+import io
 import json
 import zlib
 
@@ -120,12 +121,17 @@ def test_auth_is_required_and_checked(client, user, api_runner_token):
     assert r.status_code == 401
 
 
-def test_a_key_in_the_url_is_taken_only_by_the_events_stream(client, user, api_runner_token):
-    """Browsers' EventSource cannot set headers; everywhere else a key in the URL was accepted too."""
+def test_a_key_in_the_url_is_taken_only_by_the_events_stream_and_the_viewer(client, user, api_runner_token):
+    """Browsers' EventSource and <img> cannot set headers; everywhere else a key in the URL was
+    accepted too."""
     s = create(client, user, input="hi", mode="inference", type="text").json
     stream = client.get(f"/api/v1/sessions/{s['id']}/events?access_token={user.key}")
     assert stream.status_code == 200 and next(stream.response).startswith(b"event: session")
     stream.close()
+    client.post("/api/v1/filestore/upload", headers=user.headers, content_type="multipart/form-data",
+                data={"files": [(io.BytesIO(b"seen"), "seen.txt")]})
+    assert client.get(f"/api/v1/filestore/viewer/seen.txt?access_token={user.key}").data == b"seen"
+    assert client.get("/api/v1/filestore/viewer/seen.txt?access_token=hl-wrong").status_code == 401
     for method, url in [("get", "/api/v1/sessions"), ("get", f"/api/v1/sessions/{s['id']}"),
                         ("delete", f"/api/v1/sessions/{s['id']}"), ("get", "/api/v1/api_keys"),
                         ("get", "/api/v1/filestore/list")]:

@@ -33,9 +33,10 @@ from controlplane.errors import Unauthorized
 from controlplane.storage import db
 from shared.types import API_KEY_PREFIX, RUNNER_TOKEN_PREFIX
 
-# The one route that takes its key in the query: EventSource in browsers cannot set headers.
-# Anywhere else a key in a URL is refused, not read: URLs end up in logs, histories and proxies.
-QUERY_KEY_ENDPOINT = "sessions.session_events"
+# The routes that take their key in the query, as in Helix: a browser's EventSource and <img> cannot
+# set headers. Anywhere else a key in a URL is refused, not read: URLs end up in logs, histories
+# and proxies (the access log writes the path alone).
+QUERY_KEY_ENDPOINTS = frozenset({"sessions.session_events", "filestore.viewer"})
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -55,9 +56,9 @@ def _sends_key() -> bool:
 
 def _bearer() -> str:
     in_query = _query_names_key()
-    if in_query and not (request.endpoint == QUERY_KEY_ENDPOINT and request.method == "GET"):
-        raise Unauthorized("?access_token= is accepted only by GET /api/v1/sessions/{id}/events:"
-                           " send the key as 'Authorization: Bearer <key>'")
+    if in_query and not (request.endpoint in QUERY_KEY_ENDPOINTS and request.method == "GET"):
+        raise Unauthorized("?access_token= is accepted only by GET /api/v1/sessions/{id}/events and the filestore"
+                           " viewer: send the key as 'Authorization: Bearer <key>'")
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():

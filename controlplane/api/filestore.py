@@ -11,7 +11,6 @@ from controlplane.accounts.auth import require_user
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.sessions import sharing
 from controlplane.sessions import store as sessions_store
-from controlplane.sessions.views import iso_time
 from controlplane.storage import db
 from controlplane.storage.filestore import FileInfo, UserFiles, user_path
 from controlplane.usage import storage_quota
@@ -49,10 +48,12 @@ def _writable(*paths: str) -> None:
 
 
 def file_view(files: UserFiles, info: FileInfo) -> dict:
+    """Helix's FileStoreItem: `created` in Unix seconds, `url` where the file is read (the key goes
+    with it, as a header or `?access_token=`); a folder's `url` is empty."""
     info = files.relative(info)
     return {"name": info.name, "path": info.path, "directory": info.directory, "size": info.size,
-            "created": iso_time(info.created),
-            "url": None if info.directory else url_for("filestore.viewer", path=info.path)}
+            "created": int(info.created.timestamp()) if info.created else 0,
+            "url": "" if info.directory else url_for("filestore.viewer", path=info.path, _external=True)}
 
 
 @bp.get("/config")

@@ -142,25 +142,27 @@ def final_reply(items: Iterator[tuple[str, Any] | None], session_id: str, intera
 
 
 def checked(reply: dict[str, Any]) -> dict[str, Any]:
+    """The finished reply (its view: metadata in Helix's strings), or the error it ended with."""
     if reply["state"] == InteractionState.ERROR:
-        if (reply.get("metadata") or {}).get("refused_by_model"):
+        meta = reply.get("metadata") or {}
+        if meta.get("refused_by_model") == "true":
             raise BadRequest(reply["error"] or "the model refused the request")
-        if (reply.get("metadata") or {}).get("engine_crashes"):
+        if meta.get("engine_crashes", "0") != "0":
             raise RequestCrashedEngine(reply["error"])
         raise UpstreamError(reply["error"] or "the reply failed")
     return reply
 
 
 def usage(reply: dict[str, Any]) -> dict[str, int]:
-    counts = (reply.get("metadata") or {}).get("usage") or {}
+    counts = reply.get("usage") or {}
     prompt, completion = counts.get("prompt_tokens", 0), counts.get("completion_tokens", 0)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def choices(reply: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every choice of a reply: its message is the first; more (`n`) are in its metadata."""
+    """Every choice of a reply: its message is the first; more (`n`) are in its `choices`."""
     meta = reply.get("metadata") or {}
-    return meta.get("choices") or [{"index": 0, "text": reply["message"], "finish_reason": meta.get("finish_reason")}]
+    return reply.get("choices") or [{"index": 0, "text": reply["message"], "finish_reason": meta.get("finish_reason")}]
 
 
 def chat_completion(session: SessionRow, reply: dict[str, Any], model: str, completion: bool) -> dict[str, Any]:
