@@ -116,7 +116,12 @@ def test_reviewed_pairs_in_either_shape_and_paraphrases_share_their_fact(client,
             {"question": "When?", "answer": "In 1843."}]
     r = client.put(url, headers=user.headers, json=body)
     assert r.status_code == 200, r.json
-    pairs = client.get(url, headers=user.headers).json
+    # Answered in Helix's ShareGPT shape; this platform's pair objects with ?format=pairs.
+    assert r.json[1] == {"conversations": [{"from": "human", "value": "Which person wrote it?"},
+                                           {"from": "gpt", "value": "Ada  wrote it."}]}
+    assert client.get(url, headers=user.headers).json == r.json
+    assert client.get(url + "?format=yaml", headers=user.headers).status_code == 400
+    pairs = client.get(url + "?format=pairs", headers=user.headers).json
     assert [p["question"] for p in pairs] == ["Who wrote it?", "Which person wrote it?", "When?"]
     # The same answer makes two questions paraphrases of one fact (one of them can be held out).
     assert pairs[0]["fact"] == pairs[1]["fact"] != pairs[2]["fact"]

@@ -83,7 +83,7 @@ def test_review_edit_start_train_and_chat_through_the_adapter(live_server, runne
     assert bad.status_code == 400 and "pair 0" in bad.json()["error"]
     r = requests.put(conversations, headers=live_user.headers, json=_pairs())
     assert r.status_code == 200 and len(r.json()) == 9
-    listed = requests.get(conversations, headers=live_user.headers).json()
+    listed = requests.get(conversations + "?format=pairs", headers=live_user.headers).json()
     assert [p["question"] for p in listed] == [p["question"] for p in _pairs()]
 
     r = requests.post(f"{base}/start", headers=live_user.headers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
+from controlplane.errors import BadRequest
 from controlplane.finetune.text_input import DocumentsForm
 from controlplane.http.forms import read_request
 from controlplane.sessions import store as sessions_store
@@ -20,19 +21,34 @@ def _service():
     return current_app.extensions["finetune_service"]
 
 
+def _pairs_answer(pairs: list[dict]):
+    """The pairs in Helix's ShareGPT shape, `[{"conversations": [{"from": "human", "value": question},
+    {"from": "gpt", "value": answer}]}]`, or this platform's pair objects (with their fact, style
+    and chunk) with `?format=pairs`."""
+    shape = request.args.get("format", "helix")
+    if shape == "pairs":
+        return jsonify(pairs)
+    if shape != "helix":
+        raise BadRequest(f"unknown format {shape[:40]!r}: use helix (the default) or pairs")
+    return jsonify([{"conversations": [{"from": "human", "value": p["question"]},
+                                       {"from": "gpt", "value": p["answer"]}]} for p in pairs])
+
+
 @bp.get("/text/conversations/<interaction_id>")
 @require_user
 def get_pairs(session_id: str, interaction_id: str):
     with db.transaction() as conn:
-        return jsonify(_service().get_pairs(conn, g.user, session_id, interaction_id))
+        return _pairs_answer(_service().get_pairs(conn, g.user, session_id, interaction_id))
 
 
 @bp.put("/text/conversations/<interaction_id>")
 @require_user
 def put_pairs(session_id: str, interaction_id: str):
+    """Replaces the pairs while the fine-tune waits for review: a JSON list, each item a pair
+    object or Helix's conversation; answers the pairs saved, as GET does."""
     with db.transaction() as conn:
         pairs = _service().put_pairs(conn, g.user, session_id, interaction_id, request.get_json(silent=True))
-    return jsonify(pairs)
+    return _pairs_answer(pairs)
 
 
 def _session(conn, changed: SessionWithInteractions):
