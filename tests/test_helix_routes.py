@@ -180,3 +180,16 @@ def test_a_clone_says_where_it_came_from_and_is_not_shared(client, user, db):
     origin = r.json["config"]["origin"]
     assert origin == {"type": "cloned", "cloned_session_id": sid, "cloned_interaction_id": system["id"]}
     assert r.json["config"]["shared"] is False
+
+
+def test_helix_s_web_app_spelling_of_manual_review_is_read(client, user):
+    r = client.post("/api/v1/sessions", headers=user.headers, content_type="multipart/form-data", data={
+        "mode": "finetune", "type": "text", "manuallyReviewQuestions": "true",
+        "files": [(io.BytesIO(b"Mira founded the Zorblat Library."), "a.txt")]})
+    assert r.status_code == 201, r.json
+    assert r.json["config"]["manually_review_questions"] is True
+    assert r.json["config"]["finetune"]["manually_review_questions"] is True
+    bad = client.post("/api/v1/sessions", headers=user.headers, content_type="multipart/form-data", data={
+        "mode": "finetune", "type": "text", "manuallyReviewQuestions": "maybe",
+        "files": [(io.BytesIO(b"Mira founded the Zorblat Library."), "a.txt")]})
+    assert bad.status_code == 400 and "manuallyReviewQuestions" in bad.json["error"], bad.json

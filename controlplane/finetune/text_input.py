@@ -7,8 +7,8 @@ import zipfile
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, TypeAdapter,
-                      ValidationError, ValidationInfo, field_validator, model_validator)
+from pydantic import (AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints,
+                      TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from controlplane.errors import BadRequest
@@ -71,7 +71,9 @@ class TextFinetuneForm(SessionKind, DocumentsForm, TextHyperparameters):
 
     name: Text = Field("", max_length=200)
     model_name: Text = Field("", max_length=500)
-    manually_review_questions: bool = False
+    # Helix's web app sent it as manuallyReviewQuestions.
+    manually_review_questions: bool = Field(False, validation_alias=AliasChoices("manually_review_questions",
+                                                                               "manuallyReviewQuestions"))
     question_styles: Annotated[list[str], BeforeValidator(_styles)] = Field(default_factory=list)
     questions_per_fact: int = Field(4, ge=1, le=10)
     chunk_tokens: int = Field(384, ge=64, le=2048)
