@@ -50,7 +50,7 @@ def test_filestore_config_names_the_read_only_sessions_folder_and_keeps_it_so(cl
                     data={"files": [(io.BytesIO(b"x"), "mine.txt")]}),
         client.post("/api/v1/filestore/folder?path=sessions/new", headers=user.headers),
         client.put(f"/api/v1/filestore/rename?path={document}&new_path=elsewhere.txt", headers=user.headers),
-        client.put(f"/api/v1/filestore/rename?path=x.txt&new_path=sessions/x.txt", headers=user.headers),
+        client.put("/api/v1/filestore/rename?path=x.txt&new_path=sessions/x.txt", headers=user.headers),
         client.delete(f"/api/v1/filestore/delete?path={document}", headers=user.headers),
     ]
     for r in refused:
@@ -102,7 +102,8 @@ def test_rename_and_summary(client, user, make_user):
         bad = client.put(f"/api/v1/sessions/{sid}/meta", headers=user.headers, json=body)
         assert bad.status_code == 400 and says in bad.json["error"], (body, bad.json)
     stranger = make_user()
-    assert client.put(f"/api/v1/sessions/{sid}/meta", headers=stranger.headers, json={"name": "mine"}).status_code == 404
+    renamed_by_stranger = client.put(f"/api/v1/sessions/{sid}/meta", headers=stranger.headers, json={"name": "mine"})
+    assert renamed_by_stranger.status_code == 404
 
     summary = client.get(f"/api/v1/sessions/{sid}/summary", headers=user.headers).json
     assert summary["session_id"] == sid and summary["name"] == "Library questions"
