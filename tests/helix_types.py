@@ -177,3 +177,25 @@ class Conversation(HelixType):
     """One pair in ShareGPT's shape, as Helix's data preparation wrote it (`from`: human or gpt)."""
 
     conversations: list[dict[Literal["from", "value"], str]]
+
+
+class RunnerTaskResponse(HelixType):
+    type: Literal["stream", "progress", "result"]
+    session_id: str
+    interaction_id: str
+    owner: str
+    message: str = ""   # these with omitempty in Helix
+    progress: int = 0
+    status: str = ""
+    files: list[str] = []
+    lora_dir: str = ""
+    error: str = ""
+    done: bool = False
+
+
+class WebsocketEvent(HelixType):
+    type: Literal["session_update", "worker_task_response"]
+    session_id: str
+    owner: str
+    session: Session | None
+    worker_task_response: RunnerTaskResponse | None

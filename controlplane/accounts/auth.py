@@ -36,7 +36,7 @@ from shared.types import API_KEY_PREFIX, RUNNER_TOKEN_PREFIX
 # The routes that take their key in the query, as in Helix: a browser's EventSource and <img> cannot
 # set headers. Anywhere else a key in a URL is refused, not read: URLs end up in logs, histories
 # and proxies (the access log writes the path alone).
-QUERY_KEY_ENDPOINTS = frozenset({"sessions.session_events", "filestore.viewer"})
+QUERY_KEY_ENDPOINTS = frozenset({"sessions.session_events", "filestore.viewer", "user_socket.user_socket"})
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -57,8 +57,8 @@ def _sends_key() -> bool:
 def _bearer() -> str:
     in_query = _query_names_key()
     if in_query and not (request.endpoint in QUERY_KEY_ENDPOINTS and request.method == "GET"):
-        raise Unauthorized("?access_token= is accepted only by GET /api/v1/sessions/{id}/events and the filestore"
-                           " viewer: send the key as 'Authorization: Bearer <key>'")
+        raise Unauthorized("?access_token= is accepted only by GET /api/v1/sessions/{id}/events, the filestore"
+                           " viewer and the user websocket: send the key as 'Authorization: Bearer <key>'")
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():

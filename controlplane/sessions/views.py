@@ -124,13 +124,14 @@ def session_summary(row: SessionRow, interactions: list[InteractionRow]) -> dict
 
 def summary_of(row: SessionRow, user: InteractionRow | None, system: InteractionRow | None) -> dict[str, Any]:
     """session_summary from the session's first user turn and last system turn alone."""
-    if row.mode == "finetune" or helix_config(row)["original_mode"] == "finetune":
+    helix = helix_config(row)
+    if helix["original_mode"] == "finetune":
         summary = f"fine tuning on {len(user.files) if user else 0} files"
     else:
         summary = user.message if user else ""
     return {"session_id": row.id, "name": row.name, "interaction_id": system.id if system else "",
             "mode": row.mode, "type": row.type, "model_name": row.model_name, "owner": row.owner,
-            "lora_dir": row.lora_dir, "summary": summary, "priority": helix_config(row)["priority"],
+            "lora_dir": row.lora_dir, "summary": summary, "priority": helix["priority"],
             "created": helix_time(system.created if system else row.created),
             "updated": helix_time(system.updated if system else row.updated),
             "scheduled": helix_time(system.scheduled if system else None),
