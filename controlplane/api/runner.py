@@ -21,7 +21,7 @@ from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view, iso_time
 from controlplane.storage import db
 from controlplane.storage.db import storable
-from controlplane.storage.filestore import UserFiles, session_folder, session_outputs, user_path
+from controlplane.storage.filestore import UserFiles, interaction_outputs, session_folder, user_path
 from shared.runners import RUNNER_HEADER, runner_of_worker
 from shared.wire import (WIRE_VERSION, WIRE_VERSION_HEADER, ChunkReport, DocumentReport, InteractionUpdate,
                          MetricsReport, PreparedReport, Registration)
@@ -116,7 +116,7 @@ def upload_result(session_id: str, interaction_id: str):
         _authorize(conn, session_id, interaction_id)
         session = sessions_store.get_session_any_owner(conn, session_id)
         files = UserFiles(current_app.extensions["filestore"], session.owner)
-        path = f"{session_outputs(session_id)}/{interaction_id}/{name}"
+        path = f"{interaction_outputs(session_id, interaction_id)}/{name}"
         files.write(path, upload.stream)
     return jsonify(path=path), 201
 

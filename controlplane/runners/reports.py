@@ -22,7 +22,7 @@ from controlplane.sessions import events, fair_share
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
 from controlplane.storage import db
-from controlplane.storage.filestore import Filestore, UserFiles, session_outputs
+from controlplane.storage.filestore import Filestore, UserFiles, interaction_outputs
 from controlplane.storage.rows import InteractionRow
 from controlplane.usage import metering, monthly, token_charges
 from controlplane.usage.metering import positive
@@ -114,7 +114,7 @@ def check_runner(conn: psycopg.Connection, token_id: str, runner_id: str) -> Non
 
 def own_output(path: str, session_id: str, interaction_id: str, folder_too: bool = False) -> bool:
     """Whether `path` is in the interaction's own outputs folder (the folder itself if `folder_too`)."""
-    folder = f"{session_outputs(session_id)}/{interaction_id}"
+    folder = interaction_outputs(session_id, interaction_id)
     return (path.startswith(folder + "/") or (folder_too and path == folder)) and all(
         part not in ("", ".", "..") for part in path.split("/"))
 
@@ -150,8 +150,15 @@ def _used(conn: psycopg.Connection, filestore: Filestore, before: InteractionRow
         steps=positive(metadata.get("steps")) or None if image else None,
         runner_seconds=max(0.0, held.total_seconds()) if held is not None else 0.0,
         training_tokens=metering.trained_tokens(metadata, complete=finished.state == InteractionState.COMPLETE),
-        stored_bytes=filestore.used_bytes(UserFiles(filestore, session.owner).key(
-            f"{session_outputs(session.id)}/{finished.id}")))
+        stored_bytes=_stored_bytes(filestore, session.owner, finished, kind))
+
+
+def _stored_bytes(filestore: Filestore, owner: str, finished: InteractionRow, kind: WorkKind) -> int:
+    """The bytes in the job's outputs folder. A chat reply that named no files wrote none: its
+    folder is not listed (on S3 a request), as every reply would otherwise pay for it."""
+    if kind == WorkKind.TEXT_INFERENCE and not finished.files:
+        return 0
+    return filestore.used_bytes(UserFiles(filestore, owner).key(interaction_outputs(finished.session_id, finished.id)))
 
 
 def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, filestore: Filestore, current: InteractionRow,
@@ -164,7 +171,7 @@ def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, filestore: Fi
     session_id, interaction_id = current.session_id, current.id
     if update.runner not in ("", runner_id):
         raise BadRequest(f"runner must be this runner's registered id, {runner_id!r}")
-    folder = f"{session_outputs(session_id)}/{interaction_id}"
+    folder = interaction_outputs(session_id, interaction_id)
     if not all(own_output(f, session_id, interaction_id) for f in update.files or []):
         raise BadRequest(f"files must be paths under this interaction's outputs folder, {folder}/")
     if update.lora_dir and not own_output(update.lora_dir, session_id, interaction_id, folder_too=True):

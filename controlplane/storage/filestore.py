@@ -297,6 +297,11 @@ def session_outputs(session_id: str) -> str:
     return f"{session_folder(session_id)}/outputs"
 
 
+def interaction_outputs(session_id: str, interaction_id: str) -> str:
+    """The folder of one interaction's outputs (its images, adapter, checkpoints)."""
+    return f"{session_outputs(session_id)}/{interaction_id}"
+
+
 class UserFiles:
     """One user's view of the filestore: every path is checked and prefixed with their root."""
 
