@@ -27,6 +27,10 @@ class RunnerConfig:
     image_seconds_per_megapixel_step: float = 0  # HELIX_IMAGE_SECONDS_PER_MEGAPIXEL_STEP: 0 = measure at start-up
     text_workers: int = 64       # HELIX_TEXT_WORKERS: text jobs in flight at once on the one vLLM
     # (threads of one worker process, one RQ worker each)
+    text_reserve_workers: int = 8  # HELIX_TEXT_RESERVE_WORKERS: more threads than that, never counted as
+    # workers by fair share: another user's new chat starts on one at once while HELIX_TEXT_WORKERS are busy
+    shared_batch_width: int = -1  # HELIX_SHARED_BATCH_WIDTH: the batch while a light user shares it with
+    # others (runner/text/fair_batch.py); 0: off; -1: 4 on a CPU engine, off on a GPU
     max_tokens: int = 512        # HELIX_MAX_TOKENS: default reply length cap
     max_model_len: int = 2048    # HELIX_MAX_MODEL_LEN: context passed to vLLM
     vllm_port: int = 0           # HELIX_VLLM_PORT: 0 picks a free loopback port
@@ -79,6 +83,8 @@ class RunnerConfig:
             image_max_seconds=env_float(env, "HELIX_IMAGE_MAX_SECONDS", 300),
             image_seconds_per_megapixel_step=env_float(env, "HELIX_IMAGE_SECONDS_PER_MEGAPIXEL_STEP", 0),
             text_workers=env_int(env, "HELIX_TEXT_WORKERS", 64),
+            text_reserve_workers=env_int(env, "HELIX_TEXT_RESERVE_WORKERS", 8),
+            shared_batch_width=env_int(env, "HELIX_SHARED_BATCH_WIDTH", -1),
             max_tokens=env_int(env, "HELIX_MAX_TOKENS", 512),
             max_model_len=env_int(env, "HELIX_MAX_MODEL_LEN", 2048),
             vllm_port=env_int(env, "HELIX_VLLM_PORT", 0),

@@ -21,28 +21,23 @@ GONE = "gone"
 DEADLINE = "deadline"
 
 
-class JobWatch:
-    def __init__(self, rq_job: Any | None, deadline_seconds: float, interval: float = 0.1):
-        """`rq_job`: the running RQ job (None when called outside a worker: only the deadline counts)."""
-        self.rq_job = rq_job
-        self.deadline = time.monotonic() + deadline_seconds
-        self.interval = interval
-        self.stop = threading.Event()  # set once the job must stop; `reason` says why
-        self.reason = ""
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="job-watch", daemon=True)
+class StopSignal:
+    """Says once that something must stop: `stop` is set and every callback runs, once."""
+
+    def __init__(self):
+        self.stop = threading.Event()
         self._callbacks: list = []
         self._lock = threading.Lock()
 
     def on_stop(self, callback) -> None:
-        """Calls `callback()` from the watch thread once the job must stop (at once if it must already)."""
+        """Calls `callback()` once it must stop (at once if it must already)."""
         with self._lock:
             if not self.stop.is_set():
                 self._callbacks.append(callback)
                 return
         callback()
 
-    def _stopped(self) -> None:
+    def fire(self) -> None:
         with self._lock:
             self.stop.set()
             callbacks, self._callbacks = self._callbacks, []
@@ -50,7 +45,20 @@ class JobWatch:
             try:
                 callback()
             except Exception as err:
-                log.warning("stopping job %s: %s", getattr(self.rq_job, "id", ""), err)
+                log.warning("stopping: %s", err)
+
+
+class JobWatch(StopSignal):
+    def __init__(self, rq_job: Any | None, deadline_seconds: float, interval: float = 0.1):
+        """`rq_job`: the running RQ job (None when called outside a worker: only the deadline counts).
+        `stop` is set once the job must stop; `reason` says why."""
+        super().__init__()
+        self.rq_job = rq_job
+        self.deadline = time.monotonic() + deadline_seconds
+        self.interval = interval
+        self.reason = ""
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="job-watch", daemon=True)
 
     def _still_ours(self) -> bool:
         status, worker = self.rq_job.connection.hmget(self.rq_job.key, "status", "worker_name")
@@ -67,7 +75,7 @@ class JobWatch:
                 except Exception as err:  # Redis away for a moment: keep working, look again
                     log.warning("could not look at job %s: %s", self.rq_job.id, err)
             if self.reason:
-                self._stopped()
+                self.fire()
                 return
 
     def __enter__(self) -> "JobWatch":

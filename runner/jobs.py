@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ from runner.control_plane.http_session import pooled_session
 from runner.job_watch import JobWatch
 from runner.state import metrics
 from runner.text import adapters, engine_crashes
-from runner.text.abortable import abortable
+from runner.text.fair_batch import FairBatch
 from runner.text.generation import EngineFailure, Generation, ModelError, Reply, fit_history, stream_chat, vllm_client
+from runner.text.resumable import reply_in_turns
 from runner.text.stream import TextStream, clear_partial_text
-from runner.text.vllm_server import healthy, wait_healthy
+from runner.text.vllm_server import cpu_engine, healthy, wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
 from shared.types import InteractionState
 from shared.wire import InteractionUpdate
@@ -49,6 +50,7 @@ class WorkerContext:
     http: requests.Session | None = None  # vLLM's token counts and adapter loads
     vllm_stream: httpx.Client | None = None  # vLLM's streamed replies (runner/text/generation.py)
     redis: Any = None  # streamed text goes to clients through it
+    fair_batch: FairBatch = field(default_factory=lambda: FairBatch(0))  # the replies streaming, by owner
 
 
 _context: WorkerContext | None = None
@@ -61,6 +63,9 @@ def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vll
     global _context
     _context = WorkerContext(kind, config, client, vllm_url, http=pooled_session(pool_size),
                              vllm_stream=vllm_client(pool_size), redis=redis)
+    if kind == WorkKind.TEXT_INFERENCE:
+        width = config.shared_batch_width
+        _context.fair_batch = FairBatch(width if width >= 0 else SHARED_BATCH_WIDTH_ON_CPU * cpu_engine())
     if kind == WorkKind.IMAGE_INFERENCE:
         from runner.images.pipeline import ImagePipeline
 
@@ -117,6 +122,11 @@ def text_inference(payload: dict[str, Any]) -> dict[str, Any]:
 
 # How often a running job looks whether it was cancelled: one small Redis read each time.
 CANCEL_POLL_SECONDS = 0.25
+# The batch a light user's chat shares with others on a CPU (runner/text/fair_batch.py). With the
+# default model on 2 cores, a 64-token reply took 1.1-1.2 times as long in a batch of 4 as alone,
+# 2-2.4 times in one of 8 and about 10 times in one of 64.
+SHARED_BATCH_WIDTH_ON_CPU = 4
+PAUSED_STATUS = "paused while another user's chat runs (fair share of this runner)"
 
 
 def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
@@ -128,6 +138,7 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
     # Crashes of vLLM this request was in flight for, by this attempt or an earlier one; read
     # once, then kept here (a reply costs no more Redis round trips unless it meets a crash).
     crashes = engine_crashes.strikes(ctx.redis, job.interaction_id)
+    pauses = 0  # times the reply paused to share the batch (runner/text/fair_batch.py)
     for attempt in range(1, 4):
         # A request that was in flight when vLLM's engine crashed waits its turn: one such
         # suspect at a time, so a crash it causes again is its own (runner/text/engine_crashes.py).
@@ -145,14 +156,27 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
             generation = Generation()
             taken = threading.Event()  # vLLM answered the request: it was in flight
 
-            def open_stream(on_response):
+            def open_segment(so_far: str, tokens_left: int, part: Generation, on_response):
                 def on_vllm_response(response: Reply) -> None:
                     taken.set()
                     on_response(response)
 
-                return stream_chat(ctx.vllm_url, model, messages, max_tokens=max_tokens, temperature=job.temperature,
-                                   extra={**ctx.config.sampling_extra, **job.sampling}, session=ctx.vllm_stream,
-                                   prompt=job.prompt, generation=generation, on_response=on_vllm_response)
+                send, prompt, extra = messages, job.prompt, {**ctx.config.sampling_extra, **job.sampling}
+                if so_far and job.prompt is not None:
+                    prompt = job.prompt + so_far
+                elif so_far:  # the reply so far, as the start of the assistant's message
+                    send = [*messages, {"role": "assistant", "content": so_far}]
+                    extra.update(add_generation_prompt=False, continue_final_message=True)
+                return stream_chat(ctx.vllm_url, model, send, max_tokens=tokens_left, temperature=job.temperature,
+                                   extra=extra, session=ctx.vllm_stream, prompt=prompt, generation=part,
+                                   continuous_usage=job.pausable(), on_response=on_vllm_response)
+
+            def on_pause(paused: bool) -> None:
+                stream.publish()
+                if paused:
+                    metrics.REPLY_PAUSES.inc()
+                ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
+                    status=PAUSED_STATUS if paused else "generating"))
 
             try:
                 if job.prompt is None:
@@ -161,8 +185,13 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
                 model = adapters.ensure(ctx.client, ctx.vllm_url, job.session_id, job.lora_dir,
                                         adapters.cache_dir(ctx.config.work_dir), ctx.http) if job.lora_dir else job.model
                 # Cancelled (its job gone from Redis): vLLM's request is aborted and the job ends now.
-                for delta in abortable(open_stream, watch):
-                    stream.add(delta)
+                ticket = ctx.fair_batch.join(job.owner_tag, job.pausable())
+                try:
+                    for delta in reply_in_turns(ticket, watch, open_segment, generation, max_tokens, on_pause):
+                        stream.add(delta)
+                finally:
+                    ctx.fair_batch.leave(ticket)
+                    pauses += ticket.pauses
                 if watch.stop.is_set():
                     raise Gone(job.interaction_id)
                 stream.publish()
@@ -228,6 +257,7 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
                                      "finish_reason": generation.finish_reasons.get(0, "stop"),
                                      **({"choices": choices} if len(choices) > 1 else {}),
                                      **({"engine_crashes": crashes} if crashes else {}),
+                                     **({"pauses": pauses} if pauses else {}),
                                      **({"adapter": model} if job.lora_dir else {})}))
     clear_partial_text(ctx.redis, job.interaction_id)  # the stored message holds it all now
     return {"chars": len(stream.text), "seconds": elapsed}

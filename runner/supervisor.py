@@ -105,10 +105,14 @@ class Supervisor:
             proc = self.workers.get((kind, index))
             if proc is None or proc.poll() is not None:
                 continue
-            threads = self.config.text_workers if kind == WorkKind.TEXT_INFERENCE else 1
+            threads = self.text_threads() if kind == WorkKind.TEXT_INFERENCE else 1
             names.setdefault(kind, []).extend(
                 [name] if threads == 1 else [thread_worker_name(name, t) for t in range(threads)])
         return names
+
+    def text_threads(self) -> int:
+        """A text worker process's threads: its workers, and its reserve for another user's chat."""
+        return self.config.text_workers + max(0, self.config.text_reserve_workers)
 
     def collect_state(self) -> dict:
         """The state this runner reports (shared/runner_state.py); also kept for the metrics."""
@@ -118,7 +122,10 @@ class Supervisor:
             state["models"] = self._models_held()
             workers = self._rq_workers()
             state["jobs"] = state_report.running_jobs(self.redis, [n for names in workers.values() for n in names])
-            state["workers"] = {kind.value: len(names) for kind, names in workers.items()}
+            # Fair share counts a text worker process's HELIX_TEXT_WORKERS, not its reserve.
+            state["workers"] = {kind.value: len(names) if kind != WorkKind.TEXT_INFERENCE
+                                else len(names) // self.text_threads() * self.config.text_workers
+                                for kind, names in workers.items()}
         except RedisError as err:
             log.warning("runner state without jobs: Redis unavailable: %s", err)
         gpus = self.gpu.read()
@@ -182,7 +189,7 @@ class Supervisor:
         if kind in (WorkKind.TEXT_INFERENCE, WorkKind.TEXT_FINETUNE) and self.vllm is not None:
             cmd += ["--vllm-url", self.vllm.base_url]
         if kind == WorkKind.TEXT_INFERENCE:
-            cmd += ["--threads", str(self.config.text_workers)]
+            cmd += ["--threads", str(self.text_threads())]
         # SIGKILL, not SIGTERM: RQ treats SIGTERM as "finish the current job first", and a
         # runner that died must not keep a job (and its heartbeat) alive in an orphan.
         self.workers[(kind, index)] = subprocess.Popen(cmd, preexec_fn=die_with_parent(signal.SIGKILL))

@@ -78,6 +78,18 @@ class TextInferenceJob(_Payload):
     sampling: dict[str, Any] = field(default_factory=dict)
     # A plain completion of this prompt (no chat template) instead of a chat reply.
     prompt: str | None = None
+    # Who asked, as an opaque tag: the runner shares its batch fairly between owners
+    # (runner/text/fair_batch.py). Empty from an older control plane: one owner for all.
+    owner_tag: str = ""
+
+    def pausable(self) -> bool:
+        """Whether the reply may stop and go on from its text so far as the same request: not with
+        a seed (the continuation would draw other numbers), several choices, a JSON schema or
+        penalties on the reply's own tokens (the text so far would become prompt)."""
+        if self.sampling.get("n") not in (None, 1):
+            return False
+        return all(self.sampling.get(k) is None
+                   for k in ("seed", "response_format", "presence_penalty", "frequency_penalty"))
 
 
 @dataclass

@@ -5,6 +5,7 @@ re-queues work Redis lost or a dead runner dropped) build exactly the same job.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -114,6 +115,11 @@ def _finetune_job(session: SessionRow, interactions: list[InteractionRow],
     return WorkKind.TEXT_DATAPREP, job.to_dict()
 
 
+def owner_tag(owner: str) -> str:
+    """The owner as runners see it: enough to share a batch fairly, not who they are."""
+    return hashlib.sha256(f"owner:{owner}".encode()).hexdigest()[:16]
+
+
 def build_job(session: SessionRow, interactions: list[InteractionRow],
               interaction_id: str) -> tuple[WorkKind, dict[str, Any]]:
     interaction = next(i for i in interactions if i.id == interaction_id)
@@ -138,7 +144,8 @@ def build_job(session: SessionRow, interactions: list[InteractionRow],
                            model=session.model_name, messages=messages, lora_dir=session.lora_dir,
                            max_tokens=text.get("max_tokens"), temperature=text.get("temperature"),
                            sampling=text.get("sampling", {}),
-                           prompt=messages[-1]["content"] if text.get("completion") else None)
+                           prompt=messages[-1]["content"] if text.get("completion") else None,
+                           owner_tag=owner_tag(session.owner))
     return WorkKind.TEXT_INFERENCE, job.to_dict()
 
 

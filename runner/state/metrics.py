@@ -30,6 +30,8 @@ TOKENS = Counter("helix_runner_generated_tokens_total", "Tokens generated for ch
                  ["model"])
 TOKENS_PER_SECOND = Histogram("helix_runner_tokens_per_second", "Generation speed of one chat reply", ["model"],
                               buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500))
+REPLY_PAUSES = Counter("helix_runner_reply_pauses_total", "Chat replies paused to share the batch with another"
+                       " user's chat (runner/text/fair_batch.py)")
 MODEL_LOADS = Counter("helix_runner_model_loads_total", "Model loads: the vLLM server started, the image pipeline"
                       " loaded", ["kind"])
 ADAPTER_LOADS = Counter("helix_runner_adapter_loads_total", "LoRA adapter loads (text: into vLLM; image: into the"

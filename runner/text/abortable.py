@@ -12,7 +12,7 @@ import queue
 import threading
 from typing import Callable, Iterator, Protocol
 
-from runner.job_watch import JobWatch
+from runner.job_watch import StopSignal
 
 
 class Abortable(Protocol):
@@ -25,14 +25,19 @@ class Abortable(Protocol):
 OpenStream = Callable[[Callable[[Abortable], None]], Iterator[str]]
 
 
-def abortable(open_stream: OpenStream, watch: JobWatch, poll: float = 1.0) -> Iterator[str]:
+def abortable(open_stream: OpenStream, watch: StopSignal, poll: float = 1.0,
+              pause: StopSignal | None = None) -> Iterator[str]:
     """Yields what `open_stream(on_response)` yields, until it ends or `watch` says stop (then it
     returns early: the caller looks at `watch.stop`). `open_stream` calls `on_response` with its
-    HTTP response as soon as it has one. Errors of the request are raised in the caller's thread."""
+    HTTP response as soon as it has one. Errors of the request are raised in the caller's thread.
+
+    `pause` ends the request too, but gently: what was read before the connection closed is still
+    yielded, and the error its closing caused is not raised (the caller looks at `pause.stop`)."""
     items: queue.SimpleQueue = queue.SimpleQueue()
     lock = threading.Lock()
     held: dict[str, Abortable | None] = {"response": None}
-    aborted = threading.Event()
+    aborted = threading.Event()  # the request is to end
+    left = threading.Event()  # the job's thread reads no more
 
     def on_response(response: Abortable) -> None:
         with lock:
@@ -49,7 +54,7 @@ def abortable(open_stream: OpenStream, watch: JobWatch, poll: float = 1.0) -> It
     def read() -> None:
         try:
             for item in open_stream(on_response):
-                if aborted.is_set():
+                if left.is_set():
                     return
                 items.put((True, item))
             items.put((False, None))
@@ -57,7 +62,9 @@ def abortable(open_stream: OpenStream, watch: JobWatch, poll: float = 1.0) -> It
             items.put((False, err))
 
     threading.Thread(target=read, name="model-stream", daemon=True).start()
-    watch.on_stop(lambda: (abort(), items.put((True, None))))  # abort, and wake the job's thread
+    watch.on_stop(lambda: (left.set(), abort(), items.put((True, None))))  # abort, and wake the job's thread
+    if pause is not None:
+        pause.on_stop(abort)
     ended = False  # the request ended by itself: nothing to abort
     try:
         while True:
@@ -73,9 +80,10 @@ def abortable(open_stream: OpenStream, watch: JobWatch, poll: float = 1.0) -> It
                 yield item
                 continue
             ended = True
-            if item is not None:
+            if item is not None and not (pause is not None and pause.stop.is_set()):
                 raise item
             return
     finally:
+        left.set()
         if not ended:  # stopped, or the caller left early: the model server stops generating too
             abort()

@@ -116,6 +116,13 @@ class Generation:
     texts: dict[int, str] = field(default_factory=dict)
     finish_reasons: dict[int, str] = field(default_factory=dict)
     usage: dict[str, int] = field(default_factory=dict)
+    # With `continuous_usage`: (characters of the first choice, completion tokens) after each chunk,
+    # so a reply cut short knows how many tokens the text it kept took.
+    marks: list[tuple[int, int]] = field(default_factory=list)
+
+    def tokens_for(self, chars: int) -> int:
+        """Completion tokens that produced the first `chars` characters of the first choice."""
+        return max((tokens for length, tokens in self.marks if length <= chars), default=0)
 
 
 # A streamed reply: connected and the request sent within 5 s each, then at most 600 s between two
@@ -164,14 +171,16 @@ class Reply:
 def stream_chat(base_url: str, model: str, messages: list[dict[str, str]] | None, *,
                 max_tokens: int | None, temperature: float | None, extra: dict | None = None,
                 session: httpx.Client | None = None, prompt: str | None = None,
-                generation: Generation | None = None,
+                generation: Generation | None = None, continuous_usage: bool = False,
                 on_response: Callable[[Reply], None] | None = None) -> Iterator[str]:
     """Yields the first choice's text as it streams: a chat reply to `messages`, or with `prompt`
     a plain completion of it. `generation` collects all choices, finish reasons and usage;
     `on_response` is given the reply as soon as its response starts (to abort it from another
     thread). `session`: the client to send it with (`vllm_client`); a client of its own if none.
+    `continuous_usage`: vLLM counts the tokens with every chunk (`generation.marks`).
     A connection that fails or drops raises httpx's error (an `httpx.TransportError`)."""
-    body: dict = {**(extra or {}), "model": model, "stream": True, "stream_options": {"include_usage": True}}
+    body: dict = {**(extra or {}), "model": model, "stream": True,
+                  "stream_options": {"include_usage": True, **({"continuous_usage_stats": True} if continuous_usage else {})}}
     if prompt is not None:
         body["prompt"], path = prompt, "/v1/completions"
     else:
@@ -222,5 +231,7 @@ def stream_chat(base_url: str, model: str, messages: list[dict[str, str]] | None
                     gen.finish_reasons[index] = choice["finish_reason"]
                 if text:
                     gen.texts[index] = gen.texts.get(index, "") + text
-                    if index == 0:
-                        yield text
+                if index == 0 and continuous_usage and gen.usage.get("completion_tokens") is not None:
+                    gen.marks.append((len(gen.texts.get(0, "")), gen.usage["completion_tokens"]))
+                if text and index == 0:
+                    yield text
