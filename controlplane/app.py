@@ -10,6 +10,7 @@ from redis import Redis
 from controlplane import metrics, web
 from controlplane.accounts import auth
 from controlplane.config import Config
+from controlplane.contract.operations import documented
 from controlplane.finetune.image_service import ImageFinetuneService
 from controlplane.finetune.text_service import FinetuneService
 from controlplane.fleet.dispatch import Dispatcher
@@ -88,7 +89,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
                           event_streams=events.StreamSlots(config.max_event_streams, config.max_event_streams_per_user,
                                                            redis))
 
-    from controlplane.api import api_keys, dashboard, openai, runner, server_info, user_socket
+    from controlplane.api import api_keys, dashboard, openai, reference, runner, server_info, user_socket
     from controlplane.api import filestore as filestore_routes
     from controlplane.api import finetune as finetune_routes
     from controlplane.api import openai_finetuning as openai_finetuning_routes
@@ -96,13 +97,15 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     from controlplane.api import usage as usage_routes
 
     for bp in (session_routes.bp, openai.helix_chat, finetune_routes.bp, api_keys.bp, runner.bp, filestore_routes.bp,
-               openai.bp, openai_finetuning_routes.bp, dashboard.bp, usage_routes.bp, server_info.bp, user_socket.bp):
+               openai.bp, openai_finetuning_routes.bp, dashboard.bp, usage_routes.bp, server_info.bp, user_socket.bp,
+               reference.bp):
         app.register_blueprint(bp)
     app.config["SOCK_SERVER_OPTIONS"] = user_socket.SERVER_OPTIONS
     app.before_request(_refuse_nul_in_url)
     web.init_app(app)
 
     @app.get("/healthz")
+    @documented("Whether this control-plane process answers", auth="public")
     def healthz():
         return jsonify(ok=True)
 

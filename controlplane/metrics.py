@@ -23,6 +23,7 @@ from flask import Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from controlplane.contract.operations import documented
 from controlplane.errors import Unauthorized
 from controlplane.fleet import fair_share_store
 from controlplane.fleet import overview as fleet
@@ -169,6 +170,8 @@ def init_app(app: Flask) -> None:
         return response
 
     @app.get("/metrics")
+    @documented("Prometheus metrics (with HELIX_METRICS_TOKEN set, that token as a bearer)", auth="public",
+                content="text/plain")
     def prometheus_metrics():
         token = current_app.config["HELIX"].metrics_token
         if token:

@@ -9,7 +9,7 @@ import pytest
 from psycopg.types.json import Jsonb
 from pydantic import TypeAdapter, ValidationError
 
-from tests import helix_types as helix
+from controlplane.contract import helix_types as helix
 
 
 def _check(model, value):

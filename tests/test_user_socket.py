@@ -9,7 +9,7 @@ import pytest
 import requests
 from simple_websocket import Client, ConnectionError
 
-from tests import helix_types as helix
+from controlplane.contract import helix_types as helix
 
 
 def _socket(live_server: str, session_id: str, key: str) -> Client:

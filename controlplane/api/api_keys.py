@@ -6,6 +6,8 @@ from pydantic import ConfigDict, Field
 
 from controlplane.accounts import store as accounts
 from controlplane.accounts.auth import forget_secrets, require_user
+from controlplane.contract import helix_types as helix
+from controlplane.contract.operations import documented
 from controlplane.errors import BadRequest, NotFound
 from controlplane.http.forms import Form, Text, read_form, request_fields
 from controlplane.sessions.views import api_key_view
@@ -23,6 +25,7 @@ class KeyName(Form):
 
 @bp.get("")
 @require_user
+@documented("The caller's API keys", responses={200: [helix.ApiKey]})
 def list_keys():
     with db.transaction() as conn:
         return jsonify([api_key_view(r) for r in accounts.list_api_keys(conn, g.user["id"])])
@@ -30,6 +33,9 @@ def list_keys():
 
 @bp.post("")
 @require_user
+@documented("Create an API key (the key is shown once)", body=KeyName, query={"name": {"type": "string",
+            "description": "the name, as Helix's client sends it: then the answer is the key alone, a JSON string"}},
+            responses={201: (helix.ApiKey, {"type": "string"})})
 def create_key():
     """The name comes in the body, or in the query string as Helix's client sends it; Helix's
     client (`?name=`) is answered as Helix did, with the key alone as a JSON string."""
@@ -42,6 +48,8 @@ def create_key():
 
 @bp.get("/check")
 @require_user
+@documented("Whether a key is one of the caller's", query={"key": {"type": "string"}},
+            responses={200: (helix.ApiKey, None)})
 def check_key():
     """Helix's check: the caller's key as an item, or null where it is not one of theirs (Helix
     said whose any key was; here nobody learns of another user's keys)."""
@@ -55,6 +63,7 @@ def check_key():
 
 @bp.patch("")
 @require_user
+@documented("Rename an API key", body=KeyName, query={"id": {"type": "string"}}, responses={200: helix.ApiKey})
 def rename_key():
     key_id = request.args.get("id") or ""
     if not key_id:
@@ -71,6 +80,7 @@ def rename_key():
 
 @bp.delete("")
 @require_user
+@documented("Delete an API key", query={"key": {"type": "string"}, "id": {"type": "string"}})
 def delete_key():
     target = request.args.get("key") or request.args.get("id") or ""
     if not target:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
+from controlplane.contract.operations import documented
 from controlplane.errors import BadRequest, Forbidden
 from controlplane.fleet import decisions as scheduling_decisions
 from controlplane.fleet import fair_share_store
@@ -30,6 +31,8 @@ def _runner_view(row: fleet_store.RunnerRow) -> dict:
 
 @bp.get("")
 @require_user
+@documented("The fleet for admins: runners, queues, plans and recent scheduling decisions",
+            query={"decisions": {"type": "integer", "minimum": 0, "description": "how many recent decisions"}})
 def dashboard():
     if not g.user.get("is_admin"):
         raise Forbidden("the dashboard is for admins (`helix users create EMAIL --admin`)")

@@ -8,6 +8,8 @@ import mimetypes
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from controlplane.accounts.auth import require_user
+from controlplane.contract import helix_types as helix
+from controlplane.contract.operations import BYTES, documented
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.sessions import sharing
 from controlplane.sessions import store as sessions_store
@@ -58,6 +60,7 @@ def file_view(files: UserFiles, info: FileInfo) -> dict:
 
 @bp.get("/config")
 @require_user
+@documented("Where the caller's files are, and which folders are read-only", responses={200: helix.FilestoreConfig})
 def filestore_config():
     """Helix's FilestoreConfig: paths here are relative to the caller's root already."""
     return jsonify(user_prefix="", folders=[{"name": name, "readonly": True} for name in READ_ONLY_FOLDERS])
@@ -65,6 +68,7 @@ def filestore_config():
 
 @bp.get("/list")
 @require_user
+@documented("The files and folders in a folder", query={"path": {"type": "string", "description": "relative to the caller's root"}}, responses={200: [helix.FileStoreItem]})
 def list_files():
     files = _files()
     path = _path(request.args.get("path"))
@@ -73,6 +77,7 @@ def list_files():
 
 @bp.get("/get")
 @require_user
+@documented("One file's or folder's details", query={"path": {"type": "string", "description": "relative to the caller's root"}}, responses={200: helix.FileStoreItem})
 def get_file():
     path = _path(request.args.get("path"), allow_root=False)
     files = _readable_files(path)
@@ -81,6 +86,7 @@ def get_file():
 
 @bp.get("/viewer/<path:path>")
 @require_user
+@documented("A file's bytes (sandboxed: it never runs as a page)", content=BYTES)
 def viewer(path: str):
     path = _path(path, allow_root=False)
     files = _readable_files(path)
@@ -98,6 +104,8 @@ def viewer(path: str):
 
 @bp.post("/upload")
 @require_user
+@documented("Upload files into a folder (replacing files of the same name)", query={"path": {"type": "string", "description": "relative to the caller's root"}},
+            body_types=("multipart/form-data",), files=("files",), responses={201: [helix.FileStoreItem]})
 def upload():
     files = _files()
     folder = _path(request.args.get("path"))
@@ -161,6 +169,7 @@ def _stat(files: UserFiles, path: str) -> FileInfo | None:
 
 @bp.post("/folder")
 @require_user
+@documented("Create a folder", query={"path": {"type": "string", "description": "relative to the caller's root"}}, responses={201: helix.FileStoreItem})
 def folder():
     files = _files()
     path = _path(request.args.get("path"), allow_root=False)
@@ -170,6 +179,8 @@ def folder():
 
 @bp.put("/rename")
 @require_user
+@documented("Rename or move a file or folder", query={"path": {"type": "string"}, "new_path": {"type": "string"}},
+            responses={200: helix.FileStoreItem})
 def rename():
     files = _files()
     path = _path(request.args.get("path"), allow_root=False)
@@ -182,6 +193,8 @@ def rename():
 
 @bp.delete("/delete")
 @require_user
+@documented("Delete a file or folder", query={"path": {"type": "string", "description": "relative to the caller's root"}},
+            responses={200: {"type": "object", "properties": {"deleted": {"type": "string"}}}})
 def delete():
     files = _files()
     path = _path(request.args.get("path"), allow_root=False)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
+from controlplane.contract import helix_types as helix
+from controlplane.contract.operations import JSON, documented
 from controlplane.errors import BadRequest
-from controlplane.finetune.text_input import DocumentsForm
+from controlplane.finetune.text_input import DocumentsForm, ReviewPair
 from controlplane.http.forms import read_request
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import session_view
@@ -36,6 +38,9 @@ def _pairs_answer(pairs: list[dict]):
 
 @bp.get("/text/conversations/<interaction_id>")
 @require_user
+@documented("The question/answer pairs of a fine-tune, for review (Helix's ShareGPT shape, or ?format=pairs)",
+            query={"format": {"type": "string", "enum": ["helix", "pairs"]}},
+            responses={200: ([helix.Conversation], {"type": "array", "items": {"type": "object"}})})
 def get_pairs(session_id: str, interaction_id: str):
     with db.transaction() as conn:
         return _pairs_answer(_service().get_pairs(conn, g.user, session_id, interaction_id))
@@ -43,6 +48,9 @@ def get_pairs(session_id: str, interaction_id: str):
 
 @bp.put("/text/conversations/<interaction_id>")
 @require_user
+@documented("Replace the pairs while the fine-tune waits for review", body=[ReviewPair],
+            body_types=(JSON,), query={"format": {"type": "string", "enum": ["helix", "pairs"]}},
+            responses={200: ([helix.Conversation], {"type": "array", "items": {"type": "object"}})})
 def put_pairs(session_id: str, interaction_id: str):
     """Replaces the pairs while the fine-tune waits for review: a JSON list, each item a pair
     object or Helix's conversation; answers the pairs saved, as GET does."""
@@ -59,6 +67,7 @@ def _session(conn, changed: SessionWithInteractions):
 
 @bp.post("/start")
 @require_user
+@documented("Train on the reviewed pairs", responses={200: helix.Session})
 def start(session_id: str):
     with db.transaction() as conn:
         return _session(conn, _service().start(conn, g.user, session_id))
@@ -66,6 +75,7 @@ def start(session_id: str):
 
 @bp.put("/text/retry")
 @require_user
+@documented("Run the fine-tune's failed stage again", responses={200: helix.Session})
 def retry(session_id: str):
     with db.transaction() as conn:
         return _session(conn, _service().retry(conn, g.user, session_id))
@@ -73,6 +83,8 @@ def retry(session_id: str):
 
 @bp.put("/documents")
 @require_user
+@documented("Add documents to a fine-tune waiting for them", body=DocumentsForm, files=("files",),
+            responses={200: helix.Session})
 def add_documents(session_id: str):
     files = [f for f in request.files.getlist("files") if f.filename]
     if files:
@@ -83,6 +95,8 @@ def add_documents(session_id: str):
 
 @bp.post("/clone/<interaction_id>/<mode>")
 @require_user
+@documented("Copy a session up to an interaction, to chat with its adapter or train again (mode: just_data,"
+            " with_questions, all)", responses={201: helix.Session})
 def clone(session_id: str, interaction_id: str, mode: str):
     with db.transaction() as conn:
         return _session(conn, _service().clone(conn, g.user, session_id, interaction_id, mode)), 201

@@ -12,12 +12,14 @@ from typing import Any, Callable, Iterator
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
+from controlplane.contract.operations import JSON, documented
 from controlplane.errors import ApiError, BadRequest
 from controlplane.http import event_stream
 from controlplane.http.forms import read_form
 from controlplane.http.messages import parsed
 from controlplane.openai import input as openai_input
 from controlplane.openai.chat import chat_completion, final_reply, image_response, stream_chunks
+from controlplane.openai.input import ChatCompletionBody, CompletionBody, ImageGenerationBody
 from controlplane.sessions import events
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.input import ContinueChat, HelixChat
@@ -135,6 +137,7 @@ def _text_call(parse, completion: bool):
 
 @bp.get("/models")
 @require_user
+@documented("The models the caller may use: the base models and their fine-tunes", errors="openai")
 def list_models():
     with db.transaction() as conn:
         return jsonify(object="list", data=_service().models(conn, g.user))
@@ -142,6 +145,7 @@ def list_models():
 
 @bp.get("/models/<path:model_id>")
 @require_user
+@documented("One model", errors="openai")
 def get_model(model_id: str):
     with db.transaction() as conn:
         found = next((m for m in _service().models(conn, g.user) if m["id"] == model_id), None)
@@ -152,18 +156,22 @@ def get_model(model_id: str):
 
 @bp.post("/chat/completions")
 @require_user
+@documented("A chat completion (OpenAI's API): the answer, or with stream=true its chunks as server-sent events",
+            body=ChatCompletionBody, body_types=(JSON,), errors="openai")
 def chat_completions():
     return _text_call(openai_input.chat_request, completion=False)
 
 
 @bp.post("/completions")
 @require_user
+@documented("A text completion (OpenAI's API), streamed or not", body=CompletionBody, body_types=(JSON,), errors="openai")
 def completions():
     return _text_call(openai_input.completion_request, completion=True)
 
 
 @bp.post("/images/generations")
 @require_user
+@documented("Images from a prompt (OpenAI's API)", body=ImageGenerationBody, body_types=(JSON,), errors="openai")
 def image_generations():
     config = current_app.config["HELIX"]
     body = _body()
@@ -185,6 +193,8 @@ def image_generations():
 
 @helix_chat.post("/chat")
 @require_user
+@documented("Helix's chat route: a new chat session or the next turn of one, answered in OpenAI's shape",
+            body=HelixChat, body_types=(JSON,))
 def helix_session_chat():
     """Helix's chat route: `messages` of `{"role", "content": {"content_type": "text", "parts": [...]}}`,
     an optional `system` and `model`, and `session_id` to continue a session of the caller's."""

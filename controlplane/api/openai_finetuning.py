@@ -7,8 +7,10 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
+from controlplane.contract.operations import JSON, documented
 from controlplane.errors import BadRequest
-from controlplane.openai.files import file_view
+from controlplane.openai.files import FileUpload, file_view
+from controlplane.openai.job_input import FineTuningJobBody
 from controlplane.storage import db
 from controlplane.usage import admission, storage_quota
 from controlplane.usage.admission import Work
@@ -41,6 +43,8 @@ def _page(items: list[dict[str, Any]], limit: int, **extra: Any):
 
 @bp.post("/files")
 @require_user
+@documented("Upload a JSONL file of training examples (OpenAI's API)", body=FileUpload,
+            body_types=("multipart/form-data",), files=("file",), errors="openai")
 def upload_file():
     storage_quota.check_storage(current_app.extensions["filestore"])
     with db.transaction() as conn:
@@ -50,6 +54,9 @@ def upload_file():
 
 @bp.get("/files")
 @require_user
+@documented("The caller's files (OpenAI's API)", errors="openai",
+            query={"purpose": {"type": "string"}, "after": {"type": "string"}, "limit": {"type": "integer", "minimum": 1},
+                   "order": {"type": "string", "enum": ["asc", "desc"]}})
 def list_files():
     limit = _limit(10_000, 10_000)
     order = request.args.get("order", "desc")
@@ -65,6 +72,7 @@ def list_files():
 
 @bp.get("/files/<file_id>")
 @require_user
+@documented("One file", errors="openai")
 def get_file(file_id: str):
     with db.transaction() as conn:
         return jsonify(file_view(_files().get(conn, g.user, file_id)))
@@ -72,6 +80,7 @@ def get_file(file_id: str):
 
 @bp.delete("/files/<file_id>")
 @require_user
+@documented("Delete a file", errors="openai")
 def delete_file(file_id: str):
     with db.transaction() as conn:
         return jsonify(_files().delete(conn, g.user, file_id))
@@ -79,6 +88,7 @@ def delete_file(file_id: str):
 
 @bp.get("/files/<file_id>/content")
 @require_user
+@documented("A file's content (JSONL)", content="application/jsonl", errors="openai")
 def file_content(file_id: str):
     with db.transaction() as conn:
         row = _files().get(conn, g.user, file_id)
@@ -88,6 +98,7 @@ def file_content(file_id: str):
 
 @bp.post("/fine_tuning/jobs")
 @require_user
+@documented("Start a fine-tuning job (OpenAI's API)", body=FineTuningJobBody, body_types=(JSON,), errors="openai")
 def create_job():
     body = request.get_json(silent=True)
     if body is None:
@@ -99,6 +110,8 @@ def create_job():
 
 @bp.get("/fine_tuning/jobs")
 @require_user
+@documented("The caller's fine-tuning jobs", errors="openai",
+            query={"after": {"type": "string"}, "limit": {"type": "integer", "minimum": 1}})
 def list_jobs():
     limit = _limit(20, 100)
     with db.transaction() as conn:
@@ -107,6 +120,7 @@ def list_jobs():
 
 @bp.get("/fine_tuning/jobs/<job_id>")
 @require_user
+@documented("One fine-tuning job: its status, trained tokens and result", errors="openai")
 def get_job(job_id: str):
     with db.transaction() as conn:
         return jsonify(_jobs().get(conn, g.user, job_id))
@@ -124,6 +138,8 @@ def _after(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @bp.get("/fine_tuning/jobs/<job_id>/events")
 @require_user
+@documented("A job's events: stages, progress and training loss", errors="openai",
+            query={"after": {"type": "string"}, "limit": {"type": "integer", "minimum": 1}})
 def job_events(job_id: str):
     limit = _limit(20, 10_000)
     with db.transaction() as conn:
@@ -132,6 +148,8 @@ def job_events(job_id: str):
 
 @bp.get("/fine_tuning/jobs/<job_id>/checkpoints")
 @require_user
+@documented("A job's checkpoints", errors="openai",
+            query={"after": {"type": "string"}, "limit": {"type": "integer", "minimum": 1}})
 def job_checkpoints(job_id: str):
     limit = _limit(10, 100)
     with db.transaction() as conn:
@@ -142,6 +160,7 @@ def job_checkpoints(job_id: str):
 
 @bp.post("/fine_tuning/jobs/<job_id>/cancel")
 @require_user
+@documented("Cancel a fine-tuning job", errors="openai")
 def cancel_job(job_id: str):
     with db.transaction() as conn:
         return jsonify(_jobs().cancel(conn, g.user, job_id))

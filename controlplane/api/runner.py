@@ -12,6 +12,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from controlplane import metrics
 from controlplane.accounts.auth import require_runner
+from controlplane.contract.operations import BYTES, JSON, documented
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.fleet import decisions as scheduling_decisions
 from controlplane.fleet.dispatch import job_stage
@@ -73,6 +74,7 @@ def _authorize(conn, session_id: str, interaction_id: str, named: str = "") -> d
 @bp.post("/register")
 @require_runner
 @same_wire
+@documented("A runner says it is here, what it serves and its state", body=Registration, auth="runner", body_types=(JSON,))
 def register():
     with db.transaction() as conn:
         row = runner_service.register_runner(conn, current_app.config["HELIX"], g.runner_token["id"],
@@ -83,6 +85,7 @@ def register():
 @bp.post("/sessions/<session_id>/interactions/<interaction_id>")
 @require_runner
 @same_wire
+@documented("A job's progress, streamed text or final result", body=InteractionUpdate, auth="runner", body_types=(JSON,))
 def update_interaction(session_id: str, interaction_id: str):
     update = _message(InteractionUpdate, "update")
     named = update.runner
@@ -104,6 +107,8 @@ def update_interaction(session_id: str, interaction_id: str):
 @bp.post("/sessions/<session_id>/interactions/<interaction_id>/files")
 @require_runner
 @same_wire
+@documented("A result file of a job (an image, an adapter, a checkpoint)", auth="runner",
+            body_types=("multipart/form-data",), files=("file",))
 def upload_result(session_id: str, interaction_id: str):
     """A runner's output file, stored in the session owner's filestore under the session."""
     upload = request.files.get("file")
@@ -124,6 +129,7 @@ def upload_result(session_id: str, interaction_id: str):
 @bp.get("/sessions/<session_id>/files")
 @require_runner
 @same_wire
+@documented("A session's input files, for its job", auth="runner", content=BYTES)
 def download_input(session_id: str):
     """A file of the session (its inputs, say), for a runner running one of its jobs: only inside
     that session's folder."""
@@ -167,6 +173,9 @@ _FINETUNE_REPORTS = {"document": (DocumentReport, "report_document"), "chunk": (
 @bp.post("/sessions/<session_id>/interactions/<interaction_id>/finetune/<report>")
 @require_runner
 @same_wire
+@documented("A fine-tune's report: a document read, a chunk's pairs, training metrics, or the"
+            " end of data preparation (report: document, chunk, metrics, prepared)",
+            body=(DocumentReport, ChunkReport, MetricsReport, PreparedReport), auth="runner", body_types=(JSON,))
 def finetune_report(session_id: str, interaction_id: str, report: str):
     """A document read, a chunk's pairs, training metrics, or (`prepared`) the end of data preparation."""
     if report != "prepared" and report not in _FINETUNE_REPORTS:
@@ -186,6 +195,7 @@ def finetune_report(session_id: str, interaction_id: str, report: str):
 @bp.get("/sessions/<session_id>/interactions/<interaction_id>/finetune/pairs")
 @require_runner
 @same_wire
+@documented("The reviewed pairs to train on", auth="runner")
 def training_pairs(session_id: str, interaction_id: str):
     with db.transaction() as conn:
         _authorize(conn, session_id, interaction_id)

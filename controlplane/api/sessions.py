@@ -5,6 +5,8 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from controlplane import metrics
 from controlplane.accounts.auth import require_user
+from controlplane.contract import helix_types as helix
+from controlplane.contract.operations import EVENTS, documented
 from controlplane.errors import BadRequest, NotFound
 from controlplane.finetune.image_input import ImageFinetuneForm
 from controlplane.finetune.text_input import TextFinetuneForm
@@ -38,6 +40,10 @@ def _session_or_404(conn, session_id: str) -> SessionWithInteractions:
 
 @bp.post("")
 @require_user
+@documented("Create a session: a chat, an image, or a fine-tune of text documents or captioned images",
+            body=(NewSession, TextFinetuneForm, ImageFinetuneForm), files=("files",), responses={201: helix.Session},
+            description="The Helix form: mode=inference|finetune and type=text|image, then the prompt (`input`)"
+                        " or the files to learn from. Its work is queued; poll the session or read its events.")
 def create_session():
     body = request_fields()
     files = [f for f in request.files.getlist("files") if f.filename]
@@ -60,6 +66,9 @@ def create_session():
 
 @bp.get("")
 @require_user
+@documented("The caller's sessions, newest first", responses={200: helix.SessionsList},
+            query={"offset": {"type": "integer", "minimum": 0}, "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+                   "q": {"type": "string", "description": "words in the session's name"}})
 def list_sessions():
     offset = optional_int(request.args, "offset", 0, 10**9) or 0
     limit = optional_int(request.args, "limit", 1, 1000) or 50
@@ -82,6 +91,7 @@ def _full_view(conn, session_id: str) -> dict:
 
 @bp.get("/<session_id>")
 @require_user
+@documented("One session with its interactions: the status poll", responses={200: helix.Session})
 def get_session(session_id: str):
     """The status poll: answered from this process's copy while no change was announced."""
     cache = current_app.extensions["session_cache"]
@@ -103,6 +113,7 @@ def get_session(session_id: str):
 
 @bp.get("/<session_id>/summary")
 @require_user
+@documented("One session's summary, as the session list shows it", responses={200: helix.SessionSummary})
 def get_session_summary(session_id: str):
     """Helix's SessionSummary of one session, as the session list shows each."""
     with db.read() as conn:
@@ -111,6 +122,7 @@ def get_session_summary(session_id: str):
 
 @bp.put("/<session_id>/meta")
 @require_user
+@documented("Rename a session", body=SessionMeta, responses={200: helix.Session})
 def rename_session(session_id: str):
     """Helix's rename: a SessionMetaUpdate; answers the session."""
     meta = read_request(SessionMeta)
@@ -126,6 +138,8 @@ def rename_session(session_id: str):
 
 @bp.put("/<session_id>/config")
 @require_user
+@documented("Share a session, or set its avatar and priority", body=SessionSettings,
+            responses={200: helix.SessionMetadata})
 def update_session_config(session_id: str):
     """Helix's session settings (SessionMetadata): its owner shares it, or sets its avatar and
     priority (kept and shown; priority changes no one's place in the queues). Answers them all."""
@@ -139,6 +153,7 @@ def update_session_config(session_id: str):
 
 @bp.post("/<session_id>/cancel")
 @require_user
+@documented("Stop the session's queued or running work", responses={200: helix.Session})
 def cancel_session(session_id: str):
     """Stops queued or running work; the interaction ends with state error, status cancelled."""
     with db.transaction() as conn:
@@ -149,6 +164,7 @@ def cancel_session(session_id: str):
 
 @bp.put("/<session_id>/restart")
 @require_user
+@documented("Run the session's last interaction again", responses={200: helix.Session})
 def restart_session(session_id: str):
     """Runs the last interaction again (one still queued or running is left as it is)."""
     admission.admit(None)
@@ -160,6 +176,8 @@ def restart_session(session_id: str):
 
 @bp.put("/<session_id>")
 @require_user
+@documented("Continue a chat or image session with a new prompt", body=ContinueChat,
+            responses={200: helix.Session})
 def continue_session(session_id: str):
     body = request_fields()
     admission.admit(Work.TEXT, body)
@@ -170,6 +188,7 @@ def continue_session(session_id: str):
 
 @bp.delete("/<session_id>")
 @require_user
+@documented("Delete a session, its files and its adapter", responses={200: helix.Session})
 def delete_session(session_id: str):
     with db.transaction() as conn:
         session = _service().delete(conn, g.user, session_id)
@@ -178,6 +197,7 @@ def delete_session(session_id: str):
 
 @bp.get("/<session_id>/events")
 @require_user
+@documented("The session's changes as server-sent events, until its work ends", content=EVENTS)
 def session_events(session_id: str):
     owner = g.user["id"]
     with db.read() as conn:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
+from controlplane.contract.operations import documented
 from controlplane.errors import BadRequest, Forbidden
 from controlplane.sessions.views import iso_time
 from controlplane.storage import db
@@ -17,6 +18,11 @@ bp = Blueprint("usage", __name__, url_prefix="/api/v1/usage")
 
 @bp.get("")
 @require_user
+@documented("What the caller's work used, grouped, with their plan's limits and this month's credits",
+            query={"from": {"type": "string", "description": "a date or time (default: 30 days ago)"},
+                   "to": {"type": "string", "description": "a date or time (default: now)"},
+                   "group_by": {"type": "string", "enum": ["day", "model", "key", "user"]},
+                   "all": {"type": "boolean", "description": "everyone's usage (admins)"}})
 def usage():
     everyone = request.args.get("all", "").lower() in ("1", "true", "yes")
     if everyone and not g.user.get("is_admin"):

@@ -11,6 +11,7 @@ from flask import Blueprint, current_app, g, request
 from flask_sock import Sock
 
 from controlplane.accounts.auth import require_user
+from controlplane.contract.operations import documented
 from controlplane.errors import BadRequest
 from controlplane.sessions import helix_events, sharing
 from controlplane.sessions import store as sessions_store
@@ -48,6 +49,8 @@ def _give_back_slot(_error=None):
 
 
 @sock.route("/ws/user", bp=bp)
+@documented("Helix's user websocket: the session's changes as WebsocketEvent messages while it stays open",
+            query={"session_id": {"type": "string"}}, responses={101: "the socket is open (WebSocket upgrade)"})
 def user_socket(ws):
     session = g.watched
     app, redis = current_app._get_current_object(), current_app.extensions["redis"]

@@ -3,8 +3,10 @@
 `frontend/src/types.ts`. Written here from their field names and JSON types (Go's `time.Time`
 is RFC 3339 text, its strings are never null); not a copy of Helix's files.
 
-Strict: a field that is missing, null where Helix never sent null, or of another JSON type fails,
-as would a value outside Helix's enumerations. Fields this platform adds beside Helix's are allowed.
+The sessions API's answers follow them: they are the response schemas of the OpenAPI document
+(contract/openapi.py), and the suite checks real answers against them. Strict: a field that is
+missing, null where Helix never sent null, or of another JSON type fails, as would a value outside
+Helix's enumerations. Fields this platform adds beside Helix's are allowed.
 """
 from __future__ import annotations
 
