@@ -15,7 +15,7 @@ from controlplane.finetune.image_service import ImageFinetuneService
 from controlplane.finetune.text_service import FinetuneService
 from controlplane.fleet.dispatch import Dispatcher
 from controlplane.http import error_handlers, request_context
-from controlplane.http.fields import refuse_nul_in_url
+from controlplane.http.fields import SessionId, refuse_nul_in_url
 from controlplane.http.request_body import JSONProvider, Request
 from controlplane.openai.chat import OpenAIService
 from controlplane.openai.files import OpenAIFiles
@@ -60,6 +60,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     app.config["HELIX"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
     app.request_class = Request
+    app.url_map.converters["session_id"] = SessionId
     app.json = JSONProvider(app)
     app.json.sort_keys = False
     app.json.max_depth = config.max_json_depth

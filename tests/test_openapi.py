@@ -115,3 +115,22 @@ def test_the_reference_page_renders_the_document_from_the_packages_own_files(liv
     assert problems == [], problems  # nothing the page's policy refused
     assert asked and all(url.startswith(live_server) for url in asked), asked  # no CDN
     page.close()
+
+
+def test_a_method_a_route_does_not_take_is_a_405_naming_those_it_does(app, user):
+    client = app.test_client()
+    r = client.open("/api/v1/sessions", method="TRACE", headers=user.headers)
+    assert r.status_code == 405 and r.get_json() == {"error": "method not allowed on this route"}
+    assert set(r.headers["Allow"].split(", ")) == {"GET", "POST", "HEAD", "OPTIONS"}
+    # Helix's chat route is not a session id: its Allow names its own methods alone.
+    r = client.options("/api/v1/sessions/chat", headers=user.headers)
+    assert set(r.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+    r = client.get("/api/v1/sessions/chat", headers=user.headers)
+    assert r.status_code == 405 and r.headers["Allow"]
+
+
+def test_every_link_leads_to_an_operation_of_the_document(document):
+    ids = {op["operationId"] for item in document["paths"].values() for op in item.values()}
+    links = [link for item in document["paths"].values() for op in item.values()
+             for answer in op["responses"].values() for link in answer.get("links", {}).values()]
+    assert len(links) >= 9 and all(link["operationId"] in ids for link in links), links

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
-from controlplane.contract.operations import JSON, documented
+from controlplane.contract.operations import EVENTS, JSON, documented
 from controlplane.errors import ApiError, BadRequest
 from controlplane.http import event_stream
 from controlplane.http.forms import read_form
@@ -157,14 +157,15 @@ def get_model(model_id: str):
 @bp.post("/chat/completions")
 @require_user
 @documented("A chat completion (OpenAI's API): the answer, or with stream=true its chunks as server-sent events",
-            body=ChatCompletionBody, body_types=(JSON,), errors="openai")
+            body=ChatCompletionBody, body_types=(JSON,), errors="openai", content=(JSON, EVENTS))
 def chat_completions():
     return _text_call(openai_input.chat_request, completion=False)
 
 
 @bp.post("/completions")
 @require_user
-@documented("A text completion (OpenAI's API), streamed or not", body=CompletionBody, body_types=(JSON,), errors="openai")
+@documented("A text completion (OpenAI's API), streamed or not", body=CompletionBody, body_types=(JSON,), errors="openai",
+            content=(JSON, EVENTS))
 def completions():
     return _text_call(openai_input.completion_request, completion=True)
 
@@ -194,7 +195,7 @@ def image_generations():
 @helix_chat.post("/chat")
 @require_user
 @documented("Helix's chat route: a new chat session or the next turn of one, answered in OpenAI's shape",
-            body=HelixChat, body_types=(JSON,))
+            body=HelixChat, body_types=(JSON,), content=(JSON, EVENTS))
 def helix_session_chat():
     """Helix's chat route: `messages` of `{"role", "content": {"content_type": "text", "parts": [...]}}`,
     an optional `system` and `model`, and `session_id` to continue a session of the caller's."""

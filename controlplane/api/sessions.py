@@ -25,6 +25,12 @@ from controlplane.usage.admission import Work
 from shared.types import SessionMode, SessionType
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/v1/sessions")
+# Where a new session leads (the OpenAPI document's links): create, read, continue, stop, delete.
+SESSION_LINKS = {"GetSession": "sessions_get_session", "GetSummary": "sessions_get_session_summary",
+                 "ContinueSession": "sessions_continue_session", "CancelSession": "sessions_cancel_session",
+                 "RestartSession": "sessions_restart_session", "RenameSession": "sessions_rename_session",
+                 "ShareSession": "sessions_update_session_config", "SessionEvents": "sessions_session_events",
+                 "DeleteSession": "sessions_delete_session"}
 
 
 def _service():
@@ -42,6 +48,7 @@ def _session_or_404(conn, session_id: str) -> SessionWithInteractions:
 @require_user
 @documented("Create a session: a chat, an image, or a fine-tune of text documents or captioned images",
             body=(NewSession, TextFinetuneForm, ImageFinetuneForm), files=("files",), responses={201: helix.Session},
+            links={name: (target, {"session_id": "$response.body#/id"}) for name, target in SESSION_LINKS.items()},
             description="The Helix form: mode=inference|finetune and type=text|image, then the prompt (`input`)"
                         " or the files to learn from. Its work is queued; poll the session or read its events.")
 def create_session():
@@ -89,7 +96,7 @@ def _full_view(conn, session_id: str) -> dict:
                                session_view(session, interactions), session, interactions)
 
 
-@bp.get("/<session_id>")
+@bp.get("/<session_id:session_id>")
 @require_user
 @documented("One session with its interactions: the status poll", responses={200: helix.Session})
 def get_session(session_id: str):
@@ -174,7 +181,7 @@ def restart_session(session_id: str):
         return jsonify(_full_view(conn, session_id))
 
 
-@bp.put("/<session_id>")
+@bp.put("/<session_id:session_id>")
 @require_user
 @documented("Continue a chat or image session with a new prompt", body=ContinueChat,
             responses={200: helix.Session})
@@ -186,7 +193,7 @@ def continue_session(session_id: str):
     return jsonify(session_view(*continued))
 
 
-@bp.delete("/<session_id>")
+@bp.delete("/<session_id:session_id>")
 @require_user
 @documented("Delete a session, its files and its adapter", responses={200: helix.Session})
 def delete_session(session_id: str):

@@ -25,7 +25,7 @@ TAGS = {
     "operations": "operations", "runner": "runner (internal)",
 }
 REF = "#/components/schemas/{model}"
-_CONVERTER = re.compile(r"<(?:[a-z]+:)?([a-zA-Z_][a-zA-Z0-9_]*)>")
+_CONVERTER = re.compile(r"<(?:[a-z_]+:)?([a-zA-Z_][a-zA-Z0-9_]*)>")
 
 ERROR_SCHEMAS = {
     "Error": {
@@ -65,6 +65,9 @@ SECURITY_SCHEMES = {
                                    " user websocket (a browser's EventSource, img and WebSocket send no header)."},
     "runnerToken": {"type": "http", "scheme": "bearer", "description": "A runner's token (`helix runners token`)."},
 }
+# One event of a text/event-stream answer.
+SERVER_SENT_EVENT = {"type": "object", "properties": {"event": {"type": "string"}, "data": {"type": "string"},
+                                                      "id": {"type": "string"}, "retry": {"type": "integer"}}}
 QUERY_KEY_ENDPOINTS = frozenset({"sessions.session_events", "filestore.viewer", "user_socket.user_socket"})
 
 
@@ -146,12 +149,13 @@ def _responses(op: Operation, refs: dict, user_route: bool) -> dict:
         if isinstance(value, str):  # an answer with no body (a WebSocket upgrade)
             answers[str(status)] = {"description": value}
             continue
-        if op.content == JSON:
-            body = {JSON: {"schema": _schema_of(value, refs)}}
-        else:
-            body = {op.content: {"schema": {"type": "string"} if op.content == EVENTS
-                                 else {"type": "string", "contentMediaType": op.content}}}
+        body = {kind: {"schema": _schema_of(value, refs) if kind == JSON else SERVER_SENT_EVENT if kind == EVENTS
+                       else {"type": "string", "contentMediaType": kind}}
+                for kind in (op.content if isinstance(op.content, tuple) else (op.content,))}
         answers[str(status)] = {"description": op.summary if status < 300 else "", "content": body}
+        if op.links and status < 300:
+            answers[str(status)]["links"] = {name: {"operationId": target, "parameters": parameters}
+                                             for name, (target, parameters) in op.links.items()}
         if status == 204:
             answers[str(status)] = {"description": "done; nothing to say"}
     error = {JSON: {"schema": {"$ref": REF.format(model="OpenAIError" if op.errors == "openai" else "Error")}}}

@@ -24,8 +24,10 @@ class Operation:
     parameters' names and JSON Schemas (all optional). `responses`:
     status to the model of the answer, a JSON Schema, None for any JSON object, a tuple for any
     one of several (None there: null) or a list of one for an array of it; `content`: the
-    success answer's content type. `auth`: who may call it. `errors`: the shape of its errors
-    (Helix's `{"error": "..."}` or OpenAI's)."""
+    success answer's content type (a tuple: one of those). `auth`: who may call it. `errors`: the shape of its errors
+    (Helix's `{"error": "..."}` or OpenAI's). `links`: what the success answer leads to, by name:
+    another operation's id and its parameters as OpenAPI runtime expressions (clients and the
+    fuzzer's stateful phase follow them)."""
 
     summary: str
     body: Any = None
@@ -33,10 +35,11 @@ class Operation:
     files: tuple[str, ...] = ()
     query: Any = None
     responses: dict[int, Any] = field(default_factory=lambda: {200: None})
-    content: str = JSON
+    content: str | tuple[str, ...] = JSON
     auth: Auth = "user"
     errors: Errors = "helix"
     description: str = ""
+    links: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
 
 def documented(summary: str, **details: Any) -> Callable:

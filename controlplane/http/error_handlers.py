@@ -55,7 +55,10 @@ def init_app(app: Flask, pages: ErrorPages) -> None:
         }.get(err.code or 0, err.description or err.name)
         if pages.is_page_request() and err.code == 404:
             message = "There is no page at this address."
-        return _reply(message, err.code or 400)
+        response = make_response(_reply(message, err.code or 400))
+        # What the error itself says in headers: a 405's Allow (the methods the route takes).
+        response.headers.update({k: v for k, v in err.get_headers() if k.lower() != "content-type"})
+        return response
 
     @app.errorhandler(ParseException)
     def _malformed_body(err: ParseException):

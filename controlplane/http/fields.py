@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from werkzeug.datastructures import MultiDict
+from werkzeug.routing import BaseConverter
 
 from controlplane.errors import BadRequest
 
@@ -53,3 +54,10 @@ def refuse_nul_in_url(path: str, args: MultiDict | None) -> None:
     (`args` None: a query that holds none)."""
     if "\x00" in path or (args and any("\x00" in k or "\x00" in v for k, v in args.items(multi=True))):
         raise BadRequest("the URL path and query must not contain NUL bytes (%00)")
+
+
+class SessionId(BaseConverter):
+    """A session id in a URL: any path segment but `chat`, which is Helix's chat route
+    (POST /api/v1/sessions/chat), so that route's Allow header names its own methods only."""
+
+    regex = r"(?!chat/?$)[^/]+"
