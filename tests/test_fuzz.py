@@ -45,7 +45,8 @@ def _signed_in(base_url: str, email: str) -> tuple[str, str]:
 def _fuzz(base_url: str, name: str, headers: dict[str, str], *selection: str) -> None:
     REPORTS.mkdir(parents=True, exist_ok=True)
     command = [str(Path(sys.executable).parent / "st"), "run", f"{base_url}/api/v1/openapi.json",
-               "--checks", ",".join(CHECKS), "--max-examples", EXAMPLES, "--phases", "examples,coverage,fuzzing,stateful",
+               "--checks", ",".join(CHECKS), "--max-examples", EXAMPLES,
+               "--phases", "examples,coverage,fuzzing,stateful",
                "--generation-with-security-parameters", "false", "--continue-on-failure", "--request-timeout", "60",
                "--report", "junit", "--report-junit-path", str(REPORTS / f"{name}.xml"), *selection]
     if SEED != "random":

@@ -69,7 +69,8 @@ def test_request_schemas_come_from_the_models_the_routes_parse_with(document):
     files = create["multipart/form-data"]["schema"]["allOf"][1]["properties"]["files"]
     assert files["type"] == "array"
     chat = document["paths"]["/v1/chat/completions"]["post"]
-    assert chat["requestBody"]["content"] == {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionBody"}}}
+    assert chat["requestBody"]["content"] == {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionBody"}}}
     assert set(schemas["ChatCompletionBody"]["required"]) == {n for n, f in ChatCompletionBody.model_fields.items()
                                                               if f.is_required()}
     # Answers: Helix's own types for the sessions API, each API's own error shape.

@@ -18,6 +18,8 @@ from controlplane.storage.filestore import FileInfo, UserFiles, user_path
 from controlplane.usage import storage_quota
 
 bp = Blueprint("filestore", __name__, url_prefix="/api/v1/filestore")
+# The query parameter most routes here take.
+PATH = {"path": {"type": "string", "description": "relative to the caller's root"}}
 READ_ONLY_FOLDERS = ("sessions",)
 
 
@@ -68,7 +70,7 @@ def filestore_config():
 
 @bp.get("/list")
 @require_user
-@documented("The files and folders in a folder", query={"path": {"type": "string", "description": "relative to the caller's root"}}, responses={200: [helix.FileStoreItem]})
+@documented("The files and folders in a folder", query=PATH, responses={200: [helix.FileStoreItem]})
 def list_files():
     files = _files()
     path = _path(request.args.get("path"))
@@ -77,7 +79,7 @@ def list_files():
 
 @bp.get("/get")
 @require_user
-@documented("One file's or folder's details", query={"path": {"type": "string", "description": "relative to the caller's root"}}, responses={200: helix.FileStoreItem})
+@documented("One file's or folder's details", query=PATH, responses={200: helix.FileStoreItem})
 def get_file():
     path = _path(request.args.get("path"), allow_root=False)
     files = _readable_files(path)
@@ -104,7 +106,7 @@ def viewer(path: str):
 
 @bp.post("/upload")
 @require_user
-@documented("Upload files into a folder (replacing files of the same name)", query={"path": {"type": "string", "description": "relative to the caller's root"}},
+@documented("Upload files into a folder (replacing files of the same name)", query=PATH,
             body_types=("multipart/form-data",), files=("files",), responses={201: [helix.FileStoreItem]})
 def upload():
     files = _files()
@@ -169,7 +171,7 @@ def _stat(files: UserFiles, path: str) -> FileInfo | None:
 
 @bp.post("/folder")
 @require_user
-@documented("Create a folder", query={"path": {"type": "string", "description": "relative to the caller's root"}}, responses={201: helix.FileStoreItem})
+@documented("Create a folder", query=PATH, responses={201: helix.FileStoreItem})
 def folder():
     files = _files()
     path = _path(request.args.get("path"), allow_root=False)
@@ -193,7 +195,7 @@ def rename():
 
 @bp.delete("/delete")
 @require_user
-@documented("Delete a file or folder", query={"path": {"type": "string", "description": "relative to the caller's root"}},
+@documented("Delete a file or folder", query=PATH,
             responses={200: {"type": "object", "properties": {"deleted": {"type": "string"}}}})
 def delete():
     files = _files()

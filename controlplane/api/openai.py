@@ -164,8 +164,8 @@ def chat_completions():
 
 @bp.post("/completions")
 @require_user
-@documented("A text completion (OpenAI's API), streamed or not", body=CompletionBody, body_types=(JSON,), errors="openai",
-            content=(JSON, EVENTS))
+@documented("A text completion (OpenAI's API), streamed or not", body=CompletionBody, body_types=(JSON,),
+            errors="openai", content=(JSON, EVENTS))
 def completions():
     return _text_call(openai_input.completion_request, completion=True)
 

@@ -55,7 +55,8 @@ def upload_file():
 @bp.get("/files")
 @require_user
 @documented("The caller's files (OpenAI's API)", errors="openai",
-            query={"purpose": {"type": "string"}, "after": {"type": "string"}, "limit": {"type": "integer", "minimum": 1},
+            query={"purpose": {"type": "string"}, "after": {"type": "string"},
+                   "limit": {"type": "integer", "minimum": 1, "maximum": 10_000},
                    "order": {"type": "string", "enum": ["asc", "desc"]}})
 def list_files():
     limit = _limit(10_000, 10_000)

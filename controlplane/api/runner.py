@@ -74,7 +74,8 @@ def _authorize(conn, session_id: str, interaction_id: str, named: str = "") -> d
 @bp.post("/register")
 @require_runner
 @same_wire
-@documented("A runner says it is here, what it serves and its state", body=Registration, auth="runner", body_types=(JSON,))
+@documented("A runner says it is here, what it serves and its state", body=Registration, auth="runner",
+            body_types=(JSON,))
 def register():
     with db.transaction() as conn:
         row = runner_service.register_runner(conn, current_app.config["HELIX"], g.runner_token["id"],
@@ -85,7 +86,8 @@ def register():
 @bp.post("/sessions/<session_id>/interactions/<interaction_id>")
 @require_runner
 @same_wire
-@documented("A job's progress, streamed text or final result", body=InteractionUpdate, auth="runner", body_types=(JSON,))
+@documented("A job's progress, streamed text or final result", body=InteractionUpdate, auth="runner",
+            body_types=(JSON,))
 def update_interaction(session_id: str, interaction_id: str):
     update = _message(InteractionUpdate, "update")
     named = update.runner

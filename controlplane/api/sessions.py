@@ -74,7 +74,8 @@ def create_session():
 @bp.get("")
 @require_user
 @documented("The caller's sessions, newest first", responses={200: helix.SessionsList},
-            query={"offset": {"type": "integer", "minimum": 0}, "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+            query={"offset": {"type": "integer", "minimum": 0, "maximum": 10**9},
+                   "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
                    "q": {"type": "string", "description": "words in the session's name"}})
 def list_sessions():
     offset = optional_int(request.args, "offset", 0, 10**9) or 0

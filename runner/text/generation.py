@@ -179,8 +179,8 @@ def stream_chat(base_url: str, model: str, messages: list[dict[str, str]] | None
     thread). `session`: the client to send it with (`vllm_client`); a client of its own if none.
     `continuous_usage`: vLLM counts the tokens with every chunk (`generation.marks`).
     A connection that fails or drops raises httpx's error (an `httpx.TransportError`)."""
-    body: dict = {**(extra or {}), "model": model, "stream": True,
-                  "stream_options": {"include_usage": True, **({"continuous_usage_stats": True} if continuous_usage else {})}}
+    usage = {"include_usage": True, **({"continuous_usage_stats": True} if continuous_usage else {})}
+    body: dict = {**(extra or {}), "model": model, "stream": True, "stream_options": usage}
     if prompt is not None:
         body["prompt"], path = prompt, "/v1/completions"
     else:
