@@ -380,12 +380,28 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("runner", help="run a runner node (configured by HELIX_RUNNER_* variables)")
     run.add_argument("runner_args", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_runner)
+    user_commands = _user_commands()
+    if user_commands is not None:  # a user's commands, over the API, where the client is installed
+        user_commands.add_user_commands(sub)
     return p
+
+
+def _user_commands():
+    """The user commands (clients/python: helix_client.cli), or None on an install without them."""
+    try:
+        from helix_client import cli
+    except ImportError:
+        return None
+    return cli
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    args.func(args)
+    user_commands = _user_commands()
+    if user_commands is not None and args.command in user_commands.USER_COMMANDS:
+        user_commands.run(args)
+    else:
+        args.func(args)
 
 
 if __name__ == "__main__":

