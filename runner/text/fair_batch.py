@@ -1,9 +1,10 @@
 """Fair share of the model's batch between users, on one runner.
 
-Fair share in the control plane lets another user's new chat start at once (runner/worker.py
-keeps a few workers free for it), but it then runs in one batch with everything else the model
-is generating. On a GPU that costs it little. On a CPU a step's time grows with the batch: in a
-batch of 64 of one user's chats, another user's single chat ran 12 times as slowly as alone.
+Fair share in the control plane lets another user's new chat start at once (a text worker keeps
+HELIX_TEXT_RESERVE_WORKERS threads beyond the workers fair share counts), but it then runs in one
+batch with everything else the model is generating. On a GPU that costs it little. On a CPU a
+step's time grows with the batch: in a batch of 64, a 64-token reply took about 10 times as long
+as alone.
 
 So while several users have chats on this runner and one of them has fewer than
 `shared_width`, the batch narrows to `shared_width` streams, shared max-min fairly between the
@@ -11,8 +12,9 @@ users (the light user's chats all run; the rest is split evenly), and the other 
 their request to vLLM is closed and, once the batch widens again, sent anew with the text so far
 as the start of the reply (vLLM's `continue_final_message`), for the tokens still allowed. A paused
 reply keeps its worker and its place; a client reading it sees the text stop and go on. Replies
-whose continuation would not be the same request (a seed, several choices, a JSON schema) never
-pause. `shared_width` 0 turns this off (the default with a GPU).
+whose continuation would not be the same request (shared.jobs.TextInferenceJob.pausable: a seed,
+several choices, a JSON schema, penalties) never pause. `shared_width` 0 turns this off (the
+default with a GPU).
 """
 from __future__ import annotations
 

@@ -21,12 +21,14 @@ Progress = Callable[[dict[str, Any]], None]
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
-def _settings(base_url: str | None, api_key: str | None) -> tuple[str, str]:
+def _http_options(base_url: str | None, api_key: str | None, timeout: float) -> dict[str, Any]:
+    """The httpx client's settings: the server, the key, and no read timeout (a stream may idle)."""
     url = (base_url or os.environ.get("HELIX_URL") or DEFAULT_URL).rstrip("/")
     key = api_key or os.environ.get("HELIX_API_KEY") or ""
     if not key:
         raise HelixError(0, "no API key: pass api_key, set HELIX_API_KEY, or run `helix login`")
-    return url, key
+    return {"base_url": url, "headers": {"Authorization": f"Bearer {key}"},
+            "timeout": httpx.Timeout(timeout, read=None)}
 
 
 def _request_args(call: Call) -> dict[str, Any]:
@@ -49,10 +51,8 @@ class Client:
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 60,
                  max_retries: int = 3, transport: httpx.BaseTransport | None = None):
-        url, key = _settings(base_url, api_key)
         self.max_retries = max_retries
-        self._http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
-                                  timeout=httpx.Timeout(timeout, read=None), transport=transport)
+        self._http = httpx.Client(**_http_options(base_url, api_key, timeout), transport=transport)
         self.sessions = Sessions(self)
 
     def __enter__(self) -> "Client":
@@ -90,9 +90,7 @@ class Client:
                     source.response.read()
                     raise HelixError.from_response(source.response)
                 for event in source.iter_sse():
-                    new = follower.read(event.event, event.data)
-                    if on_progress is not None and event.event in ("session", "interaction") and follower.reply:
-                        on_progress(follower.reply)
+                    new = follower.take(event.event, event.data, on_progress)
                     if new:
                         yield new
                     if follower.done:
@@ -193,10 +191,8 @@ class AsyncClient:
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 60,
                  max_retries: int = 3, transport: httpx.AsyncBaseTransport | None = None):
-        url, key = _settings(base_url, api_key)
         self.max_retries = max_retries
-        self._http = httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"},
-                                       timeout=httpx.Timeout(timeout, read=None), transport=transport)
+        self._http = httpx.AsyncClient(**_http_options(base_url, api_key, timeout), transport=transport)
         self.sessions = AsyncSessions(self)
 
     async def __aenter__(self) -> "AsyncClient":
@@ -232,9 +228,7 @@ class AsyncClient:
                     await source.response.aread()
                     raise HelixError.from_response(source.response)
                 async for event in source.aiter_sse():
-                    new = follower.read(event.event, event.data)
-                    if on_progress is not None and event.event in ("session", "interaction") and follower.reply:
-                        on_progress(follower.reply)
+                    new = follower.take(event.event, event.data, on_progress)
                     if new:
                         yield new
                     if follower.done:

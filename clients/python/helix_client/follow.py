@@ -19,6 +19,13 @@ class Follower:
         self.reply: dict[str, Any] = {}
         self.done = False
 
+    def take(self, event: str, data: str, on_progress=None) -> str:
+        """`read`, and `on_progress(interaction)` when the followed interaction changed."""
+        new = self.read(event, data)
+        if on_progress is not None and event in ("session", "interaction") and self.reply:
+            on_progress(self.reply)
+        return new
+
     def read(self, event: str, data: str) -> str:
         """Takes one event; returns the text it adds to the reply."""
         payload = json.loads(data) if data else {}
