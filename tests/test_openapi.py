@@ -9,6 +9,7 @@ import re
 import pytest
 from openapi_spec_validator import validate
 
+from controlplane.contract.client_types import render
 from controlplane.contract.openapi import PAGE_BLUEPRINTS, documented_rules, methods_of, openapi_path
 from controlplane.openai.input import ChatCompletionBody
 from controlplane.sessions.input import NewSession
@@ -135,3 +136,11 @@ def test_every_link_leads_to_an_operation_of_the_document(document):
     links = [link for item in document["paths"].values() for op in item.values()
              for answer in op["responses"].values() for link in answer.get("links", {}).values()]
     assert len(links) >= 9 and all(link["operationId"] in ids for link in links), links
+
+
+def test_the_python_clients_types_are_written_from_the_document(document):
+    """The client's typed answers are the document's schemas: a change to one without the other fails."""
+    written = (REPO / "clients" / "python" / "helix_client" / "types.py").read_text()
+    assert written == render(document), "run: python -m controlplane.contract.client_types > " \
+                                        "clients/python/helix_client/types.py"
+    assert "class Session(TypedDict):" in written and "class WebsocketEvent(TypedDict):" in written

@@ -201,3 +201,9 @@ class WebsocketEvent(HelixType):
     owner: str
     session: Session | None
     worker_task_response: RunnerTaskResponse | None
+
+
+# Every type above: the OpenAPI document's components hold them all (the user websocket's messages
+# too, which no HTTP answer carries), and the Python client's types are written from them.
+WIRE_TYPES = tuple(t for t in list(globals().values())
+                   if isinstance(t, type) and issubclass(t, HelixType) and t is not HelixType)

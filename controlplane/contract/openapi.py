@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from werkzeug.routing import Rule
 
+from controlplane.contract import helix_types
 from controlplane.contract.operations import BYTES, EVENTS, JSON, Operation, operation_of
 from controlplane.sessions.views import PLATFORM_VERSION
 
@@ -181,7 +182,8 @@ def build(app: Flask) -> dict[str, Any]:
     rules = documented_rules(app)
     declared = {rule.endpoint: operation_of(app.view_functions[rule.endpoint]) for rule in rules}
     operations = [op for op in declared.values() if op is not None]
-    keyed, top = models_json_schema([(m, "validation") for m in _models(operations)], ref_template=REF)
+    models = list(dict.fromkeys([*_models(operations), *helix_types.WIRE_TYPES]))
+    keyed, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     refs = {model: schema for (model, _), schema in keyed.items()}
     schemas = {**top.get("$defs", {}), **ERROR_SCHEMAS}
     paths: dict[str, dict] = {}

@@ -16,6 +16,7 @@ from helix_client.calls import Call
 from helix_client.errors import HelixError
 from helix_client.follow import Follower
 from helix_client.retries import wait_before_retry
+from helix_client.types import FileStoreItem, Session, SessionsList
 
 Progress = Callable[[dict[str, Any]], None]
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -118,7 +119,7 @@ class Client:
         return [self.send(calls.download_file(path)) for path in reply.get("files") or []]
 
     def finetune(self, files: list[str | Path], *, type: str = "text", on_progress: Progress | None = None,
-                 **options: Any) -> dict[str, Any]:
+                 **options: Any) -> Session:
         """A fine-tune of documents (or captioned images with type="image"), followed to its end
         (or to its review, with manuallyReviewQuestions=True); returns the session."""
         session = self.send(calls.create_session(mode="finetune", type=type, files=files, **options))
@@ -126,10 +127,10 @@ class Client:
             pass
         return self.sessions.get(session["id"])
 
-    def files(self, path: str = "") -> list[dict[str, Any]]:
+    def files(self, path: str = "") -> list[FileStoreItem]:
         return self.send(calls.list_files(path))
 
-    def upload(self, folder: str, paths: list[str | Path]) -> list[dict[str, Any]]:
+    def upload(self, folder: str, paths: list[str | Path]) -> list[FileStoreItem]:
         return self.send(calls.upload_files(folder, paths))
 
     def download(self, path: str) -> bytes:
@@ -167,22 +168,22 @@ class Sessions:
     def __init__(self, client):
         self._send = client.send
 
-    def create(self, input: str = "", **fields: Any) -> dict[str, Any]:
+    def create(self, input: str = "", **fields: Any) -> Session:
         return self._send(calls.create_session(input, **fields))
 
-    def get(self, session_id: str) -> dict[str, Any]:
+    def get(self, session_id: str) -> Session:
         return self._send(calls.get_session(session_id))
 
-    def list(self, limit: int = 50, offset: int = 0, q: str = "") -> dict[str, Any]:
+    def list(self, limit: int = 50, offset: int = 0, q: str = "") -> SessionsList:
         return self._send(calls.list_sessions(limit, offset, q))
 
-    def cancel(self, session_id: str) -> dict[str, Any]:
+    def cancel(self, session_id: str) -> Session:
         return self._send(calls.session_action(session_id, "cancel"))
 
-    def restart(self, session_id: str) -> dict[str, Any]:
+    def restart(self, session_id: str) -> Session:
         return self._send(calls.session_action(session_id, "restart"))
 
-    def delete(self, session_id: str) -> dict[str, Any]:
+    def delete(self, session_id: str) -> Session:
         return self._send(calls.session_action(session_id, "delete"))
 
 
@@ -247,7 +248,7 @@ class AsyncClient:
             yield part
 
     async def finetune(self, files: list[str | Path], *, type: str = "text", on_progress: Progress | None = None,
-                       **options: Any) -> dict[str, Any]:
+                       **options: Any) -> Session:
         session = await self.send(calls.create_session(mode="finetune", type=type, files=files, **options))
         async for _ in self.follow(session["id"], on_progress):
             pass
@@ -261,20 +262,20 @@ class AsyncSessions:
     def __init__(self, client: AsyncClient):
         self._send = client.send
 
-    async def create(self, input: str = "", **fields: Any) -> dict[str, Any]:
+    async def create(self, input: str = "", **fields: Any) -> Session:
         return await self._send(calls.create_session(input, **fields))
 
-    async def get(self, session_id: str) -> dict[str, Any]:
+    async def get(self, session_id: str) -> Session:
         return await self._send(calls.get_session(session_id))
 
-    async def list(self, limit: int = 50, offset: int = 0, q: str = "") -> dict[str, Any]:
+    async def list(self, limit: int = 50, offset: int = 0, q: str = "") -> SessionsList:
         return await self._send(calls.list_sessions(limit, offset, q))
 
-    async def cancel(self, session_id: str) -> dict[str, Any]:
+    async def cancel(self, session_id: str) -> Session:
         return await self._send(calls.session_action(session_id, "cancel"))
 
-    async def restart(self, session_id: str) -> dict[str, Any]:
+    async def restart(self, session_id: str) -> Session:
         return await self._send(calls.session_action(session_id, "restart"))
 
-    async def delete(self, session_id: str) -> dict[str, Any]:
+    async def delete(self, session_id: str) -> Session:
         return await self._send(calls.session_action(session_id, "delete"))
