@@ -360,6 +360,9 @@ def parser() -> argparse.ArgumentParser:
     usage.add_argument("--from", dest="start", help="a date (2026-12-01) or ISO time; default: 30 days ago")
     usage.add_argument("--to", dest="end", help="a date or ISO time; default: now")
     usage.add_argument("--group-by", choices=("day", "model", "key", "user"))
+    usage.add_argument("--mine", action="store_true",
+                       help="your own usage, through the API (the key of `helix login` or HELIX_API_KEY)")
+    usage.add_argument("--json", action="store_true", help="with --mine: the API's answer as JSON")
     usage.set_defaults(func=cmd_usage)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
@@ -398,7 +401,10 @@ def _user_commands():
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     user_commands = _user_commands()
-    if user_commands is not None and args.command in user_commands.USER_COMMANDS:
+    if user_commands is not None and args.command == "usage" and args.mine:
+        args.func = user_commands.cmd_usage
+        user_commands.run(args)
+    elif user_commands is not None and args.command in user_commands.USER_COMMANDS:
         user_commands.run(args)
     else:
         args.func(args)

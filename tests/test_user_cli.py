@@ -74,6 +74,12 @@ def test_files_go_up_and_come_back_and_an_image_is_saved(live_server, live_user,
     assert image.returncode == 0, image.stderr
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    used = helix(env, "usage", "--mine", "--json")
+    assert used.returncode == 0, used.stderr
+    assert json.loads(used.stdout)["totals"]["images"] >= 1  # the image just made
+    table = helix(env, "usage", "--mine", "--group-by", "model")
+    assert table.returncode == 0 and IMAGE_MODEL in table.stdout and "this month:" in table.stdout, table.stderr
+
 
 def test_the_finetune_view_shows_stage_progress_pairs_and_loss():
     from rich.console import Console

@@ -246,6 +246,31 @@ def cmd_files(args: argparse.Namespace) -> None:
             print(str(target))
 
 
+def cmd_usage(args: argparse.Namespace) -> None:
+    """`helix usage --mine`: the caller's usage by day (or model, key), this month's credits and the plan."""
+    with _client(args) as client:
+        used = client.usage(**{"from": args.start, "to": args.end, "group_by": args.group_by})
+    if args.json:
+        _print_json(used)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = ("jobs", "prompt_tokens", "completion_tokens", "images", "training_tokens", "credits")
+    table = Table(title=f"your usage from {used['from'][:10]} to {used['to'][:10]}, by {used['group_by']}")
+    for name in (used["group_by"], *columns):
+        table.add_column(name, justify="left" if name == used["group_by"] else "right")
+    for group in used["data"]:
+        table.add_row(str(group.get(used["group_by"], "")), *(str(group.get(c, 0)) for c in columns))
+    table.add_row("total", *(str(used["totals"].get(c, 0)) for c in columns))
+    console = Console(width=None if sys.stdout.isatty() else 160)  # piped: no wrapping at 80 columns
+    console.print(table)
+    month = used["month"]
+    limit = f" of {month['monthly_credits']}" if month.get("monthly_credits") else ""
+    console.print(f"this month: {month['credits']} credits{limit} on plan {used['plan']['name']}"
+                  + ("  (over 80% spent)" if month.get("warning") else ""))
+
+
 def add_user_commands(sub) -> None:
     """The user commands, added to the `helix` command's subparsers."""
     json_flag = argparse.ArgumentParser(add_help=False)
