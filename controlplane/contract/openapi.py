@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from werkzeug.routing import Rule
 
+from controlplane.accounts.auth import QUERY_KEY_ENDPOINTS
 from controlplane.contract import helix_types
 from controlplane.contract.operations import BYTES, EVENTS, JSON, Operation, operation_of
 from controlplane.sessions.views import PLATFORM_VERSION
@@ -69,7 +70,6 @@ SECURITY_SCHEMES = {
 # One event of a text/event-stream answer.
 SERVER_SENT_EVENT = {"type": "object", "properties": {"event": {"type": "string"}, "data": {"type": "string"},
                                                       "id": {"type": "string"}, "retry": {"type": "integer"}}}
-QUERY_KEY_ENDPOINTS = frozenset({"sessions.session_events", "filestore.viewer", "user_socket.user_socket"})
 
 
 def documented_rules(app: Flask) -> list[Rule]:
@@ -157,8 +157,6 @@ def _responses(op: Operation, refs: dict, user_route: bool) -> dict:
         if op.links and status < 300:
             answers[str(status)]["links"] = {name: {"operationId": target, "parameters": parameters}
                                              for name, (target, parameters) in op.links.items()}
-        if status == 204:
-            answers[str(status)] = {"description": "done; nothing to say"}
     error = {JSON: {"schema": {"$ref": REF.format(model="OpenAIError" if op.errors == "openai" else "Error")}}}
     answers["4XX"] = {"description": "what was wrong with the request, and what to change", "content": error}
     if user_route:
