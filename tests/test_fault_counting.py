@@ -48,6 +48,9 @@ from tests.conftest import Process, User, freeze, start_runner, thaw, vllm_serve
 MODEL = "helix/tiny-chat-faults"  # served only by this module's runners
 MAX_TOKENS = 24
 TEXT_WORKERS = 8  # jobs in flight at once per runner
+# The counts below are of a runner's workers: no reserve threads beside them (test_fair_batch.py
+# covers those), so that "every worker holds a job" means exactly TEXT_WORKERS jobs a runner.
+NO_RESERVE = {"HELIX_TEXT_RESERVE_WORKERS": "0"}
 RUNNER_IDS = ("fault-a", "fault-b")
 # Replies run to max_tokens, so that their length is known.
 FULL_LENGTH = {"HELIX_SAMPLING_EXTRA": json.dumps({"ignore_eos": True})}
@@ -136,7 +139,7 @@ class Stack:
         proc = start_runner(self.api_url, {"redis_url": self.redis_url}, self.token, self.models_dir, log_dir,
                             runner_id=runner_id, text_model=MODEL,
                             extra_env={"HELIX_TEXT_WORKERS": str(TEXT_WORKERS), "HELIX_FINETUNE_WORKERS": "0",
-                                       **FULL_LENGTH})
+                                       **NO_RESERVE, **FULL_LENGTH})
         self.runners[runner_id] = proc
         return proc
 

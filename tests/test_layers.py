@@ -46,6 +46,7 @@ CONTROL_PLANE_LAYERS = [
     {"usage"},                 # plans and the limits held at the door
     {"accounts", "fleet"},     # who is asking; where work goes
     {"sessions"},
+    {"contract"},              # what each route reads and answers; the OpenAPI document built from it
     {"metrics"},               # counts what the sessions' store holds; read by the runners' reconciler
     {"finetune", "runners"},
     {"openai"},
