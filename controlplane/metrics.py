@@ -28,6 +28,7 @@ from controlplane.errors import Unauthorized
 from controlplane.fleet import fair_share_store
 from controlplane.fleet import overview as fleet
 from controlplane.fleet import store as fleet_store
+from controlplane.http.request_context import route_template
 from controlplane.sessions import store as sessions_store
 from controlplane.storage import db
 
@@ -69,8 +70,7 @@ def _series(labels: tuple[str, str, str]) -> tuple[Any, Any]:
 
 
 def _route() -> str:
-    rule = request.url_rule
-    return rule.rule if rule is not None else "<unmatched>"  # never the raw path: unbounded labels
+    return route_template() or "<unmatched>"  # never the raw path: unbounded labels
 
 
 def count_reconciled(results: dict[str, str]) -> None:

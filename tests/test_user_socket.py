@@ -32,7 +32,7 @@ def _until_result(ws: Client, timeout: float = 120) -> list[helix.WebsocketEvent
 @pytest.mark.timeout(300)
 def test_a_chat_s_tokens_and_result_arrive_as_helix_s_websocket_events(live_server, runner, live_user):
     r = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers, timeout=30,
-                      data={"input": "Say hello", "mode": "inference", "type": "text", "max_tokens": "24"})
+                      data={"input": "Say hello", "mode": "inference", "type": "text", "max_tokens": "200"})
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
     ws = _socket(live_server, sid, live_user.key)

@@ -66,5 +66,5 @@ def user_socket(ws):
                 return
             if message is not None:
                 ws.send(json.dumps(message, default=str))
-        if not helix_events.wait_for_change(redis, session.id, lambda: ws.connected):
+        if read_session() is None:  # the session was deleted: nothing more will come
             return

@@ -52,7 +52,7 @@ def init_app(app: Flask, access: str = "writes") -> None:
             started = g.get("log_started")
             access_log.info("%s %s %s", request.method, request.path, response.status_code,
                             extra={**logs.current(), "method": request.method, "path": request.path, "status": response.status_code,
-                                   "route": request.url_rule.rule if request.url_rule else None,
+                                   "route": route_template(),
                                    "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None})
         return response
 
@@ -64,3 +64,10 @@ def init_app(app: Flask, access: str = "writes") -> None:
                 logs.unbind(token)
             except ValueError:  # answered in another context (a stream's last part): nothing to undo
                 pass
+
+
+def route_template() -> str | None:
+    """The route the request matched, its variables named without their converters
+    (/api/v1/sessions/<session_id>): a label per route, never per path."""
+    rule = request.url_rule
+    return re.sub(r"<\w+:(\w+)>", r"<\1>", rule.rule) if rule is not None else None

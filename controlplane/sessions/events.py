@@ -173,7 +173,7 @@ def _unseen(delta: dict[str, Any], known: dict[str, int]) -> dict[str, Any] | No
 
 
 def session_events(redis: Redis, session_id: str, read_session: Callable[[], dict[str, Any] | None],
-                   max_seconds: float = 3600) -> Iterator[tuple[str, Any] | None]:
+                   max_seconds: float = 3600, follow_on: bool = False) -> Iterator[tuple[str, Any] | None]:
     """The session as it is now (`session`), then every event as (name, data) until its last
     interaction finishes (`end`); None now and then while nothing happens, so a caller can write
     something and learn whether its client is still there.
@@ -184,27 +184,34 @@ def session_events(redis: Redis, session_id: str, read_session: Callable[[], dic
     deltas past it (by their offsets), so a client that connects mid-reply gets every token once.
     A stream that missed the final event (Redis restarted, say) re-reads the session at each
     keep-alive, sends it, and ends.
+
+    `follow_on`: it does not end when the work does, but goes on with the next prompt's, on the
+    same subscription, so that nothing published between two pieces of work is missed (Helix's
+    user websocket); it ends at `max_seconds` or once the session is gone.
     """
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(session_channel(session_id))
     try:
         view = with_streamed_text(redis, read_session())
         yield "session", view or {"id": session_id, "interactions": []}
-        if _finished(view):
+        if view is None or (_finished(view) and not follow_on):
             yield "end", {"session_id": session_id}
             return
         known = {i["id"]: len(i["message"] or "") for i in view["interactions"]}
+        working = not _finished(view)  # some work of the session has not been seen to end
         deadline = time.monotonic() + max_seconds
         last_read = time.monotonic()
         while time.monotonic() < deadline:
             message = pubsub.get_message(timeout=PING_SECONDS)
             if message is None:
-                if time.monotonic() - last_read >= KEEPALIVE_SECONDS:
+                if working and time.monotonic() - last_read >= KEEPALIVE_SECONDS:
                     view = read_session()
                     if _finished(view):
                         if view is not None:
                             yield "session", view
-                        break
+                        if view is None or not follow_on:
+                            break
+                        working = False
                     last_read = time.monotonic()
                 yield None
                 continue
@@ -222,8 +229,11 @@ def session_events(redis: Redis, session_id: str, read_session: Callable[[], dic
                     # back and the next delta would leave a gap: bring it up to the streamed text.
                     with_streamed_text(redis, {"interactions": [data]})
                 known[data["id"]] = len(data.get("message") or "")
+                working = not data.get("finished")
+            elif event == EVENT_DELTA:
+                working = True
             yield event, data
-            if event == EVENT_INTERACTION and data.get("finished"):
+            if event == EVENT_INTERACTION and data.get("finished") and not follow_on:
                 break
         yield "end", {"session_id": session_id}
     finally:

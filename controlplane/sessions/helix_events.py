@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 from redis import Redis
 
 from controlplane.sessions import events
-from shared.updates import EVENT_DELTA, EVENT_INTERACTION, session_channel
+from shared.updates import EVENT_DELTA, EVENT_INTERACTION
 
 SessionReader = Callable[[], dict[str, Any] | None]
 
@@ -33,10 +33,15 @@ def task_response(kind: str, session_id: str, owner: str, interaction: dict[str,
             "worker_task_response": response}
 
 
+# A socket's subscription is renewed this often (its client stays connected meanwhile).
+SOCKET_SECONDS = 24 * 3600
+
+
 def messages(redis: Redis, session_id: str, owner: str, read_session: SessionReader) -> Iterator[dict[str, Any] | None]:
-    """Helix's messages for the session until its work is done (None while nothing happens, so a
-    caller can look after its connection): the session first, then each change."""
-    for item in events.session_events(redis, session_id, read_session):
+    """Helix's messages for the session (None while nothing happens, so a caller can look after
+    its connection): the session first, then each change, this work's and the next prompts', on
+    one subscription, until the session is gone or a day has passed."""
+    for item in events.session_events(redis, session_id, read_session, max_seconds=SOCKET_SECONDS, follow_on=True):
         if item is None:
             yield None
             continue
@@ -53,17 +58,3 @@ def messages(redis: Redis, session_id: str, owner: str, read_session: SessionRea
             session = read_session()
             if session is not None:
                 yield session_update(session)
-
-
-def wait_for_change(redis: Redis, session_id: str, still_wanted: Callable[[], bool]) -> bool:
-    """Waits until something of the session is published (a new prompt, say); False once
-    `still_wanted` says no one is listening any more."""
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(session_channel(session_id))
-    try:
-        while still_wanted():
-            if pubsub.get_message(timeout=events.PING_SECONDS) is not None:
-                return True
-        return False
-    finally:
-        pubsub.close()
