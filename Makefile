@@ -15,7 +15,7 @@ test: $(PY)
 
 # The API fuzzed deeply (tests/test_fuzz.py; the suite runs a quick profile): more examples, a new seed each run.
 fuzz: $(PY)
-	HELIX_FUZZ_EXAMPLES=$${HELIX_FUZZ_EXAMPLES:-200} HELIX_FUZZ_SEED=$${HELIX_FUZZ_SEED:-random} $(PY) -m pytest -q tests/test_fuzz.py
+	HELIX_FUZZ_PROFILE=deep HELIX_FUZZ_EXAMPLES=$${HELIX_FUZZ_EXAMPLES:-200} HELIX_FUZZ_SEED=$${HELIX_FUZZ_SEED:-random} $(PY) -m pytest -q tests/test_fuzz.py
 
 bench: $(PY)
 	$(PY) -m bench.run $(BENCH)

@@ -54,6 +54,20 @@ def test_a_missed_final_event_is_sent_from_the_database_at_the_next_keepalive(re
     assert got[1][1]["interactions"][0]["message"] == "from postgres"
 
 
+def test_a_session_deleted_while_followed_says_so_and_ends(redis, monkeypatch):
+    """At once when the deletion's event comes; at the next keep-alive's read when it was missed."""
+    def read_session():
+        events.publish(redis, "s1", events.EVENT_DELETED, {"session_id": "s1"})
+        return view(False)
+
+    got = parse(events.stream(redis, "s1", read_session, max_seconds=10))
+    assert [name for name, _ in got] == ["session", "deleted", "end"]
+    monkeypatch.setattr(events, "KEEPALIVE_SECONDS", 0)
+    reads = iter([view(False), None])
+    got = parse(events.stream(redis, "s1", lambda: next(reads), max_seconds=10))
+    assert got[1:] == [("deleted", {"session_id": "s1"}), ("end", {"session_id": "s1"})]
+
+
 def test_a_stored_copy_arriving_after_later_deltas_does_not_take_the_text_back(redis):
     """The runner stores its text through the control plane while it goes on streaming deltas
     straight to Redis: the stored copy's event can come after deltas past it. Seen in a CI run

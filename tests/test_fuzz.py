@@ -4,9 +4,12 @@ schemas, their edges and violations (coverage), random ones (fuzzing) and chains
 document's links (create, read, continue, cancel, delete), and checks that no answer is a server
 error and that every answer's status, content type, headers and body are as the document says.
 
-The suite runs a quick profile; `make fuzz` a deep one (HELIX_FUZZ_EXAMPLES, HELIX_FUZZ_SEED)."""
+The suite runs a quick profile; `make fuzz` a deep one (HELIX_FUZZ_PROFILE=deep, HELIX_FUZZ_EXAMPLES,
+HELIX_FUZZ_SEED). HELIX_FUZZ_DEBUG adds arguments of Schemathesis's own, `{report}` in them standing for the run's name
+(`--report har --report-har-path /tmp/{report}.har`, say)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -24,6 +27,7 @@ CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conform
           "response_schema_conformance", "response_headers_conformance", "unsupported_method")
 EXAMPLES = os.environ.get("HELIX_FUZZ_EXAMPLES", "8")
 SEED = os.environ.get("HELIX_FUZZ_SEED", "1")  # "random": a new seed each run
+DEEP = os.environ.get("HELIX_FUZZ_PROFILE", "quick") == "deep"
 PASSWORD = "a fuzzer's password"
 REPORTS = REPO / "test-artifacts" / "fuzz"
 
@@ -42,21 +46,69 @@ def _signed_in(base_url: str, email: str) -> tuple[str, str]:
     return f"helix_session={browser.cookies['helix_session']}", csrf
 
 
-def _fuzz(base_url: str, name: str, headers: dict[str, str], *selection: str) -> None:
+def _without_examples(document: dict) -> dict:
+    """The document with no request examples: what the quick profile's coverage phase reads."""
+    for item in document["paths"].values():
+        for op in item.values():
+            for media in op.get("requestBody", {}).get("content", {}).values():
+                media.pop("examples", None)
+    return document
+
+
+def _fuzz(base_url: str, name: str, headers: dict[str, str], *selection: str) -> str:
+    """The deep profile runs every phase on the served document. The quick one runs the coverage
+    phase on a copy without the request examples: it builds on each example and would send every
+    valid variation of a chat as a real generation (about 90 s an operation here, most of it
+    replies of the model's default length); the other phases run with them."""
     REPORTS.mkdir(parents=True, exist_ok=True)
-    command = [str(Path(sys.executable).parent / "st"), "run", f"{base_url}/api/v1/openapi.json",
-               "--checks", ",".join(CHECKS), "--max-examples", EXAMPLES,
-               "--phases", "examples,coverage,fuzzing,stateful",
-               "--generation-with-security-parameters", "false", "--continue-on-failure", "--request-timeout", "60",
-               "--report", "junit", "--report-junit-path", str(REPORTS / f"{name}.xml"), *selection]
-    if SEED != "random":
-        command += ["--seed", SEED]
-    for header, value in headers.items():
-        command += ["-H", f"{header}: {value}"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    (REPORTS / f"{name}.txt").write_text(run.stdout + run.stderr)
-    assert run.returncode == 0, f"Schemathesis found failures (test-artifacts/fuzz/{name}.txt):\n" + run.stdout[-6000:]
-    assert re.search(r"Coverage .*\n\s*\n\s*✅ \d+ passed", run.stdout), run.stdout[-3000:]
+    served = f"{base_url}/api/v1/openapi.json"
+    if DEEP:
+        runs = {name: (served, "examples,coverage,fuzzing,stateful")}
+    else:
+        copy = REPORTS / f"{name}-without-examples.json"
+        copy.write_text(json.dumps(_without_examples(requests.get(served, timeout=30).json())))
+        runs = {name: (served, "examples,fuzzing,stateful"), f"{name}-coverage": (str(copy), "coverage")}
+    printed = ""
+    for report, (document, phases) in runs.items():
+        config = REPORTS / f"{report}.toml"
+        # The stateful phase's scenarios are cheap (a few seconds for 60 here) and each is a chain
+        # that needs a create that succeeded (an example sent as it is, one time in five or so).
+        config.write_text(f"[generation]\nmax-examples = {EXAMPLES}\n\n[phases.stateful.generation]\n"
+                          f"max-examples = {max(int(EXAMPLES), 60)}\n")
+        command = [str(Path(sys.executable).parent / "st"), "--config-file", str(config), "run", document,
+                   "--url", base_url, "--checks", ",".join(CHECKS), "--phases", phases,
+                   "--generation-with-security-parameters", "false", "--continue-on-failure", "--request-timeout", "60",
+                   "--report", "junit,har", "--report-junit-path", str(REPORTS / f"{report}.xml"),
+                   "--report-har-path", str(REPORTS / f"{report}.har"), *selection]
+        command += os.environ.get("HELIX_FUZZ_DEBUG", "").replace("{report}", report).split()
+        if SEED != "random":
+            command += ["--seed", SEED]
+        for header, value in headers.items():
+            command += ["-H", f"{header}: {value}"]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        (REPORTS / f"{report}.txt").write_text(run.stdout + run.stderr)
+        assert run.returncode == 0, f"Schemathesis found failures (test-artifacts/fuzz/{report}.txt):\n" + \
+            run.stdout[-6000:]
+        for phase in set(phases.split(",")) - {"examples"}:  # the runner routes have none
+            assert re.search(rf"✅  {phase.capitalize()} ", run.stdout), (phase, run.stdout[-3000:])
+        printed += run.stdout
+    return printed
+
+
+def _done_to_created_sessions(har: Path) -> set[tuple[str, str]]:
+    """(method, path below the session) of each request answered on a session the fuzzer had
+    created (from its HAR report), with success or a 409 (a cancel after the reply ended, say:
+    the tiny model's replies take a fraction of a second)."""
+    entries = json.loads(har.read_text())["log"]["entries"]
+    created = {json.loads(e["response"]["content"]["text"])["id"] for e in entries
+               if e["request"]["method"] == "POST" and e["request"]["url"].split("?")[0].endswith("/api/v1/sessions")
+               and e["response"]["status"] == 201}
+    done = set()
+    for e in entries:
+        found = re.search(r"/api/v1/sessions/([0-9a-f-]{36})(/[a-z]+)?(?:$|\?)", e["request"]["url"])
+        if found and found.group(1) in created and (e["response"]["status"] < 300 or e["response"]["status"] == 409):
+            done.add((e["request"]["method"], found.group(2) or ""))
+    return done
 
 
 @pytest.fixture()
@@ -77,7 +129,12 @@ def test_every_user_operation_answers_as_the_document_says(live_server, runner, 
     # The user websocket is not HTTP the fuzzer can speak; the runner routes have their own run.
     signed_in = {"Cookie": cookie, "X-CSRFToken": csrf}
     try:
-        _fuzz(live_server, "users", signed_in, "--exclude-path-regex", "^/api/v1/(ws/user|runner/)")
+        printed = _fuzz(live_server, "users", signed_in, "--exclude-path-regex", "^/api/v1/(ws/user|runner/)")
+        # The document's examples were sent and answered, and the stateful phase built on what
+        # they created: new sessions read, continued, restarted, cancelled and deleted through the links.
+        assert re.search(r"✅  Examples .*\n\s*\n\s*✅\s+\d+ passed", printed), printed[-3000:]
+        done = _done_to_created_sessions(REPORTS / "users.har")
+        assert {("GET", ""), ("PUT", ""), ("PUT", "/restart"), ("POST", "/cancel"), ("DELETE", "")} <= done, done
     finally:
         _cancel_everything(live_server, signed_in)
 

@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 
 from shared.jobs import WorkKind, queue_name
 from tests.conftest import (IMAGE_MODEL, REAL_TEXT_MODEL, TEXT_MODEL, app_with, start_control_plane,
-                            wait_for_session)
+                            wait_for_session, wait_until)
 from tests.test_finetune_flow import _create, _pairs, _system, _until_review
 
 
@@ -193,6 +193,15 @@ def test_helix_sessions_chat_creates_and_continues(live_server, runner, live_use
     session = requests.get(f"{live_server}/api/v1/sessions/{first['session_id']}", headers=live_user.headers).json()
     assert [i["message"] for i in session["interactions"] if i["creator"] == "user"] == ["where is Paris?", "and Rome?"]
 
+    # An image session is not continued here (its reply would be a picture, not text): it says where.
+    image = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers, timeout=60, data={
+        "mode": "inference", "type": "image", "model_name": IMAGE_MODEL, "input": "a lighthouse"}).json()
+    wait_for_session(live_server, live_user, image["id"])
+    r = requests.post(url, headers=live_user.headers, timeout=60,
+                      json={"session_id": image["id"], "messages": [message("and a boat?")]})
+    assert r.status_code == 400 and f"PUT /api/v1/sessions/{image['id']}" in r.json()["error"], r.text
+    assert len(wait_for_session(live_server, live_user, image["id"])["interactions"]) == 2  # nothing added
+
 
 def test_error_classes(live_server, runner, live_user):
     client = sdk(live_server, live_user, max_retries=0)
@@ -312,3 +321,41 @@ def test_a_reply_not_final_in_time_is_a_504_that_names_its_session_and_is_not_re
     assert f"poll GET /api/v1/sessions/{session_id}" in late.value.body["message"], late.value.body
     session = app.test_client().get(f"/api/v1/sessions/{session_id}", headers=user.headers).get_json()
     assert session["interactions"][-1]["state"] == "waiting"  # still queued for a runner
+
+
+def test_a_call_whose_reply_is_cancelled_or_deleted_meanwhile_is_a_409_at_once(config, make_user, tmp_path_factory):
+    """The caller (through another request) cancelled the reply or deleted its session while the
+    call waited: a conflict the SDK does not retry, answered as it happens, not a server error at
+    the wait's end."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = f"helix/unserved-{uuid.uuid4().hex[:8]}"  # queued for a runner that never comes
+    app = app_with(config, tmp_path_factory, text_models=[model], openai_reply_seconds=120)
+    user = make_user()
+    client = openai.OpenAI(base_url="http://in-process/v1", api_key=user.key, max_retries=0,
+                           http_client=httpx.Client(transport=httpx.WSGITransport(app=app)))
+    pages = app.test_client()
+
+    seen: set[str] = set()
+
+    def waiting_session() -> str:
+        listed = pages.get("/api/v1/sessions", headers=user.headers).get_json()
+        return next((s["id"] for s in listed["sessions"] if s["id"] not in seen), "")
+
+    for stop in ("cancel", "delete"):
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(client.chat.completions.create, model=model,
+                               messages=[{"role": "user", "content": "hello"}])
+            session_id = wait_until(waiting_session, 30, "the call's session")
+            seen.add(session_id)
+            time.sleep(0.5)  # the call is waiting on the session's events
+            started = time.monotonic()
+            r = (pages.post(f"/api/v1/sessions/{session_id}/cancel", headers=user.headers) if stop == "cancel"
+                 else pages.delete(f"/api/v1/sessions/{session_id}", headers=user.headers))
+            assert r.status_code == 200, r.get_data(as_text=True)
+            with pytest.raises(openai.ConflictError) as stopped:
+                call.result(timeout=30)
+        assert time.monotonic() - started < 5, stop  # as it happened, not at a keep-alive's read
+        assert stopped.value.response.headers["x-should-retry"] == "false"
+        message = stopped.value.body["message"]
+        assert ("cancelled" in message) if stop == "cancel" else (f"session {session_id} was deleted" in message)

@@ -70,8 +70,9 @@ def test_request_schemas_come_from_the_models_the_routes_parse_with(document):
     files = create["multipart/form-data"]["schema"]["allOf"][1]["properties"]["files"]
     assert files["type"] == "array"
     chat = document["paths"]["/v1/chat/completions"]["post"]
-    assert chat["requestBody"]["content"] == {
-        "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionBody"}}}
+    assert list(chat["requestBody"]["content"]) == ["application/json"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ChatCompletionBody"}
     assert set(schemas["ChatCompletionBody"]["required"]) == {n for n, f in ChatCompletionBody.model_fields.items()
                                                               if f.is_required()}
     # Answers: Helix's own types for the sessions API, each API's own error shape.
@@ -144,3 +145,35 @@ def test_the_python_clients_types_are_written_from_the_document(document):
     assert written == render(document), "run: python -m controlplane.contract.client_types > " \
                                         "clients/python/helix_client/types.py"
     assert "class Session(TypedDict):" in written and "class WebsocketEvent(TypedDict):" in written
+
+
+def test_every_example_works_as_it_is_on_this_installation(live_server, runner, live_user):
+    """The reference page offers the examples and the fuzzer builds on what they create: each one,
+    sent as the document shows it (models filled in), is answered with success."""
+    import requests
+
+    from tests.conftest import IMAGE_MODEL, TEXT_MODEL, wait_for_session
+
+    document = requests.get(f"{live_server}/api/v1/openapi.json", timeout=30).json()
+    sent = []
+    created = None
+    # Session creation first: the routes of one session take the id it answers with.
+    for path, item in sorted(document["paths"].items(), key=lambda kv: kv[0] != "/api/v1/sessions"):
+        for method, op in item.items():
+            content = op.get("requestBody", {}).get("content", {})
+            kind = "application/json" if "application/json" in content else next(iter(content), None)
+            for name, example in (content.get(kind, {}).get("examples") or {}).items():
+                body = example["value"]
+                assert "{text_model}" not in str(body) and "{image_model}" not in str(body)
+                url = live_server + path.replace("{session_id}", created or "-")
+                r = requests.request(method, url, headers=live_user.headers, timeout=120,
+                                     **({"json": body} if kind == "application/json" else {"data": body}))
+                assert r.status_code < 300, (method, path, name, r.status_code, r.text[:300])
+                if path == "/api/v1/sessions" and name == "chat":
+                    created = r.json()["id"]
+                    assert r.json()["model_name"] == TEXT_MODEL
+                    wait_for_session(live_server, live_user, created)  # its turn ends before the next
+                sent.append((method, path, name))
+    assert {("post", "/api/v1/sessions", "image"), ("put", "/api/v1/sessions/{session_id}", "next prompt"),
+            ("post", "/v1/chat/completions", "chat"), ("post", "/v1/images/generations", "image")} <= set(sent)
+    assert IMAGE_MODEL in str(document["paths"]["/v1/images/generations"]["post"]["requestBody"])

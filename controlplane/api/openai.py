@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
-from controlplane.contract.operations import EVENTS, JSON, documented
+from controlplane.contract.operations import EVENTS, IMAGE_MODEL, JSON, TEXT_MODEL, documented
 from controlplane.errors import ApiError, BadRequest
 from controlplane.http import event_stream
 from controlplane.http.forms import read_form
@@ -157,7 +157,9 @@ def get_model(model_id: str):
 @bp.post("/chat/completions")
 @require_user
 @documented("A chat completion (OpenAI's API): the answer, or with stream=true its chunks as server-sent events",
-            body=ChatCompletionBody, body_types=(JSON,), errors="openai", content=(JSON, EVENTS))
+            body=ChatCompletionBody, body_types=(JSON,), errors="openai", content=(JSON, EVENTS),
+            examples={"chat": {"model": TEXT_MODEL, "max_tokens": 32,
+                               "messages": [{"role": "user", "content": "Write a haiku about the sea."}]}})
 def chat_completions():
     return _text_call(openai_input.chat_request, completion=False)
 
@@ -165,14 +167,16 @@ def chat_completions():
 @bp.post("/completions")
 @require_user
 @documented("A text completion (OpenAI's API), streamed or not", body=CompletionBody, body_types=(JSON,),
-            errors="openai", content=(JSON, EVENTS))
+            errors="openai", content=(JSON, EVENTS),
+            examples={"completion": {"model": TEXT_MODEL, "prompt": "The lighthouse keeper", "max_tokens": 32}})
 def completions():
     return _text_call(openai_input.completion_request, completion=True)
 
 
 @bp.post("/images/generations")
 @require_user
-@documented("Images from a prompt (OpenAI's API)", body=ImageGenerationBody, body_types=(JSON,), errors="openai")
+@documented("Images from a prompt (OpenAI's API)", body=ImageGenerationBody, body_types=(JSON,), errors="openai",
+            examples={"image": {"model": IMAGE_MODEL, "prompt": "a red lighthouse at dusk", "seed": 7}})
 def image_generations():
     config = current_app.config["HELIX"]
     body = _body()
@@ -195,7 +199,9 @@ def image_generations():
 @helix_chat.post("/chat")
 @require_user
 @documented("Helix's chat route: a new chat session or the next turn of one, answered in OpenAI's shape",
-            body=HelixChat, body_types=(JSON,), content=(JSON, EVENTS))
+            body=HelixChat, body_types=(JSON,), content=(JSON, EVENTS),
+            examples={"chat": {"model": TEXT_MODEL, "messages": [
+                {"role": "user", "content": {"content_type": "text", "parts": ["Write a haiku about the sea."]}}]}})
 def helix_session_chat():
     """Helix's chat route: `messages` of `{"role", "content": {"content_type": "text", "parts": [...]}}`,
     an optional `system` and `model`, and `session_id` to continue a session of the caller's."""
@@ -210,7 +216,7 @@ def helix_session_chat():
                                          config.max_input_chars)
         with _call_slot() as release, db.transaction() as conn:
             continued = current_app.extensions["session_service"].continue_chat(
-                conn, g.user, session_id, read_form(ContinueChat, {"input": call.turns[-1][1]}))
+                conn, g.user, session_id, read_form(ContinueChat, {"input": call.turns[-1][1]}), text_only=True)
         return _answer(continued, continued[0].model_name, False, call.stream, False, release)
     with db.transaction() as conn:
         model = chat.model or next(iter(known_models(conn, current_app.config["HELIX"], SessionType.TEXT)), "")

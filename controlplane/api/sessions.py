@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from controlplane import metrics
 from controlplane.accounts.auth import require_user
 from controlplane.contract import helix_types as helix
-from controlplane.contract.operations import EVENTS, documented
+from controlplane.contract.operations import EVENTS, IMAGE_MODEL, TEXT_MODEL, documented
 from controlplane.errors import BadRequest, NotFound
 from controlplane.finetune.image_input import ImageFinetuneForm
 from controlplane.finetune.text_input import TextFinetuneForm
@@ -49,6 +49,10 @@ def _session_or_404(conn, session_id: str) -> SessionWithInteractions:
 @documented("Create a session: a chat, an image, or a fine-tune of text documents or captioned images",
             body=(NewSession, TextFinetuneForm, ImageFinetuneForm), files=("files",), responses={201: helix.Session},
             links={name: (target, {"session_id": "$response.body#/id"}) for name, target in SESSION_LINKS.items()},
+            examples={"chat": {"mode": "inference", "type": "text", "model_name": TEXT_MODEL,
+                               "input": "Write a haiku about the sea.", "max_tokens": 32},
+                      "image": {"mode": "inference", "type": "image", "model_name": IMAGE_MODEL,
+                                "input": "a red lighthouse at dusk", "seed": 7}},
             description="The Helix form: mode=inference|finetune and type=text|image, then the prompt (`input`)"
                         " or the files to learn from. Its work is queued; poll the session or read its events.")
 def create_session():
@@ -130,7 +134,8 @@ def get_session_summary(session_id: str):
 
 @bp.put("/<session_id>/meta")
 @require_user
-@documented("Rename a session", body=SessionMeta, responses={200: helix.Session})
+@documented("Rename a session", body=SessionMeta, responses={200: helix.Session},
+            examples={"rename": {"name": "Sea poems"}})
 def rename_session(session_id: str):
     """Helix's rename: a SessionMetaUpdate; answers the session."""
     meta = read_request(SessionMeta)
@@ -185,7 +190,7 @@ def restart_session(session_id: str):
 @bp.put("/<session_id:session_id>")
 @require_user
 @documented("Continue a chat or image session with a new prompt", body=ContinueChat,
-            responses={200: helix.Session})
+            responses={200: helix.Session}, examples={"next prompt": {"input": "And one about rivers."}})
 def continue_session(session_id: str):
     body = request_fields()
     admission.admit(Work.TEXT, body)

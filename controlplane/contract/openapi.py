@@ -14,7 +14,7 @@ from werkzeug.routing import Rule
 
 from controlplane.accounts.auth import QUERY_KEY_ENDPOINTS
 from controlplane.contract import helix_types
-from controlplane.contract.operations import BYTES, EVENTS, JSON, Operation, operation_of
+from controlplane.contract.operations import BYTES, EVENTS, IMAGE_MODEL, JSON, TEXT_MODEL, Operation, operation_of
 from controlplane.sessions.views import PLATFORM_VERSION
 
 # Blueprints of the web app's pages and static files: HTML for browsers, not API.
@@ -129,10 +129,20 @@ def _query_parameters(query: Any, refs: dict, schemas: dict[str, dict]) -> list[
             for name, prop in schema.get("properties", {}).items()]
 
 
-def _request_body(op: Operation, refs: dict) -> dict | None:
+def _with_models(value: Any, models: dict[str, str]) -> Any:
+    """An example with this installation's models in place of the stand-ins."""
+    if isinstance(value, dict):
+        return {key: _with_models(item, models) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_with_models(item, models) for item in value]
+    return models.get(value, value) if isinstance(value, str) else value
+
+
+def _request_body(op: Operation, refs: dict, models: dict[str, str]) -> dict | None:
     if op.body is None and not op.files:
         return None
     schema = _schema_of(op.body, refs) if op.body is not None else {"type": "object"}
+    examples = {name: {"value": _with_models(value, models)} for name, value in op.examples.items()}
     content = {}
     for kind in op.body_types:
         if kind == "multipart/form-data" and op.files:
@@ -141,6 +151,8 @@ def _request_body(op: Operation, refs: dict) -> dict | None:
             content[kind] = {"schema": {"allOf": [schema, {"type": "object", "properties": files}]}}
         else:
             content[kind] = {"schema": schema}
+        if examples:
+            content[kind]["examples"] = examples
     return {"required": op.body is not None, "content": content}
 
 
@@ -177,6 +189,8 @@ def _security(op: Operation, endpoint: str, method: str) -> list[dict]:
 def build(app: Flask) -> dict[str, Any]:
     """The document for this app. Routes that declared nothing are listed under
     `x-undocumented` (the suite fails on any)."""
+    config = app.config["HELIX"]
+    served = {TEXT_MODEL: next(iter(config.text_models), ""), IMAGE_MODEL: next(iter(config.image_models), "")}
     rules = documented_rules(app)
     declared = {rule.endpoint: operation_of(app.view_functions[rule.endpoint]) for rule in rules}
     operations = [op for op in declared.values() if op is not None]
@@ -209,7 +223,7 @@ def build(app: Flask) -> dict[str, Any]:
             }
             if op.description:
                 item["description"] = op.description
-            body = _request_body(op, refs)
+            body = _request_body(op, refs, served)
             if body is not None and method in ("post", "put", "patch"):
                 item["requestBody"] = body
             if op.auth == "runner":

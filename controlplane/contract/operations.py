@@ -12,6 +12,9 @@ JSON = "application/json"
 FORM = ("application/x-www-form-urlencoded", "multipart/form-data", JSON)
 EVENTS = "text/event-stream"
 BYTES = "application/octet-stream"
+# Stand-ins, in an operation's examples, for the models this installation serves: the document
+# (contract/openapi.py) fills in the first of each, so an example sent as it is works here.
+TEXT_MODEL, IMAGE_MODEL = "{text_model}", "{image_model}"
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,8 @@ class Operation:
     success answer's content type (a tuple: one of those). `auth`: who may call it. `errors`: the shape of its errors
     (Helix's `{"error": "..."}` or OpenAI's). `links`: what the success answer leads to, by name:
     another operation's id and its parameters as OpenAPI runtime expressions (clients and the
-    fuzzer's stateful phase follow them)."""
+    fuzzer's stateful phase follow them). `examples`: request bodies that work as they are, by
+    name (the reference page offers them; the fuzzer sends them and builds on what they create)."""
 
     summary: str
     body: Any = None
@@ -40,6 +44,7 @@ class Operation:
     errors: Errors = "helix"
     description: str = ""
     links: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    examples: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def documented(summary: str, **details: Any) -> Callable:

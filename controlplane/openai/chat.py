@@ -16,13 +16,14 @@ import psycopg
 from redis import Redis
 
 from controlplane.config import Config
-from controlplane.errors import ApiError, BadRequest, NotFound
+from controlplane.errors import ApiError, BadRequest, Conflict, NotFound
 from controlplane.http.forms import read_form
 from controlplane.openai import store as openai_store
 from controlplane.openai.input import ChatRequest, ImageRequest
 from controlplane.sessions import store as sessions_store
+from controlplane.sessions.events import EVENT_DELETED
 from controlplane.sessions.input import NewSession
-from controlplane.sessions.service import SessionService, known_models
+from controlplane.sessions.service import CANCELLED, SessionService, known_models
 from controlplane.storage.filestore import Filestore, UserFiles
 from controlplane.storage.rows import SessionRow, SessionWithInteractions
 from shared.types import InteractionState, SessionMode, SessionType
@@ -52,6 +53,12 @@ class ReplyTimeout(ApiError):
     def __init__(self, session_id: str):
         super().__init__(f"the reply did not finish in time; it goes on in session {session_id}:"
                          f" poll GET /api/v1/sessions/{session_id} for it")
+
+
+class ReplyStopped(Conflict):
+    """The reply will not come: its session was deleted, or the reply cancelled, while the call
+    waited for it (by the caller, through another request). Not the server's failure."""
+    headers = {"x-should-retry": "false"}
 
 
 def fine_tuned_id(session: SessionRow) -> str:
@@ -134,6 +141,8 @@ def final_reply(items: Iterator[tuple[str, Any] | None], session_id: str, intera
         if item is None:
             continue
         name, data = item
+        if name == EVENT_DELETED:
+            raise ReplyStopped(f"session {session_id} was deleted before its reply finished")
         if name == "session":
             data = next((i for i in data["interactions"] if i["id"] == interaction_id), None)
         if name in ("session", "interaction") and data and data["id"] == interaction_id and data["finished"]:
@@ -145,6 +154,8 @@ def checked(reply: dict[str, Any]) -> dict[str, Any]:
     """The finished reply (its view: metadata in Helix's strings), or the error it ended with."""
     if reply["state"] == InteractionState.ERROR:
         meta = reply.get("metadata") or {}
+        if meta.get(CANCELLED) == "true":
+            raise ReplyStopped(f"the reply was cancelled before it finished: {reply['error']}")
         if meta.get("refused_by_model") == "true":
             raise BadRequest(reply["error"] or "the model refused the request")
         if meta.get("engine_crashes", "0") != "0":
@@ -209,6 +220,8 @@ def stream_chunks(session: SessionRow, reply_id: str, model: str, completion: bo
             yield None
             continue
         name, data = item
+        if name == EVENT_DELETED:
+            raise ReplyStopped(f"session {session.id} was deleted before its reply finished")
         if name == "session":
             data = next((i for i in data["interactions"] if i["id"] == reply_id), None)
             name = "interaction"

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 PING_SECONDS = 1.0
 # An idle stream re-reads its session this often, in case the final event was missed.
 KEEPALIVE_SECONDS = 15
+# Published when a session is deleted: a stream of it says so and ends at once (a call waiting
+# for its reply answers then, not at the next keep-alive's read).
+EVENT_DELETED = "deleted"
 
 
 # A user's live streams, counted by every replica together: a sorted set of slots, each scored by
@@ -188,6 +191,8 @@ def session_events(redis: Redis, session_id: str, read_session: Callable[[], dic
     `follow_on`: it does not end when the work does, but goes on with the next prompt's, on the
     same subscription, so that nothing published between two pieces of work is missed (Helix's
     user websocket); it ends at `max_seconds` or once the session is gone.
+
+    A session deleted meanwhile: `deleted`, then `end`.
     """
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(session_channel(session_id))
@@ -206,10 +211,12 @@ def session_events(redis: Redis, session_id: str, read_session: Callable[[], dic
             if message is None:
                 if working and time.monotonic() - last_read >= KEEPALIVE_SECONDS:
                     view = read_session()
+                    if view is None:
+                        yield EVENT_DELETED, {"session_id": session_id}
+                        break
                     if _finished(view):
-                        if view is not None:
-                            yield "session", view
-                        if view is None or not follow_on:
+                        yield "session", view
+                        if not follow_on:
                             break
                         working = False
                     last_read = time.monotonic()
@@ -233,7 +240,7 @@ def session_events(redis: Redis, session_id: str, read_session: Callable[[], dic
             elif event == EVENT_DELTA:
                 working = True
             yield event, data
-            if event == EVENT_INTERACTION and data.get("finished") and not follow_on:
+            if event == EVENT_DELETED or (event == EVENT_INTERACTION and data.get("finished") and not follow_on):
                 break
         yield "end", {"session_id": session_id}
     finally:

@@ -184,11 +184,16 @@ class SessionService:
         return session, interactions
 
     def continue_chat(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str,
-                      request: ContinueChat) -> SessionWithInteractions:
+                      request: ContinueChat, text_only: bool = False) -> SessionWithInteractions:
+        """The next prompt of a session; `text_only`: refused for an image session (a route that
+        answers with text)."""
         prompt = request.input
         session = sessions_store.get_session(conn, session_id, user["id"], for_update=True)
         if session is None:
             raise NotFound("session not found")
+        if text_only and session.type != SessionType.TEXT:
+            raise BadRequest(f"session {session_id} makes images: this route continues chats;"
+                             f" send its next prompt with PUT /api/v1/sessions/{session_id}")
         if session.mode != SessionMode.INFERENCE:
             raise Conflict("this session is still being fine-tuned: chat with it once its"
                            " fine-tune interaction is complete")
@@ -286,6 +291,8 @@ class SessionService:
         if session is None:
             raise NotFound("session not found")
         db.after_commit(conn, partial(self._remove_work_and_files, user["id"], session_id, interactions))
+        db.after_commit(conn, partial(events.publish, self.dispatcher.redis, session_id, events.EVENT_DELETED,
+                                      {"session_id": session_id}))
         # Its jobs' places went with it: the owner's next held jobs on those queues go now.
         unfinished = [i for i in interactions if not i.finished and i.creator == Creator.SYSTEM]
         for queue in {fair_share.queue_of(session, i) for i in unfinished}:

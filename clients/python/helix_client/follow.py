@@ -1,5 +1,5 @@
 """Following a session's events stream (server-sent events: `session`, `delta`, `interaction`,
-`end`) to one interaction's end, the same way for both clients."""
+`deleted`, `end`) to one interaction's end, the same way for both clients."""
 from __future__ import annotations
 
 import json
@@ -41,6 +41,9 @@ class Follower:
             return new
         elif event == "interaction" and (not self.interaction_id or payload.get("id") == self.interaction_id):
             return self._interaction(payload)
+        elif event == "deleted":  # by another request of the user's, while this one followed it
+            raise HelixError(409, f"session {payload.get('session_id', '')} was deleted before its work ended",
+                             payload)
         elif event == "end":
             self.done = True
         return ""
