@@ -8,14 +8,15 @@ PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
 # The web app's tests drive a real headless Chromium: Debian's, since no browser download works
-# here (Playwright's own `install` fetches one). Installed once, when missing; needs root or sudo.
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+# here (Playwright's own `install` fetches one); the CLI's run it in tmux and read its screen.
+# Installed once, when missing; needs root or sudo.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v tmux >/dev/null; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   if command -v apt-get >/dev/null; then
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver tmux >/dev/null
   else
-    echo "no apt-get: install Chromium yourself to run the web app's tests" >&2
+    echo "no apt-get: install Chromium and tmux yourself to run the web app's and the CLI's tests" >&2
   fi
 fi
 

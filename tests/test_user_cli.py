@@ -1,17 +1,22 @@
 """The `helix` command's user commands (clients/python/helix_client/cli.py), run as a person runs
 them against the live server and the tiny runner: login keeps the key readable by its owner
 alone; chat streams and goes on with a session; sessions, files and images; a refusal is one line
-with the server's message and exit code 1; --json for scripts."""
+with the server's message and exit code 1; --json for scripts; a fine-tune watched in a terminal
+(tmux), its screen read as a person sees it."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 from helix_client.cli import FinetuneView, sparkline
 
 from tests.conftest import IMAGE_MODEL, TEXT_MODEL
@@ -86,10 +91,85 @@ def test_the_finetune_view_shows_stage_progress_pairs_and_loss():
 
     assert sparkline([3.0, 2.0, 1.0, 0.5]) == "█▅▂▁"
     view = FinetuneView.__new__(FinetuneView)
+    view.uploaded = (2048, 4096)
     view.interaction = {"data_prep_stage": "finetune", "status": "training: step 30/60", "progress": 50,
-                        "qa_pairs": [{}] * 12, "training_history": [{"step": s, "loss": 3 / s} for s in range(1, 31)]}
+                        "qa_pairs": [{}] * 12, "training_history": [{"step": s, "loss": 3 / s} for s in range(1, 31)],
+                        "data_prep_files": {"a.txt": {"chunks": [
+                            {"state": "done", "question_count": 12, "dropped": {"ungrounded": 3}}, {"state": "pending"}]}}}
     console = Console(width=100, record=True, color_system=None)
     console.print(view.render())
     shown = console.export_text()
-    assert "finetune" in shown and "training: step 30/60" in shown and "12 question/answer pairs" in shown
+    assert "finetune" in shown and "training: step 30/60" in shown
+    assert "12 question/answer pairs kept, 3 dropped by the filters" in shown
+    assert "2.0 of 4.0 kB" in shown and "1/2 chunks" in shown
     assert "0.100" in shown and "█" in shown
+
+
+class Terminal:
+    """A command in a tmux pane of its own server (the environment given), read as a person sees
+    it: the screen, as capture-pane shows it, every few tenths of a second until it exits."""
+
+    def __init__(self, env: dict[str, str], *command: str, width: int = 120, height: int = 45):
+        self.socket = f"helix-test-{os.urandom(4).hex()}"
+        shown = " ".join(shlex.quote(part) for part in command)
+        subprocess.run(["tmux", "-L", self.socket, "new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height),
+                        f"{shown}; echo EXIT=$?; sleep 600"], env=env, check=True)
+        self.screens: list[str] = []
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, "capture-pane", "-p", "-t", "t"],
+                              capture_output=True, text=True, check=True).stdout
+
+    def until_exit(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.screens.append(self.screen())
+            found = re.search(r"EXIT=(\d+)", self.screens[-1])
+            if found:
+                return int(found.group(1))
+            time.sleep(0.3)
+        raise AssertionError("still running:\n" + self.screens[-1])
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+
+
+@pytest.mark.timeout(600)
+def test_a_finetune_watched_in_a_terminal_shows_its_work_and_ends_with_before_and_after(
+        live_server, live_user, home, runner, tmp_path):
+    from tests.test_finetune_flow import DOCUMENT, _pairs, _system
+
+    env = {**home, "HELIX_URL": live_server, "HELIX_API_KEY": live_user.key, "TERM": "xterm-256color"}
+    document = tmp_path / "zorblat.txt"
+    document.write_text(DOCUMENT)
+    term = Terminal(env, HELIX, "finetune", str(document), "--model", TEXT_MODEL, "--review", "--watch")
+    try:
+        assert term.until_exit(300) == 0, term.screens[-1]
+    finally:
+        term.close()
+    seen = "\n".join(term.screens)
+    # The upload, the stage and a bar per document (its chunks done), the pairs kept and dropped.
+    assert re.search(r"upload\s+\S*━", seen) and " kB" in seen, seen[-3000:]
+    assert "zorblat.txt" in seen and re.search(r"\d+/\d+ chunks", seen), seen[-3000:]
+    assert re.search(r"\d+ question/answer pairs kept, \d+ dropped by the filters", seen), seen[-3000:]
+    last = term.screens[-1]
+    session_id = re.search(r"session ([0-9a-f-]{36}): editing", last).group(1)
+    assert "review its pairs in the web app" in last
+
+    # The pairs written by the reviewer, training started; then followed again from a terminal.
+    base = f"{live_server}/api/v1/sessions/{session_id}/finetune"
+    system = _system(requests.get(f"{live_server}/api/v1/sessions/{session_id}", headers=live_user.headers).json())
+    assert requests.put(f"{base}/text/conversations/{system['id']}", headers=live_user.headers,
+                        json=_pairs()).status_code == 200
+    assert requests.post(f"{base}/start", headers=live_user.headers).status_code == 200
+    term = Terminal(env, HELIX, "watch", session_id)
+    try:
+        assert term.until_exit(300) == 0, term.screens[-1]
+    finally:
+        term.close()
+    seen = "\n".join(term.screens)
+    assert re.search(r"loss\s+[▁▂▃▄▅▆▇█]{2,}\s+\d+\.\d{3}", seen), seen[-3000:]
+    last = term.screens[-1]
+    assert "before and after, on 3 held-out questions" in last, last
+    assert re.search(r"token f1\s*│\s*\d\.\d\d\s*│\s*\d\.\d\d", last), last
+    assert f'chat with it:  helix chat -s {session_id} "..."' in last, last

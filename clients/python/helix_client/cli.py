@@ -104,8 +104,9 @@ def sparkline(values: list[float], width: int = 40) -> str:
 
 
 class FinetuneView:
-    """The live view of a fine-tune: its stage and status, a progress bar, the pairs written and
-    the training loss as a sparkline; redrawn at every change (rich)."""
+    """The live view of a fine-tune: the upload, its stage and status, a progress bar, one per
+    document (its chunks done), the pairs kept and dropped and the training loss as a sparkline;
+    redrawn at every change (rich)."""
 
     def __init__(self):
         from rich.console import Console
@@ -114,6 +115,7 @@ class FinetuneView:
         self.console = Console(stderr=True)
         self.live = Live(console=self.console, refresh_per_second=4, transient=False)
         self.interaction: dict[str, Any] = {}
+        self.uploaded = (0, 0)  # bytes sent, bytes in all
 
     def __enter__(self) -> "FinetuneView":
         self.live.__enter__()
@@ -126,32 +128,49 @@ class FinetuneView:
         self.interaction = interaction
         self.live.update(self.render())
 
+    def upload(self, sent: int, total: int) -> None:
+        self.uploaded = (sent, total)
+        self.live.update(self.render())
+
     def render(self):
         from rich.progress_bar import ProgressBar
         from rich.table import Table
 
+        def bar(done: float, total: float, note: str) -> Table:
+            row = Table.grid(padding=(0, 1))
+            row.add_row(ProgressBar(total=total or 1, completed=done, width=30), note)
+            return row
+
         i = self.interaction
         table = Table.grid(padding=(0, 2))
+        sent, total = self.uploaded
+        if total:
+            table.add_row("upload", bar(sent, total, f"{sent / 1024:,.1f} of {total / 1024:,.1f} kB"))
+        if not i:
+            return table
         table.add_row("stage", str(i.get("data_prep_stage") or i.get("state") or ""))
         table.add_row("status", str(i.get("status") or ""))
-        table.add_row("progress", ProgressBar(total=100, completed=int(i.get("progress") or 0), width=40))
-        pairs = i.get("qa_pairs")
-        if pairs:
-            table.add_row("pairs", f"{len(pairs)} question/answer pairs")
+        table.add_row("progress", bar(int(i.get("progress") or 0), 100, f"{int(i.get('progress') or 0)}%"))
+        kept = dropped = 0
+        for name, document in (i.get("data_prep_files") or {}).items():
+            chunks = document.get("chunks") or []
+            done = sum(1 for c in chunks if c.get("state") in ("done", "error"))
+            note = f"{done}/{len(chunks)} chunks" + (f"  {document['error']}" if document.get("error") else "")
+            table.add_row(f"  {name}", bar(done, len(chunks), note))
+            kept += sum(c.get("question_count") or 0 for c in chunks)
+            dropped += sum(sum((c.get("dropped") or {}).values()) for c in chunks)
+        pairs = len(i.get("qa_pairs") or []) or kept
+        if pairs or dropped:
+            table.add_row("pairs", f"{pairs} question/answer pairs kept, {dropped} dropped by the filters")
         losses = [p["loss"] for p in i.get("training_history") or [] if isinstance(p.get("loss"), (int, float))]
         if losses:
             table.add_row("loss", f"{sparkline(losses)}  {losses[-1]:.3f}")
         return table
 
 
-def _follow_finetune(client: Client, session_id: str, as_json: bool) -> dict[str, Any]:
-    if as_json:
-        for _ in client.follow(session_id):
-            pass
-    else:
-        with FinetuneView() as view:
-            for _ in client.follow(session_id, on_progress=view.update):
-                pass
+def _follow_finetune(client: Client, session_id: str, view: FinetuneView | None) -> dict[str, Any]:
+    for _ in client.follow(session_id, on_progress=view.update if view else None):
+        pass
     return client.sessions.get(session_id)
 
 
@@ -165,12 +184,15 @@ def _report_finetune(session: dict[str, Any], as_json: bool) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title="before and after")
-        table.add_column("measure")
-        table.add_column("value")
-        for name, value in evaluation.items():
-            if not isinstance(value, (dict, list)):
-                table.add_row(str(name), str(value))
+        before, after = evaluation.get("before") or {}, evaluation.get("after") or {}
+        table = Table(title=f"before and after, on {evaluation.get('held_out', 0)} held-out questions")
+        for column in ("measure", "base model", "fine-tuned"):
+            table.add_column(column)
+        for name in evaluation.get("metrics") or list(before):
+            table.add_row(name.replace("_", " "), *(f"{v:.2f}" if isinstance(v, (int, float)) else "–"
+                                                    for v in (before.get(name), after.get(name))))
+        if evaluation.get("note"):
+            table.caption = evaluation["note"]
         Console(stderr=True).print(table)
     state = reply.get("state")
     print(f"session {session['id']}: {state} ({reply.get('status')})", file=sys.stderr)
@@ -185,18 +207,33 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     options = {"model_name": args.model, "manuallyReviewQuestions": True if args.review else None,
                "urls": " ".join(args.url) if args.url else None}
     with _client(args) as client:
-        session = client.sessions.create(mode="finetune", type=args.type, files=args.files, **options)
         if not args.watch:
+            session = client.sessions.create(mode="finetune", type=args.type, files=args.files, **options)
             _print_json(session) if args.json else print(session["id"])
             return
-        _report_finetune(_follow_finetune(client, session["id"], args.json), args.json)
+        if args.json:
+            session = client.sessions.create(mode="finetune", type=args.type, files=args.files, **options)
+            _report_finetune(_follow_finetune(client, session["id"], None), True)
+            return
+        with FinetuneView() as view:
+            session = client.sessions.create(mode="finetune", type=args.type, files=args.files,
+                                             on_upload=view.upload, **options)
+            print(f"session {session['id']}: Ctrl-C detaches (it goes on; `helix watch {session['id']}`)",
+                  file=sys.stderr)
+            done = _follow_finetune(client, session["id"], view)
+        _report_finetune(done, False)
 
 
 def cmd_watch(args: argparse.Namespace) -> None:
     with _client(args) as client:
         session = client.sessions.get(args.session)
         if session.get("mode") == "finetune":
-            _report_finetune(_follow_finetune(client, args.session, args.json), args.json)
+            if args.json:
+                _report_finetune(_follow_finetune(client, args.session, None), True)
+            else:
+                with FinetuneView() as view:
+                    done = _follow_finetune(client, args.session, view)
+                _report_finetune(done, False)
             return
         for part in client.follow(args.session):
             if not args.json:

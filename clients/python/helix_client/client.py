@@ -121,7 +121,8 @@ class Client:
     def finetune(self, files: list[str | Path], *, type: str = "text", on_progress: Progress | None = None,
                  **options: Any) -> Session:
         """A fine-tune of documents (or captioned images with type="image"), followed to its end
-        (or to its review, with manuallyReviewQuestions=True); returns the session."""
+        (or to its review, with manuallyReviewQuestions=True); returns the session.
+        `on_upload(sent, total)` as the files go up, `on_progress(interaction)` at every change."""
         session = self.send(calls.create_session(mode="finetune", type=type, files=files, **options))
         for _ in self.follow(session["id"], on_progress):
             pass

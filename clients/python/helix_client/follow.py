@@ -54,6 +54,8 @@ class Follower:
         message = interaction.get("message") or ""
         new = message[len(self.text):] if message.startswith(self.text) else ""
         self.text += new
+        if interaction.get("state") == "editing":  # a fine-tune waiting for its review: over until started
+            self.done = True
         if interaction.get("finished"):
             self.done = True
             if interaction.get("state") == "error":
