@@ -149,8 +149,10 @@ def test_the_python_clients_types_are_written_from_the_document(document):
 
 def test_every_example_works_as_it_is_on_this_installation(live_server, runner, live_user):
     """The reference page offers the examples and the fuzzer builds on what they create: each one,
-    sent as the document shows it (models filled in), is answered with success."""
+    sent as the document shows it (models filled in), is answered with success, in the shape the
+    document gives that answer."""
     import requests
+    from jsonschema import Draft202012Validator
 
     from tests.conftest import IMAGE_MODEL, TEXT_MODEL, wait_for_session
 
@@ -169,6 +171,8 @@ def test_every_example_works_as_it_is_on_this_installation(live_server, runner, 
                 r = requests.request(method, url, headers=live_user.headers, timeout=120,
                                      **({"json": body} if kind == "application/json" else {"data": body}))
                 assert r.status_code < 300, (method, path, name, r.status_code, r.text[:300])
+                schema = op["responses"][str(r.status_code)]["content"]["application/json"]["schema"]
+                Draft202012Validator({**schema, "components": document["components"]}).validate(r.json())
                 if path == "/api/v1/sessions" and name == "chat":
                     created = r.json()["id"]
                     assert r.json()["model_name"] == TEXT_MODEL

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from controlplane.accounts.auth import require_user
+from controlplane.contract import openai_types
 from controlplane.contract.operations import EVENTS, IMAGE_MODEL, JSON, TEXT_MODEL, documented
 from controlplane.errors import ApiError, BadRequest
 from controlplane.http import event_stream
@@ -137,7 +138,8 @@ def _text_call(parse, completion: bool):
 
 @bp.get("/models")
 @require_user
-@documented("The models the caller may use: the base models and their fine-tunes", errors="openai")
+@documented("The models the caller may use: the base models and their fine-tunes", errors="openai",
+            responses={200: openai_types.ModelList})
 def list_models():
     with db.transaction() as conn:
         return jsonify(object="list", data=_service().models(conn, g.user))
@@ -145,7 +147,7 @@ def list_models():
 
 @bp.get("/models/<path:model_id>")
 @require_user
-@documented("One model", errors="openai")
+@documented("One model", errors="openai", responses={200: openai_types.Model})
 def get_model(model_id: str):
     with db.transaction() as conn:
         found = next((m for m in _service().models(conn, g.user) if m["id"] == model_id), None)
@@ -158,6 +160,7 @@ def get_model(model_id: str):
 @require_user
 @documented("A chat completion (OpenAI's API): the answer, or with stream=true its chunks as server-sent events",
             body=ChatCompletionBody, body_types=(JSON,), errors="openai", content=(JSON, EVENTS),
+            responses={200: openai_types.ChatCompletion},
             examples={"chat": {"model": TEXT_MODEL, "max_tokens": 32,
                                "messages": [{"role": "user", "content": "Write a haiku about the sea."}]}})
 def chat_completions():
@@ -167,7 +170,7 @@ def chat_completions():
 @bp.post("/completions")
 @require_user
 @documented("A text completion (OpenAI's API), streamed or not", body=CompletionBody, body_types=(JSON,),
-            errors="openai", content=(JSON, EVENTS),
+            errors="openai", content=(JSON, EVENTS), responses={200: openai_types.Completion},
             examples={"completion": {"model": TEXT_MODEL, "prompt": "The lighthouse keeper", "max_tokens": 32}})
 def completions():
     return _text_call(openai_input.completion_request, completion=True)
@@ -176,6 +179,7 @@ def completions():
 @bp.post("/images/generations")
 @require_user
 @documented("Images from a prompt (OpenAI's API)", body=ImageGenerationBody, body_types=(JSON,), errors="openai",
+            responses={200: openai_types.ImagesResponse},
             examples={"image": {"model": IMAGE_MODEL, "prompt": "a red lighthouse at dusk", "seed": 7}})
 def image_generations():
     config = current_app.config["HELIX"]
@@ -199,7 +203,7 @@ def image_generations():
 @helix_chat.post("/chat")
 @require_user
 @documented("Helix's chat route: a new chat session or the next turn of one, answered in OpenAI's shape",
-            body=HelixChat, body_types=(JSON,), content=(JSON, EVENTS),
+            body=HelixChat, body_types=(JSON,), content=(JSON, EVENTS), responses={200: openai_types.ChatCompletion},
             examples={"chat": {"model": TEXT_MODEL, "messages": [
                 {"role": "user", "content": {"content_type": "text", "parts": ["Write a haiku about the sea."]}}]}})
 def helix_session_chat():
