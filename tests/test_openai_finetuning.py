@@ -283,6 +283,11 @@ def test_malformed_requests_are_4xx_in_openai_shape(client, make_user):
         (client.post("/v1/fine_tuning/jobs", headers=h, data="x"), 400, "must be JSON"),
         (client.post("/v1/fine_tuning/jobs", headers=h, json=[1]), 400, "JSON object"),
         (client.post("/v1/fine_tuning/jobs", headers=h, json={"model": TEXT_MODEL}), 400, "'training_file'"),
+        # Found by the fuzzer: a NUL in a file id reached PostgreSQL (a 500).
+        (client.post("/v1/fine_tuning/jobs", headers=h, json={"model": TEXT_MODEL, "training_file": "f\u0000"}),
+         400, "'training_file'"),
+        (client.post("/v1/fine_tuning/jobs", headers=h, json={"model": TEXT_MODEL, "training_file": "f",
+                                                             "validation_file": "\u0000"}), 400, "'validation_file'"),
         (client.post("/v1/fine_tuning/jobs", headers=h, json={"model": TEXT_MODEL, "training_file": "f",
                                                              "method": {"type": "dpo"}}), 400, "supervised"),
         (client.post("/v1/fine_tuning/jobs", headers=h, json={"model": TEXT_MODEL, "training_file": "f",

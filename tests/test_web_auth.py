@@ -245,3 +245,21 @@ def test_password_guessing_is_slowed_without_locking_the_user_out(config, tmp_pa
     stranger = sign_in(_browser_at(app, "10.9.0.4"), email)
     assert stranger.status_code == 429 and "for this email from anywhere" in stranger.text
     assert sign_in(known, email).status_code == 302
+
+
+def test_a_form_field_whose_name_cannot_be_read_is_a_400_before_the_token_check(app, member):
+    """Found by the fuzzer: a multipart part named `"ab\\"` has no name Werkzeug can read, and the
+    CSRF check, which looks at every field's name, failed on it with a 500."""
+    client = app.test_client()
+    sign_in(client, member[0]["email"])
+    token = _token(client.get("/account").text)
+    body = (b'--zzz\r\nContent-Disposition: form-data; name="ab\\"\r\n\r\n{}\r\n'
+            b'--zzz\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n--zzz--\r\n')
+    for path in ("/v1/files", "/api/v1/sessions"):
+        r = client.post(path, data=body, headers={"X-CSRFToken": token,
+                                                  "Content-Type": "multipart/form-data; boundary=zzz"})
+        assert r.status_code == 400 and "name could not be read" in r.get_data(as_text=True), (path, r.data[:300])
+    # With an API key there is no token check: the route refuses the form as it would any other.
+    r = app.test_client().post("/v1/files", data=body, headers={"Authorization": f"Bearer {member[1]}",
+                                                                "Content-Type": "multipart/form-data; boundary=zzz"})
+    assert 400 <= r.status_code < 500, r.data[:300]

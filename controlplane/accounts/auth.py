@@ -29,7 +29,7 @@ from flask_wtf.csrf import CSRFProtect
 from controlplane.accounts import sign_ins
 from controlplane.accounts import store as accounts
 from controlplane.config import Config
-from controlplane.errors import Unauthorized
+from controlplane.errors import BadRequest, Unauthorized
 from controlplane.storage import db
 from shared.types import API_KEY_PREFIX, RUNNER_TOKEN_PREFIX
 
@@ -129,8 +129,13 @@ def signed_in_user() -> dict | None:
 
 
 def check_csrf() -> None:
-    """Refuses (CSRFError, 403) a state-changing request without the page's CSRF token."""
+    """Refuses (CSRFError, 403) a state-changing request without the page's CSRF token. A form
+    field whose name could not be read (a malformed multipart part) is a 400 first: the token
+    check looks at every field's name."""
     if request.method not in SAFE_METHODS:
+        if any(not isinstance(name, str) for name in request.form.keys()):
+            raise BadRequest("a form field's name could not be read: quote each part's name in its"
+                             " Content-Disposition header")
         csrf.protect()
 
 

@@ -20,7 +20,7 @@ _, _LR_LOW, _LR_HIGH = HYPERPARAMETERS["learning_rate"]
 
 Auto = Literal["auto"]
 CleanStr = Annotated[StrictStr, AfterValidator(clean_text)]
-FileId = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+FileId = Annotated[StrictStr, AfterValidator(clean_text), Field(min_length=1, max_length=200)]
 
 
 class JobHyperparameters(BaseModel):

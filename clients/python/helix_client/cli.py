@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from helix_client.client import DEFAULT_URL, Client
 from helix_client.errors import HelixError
@@ -168,10 +168,22 @@ class FinetuneView:
         return table
 
 
-def _follow_finetune(client: Client, session_id: str, view: FinetuneView | None) -> dict[str, Any]:
-    for _ in client.follow(session_id, on_progress=view.update if view else None):
-        pass
-    return client.sessions.get(session_id)
+def _watch_finetune(client: Client, as_json: bool, start: Callable[[FinetuneView | None], str]) -> None:
+    """Follows a fine-tune to its end or its review, in the live view (quietly with --json), then
+    reports it. `start(view)` gives the session's id: one it creates (its upload shown in the
+    view) or one named."""
+    def follow(view: FinetuneView | None) -> dict[str, Any]:
+        session_id = start(view)
+        for _ in client.follow(session_id, on_progress=view.update if view else None):
+            pass
+        return client.sessions.get(session_id)
+
+    if as_json:
+        _report_finetune(follow(None), True)
+        return
+    with FinetuneView() as view:
+        done = follow(view)
+    _report_finetune(done, False)
 
 
 def _report_finetune(session: dict[str, Any], as_json: bool) -> None:
@@ -207,33 +219,26 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     options = {"model_name": args.model, "manuallyReviewQuestions": True if args.review else None,
                "urls": " ".join(args.url) if args.url else None}
     with _client(args) as client:
+        def create(view: FinetuneView | None) -> str:
+            session = client.sessions.create(mode="finetune", type=args.type, files=args.files,
+                                             on_upload=view.upload if view else None, **options)
+            if view:
+                print(f"session {session['id']}: Ctrl-C detaches (it goes on; `helix watch {session['id']}`)",
+                      file=sys.stderr)
+            return session["id"]
+
         if not args.watch:
             session = client.sessions.create(mode="finetune", type=args.type, files=args.files, **options)
             _print_json(session) if args.json else print(session["id"])
             return
-        if args.json:
-            session = client.sessions.create(mode="finetune", type=args.type, files=args.files, **options)
-            _report_finetune(_follow_finetune(client, session["id"], None), True)
-            return
-        with FinetuneView() as view:
-            session = client.sessions.create(mode="finetune", type=args.type, files=args.files,
-                                             on_upload=view.upload, **options)
-            print(f"session {session['id']}: Ctrl-C detaches (it goes on; `helix watch {session['id']}`)",
-                  file=sys.stderr)
-            done = _follow_finetune(client, session["id"], view)
-        _report_finetune(done, False)
+        _watch_finetune(client, args.json, create)
 
 
 def cmd_watch(args: argparse.Namespace) -> None:
     with _client(args) as client:
         session = client.sessions.get(args.session)
         if session.get("mode") == "finetune":
-            if args.json:
-                _report_finetune(_follow_finetune(client, args.session, None), True)
-            else:
-                with FinetuneView() as view:
-                    done = _follow_finetune(client, args.session, view)
-                _report_finetune(done, False)
+            _watch_finetune(client, args.json, lambda view: args.session)
             return
         for part in client.follow(args.session):
             if not args.json:
