@@ -95,7 +95,8 @@ def test_the_finetune_view_shows_stage_progress_pairs_and_loss():
     view.interaction = {"data_prep_stage": "finetune", "status": "training: step 30/60", "progress": 50,
                         "qa_pairs": [{}] * 12, "training_history": [{"step": s, "loss": 3 / s} for s in range(1, 31)],
                         "data_prep_files": {"a.txt": {"chunks": [
-                            {"state": "done", "question_count": 12, "dropped": {"ungrounded": 3}}, {"state": "pending"}]}}}
+                            {"state": "done", "question_count": 12, "dropped": {"ungrounded": 3}},
+                            {"state": "pending"}]}}}
     console = Console(width=100, record=True, color_system=None)
     console.print(view.render())
     shown = console.export_text()
