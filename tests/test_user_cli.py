@@ -117,7 +117,8 @@ class Terminal:
         self.screens: list[str] = []
 
     def screen(self) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, "capture-pane", "-p", "-t", "t"],
+        # -J: a line the terminal wrapped comes back whole.
+        return subprocess.run(["tmux", "-L", self.socket, "capture-pane", "-p", "-J", "-t", "t"],
                               capture_output=True, text=True, check=True).stdout
 
     def until_exit(self, timeout: float) -> int:
@@ -173,3 +174,26 @@ def test_a_finetune_watched_in_a_terminal_shows_its_work_and_ends_with_before_an
     assert "before and after, on 3 held-out questions" in last, last
     assert re.search(r"token f1\s*│\s*\d\.\d\d\s*│\s*\d\.\d\d", last), last
     assert f'chat with it:  helix chat -s {session_id} "..."' in last, last
+
+
+@pytest.mark.timeout(300)
+def test_a_chat_in_a_terminal_streams_its_reply_as_it_comes(live_server, live_user, home, real_runner):
+    from tests.conftest import REAL_TEXT_MODEL
+
+    env = {**home, "HELIX_URL": live_server, "HELIX_API_KEY": live_user.key, "TERM": "xterm-256color"}
+    term = Terminal(env, HELIX, "chat", "Tell me a story about a lighthouse.", "--model", REAL_TEXT_MODEL,
+                    "--max-tokens", "80", "--temperature", "0")
+    try:
+        assert term.until_exit(240) == 0, term.screens[-1]
+    finally:
+        term.close()
+    last = term.screens[-1]
+    session_id = re.search(r"session ([0-9a-f-]{36}): go on with  helix chat -s \1", last).group(1)
+    reply = requests.get(f"{live_server}/api/v1/sessions/{session_id}", headers=live_user.headers,
+                         timeout=30).json()["interactions"][-1]["message"]
+    # Before the end, the screen held part of the reply: it came as it was made, not at once.
+    words = " ".join(reply.split())
+    begins, ends = " ".join(reply.split()[:3]), words[-30:]
+    partial = [s for s in term.screens if begins in " ".join(s.split()) and ends not in " ".join(s.split())]
+    assert partial, (reply, term.screens[-3:])
+    assert ends in " ".join(last.split()), (reply, last)
