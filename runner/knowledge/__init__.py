@@ -1,0 +1,1 @@
+"""Knowledge beside fine-tuning: a session's documents embedded for retrieval."""
