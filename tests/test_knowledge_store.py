@@ -4,7 +4,6 @@ it by meaning or by a rare word, only in its own session and user, and the chunk
 session."""
 from __future__ import annotations
 
-import psycopg
 import pytest
 
 from controlplane.knowledge import store
@@ -24,7 +23,7 @@ def embedder(models_dir) -> Embedder:
 
 def _index(conn, user, session_id: str, embedder: Embedder, texts: list[str], file: str = "zorblat.txt") -> None:
     store.replace_document(conn, session_id, user.id, file, [
-        store.Chunk(file, i, text, vector) for i, (text, vector) in enumerate(zip(texts, embedder.embed(texts)))])
+        store.Chunk(i, text, vector) for i, (text, vector) in enumerate(zip(texts, embedder.embed(texts)))])
 
 
 def _session(conn, user) -> str:

@@ -17,7 +17,6 @@ CANDIDATES = 40
 
 @dataclass(frozen=True)
 class Chunk:
-    file: str
     index: int
     text: str
     embedding: list[float]
@@ -43,7 +42,7 @@ def replace_document(conn: psycopg.Connection, session_id: str, owner: str, file
         cur.executemany(
             "INSERT INTO document_chunks (session_id, owner, file, chunk_index, text, embedding)"
             " VALUES (%s, %s, %s, %s, %s, %s::vector)",
-            [(session_id, owner, c.file, c.index, c.text, _vector(c.embedding)) for c in chunks])
+            [(session_id, owner, file, c.index, c.text, _vector(c.embedding)) for c in chunks])
 
 
 def count(conn: psycopg.Connection, session_id: str, owner: str) -> int:

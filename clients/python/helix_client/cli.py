@@ -219,19 +219,19 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     options = {"model_name": args.model, "manuallyReviewQuestions": True if args.review else None,
                "urls": " ".join(args.url) if args.url else None}
     with _client(args) as client:
-        def create(view: FinetuneView | None) -> str:
+        def create(view: FinetuneView | None) -> dict[str, Any]:
             session = client.sessions.create(mode="finetune", type=args.type, files=args.files,
                                              on_upload=view.upload if view else None, **options)
             if view:
                 print(f"session {session['id']}: Ctrl-C detaches (it goes on; `helix watch {session['id']}`)",
                       file=sys.stderr)
-            return session["id"]
+            return session
 
         if not args.watch:
-            session = client.sessions.create(mode="finetune", type=args.type, files=args.files, **options)
+            session = create(None)
             _print_json(session) if args.json else print(session["id"])
             return
-        _watch_finetune(client, args.json, create)
+        _watch_finetune(client, args.json, lambda view: create(view)["id"])
 
 
 def cmd_watch(args: argparse.Namespace) -> None:
