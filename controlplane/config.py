@@ -100,6 +100,8 @@ class Config:
     max_runner_upload_bytes: int = 8 * 1024**3
     # Fine-tunes: most documents (files and URLs) in one session.
     max_finetune_documents: int = 50
+    # Retrieval: most chunks one session's index may hold (a plan's index_chunks limits a user's total).
+    max_index_chunks: int = 20_000
     # Most bytes a fine-tune document's archive (.docx) may inflate to, its members together:
     # read from the archive's directory, without inflating anything.
     max_document_inflated_bytes: int = DOCUMENT_MAX_INFLATED_BYTES
@@ -181,6 +183,9 @@ class Config:
         if c.access_log not in ("writes", "all", "off"):
             raise SettingError(f"HELIX_ACCESS_LOG must be writes, all or off, got {c.access_log[:40]!r}")
         c.max_finetune_documents = env_int(env, "HELIX_MAX_FINETUNE_DOCUMENTS", c.max_finetune_documents)
+        c.max_index_chunks = env_int(env, "HELIX_MAX_INDEX_CHUNKS", c.max_index_chunks)
+        if c.max_index_chunks < 1:
+            raise SettingError("HELIX_MAX_INDEX_CHUNKS must be at least 1")
         c.max_document_inflated_bytes = env_int(env, "HELIX_MAX_DOCUMENT_INFLATED_BYTES", c.max_document_inflated_bytes)
         if c.max_document_inflated_bytes < 1:
             raise SettingError("HELIX_MAX_DOCUMENT_INFLATED_BYTES must be at least 1")

@@ -20,6 +20,8 @@ class RunnerConfig:
     runner_id: str               # HELIX_RUNNER_ID (default: host name and pid)
     text_model: str = ""         # HELIX_TEXT_MODEL: the name sessions ask for; empty = no text
     text_model_path: str = ""    # HELIX_TEXT_MODEL_PATH: local directory (or hub id on a GPU box)
+    embedding_model_path: str = ""  # HELIX_EMBEDDING_MODEL_PATH: the sentence-embedding model of retrieval
+    # (default: all-minilm-l6-v2 beside the text model's directory, where `make setup` puts it)
     image_model: str = ""        # HELIX_IMAGE_MODEL: empty = no image worker
     image_model_path: str = ""   # HELIX_IMAGE_MODEL_PATH
     image_max_pixels: int = 0    # HELIX_IMAGE_MAX_PIXELS: largest width x height (0: twice the native size each way)
@@ -77,6 +79,8 @@ class RunnerConfig:
             runner_id=env["HELIX_RUNNER_ID"],
             text_model=env.get("HELIX_TEXT_MODEL", ""),
             text_model_path=env.get("HELIX_TEXT_MODEL_PATH", ""),
+            embedding_model_path=env.get("HELIX_EMBEDDING_MODEL_PATH", "") or _beside(
+                env.get("HELIX_TEXT_MODEL_PATH", ""), "all-minilm-l6-v2"),
             image_model=env.get("HELIX_IMAGE_MODEL", ""),
             image_model_path=env.get("HELIX_IMAGE_MODEL_PATH", ""),
             image_max_pixels=env_int(env, "HELIX_IMAGE_MAX_PIXELS", 0),
@@ -130,6 +134,11 @@ class RunnerConfig:
             raise SettingError("HELIX_IMAGE_SECONDS_PER_MEGAPIXEL_STEP must be from 0 (measure it) to 1000000,"
                                f" got {config.image_seconds_per_megapixel_step:g}")
         return config
+
+
+def _beside(model_path: str, name: str) -> str:
+    """The directory `name` next to a local model's directory, if that is where a model is."""
+    return os.path.join(os.path.dirname(model_path.rstrip("/")), name) if os.path.isdir(model_path) else ""
 
 
 def _size(env: dict[str, str], name: str) -> int:

@@ -24,6 +24,8 @@ from runner.config import RunnerConfig
 from runner.control_plane.client import ControlPlane, Gone
 from runner.control_plane.http_session import pooled_session
 from runner.job_watch import JobWatch
+from runner.knowledge import retrieval
+from runner.knowledge.embedder import NoEmbedder
 from runner.state import metrics
 from runner.text import adapters, engine_crashes
 from runner.text.fair_batch import FairBatch
@@ -32,6 +34,7 @@ from runner.text.resumable import reply_in_turns
 from runner.text.stream import TextStream, clear_partial_text
 from runner.text.vllm_server import cpu_engine, healthy, wait_healthy
 from shared.jobs import ImageInferenceJob, TextInferenceJob, WorkKind
+from shared.knowledge import Way
 from shared.types import InteractionState
 from shared.wire import InteractionUpdate
 
@@ -134,7 +137,13 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
     job = TextInferenceJob.from_dict(payload)
     started = time.monotonic()
     max_tokens = job.max_tokens or ctx.config.max_tokens
-    messages = job.messages
+    try:
+        asked, cited = _with_knowledge(ctx, job)
+    except NoEmbedder as err:
+        ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
+            state=InteractionState.ERROR.value, error=str(err), status="error"))
+        return {"error": str(err)}
+    messages = asked
     # Crashes of vLLM this request was in flight for, by this attempt or an earlier one; read
     # once, then kept here (a reply costs no more Redis round trips unless it meets a crash).
     crashes = engine_crashes.strikes(ctx.redis, job.interaction_id)
@@ -180,7 +189,7 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
 
             try:
                 if job.prompt is None:
-                    messages = fit_history(ctx.vllm_url, job.model, job.messages, max_tokens, session=ctx.http)
+                    messages = fit_history(ctx.vllm_url, job.model, asked, max_tokens, session=ctx.http)
                 # A fine-tuned session: the same warm base model, with its adapter by name.
                 model = adapters.ensure(ctx.client, ctx.vllm_url, job.session_id, job.lora_dir,
                                         adapters.cache_dir(ctx.config.work_dir), ctx.http) if job.lora_dir else job.model
@@ -252,7 +261,8 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
     ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
         state=InteractionState.COMPLETE.value, message=stream.text, progress=100,
         status="complete", metadata={"generation_seconds": round(elapsed, 3),
-                                     "history_messages_dropped": len(job.messages) - len(messages),
+                                     "history_messages_dropped": len(asked) - len(messages),
+                                     **cited,
                                      "usage": generation.usage,
                                      "finish_reason": generation.finish_reasons.get(0, "stop"),
                                      **({"choices": choices} if len(choices) > 1 else {}),
@@ -261,6 +271,19 @@ def _text_inference(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
                                      **({"adapter": model} if job.lora_dir else {})}))
     clear_partial_text(ctx.redis, job.interaction_id)  # the stored message holds it all now
     return {"chars": len(stream.text), "seconds": elapsed}
+
+
+def _with_knowledge(ctx: WorkerContext, job: TextInferenceJob) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The chat as the model gets it, with the excerpts retrieval found for its last message in a
+    session that learns from documents by retrieval; and what the reply's metadata tells of them."""
+    if not job.knowledge_way:
+        return job.messages, {}
+    way = Way(job.knowledge_way)
+    if not way.retrieves or job.prompt is not None or not job.messages:
+        return job.messages, {"knowledge_way": way.value}
+    found = retrieval.search(ctx, job.session_id, job.interaction_id, [job.messages[-1]["content"]])[0]
+    return retrieval.with_excerpts(job.messages, found), {"knowledge_way": way.value,
+                                                           "citations": retrieval.citations(found)}
 
 
 def _count_tokens(model: str, usage: dict | None, seconds: float) -> None:

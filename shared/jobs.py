@@ -81,6 +81,9 @@ class TextInferenceJob(_Payload):
     # Who asked, as an opaque tag: the runner shares its batch fairly between owners
     # (runner/text/fair_batch.py). Empty from an older control plane: one owner for all.
     owner_tag: str = ""
+    # How the session uses its documents (shared.knowledge.Way), "" for a chat without any: with
+    # retrieval the runner asks the control plane for the turn's best chunks and cites them.
+    knowledge_way: str = ""
 
     def pausable(self) -> bool:
         """Whether the reply may stop and go on from its text so far as the same request: not with
@@ -122,6 +125,9 @@ class TextDataPrepJob(_Payload):
     question_styles: list[str] = field(default_factory=list)  # empty: the runner's defaults
     questions_per_fact: int = 4
     skip_chunks: list[str] = field(default_factory=list)  # "document#index" already done (retry)
+    index_documents: bool = False     # retrieval: embed the documents' chunks for the session's index
+    generate_questions: bool = True   # fine-tuning: write question/answer pairs (off: retrieval only)
+    max_index_chunks: int = 20_000    # an index of more chunks is refused before any is embedded
 
 
 @dataclass
@@ -135,6 +141,7 @@ class TextFinetuneJob(_Payload):
     eval_share: float = 0.2
     checkpoint: str = ""              # filestore path of the last checkpoint: resume from it
     seed: int = 0                     # the order of the training rows (an OpenAI job's `seed`)
+    knowledge_report: bool = False    # the session has an index: evaluate the four ways (shared.knowledge.Way)
 
 
 @dataclass

@@ -28,6 +28,7 @@ class DataPrepStage(StrEnum):
     """Helix's stages of a text fine-tune, in order."""
     EDIT_FILES = "edit_files"
     EXTRACT_TEXT = "extract_text"
+    INDEX_DOCUMENTS = "index_documents"  # retrieval's index of the chunks (Helix later: "index_rag")
     GENERATE_QUESTIONS = "generate_questions"
     EDIT_QUESTIONS = "edit_questions"
     FINETUNE = "finetune"

@@ -16,10 +16,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from shared.knowledge import EMBEDDING_DIMENSIONS, MAX_QUESTIONS_PER_REQUEST
 from shared.runner_state import RunnerState
 from shared.types import DataPrepStage, InteractionState, SessionType
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: the index and retrieval messages (IndexReport, RetrievalRequest)
 WIRE_VERSION_HEADER = "X-Helix-Wire-Version"
 
 Count = Annotated[StrictInt, Field(ge=0, le=1_000_000)]
@@ -108,6 +109,49 @@ class PreparedReport(Message):
 
     prompt_tokens: Annotated[StrictInt, Field(ge=0, le=2**53)] = 0
     completion_tokens: Annotated[StrictInt, Field(ge=0, le=2**53)] = 0
+
+
+Embedding = Annotated[list[StrictFloat], Field(min_length=EMBEDDING_DIMENSIONS, max_length=EMBEDDING_DIMENSIONS)]
+
+
+class IndexedChunk(Message):
+    """One chunk of a document for retrieval, with its sentence embedding."""
+
+    index: Count
+    text: Annotated[StrictStr, Field(min_length=1, max_length=20_000)]
+    embedding: Embedding
+
+
+class IndexReport(Message):
+    """Some of a document's chunks for the session's index: POST …/finetune/index. `first` marks a
+    document's first batch, which replaces what an earlier attempt indexed of it. Nothing is
+    searched until the `indexed` report says the index is whole."""
+
+    document: DocumentName
+    chunks: Annotated[list[IndexedChunk], Field(max_length=256)]
+    first: StrictBool = False
+
+
+class IndexedReport(Message):
+    """The index is whole: POST …/finetune/indexed. From now on the session's chats search it."""
+
+    documents: Count = 0
+    chunks: Count = 0
+    seconds: Annotated[StrictFloat, Field(ge=0)] = 0.0
+
+
+class Question(Message):
+    text: Annotated[StrictStr, Field(max_length=20_000)]
+    embedding: Embedding
+
+
+class RetrievalRequest(Message):
+    """The best chunks for each question, from the index of the documents the interaction's session
+    learns from: POST /api/v1/runner/sessions/{id}/interactions/{id}/retrieve. The control plane
+    decides which index (the session's own, or the fine-tune a /v1 model names) and whose."""
+
+    questions: Annotated[list[Question], Field(min_length=1, max_length=MAX_QUESTIONS_PER_REQUEST)]
+    limit: Annotated[StrictInt, Field(ge=1, le=20)] = 3
 
 
 InfoValue = StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=200)] | None

@@ -100,11 +100,29 @@ def test_review_edit_start_train_and_chat_through_the_adapter(live_server, runne
     assert evaluation["held_out"] == len(evaluation["questions"]) == 3  # one paraphrase per fact
     assert s["mode"] == "inference" and s["lora_dir"] == system["lora_dir"]
 
+    # The knowledge report: the held-out questions answered four ways; the user chose no way, so
+    # the session's chats take the one that scored best.
+    ways = evaluation["ways"]
+    assert set(ways) == {"base", "retrieval", "finetune", "both"}
+    assert ways["base"] == evaluation["before"] and ways["finetune"] == evaluation["after"]
+    assert all("retrieval_answer" in q and "both" in q for q in evaluation["questions"])
+    best = max(ways, key=lambda w: (ways[w]["token_f1"], ["base", "retrieval", "finetune", "both"].index(w)))
+    assert s["config"]["knowledge"] == {"session_id": sid, "way": best, "chosen_by": "report"}, s["config"]
+    assert system["knowledge"]["chunks"] >= 1 and "by way: base" in system["message"]
+
     r = requests.put(f"{live_server}/api/v1/sessions/{sid}", headers=live_user.headers, data={"input": "Who founded it?"})
     assert r.status_code == 200, r.text
     reply = wait_for_session(live_server, live_user, sid, timeout=60)["interactions"][-1]
     assert reply["state"] == "complete", reply
-    assert reply["metadata"]["adapter"].startswith("lora-")
+    _served_as_chosen(s, reply)
+
+
+def _served_as_chosen(session: dict, reply: dict) -> None:
+    """The reply came the way the session's config says: with its adapter, its excerpts, both or neither."""
+    way = session["config"]["knowledge"]["way"]
+    assert reply["metadata"]["knowledge_way"] == way, reply["metadata"]
+    assert reply["metadata"].get("adapter", "").startswith("lora-") == (way in ("finetune", "both")), reply
+    assert bool(reply.get("citations")) == (way in ("retrieval", "both")), reply
 
 
 @pytest.mark.timeout(900)
@@ -118,7 +136,7 @@ def test_a_runner_killed_during_training_resumes_from_its_checkpoint(live_server
         for proc in runners.values():
             proc.wait_for_log("ready:", timeout=300)
         s = _create(live_server, live_user, [("zorblat.txt", DOCUMENT.encode())], model=model,
-                    epochs="40", batch_size="4")
+                    epochs="40", batch_size="4", rag_enabled="no")
         sid = s["id"]
         system = _system(_until_review(live_server, live_user, sid))
         requests.put(f"{live_server}/api/v1/sessions/{sid}/finetune/text/conversations/{system['id']}",
@@ -182,7 +200,9 @@ def test_clone_and_add_documents(live_server, runner, live_user):
     r = requests.put(f"{live_server}/api/v1/sessions/{clone['id']}", headers=live_user.headers, data={"input": "hi"})
     assert r.status_code == 200, r.text
     reply = wait_for_session(live_server, live_user, clone["id"], timeout=60)["interactions"][-1]
-    assert reply["state"] == "complete" and reply["metadata"]["adapter"].startswith("lora-")
+    # Its own copy of the index, too.
+    assert reply["state"] == "complete" and clone["config"]["knowledge"]["session_id"] == clone["id"]
+    _served_as_chosen(clone, reply)
     # Just the data: a fresh fine-tune of the same documents, reading them again.
     r = requests.post(f"{base}/clone/{system['id']}/just_data", headers=live_user.headers)
     assert r.status_code == 201 and _system(r.json())["data_prep_stage"] == "extract_text"

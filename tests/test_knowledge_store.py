@@ -21,9 +21,12 @@ def embedder(models_dir) -> Embedder:
     return Embedder(minilm.build(models_dir))
 
 
-def _index(conn, user, session_id: str, embedder: Embedder, texts: list[str], file: str = "zorblat.txt") -> None:
+def _index(conn, user, session_id: str, embedder: Embedder, texts: list[str], file: str = "zorblat.txt",
+           whole: bool = True) -> None:
     store.replace_document(conn, session_id, user.id, file, [
         store.Chunk(i, text, vector) for i, (text, vector) in enumerate(zip(texts, embedder.embed(texts)))])
+    if whole:
+        store.mark_ready(conn, session_id)
 
 
 def _session(conn, user) -> str:
@@ -63,3 +66,18 @@ def test_chunks_are_found_only_in_their_session_and_go_with_it(db, make_user, em
     assert store.count(db, mine, owner.id) == 2
     db.execute("DELETE FROM sessions WHERE id = %s", (mine,))
     assert store.count(db, mine, owner.id) == 0
+
+
+def test_nothing_of_an_index_is_found_until_it_is_whole(db, make_user, embedder):
+    user = make_user()
+    session_id = _session(db, user)
+    _index(db, user, session_id, embedder, FACTS[:2])
+    # A retried index job's first document is in again, its second not yet: the index as it was
+    # stays hidden until the job says it is whole.
+    _index(db, user, session_id, embedder, FACTS[2:], file="more.txt", whole=False)
+    question = "What colour is the lighthouse on the roof?"
+    vector = embedder.embed([question])[0]
+    assert {f.file for f in store.search(db, session_id, user.id, question, vector)} == {"zorblat.txt"}
+    assert store.count(db, session_id, user.id) == 2
+    assert store.mark_ready(db, session_id) == 4
+    assert store.search(db, session_id, user.id, question, vector)[0].file == "more.txt"

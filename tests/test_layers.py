@@ -44,7 +44,8 @@ CONTROL_PLANE_LAYERS = [
     {"http"},                  # request plumbing: fields, bodies, context, error handlers, gunicorn
     {"storage"},               # PostgreSQL, migrations, the filestore
     {"usage"},                 # plans and the limits held at the door
-    {"accounts", "fleet", "knowledge"},  # who is asking; where work goes; documents' chunks to retrieve
+    {"knowledge"},             # documents' chunks to retrieve; the way a session learns from them
+    {"accounts", "fleet"},     # who is asking; where work goes
     {"sessions"},
     {"contract"},              # what each route reads and answers; the OpenAPI document built from it
     {"metrics"},               # counts what the sessions' store holds; read by the runners' reconciler

@@ -282,7 +282,8 @@ def test_rate_limit_and_conflict(one_stream_server, services, make_live_user):
 @pytest.mark.timeout(600)
 def test_a_fine_tuned_session_is_a_model_to_call(live_server, runner, make_live_user):
     live_user, other = make_live_user(), make_live_user()
-    s = _create(live_server, live_user, [("zorblat.txt", b"The Zorblat Library was founded in 1847.")], epochs="2")
+    s = _create(live_server, live_user, [("zorblat.txt", b"The Zorblat Library was founded in 1847.")], epochs="2",
+                rag_enabled="no")  # the adapter alone (tests/test_knowledge_flow.py: a model that retrieves)
     system = _system(_until_review(live_server, live_user, s["id"]))
     base = f"{live_server}/api/v1/sessions/{s['id']}/finetune"
     assert requests.put(f"{base}/text/conversations/{system['id']}", headers=live_user.headers,

@@ -17,6 +17,7 @@ from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.fleet import decisions as scheduling_decisions
 from controlplane.fleet.dispatch import job_stage
 from controlplane.http.messages import parsed
+from controlplane.knowledge import store as knowledge_store
 from controlplane.runners import reports as runner_service
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view, iso_time
@@ -24,8 +25,8 @@ from controlplane.storage import db
 from controlplane.storage.db import storable
 from controlplane.storage.filestore import UserFiles, interaction_outputs, session_folder, user_path
 from shared.runners import RUNNER_HEADER, runner_of_worker
-from shared.wire import (WIRE_VERSION, WIRE_VERSION_HEADER, ChunkReport, DocumentReport, InteractionUpdate,
-                         MetricsReport, PreparedReport, Registration)
+from shared.wire import (WIRE_VERSION, WIRE_VERSION_HEADER, ChunkReport, DocumentReport, IndexedReport, IndexReport,
+                         InteractionUpdate, MetricsReport, PreparedReport, Registration, RetrievalRequest)
 
 bp = Blueprint("runner", __name__, url_prefix="/api/v1/runner")
 
@@ -169,15 +170,18 @@ def _finetune():
 
 # The reports a data-preparation or training job makes: their message, and the service method that takes each.
 _FINETUNE_REPORTS = {"document": (DocumentReport, "report_document"), "chunk": (ChunkReport, "report_chunk"),
-                     "metrics": (MetricsReport, "report_metrics")}
+                     "metrics": (MetricsReport, "report_metrics"), "index": (IndexReport, "report_index"),
+                     "indexed": (IndexedReport, "report_indexed")}
 
 
 @bp.post("/sessions/<session_id>/interactions/<interaction_id>/finetune/<report>")
 @require_runner
 @same_wire
-@documented("A fine-tune's report: a document read, a chunk's pairs, training metrics, or the"
-            " end of data preparation (report: document, chunk, metrics, prepared)",
-            body=(DocumentReport, ChunkReport, MetricsReport, PreparedReport), auth="runner", body_types=(JSON,))
+@documented("A fine-tune's report: a document read, a chunk's pairs, chunks for the retrieval index, the"
+            " index made whole, training metrics, or the end of data preparation (report: document, chunk,"
+            " index, indexed, metrics, prepared)",
+            body=(DocumentReport, ChunkReport, IndexReport, IndexedReport, MetricsReport, PreparedReport),
+            auth="runner", body_types=(JSON,))
 def finetune_report(session_id: str, interaction_id: str, report: str):
     """A document read, a chunk's pairs, training metrics, or (`prepared`) the end of data preparation."""
     if report != "prepared" and report not in _FINETUNE_REPORTS:
@@ -202,3 +206,24 @@ def training_pairs(session_id: str, interaction_id: str):
     with db.transaction() as conn:
         _authorize(conn, session_id, interaction_id)
         return jsonify(_finetune().pairs_for_training(conn, session_id, interaction_id))
+
+
+@bp.post("/sessions/<session_id>/interactions/<interaction_id>/retrieve")
+@require_runner
+@same_wire
+@documented("The best chunks of the index the interaction's session learns from, for each question",
+            body=RetrievalRequest, auth="runner", body_types=(JSON,))
+def retrieve(session_id: str, interaction_id: str):
+    """Searched for the session's owner in the index its config names, never one the runner names."""
+    asked = _message(RetrievalRequest, "retrieval request")
+    with db.transaction() as conn:
+        _authorize(conn, session_id, interaction_id)
+        session = sessions_store.get_session_any_owner(conn, session_id)
+        index = (session.config.get("knowledge") or {}).get("session_id")
+        if not index:
+            raise Conflict("this session has no documents indexed for retrieval")
+        results = [[{"file": f.file, "chunk": f.index, "text": f.text, "score": round(f.score, 6),
+                     "similarity": round(f.similarity, 4)}
+                    for f in knowledge_store.search(conn, index, session.owner, q.text, q.embedding, asked.limit)]
+                   for q in asked.questions]
+    return jsonify(results=results)

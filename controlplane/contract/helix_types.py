@@ -26,8 +26,10 @@ SessionMode = Literal["", "inference", "finetune"]
 SessionType = Literal["", "text", "image"]
 CreatorType = Literal["system", "user"]
 InteractionState = Literal["", "waiting", "editing", "complete", "error"]
-TextDataPrepStage = Literal["", "edit_files", "extract_text", "generate_questions", "edit_questions", "finetune",
-                            "complete"]
+# Helix's Go type is an open string; "index_documents" is this platform's retrieval stage (Helix's
+# later releases named theirs "index_rag").
+TextDataPrepStage = Literal["", "edit_files", "extract_text", "index_documents", "generate_questions",
+                            "edit_questions", "finetune", "complete"]
 OwnerType = Literal["user"]
 SessionOriginType = Literal["", "user_created", "cloned"]
 

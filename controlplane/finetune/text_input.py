@@ -22,6 +22,7 @@ from shared.finetune import (
     INTEGER_HYPERPARAMETERS,
     QUESTION_STYLES,
 )
+from shared.knowledge import Way
 
 MAX_PAIRS = 20_000
 MAX_PAIR_CHARS = 4_000
@@ -79,6 +80,26 @@ class TextFinetuneForm(SessionKind, DocumentsForm, TextHyperparameters):
     chunk_tokens: int = Field(384, ge=64, le=2048)
     overlap_tokens: int | None = Field(None, ge=0, le=1024)
     eval_share: float = Field(DEFAULT_EVAL_SHARE, ge=0.0, le=0.5)
+    # Helix's later names for the two ways to learn from the documents. Neither given: both run,
+    # and the knowledge report picks the way the session's chats use.
+    rag_enabled: bool = Field(True, description="index the documents for retrieval (yes/no)")
+    text_finetune_enabled: bool = Field(True, description="fine-tune on question/answer pairs (yes/no)")
+
+    @model_validator(mode="after")
+    def _one_way_at_least(self) -> "TextFinetuneForm":
+        if not (self.rag_enabled or self.text_finetune_enabled):
+            raise PydanticCustomError("ways", "rag_enabled and text_finetune_enabled are both no: turn on"
+                                      " at least one way to learn from the documents")
+        return self
+
+    def knowledge(self) -> dict[str, Any]:
+        """How the session learns and is served: the way its chats use, and whether the user chose
+        it (else the knowledge report does, once both ways are trained and scored)."""
+        chose = bool({"rag_enabled", "text_finetune_enabled"} & self.model_fields_set)
+        way = (Way.BOTH if self.rag_enabled and self.text_finetune_enabled
+               else Way.RETRIEVAL if self.rag_enabled else Way.FINETUNE)
+        return {"retrieval": self.rag_enabled, "finetune": self.text_finetune_enabled, "way": way.value,
+                "chosen_by": "user" if chose or way != Way.BOTH else "report"}
 
     @field_validator("overlap_tokens")
     @classmethod
@@ -100,6 +121,7 @@ class TextFinetuneForm(SessionKind, DocumentsForm, TextHyperparameters):
                                else min(48, self.chunk_tokens // 8)),
             "eval_share": self.eval_share,
             "hyperparameters": self.hyperparameters(),
+            "knowledge": self.knowledge(),
         }
 
 

@@ -14,6 +14,8 @@ from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.finetune import store as finetune_store
 from controlplane.finetune.text_input import DocumentsForm, TextFinetuneForm, check_archive, document_name, parse_pairs
 from controlplane.fleet.dispatch import Dispatcher
+from controlplane.knowledge import quota, ways
+from controlplane.knowledge import store as knowledge_store
 from controlplane.sessions import events, fair_share, sharing
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
@@ -26,7 +28,7 @@ from shared.image_finetune import ADAPTER_FILES as IMAGE_ADAPTER_FILES
 from shared.jobs import WorkKind
 from shared.types import Creator, DataPrepStage, InteractionState, SessionMode, SessionType
 from shared.updates import EVENT_INTERACTION
-from shared.wire import ChunkReport, DocumentReport, MetricsReport, PreparedReport
+from shared.wire import ChunkReport, DocumentReport, IndexedReport, IndexReport, MetricsReport, PreparedReport
 
 
 class FinetuneService:
@@ -50,6 +52,9 @@ class FinetuneService:
             raise BadRequest(f"at most {self.config.max_finetune_documents} documents per session")
         session_id = sessions_store.new_id()
         options["system_prompt"] = system_prompt(names + urls)
+        knowledge = ways.of_new_session(session_id, options["knowledge"])
+        if knowledge:
+            options["max_index_chunks"] = quota.room(conn, self.config, user)
         # A refused request stores nothing: the new session's folder goes.
         db.after_rollback(conn, partial(UserFiles(self.filestore, user["id"]).remove, session_folder(session_id)))
         stored: list[str] = []
@@ -57,7 +62,7 @@ class FinetuneService:
         session = sessions_store.insert_session(
             conn, owner=user["id"], mode=SessionMode.FINETUNE, type=SessionType.TEXT,
             model_name=model, name=form.name or f"fine-tune on {(names + urls)[0][:50]}",
-            config={"finetune": options}, session_id=session_id)
+            config={"finetune": options, **({"knowledge": knowledge} if knowledge else {})}, session_id=session_id)
         interactions = self._add_documents_turn(conn, session, message, stored, urls)
         fair_share.submit(conn, self.dispatcher, session, interactions, interactions[-1].id)
         return session, interactions
@@ -188,6 +193,8 @@ class FinetuneService:
         if len(documents) > self.config.max_finetune_documents:
             raise BadRequest(f"at most {self.config.max_finetune_documents} documents per session")
         options["system_prompt"] = system_prompt(documents)
+        if options.get("knowledge", {}).get("retrieval"):
+            options["max_index_chunks"] = quota.room(conn, self.config, user)
         self._store_documents(user["id"], session_id, files, names, stored)
         finetune_store.reopen_for_documents(conn, session_id, options)
         session = sessions_store.get_session(conn, session_id, user["id"])
@@ -226,11 +233,15 @@ class FinetuneService:
                 files.write(target, data)
             moved[path] = target
         new_lora = source.lora_dir.replace(session_folder(session_id), session_folder(new_id), 1) if mode == "all" else ""
+        config = sharing.cloned_config(session.config, source.id)
+        if config.get("knowledge"):  # the clone has an index of its own: read again, or copied with the pairs
+            config["knowledge"] = {**config["knowledge"], "session_id": new_id}
         clone = sessions_store.insert_session(
             conn, owner=user["id"], mode=SessionMode.INFERENCE if mode == "all" else SessionMode.FINETUNE,
             type=session.type, model_name=session.model_name, name=f"{session.name} (clone)"[:200],
-            config=sharing.cloned_config(session.config, source.id), parent_session=session_id, lora_dir=new_lora,
-            session_id=new_id)
+            config=config, parent_session=session_id, lora_dir=new_lora, session_id=new_id)
+        if config.get("knowledge") and mode != "just_data":
+            knowledge_store.copy_index(conn, session_id, new_id)
         user_turn = sessions_store.insert_interaction(
             conn, session_id=new_id, creator=Creator.USER, mode=SessionMode.FINETUNE,
             message=documents.message if documents else "", state=InteractionState.COMPLETE,
@@ -299,6 +310,24 @@ class FinetuneService:
             "question_count": len(pairs), "error": error or ("" if pairs or note else "no pairs"),
             "note": note, "dropped": report.dropped, "coverage": report.coverage})
 
+    def report_index(self, conn, session_id: str, interaction_id: str, report: IndexReport) -> None:
+        """Some of a document's chunks for the session's index (searched once the index is whole)."""
+        self._running(conn, session_id, interaction_id)
+        owner = sessions_store.get_session_any_owner(conn, session_id).owner
+        chunks = [knowledge_store.Chunk(c.index, c.text, c.embedding) for c in report.chunks]
+        if report.first:
+            knowledge_store.replace_document(conn, session_id, owner, report.document, chunks)
+        else:
+            knowledge_store.append_chunks(conn, session_id, owner, report.document, chunks)
+
+    def report_indexed(self, conn, session_id: str, interaction_id: str, report: IndexedReport) -> None:
+        """The index is whole: from now on the session's chats search it."""
+        self._running(conn, session_id, interaction_id)
+        chunks = knowledge_store.mark_ready(conn, session_id)
+        finetune_store.merge_metadata(conn, interaction_id, {"knowledge": {
+            "documents": report.documents, "chunks": chunks, "seconds": report.seconds,
+            "chunks_per_second": round(report.chunks / report.seconds, 1) if report.seconds else None}})
+
     def pairs_for_training(self, conn, session_id: str, interaction_id: str) -> list[dict[str, Any]]:
         self._running(conn, session_id, interaction_id)
         return finetune_store.session_pairs(conn, session_id)
@@ -335,7 +364,9 @@ class FinetuneService:
         failed = _failures(interaction.data_prep_chunks)
         finetune_store.merge_metadata(conn, interaction_id, {"dataprep": _summary(interaction.data_prep_chunks, pairs)})
         review = session.config.get("finetune", {}).get("manually_review_questions")
-        if not pairs and not review:
+        if not session.config.get("finetune", {}).get("knowledge", {}).get("finetune", True):
+            row = self._ready_to_retrieve(conn, session, interaction, failed)
+        elif not pairs and not review:
             row = sessions_store.apply_update(
                 conn, interaction_id, runner=interaction.runner, state=InteractionState.ERROR,
                 message=interaction.message, progress=interaction.progress, status="failed",
@@ -358,6 +389,28 @@ class FinetuneService:
         else:  # ended, or waiting for its review: it holds no place in its owner's share
             for action in fair_share.finish(conn, self.dispatcher, interaction_id):
                 db.after_commit(conn, action)
+        return row
+
+
+    def _ready_to_retrieve(self, conn, session: SessionRow, interaction: InteractionRow,
+                           failed: list[str]) -> InteractionRow:
+        """Retrieval alone: the fine-tune is over once its documents are indexed, and the session
+        chats from them (an error if no document gave a chunk)."""
+        chunks = knowledge_store.count(conn, session.id, session.owner)
+        if not chunks:
+            return sessions_store.apply_update(
+                conn, interaction.id, runner=interaction.runner, state=InteractionState.ERROR,
+                message=interaction.message, progress=interaction.progress, status="failed", files=None,
+                finished=True, metadata=None,
+                error="no document could be indexed: " + ("; ".join(failed[:10]) or "no text"))
+        documents = interaction.metadata.get("knowledge", {}).get("documents", 0)
+        row = sessions_store.apply_update(
+            conn, interaction.id, runner=interaction.runner, state=InteractionState.COMPLETE,
+            message=interaction.message, progress=100, files=None, finished=True, metadata=None,
+            status=f"ready: chats answer from {chunks} chunks of {documents} documents"
+            + (f" ({len(failed)} failed)" if failed else ""), error="",
+            data_prep_stage=DataPrepStage.COMPLETE.value)
+        sessions_store.finish_finetune(conn, session.id, session.lora_dir)
         return row
 
 

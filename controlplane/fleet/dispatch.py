@@ -16,6 +16,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from controlplane.config import Config
+from controlplane.knowledge import ways
 from controlplane.storage.rows import InteractionRow, SessionRow
 from shared.finetune import DEFAULT_EVAL_SHARE
 from shared.jobs import (
@@ -102,16 +103,22 @@ def _finetune_job(session: SessionRow, interactions: list[InteractionRow],
                               hyperparameters=options.get("hyperparameters", {}),
                               eval_share=options.get("eval_share", DEFAULT_EVAL_SHARE),
                               checkpoint=interaction.metadata.get("checkpoint", {}).get("path", ""),
-                              seed=options.get("seed", 0))
+                              seed=options.get("seed", 0), knowledge_report=bool(session.config.get("knowledge")))
         return WorkKind.TEXT_FINETUNE, job.to_dict()
     files, metadata = _sent_with(interactions, interaction)
     done = [f"{name}#{chunk['index']}" for name, report in interaction.data_prep_chunks.items()
             for chunk in report.get("chunks", []) if chunk.get("state") == "done"]
+    learning = options.get("knowledge", {})
     job = TextDataPrepJob(**common, files=files, urls=metadata.get("urls", []),
                           question_styles=options.get("question_styles", []),
                           questions_per_fact=options.get("questions_per_fact", 4),
                           chunk_tokens=options.get("chunk_tokens", 384),
-                          overlap_tokens=options.get("overlap_tokens", 48), skip_chunks=done)
+                          overlap_tokens=options.get("overlap_tokens", 48), skip_chunks=done,
+                          # An index made whole by an earlier attempt is not made again by a retry.
+                          index_documents=bool(learning.get("retrieval"))
+                          and not interaction.metadata.get("knowledge", {}).get("chunks"),
+                          generate_questions=learning.get("finetune", True),
+                          max_index_chunks=options.get("max_index_chunks", TextDataPrepJob.max_index_chunks))
     return WorkKind.TEXT_DATAPREP, job.to_dict()
 
 
@@ -135,13 +142,14 @@ def build_job(session: SessionRow, interactions: list[InteractionRow],
         return WorkKind.IMAGE_INFERENCE, job.to_dict()
     text = session.config.get("text", {})
     messages = chat_history(interactions, interaction_id)
+    lora_dir, way = ways.adapter_and_way(session)
     # The caller's own system prompt; else a fine-tuned session is served as it was trained.
     system_prompt = text.get("system_prompt") or (
-        session.config.get("finetune", {}).get("system_prompt") if session.lora_dir else "")
+        session.config.get("finetune", {}).get("system_prompt") if lora_dir else "")
     if system_prompt:
         messages = [{"role": "system", "content": system_prompt}, *messages]
     job = TextInferenceJob(session_id=session.id, interaction_id=interaction_id,
-                           model=session.model_name, messages=messages, lora_dir=session.lora_dir,
+                           model=session.model_name, messages=messages, lora_dir=lora_dir, knowledge_way=way,
                            max_tokens=text.get("max_tokens"), temperature=text.get("temperature"),
                            sampling=text.get("sampling", {}),
                            prompt=messages[-1]["content"] if text.get("completion") else None,

@@ -2,7 +2,9 @@
 distance to the question's embedding and full-text search for its words, each ranking the
 session's chunks, fused by reciprocal rank (a chunk high in either list comes first, one high in
 both first of all). Every query names the session and its owner: one user's chunks are never
-found for another. Rows are read as dicts, as the control plane's connections give them."""
+found for another, and only chunks of a whole index (marked ready once every document of the
+index job is in) are found at all. Rows are read as dicts, as the control plane's connections give
+them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,16 +40,37 @@ def _vector(values: list[float]) -> str:
 def replace_document(conn: psycopg.Connection, session_id: str, owner: str, file: str, chunks: list[Chunk]) -> None:
     """The document's chunks, replacing any it had (an index made again after a retry)."""
     conn.execute("DELETE FROM document_chunks WHERE session_id = %s AND file = %s", (session_id, file))
+    append_chunks(conn, session_id, owner, file, chunks)
+
+
+def append_chunks(conn: psycopg.Connection, session_id: str, owner: str, file: str, chunks: list[Chunk]) -> None:
+    """More of a document's chunks (a long document is reported in batches), replacing any of the same index."""
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO document_chunks (session_id, owner, file, chunk_index, text, embedding)"
-            " VALUES (%s, %s, %s, %s, %s, %s::vector)",
+            " VALUES (%s, %s, %s, %s, %s, %s::vector) ON CONFLICT (session_id, file, chunk_index)"
+            " DO UPDATE SET text = excluded.text, embedding = excluded.embedding, ready = false",
             [(session_id, owner, file, c.index, c.text, _vector(c.embedding)) for c in chunks])
 
 
+def copy_index(conn: psycopg.Connection, from_session: str, to_session: str) -> None:
+    """A clone's copy of its source's whole index (the same owner's)."""
+    conn.execute("INSERT INTO document_chunks (session_id, owner, file, chunk_index, text, embedding, ready)"
+                 " SELECT %s, owner, file, chunk_index, text, embedding, true FROM document_chunks"
+                 " WHERE session_id = %s AND ready", (to_session, from_session))
+
+
+def mark_ready(conn: psycopg.Connection, session_id: str) -> int:
+    """The session's index is whole: its chunks are searched from now on. Returns how many it holds."""
+    conn.execute("UPDATE document_chunks SET ready = true WHERE session_id = %s AND NOT ready", (session_id,))
+    return conn.execute("SELECT count(*) AS n FROM document_chunks WHERE session_id = %s",
+                        (session_id,)).fetchone()["n"]
+
+
 def count(conn: psycopg.Connection, session_id: str, owner: str) -> int:
-    return conn.execute("SELECT count(*) AS n FROM document_chunks WHERE session_id = %s AND owner = %s",
-                        (session_id, owner)).fetchone()["n"]
+    """The chunks of the session that searches find (those of a whole index)."""
+    return conn.execute("SELECT count(*) AS n FROM document_chunks WHERE session_id = %s AND owner = %s"
+                        " AND ready", (session_id, owner)).fetchone()["n"]
 
 
 def search(conn: psycopg.Connection, session_id: str, owner: str, question: str, embedding: list[float],
@@ -62,19 +85,19 @@ def search(conn: psycopg.Connection, session_id: str, owner: str, question: str,
         ), semantic AS (
             SELECT c.id, row_number() OVER (ORDER BY c.embedding <=> q.embedding) AS rank
             FROM document_chunks c, question q
-            WHERE c.session_id = %(session)s AND c.owner = %(owner)s
+            WHERE c.session_id = %(session)s AND c.owner = %(owner)s AND c.ready
             ORDER BY c.embedding <=> q.embedding LIMIT %(candidates)s
         ), lexical AS (
             SELECT c.id, row_number() OVER (ORDER BY ts_rank_cd(c.words, q.words) DESC) AS rank
             FROM document_chunks c, question q
-            WHERE c.session_id = %(session)s AND c.owner = %(owner)s AND c.words @@ q.words
+            WHERE c.session_id = %(session)s AND c.owner = %(owner)s AND c.ready AND c.words @@ q.words
             ORDER BY ts_rank_cd(c.words, q.words) DESC LIMIT %(candidates)s
         )
         SELECT c.file, c.chunk_index AS index, c.text, 1 - (c.embedding <=> q.embedding) AS similarity,
                coalesce(1.0 / (%(k)s + s.rank), 0) + coalesce(1.0 / (%(k)s + l.rank), 0) AS score
         FROM document_chunks c CROSS JOIN question q
              LEFT JOIN semantic s ON s.id = c.id LEFT JOIN lexical l ON l.id = c.id
-        WHERE c.session_id = %(session)s AND c.owner = %(owner)s AND (s.id IS NOT NULL OR l.id IS NOT NULL)
+        WHERE c.session_id = %(session)s AND c.owner = %(owner)s AND c.ready AND (s.id IS NOT NULL OR l.id IS NOT NULL)
         ORDER BY score DESC, similarity DESC LIMIT %(limit)s
         """,
         {"embedding": _vector(embedding), "question": question, "session": session_id, "owner": owner,

@@ -18,6 +18,7 @@ from redis import Redis
 from controlplane.config import Config
 from controlplane.errors import ApiError, BadRequest, Conflict, NotFound
 from controlplane.http.forms import read_form
+from controlplane.knowledge import ways
 from controlplane.openai import store as openai_store
 from controlplane.openai.input import ChatRequest, ImageRequest
 from controlplane.sessions import store as sessions_store
@@ -94,14 +95,16 @@ class OpenAIService:
             except ValueError:
                 raise NotFound(f"the model {model[:200]!r} does not exist") from None
             source = sessions_store.get_session(conn, session_id, user["id"])
-            if source is None or not source.lora_dir or source.type != SessionType.TEXT \
+            knowledge = ways.for_model_of(source) if source is not None else None
+            if source is None or not (source.lora_dir or knowledge) or source.type != SessionType.TEXT \
                     or fine_tuned_id(source) != model:
                 raise NotFound(f"the model {model[:200]!r} does not exist or is not yours")
             finetune = {k: v for k, v in source.config.get("finetune", {}).items() if k == "system_prompt"}
-            return source.model_name, {"lora_dir": source.lora_dir, "finetune": finetune}
+            return source.model_name, {"lora_dir": source.lora_dir, "config": {
+                "finetune": finetune, **({"knowledge": knowledge} if knowledge else {})}}
         if model not in known_models(conn, self.config, SessionType.TEXT):
             raise NotFound(f"the model {model[:200]!r} does not exist: GET /v1/models lists them")
-        return model, {"lora_dir": "", "finetune": {}}
+        return model, {"lora_dir": "", "config": None}
 
     # -- text -----------------------------------------------------------------------------
 
@@ -112,7 +115,7 @@ class OpenAIService:
         text = {**request.text, **({"system_prompt": request.system} if request.system else {})}
         return self.sessions.create_conversation(
             conn, user, model=base, turns=request.turns, text=text, lora_dir=served["lora_dir"],
-            extra_config={"finetune": served["finetune"]} if served["finetune"] else None,
+            extra_config=served["config"],
             name=f"API: {request.turns[-1][1].strip()[:55]}")
 
     # -- images ---------------------------------------------------------------------------

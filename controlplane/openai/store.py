@@ -42,10 +42,12 @@ def delete_file(conn: psycopg.Connection, file_id: str) -> None:
 
 
 def fine_tuned_sessions(conn: psycopg.Connection, owner: str) -> list[SessionRow]:
-    """The owner's text sessions that hold an adapter and chat: each is a model to call."""
+    """The owner's fine-tuned text sessions that chat, with an adapter or an index of their
+    documents: each is a model to call (a /v1 chat on one of them is not another)."""
     with conn.cursor(row_factory=class_row(SessionRow)) as cur:
-        return cur.execute("SELECT * FROM sessions WHERE owner = %s AND lora_dir <> ''"
-                           " AND type = 'text' AND mode = 'inference' ORDER BY created", (owner,)).fetchall()
+        return cur.execute("SELECT * FROM sessions s WHERE owner = %s AND (lora_dir <> '' OR config ? 'knowledge')"
+                           " AND type = 'text' AND mode = 'inference' AND EXISTS (SELECT 1 FROM interactions i"
+                           " WHERE i.session_id = s.id AND i.mode = 'finetune') ORDER BY created", (owner,)).fetchall()
 
 
 def job_sessions(conn: psycopg.Connection, owner: str, after: SessionRow | None, limit: int) -> list[SessionRow]:

@@ -18,6 +18,7 @@ from controlplane.errors import BadRequest, Conflict, Forbidden, NotFound
 from controlplane.fleet import store as fleet_store
 from controlplane.fleet.dispatch import Dispatcher, job_stage
 from controlplane.fleet.scheduling import work_kind
+from controlplane.knowledge import ways
 from controlplane.sessions import events, fair_share
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
@@ -194,6 +195,11 @@ def apply_update(conn: psycopg.Connection, dispatcher: Dispatcher, filestore: Fi
     )
     if update.lora_dir and final and state == InteractionState.COMPLETE:
         sessions_store.finish_finetune(conn, session_id, update.lora_dir)
+        # With both ways trained and scored, the session's chats take the one that scored best.
+        session = sessions_store.get_session_any_owner(conn, session_id)
+        chosen = ways.after_report(session, row.metadata.get("evaluation") or {})
+        if chosen:
+            sessions_store.update_session_config(conn, session_id, session.owner, {"knowledge": chosen})
     sessions_store.touch_session(conn, session_id)
     if final:
         used = _used(conn, filestore, current, row)

@@ -36,6 +36,8 @@ class Limits(BaseModel):
         None, description="minutes runners spend training the user's fine-tunes per calendar month (UTC)")
     storage_bytes: PositiveInt | None = Field(
         None, description="bytes of files the user may keep in the filestore (uploads past it are refused)")
+    index_chunks: PositiveInt | None = Field(
+        None, description="document chunks the user's retrieval indexes may hold, all sessions together")
     monthly_credits: PositiveInt | None = Field(
         None, description="credits of use per calendar month (UTC), by the price table (HELIX_PRICES)")
     event_streams: PositiveInt | None = Field(

@@ -14,7 +14,7 @@ import requests
 
 from runner.control_plane.http_session import DELIVERY_RETRY, pooled_session
 from shared.runners import RUNNER_HEADER
-from shared.wire import WIRE_VERSION, WIRE_VERSION_HEADER, InteractionUpdate, Message, Registration
+from shared.wire import WIRE_VERSION, WIRE_VERSION_HEADER, InteractionUpdate, Message, Registration, RetrievalRequest
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,15 @@ class ControlPlane:
             raise Gone(interaction_id)
         r.raise_for_status()
         return r.json()
+
+    def retrieve(self, session_id: str, interaction_id: str, request: RetrievalRequest) -> list[list[dict[str, Any]]]:
+        """The best chunks for each question of `request`, from the index the session learns from."""
+        url = f"{self.api_url}/api/v1/runner/sessions/{session_id}/interactions/{interaction_id}/retrieve"
+        r = self.delivery.post(url, json=request.to_wire(), timeout=30)
+        if r.status_code == 404 or (r.status_code == 409 and "no documents indexed" not in r.text):
+            raise Gone(interaction_id)
+        r.raise_for_status()
+        return r.json()["results"]
 
     def finish(self, session_id: str, interaction_id: str, update: InteractionUpdate,
                deadline_seconds: float = 600) -> None:

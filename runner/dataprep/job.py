@@ -1,6 +1,8 @@
 """The data-preparation job of a text fine-tune: documents → text → chunks → question/answer pairs.
 
-Runs on a text worker beside the warm vLLM server. Every file is read and chunked first, so one
+Runs on a text worker beside the warm vLLM server. With retrieval on, the documents read are
+indexed (runner/knowledge/indexing.py) before any question is written; with fine-tuning off, that
+is all the job does. Every file is read and chunked first, so one
 that yields no text fails early with an error naming it, and its neighbours go on: a document's
 own fault (no text, a parser's crash, a limit) is reported for that document, never retried as a
 failed job. Reading is bounded (runner/dataprep/documents.py `ReadLimits`): the text kept of one
@@ -32,10 +34,12 @@ from runner.dataprep.quality import Candidate, balance, filter_candidates
 from runner.dataprep.questions import GenerationError, QuestionWriter
 from runner.dataprep.url_fetcher import FetchError, UrlFetcher
 from runner.job_watch import JobWatch
+from runner.knowledge.embedder import NoEmbedder
+from runner.knowledge.indexing import IndexTooLarge, index_documents
 from runner.jobs import CANCEL_POLL_SECONDS, context, unless_gone
 from shared.finetune import DEFAULT_QUESTION_STYLES
 from shared.jobs import TextDataPrepJob
-from shared.types import DataPrepStage
+from shared.types import DataPrepStage, InteractionState
 from shared.wire import ChunkReport, DocumentReport, InteractionUpdate, PreparedReport, QuestionPair
 
 log = logging.getLogger(__name__)
@@ -104,15 +108,16 @@ def _read_document(ctx, job: TextDataPrepJob, name: str, path: str | None, fetch
         " (HELIX_DATAPREP_MAX_DOCUMENT_CHARS): only its first part was used; split it to use the rest")
 
 
-def _plan(ctx, job: TextDataPrepJob, check_stop: Callable[[], None]) -> list[ChunkWork]:
+def _plan(ctx, job: TextDataPrepJob, check_stop: Callable[[], None]) -> tuple[list[ChunkWork], list[tuple[str, str]]]:
     """Every document read and cut into chunks in the model's tokens, one at a time; a fact
     repeated by the overlap is asked about once. A document that yields no text (or is cut) is
-    reported with its error; the others go on."""
+    reported with its error; the others go on. Returns the chunks to ask about and, for the
+    retrieval index, each document's text."""
     fetcher = UrlFetcher(allow_private=ctx.config.url_allow_private)
     limits = ReadLimits(ctx.config.dataprep_max_document_chars, ctx.config.dataprep_max_document_bytes, check_stop)
     count = _token_counter(ctx.config.text_model_path or job.model)
     sources = [(PurePosixPath(p).name, p) for p in job.files] + [(u, None) for u in job.urls]
-    skip, seen_facts, work = set(job.skip_chunks), set(), []
+    skip, seen_facts, work, texts = set(job.skip_chunks), set(), [], []
     for n, (name, path) in enumerate(sources):
         ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
             progress=n * 100 // len(sources), status=f"reading document {n + 1} of {len(sources)}"))
@@ -127,6 +132,8 @@ def _plan(ctx, job: TextDataPrepJob, check_stop: Callable[[], None]) -> list[Chu
                                        overlap_tokens=job.overlap_tokens, check_stop=check_stop)
         ctx.client.report(job.session_id, job.interaction_id, "document",
                           DocumentReport(document=name, chars=len(text), chunks=len(chunks), error=error or ""))
+        if job.index_documents:
+            texts.append((name, text))
         for index, chunk in enumerate(chunks):
             check_stop()
             facts = [s for s in split_into_sentences(chunk) if len(s.split()) >= MIN_FACT_WORDS]
@@ -134,7 +141,7 @@ def _plan(ctx, job: TextDataPrepJob, check_stop: Callable[[], None]) -> list[Chu
             seen_facts.update(" ".join(f.lower().split()) for f in facts)
             if f"{name}#{index}" not in skip:
                 work.append(ChunkWork(name, index, facts, ask))
-    return work
+    return work, texts
 
 
 def _finish_chunk(ctx, job: TextDataPrepJob, chunk: ChunkWork, seen: set[str], lock: threading.Lock) -> int:
@@ -186,7 +193,17 @@ def _prepare_text(payload: dict[str, Any], watch: JobWatch) -> dict[str, Any]:
         if watch.stop.is_set():
             raise Gone(job.interaction_id)
 
-    work = _plan(ctx, job, check_stop)
+    work, texts = _plan(ctx, job, check_stop)
+    if job.index_documents:
+        try:
+            index_documents(ctx, job, texts, check_stop)
+        except (IndexTooLarge, NoEmbedder) as err:  # the job cannot succeed here: said, not retried
+            ctx.client.finish(job.session_id, job.interaction_id, InteractionUpdate(
+                state=InteractionState.ERROR.value, status="failed", error=str(err)))
+            return {"error": str(err)}
+    if not job.generate_questions:  # retrieval only: no questions to write, nothing to train
+        ctx.client.report(job.session_id, job.interaction_id, "prepared", PreparedReport())
+        return {"documents": len(texts), "seconds": round(time.monotonic() - started, 1)}
 
     ctx.client.update(job.session_id, job.interaction_id, InteractionUpdate(
         data_prep_stage=DataPrepStage.GENERATE_QUESTIONS.value, progress=0,

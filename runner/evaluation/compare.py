@@ -1,5 +1,7 @@
 """Before and after: the held-out questions answered by the base model and by the fine-tuned one
-(the same warm vLLM server, the adapter by name), each scored against the reference answer."""
+(the same warm vLLM server, the adapter by name), each scored against the reference answer. With
+the session's documents indexed, the knowledge report: the same questions answered four ways
+(shared.knowledge.Way), retrieval's ways with each question's excerpts in the system prompt."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -7,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from runner.evaluation.metrics import score_answers
+from shared.knowledge import Way
 
 
 def answer(base_url: str, model: str, system_prompt: str, question: str, max_tokens: int = 96,
@@ -19,23 +22,43 @@ def answer(base_url: str, model: str, system_prompt: str, question: str, max_tok
     return r.json()["choices"][0]["message"]["content"] or ""
 
 
+def _joined(system_prompt: str, excerpts: str) -> str:
+    return "\n\n".join(p for p in (system_prompt, excerpts) if p)
+
+
 def evaluate(base_url: str, base_model: str, tuned_model: str, system_prompt: str,
-             held_out: list[dict], concurrency: int = 16) -> dict:
-    """Scores per question and in total (token F1, ROUGE-L, exact match), base against tuned."""
+             held_out: list[dict], excerpts: list[str] | None = None, concurrency: int = 16) -> dict:
+    """Scores per question and in total (token F1, ROUGE-L, exact match): base against tuned and,
+    given each question's `excerpts`, every way of shared.knowledge.Way under `ways`."""
     questions = [p["question"] for p in held_out]
+    plain = [system_prompt] * len(questions)
+    asked = {Way.BASE: (base_model, plain), Way.FINETUNE: (tuned_model, plain)}
+    if excerpts is not None:
+        grounded = [_joined(system_prompt, e) for e in excerpts]
+        asked |= {Way.RETRIEVAL: (base_model, grounded), Way.BOTH: (tuned_model, grounded)}
+    scored = {}
     with ThreadPoolExecutor(max(1, concurrency)) as pool:
-        base = list(pool.map(lambda q: answer(base_url, base_model, system_prompt, q), questions))
-        tuned = list(pool.map(lambda q: answer(base_url, tuned_model, system_prompt, q), questions))
-    before = score_answers([{"question": p["question"], "reference": p["answer"], "prediction": a}
-                            for p, a in zip(held_out, base)])
-    after = score_answers([{"question": p["question"], "reference": p["answer"], "prediction": a}
-                           for p, a in zip(held_out, tuned)])
-    per_question = [{"question": b["question"], "reference": b["reference"],
-                     "base_answer": b["prediction"], "tuned_answer": a["prediction"],
-                     "base": {k: round(b[k], 4) for k in before["mean"]},
-                     "tuned": {k: round(a[k], 4) for k in after["mean"]}}
-                    for b, a in zip(before["questions"], after["questions"])]
-    return {"held_out": len(held_out), "metrics": list(before["mean"]),
-            "before": {k: round(v, 4) for k, v in before["mean"].items()},
-            "after": {k: round(v, 4) for k, v in after["mean"].items()},
-            "questions": per_question}
+        for way, (model, prompts) in asked.items():
+            answers = list(pool.map(lambda qp, m=model: answer(base_url, m, qp[1], qp[0]), zip(questions, prompts)))
+            scored[way] = score_answers([{"question": p["question"], "reference": p["answer"], "prediction": a}
+                                         for p, a in zip(held_out, answers)])
+    before, after = scored[Way.BASE], scored[Way.FINETUNE]
+    per_question = []
+    for n, (b, a) in enumerate(zip(before["questions"], after["questions"])):
+        row = {"question": b["question"], "reference": b["reference"],
+               "base_answer": b["prediction"], "tuned_answer": a["prediction"],
+               "base": {k: round(b[k], 4) for k in before["mean"]},
+               "tuned": {k: round(a[k], 4) for k in after["mean"]}}
+        for way in (Way.RETRIEVAL, Way.BOTH):
+            if way in scored:
+                answered = scored[way]["questions"][n]
+                row[f"{way.value}_answer"] = answered["prediction"]
+                row[way.value] = {k: round(answered[k], 4) for k in before["mean"]}
+        per_question.append(row)
+    result = {"held_out": len(held_out), "metrics": list(before["mean"]),
+              "before": {k: round(v, 4) for k, v in before["mean"].items()},
+              "after": {k: round(v, 4) for k, v in after["mean"].items()},
+              "questions": per_question}
+    if excerpts is not None:
+        result["ways"] = {way.value: {k: round(v, 4) for k, v in scored[way]["mean"].items()} for way in Way}
+    return result

@@ -4,6 +4,7 @@ length, as sentence-transformers computes them for this model (its pooling setti
 product is the cosine similarity that pgvector ranks by."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 # The model's own limit for a text (sentence_bert_config.json): longer ones are cut there.
@@ -37,3 +38,33 @@ class Embedder:
                 pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
                 vectors += F.normalize(pooled, p=2, dim=1).tolist()
         return vectors
+
+
+_loaded: dict[str, Embedder] = {}
+_loading = threading.Lock()
+
+
+class NoEmbedder(Exception):
+    """This runner has no sentence-embedding model: retrieval cannot run here."""
+
+
+def shared_embedder(model_dir: str) -> Embedder:
+    """The worker process's one embedder (loaded on first use, about a second on a CPU), with a
+    lock around it: its threads embed one batch at a time."""
+    if not model_dir or not Path(model_dir, "config.json").is_file():
+        raise NoEmbedder(f"this runner has no sentence-embedding model at {model_dir or '(unset)'!r}:"
+                         " run `make setup`, or set HELIX_EMBEDDING_MODEL_PATH")
+    with _loading:
+        if model_dir not in _loaded:
+            _loaded[model_dir] = Embedder(model_dir)
+        return _loaded[model_dir]
+
+
+def embed(model_dir: str, texts: list[str]) -> list[list[float]]:
+    """`texts` embedded by the process's embedder, one caller at a time."""
+    embedder = shared_embedder(model_dir)
+    with _using:
+        return embedder.embed(texts)
+
+
+_using = threading.Lock()

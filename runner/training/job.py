@@ -23,6 +23,8 @@ from runner.control_plane.client import Gone
 from runner.dataprep.quality import hold_out
 from runner.evaluation.compare import evaluate
 from runner.job_watch import JobWatch
+from runner.knowledge import retrieval
+from runner.knowledge.embedder import NoEmbedder
 from runner.jobs import CANCEL_POLL_SECONDS, context, unless_gone
 from runner.text import adapters
 from shared.finetune import ADAPTER_FILES, hyperparameters
@@ -160,6 +162,20 @@ class TrainingFailed(Exception):
     pass
 
 
+def _excerpts(ctx, job: TextFinetuneJob, held: list[dict]) -> list[str] | None:
+    """Each held-out question's excerpts from the session's index, for the knowledge report; None
+    without an index (or without the embedding model here: the report then has two ways)."""
+    if not job.knowledge_report:
+        return None
+    try:
+        found = retrieval.search(ctx, job.session_id, job.interaction_id, [p["question"] for p in held])
+    except NoEmbedder:
+        log.warning("no embedding model on this runner: the evaluation of %s compares two ways, not four",
+                    job.interaction_id)
+        return None
+    return [retrieval.excerpts_prompt(f) if f else "" for f in found]
+
+
 @unless_gone
 def train_text(payload: dict[str, Any]) -> dict[str, Any]:
     ctx = context()
@@ -203,12 +219,15 @@ def train_text(payload: dict[str, Any]) -> dict[str, Any]:
     cached = shutil.copytree(adapter_dir, adapters.cache_dir(ctx.config.work_dir) / name, dirs_exist_ok=True)
     shutil.rmtree(workdir, ignore_errors=True)
     tuned = adapters.load(ctx.vllm_url, name, Path(cached), ctx.http)
-    evaluation = evaluate(ctx.vllm_url, job.model, tuned, job.system_prompt, held) if held else {
+    evaluation = evaluate(ctx.vllm_url, job.model, tuned, job.system_prompt, held,
+                          excerpts=_excerpts(ctx, job, held)) if held else {
         "held_out": 0, "note": "too few questions per fact to hold any out"}
 
     summary = (f"Fine-tuned on {len(train)} question/answer pairs in {done['seconds']:.0f}s"
                + (f"; held-out token F1 {evaluation['before']['token_f1']:.2f} before,"
-                  f" {evaluation['after']['token_f1']:.2f} after" if held else "") + ".")
+                  f" {evaluation['after']['token_f1']:.2f} after" if held else "")
+               + ("; by way: " + ", ".join(f"{w} {m['token_f1']:.2f}" for w, m in evaluation["ways"].items())
+                  if "ways" in evaluation else "") + ".")
     ctx.client.finish(sid, iid, InteractionUpdate(
         state=InteractionState.COMPLETE.value, progress=100, status="complete", message=summary,
         data_prep_stage=DataPrepStage.COMPLETE.value, lora_dir=lora_dir,
