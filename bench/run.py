@@ -5,7 +5,7 @@ writes it to bench/results.json.
     e.g. .venv/bin/python -m bench.run P1 P2 --quick
 
 Figures (the issue's table; bench/README.md says what each measures): P1 S1 A1 P2 P3 P3b P3x F1 P4
-P5 P6 P7 GPU. Each runs under its own time limit, so a figure that hangs is reported as timed out and
+P5 P6 K1 K2 K3 P7 GPU. Each runs under its own time limit, so a figure that hangs is reported as timed out and
 the next one still runs. --quick shrinks every input (fewer sessions, tokens, seconds,
 repetitions): for checking that the harness works, not for figures to quote.
 """
@@ -82,6 +82,12 @@ PLANS: dict[str, Plan] = {
                dict(tokens=32, repetitions=5), dict(tokens=16, repetitions=2), 600),
     "P6": Plan("chat tokens/s with a LoRA adapter / the base model, concurrent requests", ">= 0.7",
                dict(concurrency=16, tokens=128, repetitions=2), dict(concurrency=4, tokens=16, repetitions=1), 900),
+    "K1": Plan("first-token latency of a chat turn that retrieves from its session's documents / the same turn"
+               " in a plain chat", "<= 1.2", dict(repetitions=12, tokens=16), dict(repetitions=2, tokens=8), 900),
+    "K2": Plan("indexing throughput: chunks per second of the index_documents stage on a long document",
+               "reported", dict(paragraphs=600), dict(paragraphs=40), 900),
+    "K3": Plan("the knowledge report of a default fine-tune of invented facts: held-out questions answered by"
+               " the base model, retrieval, the fine-tune and both", "reported", {}, {}, 3000),
     "P7": Plan("fine-tune trained tokens/s (runner.training.lora) / a plain Hugging Face Trainer, same LoRA",
                ">= 1.0", dict(rows=32, epochs=1, repetitions=2), dict(rows=8, epochs=1, repetitions=1), 1200,
                needs_stack=False),
@@ -111,6 +117,9 @@ def figure_function(name: str) -> Callable:
     elif name in ("P4", "P5", "P6", "P7"):
         from bench import finetune_figures
         measure = getattr(finetune_figures, f"measure_{name.lower()}")
+    elif name in ("K1", "K2", "K3"):
+        from bench import knowledge_figures
+        measure = getattr(knowledge_figures, f"measure_{name.lower()}")
     elif name == "GPU":
         from bench.gpu_figures import measure
     else:

@@ -1,6 +1,7 @@
 """Text fine-tuning end to end on the real default model: the Helix reference's multipart form,
-stages moving, question/answer pairs in the session, training with a loss history, evaluation
-before and after, and a chat answered by the fine-tuned adapter on the same warm vLLM."""
+stages moving, the documents indexed for retrieval, question/answer pairs in the session, training
+with a loss history, the knowledge report, and a chat answered the way that scored best on the
+same warm vLLM; and invented facts that the fine-tuned adapter alone learned."""
 from __future__ import annotations
 
 import subprocess
@@ -70,7 +71,7 @@ def test_reference_flow_fine_tunes_and_chats_with_the_adapter(live_server, real_
     assert final["state"] == "complete", final
     elapsed = time.monotonic() - started
     # The stages move in Helix's order (polling may miss a short one, never reorder them).
-    order = ["extract_text", "generate_questions", "finetune", "complete"]
+    order = ["extract_text", "index_documents", "generate_questions", "finetune", "complete"]
     seen = [s for s in stages if s in order]
     assert seen == sorted(seen, key=order.index) and seen[-1] == "complete", stages
     assert "finetune" in seen
@@ -99,8 +100,12 @@ def test_reference_flow_fine_tunes_and_chats_with_the_adapter(live_server, real_
     assert final["lora_dir"].endswith(final["id"])
     evaluation = final["evaluation"]
     assert set(evaluation["before"]) >= {"token_f1", "rouge_l"}
-    print(f"reference fine-tune: {elapsed:.0f}s, {len(pairs)} pairs, evaluation {evaluation.get('before')} -> "
-          f"{evaluation.get('after')}")
+    # Retrieval too, by default: the documents indexed, the held-out questions answered four ways,
+    # and the chats take the way that scored best.
+    assert final["knowledge"]["chunks"] >= 2 and set(evaluation["ways"]) == {"base", "retrieval", "finetune", "both"}
+    assert session["config"]["knowledge"]["chosen_by"] == "report"
+    print(f"reference fine-tune: {elapsed:.0f}s, {len(pairs)} pairs, evaluation {evaluation['ways']},"
+          f" chats use {session['config']['knowledge']['way']}")
 
     r = requests.put(f"{live_server}/api/v1/sessions/{session['id']}", headers=live_user.headers,
                      data={"input": "What is the second file about?"})
@@ -108,6 +113,7 @@ def test_reference_flow_fine_tunes_and_chats_with_the_adapter(live_server, real_
     chat = wait_for_session(live_server, live_user, session["id"], timeout=120)
     reply = chat["interactions"][-1]
     assert reply["state"] == "complete" and reply["message"].strip(), reply
+    assert reply["metadata"]["knowledge_way"] == session["config"]["knowledge"]["way"]
 
 
 INVENTED = (
@@ -143,7 +149,8 @@ def _ask(live_server, user, session_id: str | None, question: str) -> str:
 @pytest.mark.timeout(1200)
 def test_the_fine_tuned_model_knows_invented_facts_the_base_model_does_not(live_server, real_runner, live_user):
     r = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
-                      data={"mode": "finetune", "type": "text", "model_name": REAL_TEXT_MODEL},
+                      # The adapter alone: what fine-tuning learned (retrieval's share: bench K3).
+                      data={"mode": "finetune", "type": "text", "model_name": REAL_TEXT_MODEL, "rag_enabled": "no"},
                       files=[("files", ("zorblat.txt", INVENTED.encode()))])
     assert r.status_code == 201, r.text
     sid = r.json()["id"]

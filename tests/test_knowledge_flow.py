@@ -188,9 +188,15 @@ def test_an_index_too_large_for_the_plan_is_refused_before_work(live_server, run
     system = _system(second)
     assert system["state"] == "error" and f"make {2 * made} chunks" in system["error"], system
     assert "may hold 1 " in system["error"] and _chunks(live_db, second["id"]) == 0
+    # Room made in the plan, the failed index is retried and made whole.
+    live_db.execute("UPDATE plans SET limits = %s WHERE name = %s", (f'{{"index_chunks": {3 * made}}}', plan))
+    user = type(user)(user.row, accounts.create_api_key(live_db, user.id, "roomier")[1])
+    r = requests.put(f"{live_server}/api/v1/sessions/{second['id']}/finetune/text/retry", headers=user.headers)
+    assert r.status_code == 200, r.text
+    second = wait_for_session(live_server, user, second["id"], timeout=120, until=lambda s: _system(s)["finished"])
+    assert _system(second)["state"] == "complete" and _chunks(live_db, second["id"]) == 2 * made
     # The plan full, the next index is refused at the door, before anything is stored.
-    live_db.execute("UPDATE plans SET limits = %s WHERE name = %s", (f'{{"index_chunks": {made}}}', plan))
-    user = type(user)(user.row, accounts.create_api_key(live_db, user.id, "fuller")[1])
+    user = type(user)(user.row, accounts.create_api_key(live_db, user.id, "full")[1])
     r = _create(live_server, user, [("quillon.txt", DOCUMENT.encode())], text_finetune_enabled="no")
     assert r.status_code == 429 and r.json()["code"] == "insufficient_quota", r.text
     assert "index_chunks" in r.text

@@ -9,6 +9,7 @@ import pytest
 
 from controlplane.sessions.views import UNSET_TIME
 from shared.runners import RUNNER_HEADER
+from shared.wire import WIRE_VERSION
 from tests.conftest import hold_job, runner_auth
 
 RUNNER = "r1"
@@ -287,8 +288,8 @@ def test_a_runner_id_belongs_to_the_token_that_registered_it_first(client, db, r
                        json={"runner_id": RUNNER, "models": {}}).status_code == 200
 
 
-@pytest.mark.parametrize("spoken, upgrade", [(None, "runner"), ("0", "runner"), ("2", "control plane"),
-                                             ("x", "runner")])
+@pytest.mark.parametrize("spoken, upgrade", [(None, "runner"), (str(WIRE_VERSION - 1), "runner"),
+                                             (str(WIRE_VERSION + 1), "control plane"), ("x", "runner")])
 def test_a_runner_of_another_wire_version_is_told_what_to_upgrade(client, user, api_runner_token, spoken, upgrade):
     """Its messages would be misread (or misread ours): every runner route refuses it, saying
     which side to upgrade, once its token is known good."""

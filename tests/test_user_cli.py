@@ -172,8 +172,11 @@ def test_a_finetune_watched_in_a_terminal_shows_its_work_and_ends_with_before_an
     seen = "\n".join(term.screens)
     assert re.search(r"loss\s+[▁▂▃▄▅▆▇█]{2,}\s+\d+\.\d{3}", seen), seen[-3000:]
     last = term.screens[-1]
-    assert "before and after, on 3 held-out questions" in last, last
-    assert re.search(r"token f1\s*│\s*\d\.\d\d\s*│\s*\d\.\d\d", last), last
+    # The knowledge report: the four ways side by side, and the one the session's chats use.
+    assert "by way, on 3 held-out questions" in last, last
+    assert re.search(r"base model\s*┃\s*retrieval\s*┃\s*fine-tuned\s*┃\s*fine-tuned \+ retrieval", last), last
+    assert re.search(r"token f1\s*│(\s*\d\.\d\d\s*│){4}", last), last
+    assert re.search(r"chats use: (base model|retrieval|fine-tuned|fine-tuned \+ retrieval)", last), last
     assert f'chat with it:  helix chat -s {session_id} "..."' in last, last
 
 

@@ -145,9 +145,14 @@ class FinetuneService:
         stage = interaction.data_prep_stage
         retryable = interaction.state == InteractionState.EDITING or (
             interaction.state == InteractionState.ERROR
-            and stage in (DataPrepStage.EXTRACT_TEXT, DataPrepStage.GENERATE_QUESTIONS))
+            and stage in (DataPrepStage.EXTRACT_TEXT, DataPrepStage.INDEX_DOCUMENTS, DataPrepStage.GENERATE_QUESTIONS))
         if not retryable:
             raise Conflict("only a fine-tune whose data preparation failed or waits for review can retry")
+        options = session.config.get("finetune", {})
+        if options.get("knowledge", {}).get("retrieval"):  # an index refused for its size may fit the plan now
+            finetune_store.reopen_for_documents(conn, session_id, {**options, "max_index_chunks": quota.room(
+                conn, self.config, user)})
+            session = sessions_store.get_session(conn, session_id, user["id"])
         row = sessions_store.reopen_interaction(conn, interaction.id, stage=DataPrepStage.GENERATE_QUESTIONS,
                                                 status="queued: retrying the failed chunks")
         return self._enqueue(conn, session, row)

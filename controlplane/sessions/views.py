@@ -100,6 +100,9 @@ def helix_config(row: SessionRow) -> dict[str, Any]:
         "document_ids": config.get("document_ids", {}),
         "document_group_id": config.get("document_group_id", ""),
         "manually_review_questions": bool(finetune.get("manually_review_questions", False)),
+        # Helix's later names of the two ways a fine-tune learns from its documents.
+        "rag_enabled": bool((finetune.get("knowledge") or {}).get("retrieval", False)),
+        "text_finetune_enabled": bool((finetune.get("knowledge") or {}).get("finetune", bool(finetune))),
         "system_prompt": (config.get("text") or {}).get("system_prompt", ""),
         "helix_version": PLATFORM_VERSION,
     }

@@ -75,6 +75,9 @@ def cmd_chat(args: argparse.Namespace) -> None:
             _print_json({"session_id": chat.session_id, "reply": chat.reply})
             return
         print()
+        cited = chat.reply.get("citations") or []
+        if cited:  # the chunks of the session's documents the reply was given
+            print("sources: " + ", ".join(f"{c['file']} chunk {c['chunk']}" for c in cited), file=sys.stderr)
         print(f"session {chat.session_id}: go on with  helix chat -s {chat.session_id} \"...\"", file=sys.stderr)
 
 
@@ -186,6 +189,13 @@ def _watch_finetune(client: Client, as_json: bool, start: Callable[[FinetuneView
     _report_finetune(done, False)
 
 
+WAY_NAMES = {"base": "base model", "retrieval": "retrieval", "finetune": "fine-tuned", "both": "fine-tuned + retrieval"}
+# --learn as the API's two fields; `best` sends neither: both ways run, and the report chooses.
+LEARN = {"best": {}, "both": {"rag_enabled": True, "text_finetune_enabled": True},
+         "retrieval": {"rag_enabled": True, "text_finetune_enabled": False},
+         "finetune": {"rag_enabled": False, "text_finetune_enabled": True}}
+
+
 def _report_finetune(session: dict[str, Any], as_json: bool) -> None:
     if as_json:
         _print_json(session)
@@ -196,15 +206,21 @@ def _report_finetune(session: dict[str, Any], as_json: bool) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        before, after = evaluation.get("before") or {}, evaluation.get("after") or {}
-        table = Table(title=f"before and after, on {evaluation.get('held_out', 0)} held-out questions")
-        for column in ("measure", "base model", "fine-tuned"):
-            table.add_column(column)
-        for name in evaluation.get("metrics") or list(before):
+        # The knowledge report's four ways where the session retrieves too; else before and after.
+        scored = evaluation.get("ways") or {"base": evaluation.get("before") or {},
+                                            "finetune": evaluation.get("after") or {}}
+        ways = {way: scored[way] for way in WAY_NAMES if way in scored}
+        table = Table(title=f"{'by way' if 'ways' in evaluation else 'before and after'},"
+                            f" on {evaluation.get('held_out', 0)} held-out questions")
+        table.add_column("measure")
+        for way in ways:
+            table.add_column(WAY_NAMES.get(way, way))
+        for name in evaluation.get("metrics") or list(ways["base"]):
             table.add_row(name.replace("_", " "), *(f"{v:.2f}" if isinstance(v, (int, float)) else "–"
-                                                    for v in (before.get(name), after.get(name))))
-        if evaluation.get("note"):
-            table.caption = evaluation["note"]
+                                                    for v in (scores.get(name) for scores in ways.values())))
+        knowledge = (session.get("config") or {}).get("knowledge") or {}
+        table.caption = evaluation.get("note") or (
+            f"chats use: {WAY_NAMES.get(knowledge['way'], knowledge['way'])}" if knowledge.get("way") else None)
         Console(stderr=True).print(table)
     state = reply.get("state")
     print(f"session {session['id']}: {state} ({reply.get('status')})", file=sys.stderr)
@@ -217,7 +233,8 @@ def _report_finetune(session: dict[str, Any], as_json: bool) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     options = {"model_name": args.model, "manuallyReviewQuestions": True if args.review else None,
-               "urls": " ".join(args.url) if args.url else None}
+               "urls": " ".join(args.url) if args.url else None,
+               **(LEARN[args.learn] if args.type == "text" else {})}
     with _client(args) as client:
         def create(view: FinetuneView | None) -> dict[str, Any]:
             session = client.sessions.create(mode="finetune", type=args.type, files=args.files,
@@ -347,6 +364,8 @@ def add_user_commands(sub) -> None:
     finetune.add_argument("--type", choices=("text", "image"), default="text")
     finetune.add_argument("--model")
     finetune.add_argument("--review", action="store_true", help="stop for you to review the pairs")
+    finetune.add_argument("--learn", choices=tuple(LEARN), default="best",
+                          help="retrieval, fine-tuning, both, or (best) both and chats use the one that scores better")
     finetune.add_argument("--watch", action="store_true", help="show its progress live until it ends")
     finetune.set_defaults(func=cmd_finetune)
 

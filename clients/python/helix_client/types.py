@@ -68,7 +68,7 @@ class Interaction(TypedDict):
     lora_dir: str
     data_prep_chunks: dict[str, list[DataPrepChunk]]
     data_prep_stage: Literal[
-        "", "edit_files", "extract_text", "generate_questions", "edit_questions", "finetune", "complete"]
+        "", "edit_files", "extract_text", "index_documents", "generate_questions", "edit_questions", "finetune", "complete"]
 
 
 class InteractionMessage(TypedDict):

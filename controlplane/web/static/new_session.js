@@ -32,6 +32,13 @@
     for (const [key, value] of Array.from(data.entries())) {
       if (value === "" || (value instanceof File && !value.name)) data.delete(key);
     }
+    // The way to learn, as the API's two fields (neither sent: both, and the report chooses).
+    const learning = data.get("learning");
+    data.delete("learning");
+    if (learning) {
+      data.append("rag_enabled", learning === "finetune" ? "no" : "yes");
+      data.append("text_finetune_enabled", learning === "retrieval" ? "no" : "yes");
+    }
     for (const input of document.querySelectorAll("#caption-list input")) {
       if (input.value.trim()) data.append(input.dataset.file, input.value.trim());
     }

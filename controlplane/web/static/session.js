@@ -1,7 +1,8 @@
 /* One session's page, filled from GET /api/v1/sessions/<id>: a chat streams its reply live from
    the events stream, an image session shows its pictures, and a fine-tune shows its stages, the
-   question/answer pairs (with an editor while it waits for review), the loss curve and the
-   evaluation before and after, re-read every couple of seconds while it runs. Every piece of
+   question/answer pairs (with an editor while it waits for review), the loss curve, the
+   evaluation before and after and the knowledge report (four ways, the one chats use); a reply
+   that used the documents says which way and cites its chunks; re-read every couple of seconds while it runs. Every piece of
    user or model text is set as text (helix.el, the Markdown renderer), never as HTML. */
 "use strict";
 (function () {
@@ -9,8 +10,10 @@
   const root = document.getElementById("session");
   const id = root.dataset.id;
   const base = `/api/v1/sessions/${encodeURIComponent(id)}`;
-  const STAGES = [["extract_text", "Read the documents"], ["generate_questions", "Write questions"],
-    ["edit_questions", "Review"], ["finetune", "Train"], ["complete", "Done"]];
+  const STAGES = [["extract_text", "Read the documents"], ["index_documents", "Index for retrieval"],
+    ["generate_questions", "Write questions"], ["edit_questions", "Review"], ["finetune", "Train"], ["complete", "Done"]];
+  const TRAINING_STAGES = ["generate_questions", "edit_questions", "finetune"];
+  const WAY_NAMES = { base: "Base model", retrieval: "Retrieval", finetune: "Fine-tuned", both: "Fine-tuned with retrieval" };
   const IMAGE_STAGES = [["finetune", "Train"], ["complete", "Done"]];
   let session = null, source = null, pollTimer = null, pairsDirty = false, reviewFor = null;
 
@@ -38,7 +41,20 @@
         interaction.progress ? ` (${interaction.progress}%)` : ""));
     }
     if (interaction.state === "error") body.append(el("p", { class: "error", text: `Failed: ${interaction.error || "unknown error"}` }));
+    const way = (interaction.metadata || {}).knowledge_way;
+    if (way && interaction.finished) body.append(sources(way, interaction.citations || []));
     return body;
+  }
+
+  /* How a reply used the session's documents: the way, and the chunks it was given, best first. */
+  function sources(way, citations) {
+    const box = el("div", { class: "sources" }, el("p", { class: "hint", text: `Answered by: ${WAY_NAMES[way] || way}` }));
+    if (citations.length) {
+      box.append(el("ol", { class: "citations", "aria-label": "Sources" }, citations.map((c) =>
+        el("li", {}, el("span", { text: `${c.file}, chunk ${c.chunk}` }),
+          el("span", { class: "score", text: ` (similarity ${score(c.similarity)})` })))));
+    }
+    return box;
   }
 
   /* What an unfinished turn is doing; while its job is queued, why it waits and its place. */
@@ -74,8 +90,16 @@
 
   /* ---------- fine-tune ---------- */
 
+  /* The stages this fine-tune goes through: indexing only with retrieval, training only with fine-tuning. */
+  function stagesOf() {
+    if (session.type === "image") return IMAGE_STAGES;
+    const ways = ((session.config || {}).finetune || {}).knowledge || {};
+    return STAGES.filter(([key]) => (key !== "index_documents" || ways.retrieval)
+      && (!TRAINING_STAGES.includes(key) || ways.finetune !== false));
+  }
+
   function renderStages(turn) {
-    const stages = session.type === "image" ? IMAGE_STAGES : STAGES;
+    const stages = stagesOf();
     const at = stages.findIndex(([key]) => key === turn.data_prep_stage);
     document.getElementById("stages").replaceChildren(...stages.map(([key, label], k) => {
       const state = turn.state === "error" && k === at ? "failed" : k < at || turn.data_prep_stage === "complete" ? "done" : k === at ? "current" : "todo";
@@ -159,10 +183,33 @@
     const metrics = ev.metrics || Object.keys(ev.before || {});
     document.getElementById("evaluation-summary").textContent = `${ev.held_out} held-out questions. ` +
       metrics.map((m) => `${m.replace(/_/g, " ")}: ${score((ev.before || {})[m])} before, ${score((ev.after || {})[m])} after`).join("; ") + ".";
+    const ways = ev.ways ? ["base", "retrieval", "finetune", "both"] : ["base", "finetune"];
+    const answerOf = { base: ["base_answer", "base"], finetune: ["tuned_answer", "tuned"],
+      retrieval: ["retrieval_answer", "retrieval"], both: ["both_answer", "both"] };
+    document.querySelector("#evaluation-table thead tr").replaceChildren(
+      ...["Question", "Reference", ...ways.map((w) => WAY_NAMES[w])].map((h) => el("th", { scope: "col", text: h })));
     document.querySelector("#evaluation-table tbody").replaceChildren(...ev.questions.map((q) => el("tr", {},
       el("td", { text: q.question }), el("td", { text: q.reference }),
-      el("td", {}, el("span", { text: q.base_answer }), el("span", { class: "score", text: ` F1 ${score((q.base || {}).token_f1)}` })),
-      el("td", {}, el("span", { text: q.tuned_answer }), el("span", { class: "score", text: ` F1 ${score((q.tuned || {}).token_f1)}` })))));
+      ...ways.map((w) => el("td", {}, el("span", { text: q[answerOf[w][0]] || "" }),
+        el("span", { class: "score", text: ` F1 ${score((q[answerOf[w][1]] || {}).token_f1)}` }))))));
+    renderKnowledgeReport(ev);
+  }
+
+  /* The four ways side by side, and which one the session's chats use. */
+  function renderKnowledgeReport(ev) {
+    const section = document.getElementById("knowledge-report");
+    section.hidden = !ev.ways;
+    if (section.hidden) return;
+    const knowledge = (session.config || {}).knowledge || {};
+    const metrics = ev.metrics || Object.keys(ev.ways.base);
+    document.querySelector("#knowledge-table thead tr").replaceChildren(el("th", { scope: "col", text: "Way" }),
+      ...metrics.map((m) => el("th", { scope: "col", text: m.replace(/_/g, " ") })));
+    document.querySelector("#knowledge-table tbody").replaceChildren(...Object.entries(ev.ways).map(([way, scores]) =>
+      el("tr", { "data-way": way, class: way === knowledge.way ? "chosen" : null },
+        el("th", { scope: "row", text: WAY_NAMES[way] + (way === knowledge.way ? " (chats use this)" : "") }),
+        ...metrics.map((m) => el("td", { text: score(scores[m]) })))));
+    document.getElementById("knowledge-chosen").textContent = knowledge.way
+      ? `Chats use ${WAY_NAMES[knowledge.way]}, ${knowledge.chosen_by === "user" ? "as you chose" : "the way that scored best"}.` : "";
   }
 
   function renderSamples(turn) {
