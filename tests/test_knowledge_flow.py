@@ -101,7 +101,7 @@ def test_a_retrieval_only_session_answers_from_its_documents_within_seconds(live
     assert "empty" in system["data_prep_files"]["empty.txt"]["error"]
     chunks = _chunks(live_db, session["id"])
     assert chunks >= 2 and system["knowledge"]["chunks"] == chunks and system["knowledge"]["documents"] == 1
-    assert system["status"].startswith(f"ready: chats answer from {chunks} chunks of 1 documents (1 failed)")
+    assert system["status"] == f"ready: chats answer from {chunks} chunks of the documents (1 read, 1 failed)"
     assert system["qa_pairs"] == []
 
     for question, topic in [("Who founded the Quillon Observatory, and when?", "founding"),

@@ -18,6 +18,7 @@ from controlplane.fleet import decisions as scheduling_decisions
 from controlplane.fleet.dispatch import job_stage
 from controlplane.http.messages import parsed
 from controlplane.knowledge import store as knowledge_store
+from controlplane.knowledge import ways
 from controlplane.runners import reports as runner_service
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view, iso_time
@@ -219,9 +220,9 @@ def retrieve(session_id: str, interaction_id: str):
     with db.transaction() as conn:
         _authorize(conn, session_id, interaction_id)
         session = sessions_store.get_session_any_owner(conn, session_id)
-        index = (session.config.get("knowledge") or {}).get("session_id")
+        index = ways.index_of(session)
         if not index:
-            raise Conflict("this session has no documents indexed for retrieval")
+            raise BadRequest("this session has no documents indexed for retrieval")
         results = [[{"file": f.file, "chunk": f.index, "text": f.text, "score": round(f.score, 6),
                      "similarity": round(f.similarity, 4)}
                     for f in knowledge_store.search(conn, index, session.owner, q.text, q.embedding, asked.limit)]

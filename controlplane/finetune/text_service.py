@@ -396,7 +396,6 @@ class FinetuneService:
                 db.after_commit(conn, action)
         return row
 
-
     def _ready_to_retrieve(self, conn, session: SessionRow, interaction: InteractionRow,
                            failed: list[str]) -> InteractionRow:
         """Retrieval alone: the fine-tune is over once its documents are indexed, and the session
@@ -412,8 +411,8 @@ class FinetuneService:
         row = sessions_store.apply_update(
             conn, interaction.id, runner=interaction.runner, state=InteractionState.COMPLETE,
             message=interaction.message, progress=100, files=None, finished=True, metadata=None,
-            status=f"ready: chats answer from {chunks} chunks of {documents} documents"
-            + (f" ({len(failed)} failed)" if failed else ""), error="",
+            status=f"ready: chats answer from {chunks} chunks of the documents ({documents} read"
+            + (f", {len(failed)} failed)" if failed else ")"), error="",
             data_prep_stage=DataPrepStage.COMPLETE.value)
         sessions_store.finish_finetune(conn, session.id, session.lora_dir)
         return row

@@ -21,6 +21,11 @@ def of_new_session(session_id: str, choice: dict[str, Any]) -> dict[str, Any] | 
     return {"session_id": session_id, "way": choice["way"], "chosen_by": choice["chosen_by"]}
 
 
+def index_of(session: SessionRow) -> str | None:
+    """The session whose index the session's chats search (its own, or its `ft:` model's); None: none."""
+    return (session.config.get("knowledge") or {}).get("session_id") or None
+
+
 def served_way(session: SessionRow) -> Way | None:
     """How the session's chats are served; None: no index (an adapter, if any, alone)."""
     way = (session.config.get("knowledge") or {}).get("way")

@@ -93,7 +93,7 @@ class ControlPlane:
         """The best chunks for each question of `request`, from the index the session learns from."""
         url = f"{self.api_url}/api/v1/runner/sessions/{session_id}/interactions/{interaction_id}/retrieve"
         r = self.delivery.post(url, json=request.to_wire(), timeout=30)
-        if r.status_code == 404 or (r.status_code == 409 and "no documents indexed" not in r.text):
+        if r.status_code in (404, 409):
             raise Gone(interaction_id)
         r.raise_for_status()
         return r.json()["results"]

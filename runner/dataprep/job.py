@@ -128,8 +128,9 @@ def _plan(ctx, job: TextDataPrepJob, check_stop: Callable[[], None]) -> tuple[li
                 ctx.client.report(job.session_id, job.interaction_id, "document",
                                   DocumentReport(document=name, error=str(err)[:4000]))
                 continue
-            chunks = split_into_chunks(text, count, chunk_tokens=job.chunk_tokens,
-                                       overlap_tokens=job.overlap_tokens, check_stop=check_stop)
+            # Retrieval alone asks no questions: the index cuts chunks of its own.
+            chunks = split_into_chunks(text, count, chunk_tokens=job.chunk_tokens, overlap_tokens=job.overlap_tokens,
+                                       check_stop=check_stop) if job.generate_questions else []
         ctx.client.report(job.session_id, job.interaction_id, "document",
                           DocumentReport(document=name, chars=len(text), chunks=len(chunks), error=error or ""))
         if job.index_documents:

@@ -42,6 +42,7 @@ class Embedder:
 
 _loaded: dict[str, Embedder] = {}
 _loading = threading.Lock()
+_using = threading.Lock()
 
 
 class NoEmbedder(Exception):
@@ -65,6 +66,3 @@ def embed(model_dir: str, texts: list[str]) -> list[list[float]]:
     embedder = shared_embedder(model_dir)
     with _using:
         return embedder.embed(texts)
-
-
-_using = threading.Lock()
