@@ -1,9 +1,9 @@
 """The knowledge figures (issue 22), on the default model through the whole platform.
 
-K1: first-token latency of a chat turn in a session that retrieves (the question embedded, the
-    best chunks found in PostgreSQL, put in the prompt) ÷ the same turn in a plain chat session:
-    from the PUT that sends the turn to the first streamed token on the session's events stream,
-    the two sessions alternating.
+K1: first-token latency of a chat that retrieves (the question embedded, the best chunks found in
+    PostgreSQL, put in the prompt) ÷ the same chat without: streamed /v1 chat completions on a
+    retrieval session's `ft:` model and on its base model, from the request to the first token,
+    the two alternating.
 K2: indexing throughput: chunks per second of the index_documents stage (cut, embed, store) on a
     long document, as the stage reports it.
 K3: the knowledge report of a default fine-tune (both ways, every setting the default) of a
@@ -11,6 +11,7 @@ K3: the knowledge report of a default fine-tune (both ways, every setting the de
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
 
@@ -65,22 +66,23 @@ def _retrieval_session(url: str, key: str, model: str, document: str, name: str)
     return session
 
 
-def _first_token_seconds(url: str, key: str, session_id: str, question: str, tokens: int) -> float:
-    """From the PUT of a turn to its first streamed token (the events stream opened before)."""
-    with requests.get(f"{url}/api/v1/sessions/{session_id}/events", headers=_headers(key), stream=True,
-                      timeout=120) as events:
-        lines = events.iter_lines(decode_unicode=True)
-        started = time.perf_counter()
-        r = requests.put(f"{url}/api/v1/sessions/{session_id}", headers=_headers(key), timeout=60,
-                         data={"input": question, "max_tokens": str(tokens)})
+def _first_token_seconds(url: str, key: str, model: str, question: str, tokens: int) -> float:
+    """From the request to the first streamed token of a /v1 chat completion on `model`."""
+    started = time.perf_counter()
+    with requests.post(f"{url}/v1/chat/completions", headers=_headers(key), stream=True, timeout=120, json={
+            "model": model, "max_tokens": tokens, "stream": True,
+            "messages": [{"role": "user", "content": question}]}) as r:
         r.raise_for_status()
-        for line in lines:
-            if line == "event: delta":
-                seconds = time.perf_counter() - started
-                break
+        for line in r.iter_lines(decode_unicode=True):
+            if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                delta = json.loads(line[5:])["choices"][0]["delta"]
+                if delta.get("content"):
+                    seconds = time.perf_counter() - started
+                    break
         else:
-            raise RuntimeError("the events stream ended before the first token")
-    _wait(url, key, session_id, 120, lambda s: s["interactions"][-1]["finished"])
+            raise RuntimeError("the reply ended before its first token")
+        for _ in r.iter_lines():  # to its end: the next turn starts on an idle runner
+            pass
     return seconds
 
 
@@ -89,22 +91,20 @@ def measure_k1(stack: BenchStack, figure: Figure, *, repetitions: int, tokens: i
     (_, key), = stack.users(1, "k1")
     url = stack.api.url
     retrieving = _retrieval_session(url, key, model, DOCUMENT, "vellmar.txt")
-    r = requests.post(f"{url}/api/v1/sessions", headers=_headers(key), timeout=60,
-                      data={"mode": "inference", "type": "text", "model_name": model, "input": "Hello.",
-                            "max_tokens": "4"})
-    r.raise_for_status()
-    plain = _wait(url, key, r.json()["id"], 120, lambda s: s["interactions"][-1]["finished"])
+    its_model = f"ft:{model}:{retrieving['id']}"
     questions = ["Who founded the Vellmar Ferry Company?", "How long is the crossing to Osk Island?",
                  "What colour are the ferries painted?", "Who commanded the Morning Lantern?"]
     figure.model = model
     figure.inputs = {"repetitions": repetitions, "reply tokens": tokens, "questions": len(questions),
-                     "document": f"{len(FACTS)} invented facts", "chunks retrieved": 3}
+                     "document": f"{len(FACTS)} invented facts", "chunks retrieved": 3,
+                     "how": "streamed /v1 chat completions: the session's ft: model against the base model"}
     with_retrieval, without = [], []
-    _first_token_seconds(url, key, retrieving["id"], questions[0], tokens)  # warm: the embedder loads
+    for model_id in (its_model, model):  # warm: the embedder, the routes
+        _first_token_seconds(url, key, model_id, questions[0], tokens)
     for n in range(repetitions):
         question = questions[n % len(questions)]
-        with_retrieval.append(_first_token_seconds(url, key, retrieving["id"], question, tokens))
-        without.append(_first_token_seconds(url, key, plain["id"], question, tokens))
+        with_retrieval.append(_first_token_seconds(url, key, its_model, question, tokens))
+        without.append(_first_token_seconds(url, key, model, question, tokens))
     figure.platform = spread(with_retrieval, "s to the first token, retrieving")
     figure.baseline = spread(without, "s to the first token, plain chat")
     figure.result = ratio_result(with_retrieval, without, higher_is_better=False)

@@ -281,7 +281,9 @@ def _with_knowledge(ctx: WorkerContext, job: TextInferenceJob) -> tuple[list[dic
     way = Way(job.knowledge_way)
     if not way.retrieves or job.prompt is not None or not job.messages:
         return job.messages, {"knowledge_way": way.value}
+    started = time.monotonic()
     found = retrieval.search(ctx, job.session_id, job.interaction_id, [job.messages[-1]["content"]])[0]
+    log.debug("retrieval for %s found %d chunks in %.3fs", job.interaction_id, len(found), time.monotonic() - started)
     return retrieval.with_excerpts(job.messages, found), {"knowledge_way": way.value,
                                                            "citations": retrieval.citations(found)}
 
