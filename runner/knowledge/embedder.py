@@ -50,7 +50,7 @@ class NoEmbedder(Exception):
 
 
 def shared_embedder(model_dir: str) -> Embedder:
-    """The worker process's one embedder (loaded on first use, about a second on a CPU), with a
+    """The worker process's one embedder (loaded on first use: a few seconds on a CPU), with a
     lock around it: its threads embed one batch at a time."""
     if not model_dir or not Path(model_dir, "config.json").is_file():
         raise NoEmbedder(f"this runner has no sentence-embedding model at {model_dir or '(unset)'!r}:"
