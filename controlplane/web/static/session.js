@@ -204,7 +204,8 @@
     const metrics = ev.metrics || Object.keys(ev.ways.base);
     document.querySelector("#knowledge-table thead tr").replaceChildren(el("th", { scope: "col", text: "Way" }),
       ...metrics.map((m) => el("th", { scope: "col", text: m.replace(/_/g, " ") })));
-    document.querySelector("#knowledge-table tbody").replaceChildren(...Object.entries(ev.ways).map(([way, scores]) =>
+    const ways = Object.keys(WAY_NAMES).filter((w) => ev.ways[w]).map((w) => [w, ev.ways[w]]);
+    document.querySelector("#knowledge-table tbody").replaceChildren(...ways.map(([way, scores]) =>
       el("tr", { "data-way": way, class: way === knowledge.way ? "chosen" : null },
         el("th", { scope: "row", text: WAY_NAMES[way] + (way === knowledge.way ? " (chats use this)" : "") }),
         ...metrics.map((m) => el("td", { text: score(scores[m]) })))));
