@@ -5,11 +5,15 @@ kill takes this process, never the worker):
 
 SPEC names the base model, the chat rows to train on and to validate with, the hyperparameters,
 an output folder and, to resume, a checkpoint folder. Rows are rendered with the base model's own
-chat template, the one vLLM serves with, and the loss counts only the assistant's reply. Progress
+chat template, the one vLLM serves with, and the loss counts only the assistant's reply (only the
+reply's positions go through the output layer). On a CPU with native bfloat16 the forward passes
+autocast to it (SPEC's "precision": auto, bf16 or fp32). Progress
 goes to stdout as JSON lines (`start`, `step`, `eval`, `checkpoint`, `done`) for the worker to report.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import random
@@ -41,6 +45,37 @@ def encode(tokenizer, messages: list[dict[str, str]], max_tokens: int) -> dict[s
     return {"input_ids": full, "labels": labels}
 
 
+def reply_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The causal LM loss over the reply's tokens (the labelled ones), as the model's own loss
+    computes it, but with the output layer applied to those positions alone: the prompt's
+    positions (most of a question/answer row) never go through the 49,152-word softmax."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not (hasattr(causal, "model") and hasattr(causal, "lm_head")):
+        return model(**batch).loss
+    hidden = causal.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    kept = labels != IGNORE
+    logits = causal.lm_head(hidden[:, :-1][kept])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[kept])
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX): there, autocast to it
+    makes a training step about a third faster (measured on the default model, 2 cores)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def autocasts_to_bf16(device_type: str, wanted: str = "auto") -> bool:
+    """Whether the forward passes autocast to bfloat16 matrix products (weights and optimizer stay
+    float32): on a CPU that has them, unless the spec says fp32; a GPU run already holds its
+    weights in bfloat16."""
+    return device_type == "cpu" and (wanted == "bf16" or (wanted == "auto" and cpu_has_bf16()))
+
+
 def collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(r["input_ids"]) for r in rows)
     ids = [r["input_ids"] + [pad_id] * (width - len(r["input_ids"])) for r in rows]
@@ -56,7 +91,7 @@ def batches_of_epoch(n_rows: int, batch_size: int, seed: int, epoch: int) -> lis
     return [order[i:i + batch_size] for i in range(0, n_rows, batch_size)]
 
 
-def validation_loss(model, rows, batch_size: int, pad_id: int, device) -> float | None:
+def validation_loss(model, rows, batch_size: int, pad_id: int, device, autocast) -> float | None:
     if not rows:
         return None
     model.eval()
@@ -64,7 +99,8 @@ def validation_loss(model, rows, batch_size: int, pad_id: int, device) -> float 
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
             batch = {k: v.to(device) for k, v in collate(rows[i:i + batch_size], pad_id).items()}
-            total += model(**batch).loss.item() * len(rows[i:i + batch_size])
+            with autocast():
+                total += reply_loss(model, batch).item() * len(rows[i:i + batch_size])
             count += len(rows[i:i + batch_size])
     model.train()
     return total / count
@@ -120,7 +156,11 @@ def train(spec: dict[str, Any]) -> None:
         step = int(state["step"])
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
+    bf16 = autocasts_to_bf16(accelerator.device.type, spec.get("precision", "auto"))
+    autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext
+    computes_in = "bfloat16" if bf16 or dtype == torch.bfloat16 else "float32"
     emit("start", total_steps=total_steps, epochs=epochs, start_step=step, train_rows=len(train_rows), eval_rows=len(eval_rows),
+         computes_in=computes_in,
          train_tokens=sum(len(r["input_ids"]) for r in train_rows),
          trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
 
@@ -131,7 +171,8 @@ def train(spec: dict[str, Any]) -> None:
         epoch, offset = divmod(step, steps_per_epoch)
         batch_indices = batches_of_epoch(len(train_rows), batch_size, seed, epoch)[offset]
         batch = {k: v.to(accelerator.device) for k, v in collate([train_rows[i] for i in batch_indices], pad_id).items()}
-        loss = model(**batch).loss
+        with autocast():
+            loss = reply_loss(model, batch)
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step()
@@ -140,7 +181,7 @@ def train(spec: dict[str, Any]) -> None:
         emit("step", step=step, epoch=round(step / steps_per_epoch, 3), loss=round(loss.item(), 5),
              learning_rate=scheduler.get_last_lr()[0], time=round(time.time(), 1))
         if step % steps_per_epoch == 0 or step == total_steps:
-            val = validation_loss(model, eval_rows, batch_size, pad_id, accelerator.device)
+            val = validation_loss(model, eval_rows, batch_size, pad_id, accelerator.device, autocast)
             if val is not None:
                 emit("eval", step=step, epoch=round(step / steps_per_epoch, 3), val_loss=round(val, 5),
                      time=round(time.time(), 1))

@@ -1,0 +1,56 @@
+"""The text trainer's step (runner/training/lora.py) on the tiny model: the loss over the reply's
+positions alone is the model's own causal LM loss, in float32 and close to it under bfloat16
+autocast, and the precision follows the spec."""
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from runner.training.lora import autocasts_to_bf16, collate, encode, reply_loss
+
+ROWS = [[{"role": "system", "content": "You are an expert on zorblat.txt."},
+         {"role": "user", "content": question},
+         {"role": "assistant", "content": answer}]
+        for question, answer in [("Who founded the Zorblat Library?", "Mira Tessel founded it in 1847."),
+                                 ("When is the reading room open?", "Only on Thursdays."),
+                                 ("What does the library hold?", "Twelve thousand maps of the northern seas.")]]
+
+
+@pytest.fixture(scope="module")
+def model_and_batch(models_dir):
+    path = str(models_dir / "tiny-chat")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
+    return model.eval(), collate([encode(tokenizer, r, 512) for r in ROWS], pad)
+
+
+def test_the_reply_loss_is_the_models_own_loss(model_and_batch):
+    model, batch = model_and_batch
+    assert (batch["labels"] != -100).sum() < batch["labels"].numel() / 2  # most positions are the prompt's
+    with torch.no_grad():
+        own, ours = model(**batch).loss.item(), reply_loss(model, batch).item()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cast = reply_loss(model, batch).item()
+    assert ours == pytest.approx(own, rel=1e-5)
+    assert cast == pytest.approx(own, rel=0.02)
+
+
+def test_gradients_reach_the_adapter_through_the_reply_loss(model_and_batch):
+    model, batch = model_and_batch
+    model.zero_grad()
+    reply_loss(model, batch).backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
+    assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    model.zero_grad()
+
+
+def test_bfloat16_autocast_only_on_a_cpu_and_as_the_spec_says(monkeypatch):
+    monkeypatch.setattr("runner.training.lora.cpu_has_bf16", lambda: True)
+    assert autocasts_to_bf16("cpu") and autocasts_to_bf16("cpu", "bf16")
+    assert not autocasts_to_bf16("cpu", "fp32") and not autocasts_to_bf16("cuda")
+    monkeypatch.setattr("runner.training.lora.cpu_has_bf16", lambda: False)
+    assert not autocasts_to_bf16("cpu") and autocasts_to_bf16("cpu", "bf16")
