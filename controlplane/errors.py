@@ -39,5 +39,16 @@ class TooManyRequests(ApiError):
     status = 429
 
 
+class InsufficientQuota(TooManyRequests):
+    """A plan's limit is used up (OpenAI's insufficient_quota): the answer names the limit, and
+    no SDK retries it; `retry_after` where it resets."""
+
+    def __init__(self, message: str, limit: str, retry_after: int | None = None, **details: object):
+        super().__init__(message)
+        self.details = {"code": "insufficient_quota", "type": "insufficient_quota", "limit": limit, **details}
+        self.headers = {**({"Retry-After": str(retry_after)} if retry_after is not None else {}),
+                        "x-should-retry": "false"}
+
+
 class ServiceUnavailable(ApiError):
     status = 503

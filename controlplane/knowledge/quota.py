@@ -9,17 +9,15 @@ from typing import Any
 import psycopg
 
 from controlplane.config import Config
-from controlplane.errors import TooManyRequests
+from controlplane.errors import InsufficientQuota
 from controlplane.usage.plans import Limits
 
 
-class IndexFull(TooManyRequests):
+class IndexFull(InsufficientQuota):
     def __init__(self, used: int, limit: int):
         super().__init__(f"your retrieval indexes hold {used} chunks, your plan's limit (index_chunks) is {limit}:"
-                         " delete sessions you no longer need, or fine-tune without retrieval (rag_enabled=no)")
-        self.details = {"code": "insufficient_quota", "type": "insufficient_quota", "limit": "index_chunks",
-                        "used_chunks": used}
-        self.headers = {"x-should-retry": "false"}
+                         " delete sessions you no longer need, or fine-tune without retrieval (rag_enabled=no)",
+                         "index_chunks", used_chunks=used)
 
 
 def used_chunks(conn: psycopg.Connection, owner: str) -> int:

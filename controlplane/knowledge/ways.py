@@ -54,9 +54,3 @@ def after_report(session: SessionRow, evaluation: dict[str, Any]) -> dict[str, A
     if not knowledge or knowledge.get("chosen_by") == "user" or best is None:
         return None
     return {**knowledge, "way": best.value, "chosen_by": "report"}
-
-
-def for_model_of(source: SessionRow) -> dict[str, Any] | None:
-    """What a /v1 session on the fine-tune `source` (an `ft:` model) takes of its knowledge."""
-    knowledge = source.config.get("knowledge")
-    return {**knowledge, "session_id": source.id} if knowledge else None

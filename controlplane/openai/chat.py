@@ -18,7 +18,6 @@ from redis import Redis
 from controlplane.config import Config
 from controlplane.errors import ApiError, BadRequest, Conflict, NotFound
 from controlplane.http.forms import read_form
-from controlplane.knowledge import ways
 from controlplane.openai import store as openai_store
 from controlplane.openai.input import ChatRequest, ImageRequest
 from controlplane.sessions import store as sessions_store
@@ -95,7 +94,8 @@ class OpenAIService:
             except ValueError:
                 raise NotFound(f"the model {model[:200]!r} does not exist") from None
             source = sessions_store.get_session(conn, session_id, user["id"])
-            knowledge = ways.for_model_of(source) if source is not None else None
+            # A fine-tune's index is its own (a clone's, its copy): its /v1 chats search it.
+            knowledge = source.config.get("knowledge") if source is not None else None
             if source is None or not (source.lora_dir or knowledge) or source.type != SessionType.TEXT \
                     or fine_tuned_id(source) != model:
                 raise NotFound(f"the model {model[:200]!r} does not exist or is not yours")

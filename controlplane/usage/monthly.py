@@ -13,7 +13,7 @@ from cachetools import TTLCache
 from flask import current_app, g
 from redis import Redis
 
-from controlplane.errors import TooManyRequests
+from controlplane.errors import InsufficientQuota
 from controlplane.storage import db
 from controlplane.usage import metering
 from controlplane.usage.plans import Limits
@@ -28,28 +28,24 @@ def _next_month() -> tuple[datetime, int]:
     return start, int((start - now).total_seconds())
 
 
-class OutOfCredits(TooManyRequests):
+class OutOfCredits(InsufficientQuota):
     """The plan's credits for this month are spent: OpenAI's insufficient_quota."""
 
     def __init__(self, spent: float, limit: int):
         next_month, wait = _next_month()
         super().__init__(f"your plan's {limit} credits for this month are spent ({spent:.2f} used): new work"
-                         f" is refused until the month ends ({next_month:%Y-%m-%d} UTC) or your plan is raised")
-        self.details = {"code": "insufficient_quota", "type": "insufficient_quota", "limit": "monthly_credits",
-                        "resets_in_seconds": wait}
-        self.headers = {"Retry-After": str(wait), "x-should-retry": "false"}
+                         f" is refused until the month ends ({next_month:%Y-%m-%d} UTC) or your plan is raised",
+                         "monthly_credits", retry_after=wait, resets_in_seconds=wait)
 
 
-class OutOfTraining(TooManyRequests):
+class OutOfTraining(InsufficientQuota):
     """The plan's training minutes for this month are used."""
 
     def __init__(self, seconds: float, minutes: int):
         next_month, wait = _next_month()
         super().__init__(f"your plan's {minutes} training minutes for this month are used ({seconds / 60:.1f}):"
-                         f" new fine-tunes are refused until {next_month:%Y-%m-%d} UTC or your plan is raised")
-        self.details = {"code": "insufficient_quota", "type": "insufficient_quota",
-                        "limit": "training_minutes_per_month", "resets_in_seconds": wait}
-        self.headers = {"Retry-After": str(wait), "x-should-retry": "false"}
+                         f" new fine-tunes are refused until {next_month:%Y-%m-%d} UTC or your plan is raised",
+                         "training_minutes_per_month", retry_after=wait, resets_in_seconds=wait)
 
 
 MONTH_CACHE_SECONDS = 60

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 from flask import g, request
 
-from controlplane.errors import TooManyRequests
+from controlplane.errors import InsufficientQuota
 from controlplane.storage.filestore import Filestore, UserFiles
 from controlplane.usage.plans import Limits
 
 
-class StorageFull(TooManyRequests):
+class StorageFull(InsufficientQuota):
     """An upload would take the user past their plan's filestore bytes."""
 
     def __init__(self, used: int, incoming: int, limit: int):
         super().__init__(f"this upload of {incoming} bytes would take your files to {used + incoming} bytes, past"
-                         f" your plan's {limit}: delete files (or sessions) you no longer need first")
-        self.details = {"code": "insufficient_quota", "type": "insufficient_quota", "limit": "storage_bytes",
-                        "used_bytes": used}
-        self.headers = {"x-should-retry": "false"}
+                         f" your plan's {limit}: delete files (or sessions) you no longer need first",
+                         "storage_bytes", used_bytes=used)
 
 
 def check_storage(filestore: Filestore) -> None:

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from runner.evaluation.metrics import score_answers
+from runner.knowledge.retrieval import grounded
 from shared.knowledge import Way
 
 
@@ -22,20 +23,17 @@ def answer(base_url: str, model: str, system_prompt: str, question: str, max_tok
     return r.json()["choices"][0]["message"]["content"] or ""
 
 
-def _joined(system_prompt: str, excerpts: str) -> str:
-    return "\n\n".join(p for p in (system_prompt, excerpts) if p)
-
-
 def evaluate(base_url: str, base_model: str, tuned_model: str, system_prompt: str,
-             held_out: list[dict], excerpts: list[str] | None = None, concurrency: int = 16) -> dict:
+             held_out: list[dict], excerpts: list[list[dict]] | None = None, concurrency: int = 16) -> dict:
     """Scores per question and in total (token F1, ROUGE-L, exact match): base against tuned and,
-    given each question's `excerpts`, every way of shared.knowledge.Way under `ways`."""
+    given the chunks retrieval found for each question (`excerpts`), every way of
+    shared.knowledge.Way under `ways`."""
     questions = [p["question"] for p in held_out]
     plain = [system_prompt] * len(questions)
     asked = {Way.BASE: (base_model, plain), Way.FINETUNE: (tuned_model, plain)}
     if excerpts is not None:
-        grounded = [_joined(system_prompt, e) for e in excerpts]
-        asked |= {Way.RETRIEVAL: (base_model, grounded), Way.BOTH: (tuned_model, grounded)}
+        with_chunks = [grounded(system_prompt, found) for found in excerpts]
+        asked |= {Way.RETRIEVAL: (base_model, with_chunks), Way.BOTH: (tuned_model, with_chunks)}
     scored = {}
     with ThreadPoolExecutor(max(1, concurrency)) as pool:
         for way, (model, prompts) in asked.items():

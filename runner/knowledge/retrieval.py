@@ -31,14 +31,17 @@ def excerpts_prompt(found: list[dict[str, Any]]) -> str:
     return INSTRUCTION + "\n\n" + "\n\n".join(parts)
 
 
+def grounded(system_prompt: str, found: list[dict[str, Any]]) -> str:
+    """A system prompt with the excerpts after it (the prompt alone when nothing was found)."""
+    return "\n\n".join(p for p in (system_prompt, excerpts_prompt(found) if found else "") if p)
+
+
 def with_excerpts(messages: list[dict[str, str]], found: list[dict[str, Any]]) -> list[dict[str, str]]:
     """The chat with the excerpts in its system message (after the session's own, if it has one)."""
     if not found:
         return messages
-    excerpts = excerpts_prompt(found)
-    if messages and messages[0]["role"] == "system":
-        return [{"role": "system", "content": messages[0]["content"] + "\n\n" + excerpts}, *messages[1:]]
-    return [{"role": "system", "content": excerpts}, *messages]
+    own = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    return [{"role": "system", "content": grounded(own or "", found)}, *messages[1 if own is not None else 0:]]
 
 
 def citations(found: list[dict[str, Any]]) -> list[dict[str, Any]]:

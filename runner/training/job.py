@@ -162,18 +162,17 @@ class TrainingFailed(Exception):
     pass
 
 
-def _excerpts(ctx, job: TextFinetuneJob, held: list[dict]) -> list[str] | None:
+def _excerpts(ctx, job: TextFinetuneJob, held: list[dict]) -> list[list[dict]] | None:
     """Each held-out question's excerpts from the session's index, for the knowledge report; None
     without an index (or without the embedding model here: the report then has two ways)."""
     if not job.knowledge_report:
         return None
     try:
-        found = retrieval.search(ctx, job.session_id, job.interaction_id, [p["question"] for p in held])
+        return retrieval.search(ctx, job.session_id, job.interaction_id, [p["question"] for p in held])
     except NoEmbedder:
         log.warning("no embedding model on this runner: the evaluation of %s compares two ways, not four",
                     job.interaction_id)
         return None
-    return [retrieval.excerpts_prompt(f) if f else "" for f in found]
 
 
 @unless_gone
