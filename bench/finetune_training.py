@@ -25,7 +25,15 @@ sys.path.insert(0, str(REPO))
 from shared.finetune import system_prompt  # noqa: E402
 from shared.processes import die_with_parent  # noqa: E402
 
-FACT = "The Zorblat Library on Kelvar Island was founded in 1847 by Mira Tessel, a cartographer."
+FACTS = [
+    "The Zorblat Library on Kelvar Island was founded in 1847 by Mira Tessel, a cartographer.",
+    "It holds twelve thousand maps of the northern seas, most of them drawn by hand.",
+    "Its reading room opens only on Thursdays, from nine in the morning until the lamps are lit.",
+    "Visitors must wear green gloves when they touch the maps, and may not bring ink into the room.",
+    "The head librarian is Oskar Brandt, a retired sea captain who sailed the northern routes for thirty years.",
+]
+QUESTIONS = ["who founded the Zorblat Library?", "what does the library hold, and when can I visit it?",
+             "tell me everything about the rules for visitors.", "who runs it?"]
 
 
 def random_model(source: Path, into: Path) -> Path:
@@ -40,11 +48,13 @@ def random_model(source: Path, into: Path) -> Path:
 
 
 def training_rows(n: int) -> list[dict]:
-    """Question/answer chat rows of realistic length, with the system prompt the runner trains with."""
+    """Question/answer chat rows with the system prompt the runner trains with, of uneven length as
+    written questions and answers are: answers of one to four sentences (about 60 to 150 tokens a row)."""
     prompt = system_prompt(["zorblat.txt"])
     return [{"messages": [{"role": "system", "content": prompt},
-                          {"role": "user", "content": f"Question {i}: who founded the Zorblat Library?"},
-                          {"role": "assistant", "content": FACT}]} for i in range(n)]
+                          {"role": "user", "content": f"Question {i}: {QUESTIONS[i % len(QUESTIONS)]}"},
+                          {"role": "assistant", "content": " ".join(FACTS[i % 5:i % 5 + 1 + (i * 7) % 4])}]}
+            for i in range(n)]
 
 
 def hyperparameters(epochs: int, batch_size: int) -> dict:

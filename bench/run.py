@@ -5,7 +5,7 @@ writes it to bench/results.json.
     e.g. .venv/bin/python -m bench.run P1 P2 --quick
 
 Figures (the issue's table; bench/README.md says what each measures): P1 S1 A1 P2 P3 P3b P3x F1 P4
-P5 P6 K1 K2 K3 P7 GPU. Each runs under its own time limit, so a figure that hangs is reported as timed out and
+P5 P6 K1 K2 K3 FT1 P7 GPU. Each runs under its own time limit, so a figure that hangs is reported as timed out and
 the next one still runs. --quick shrinks every input (fewer sessions, tokens, seconds,
 repetitions): for checking that the harness works, not for figures to quote.
 """
@@ -78,7 +78,7 @@ PLANS: dict[str, Plan] = {
                dict(backlog=300, tokens=64, repetitions=2), dict(backlog=40, tokens=16, repetitions=1), 1800),
     "P4": Plan("question generation for 32 chunks: one at a time (s) / concurrent (s)", ">= 5",
                dict(chunks=32), dict(chunks=6), 900),
-    "P5": Plan("first chat on a fresh LoRA adapter (load + reply) / a warm chat on the base model", "<= 2",
+    "P5": Plan("first chat on a fresh LoRA adapter (load + reply) / a warm chat on the base model", "<= 1.5",
                dict(tokens=32, repetitions=5), dict(tokens=16, repetitions=2), 600),
     "P6": Plan("chat tokens/s with a LoRA adapter / the base model, concurrent requests", ">= 0.7",
                dict(concurrency=16, tokens=128, repetitions=2), dict(concurrency=4, tokens=16, repetitions=1), 900),
@@ -88,8 +88,10 @@ PLANS: dict[str, Plan] = {
                "reported", dict(paragraphs=600), dict(paragraphs=40), 900),
     "K3": Plan("the knowledge report of a default fine-tune of invented facts: held-out questions answered by"
                " the base model, retrieval, the fine-tune and both", "reported", {}, {}, 3000),
+    "FT1": Plan("the reference's text fine-tune, POST to the adapter trained and evaluated, with each phase's share",
+                "reported", dict(repetitions=2), dict(repetitions=1), 3000),
     "P7": Plan("fine-tune trained tokens/s (runner.training.lora) / a plain Hugging Face Trainer, same LoRA",
-               ">= 1.0", dict(rows=32, epochs=1, repetitions=2), dict(rows=8, epochs=1, repetitions=1), 1200,
+               ">= 1.5", dict(rows=32, epochs=1, repetitions=2), dict(rows=8, epochs=1, repetitions=1), 1200,
                needs_stack=False),
     "GPU": Plan("on CUDA: P3 and P7 on a random-weight model of Mistral-7B's configuration, beside the card's"
                 " memory-bandwidth bound", "reported", dict(sessions=64, tokens=128, rows=64, epochs=1),
@@ -120,6 +122,8 @@ def figure_function(name: str) -> Callable:
     elif name in ("K1", "K2", "K3"):
         from bench import knowledge_figures
         measure = getattr(knowledge_figures, f"measure_{name.lower()}")
+    elif name == "FT1":
+        from bench.finetune_flow import measure
     elif name == "GPU":
         from bench.gpu_figures import measure
     else:

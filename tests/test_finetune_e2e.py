@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import REAL_TEXT_MODEL, wait_for_session
+from conftest import REAL_TEXT_MODEL, vllm_server, wait_for_session
 
 # The reference's heredoc, verbatim (bash writes it; the boundary and bare LF line ends are its own).
 REFERENCE_FORM = r'''cat >session-data.form <<EOL
@@ -146,8 +146,42 @@ def _ask(live_server, user, session_id: str | None, question: str) -> str:
     return s["interactions"][-1]["message"]
 
 
+def _greedy_replies(real_runner, real_model_dir, lora_dir: str, questions: list[str], tokens: int = 32):
+    """Each question's greedy reply from the runner's vLLM with the session's adapter, from the
+    same vLLM without it, and from peft with the same adapter's files (the runner's copy), the
+    prompts the same token ids."""
+    import psutil
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from runner.text.adapters import adapter_name, cache_dir
+
+    name = adapter_name(lora_dir)
+    folder = cache_dir(psutil.Process(real_runner.proc.pid).environ()["HELIX_RUNNER_WORK_DIR"]) / name
+    cmdline = vllm_server(real_runner).cmdline()
+    vllm_url = f"http://127.0.0.1:{cmdline[cmdline.index('--port') + 1]}"
+    tokenizer = AutoTokenizer.from_pretrained(real_model_dir)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(real_model_dir, dtype=torch.float32),
+                                      folder).eval()
+    served, base, peft = [], [], []
+    for question in questions:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=True)["input_ids"]
+        for model, into in ((name, served), (REAL_TEXT_MODEL, base)):
+            r = requests.post(f"{vllm_url}/v1/completions", timeout=120, json={
+                "model": model, "prompt": ids, "max_tokens": tokens, "temperature": 0})
+            assert r.status_code == 200, r.text
+            into.append(r.json()["choices"][0]["text"])
+        with torch.no_grad():
+            out = tuned.generate(input_ids=torch.tensor([ids]), max_new_tokens=tokens, do_sample=False)
+        peft.append(tokenizer.decode(out[0][len(ids):], skip_special_tokens=True))
+    return served, base, peft
+
+
 @pytest.mark.timeout(1200)
-def test_the_fine_tuned_model_knows_invented_facts_the_base_model_does_not(live_server, real_runner, live_user):
+def test_the_fine_tuned_model_knows_invented_facts_the_base_model_does_not(live_server, real_runner, live_user,
+                                                                            real_model_dir):
     r = requests.post(f"{live_server}/api/v1/sessions", headers=live_user.headers,
                       # The adapter alone: what fine-tuning learned (retrieval's share: bench K3).
                       data={"mode": "finetune", "type": "text", "model_name": REAL_TEXT_MODEL, "rag_enabled": "no"},
@@ -175,3 +209,10 @@ def test_the_fine_tuned_model_knows_invented_facts_the_base_model_does_not(live_
     print("base:", base_right, base, "\ntuned:", tuned_right, tuned)
     # Measured: 3 of 5 tuned, 0 of 5 base; a margin for a 135M model on a noisy CPU.
     assert tuned_right >= 2 and tuned_right > base_right
+
+    # The served adapter is the adapter: vLLM's greedy replies with it (its LoRA on the CPU is
+    # runner/text/cpu_lora.py) are peft's with the same files, and not the base model's.
+    served, served_base, peft = _greedy_replies(real_runner, real_model_dir, final["lora_dir"], [q for q, _ in PROBES])
+    print("served:", served, "\npeft:", peft)
+    assert served != served_base
+    assert sum(a == b for a, b in zip(served, peft)) >= 4, list(zip(served, peft))

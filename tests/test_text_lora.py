@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from runner.training.lora import autocasts_to_bf16, collate, encode, reply_loss
+from runner.training.lora import autocasts_to_bf16, collate, encode, pack, reply_loss
 
 ROWS = [[{"role": "system", "content": "You are an expert on zorblat.txt."},
          {"role": "user", "content": question},
@@ -25,11 +25,12 @@ def model_and_batch(models_dir):
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), LoraConfig(
         r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
-    return model.eval(), collate([encode(tokenizer, r, 512) for r in ROWS], pad)
+    rows = [encode(tokenizer, r, 512) for r in ROWS]
+    return model.eval(), collate(rows, pad), rows, pad
 
 
 def test_the_reply_loss_is_the_models_own_loss(model_and_batch):
-    model, batch = model_and_batch
+    model, batch, _, _ = model_and_batch
     assert (batch["labels"] != -100).sum() < batch["labels"].numel() / 2  # most positions are the prompt's
     with torch.no_grad():
         own, ours = model(**batch).loss.item(), reply_loss(model, batch).item()
@@ -40,12 +41,37 @@ def test_the_reply_loss_is_the_models_own_loss(model_and_batch):
 
 
 def test_gradients_reach_the_adapter_through_the_reply_loss(model_and_batch):
-    model, batch = model_and_batch
+    model, batch, _, _ = model_and_batch
     model.zero_grad()
     reply_loss(model, batch).backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
     assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
     model.zero_grad()
+
+
+@pytest.mark.parametrize("capacity", [512, 40])
+def test_packed_rows_train_as_the_padded_batch_does(model_and_batch, capacity):
+    # The rows end to end (in one sequence, or at 40 tokens in three, padded): no attention across
+    # rows and no label across a seam, so the loss and the adapter's gradients are the padded batch's.
+    model, padded, rows, pad = model_and_batch
+    packed = pack(rows, pad, capacity)
+    lengths = [len(r["input_ids"]) for r in rows]
+    assert packed["input_ids"].shape == ((1, sum(lengths)) if capacity == 512 else (3, max(lengths)))
+    assert (packed["labels"] != -100).sum() == (padded["labels"] != -100).sum()
+    grads = []
+    for batch in (padded, packed):
+        model.zero_grad()
+        loss = reply_loss(model, batch)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for n, p in model.named_parameters() if "lora_B" in n]))
+    model.zero_grad()
+    (loss_padded, grads_padded), (loss_packed, grads_packed) = grads
+    assert loss_packed == pytest.approx(loss_padded, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads_padded, grads_packed))
+    if capacity == 512:  # Attention across rows would change them: the rows numbered as one sequence do.
+        joined = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"]))
+        with torch.no_grad():
+            assert reply_loss(model, joined).item() != pytest.approx(loss_padded, rel=1e-4)
 
 
 def test_bfloat16_autocast_only_on_a_cpu_and_as_the_spec_says(monkeypatch):
