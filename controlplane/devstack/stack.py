@@ -163,7 +163,9 @@ def run_stack(state_dir: Path, port: int, with_runner: bool = True) -> None:
                 text_model=text_model, text_model_path=os.environ.get("HELIX_TEXT_MODEL_PATH", str(models / text_model.split("/")[-1])),
                 image_model=image_model,
                 image_model_path=os.environ.get("HELIX_IMAGE_MODEL_PATH", str(models / image_model.split("/")[-1])),
-                HELIX_RUNNER_LOG_DIR=os.environ.get("HELIX_RUNNER_LOG_DIR", str(state_dir / "logs"))),
+                HELIX_RUNNER_LOG_DIR=os.environ.get("HELIX_RUNNER_LOG_DIR", str(state_dir / "logs")),
+                # Adapters, training folders: this installation's own, never another checkout's.
+                HELIX_RUNNER_WORK_DIR=os.environ.get("HELIX_RUNNER_WORK_DIR", str(state_dir / "runner-work"))),
             ).start())
 
         print(f"\nHelix is up at {api_url}\nWeb app: {api_url}/ — sign in as {DEV_EMAIL} with the password"
