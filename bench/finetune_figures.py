@@ -5,9 +5,9 @@ P4  question generation (runner.dataprep.questions.QuestionWriter, as the data-p
     calls it) for N chunks of one fact each: one request at a time (s) / all at once, at most
     HELIX_QA_CONCURRENCY in flight (s). Seeded per fact, so both sides write the same questions.
 P5  first chat on a fresh adapter (runner.text.adapters.load, then a chat on it) / the same chat on the
-    warm base model. The adapter is a freshly initialised LoRA (rank 16, all linear layers) of the
-    model, saved by peft, as a fine-tune leaves one; its download from the control plane is not
-    part of the figure.
+    warm base model. The adapter is a LoRA (rank 16, all linear layers) of the model with random
+    weights in both its matrices, saved by peft, as a fine-tune leaves one; its download from the
+    control plane is not part of the figure.
 P6  tokens/s of C concurrent chats on a loaded adapter / the same on the base model.
 P7  trained tokens/s of runner.training.lora (the fine-tune worker's trainer, in its own process)
     / a plain transformers.Trainer with the same rows, LoRA settings, optimizer and epochs
@@ -83,7 +83,7 @@ def measure_p4(stack: BenchStack, figure: Figure, *, chunks: int, model: str, **
 
 
 def adapter_template(stack: BenchStack, shared: dict) -> Path:
-    """A LoRA adapter of the text model as peft saves one (made once per run)."""
+    """A LoRA adapter of the text model as peft saves one after training (made once per run)."""
     if "adapter" not in shared:
         import torch
         from peft import LoraConfig, get_peft_model
@@ -95,6 +95,10 @@ def adapter_template(stack: BenchStack, shared: dict) -> Path:
         base = AutoModelForCausalLM.from_pretrained(stack.text_model_path, dtype=torch.float32)
         lora = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
                                                target_modules="all-linear", task_type="CAUSAL_LM"))
+        with torch.no_grad():  # B as training leaves it, not peft's zeros (which a server could skip)
+            for name, param in lora.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.01)
         folder = stack.work / "adapter-template"
         lora.save_pretrained(folder)
         shared["adapter"] = folder
