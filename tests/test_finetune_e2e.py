@@ -146,10 +146,12 @@ def _ask(live_server, user, session_id: str | None, question: str) -> str:
     return s["interactions"][-1]["message"]
 
 
-def _greedy_replies(real_runner, real_model_dir, lora_dir: str, questions: list[str], tokens: int = 32):
-    """Each question's greedy reply from the runner's vLLM with the session's adapter, from the
-    same vLLM without it, and from peft with the same adapter's files (the runner's copy), the
-    prompts the same token ids."""
+def _served_against_peft(real_runner, real_model_dir, lora_dir: str, questions: list[str], tokens: int = 32):
+    """Each question's greedy reply from the runner's vLLM, with the session's adapter and without
+    it, read by peft with the same adapter's files (the runner's copy) on the same token ids: how
+    far below peft's best next token each reply's tokens fall, at worst (in logits). The served
+    adapter's own replies are peft's best tokens up to bfloat16's rounding (measured 0.07 at a
+    near tie, where the two replies part); the base model's replies fall 8 to 13 logits below."""
     import psutil
     import torch
     from peft import PeftModel
@@ -164,19 +166,20 @@ def _greedy_replies(real_runner, real_model_dir, lora_dir: str, questions: list[
     tokenizer = AutoTokenizer.from_pretrained(real_model_dir)
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(real_model_dir, dtype=torch.float32),
                                       folder).eval()
-    served, base, peft = [], [], []
+    gaps: dict[str, list[float]] = {"adapter": [], "base": []}
     for question in questions:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                             tokenize=True, return_dict=True)["input_ids"]
-        for model, into in ((name, served), (REAL_TEXT_MODEL, base)):
+        for served, model in (("adapter", name), ("base", REAL_TEXT_MODEL)):
             r = requests.post(f"{vllm_url}/v1/completions", timeout=120, json={
-                "model": model, "prompt": ids, "max_tokens": tokens, "temperature": 0})
+                "model": model, "prompt": ids, "max_tokens": tokens, "temperature": 0, "return_token_ids": True})
             assert r.status_code == 200, r.text
-            into.append(r.json()["choices"][0]["text"])
-        with torch.no_grad():
-            out = tuned.generate(input_ids=torch.tensor([ids]), max_new_tokens=tokens, do_sample=False)
-        peft.append(tokenizer.decode(out[0][len(ids):], skip_special_tokens=True))
-    return served, base, peft
+            reply = r.json()["choices"][0]["token_ids"]
+            with torch.no_grad():
+                logits = tuned(input_ids=torch.tensor([ids + reply])).logits[0, len(ids) - 1:len(ids) - 1 + len(reply)]
+            chosen = logits.gather(1, torch.tensor(reply)[:, None])[:, 0]
+            gaps[served].append(round((logits.max(dim=1).values - chosen).max().item(), 3))
+    return gaps
 
 
 @pytest.mark.timeout(1200)
@@ -211,8 +214,8 @@ def test_the_fine_tuned_model_knows_invented_facts_the_base_model_does_not(live_
     assert tuned_right >= 2 and tuned_right > base_right
 
     # The served adapter is the adapter: vLLM's greedy replies with it (its LoRA on the CPU is
-    # runner/text/cpu_lora.py) are peft's with the same files, and not the base model's.
-    served, served_base, peft = _greedy_replies(real_runner, real_model_dir, final["lora_dir"], [q for q, _ in PROBES])
-    print("served:", served, "\npeft:", peft)
-    assert served != served_base
-    assert sum(a == b for a, b in zip(served, peft)) >= 4, list(zip(served, peft))
+    # runner/text/cpu_lora.py) are, token by token, what peft with the same files would choose.
+    gaps = _served_against_peft(real_runner, real_model_dir, final["lora_dir"], [q for q, _ in PROBES])
+    print("below peft's best token, at worst:", gaps)
+    assert all(gap <= 0.5 for gap in gaps["adapter"]), gaps
+    assert all(gap > 2 for gap in gaps["base"]), gaps  # the check tells the adapter from no adapter

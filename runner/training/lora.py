@@ -27,6 +27,7 @@ import torch
 from shared.finetune import epochs_for
 
 IGNORE = -100
+MOST_CHECKPOINTS = 10
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -190,7 +191,10 @@ def train(spec: dict[str, Any]) -> None:
          trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
 
     started = time.monotonic()
-    checkpoint_every = int(spec.get("checkpoint_every", steps_per_epoch))
+    # A checkpoint and a validation loss after each epoch, or after every k-th so that a run has
+    # at most MOST_CHECKPOINTS: on a few pairs an epoch is one step, and a checkpoint (the optimizer's
+    # state saved, tarred and uploaded) cost more than the step it followed.
+    checkpoint_every = int(spec.get("checkpoint_every") or steps_per_epoch * math.ceil(epochs / MOST_CHECKPOINTS))
     output = Path(spec["output_dir"])
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -206,7 +210,7 @@ def train(spec: dict[str, Any]) -> None:
         step += 1
         emit("step", step=step, epoch=round(step / steps_per_epoch, 3), loss=round(loss.item(), 5),
              learning_rate=scheduler.get_last_lr()[0], time=round(time.time(), 1))
-        if step % steps_per_epoch == 0 or step == total_steps:
+        if step % checkpoint_every == 0 or step == total_steps:
             val = validation_loss(model, eval_rows, batch_size, pad_id, max_tokens, accelerator.device, autocast)
             if val is not None:
                 emit("eval", step=step, epoch=round(step / steps_per_epoch, 3), val_loss=round(val, 5),
