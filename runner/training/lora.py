@@ -6,9 +6,10 @@ kill takes this process, never the worker):
 SPEC names the base model, the chat rows to train on and to validate with, the hyperparameters,
 an output folder and, to resume, a checkpoint folder. Rows are rendered with the base model's own
 chat template, the one vLLM serves with, and the loss counts only the assistant's reply (only the
-reply's positions go through the output layer). On a CPU with native bfloat16 the forward passes
-autocast to it (SPEC's "precision": auto, bf16 or fp32). Progress
-goes to stdout as JSON lines (`start`, `step`, `eval`, `checkpoint`, `done`) for the worker to report.
+reply's positions go through the output layer); a batch's rows are packed end to end, without
+padding. On a CPU with native bfloat16 the forward passes autocast to it (SPEC's "precision":
+auto, bf16 or fp32). Progress goes to stdout as JSON lines (`start`, `step`, `eval`,
+`checkpoint`, `done`) for the worker to report.
 """
 from __future__ import annotations
 
