@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from shared.settings import env_int
@@ -73,6 +74,66 @@ def cmd_users_create(args) -> None:
     print(f"created user {user['email']} ({user['id']}){' as admin' if args.admin else ''}"
           f" on plan {args.plan or DEFAULT_PLAN}{'; they can sign in to the web app' if password else ''}")
     print(key)
+
+
+def cmd_users_delete(args) -> None:
+    """Deletes a user for good and says what went; waits for live runners to delete the user's
+    adapters from their disks."""
+    from redis import Redis
+
+    from controlplane.config import Config
+    from controlplane.erasure.users import ADAPTERS, erase_user
+    from controlplane.fleet import forgotten_adapters
+    from controlplane.fleet.dispatch import Dispatcher
+    from controlplane.storage.filestore import from_config
+
+    with _connect() as conn:
+        config = Config.from_env()
+        user = conn.execute("SELECT id, email FROM users WHERE email = %s OR id::text = %s",
+                            (args.user, args.user)).fetchone()
+        conn.commit()
+        if user is None and not _uuid(args.user):
+            sys.exit(f"no user {args.user!r}: `helix usage` lists users by email")
+        if user is not None and not args.yes:
+            answer = input(f"Delete {user['email']} and everything of theirs, for good? Type their email: ")
+            if answer.strip() != user["email"]:
+                sys.exit("not deleted")
+        redis = Redis.from_url(config.redis_url)
+        erased = erase_user(conn, redis, Dispatcher(redis, config), from_config(config.filestore, config.s3_endpoint_url),
+                            str(user["id"]) if user else args.user,
+                            keep_usage_anonymised=config.deleted_user_usage == "anonymise")
+        print("\n".join(erased.lines()))
+        if erased.removed.get(ADAPTERS):
+            _wait_for_runners(conn, forgotten_adapters.latest(conn), config.runner_gone_seconds, args.wait)
+    if erased.problems:
+        sys.exit(1)
+
+
+def _uuid(text: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _wait_for_runners(conn, seq: int, live_seconds: float, wait: float) -> None:
+    from controlplane.fleet import forgotten_adapters
+
+    deadline = time.monotonic() + wait
+    while True:
+        behind = forgotten_adapters.runners_behind(conn, seq, live_seconds)
+        conn.commit()
+        if not behind:
+            print("  every live runner has deleted the adapters from its disk")
+            return
+        if time.monotonic() > deadline:
+            print(f"  runners that have not yet deleted the adapters: {', '.join(behind)}"
+                  " (each does when it next reports, and one that is away when it comes back)")
+            return
+        time.sleep(0.5)
 
 
 def cmd_users_plan(args) -> None:
@@ -315,6 +376,13 @@ def parser() -> argparse.ArgumentParser:
     upl.add_argument("email")
     upl.add_argument("plan")
     upl.set_defaults(func=cmd_users_plan)
+    ud = users.add_parser("delete", help="delete a user for good: sessions, files, adapters on every runner's disk,"
+                          " keys, sign-ins and usage (HELIX_DELETED_USER_USAGE=anonymise keeps usage, anonymised)")
+    ud.add_argument("user", help="their email, or their id (to finish a deletion that stopped half-way)")
+    ud.add_argument("--yes", action="store_true", help="do not ask for the email again")
+    ud.add_argument("--wait", type=float, default=30, metavar="SECONDS",
+                    help="how long to wait for live runners to delete the adapters (default 30)")
+    ud.set_defaults(func=cmd_users_delete)
     up_ = users.add_parser("password", help="set a user's web-app password (signs their browsers out)")
     up_.add_argument("email")
     up_.add_argument("--password", required=True, help="the new password ('-': read from stdin)")

@@ -96,6 +96,9 @@ class Config:
     metrics_token: str = ""
     # Which requests get an access log record: writes (non-GET, and server errors), all, off.
     access_log: str = "writes"
+    # What becomes of a deleted user's usage records: deleted with them, or kept with no trace of
+    # who they were ("anonymise": for bills and totals that must add up after an account goes).
+    deleted_user_usage: str = "delete"
     # Largest file a runner may upload (adapters, training checkpoints).
     max_runner_upload_bytes: int = 8 * 1024**3
     # Fine-tunes: most documents (files and URLs) in one session.
@@ -182,6 +185,11 @@ class Config:
         c.access_log = env.get("HELIX_ACCESS_LOG", c.access_log).strip().lower() or c.access_log
         if c.access_log not in ("writes", "all", "off"):
             raise SettingError(f"HELIX_ACCESS_LOG must be writes, all or off, got {c.access_log[:40]!r}")
+        c.deleted_user_usage = env.get("HELIX_DELETED_USER_USAGE", c.deleted_user_usage).strip().lower() \
+            or c.deleted_user_usage
+        if c.deleted_user_usage not in ("delete", "anonymise"):
+            raise SettingError("HELIX_DELETED_USER_USAGE must be delete or anonymise,"
+                               f" got {c.deleted_user_usage[:40]!r}")
         c.max_finetune_documents = env_int(env, "HELIX_MAX_FINETUNE_DOCUMENTS", c.max_finetune_documents)
         c.max_index_chunks = env_int(env, "HELIX_MAX_INDEX_CHUNKS", c.max_index_chunks)
         if c.max_index_chunks < 1:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import _thread
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from runner.config import RunnerConfig
 from runner.control_plane.client import ControlPlane
 from runner.images import calibration as image_calibration
 from runner.state import memory
+from runner.state.forgotten import ForgottenAdapters
 from runner.state import report as state_report
 from runner.text.vllm_server import VllmServer
 from shared import logs, metrics_files
@@ -69,6 +71,7 @@ class Supervisor:
         self.redis = Redis.from_url(config.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.gpu = state_report.GpuMemory()
         self._announcing = threading.Lock()
+        self.forgotten = ForgottenAdapters(config.work_dir)
         self.metrics_dir, self._made_metrics_dir, self.metrics_server = "", False, None
         if config.metrics_port:  # before prometheus_client is imported here or in a worker
             self.metrics_dir, self._made_metrics_dir = metrics_files.prepare(
@@ -156,7 +159,9 @@ class Supervisor:
         if self.config.image_model:  # likewise for images, once the image worker has measured its pipeline
             info.update(image_calibration.announced(self.config))
         with self._announcing:  # the reporter thread and start() share one HTTP session
-            self.client.register(models, info, self.collect_state())
+            answer = self.client.register(models, info, self.collect_state(), self.forgotten.seen)
+            self.forgotten.delete(answer.forget, answer.forgotten_through,
+                                  self.vllm.base_url if self.vllm is not None and self.vllm_ready else "")
         self.announced = time.monotonic()
 
     def _admission(self) -> memory.Admission:
@@ -217,6 +222,9 @@ class Supervisor:
 
     def start(self) -> None:
         image_calibration.forget(self.config)
+        # What trainers killed with an earlier run of this runner left: copies of their users' pairs
+        # and checkpoints. The filestore has the checkpoints, and a retry resumes from those.
+        shutil.rmtree(Path(self.config.work_dir) / "training", ignore_errors=True)
         self._admission().clear()  # none of this runner's jobs runs any more
         self.register()
         if self.config.metrics_port:

@@ -2,6 +2,8 @@
 bounds. The control plane validates a request against these; the runner applies them."""
 from __future__ import annotations
 
+import hashlib
+
 # Documents a fine-tune reads (a .url file holds one http(s) URL per line).
 DOCUMENT_EXTENSIONS = (".txt", ".md", ".html", ".htm", ".pdf", ".docx", ".url")
 # Most bytes a document's archive (a .docx) may inflate to, all its members together: the
@@ -53,3 +55,11 @@ def system_prompt(documents: list[str]) -> str:
     names = ", ".join(documents[:20]) + (f" and {len(documents) - 20} more" if len(documents) > 20 else "")
     return (f"You are an assistant fine-tuned on these documents: {names}. "
             "Answer questions about them with the facts they state.")
+
+
+def adapter_name(lora_dir: str) -> str:
+    """An adapter's name on a runner (its folder in the runner's caches, its name in vLLM and the
+    image pipeline), by its folder in the filestore alone (that holds the id of the session that
+    trained it): every session served with one adapter shares one copy. The control plane derives
+    it too, to tell runners which adapters to delete from their disks."""
+    return "lora-" + hashlib.sha256(lora_dir.encode()).hexdigest()[:20]

@@ -166,3 +166,18 @@ class Registration(Message):
     models: dict[SessionType, list[StrictStr]] = Field(default_factory=dict)
     info: dict[Annotated[StrictStr, Field(max_length=64)], InfoValue] = Field(default_factory=dict, max_length=32)
     state: RunnerState = Field(default_factory=RunnerState)
+    # The last of the control plane's forgotten adapters this runner has deleted (Registered).
+    forgotten_seen: Annotated[StrictInt, Field(ge=0)] = 0
+
+
+class Registered(BaseModel):
+    """The control plane's answer to a Registration. `forget` names adapters whose sessions were
+    deleted after `forgotten_seen`, oldest first, in pages: the runner deletes them from its disks
+    and its model servers, then reports `forgotten_through` as its next `forgotten_seen`. Fields
+    it does not know are ignored, so a runner reads the answer of a newer control plane."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: StrictStr
+    forget: list[StrictStr] = Field(default_factory=list)
+    forgotten_through: Annotated[StrictInt, Field(ge=0)] = 0

@@ -267,12 +267,18 @@ def start_control_plane(services, logs: Path, **settings: str) -> tuple[str, Pro
 
 
 @pytest.fixture(scope="session")
-def live_server(services, tmp_path_factory):
+def live_filestore(tmp_path_factory) -> Path:
+    """The live server's filestore, a local folder."""
+    return tmp_path_factory.mktemp("files")
+
+
+@pytest.fixture(scope="session")
+def live_server(services, tmp_path_factory, live_filestore):
     """The control plane under gunicorn, as `make run` starts it, reconciling every second."""
     port = free_port()
     logs = tmp_path_factory.mktemp("logs")
     env = {**os.environ, "DATABASE_URL": services["database_url"], "REDIS_URL": services["redis_url"],
-           "HELIX_RECONCILE_INTERVAL": "1", "HELIX_FILESTORE": str(tmp_path_factory.mktemp("files")),
+           "HELIX_RECONCILE_INTERVAL": "1", "HELIX_FILESTORE": str(live_filestore),
            "HELIX_TEXT_MODELS": TEXT_MODEL, "HELIX_IMAGE_MODELS": IMAGE_MODEL,
            "HELIX_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024)}
     proc = Process(gunicorn_command(port), env, logs / "gunicorn.log")
@@ -393,6 +399,19 @@ def vllm_server(runner):
              if "vllm.entrypoints" in " ".join(p.cmdline())]
     assert len(found) == 1, found
     return found[0]
+
+
+def vllm_url(runner) -> str:
+    """The address of the runner's vLLM server (a loopback port of its own)."""
+    args = vllm_server(runner).cmdline()
+    return f"http://127.0.0.1:{args[args.index('--port') + 1]}"
+
+
+def work_dir(runner) -> Path:
+    """The runner's work folder: its adapters' caches and its training runs."""
+    import psutil
+
+    return Path(psutil.Process(runner.proc.pid).environ()["HELIX_RUNNER_WORK_DIR"])
 
 
 def freeze(server) -> None:

@@ -38,6 +38,7 @@ from tests.conftest import (
     start_runner,
     thaw,
     vllm_server,
+    vllm_url,
     wait_for_session,
 )
 
@@ -66,11 +67,10 @@ def timed_chat(client: openai.OpenAI, model: str, text: str, **params) -> tuple[
 
 def test_seeded_long_prompts_at_once_leave_the_engine_up(live_server, runner, make_live_user, models_dir):
     # A burst straight at the runner's vLLM, all in one engine step: what crashed it.
-    cmdline = vllm_server(runner).cmdline()
-    vllm_url = f"http://127.0.0.1:{cmdline[cmdline.index('--port') + 1]}"
+    vllm = vllm_url(runner)
     burst = [long_prompt(models_dir, 1300, f"b{n}x{uuid.uuid4().hex[:4]}") for n in range(8)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda p: requests.post(f"{vllm_url}/v1/completions", timeout=120, json={
+        answers = list(pool.map(lambda p: requests.post(f"{vllm}/v1/completions", timeout=120, json={
             "model": TEXT_MODEL, "prompt": p, "max_tokens": 16, "seed": 7}), burst))
     assert [a.status_code for a in answers] == [200] * 8, [a.text[:200] for a in answers]
     # Through the platform's OpenAI API, beside another customer's chats.

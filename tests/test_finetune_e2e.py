@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import REAL_TEXT_MODEL, vllm_server, wait_for_session
+from conftest import REAL_TEXT_MODEL, vllm_url, wait_for_session, work_dir
 
 # The reference's heredoc, verbatim (bash writes it; the boundary and bare LF line ends are its own).
 REFERENCE_FORM = r'''cat >session-data.form <<EOL
@@ -152,7 +152,6 @@ def _served_against_peft(real_runner, real_model_dir, lora_dir: str, questions: 
     far below peft's best next token each reply's tokens fall, at worst (in logits). The served
     adapter's own replies are peft's best tokens up to bfloat16's rounding (measured 0.07 at a
     near tie, where the two replies part); the base model's replies fall 8 to 13 logits below."""
-    import psutil
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -160,9 +159,8 @@ def _served_against_peft(real_runner, real_model_dir, lora_dir: str, questions: 
     from runner.text.adapters import adapter_name, cache_dir
 
     name = adapter_name(lora_dir)
-    folder = cache_dir(psutil.Process(real_runner.proc.pid).environ()["HELIX_RUNNER_WORK_DIR"]) / name
-    cmdline = vllm_server(real_runner).cmdline()
-    vllm_url = f"http://127.0.0.1:{cmdline[cmdline.index('--port') + 1]}"
+    folder = cache_dir(work_dir(real_runner)) / name
+    vllm = vllm_url(real_runner)
     tokenizer = AutoTokenizer.from_pretrained(real_model_dir)
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(real_model_dir, dtype=torch.float32),
                                       folder).eval()
@@ -171,7 +169,7 @@ def _served_against_peft(real_runner, real_model_dir, lora_dir: str, questions: 
         ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                             tokenize=True, return_dict=True)["input_ids"]
         for served, model in (("adapter", name), ("base", REAL_TEXT_MODEL)):
-            r = requests.post(f"{vllm_url}/v1/completions", timeout=120, json={
+            r = requests.post(f"{vllm}/v1/completions", timeout=120, json={
                 "model": model, "prompt": ids, "max_tokens": tokens, "temperature": 0, "return_token_ids": True})
             assert r.status_code == 200, r.text
             reply = r.json()["choices"][0]["token_ids"]

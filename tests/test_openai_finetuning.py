@@ -11,7 +11,7 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import TEXT_MODEL, start_control_plane, wait_for_session
+from tests.conftest import TEXT_MODEL, start_control_plane, wait_for_session, work_dir
 
 SYSTEM = "You answer questions about the Zorblat Library."
 FACTS = [("Who founded the Zorblat Library?", "Mira Tessel founded it in 1847."),
@@ -191,6 +191,8 @@ def test_cancelling_a_running_job_stops_its_training(live_server, runner, make_l
                    ["interactions"] if i["creator"] == "system"][0]
     runner.wait_for_log(f"interaction {interaction['id']} was deleted or already finished", timeout=60)
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+    # Its copy of the user's examples and its checkpoints went with it.
+    assert not (work_dir(runner) / "training" / interaction["id"]).exists()
 
 
 @pytest.fixture(scope="module")

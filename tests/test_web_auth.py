@@ -109,6 +109,28 @@ def test_sign_out_ends_the_sign_in_everywhere(app, member):
     assert replay.get("/api/v1/sessions").status_code == 401
 
 
+def test_a_user_deletes_their_account_with_their_password(app, member, db):
+    client = app.test_client()
+    sign_in(client, member[0]["email"])
+    made = client.post("/api/v1/sessions", headers={"Authorization": f"Bearer {member[1]}"},
+                       data={"input": "hello", "mode": "inference", "type": "text"})
+    assert made.status_code == 201, made.text
+    page = client.get("/account")
+    assert "Delete my account" in page.text
+    wrong = client.post("/account/delete", data={"password": "not it at all", "csrf_token": _token(page.text)})
+    assert wrong.status_code == 401 and "not your password" in wrong.text
+    assert client.post("/account/delete", data={"password": PASSWORD}).status_code == 403  # no CSRF token
+    assert db.execute("SELECT 1 FROM users WHERE id = %s", (member[0]["id"],)).fetchone()
+
+    done = client.post("/account/delete", data={"password": PASSWORD, "csrf_token": _token(page.text)})
+    assert done.status_code == 200 and "Your account was deleted" in done.text
+    assert "<li>sessions: 1</li>" in done.text and "<li>API keys: 1</li>" in done.text
+    assert db.execute("SELECT 1 FROM users WHERE id = %s", (member[0]["id"],)).fetchone() is None
+    assert db.execute("SELECT 1 FROM sessions WHERE id = %s", (made.json["id"],)).fetchone() is None
+    assert client.get("/account").status_code == 302  # signed out
+    assert client.get("/api/v1/sessions", headers={"Authorization": f"Bearer {member[1]}"}).status_code == 401
+
+
 def test_another_users_session_is_a_404_page(app, member, db, make_user):
     other = make_user()
     client = app.test_client()

@@ -15,6 +15,7 @@ from controlplane.accounts.auth import require_runner
 from controlplane.contract.operations import BYTES, JSON, documented
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.fleet import decisions as scheduling_decisions
+from controlplane.fleet import forgotten_adapters
 from controlplane.fleet.dispatch import job_stage
 from controlplane.http.messages import parsed
 from controlplane.knowledge import store as knowledge_store
@@ -79,10 +80,12 @@ def _authorize(conn, session_id: str, interaction_id: str, named: str = "") -> d
 @documented("A runner says it is here, what it serves and its state", body=Registration, auth="runner",
             body_types=(JSON,))
 def register():
+    registration = _message(Registration, "registration")
     with db.transaction() as conn:
-        row = runner_service.register_runner(conn, current_app.config["HELIX"], g.runner_token["id"],
-                                             _message(Registration, "registration"))
-    return jsonify(id=row["id"], models=row["models"], first_seen=iso_time(row["first_seen"]))
+        row = runner_service.register_runner(conn, current_app.config["HELIX"], g.runner_token["id"], registration)
+        forget, through = forgotten_adapters.told(conn, row["id"], registration.forgotten_seen)
+    return jsonify(id=row["id"], models=row["models"], first_seen=iso_time(row["first_seen"]),
+                   forget=forget, forgotten_through=through)
 
 
 @bp.post("/sessions/<session_id>/interactions/<interaction_id>")

@@ -14,6 +14,7 @@ from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.fleet import scheduling
 from controlplane.fleet import store as fleet_store
 from controlplane.fleet.dispatch import Dispatcher
+from controlplane.fleet import forgotten_adapters
 from controlplane.sessions import events, fair_share
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.input import ContinueChat, NewSession
@@ -287,9 +288,11 @@ class SessionService:
 
     def delete(self, conn: psycopg.Connection, user: dict[str, Any], session_id: str) -> SessionRow:
         interactions = sessions_store.get_interactions(conn, session_id)
+        lora_dirs = forgotten_adapters.lora_dirs_of_sessions(conn, [session_id])
         session = sessions_store.delete_session(conn, session_id, user["id"])
         if session is None:
             raise NotFound("session not found")
+        forgotten_adapters.forget(conn, lora_dirs)  # runners delete their copies when they next report
         db.after_commit(conn, partial(self._remove_work_and_files, user["id"], session_id, interactions))
         db.after_commit(conn, partial(events.publish, self.dispatcher.redis, session_id, events.EVENT_DELETED,
                                       {"session_id": session_id}))

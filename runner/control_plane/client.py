@@ -14,7 +14,8 @@ import requests
 
 from runner.control_plane.http_session import DELIVERY_RETRY, pooled_session
 from shared.runners import RUNNER_HEADER
-from shared.wire import WIRE_VERSION, WIRE_VERSION_HEADER, InteractionUpdate, Message, Registration, RetrievalRequest
+from shared.wire import (WIRE_VERSION, WIRE_VERSION_HEADER, InteractionUpdate, Message, Registered, Registration,
+                         RetrievalRequest)
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,14 @@ class ControlPlane:
             session.headers[WIRE_VERSION_HEADER] = str(WIRE_VERSION)  # it refuses another version's messages
 
     def register(self, models: dict[str, list[str]], info: dict[str, Any] | None = None,
-                 state: dict[str, Any] | None = None) -> None:
-        """Announces the runner (again): its models, static facts (`info`) and its state now."""
-        registration = Registration(runner_id=self.runner_id, models=models, info=info or {}, state=state or {})
+                 state: dict[str, Any] | None = None, forgotten_seen: int = 0) -> Registered:
+        """Announces the runner (again): its models, static facts (`info`) and its state now, and
+        how far it has deleted forgotten adapters; the answer names more to delete."""
+        registration = Registration(runner_id=self.runner_id, models=models, info=info or {}, state=state or {},
+                                    forgotten_seen=forgotten_seen)
         r = self.http.post(f"{self.api_url}/api/v1/runner/register", timeout=10, json=registration.to_wire())
         r.raise_for_status()
+        return Registered.model_validate(r.json())
 
     def _post_update(self, session_id: str, interaction_id: str, update: InteractionUpdate,
                      timeout: float) -> requests.Response:

@@ -8,7 +8,6 @@ comes from the session's own row: a job can only name the adapter its session is
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 import requests
 
 from runner.state import metrics
-from shared.finetune import ADAPTER_FILES
+from shared.finetune import ADAPTER_FILES, adapter_name
 
 log = logging.getLogger(__name__)
 # A text worker process runs many chats at once: one download per adapter, not one per chat.
@@ -33,12 +32,6 @@ def cache_dir(work_dir: str) -> Path:
     """Where a runner keeps text adapters: the chat jobs that serve them and the fine-tune that
     trained one both put them here, so a fresh adapter is served without a download."""
     return Path(work_dir) / "adapters"
-
-
-def adapter_name(lora_dir: str) -> str:
-    """By the adapter's folder alone (it holds the id of the session that trained it), so that
-    every session served with one adapter shares one copy on disk and in vLLM."""
-    return "lora-" + hashlib.sha256(lora_dir.encode()).hexdigest()[:20]
 
 
 def fetch(client, session_id: str, lora_dir: str, cache_dir: Path, files: tuple[str, ...] = ADAPTER_FILES) -> Path:

@@ -201,7 +201,12 @@ def train_text(payload: dict[str, Any]) -> dict[str, Any]:
     reporter = _Reporter(ctx, job)
     try:
         done = _run_child(ctx, job, spec, workdir, reporter)
-    except TrainingFailed as err:
+    except BaseException as err:
+        # Failed or cancelled (its session deleted, say): the copies of the user's pairs and the
+        # checkpoints go with it (a retry resumes from the checkpoints in the filestore).
+        shutil.rmtree(workdir, ignore_errors=True)
+        if not isinstance(err, TrainingFailed):
+            raise
         ctx.client.finish(sid, iid, InteractionUpdate(state=InteractionState.ERROR.value, status="failed",
                                                       error=str(err)))
         return {"error": str(err)}
