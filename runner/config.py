@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import tempfile
 from dataclasses import dataclass, field
 
 from shared.finetune import DOCUMENT_MAX_INFLATED_BYTES
@@ -49,7 +48,8 @@ class RunnerConfig:
     metrics_addr: str = "0.0.0.0"  # HELIX_RUNNER_METRICS_ADDR: the address that port listens on
     finetune_workers: int = 1    # HELIX_FINETUNE_WORKERS: training runs at once (0: this runner trains nothing)
     image_finetune_workers: int = 1  # HELIX_IMAGE_FINETUNE_WORKERS: image LoRA runs at once (0: none)
-    work_dir: str = ""           # HELIX_RUNNER_WORK_DIR: adapters and checkpoints (default: a temp dir)
+    work_dir: str = ""           # HELIX_RUNNER_WORK_DIR: adapters and checkpoints (default: runner-work/<id>
+    # in the installation's state folder, HELIX_STATE_DIR or .helix, never a folder another installation shares)
     qa_api_url: str = ""         # HELIX_QA_API_URL: OpenAI-compatible server that writes the questions
     qa_api_key: str = ""         # HELIX_QA_API_KEY   (default: this runner's own vLLM and model)
     qa_model: str = ""           # HELIX_QA_MODEL
@@ -104,7 +104,7 @@ class RunnerConfig:
             finetune_workers=env_int(env, "HELIX_FINETUNE_WORKERS", 1),
             image_finetune_workers=env_int(env, "HELIX_IMAGE_FINETUNE_WORKERS", 1),
             work_dir=env.get("HELIX_RUNNER_WORK_DIR", "")
-            or os.path.join(tempfile.gettempdir(), "helix-runner", runner_id_safe(env)),
+            or os.path.join(os.path.abspath(env.get("HELIX_STATE_DIR", ".helix")), "runner-work", runner_id_safe(env)),
             qa_api_url=env.get("HELIX_QA_API_URL", "").rstrip("/"),
             qa_api_key=env.get("HELIX_QA_API_KEY", ""),
             qa_model=env.get("HELIX_QA_MODEL", ""),

@@ -1,8 +1,10 @@
 """Settings from the environment: documented defaults, and a bad value named in one clear line."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -26,6 +28,13 @@ def test_defaults_and_overrides():
     assert (d.openai_reply_seconds, Config.from_env({"HELIX_OPENAI_REPLY_SECONDS": "30"}).openai_reply_seconds) == (600, 30)
     r = RunnerConfig.from_env({**RUNNER_ENV, "HELIX_SAMPLING_EXTRA": '{"top_k": 5}'})
     assert (r.api_url, r.text_workers, r.sampling_extra) == ("http://cp:8080", 64, {"top_k": 5})
+    # A runner started alone keeps its files in its installation's state folder, one folder per runner id.
+    state = tempfile.mkdtemp()
+    for env, folder in (({"HELIX_RUNNER_ID": "a/b"}, ".helix/runner-work/a_b"),
+                        ({"HELIX_RUNNER_ID": "a", "HELIX_STATE_DIR": state}, f"{state}/runner-work/a"),
+                        ({"HELIX_RUNNER_WORK_DIR": "/w"}, "/w")):
+        assert RunnerConfig.from_env({**RUNNER_ENV, **env}).work_dir == os.path.abspath(folder)
+    assert Config.from_env({}).deleted_user_usage == "delete"
 
 
 @pytest.mark.parametrize("build, env, fragment", [
@@ -34,6 +43,7 @@ def test_defaults_and_overrides():
     (Config.from_env, {"HELIX_MAX_NAME_BYTES": "300"}, "HELIX_MAX_NAME_BYTES must be between 1 and 255"),
     (Config.from_env, {"HELIX_OPENAI_REPLY_SECONDS": "0"}, "HELIX_OPENAI_REPLY_SECONDS must be from 1 to 86400"),
     (Config.from_env, {"HELIX_PRICES": "{cheap"}, "HELIX_PRICES must be JSON"),
+    (Config.from_env, {"HELIX_DELETED_USER_USAGE": "keep"}, "HELIX_DELETED_USER_USAGE must be delete or anonymise"),
     (Config.from_env, {"HELIX_PRICES": '{"*": {"tokens": 1}}'}, "unknown unit 'tokens'"),
     (Config.from_env, {"HELIX_PRICES": '{"*": {"images": -1}}'}, "must be a number of credits from 0"),
     (Config.from_env, {"HELIX_USAGE_WEBHOOK_URL": "ftp://billing"}, "HELIX_USAGE_WEBHOOK_URL must be an http(s) URL"),

@@ -84,7 +84,7 @@ def test_a_deleted_user_leaves_nothing_anywhere(live_server, live_filestore, run
     assert pictured["interactions"][-1]["files"], pictured
     r = requests.post(f"{live_server}/api/v1/filestore/upload?path=notes", headers=user.headers, timeout=30,
                       files={"files": ("mine.txt", b"private notes")})
-    assert r.status_code == 200, r.text
+    assert r.status_code == 201, r.text
     client = sdk(live_server, user)
     job = client.fine_tuning.jobs.create(model=TEXT_MODEL, training_file=upload(client, examples()).id,
                                          hyperparameters={"n_epochs": 1, "batch_size": 3})
