@@ -328,6 +328,48 @@ def cmd_usage(args) -> None:
         print("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(r, widths))))
 
 
+def _store_and_database():
+    """The installation's database URL (migrated) and filestore, as its control plane has them."""
+    from controlplane.config import Config
+    from controlplane.storage.filestore import from_config
+
+    _connect().close()  # finds .helix/env and brings the schema up to this release's
+    config = Config.from_env()
+    return os.environ["DATABASE_URL"], from_config(config.filestore, config.s3_endpoint_url)
+
+
+def cmd_backup(args) -> None:
+    from controlplane.backups import backup
+    from controlplane.backups.database import RestoreRefused
+
+    database_url, store = _store_and_database()
+    try:
+        manifest = backup.make(database_url, store, Path(args.folder))
+    except RestoreRefused as err:
+        sys.exit(str(err))
+    tables = manifest["database"]["rows"]
+    print(f"backed up {args.folder} as of {manifest['database']['began']} in {manifest['seconds']}s:"
+          f" {sum(tables.values())} rows in {len(tables)} tables ({tables.get('sessions', 0)} sessions,"
+          f" {tables.get('interactions', 0)} interactions), {manifest['files']['files']} files"
+          f" ({manifest['files']['bytes']} bytes)")
+
+
+def cmd_restore(args) -> None:
+    from controlplane.backups import backup
+    from controlplane.backups.database import RestoreRefused
+
+    database_url, store = _store_and_database()
+    try:
+        restored = backup.restore(database_url, store, Path(args.folder), force=args.force)
+    except RestoreRefused as err:
+        sys.exit(str(err))
+    rows = restored["rows"]
+    print(f"restored {args.folder} (as of {restored['began']}): {sum(rows.values())} rows"
+          f" ({rows.get('users', 0)} users, {rows.get('sessions', 0)} sessions, {rows.get('interactions', 0)}"
+          f" interactions), {restored['files']} files. Unfinished work is queued again by the control plane;"
+          " users sign in and call with their keys from the backup")
+
+
 def cmd_migrate(args) -> None:
     with _connect():
         pass
@@ -434,6 +476,14 @@ def parser() -> argparse.ArgumentParser:
     usage.set_defaults(func=cmd_usage)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    bk = sub.add_parser("backup", help="write a consistent backup of the database and the filestore into a new"
+                        " folder, while the platform runs")
+    bk.add_argument("folder")
+    bk.set_defaults(func=cmd_backup)
+    rs = sub.add_parser("restore", help="bring a fresh installation (set up, running, nothing created) back to a backup")
+    rs.add_argument("folder")
+    rs.add_argument("--force", action="store_true", help="replace what the installation holds already")
+    rs.set_defaults(func=cmd_restore)
 
     up = sub.add_parser("up", help="run the whole platform on this machine (what `make run` does)")
     up.add_argument("--port", type=int, default=env_int(os.environ, "HELIX_PORT", 8080))

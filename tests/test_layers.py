@@ -49,7 +49,7 @@ CONTROL_PLANE_LAYERS = [
     {"sessions"},
     {"contract"},              # what each route reads and answers; the OpenAPI document built from it
     {"metrics"},               # counts what the sessions' store holds; read by the runners' reconciler
-    {"finetune", "runners", "erasure"},  # erasure: a user deleted for good
+    {"finetune", "runners", "erasure", "backups"},  # erasure: a user deleted for good
     {"openai"},
     {"api", "web"},            # thin routes
     {"app", "devstack"},

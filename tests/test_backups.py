@@ -1,0 +1,115 @@
+"""Backups that restore: `helix backup DIR` while another user keeps writing, then `helix restore
+DIR` into a fresh installation (its own database, Redis and filestore, its control plane
+running): every session, interaction, question/answer pair, adapter and file of the moment the
+backup began is there, read back through the API with the user's own key."""
+from __future__ import annotations
+
+import threading
+import uuid
+
+import psycopg
+import pytest
+import requests
+
+from tests.conftest import TEXT_MODEL, start_control_plane, wait_for_session
+from tests.test_openai_finetuning import examples, follow, sdk, upload
+from tests.test_user_deletion import chat, helix
+
+
+def files_of(base_url: str, user, path: str = "") -> dict[str, bytes]:
+    """Every file of the user's filestore, by path, with its bytes."""
+    found = {}
+    r = requests.get(f"{base_url}/api/v1/filestore/list", params={"path": path}, headers=user.headers, timeout=30)
+    assert r.status_code == 200, r.text
+    for entry in r.json():
+        if entry["directory"]:
+            found.update(files_of(base_url, user, entry["path"]))
+        else:
+            got = requests.get(f"{base_url}/api/v1/filestore/viewer/{entry['path']}", headers=user.headers, timeout=30)
+            assert got.status_code == 200, (entry, got.text)
+            found[entry["path"]] = got.content
+    return found
+
+
+def session(base_url: str, user, session_id: str) -> dict:
+    r = requests.get(f"{base_url}/api/v1/sessions/{session_id}", headers=user.headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.timeout(600)
+def test_a_backup_taken_during_writes_restores_into_a_fresh_installation(
+        live_server, live_filestore, runner, services, make_live_user, tmp_path):
+    user, busy = make_live_user(), make_live_user()
+    talked = chat(live_server, user, "remember this")
+    r = requests.post(f"{live_server}/api/v1/sessions", headers=user.headers, timeout=30,
+                      data={"input": "a lighthouse", "mode": "inference", "type": "image"})
+    pictured = wait_for_session(live_server, user, r.json()["id"])
+    r = requests.post(f"{live_server}/api/v1/filestore/upload?path=notes", headers=user.headers, timeout=30,
+                      files={"files": ("plan.txt", b"the plan, version 3")})
+    assert r.status_code == 201, r.text
+    client = sdk(live_server, user)
+    job = client.fine_tuning.jobs.create(model=TEXT_MODEL, training_file=upload(client, examples()).id,
+                                         hyperparameters={"n_epochs": 1, "batch_size": 3})
+    assert follow(client, job.id).status == "succeeded"
+    tuned_id = job.id.removeprefix("ftjob-")
+    before = {sid: session(live_server, user, sid) for sid in (talked["id"], pictured["id"], tuned_id)}
+    assert sum(len(i.get("qa_pairs") or []) for i in before[tuned_id]["interactions"]) == 6
+    assert before[tuned_id]["lora_dir"]
+    stored = files_of(live_server, user)
+    assert any(p.startswith(before[tuned_id]["lora_dir"]) for p in stored)  # the adapter's files
+    assert "notes/plan.txt" in stored and pictured["interactions"][-1]["files"][0] in stored
+
+    # Another user keeps creating sessions and files while the backup runs.
+    stop, written = threading.Event(), []
+
+    def keep_writing():
+        while not stop.is_set():
+            r = requests.post(f"{live_server}/api/v1/sessions", headers=busy.headers, timeout=30,
+                              data={"input": "busy", "mode": "inference", "type": "text", "max_tokens": "2"})
+            requests.post(f"{live_server}/api/v1/filestore/upload?path=busy", headers=busy.headers, timeout=30,
+                          files={"files": (f"{uuid.uuid4().hex}.txt", b"x" * 1000)})
+            written.append(r.status_code)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        made = helix(services, live_filestore, "backup", str(tmp_path / "backup"))
+    finally:
+        stop.set()
+        writer.join()
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith(f"backed up {tmp_path / 'backup'} as of ") and len(written) >= 1, made.stdout
+    print(made.stdout)
+
+    # A fresh installation: its own database (migrated by its control plane), Redis and filestore.
+    fresh_db = f"restored_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(services["database_url"], autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {fresh_db}")
+    fresh = {"DATABASE_URL": services["database_url"].rsplit("/", 1)[0] + "/" + fresh_db,
+             "REDIS_URL": services["redis_url"].rsplit("/", 1)[0] + "/3", "HELIX_FILESTORE": str(tmp_path / "files"),
+             "HELIX_TEXT_MODELS": TEXT_MODEL}
+    url, proc = start_control_plane(services, tmp_path, **fresh)
+    try:
+        assert requests.get(f"{url}/api/v1/sessions", headers=user.headers, timeout=30).status_code == 401
+        restored = helix(services, tmp_path / "files", "restore", str(tmp_path / "backup"),
+                         DATABASE_URL=fresh["DATABASE_URL"])
+        assert restored.returncode == 0, restored.stderr
+        print(restored.stdout)
+        for sid, was in before.items():
+            assert session(url, user, sid) == was
+        assert files_of(url, user) == stored
+        listed = requests.get(f"{url}/v1/files", headers=user.headers, timeout=30).json()["data"]
+        assert [f["id"] for f in listed] == [f.id for f in client.files.list()]
+
+        again = helix(services, tmp_path / "files", "restore", str(tmp_path / "backup"),
+                      DATABASE_URL=fresh["DATABASE_URL"])
+        assert again.returncode == 1 and "restore into a fresh one" in again.stderr
+    finally:
+        proc.stop()
+
+    into_used = helix(services, live_filestore, "backup", str(tmp_path / "backup"))
+    assert into_used.returncode == 1 and "is not empty" in into_used.stderr
+    (tmp_path / "half").mkdir()
+    half = helix(services, live_filestore, "restore", str(tmp_path / "half"))
+    assert half.returncode == 1 and "not a backup" in half.stderr
