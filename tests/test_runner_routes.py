@@ -312,3 +312,32 @@ def test_a_runner_of_another_wire_version_is_told_what_to_upgrade(client, user, 
 
 def register_as(client, headers):
     return client.post("/api/v1/runner/register", headers=headers, json={"runner_id": RUNNER, "models": {}})
+
+
+def test_a_runner_is_told_the_adapters_of_deleted_sessions_until_it_says_it_deleted_them(client, user, db,
+                                                                                         api_runner_token):
+    """Runners keep adapters on disk: each registration says how far it deleted the forgotten ones,
+    and the answer names the rest, oldest first. A registration that says nothing of it (the
+    previous release's runner) is answered from the start."""
+    from controlplane.fleet import forgotten_adapters
+    from shared.finetune import adapter_name
+
+    headers = runner_auth(api_runner_token, RUNNER)
+    first = register_as(client, headers).json
+    assert first["id"] == RUNNER
+    seen = first["forgotten_through"]  # what earlier tests' deletions left
+    sid, _ = new_turn(client, user, held_by=None)
+    lora_dir = f"sessions/{sid}/outputs/x"
+    db.execute("UPDATE sessions SET lora_dir = %s WHERE id = %s", (lora_dir, sid))
+    assert client.delete(f"/api/v1/sessions/{sid}", headers=user.headers).status_code == 200
+    told = client.post("/api/v1/runner/register", headers=headers,
+                       json={"runner_id": RUNNER, "models": {}, "forgotten_seen": seen}).json
+    assert told["forget"] == [adapter_name(lora_dir)] and told["forgotten_through"] > seen
+    done = client.post("/api/v1/runner/register", headers=headers,
+                       json={"runner_id": RUNNER, "models": {}, "forgotten_seen": told["forgotten_through"]}).json
+    assert done["forget"] == [] and done["forgotten_through"] == told["forgotten_through"]
+    assert RUNNER not in forgotten_adapters.runners_behind(db, told["forgotten_through"], 60)
+    assert adapter_name(lora_dir) in register_as(client, headers).json["forget"]
+    bad = client.post("/api/v1/runner/register", headers=headers,
+                      json={"runner_id": RUNNER, "models": {}, "forgotten_seen": -1})
+    assert bad.status_code == 400 and "forgotten_seen" in bad.json["error"]
