@@ -35,6 +35,12 @@ class Conflict(ApiError):
     status = 409
 
 
+class UpgradeRequired(ApiError):
+    """A runner of another release than the control plane's (its runner messages differ)."""
+
+    status = 426
+
+
 class TooManyRequests(ApiError):
     status = 429
 

@@ -8,9 +8,10 @@ leaves nothing behind (its jobs are re-queued by the control plane when heartbea
 
 A reporter thread tells the control plane every HELIX_REGISTER_INTERVAL seconds that the runner is
 here, with its state (runner/state/report.py), even while vLLM restarts. When the control plane
-refuses the runner's token (revoked), the runner stops at once as if killed: its workers are ended
-with SIGKILL, so the jobs they held are queued again by the reconciler once their heartbeats
-expire, and it exits with a message saying why. HELIX_RUNNER_METRICS_PORT serves Prometheus
+refuses the runner's token (revoked), or its release (426: the control plane was upgraded to
+runner messages this runner does not speak), the runner stops at once as if killed: its workers
+are ended with SIGKILL, so the jobs they held are queued again by the reconciler once their
+heartbeats expire, and it exits with a message saying why. HELIX_RUNNER_METRICS_PORT serves Prometheus
 metrics (runner/state/metrics.py).
 """
 from __future__ import annotations
@@ -60,10 +61,11 @@ class Supervisor:
         self.workers: dict[tuple[WorkKind, int], subprocess.Popen] = {}
         self.worker_names: dict[tuple[WorkKind, int], str] = {}
         self.stopping = threading.Event()
-        self.revoked = threading.Event()
-        # Called from the reporter thread once the token is refused: main() interrupts its main
+        self.refused = threading.Event()  # the control plane refuses this runner: stop as if killed
+        self.refusal = REVOKED_MESSAGE  # what the runner says as it exits
+        # Called from the reporter thread once the runner is refused: main() interrupts its main
         # thread with it, wherever that is (waiting for vLLM to start, say).
-        self.on_revoked: Callable[[], None] | None = None
+        self.on_refused: Callable[[], None] | None = None
         self.announced = 0.0
         self.vllm_ready = False
         self.vllm_failed_starts = 0  # in a row, while restarting it (see _restart_vllm)
@@ -201,19 +203,20 @@ class Supervisor:
 
     def _report(self) -> None:
         """Every `register_interval`: this runner is here, and its state. Stops the runner when the
-        control plane refuses its token (revoked)."""
+        control plane refuses its token (revoked) or its release (upgrade it)."""
         while not self.stopping.wait(self.config.register_interval):
             try:
                 self._announce()
             except requests.HTTPError as err:
                 status = err.response.status_code if err.response is not None else 0
-                if status in (401, 403):
-                    log.error("the control plane refused this runner's token (%s): it was revoked. Stopping"
-                              " this runner now; its jobs are queued again for other runners",
-                              err.response.text[:200])
-                    self.revoked.set()
-                    if self.on_revoked is not None:
-                        self.on_revoked()
+                if status in (401, 403, 426):
+                    said = err.response.text[:300]
+                    self.refusal = REVOKED_MESSAGE if status != 426 else f"this runner stopped: {said}"
+                    log.error("the control plane refused this runner's %s (%s). Stopping this runner now; its jobs"
+                              " are queued again for other runners", "release" if status == 426 else "token", said)
+                    self.refused.set()
+                    if self.on_refused is not None:
+                        self.on_refused()
                     return
                 log.warning("the control plane refused this runner's report: %s %s", status,
                             err.response.text[:200] if err.response is not None else "")
@@ -298,10 +301,10 @@ class Supervisor:
 
     def watch(self) -> None:
         """Restart what dies until asked to stop (the reporter thread tells the control plane that
-        this runner is still here); stop at once when the runner's token is revoked."""
+        this runner is still here); stop at once when the control plane refuses the runner."""
         while not self.stopping.wait(0.5):
-            if self.revoked.is_set():
-                raise SystemExit(REVOKED_MESSAGE)
+            if self.refused.is_set():
+                raise SystemExit(self.refusal)
             if self.vllm is not None and not self.vllm.alive():
                 self._restart_vllm()
             for (kind, index), proc in list(self.workers.items()):
@@ -322,8 +325,8 @@ class Supervisor:
 
     def shutdown(self) -> None:
         self.stopping.set()
-        # Revoked: no job may finish here (its reports are refused); ended at once, as by a crash.
-        sig = signal.SIGKILL if self.revoked.is_set() else signal.SIGINT  # SIGINT: RQ finishes the job
+        # Refused: no job may finish here (its reports are refused); ended at once, as by a crash.
+        sig = signal.SIGKILL if self.refused.is_set() else signal.SIGINT  # SIGINT: RQ finishes the job
         for proc in self.workers.values():
             if proc.poll() is None:
                 proc.send_signal(sig)
@@ -345,7 +348,7 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
-    supervisor.on_revoked = _thread.interrupt_main  # a KeyboardInterrupt in the main thread
+    supervisor.on_refused = _thread.interrupt_main  # a KeyboardInterrupt in the main thread
     try:
         supervisor.start()
         supervisor.watch()
@@ -353,8 +356,8 @@ def main() -> None:
         log.info("stopping runner")
     finally:
         supervisor.shutdown()
-    if supervisor.revoked.is_set():
-        raise SystemExit(REVOKED_MESSAGE)
+    if supervisor.refused.is_set():
+        raise SystemExit(supervisor.refusal)
 
 
 if __name__ == "__main__":

@@ -242,3 +242,24 @@ def test_a_runner_reports_its_state_shows_gone_when_killed_and_stops_when_revoke
         second.stop()
         if s3 is not None:  # it waits for a runner of a model no other test serves
             requests.delete(f"{url}/api/v1/sessions/{s3['id']}", headers=user.headers, timeout=10)
+
+
+def test_a_runner_of_the_previous_release_is_told_to_upgrade_and_stops(services, models_dir, tmp_path):
+    """A control plane of the next release (its runner messages at the next version) refuses this
+    release's runner: it stops at once, saying which side to upgrade, and takes no work."""
+    from shared.wire import WIRE_VERSION
+
+    (tmp_path / "next").mkdir()
+    (tmp_path / "next" / "sitecustomize.py").write_text(
+        "import shared.wire\nshared.wire.WIRE_VERSION += 1  # the next release's control plane\n")
+    url, proc = start_control_plane(services, tmp_path, HELIX_TEXT_MODELS=MODEL,
+                                    PYTHONPATH=f"{tmp_path / 'next'}{os.pathsep}{REPO}")
+    try:
+        with psycopg.connect(services["database_url"], row_factory=dict_row, autocommit=True) as conn:
+            token = accounts.create_runner_token(conn, f"old-release-{uuid.uuid4().hex[:8]}")[1]
+        old = start_runner(url, services, token, models_dir, tmp_path, runner_id="old-release", text_model=MODEL)
+        assert old.proc.wait(timeout=120) != 0
+        assert (f"this runner speaks version {WIRE_VERSION} of the runner API's messages" in old.log()
+                and f"this control plane speaks {WIRE_VERSION + 1}: upgrade the runner" in old.log()), old.log()[-2000:]
+    finally:
+        proc.stop()

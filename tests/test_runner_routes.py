@@ -304,7 +304,7 @@ def test_a_runner_of_another_wire_version_is_told_what_to_upgrade(client, user, 
               client.get(f"/api/v1/runner/sessions/{sid}/files?path=sessions/{sid}/x", headers=headers),
               client.post(f"/api/v1/runner/sessions/{sid}/interactions/{iid}/finetune/metrics", headers=headers,
                           json={"points": []})):
-        assert r.status_code == 400, r.json
+        assert r.status_code == 426, r.json  # Upgrade Required
         assert f"upgrade the {upgrade}" in r.json["error"] and WIRE_VERSION_HEADER in r.json["error"], r.json
     forged = {**headers, "Authorization": "Bearer hr-forged"}
     assert register_as(client, forged).status_code == 401  # the token first: nothing is said to a stranger

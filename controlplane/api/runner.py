@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from controlplane import metrics
 from controlplane.accounts.auth import require_runner
 from controlplane.contract.operations import BYTES, JSON, documented
-from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.errors import BadRequest, Conflict, NotFound, UpgradeRequired
 from controlplane.fleet import decisions as scheduling_decisions
 from controlplane.fleet import forgotten_adapters
 from controlplane.fleet.dispatch import job_stage
@@ -47,7 +47,7 @@ def same_wire(route):
         spoken = request.headers.get(WIRE_VERSION_HEADER, "")
         if spoken != str(WIRE_VERSION):
             side = "runner" if not spoken.isdigit() or int(spoken) < WIRE_VERSION else "control plane"
-            raise BadRequest(f"this runner speaks version {spoken[:20] or 'none'} of the runner API's messages"
+            raise UpgradeRequired(f"this runner speaks version {spoken[:20] or 'none'} of the runner API's messages"
                              f" ({WIRE_VERSION_HEADER}) and this control plane speaks {WIRE_VERSION}:"
                              f" upgrade the {side} so that both run the same release")
         return route(*args, **kwargs)
