@@ -1,5 +1,5 @@
 # The three commands a new user needs: set up, run, test.
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench soak fuzz clean
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,6 +19,10 @@ fuzz: $(PY)
 
 bench: $(PY)
 	$(PY) -m bench.run $(BENCH)
+
+# The platform under mixed load and faults for SOAK_MINUTES (default 30); the suite runs a short profile.
+soak: $(PY)
+	$(PY) -m bench.soak --minutes $${SOAK_MINUTES:-30} --output soak.json
 
 $(PY):
 	@echo "no $(VENV) yet: run 'make setup' first" >&2; exit 1
