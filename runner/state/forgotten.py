@@ -35,9 +35,10 @@ class ForgottenAdapters:
             if not name.startswith("lora-") or "/" in name or name != Path(name).name:
                 log.warning("ignored a forgotten adapter with an unexpected name: %r", name[:80])
                 continue
+            served = (self.caches[0] / name).exists()  # vLLM loads text adapters from that cache alone
             for cache in self.caches:
                 shutil.rmtree(cache / name, ignore_errors=True)
-            if vllm_url:
+            if vllm_url and served:
                 try:  # 404 when vLLM never loaded it (or lost it with a restart)
                     requests.post(f"{vllm_url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=10)
                 except requests.RequestException as err:
