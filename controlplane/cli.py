@@ -340,12 +340,12 @@ def _store_and_database():
 
 def cmd_backup(args) -> None:
     from controlplane.backups import backup
-    from controlplane.backups.database import RestoreRefused
+    from controlplane.backups.database import BackupRefused
 
     database_url, store = _store_and_database()
     try:
         manifest = backup.make(database_url, store, Path(args.folder))
-    except RestoreRefused as err:
+    except BackupRefused as err:
         sys.exit(str(err))
     tables = manifest["database"]["rows"]
     print(f"backed up {args.folder} as of {manifest['database']['began']} in {manifest['seconds']}s:"
@@ -356,12 +356,12 @@ def cmd_backup(args) -> None:
 
 def cmd_restore(args) -> None:
     from controlplane.backups import backup
-    from controlplane.backups.database import RestoreRefused
+    from controlplane.backups.database import BackupRefused
 
     database_url, store = _store_and_database()
     try:
         restored = backup.restore(database_url, store, Path(args.folder), force=args.force)
-    except RestoreRefused as err:
+    except BackupRefused as err:
         sys.exit(str(err))
     rows = restored["rows"]
     print(f"restored {args.folder} (as of {restored['began']}): {sum(rows.values())} rows"

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 
 from controlplane.backups import database, files
-from controlplane.backups.database import RestoreRefused
+from controlplane.backups.database import BackupRefused
 from controlplane.storage.filestore import Filestore
 
 FORMAT = 1
@@ -26,7 +26,7 @@ MANIFEST = "manifest.json"
 def make(database_url: str, store: Filestore, folder: Path) -> dict:
     """Writes a backup of the database and the filestore into `folder` (new, or empty)."""
     if folder.exists() and any(folder.iterdir()):
-        raise RestoreRefused(f"{folder} is not empty: a backup goes into a new folder")
+        raise BackupRefused(f"{folder} is not empty: a backup goes into a new folder")
     folder.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     manifest = {"format": FORMAT, "database": database.export(database_url, folder / "database")}
@@ -41,9 +41,9 @@ def read_manifest(folder: Path) -> dict:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except FileNotFoundError:
-        raise RestoreRefused(f"{folder} holds no {MANIFEST}: not a backup, or one that did not finish") from None
+        raise BackupRefused(f"{folder} holds no {MANIFEST}: not a backup, or one that did not finish") from None
     if manifest.get("format") != FORMAT:
-        raise RestoreRefused(f"{folder} is a backup of format {manifest.get('format')!r}; this release reads {FORMAT}")
+        raise BackupRefused(f"{folder} is a backup of format {manifest.get('format')!r}; this release reads {FORMAT}")
     return manifest
 
 
@@ -54,7 +54,7 @@ def restore(database_url: str, store: Filestore, folder: Path, force: bool = Fal
     with psycopg.connect(database_url) as conn:
         made = conn.execute("SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM openai_files)").fetchone()[0]
     if made and not force:
-        raise RestoreRefused(f"this installation holds {made} sessions and files already: restore into a fresh one"
+        raise BackupRefused(f"this installation holds {made} sessions and files already: restore into a fresh one"
                              " (or pass --force to replace everything in it)")
     rows = database.load(database_url, folder / "database", manifest["database"])
     written = files.load(store, folder / "files")

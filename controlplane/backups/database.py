@@ -58,12 +58,12 @@ def load(database_url: str, folder: Path, manifest: dict) -> dict[str, int]:
     with psycopg.connect(database_url) as conn:
         here = migrations(conn)
         if here != manifest["migrations"]:
-            raise RestoreRefused(
+            raise BackupRefused(
                 f"this installation's schema is at migration {here[-1] if here else 'none'} and the backup's at"
                 f" {manifest['migrations'][-1]}: restore with the release that made the backup, then upgrade")
         tables = tables_in_order(conn)
         if set(tables) != set(manifest["tables"]):
-            raise RestoreRefused("the backup's tables are not this installation's: restore with the release"
+            raise BackupRefused("the backup's tables are not this installation's: restore with the release"
                                  " that made the backup")
         loaded = {}
         with conn.transaction():
@@ -87,5 +87,5 @@ def _advance_sequences(conn: psycopg.Connection) -> None:
                              " FROM {}").format(sql.Identifier(column), sql.Identifier(table)), (table, column))
 
 
-class RestoreRefused(Exception):
-    """The backup cannot go into this installation as it is; the message says why and what to do."""
+class BackupRefused(Exception):
+    """A backup or a restore that cannot go ahead as asked; the message says why and what to do."""
