@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import requests
 
-from runner.config import RunnerConfig
+from runner.config import IMAGE_ADAPTERS, RunnerConfig
 from runner.control_plane.client import ControlPlane, Gone
 from runner.control_plane.http_session import pooled_session
 from runner.job_watch import JobWatch
@@ -77,7 +77,7 @@ def init_context(kind: WorkKind, config: RunnerConfig, client: ControlPlane, vll
         metrics.MODEL_LOADS.labels("image").inc()
         from runner.images.adapters import ImageAdapters
 
-        _context.image_adapters = ImageAdapters(_context.image_pipeline.pipe, Path(config.work_dir) / "image-adapters")
+        _context.image_adapters = ImageAdapters(_context.image_pipeline.pipe, Path(config.work_dir) / IMAGE_ADAPTERS)
         log.info("image pipeline %s loaded in %.1fs (load #%d in this process)", config.image_model,
                  time.monotonic() - started, ImagePipeline.load_count)
         from runner.images import calibration as image_calibration

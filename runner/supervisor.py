@@ -32,7 +32,7 @@ import requests
 from redis import Redis
 from redis.exceptions import RedisError
 
-from runner.config import RunnerConfig
+from runner.config import IMAGE_ADAPTERS, RunnerConfig
 from runner.control_plane.client import ControlPlane
 from runner.images import calibration as image_calibration
 from runner.state import memory
@@ -142,7 +142,7 @@ class Supervisor:
             if loaded is not None:
                 adapters["text"] = loaded
         if self.config.image_model:
-            adapters["image"] = state_report.cached_adapters(Path(self.config.work_dir) / "image-adapters")
+            adapters["image"] = state_report.cached_adapters(Path(self.config.work_dir) / IMAGE_ADAPTERS)
         if adapters:
             state["adapters"] = adapters
         self.state = state
@@ -213,7 +213,8 @@ class Supervisor:
                     said = err.response.text[:300]
                     self.refusal = REVOKED_MESSAGE if status != 426 else f"this runner stopped: {said}"
                     log.error("the control plane refused this runner's %s (%s). Stopping this runner now; its jobs"
-                              " are queued again for other runners", "release" if status == 426 else "token", said)
+                              " are queued again for other runners",
+                              "release: upgrade it" if status == 426 else "token: it was revoked", said)
                     self.refused.set()
                     if self.on_refused is not None:
                         self.on_refused()

@@ -1,6 +1,9 @@
 """Deleting the adapters the control plane says were forgotten (their sessions or users were
 deleted): from this runner's caches on disk (text and image) and from vLLM. How far it got is kept
-in the work folder, so a restarted runner is not told the whole list again."""
+in the work folder, so a restarted runner is not told the whole list again.
+
+Nothing here imports prometheus_client (runner.text.adapters does): the supervisor holds one
+before its metrics folder is set up."""
 from __future__ import annotations
 
 import logging
@@ -9,17 +12,16 @@ from pathlib import Path
 
 import requests
 
-from runner.text import adapters as text_adapters
+from runner.config import IMAGE_ADAPTERS, TEXT_ADAPTERS
 
 log = logging.getLogger(__name__)
 SEEN_FILE = "forgotten-seen"
-IMAGE_CACHE = "image-adapters"
 
 
 class ForgottenAdapters:
     def __init__(self, work_dir: str):
         self.work_dir = Path(work_dir)
-        self.caches = (text_adapters.cache_dir(work_dir), self.work_dir / IMAGE_CACHE)
+        self.caches = (self.work_dir / TEXT_ADAPTERS, self.work_dir / IMAGE_ADAPTERS)
 
     @property
     def seen(self) -> int:

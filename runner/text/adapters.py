@@ -16,6 +16,7 @@ from pathlib import Path
 
 import requests
 
+from runner.config import TEXT_ADAPTERS
 from runner.state import metrics
 from shared.finetune import ADAPTER_FILES, adapter_name
 
@@ -31,7 +32,7 @@ class AdapterError(Exception):
 def cache_dir(work_dir: str) -> Path:
     """Where a runner keeps text adapters: the chat jobs that serve them and the fine-tune that
     trained one both put them here, so a fresh adapter is served without a download."""
-    return Path(work_dir) / "adapters"
+    return Path(work_dir) / TEXT_ADAPTERS
 
 
 def fetch(client, session_id: str, lora_dir: str, cache_dir: Path, files: tuple[str, ...] = ADAPTER_FILES) -> Path:
