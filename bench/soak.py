@@ -70,7 +70,7 @@ class Profile:
 PROFILES = {
     "default": Profile(seconds=30 * 60, users=4, text_finetune_every=300, image_finetune_every=900, drain_seconds=300),
     # The suite's: every fault but the whole runner's death (tests/test_fleet_live.py kills runners).
-    "short": Profile(seconds=90, users=3, text_finetune_every=75, image_finetune_every=0, drain_seconds=120,
+    "short": Profile(seconds=60, users=3, text_finetune_every=45, image_finetune_every=0, drain_seconds=120,
                      faults=FAULTS[:-1]),
 }
 

@@ -136,7 +136,7 @@ def test_a_runner_killed_during_training_resumes_from_its_checkpoint(live_server
         for proc in runners.values():
             proc.wait_for_log("ready:", timeout=300)
         s = _create(live_server, live_user, [("zorblat.txt", DOCUMENT.encode())], model=model,
-                    epochs="40", batch_size="4", rag_enabled="no")
+                    epochs="12", batch_size="4", rag_enabled="no")
         sid = s["id"]
         system = _system(_until_review(live_server, live_user, sid))
         requests.put(f"{live_server}/api/v1/sessions/{sid}/finetune/text/conversations/{system['id']}",
