@@ -358,7 +358,7 @@ class Faults:
     def inject(self, name: str) -> None:
         start = self.ledger.now()
         getattr(self, name.replace("-", "_"))()
-        self.windows.append({"fault": name, "start": round(start, 1), "end": round(self.ledger.now() + GRACE_SECONDS, 1)})
+        self.windows.append({"fault": name, "start": start, "end": self.ledger.now() + GRACE_SECONDS})
 
     def _runner_children(self, word: str) -> list[psutil.Process]:
         return [p for p in psutil.Process(self.stack.runner.proc.pid).children(recursive=True)
@@ -519,7 +519,8 @@ def summarise(profile: Profile, ledger: Ledger, faults: Faults, samples: list[di
         "profile": profile.__dict__, "seconds": round(ledger.now(), 1), "accepted": len(ledger.accepted),
         "outcomes": outcomes, "errors": errors, "lost": lost, "streams": ledger.streams,
         "requests": len(ledger.answered), "refused_during_faults": ledger.refused,
-        "server_errors": len(server_errors), "server_errors_outside_faults": stray, "faults": faults.windows,
+        "server_errors": len(server_errors), "server_errors_outside_faults": stray,
+        "faults": [{**w, "start": round(w["start"], 1), "end": round(w["end"], 1)} for w in faults.windows],
         "status_poll_seconds": {"p50": percentile([s for _, s in ledger.polls], 0.5),
                                 "p99": percentile([s for _, s in ledger.polls], 0.99), "count": len(ledger.polls)},
         "first_token_seconds": {"p50": percentile([s for _, s in ledger.first_tokens], 0.5),

@@ -11,9 +11,8 @@ import psycopg
 import pytest
 import requests
 
-from tests.conftest import TEXT_MODEL, start_control_plane, wait_for_session
-from tests.test_openai_finetuning import examples, follow, sdk, upload
-from tests.test_user_deletion import chat, helix
+from tests.conftest import TEXT_MODEL, start_control_plane
+from tests.test_user_deletion import everything_of_a_user, helix
 
 
 def files_of(base_url: str, user, path: str = "") -> dict[str, bytes]:
@@ -41,24 +40,14 @@ def session(base_url: str, user, session_id: str) -> dict:
 def test_a_backup_taken_during_writes_restores_into_a_fresh_installation(
         live_server, live_filestore, runner, services, make_live_user, tmp_path):
     user, busy = make_live_user(), make_live_user()
-    talked = chat(live_server, user, "remember this")
-    r = requests.post(f"{live_server}/api/v1/sessions", headers=user.headers, timeout=30,
-                      data={"input": "a lighthouse", "mode": "inference", "type": "image"})
-    pictured = wait_for_session(live_server, user, r.json()["id"])
-    r = requests.post(f"{live_server}/api/v1/filestore/upload?path=notes", headers=user.headers, timeout=30,
-                      files={"files": ("plan.txt", b"the plan, version 3")})
-    assert r.status_code == 201, r.text
-    client = sdk(live_server, user)
-    job = client.fine_tuning.jobs.create(model=TEXT_MODEL, training_file=upload(client, examples()).id,
-                                         hyperparameters={"n_epochs": 1, "batch_size": 3})
-    assert follow(client, job.id).status == "succeeded"
-    tuned_id = job.id.removeprefix("ftjob-")
+    made = everything_of_a_user(live_server, user)
+    talked, pictured, tuned_id, client = made["chat"], made["image"], made["tuned"]["id"], made["client"]
     before = {sid: session(live_server, user, sid) for sid in (talked["id"], pictured["id"], tuned_id)}
     assert sum(len(i.get("qa_pairs") or []) for i in before[tuned_id]["interactions"]) == 6
     assert before[tuned_id]["lora_dir"]
     stored = files_of(live_server, user)
     assert any(p.startswith(before[tuned_id]["lora_dir"]) for p in stored)  # the adapter's files
-    assert "notes/plan.txt" in stored and pictured["interactions"][-1]["files"][0] in stored
+    assert "notes/mine.txt" in stored and pictured["interactions"][-1]["files"][0] in stored
 
     # Another user keeps creating sessions and files while the backup runs.
     stop, written = threading.Event(), []

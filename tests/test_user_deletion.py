@@ -36,6 +36,26 @@ def chat(live_server, user: User, text: str = "hello") -> dict:
     return wait_for_session(live_server, user, r.json()["id"])
 
 
+def everything_of_a_user(live_server, user: User) -> dict:
+    """What a user leaves behind: a chat, an image, a file of their own (notes/mine.txt), an OpenAI
+    file and the adapter fine-tuned from it, trained on the runner."""
+    talked = chat(live_server, user, "my secret chat")
+    r = requests.post(f"{live_server}/api/v1/sessions", headers=user.headers, timeout=30,
+                      data={"input": "a fish", "mode": "inference", "type": "image"})
+    pictured = wait_for_session(live_server, user, r.json()["id"])
+    assert pictured["interactions"][-1]["files"], pictured
+    r = requests.post(f"{live_server}/api/v1/filestore/upload?path=notes", headers=user.headers, timeout=30,
+                      files={"files": ("mine.txt", b"private notes")})
+    assert r.status_code == 201, r.text
+    client = sdk(live_server, user)
+    job = client.fine_tuning.jobs.create(model=TEXT_MODEL, training_file=upload(client, examples()).id,
+                                         hyperparameters={"n_epochs": 1, "batch_size": 3})
+    done = follow(client, job.id)
+    assert done.status == "succeeded", done.error
+    return {"chat": talked, "image": pictured, "client": client, "model": done.fine_tuned_model,
+            "tuned": wait_for_session(live_server, user, job.id.removeprefix("ftjob-"))}
+
+
 def mentions_in_database(database_url: str, needles: set[str]) -> list[str]:
     """Every table and column, of any type, whose text holds one of `needles`."""
     found = []
@@ -75,25 +95,12 @@ def test_a_deleted_user_leaves_nothing_anywhere(live_server, live_filestore, run
     user, other = make_live_user(), make_live_user()
     kept = chat(live_server, other, "the other user's chat")
 
-    # Everything a user leaves behind: chats, an image, a file of their own, an OpenAI file, a
-    # fine-tuned adapter (trained on the runner, then served by its vLLM), a second API key.
-    talked = chat(live_server, user, "my secret chat")
-    r = requests.post(f"{live_server}/api/v1/sessions", headers=user.headers, timeout=30,
-                      data={"input": "a fish", "mode": "inference", "type": "image"})
-    pictured = wait_for_session(live_server, user, r.json()["id"])
-    assert pictured["interactions"][-1]["files"], pictured
-    r = requests.post(f"{live_server}/api/v1/filestore/upload?path=notes", headers=user.headers, timeout=30,
-                      files={"files": ("mine.txt", b"private notes")})
-    assert r.status_code == 201, r.text
-    client = sdk(live_server, user)
-    job = client.fine_tuning.jobs.create(model=TEXT_MODEL, training_file=upload(client, examples()).id,
-                                         hyperparameters={"n_epochs": 1, "batch_size": 3})
-    done = follow(client, job.id)
-    assert done.status == "succeeded", done.error
-    reply = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
-                                           messages=[{"role": "user", "content": "Who founded it?"}])
+    # Everything a user leaves behind, the fine-tuned adapter served by the runner's vLLM, a second key.
+    made = everything_of_a_user(live_server, user)
+    talked, pictured, tuned = made["chat"], made["image"], made["tuned"]
+    reply = made["client"].chat.completions.create(model=made["model"], max_tokens=4,
+                                                   messages=[{"role": "user", "content": "Who founded it?"}])
     assert reply.choices[0].message.content
-    tuned = wait_for_session(live_server, user, job.id.removeprefix("ftjob-"))
     adapter = adapter_name(tuned["lora_dir"])
     assert (work_dir(runner) / "adapters" / adapter).is_dir()
     vllm = vllm_url(runner)
