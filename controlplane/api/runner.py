@@ -47,9 +47,9 @@ def same_wire(route):
         spoken = request.headers.get(WIRE_VERSION_HEADER, "")
         if spoken != str(WIRE_VERSION):
             side = "runner" if not spoken.isdigit() or int(spoken) < WIRE_VERSION else "control plane"
-            raise UpgradeRequired(f"this runner speaks version {spoken[:20] or 'none'} of the runner API's messages"
-                             f" ({WIRE_VERSION_HEADER}) and this control plane speaks {WIRE_VERSION}:"
-                             f" upgrade the {side} so that both run the same release")
+            raise UpgradeRequired(f"this runner speaks version {spoken[:20] or 'none'} of the runner API's"
+                                  f" messages ({WIRE_VERSION_HEADER}) and this control plane speaks {WIRE_VERSION}:"
+                                  f" upgrade the {side} so that both run the same release")
         return route(*args, **kwargs)
     return checked
 

@@ -11,18 +11,20 @@ from collections.abc import Iterable
 
 import psycopg
 
+from controlplane.storage.filestore import session_folder
 from shared.finetune import adapter_name
 
 PAGE = 500  # names told to a runner per registration
 
 
 def lora_dirs_of_sessions(conn: psycopg.Connection, session_ids: list[str]) -> set[str]:
-    """Every adapter folder these sessions trained or were served with."""
+    """Every adapter folder these sessions trained: in their own folders (a chat served with
+    another session's adapter leaves that adapter to its session)."""
     rows = conn.execute(
-        "SELECT lora_dir FROM sessions WHERE id = ANY(%s) AND lora_dir <> ''"
-        " UNION SELECT lora_dir FROM interactions WHERE session_id = ANY(%s) AND lora_dir <> ''",
+        "SELECT id AS session_id, lora_dir FROM sessions WHERE id = ANY(%s) AND lora_dir <> ''"
+        " UNION SELECT session_id, lora_dir FROM interactions WHERE session_id = ANY(%s) AND lora_dir <> ''",
         (session_ids, session_ids)).fetchall()
-    return {row["lora_dir"] for row in rows}
+    return {row["lora_dir"] for row in rows if row["lora_dir"].startswith(session_folder(row["session_id"]) + "/")}
 
 
 def forget(conn: psycopg.Connection, lora_dirs: Iterable[str]) -> int:

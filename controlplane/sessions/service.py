@@ -11,10 +11,9 @@ import psycopg
 
 from controlplane.config import Config
 from controlplane.errors import BadRequest, Conflict, NotFound
-from controlplane.fleet import scheduling
+from controlplane.fleet import forgotten_adapters, scheduling
 from controlplane.fleet import store as fleet_store
 from controlplane.fleet.dispatch import Dispatcher
-from controlplane.fleet import forgotten_adapters
 from controlplane.sessions import events, fair_share
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.input import ContinueChat, NewSession
