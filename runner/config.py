@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from shared.finetune import DOCUMENT_MAX_INFLATED_BYTES
 
-# The adapters' caches in a runner's work folder (HELIX_RUNNER_WORK_DIR), by the adapters' names.
-TEXT_ADAPTERS, IMAGE_ADAPTERS = "adapters", "image-adapters"
+# The adapters' caches in a runner's work folder (HELIX_RUNNER_WORK_DIR), by the adapters' names,
+# and its training runs, by their interactions' ids.
+TEXT_ADAPTERS, IMAGE_ADAPTERS, TRAINING = "adapters", "image-adapters", "training"
 from shared.memory import needs_from_env, parse_size
 from shared.settings import SettingError, env_float, env_int, env_json_object
 

@@ -32,12 +32,12 @@ import requests
 from redis import Redis
 from redis.exceptions import RedisError
 
-from runner.config import IMAGE_ADAPTERS, RunnerConfig
+from runner.config import IMAGE_ADAPTERS, TRAINING, RunnerConfig
 from runner.control_plane.client import ControlPlane
 from runner.images import calibration as image_calibration
 from runner.state import memory
-from runner.state.forgotten import ForgottenAdapters
 from runner.state import report as state_report
+from runner.state.forgotten import ForgottenAdapters
 from runner.text.vllm_server import VllmServer
 from shared import logs, metrics_files
 from shared.jobs import WorkKind
@@ -228,7 +228,7 @@ class Supervisor:
         image_calibration.forget(self.config)
         # What trainers killed with an earlier run of this runner left: copies of their users' pairs
         # and checkpoints. The filestore has the checkpoints, and a retry resumes from those.
-        shutil.rmtree(Path(self.config.work_dir) / "training", ignore_errors=True)
+        shutil.rmtree(Path(self.config.work_dir) / TRAINING, ignore_errors=True)
         self._admission().clear()  # none of this runner's jobs runs any more
         self.register()
         if self.config.metrics_port:

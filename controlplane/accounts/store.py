@@ -19,6 +19,11 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def email_digest(email: str) -> str:
+    """An email as sign-in records know it (failure counters, a browser's known emails)."""
+    return digest(email.strip().lower())
+
+
 def new_secret(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(32)
 

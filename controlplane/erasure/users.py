@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import psycopg
 from redis import Redis
 
-from controlplane.accounts.store import digest
+from controlplane.accounts.store import email_digest
 from controlplane.erasure.redis_mentions import remove_mentions
 from controlplane.fleet import forgotten_adapters
 from controlplane.fleet.dispatch import Dispatcher
@@ -74,7 +74,7 @@ def erase_user(conn: psycopg.Connection, redis: Redis, dispatcher: Dispatcher, f
             erased.removed["API keys"] = len(keys)
             erased.removed["web sign-ins"] = conn.execute(
                 "DELETE FROM sign_ins WHERE user_id = %s", (user_id,)).rowcount
-        needles |= {k["id"] for k in keys} | {user["email"], digest(user["email"].strip().lower())}
+        needles |= {k["id"] for k in keys} | {user["email"], email_digest(user["email"])}
         needles |= _erase_rows(conn, dispatcher, erased, keep_usage_anonymised)
     try:  # 4
         files = UserFiles(filestore, user_id)

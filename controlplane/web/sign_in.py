@@ -31,15 +31,11 @@ KNOWN_BROWSER_COOKIE = "helix_known"
 KNOWN_BROWSER_DAYS = 365
 
 
-def _email_digest(email: str) -> str:
-    return accounts.digest(email.strip().lower())
-
-
 def _failure_keys(email: str) -> dict[str, str]:
     address = request.remote_addr or ""
-    return {"pair": "helix:sign-in-failures:pair:" + accounts.digest(f"{_email_digest(email)}|{address}"),
+    return {"pair": "helix:sign-in-failures:pair:" + accounts.digest(f"{accounts.email_digest(email)}|{address}"),
             "address": "helix:sign-in-failures:address:" + accounts.digest(address),
-            "email": "helix:sign-in-failures:email:" + _email_digest(email)}
+            "email": "helix:sign-in-failures:email:" + accounts.email_digest(email)}
 
 
 def _known_browser(email: str) -> bool:
@@ -51,7 +47,7 @@ def _known_browser(email: str) -> bool:
         known = _browser_signer().loads(cookie)
     except BadSignature:
         return False
-    return isinstance(known, list) and _email_digest(email) in known
+    return isinstance(known, list) and accounts.email_digest(email) in known
 
 
 def _browser_signer() -> URLSafeSerializer:
@@ -146,7 +142,7 @@ def _remember_browser(response: Response, email: str) -> Response:
             known = [d for d in loaded if isinstance(d, str)] if isinstance(loaded, list) else []
         except BadSignature:
             pass
-    digest = _email_digest(email)
+    digest = accounts.email_digest(email)
     known = ([digest] + [d for d in known if d != digest])[:5]
     response.set_cookie(KNOWN_BROWSER_COOKIE, _browser_signer().dumps(known), max_age=KNOWN_BROWSER_DAYS * 86400,
                         httponly=True, samesite="Lax",

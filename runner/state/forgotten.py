@@ -22,14 +22,11 @@ class ForgottenAdapters:
     def __init__(self, work_dir: str):
         self.work_dir = Path(work_dir)
         self.caches = (self.work_dir / TEXT_ADAPTERS, self.work_dir / IMAGE_ADAPTERS)
-
-    @property
-    def seen(self) -> int:
-        """The last forgotten adapter this runner deleted (0: none yet, or its work folder is new)."""
+        # The last forgotten adapter this runner deleted (0: none yet, or its work folder is new).
         try:
-            return int((self.work_dir / SEEN_FILE).read_text())
+            self.seen = int((self.work_dir / SEEN_FILE).read_text())
         except (OSError, ValueError):
-            return 0
+            self.seen = 0
 
     def delete(self, names: list[str], through: int, vllm_url: str = "") -> None:
         """Deletes these adapters wherever this runner keeps them, then records `through`."""
@@ -52,3 +49,4 @@ class ForgottenAdapters:
             tmp = self.work_dir / f".{SEEN_FILE}"
             tmp.write_text(str(through))
             tmp.replace(self.work_dir / SEEN_FILE)
+            self.seen = through

@@ -14,6 +14,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from runner.config import TRAINING
 from runner.jobs import context, unless_gone
 from runner.training.job import TrainingFailed, _Reporter, _run_child, _untar
 from shared.image_finetune import ADAPTER_FILE, hyperparameters
@@ -41,7 +42,7 @@ class _ImageReporter(_Reporter):
 def train_image(payload: dict[str, Any]) -> dict[str, Any]:
     ctx = context()
     job = ImageFinetuneJob.from_dict(payload)
-    workdir = Path(ctx.config.work_dir) / "training" / job.interaction_id
+    workdir = Path(ctx.config.work_dir) / TRAINING / job.interaction_id
     try:
         return _train(ctx, job, workdir)
     finally:  # the images, checkpoints and adapter are in the filestore now (or the run is over)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runner.config import TRAINING
 from runner.control_plane.client import Gone
 from runner.dataprep.quality import hold_out
 from runner.evaluation.compare import evaluate
@@ -190,7 +191,7 @@ def train_text(payload: dict[str, Any]) -> dict[str, Any]:
                                                       error="there are no question/answer pairs to train on"))
         return {"error": "no pairs"}
 
-    workdir = Path(ctx.config.work_dir) / "training" / iid
+    workdir = Path(ctx.config.work_dir) / TRAINING / iid
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     resume = _untar(ctx.client.download(sid, job.checkpoint), workdir / "resume") if job.checkpoint else None
