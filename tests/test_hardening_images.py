@@ -119,10 +119,12 @@ def test_others_stay_answered_while_large_images_are_decoded(server, make_live_u
     assert r.status_code == 201, r.text
     assert r.json()["interactions"][0]["sizes"]["0.png"] == [LARGE_SIDE, LARGE_SIDE]
 
-    # On the event loop, the decoding held every other request for the whole upload.
+    # On the event loop, the decoding held every other request for the whole upload: the first
+    # probe would wait for nearly all of it. (Half, not less: on a loaded 2-core machine one
+    # probe in dozens can wait a scheduling slice of 0.5 s beside a 1.8 s upload.)
     assert len(meanwhile) >= 10, f"{len(meanwhile)} answers in the {upload_seconds:.1f} s of the upload"
     assert statistics.median(meanwhile) < 10 * statistics.median(alone) + 0.01, (meanwhile, alone)
-    assert max(meanwhile) < upload_seconds / 4, (max(meanwhile), upload_seconds)
+    assert max(meanwhile) < upload_seconds / 2, (max(meanwhile), upload_seconds)
     assert "WORKER TIMEOUT" not in proc.log()
 
 
