@@ -29,7 +29,6 @@ from tokenizers import Tokenizer
 
 from controlplane.accounts import store as accounts
 from shared.jobs import WorkKind, queue_name
-from shared.updates import partial_text_key
 from tests.conftest import (
     TEXT_MODEL,
     User,
@@ -105,11 +104,19 @@ def chunked_stack(services, models_dir, tmp_path_factory):
                           extra_env={"HELIX_VLLM_ARGS": "--enable-chunked-prefill --max-num-batched-tokens 256",
                                      # every reply runs to max_tokens: the long ones outlast the crash
                                      "HELIX_SAMPLING_EXTRA": json.dumps({"ignore_eos": True}),
-                                     "HELIX_TEXT_WORKERS": "4", "HELIX_FINETUNE_WORKERS": "0"})
+                                     "HELIX_TEXT_WORKERS": "4", "HELIX_FINETUNE_WORKERS": "0",
+                                     "HELIX_MAX_MODEL_LEN": "4096"})  # the tiny model's own
     runner.wait_for_log("ready:", timeout=300)
     yield url, runner
     runner.stop()
     control_plane.stop()
+
+
+def _running(vllm: str) -> int:
+    """The requests vLLM's engine is generating for now (its own gauge)."""
+    metrics = requests.get(f"{vllm}/metrics", timeout=30).text
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in metrics.splitlines()
+               if line.startswith("vllm:num_requests_running"))
 
 
 def _sessions(url: str, user: User) -> list[dict]:
@@ -122,30 +129,30 @@ def test_the_request_that_crashes_the_engine_fails_alone(chunked_stack, services
     url, runner = chunked_stack
     culprit, other = make_live_user(), make_live_user()
     # Another customer's long replies (the tiny model's noise, sampled: its greedy reply is
-    # newlines only; 900 tokens, EOS ignored), seen streaming (so in flight on vLLM) before the
-    # engine dies. vLLM generates them in about 4 s: it is held still while they are sent and
-    # their interactions looked up, then let go only until their first tokens are out (a Redis
-    # poll, no HTTP: on a loaded machine the control plane's answers alone can outlast them).
-    redis = Redis.from_url(services["redis_url"])
+    # newlines only; EOS ignored), in flight on vLLM when the engine dies. vLLM is held still until
+    # both are taken and waiting on it (on a loaded machine one can be taken seconds after the
+    # other), then let run until its engine runs both. 3,500 tokens, about 13 s of generation: a
+    # loaded machine may take seconds to see that, and to hold vLLM still again.
     server = vllm_server(runner)
     freeze(server)
     innocents = []
     for n in range(2):
         r = requests.post(f"{url}/api/v1/sessions", headers=other.headers, timeout=30, data={
             "input": f"tell me a long story {n}", "mode": "inference", "type": "text", "model_name": CHUNKED_MODEL,
-            "temperature": "1", "max_tokens": "900"})
+            "temperature": "1", "max_tokens": "3500"})
         assert r.status_code == 201, r.text
         innocents.append(r.json()["id"])
-    streaming = [partial_text_key(wait_for_session(url, other, sid, until=lambda s: len(s["interactions"]) > 1)
-                                  ["interactions"][-1]["id"]) for sid in innocents]
+    for sid in innocents:
+        wait_for_session(url, other, sid, until=lambda s: s["interactions"][-1]["status"] == "generating")
     deadline = time.monotonic() + 60
     thaw(server)
-    while redis.exists(*streaming) < len(streaming):  # their first tokens are out
+    while _running(vllm_url(runner)) < len(innocents):
         assert time.monotonic() < deadline, "the other customer's replies never started"
-        time.sleep(0.01)
+        time.sleep(0.05)
     # vLLM held still while the culprit reaches it (on 2 cores, a generating vLLM leaves the
     # control plane too little CPU to take a request before short replies are done).
     freeze(server)
+    redis = Redis.from_url(services["redis_url"])
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         try:
             # The SDK's own retries are on (two by default): the error must tell it not to.
