@@ -34,12 +34,15 @@ def evaluate(base_url: str, base_model: str, tuned_model: str, system_prompt: st
     if excerpts is not None:
         with_chunks = [grounded(system_prompt, found) for found in excerpts]
         asked |= {Way.RETRIEVAL: (base_model, with_chunks), Way.BOTH: (tuned_model, with_chunks)}
-    scored = {}
+    # Every way's answers at once: vLLM batches them (a few held-out questions, each way in turn,
+    # was four short batches one after another).
     with ThreadPoolExecutor(max(1, concurrency)) as pool:
-        for way, (model, prompts) in asked.items():
-            answers = list(pool.map(lambda qp, m=model: answer(base_url, m, qp[1], qp[0]), zip(questions, prompts)))
-            scored[way] = score_answers([{"question": p["question"], "reference": p["answer"], "prediction": a}
-                                         for p, a in zip(held_out, answers)])
+        answers = {way: [pool.submit(answer, base_url, model, prompt, question)
+                         for question, prompt in zip(questions, prompts)]
+                   for way, (model, prompts) in asked.items()}
+        scored = {way: score_answers([{"question": p["question"], "reference": p["answer"], "prediction": a.result()}
+                                      for p, a in zip(held_out, futures)])
+                  for way, futures in answers.items()}
     before, after = scored[Way.BASE], scored[Way.FINETUNE]
     per_question = []
     for n, (b, a) in enumerate(zip(before["questions"], after["questions"])):
