@@ -222,7 +222,7 @@ def train(spec: dict[str, Any]) -> None:
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext
-    computes_in = "bfloat16" if bf16 or dtype == torch.bfloat16 else "float32"
+    computes_in = "bfloat16" if dtype == torch.bfloat16 else "float32"
     emit("start", total_steps=total_steps, epochs=epochs, start_step=step, train_rows=len(train_rows), eval_rows=len(eval_rows),
          computes_in=computes_in,
          train_tokens=sum(len(r["input_ids"]) for r in train_rows),
