@@ -5,7 +5,7 @@ from functools import cached_property
 from typing import Callable
 
 from flask import Flask, jsonify, request
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 
 from controlplane import metrics, web
 from controlplane.accounts import auth
@@ -23,12 +23,15 @@ from controlplane.openai.finetuning import OpenAIFineTuning
 from controlplane.sessions import events
 from controlplane.sessions.cache import SessionCache
 from controlplane.sessions.service import SessionService
+from controlplane.sessions.subscriptions import Subscriptions
 from controlplane.storage import db
 from controlplane.storage.filestore import from_config
 from controlplane.storage.migrate import apply_migrations
 from controlplane.usage import admission
 from controlplane.web import error_pages
 from shared import logs
+
+REDIS_CONNECTIONS = 256  # a control-plane process's connections to Redis, besides its subscription
 
 
 class HelixFlask(Flask):
@@ -72,9 +75,12 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     error_handlers.init_app(app, pages=error_pages)
     db.init_app(app)
     auth.init_app(app, config)
-    # Every live event stream holds one connection (its subscription), besides the requests'.
-    redis = Redis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=5,
-                           health_check_interval=30, max_connections=config.max_event_streams + 200)
+    # Live event streams share one subscription's connection (sessions/subscriptions.py). A burst
+    # of reads (every stream reading its session again at once, thousands of polls) waits for
+    # one of REDIS_CONNECTIONS rather than opening a connection each.
+    redis = Redis(connection_pool=BlockingConnectionPool.from_url(
+        config.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
+        max_connections=REDIS_CONNECTIONS, timeout=10))
     dispatcher = Dispatcher(redis, config)
     admission.init_app(app, redis)
     filestore = from_config(config.filestore, config.s3_endpoint_url)
@@ -87,6 +93,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
                           image_finetune_service=ImageFinetuneService(config, dispatcher, filestore),
                           session_service=sessions, openai_service=OpenAIService(config, sessions, filestore, redis),
                           session_cache=SessionCache(config.database_url, config.session_cache_mb * 1024 * 1024),
+                          subscriptions=Subscriptions(config.redis_url, redis),
                           event_streams=events.StreamSlots(config.max_event_streams, config.max_event_streams_per_user,
                                                            redis))
 

@@ -68,10 +68,11 @@ class Config:
     # Filestore: a local directory, or s3://bucket/prefix (S3-compatible endpoint below).
     filestore: str = ".helix/filestore"
     s3_endpoint_url: str = ""
-    # Live event streams one control-plane process holds at once: a safety limit on memory
-    # (a stream costs a greenlet and a Redis connection, tens of kilobytes), below the
-    # connections a gunicorn worker takes (5000). Past it, a stream request gets 503 and can poll.
-    max_event_streams: int = 4000
+    # Live event streams one control-plane process holds at once: a safety limit on memory (a
+    # stream costs a greenlet, its socket and a queue on the process's one subscription). A
+    # gunicorn worker takes this many connections and 1,000 more. Past it, a stream request gets
+    # 503 and can poll.
+    max_event_streams: int = 12_000
     # The most one user may hold on every replica together (past it, 429): no user can take every
     # slot. A plan may allow fewer (event_streams).
     max_event_streams_per_user: int = 1000

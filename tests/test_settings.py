@@ -16,7 +16,7 @@ RUNNER_ENV = {"HELIX_API_URL": "http://cp:8080/", "HELIX_RUNNER_TOKEN": "hr-x", 
 
 
 def test_defaults_and_overrides():
-    assert Config.from_env({}).max_event_streams == 4000
+    assert Config.from_env({}).max_event_streams == 12_000
     d = Config.from_env({})
     assert (d.max_event_streams_per_user, d.max_runner_models, d.max_runners_per_token, d.runner_ttl) == (1000, 16, 64, 300)
     c = Config.from_env({"HELIX_MAX_EVENT_STREAMS_PER_USER": "2", "HELIX_MAX_RUNNER_MODELS": "3",

@@ -80,7 +80,7 @@ def _reader(app, session_id: str, owner: str) -> Callable[[], dict | None]:
 
 def _reply_events(app, session: SessionRow):
     """The session's live events until its reply is final or HELIX_OPENAI_REPLY_SECONDS pass."""
-    return events.session_events(app.extensions["redis"], session.id, _reader(app, session.id, g.user["id"]),
+    return events.session_events(app.extensions["subscriptions"], session.id, _reader(app, session.id, g.user["id"]),
                                  app.config["HELIX"].openai_reply_seconds)
 
 

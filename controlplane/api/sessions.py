@@ -223,4 +223,4 @@ def session_events(session_id: str):
         return session_view(*found) if found else None
 
     release = app.extensions["event_streams"].acquire(owner, session_id, g.user["plan_limits"].event_streams)
-    return event_stream.response(events.stream(app.extensions["redis"], session_id, read_session), release)
+    return event_stream.response(events.stream(app.extensions["subscriptions"], session_id, read_session), release)

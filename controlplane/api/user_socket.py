@@ -53,7 +53,7 @@ def _give_back_slot(_error=None):
             query={"session_id": {"type": "string"}}, responses={101: "the socket is open (WebSocket upgrade)"})
 def user_socket(ws):
     session = g.watched
-    app, redis = current_app._get_current_object(), current_app.extensions["redis"]
+    app, subscriptions = current_app._get_current_object(), current_app.extensions["subscriptions"]
 
     def read_session() -> dict | None:
         with app.app_context(), db.read() as conn:
@@ -61,7 +61,7 @@ def user_socket(ws):
         return session_view(*found) if found else None
 
     while ws.connected:
-        for message in helix_events.messages(redis, session.id, session.owner, read_session):
+        for message in helix_events.messages(subscriptions, session.id, session.owner, read_session):
             if not ws.connected:
                 return
             if message is not None:

@@ -16,13 +16,17 @@ other answer of the platform.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import resource
 import sys
 from typing import Sequence
 
 from gunicorn import util
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
+
+from controlplane.config import Config
 
 APP = "controlplane.app:create_app()"
 # A client that neither sends nor reads a byte for this long is dropped (a request body that
@@ -34,16 +38,20 @@ HEADER_SECONDS = 5
 # On SIGTERM a worker finishes what it is answering for at most this long, then closes the rest
 # (live event streams would otherwise hold it for gunicorn's default 30 s; their clients reconnect).
 GRACEFUL_SECONDS = 10
+# Connections a worker takes besides its live event streams (polls, uploads, the web app): a
+# process with every stream slot taken still answers them.
+CONNECTIONS_BESIDE_STREAMS = 1000
 # gunicorn's default access line holds the query string, and a browser's events stream carries
 # its API key there (?access_token=): log the path alone.
 ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 
 
-def gunicorn_command(port: int, workers: int = 2, connections: int = 5000, extra: Sequence[str] = (),
-                     host: str = "127.0.0.1") -> list[str]:
+def gunicorn_command(port: int, workers: int = 2, extra: Sequence[str] = (), host: str = "127.0.0.1") -> list[str]:
     """The one command line every launcher (`make run`, `helix serve`, the tests, the bench) starts
-    gunicorn with; `connections` is the most open connections (event streams included) per worker
-    process. `host` is loopback but for `helix serve` in a container, which listens on every address."""
+    gunicorn with. A worker process takes up to HELIX_MAX_EVENT_STREAMS live streams and
+    CONNECTIONS_BESIDE_STREAMS other connections. `host` is loopback but for `helix serve` in a
+    container, which listens on every address."""
+    connections = Config.from_env(os.environ).max_event_streams + CONNECTIONS_BESIDE_STREAMS
     return [sys.executable, "-m", "gunicorn", "--no-control-socket", "-k", f"{__name__}.JsonErrorWorker",
             "-c", "python:controlplane.http.gunicorn_hooks",
             "-w", str(workers), "--worker-connections", str(connections), "--keep-alive", str(HEADER_SECONDS),
@@ -70,6 +78,7 @@ class JsonErrorWorker(GeventWorker):
 
     def init_process(self) -> None:
         util.write_error = write_json_error
+        _raise_open_file_limit(self.worker_connections + 200)
         # Longer than the wait for headers, whose own timeout drops a stalled client quietly.
         self.client_idle_seconds = max(float(os.environ.get("HELIX_CLIENT_IDLE_SECONDS") or CLIENT_IDLE_SECONDS),
                                        HEADER_SECONDS + 1)
@@ -80,3 +89,16 @@ class JsonErrorWorker(GeventWorker):
         gives it the idle timeout instead."""
         client.settimeout(self.client_idle_seconds)
         AsyncWorker.handle(self, listener, client, addr)
+
+
+def _raise_open_file_limit(needed: int) -> None:
+    """Every connection is an open file, and a system's usual soft limit (1,024) is far below the
+    connections a worker takes: raise it toward the hard limit, which only an operator can raise."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if wanted < needed:
+        logging.getLogger(__name__).warning(
+            "open files are limited to %d (hard limit): fewer connections than the %d this worker may take",
+            hard, needed)

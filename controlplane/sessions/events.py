@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -16,16 +17,23 @@ from redis import Redis
 
 from controlplane.errors import ServiceUnavailable, TooManyRequests
 from controlplane.http import event_stream
+from controlplane.sessions.subscriptions import RESYNC, Subscriptions
 from shared.updates import EVENT_DELTA, EVENT_INTERACTION, partial_text_key, session_channel
 
 log = logging.getLogger(__name__)
 
 # An idle stream writes a comment this often: a write is how a server learns that its client
 # left (the first write after the client closed still succeeds, the next one fails), so a slot
-# is freed within about two of these, not at the next 15-second keep-alive.
+# is freed within about two of these, not at the next keep-alive. With many streams open in a
+# process, the period grows so that they write at most PINGS_PER_SECOND comments a second
+# together (10,000 streams: one every 5 s each).
 PING_SECONDS = 1.0
-# An idle stream re-reads its session this often, in case the final event was missed.
+PINGS_PER_SECOND = 2000
+# An idle stream with work under way re-reads its session this often, in case the final event
+# was missed (a lost subscription is told at once, by RESYNC); again at most
+# READS_PER_SECOND reads a second for the whole process, each stream at its own moment.
 KEEPALIVE_SECONDS = 15
+READS_PER_SECOND = 100
 # Published when a session is deleted: a stream of it says so and ends at once (a call waiting
 # for its reply answers then, not at the next keep-alive's read).
 EVENT_DELETED = "deleted"
@@ -175,18 +183,19 @@ def _unseen(delta: dict[str, Any], known: dict[str, int]) -> dict[str, Any] | No
     return delta
 
 
-def session_events(redis: Redis, session_id: str, read_session: Callable[[], dict[str, Any] | None],
+def session_events(subscriptions: Subscriptions, session_id: str, read_session: Callable[[], dict[str, Any] | None],
                    max_seconds: float = 3600, follow_on: bool = False) -> Iterator[tuple[str, Any] | None]:
     """The session as it is now (`session`), then every event as (name, data) until its last
     interaction finishes (`end`); None now and then while nothing happens, so a caller can write
     something and learn whether its client is still there.
 
-    The snapshot is read after subscribing, so no update falls between the two, and whether the
-    stream is over is judged from that same snapshot: a reply that finishes just after it still
-    arrives as an event. A reply in progress comes with its text so far, and then only the
-    deltas past it (by their offsets), so a client that connects mid-reply gets every token once.
-    A stream that missed the final event (Redis restarted, say) re-reads the session at each
-    keep-alive, sends it, and ends.
+    The snapshot is read once the subscription is confirmed, so no update falls between the two,
+    and whether the stream is over is judged from that same snapshot: a reply that finishes just
+    after it still arrives as an event. A reply in progress comes with its text so far, and then
+    only the deltas past it (by their offsets), so a client that connects mid-reply gets every
+    token once. Where messages may have been missed (the subscription's connection was lost and
+    made again), the session is read again and sent whole, and ends the stream if its work is
+    done; a stream that missed the final event some other way learns it at a keep-alive's read.
 
     `follow_on`: it does not end when the work does, but goes on with the next prompt's, on the
     same subscription, so that nothing published between two pieces of work is missed (Helix's
@@ -194,9 +203,8 @@ def session_events(redis: Redis, session_id: str, read_session: Callable[[], dic
 
     A session deleted meanwhile: `deleted`, then `end`.
     """
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(session_channel(session_id))
-    try:
+    redis = subscriptions.redis
+    with subscriptions.listen(session_channel(session_id)) as listener:
         view = with_streamed_text(redis, read_session())
         yield "session", view or {"id": session_id, "interactions": []}
         if view is None or (_finished(view) and not follow_on):
@@ -204,31 +212,50 @@ def session_events(redis: Redis, session_id: str, read_session: Callable[[], dic
             return
         known = {i["id"]: len(i["message"] or "") for i in view["interactions"]}
         working = not _finished(view)  # some work of the session has not been seen to end
+        unfinished = {i["id"] for i in view["interactions"] if not i["finished"]}
+        told_by_reading: set[str] = set()  # replies a read found finished before their own event came
         deadline = time.monotonic() + max_seconds
-        last_read = time.monotonic()
+        # The first keep-alive's read falls anywhere in its period, so streams opened together
+        # do not all read at once.
+        next_read = time.monotonic() + random.uniform(0, _period(KEEPALIVE_SECONDS, subscriptions, READS_PER_SECOND))
         while time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=PING_SECONDS)
-            if message is None:
-                if working and time.monotonic() - last_read >= KEEPALIVE_SECONDS:
-                    view = read_session()
+            message = listener.get(timeout=_period(PING_SECONDS, subscriptions, PINGS_PER_SECOND))
+            if message is None or message is RESYNC:
+                if message is RESYNC or (working and time.monotonic() >= next_read):
+                    view = with_streamed_text(redis, read_session())
                     if view is None:
                         yield EVENT_DELETED, {"session_id": session_id}
                         break
-                    if _finished(view):
+                    # A reply the read finds finished is told as its own event would have told
+                    # it (which may still be on its way: it is not told twice), so a client sees
+                    # every reply end the same way.
+                    for interaction in view["interactions"]:
+                        if interaction["finished"] and interaction["id"] in unfinished:
+                            unfinished.discard(interaction["id"])
+                            told_by_reading.add(interaction["id"])
+                            yield EVENT_INTERACTION, interaction
+                    finished = _finished(view)
+                    if finished or message is RESYNC:
                         yield "session", view
-                        if not follow_on:
-                            break
-                        working = False
-                    last_read = time.monotonic()
-                yield None
+                        known = {i["id"]: len(i["message"] or "") for i in view["interactions"]}
+                    if finished and not follow_on:
+                        break
+                    working = not finished
+                    next_read = time.monotonic() + _period(KEEPALIVE_SECONDS, subscriptions, READS_PER_SECOND)
+                if message is None:
+                    yield None
                 continue
-            payload = json.loads(message["data"])
+            payload = json.loads(message)
             event, data = payload["event"], payload["data"]
             if event == EVENT_DELTA:
                 data = _unseen(data, known)
                 if data is None:
                     continue
+                working = True
             elif event == EVENT_INTERACTION:
+                if data.get("finished") and data["id"] in told_by_reading:
+                    told_by_reading.discard(data["id"])
+                    continue
                 if not data.get("finished") and len(data.get("message") or "") < known.get(data["id"], 0):
                     # A stored copy of a reply in progress: the runner stores its text through the
                     # control plane while it goes on publishing deltas straight to Redis, so the copy
@@ -237,19 +264,22 @@ def session_events(redis: Redis, session_id: str, read_session: Callable[[], dic
                     with_streamed_text(redis, {"interactions": [data]})
                 known[data["id"]] = len(data.get("message") or "")
                 working = not data.get("finished")
-            elif event == EVENT_DELTA:
-                working = True
+                (unfinished.add if working else unfinished.discard)(data["id"])
             yield event, data
             if event == EVENT_DELETED or (event == EVENT_INTERACTION and data.get("finished") and not follow_on):
                 break
         yield "end", {"session_id": session_id}
-    finally:
-        pubsub.close()
 
 
-def stream(redis: Redis, session_id: str, read_session: Callable[[], dict[str, Any] | None],
+def _period(least: float, subscriptions: Subscriptions, per_second: int) -> float:
+    """`least` seconds, or longer where this process's streams together would do something more
+    than `per_second` times a second."""
+    return max(least, subscriptions.count / per_second)
+
+
+def stream(subscriptions: Subscriptions, session_id: str, read_session: Callable[[], dict[str, Any] | None],
            max_seconds: float = 3600) -> Iterator[str]:
     """session_events as server-sent events; an idle stream writes a comment every
-    PING_SECONDS, so a client that left is noticed promptly."""
-    for item in session_events(redis, session_id, read_session, max_seconds):
+    PING_SECONDS or so, so a client that left is noticed promptly."""
+    for item in session_events(subscriptions, session_id, read_session, max_seconds):
         yield event_stream.KEEP_ALIVE if item is None else event_stream.message(item[1], event=item[0])

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-from redis import Redis
-
 from controlplane.sessions import events
+from controlplane.sessions.subscriptions import Subscriptions
 from shared.updates import EVENT_DELTA, EVENT_INTERACTION
 
 SessionReader = Callable[[], dict[str, Any] | None]
@@ -37,11 +36,13 @@ def task_response(kind: str, session_id: str, owner: str, interaction: dict[str,
 SOCKET_SECONDS = 24 * 3600
 
 
-def messages(redis: Redis, session_id: str, owner: str, read_session: SessionReader) -> Iterator[dict[str, Any] | None]:
+def messages(subscriptions: Subscriptions, session_id: str, owner: str,
+             read_session: SessionReader) -> Iterator[dict[str, Any] | None]:
     """Helix's messages for the session (None while nothing happens, so a caller can look after
     its connection): the session first, then each change, this work's and the next prompts', on
     one subscription, until the session is gone or a day has passed."""
-    for item in events.session_events(redis, session_id, read_session, max_seconds=SOCKET_SECONDS, follow_on=True):
+    for item in events.session_events(subscriptions, session_id, read_session, max_seconds=SOCKET_SECONDS,
+                                      follow_on=True):
         if item is None:
             yield None
             continue
