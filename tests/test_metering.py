@@ -249,3 +249,16 @@ def test_question_writing_is_recorded_when_data_preparation_ends(client, db, use
     rows = db.execute("SELECT stage, kind, prompt_tokens, completion_tokens FROM usage_records"
                       " WHERE interaction_id = %s", (iid,)).fetchall()
     assert rows == [{"stage": "dataprep", "kind": "text-dataprep", "prompt_tokens": 1200, "completion_tokens": 300}]
+
+
+def test_a_fine_tune_that_converged_early_is_charged_the_steps_it_took():
+    """Automatic epochs stop once the examples are learned (runner/training/lora.py): 30 of 81
+    planned steps charge 30/81 of the examples' tokens times the planned epochs."""
+    from controlplane.usage.metering import trained_tokens
+
+    run = {"train_tokens": 1000, "epochs": 27, "total_steps": 81}
+    assert trained_tokens({"training_run": run}, complete=True) == 27_000
+    converged = {"training_run": run, "training_converged": {"step": 30, "of": 81}}
+    assert trained_tokens(converged, complete=True) == 27_000 * 30 // 81
+    history = [{"step": s} for s in range(1, 41)]
+    assert trained_tokens({"training_run": run, "training_history": history}, complete=False) == 27_000 * 40 // 81

@@ -104,3 +104,39 @@ def test_the_cpu_dropout_is_peft_s_dropout_drawn_faster(models_dir):
 
     masks = [(CpuDropout(0.05, np.random.default_rng(seed)).train()(torch.ones(64, 64)) == 0) for seed in (1, 1, 2)]
     assert torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
+
+
+def _train(models_dir, tmp_path, capsys, **hyperparameters) -> list[dict]:
+    import json
+
+    from runner.training.lora import train
+    from shared.finetune import hyperparameters as with_defaults
+
+    train({"model_path": str(models_dir / "tiny-chat"), "output_dir": str(tmp_path), "seed": 3,
+           "hyperparameters": with_defaults(hyperparameters),
+           "train": [{"messages": r} for r in ROWS], "eval": [{"messages": ROWS[0]}]})
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_automatic_epochs_stop_once_the_examples_are_learned(models_dir, tmp_path, capsys, monkeypatch):
+    """With the epochs left automatic, training ends once the reply loss stayed under
+    CONVERGED_LOSS for CONVERGED_STEPS steps (an epoch is one step here), and the adapter is saved
+    then; with epochs given, every planned step runs. The tiny model's random weights learn
+    slowly: its bound is its loss a few steps in, not the real model's 0.02."""
+    from runner.training.lora import CONVERGED_STEPS
+
+    CONVERGED_LOSS = 6.0
+    monkeypatch.setattr("runner.training.lora.CONVERGED_LOSS", CONVERGED_LOSS)
+    events = _train(models_dir, tmp_path / "auto", capsys, learning_rate=1e-2)
+    planned = next(e for e in events if e["event"] == "start")["total_steps"]
+    steps = [e for e in events if e["event"] == "step"]
+    converged = next(e for e in events if e["event"] == "converged")
+    assert converged["step"] == len(steps) < planned == converged["of"]
+    assert all(e["loss"] < CONVERGED_LOSS for e in steps[-CONVERGED_STEPS:])
+    assert not all(e["loss"] < CONVERGED_LOSS for e in steps[-CONVERGED_STEPS - 1:])  # not a step later
+    assert events[-1]["event"] == "done" and events[-1]["steps"] == len(steps)
+    assert (tmp_path / "auto" / "adapter" / "adapter_model.safetensors").exists()
+
+    events = _train(models_dir, tmp_path / "given", capsys, learning_rate=1e-2, epochs=len(steps) + 5)
+    assert [e["event"] for e in events].count("step") == len(steps) + 5
+    assert "converged" not in [e["event"] for e in events]

@@ -264,7 +264,10 @@ def session_events(subscriptions: Subscriptions, session_id: str, read_session: 
                     with_streamed_text(redis, {"interactions": [data]})
                 known[data["id"]] = len(data.get("message") or "")
                 working = not data.get("finished")
-                (unfinished.add if working else unfinished.discard)(data["id"])
+                if working:
+                    unfinished.add(data["id"])
+                else:
+                    unfinished.discard(data["id"])
             yield event, data
             if event == EVENT_DELETED or (event == EVENT_INTERACTION and data.get("finished") and not follow_on):
                 break

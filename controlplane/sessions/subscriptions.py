@@ -97,6 +97,7 @@ class Subscriptions:
                     self._pubsub.subscribe(name)
                 except Exception:
                     log.warning("could not subscribe to a session's events: it is, once Redis answers again")
+                    self._pubsub = None  # the listener connects again, with every followed channel
             if self._reader is None:
                 self._reader = threading.Thread(target=self._read_forever, name="event-subscriptions", daemon=True)
                 self._reader.start()
@@ -118,7 +119,7 @@ class Subscriptions:
                 try:
                     self._pubsub.unsubscribe(listener.channel)
                 except Exception:
-                    pass  # the connection is gone; the next one subscribes only to followed channels
+                    self._pubsub = None  # the next connection subscribes to followed channels only
 
     def _read_forever(self) -> None:
         wait = RECONNECT_SECONDS[0]
@@ -135,10 +136,11 @@ class Subscriptions:
                     self._tell_everyone(RESYNC)
                     lost = False
                 wait = RECONNECT_SECONDS[0]
-                while True:
+                while self._pubsub is pubsub:  # else a listener found the connection broken
                     message = pubsub.get_message(timeout=5.0)
                     if message is not None:
                         self._deliver(message)
+                raise ConnectionError("a subscribe or unsubscribe failed")
             except Exception as err:  # noqa: BLE001 - the connection is made again
                 lost = True
                 log.warning("lost the live events' Redis connection (%s): connecting again", err)

@@ -75,18 +75,23 @@ def positive(value: Any) -> int:
 
 def trained_tokens(metadata: dict[str, Any], complete: bool) -> int:
     """The tokens a fine-tune trained on, as OpenAI counts `trained_tokens`: its examples' tokens
-    times its epochs (the trainer's start report); a run that ended early, the share of its steps
-    it took. 0 for work that trained nothing."""
+    times its epochs (the trainer's start report); a run that ended early (failed, cancelled, or
+    stopped once it had learned its examples: `training_converged`), the share of its steps it
+    took. 0 for work that trained nothing."""
     run = metadata.get("training_run")
     if not isinstance(run, dict):
         return 0
     whole = positive(run.get("train_tokens")) * positive(run.get("epochs"))
-    if complete:
+    converged = metadata.get("training_converged")
+    if complete and not isinstance(converged, dict):
         return whole
     total = positive(run.get("total_steps"))
-    history = metadata.get("training_history")
-    done = max((positive(p.get("step")) for p in history if isinstance(p, dict)), default=0) if isinstance(
-        history, list) else 0
+    if isinstance(converged, dict):
+        done = positive(converged.get("step"))
+    else:
+        history = metadata.get("training_history")
+        done = max((positive(p.get("step")) for p in history if isinstance(p, dict)), default=0) if isinstance(
+            history, list) else 0
     return whole * min(done, total) // total if total else 0
 
 

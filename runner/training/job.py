@@ -108,6 +108,13 @@ class _Reporter:
             self.last_loss = event.get("loss", self.last_loss)
             self.points.append(event)
             self.flush(force=kind == "eval")
+        elif kind == "converged":
+            self.flush(force=True)
+            self.total_steps = event["step"]
+            self.ctx.client.update(self.job.session_id, self.job.interaction_id, InteractionUpdate(
+                status=f"training: converged at step {event['step']} of {event['of']} (loss under"
+                       f" {event['loss_below']} for {event['steps_below']} steps)",
+                metadata={"training_converged": event}))
         elif kind == "checkpoint":
             self.flush(force=True)
             path = self.ctx.client.upload_result(self.job.session_id, self.job.interaction_id, "checkpoint.tar",

@@ -31,6 +31,15 @@ from shared.finetune import epochs_for
 
 IGNORE = -100
 MOST_CHECKPOINTS = 10
+# Where the epochs are automatic, training stops once the reply loss stayed under CONVERGED_LOSS for
+# a whole epoch and at least CONVERGED_STEPS steps in a row: the training answers are then known by
+# heart (99.5% on each token), and AdamW's further steps, as large whatever the gradient, only push
+# the model toward repeating them. Measured on the suite's invented facts, three runs each (the
+# questions differ between runs): at 0.005, runs of 80, 70 and 32 of about 80 steps, held-out
+# token F1 0.79, 0.97, 0.85 and new paraphrases answered 2, 3, 4 of 5; never stopping, 0.77, 0.74,
+# 1.0 and 2, 1, 3. At 0.02 it stopped at 25-30 steps and F1 fell (0.33, 0.50, 0.63): one run's
+# validation loss was still falling at step 64.
+CONVERGED_LOSS, CONVERGED_STEPS = 0.005, 3
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -160,6 +169,17 @@ def validation_loss(model, rows, batch_size: int, pad_id: int, capacity: int, de
     return total / count
 
 
+class Converged:
+    """Whether the last `needed` steps' losses were all under CONVERGED_LOSS."""
+
+    def __init__(self, needed: int):
+        self.needed, self.below = needed, 0
+
+    def after(self, loss: float) -> bool:
+        self.below = self.below + 1 if loss < CONVERGED_LOSS else 0
+        return self.below >= self.needed
+
+
 def save_checkpoint(model, optimizer, scheduler, step: int, folder: Path) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp / "adapter")
@@ -234,6 +254,7 @@ def train(spec: dict[str, Any]) -> None:
     # state saved, tarred and uploaded) cost more than the step it followed.
     checkpoint_every = int(spec.get("checkpoint_every") or steps_per_epoch * math.ceil(epochs / MOST_CHECKPOINTS))
     output = Path(spec["output_dir"])
+    converged = Converged(max(steps_per_epoch, CONVERGED_STEPS)) if not hp.get("epochs") else None
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         batch_indices = batches_of_epoch(len(train_rows), batch_size, seed, epoch)[offset]
@@ -248,6 +269,9 @@ def train(spec: dict[str, Any]) -> None:
         step += 1
         emit("step", step=step, epoch=round(step / steps_per_epoch, 3), loss=round(loss.item(), 5),
              learning_rate=scheduler.get_last_lr()[0], time=round(time.time(), 1))
+        if converged is not None and converged.after(loss.item()) and step < total_steps:
+            emit("converged", step=step, of=total_steps, loss_below=CONVERGED_LOSS, steps_below=converged.needed)
+            total_steps = step
         if step % checkpoint_every == 0 or step == total_steps:
             val = validation_loss(model, eval_rows, batch_size, pad_id, max_tokens, accelerator.device, autocast)
             if val is not None:
