@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 
 from controlplane.accounts import store as accounts
 from shared.jobs import WorkKind, queue_name
+from shared.updates import partial_text_key
 from tests.conftest import (
     TEXT_MODEL,
     User,
@@ -135,24 +136,28 @@ def test_the_request_that_crashes_the_engine_fails_alone(chunked_stack, services
     # loaded machine may take seconds to see that, and to hold vLLM still again.
     server = vllm_server(runner)
     freeze(server)
-    innocents = []
+    redis = Redis.from_url(services["redis_url"])
+    innocents, replies = [], []
     for n in range(2):
         r = requests.post(f"{url}/api/v1/sessions", headers=other.headers, timeout=30, data={
             "input": f"tell me a long story {n}", "mode": "inference", "type": "text", "model_name": CHUNKED_MODEL,
             "temperature": "1", "max_tokens": "3500"})
         assert r.status_code == 201, r.text
         innocents.append(r.json()["id"])
+        replies.append(r.json()["interactions"][-1]["id"])
     for sid in innocents:
         wait_for_session(url, other, sid, until=lambda s: s["interactions"][-1]["status"] == "generating")
     deadline = time.monotonic() + 60
     thaw(server)
-    while _running(vllm_url(runner)) < len(innocents):
+    # Both generating: seen by vLLM's own gauge, or by both replies' first text in Redis (a CI run
+    # once missed the gauge through 14 s of both replies running; the text alone lagged vLLM by
+    # seconds on a loaded machine, which 3,500 tokens outlast).
+    while _running(vllm_url(runner)) < len(innocents) and not all(redis.exists(partial_text_key(i)) for i in replies):
         assert time.monotonic() < deadline, "the other customer's replies never started"
         time.sleep(0.05)
     # vLLM held still while the culprit reaches it (on 2 cores, a generating vLLM leaves the
     # control plane too little CPU to take a request before short replies are done).
     freeze(server)
-    redis = Redis.from_url(services["redis_url"])
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         try:
             # The SDK's own retries are on (two by default): the error must tell it not to.
