@@ -42,7 +42,8 @@ class RunnerConfig:
     vllm_args: str = ""          # HELIX_VLLM_ARGS: extra `vllm serve` arguments
     kv_cache_gib: int = 1        # HELIX_VLLM_KV_CACHE_GIB: CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
     delta_interval: float = 0.1  # HELIX_DELTA_INTERVAL: seconds between streamed text deltas (via Redis)
-    persist_interval: float = 1.0  # HELIX_PERSIST_INTERVAL: seconds between stores of a reply's text so far
+    persist_interval: float = 30.0  # HELIX_PERSIST_INTERVAL: seconds between stores of a reply's text so far
+    # (status polls and event streams read the streamed text from Redis, not the stored one)
     sampling_extra: dict = field(default_factory=dict)  # HELIX_SAMPLING_EXTRA: JSON added to every
     # chat request, e.g. {"repetition_penalty": 1.1} or {"ignore_eos": true}
     log_dir: str = ""            # HELIX_RUNNER_LOG_DIR: vLLM's own output goes to vllm.log there
@@ -99,7 +100,7 @@ class RunnerConfig:
             vllm_args=env.get("HELIX_VLLM_ARGS", ""),
             kv_cache_gib=env_int(env, "HELIX_VLLM_KV_CACHE_GIB", 1),
             delta_interval=env_float(env, "HELIX_DELTA_INTERVAL", 0.1),
-            persist_interval=env_float(env, "HELIX_PERSIST_INTERVAL", 1.0),
+            persist_interval=env_float(env, "HELIX_PERSIST_INTERVAL", 30.0),
             sampling_extra=env_json_object(env, "HELIX_SAMPLING_EXTRA"),
             log_dir=env.get("HELIX_RUNNER_LOG_DIR", ""),
             register_interval=env_float(env, "HELIX_REGISTER_INTERVAL", 5),

@@ -14,7 +14,8 @@ from shared.updates import EVENT_DELTA, EVENT_INTERACTION, partial_text_key
 
 
 def view(finished: bool, message: str = "") -> dict:
-    return {"id": "s1", "interactions": [{"id": "i1", "finished": finished, "message": message}]}
+    return {"id": "s1", "interactions": [{"id": "i1", "finished": finished, "message": message, "mode": "inference",
+                                          "creator": "system"}]}
 
 
 def parse(chunks) -> list[tuple[str, dict]]:
@@ -44,7 +45,7 @@ def test_a_reply_finishing_right_after_the_snapshot_still_arrives(redis, subscri
 
     got = parse(events.stream(subscriptions, "s1", read_session, max_seconds=10))
     assert [name for name, _ in got] == ["session", "interaction", "end"]
-    assert got[1][1] == {"id": "i1", "finished": True, "message": "done"}
+    assert got[1][1] == view(True, "done")["interactions"][0]
 
 
 def test_a_finished_session_ends_at_once(redis, subscriptions):
@@ -59,7 +60,7 @@ def test_a_missed_final_event_is_sent_from_the_database_at_the_next_keepalive(re
     got = parse(events.stream(subscriptions, "s1", lambda: next(reads), max_seconds=10))
     # Told as the missed event would have told it, then the whole session.
     assert [name for name, _ in got] == ["session", "interaction", "session", "end"]
-    assert got[1][1] == {"id": "i1", "finished": True, "message": "from postgres"}
+    assert got[1][1] == view(True, "from postgres")["interactions"][0]
     assert got[2][1]["interactions"][0]["message"] == "from postgres"
 
 

@@ -99,6 +99,33 @@ def test_a_queued_interaction_is_read_each_poll(client, user):
     assert _copies() == before
 
 
+def test_a_reply_in_progress_shows_its_streamed_text_at_each_poll(client, user, config, db):
+    """The runner streams a reply's text through Redis and stores it in PostgreSQL only now and
+    then: a poll shows the text as streamed, and is never answered from the copy meanwhile."""
+    from redis import Redis
+
+    from shared.updates import partial_text_key
+    from tests.conftest import hold_job
+
+    sid = client.post("/api/v1/sessions", data={"mode": "inference", "type": "text", "input": "hi"},
+                      headers=user.headers).get_json()["id"]
+    reply = client.get(f"/api/v1/sessions/{sid}", headers=user.headers).get_json()["interactions"][-1]
+    hold_job(config.redis_url, reply["id"], "runner-streaming")  # a runner's worker took it
+    db.execute("UPDATE interactions SET message = 'Once' WHERE id = %s", (reply["id"],))  # stored a while ago
+    redis = Redis.from_url(config.redis_url)
+    before = _copies()
+    for text in ("Once upon", "Once upon a time", "Once upon a time, a lighthouse"):
+        redis.set(partial_text_key(reply["id"]), text)
+        turn = client.get(f"/api/v1/sessions/{sid}", headers=user.headers).get_json()["interactions"][-1]
+        assert "queue_position" not in turn
+        assert turn["message"] == text and turn["messages"] == [{"role": "assistant", "content": text}]
+    assert _copies() == before
+    # Once finished, the stored text is the reply, and the answer is kept again.
+    db.execute("UPDATE interactions SET message = 'The end.', state = 'complete', finished = true WHERE id = %s",
+               (reply["id"],))
+    assert _poll_until_copied(client, user, sid)["interactions"][-1]["message"] == "The end."
+
+
 def _kill_listener(db) -> int:
     return db.execute("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
                       " WHERE application_name = %s", (APPLICATION_NAME,)).fetchone()["n"]

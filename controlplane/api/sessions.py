@@ -115,10 +115,14 @@ def get_session(session_id: str):
     mark = cache.mark()
     with db.read() as conn:
         view = _full_view(conn, session_id)
+    # A reply in progress shows its text as streamed so far, not as last stored.
+    streaming = any(events.streams_text(i) for i in view["interactions"])
+    if streaming:
+        events.with_streamed_text(current_app.extensions["redis"], view)
     response = jsonify(view)
     # Kept for the owner alone (a reader's right to it ends when the owner stops sharing), and
-    # not while a queue position changes with no write to announce it.
-    if view["owner"] == g.user["id"] and not scheduling.waits_in_queue(view):
+    # not while it changes with no write to announce it: a queue position, a reply's text.
+    if view["owner"] == g.user["id"] and not scheduling.waits_in_queue(view) and not streaming:
         cache.put(session_id, g.user["id"], response.get_data(), mark)
     return response
 

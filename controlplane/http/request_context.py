@@ -26,7 +26,7 @@ access_log = logging.getLogger("helix.access")
 
 def _is_logged_write(status: int) -> bool:
     """A user's write, any server error, and a runner's refused report. A runner's accepted
-    reports (every few seconds per runner, once a second per running job) are not logged."""
+    reports (every few seconds per runner and per running job) are not logged."""
     if status >= 500:
         return True
     if request.blueprint == "runner":

@@ -18,6 +18,7 @@ from redis import Redis
 from controlplane.errors import ServiceUnavailable, TooManyRequests
 from controlplane.http import event_stream
 from controlplane.sessions.subscriptions import RESYNC, Subscriptions
+from controlplane.sessions.views import turn_messages
 from shared.updates import EVENT_DELTA, EVENT_INTERACTION, partial_text_key, session_channel
 
 log = logging.getLogger(__name__)
@@ -149,12 +150,18 @@ def _finished(view: dict[str, Any] | None) -> bool:
     return view is None or all(i["finished"] for i in view["interactions"])
 
 
+def streams_text(interaction: dict[str, Any]) -> bool:
+    """An unfinished reply whose text so far the runner streams through Redis: it grows with no
+    write to PostgreSQL, which stores it only now and then (runner/text/stream.py)."""
+    return not interaction["finished"] and interaction.get("mode") == "inference"
+
+
 def with_streamed_text(redis: Redis, view: dict[str, Any] | None) -> dict[str, Any] | None:
     """The session with each unfinished reply's text so far as the runner streamed it (the
-    stored message lags it by up to a second)."""
+    stored message lags it by up to HELIX_PERSIST_INTERVAL)."""
     if view is None:
         return view
-    live = [i for i in view["interactions"] if not i["finished"]]
+    live = [i for i in view["interactions"] if streams_text(i)]
     if live:
         try:
             texts = redis.mget([partial_text_key(i["id"]) for i in live])
@@ -165,6 +172,8 @@ def with_streamed_text(redis: Redis, view: dict[str, Any] | None) -> dict[str, A
                 text = text.decode("utf-8", "replace")
                 if len(text) > len(interaction["message"] or ""):
                     interaction["message"] = text
+                    if "messages" in interaction:
+                        interaction["messages"] = turn_messages(interaction["creator"], text)
     return view
 
 

@@ -40,9 +40,9 @@ def helix_chunks(files: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return chunks
 
 
-def _messages(row: InteractionRow) -> list[dict[str, str]]:
+def turn_messages(creator: str, message: str) -> list[dict[str, str]]:
     """Helix's `messages` of one turn: its text, as the user's or the assistant's."""
-    return [{"role": "user" if row.creator == "user" else "assistant", "content": row.message}] if row.message else []
+    return [{"role": "user" if creator == "user" else "assistant", "content": message}] if message else []
 
 
 def _as_text(value: Any) -> str:
@@ -58,7 +58,7 @@ def interaction_view(row: InteractionRow) -> dict[str, Any]:
     view = {k: getattr(row, k) for k in _INTERACTION_VIEW_FIELDS}
     for k in ("created", "updated", "scheduled", "completed"):
         view[k] = helix_time(view[k])
-    view["messages"] = _messages(row)
+    view["messages"] = turn_messages(row.creator, row.message)
     view["data_prep_files"] = row.data_prep_chunks or {}
     view["data_prep_chunks"] = helix_chunks(row.data_prep_chunks)
     flat = {}

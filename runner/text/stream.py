@@ -3,8 +3,10 @@
 Every few tokens go out at once to the session's live channel and onto the reply's text so far
 (one atomic MULTI: APPEND and PUBLISH), so a client that connects mid-reply reads the text so far
 and then takes only the deltas past it (each carries its offset): nothing doubled, nothing
-missed. The control plane stores the text about once a second (`persist_interval`) and always
-at the end, instead of one HTTP request and one PostgreSQL commit per delta.
+missed. Status polls read that text too (controlplane/api/sessions.py), so the control plane
+stores it only now and then (`persist_interval`, 30 s) and always at the end: a store is an HTTP
+request and a PostgreSQL commit, and at one a second each, 64 replies in flight cost the machine
+a fifth of the CPU vLLM generates with (bench/README.md, P3).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ class TextStream:
     plane store the text every `persist_interval` seconds."""
 
     def __init__(self, client: ControlPlane, redis: Redis, session_id: str, interaction_id: str,
-                 interval: float, persist_interval: float = 1.0):
+                 interval: float, persist_interval: float = 30.0):
         self.client, self.redis = client, redis
         self.session_id, self.interaction_id = session_id, interaction_id
         self.interval, self.persist_interval = interval, persist_interval
