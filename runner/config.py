@@ -30,7 +30,8 @@ class RunnerConfig:
     image_max_pixels: int = 0    # HELIX_IMAGE_MAX_PIXELS: largest width x height (0: twice the native size each way)
     image_max_seconds: float = 300  # HELIX_IMAGE_MAX_SECONDS: the longest one image request may take
     image_seconds_per_megapixel_step: float = 0  # HELIX_IMAGE_SECONDS_PER_MEGAPIXEL_STEP: 0 = measure at start-up
-    text_workers: int = 64       # HELIX_TEXT_WORKERS: text jobs in flight at once on the one vLLM
+    text_workers: int = 128      # HELIX_TEXT_WORKERS: text jobs in flight at once on the one vLLM (its own
+    # batch cap on a CPU; more with a GPU)
     # (threads of one worker process, one RQ worker each)
     text_reserve_workers: int = 8  # HELIX_TEXT_RESERVE_WORKERS: more threads than that, never counted as
     # workers by fair share: another user's new chat starts on one at once while HELIX_TEXT_WORKERS are busy
@@ -91,7 +92,7 @@ class RunnerConfig:
             image_max_pixels=env_int(env, "HELIX_IMAGE_MAX_PIXELS", 0),
             image_max_seconds=env_float(env, "HELIX_IMAGE_MAX_SECONDS", 300),
             image_seconds_per_megapixel_step=env_float(env, "HELIX_IMAGE_SECONDS_PER_MEGAPIXEL_STEP", 0),
-            text_workers=env_int(env, "HELIX_TEXT_WORKERS", 64),
+            text_workers=env_int(env, "HELIX_TEXT_WORKERS", 128),
             text_reserve_workers=env_int(env, "HELIX_TEXT_RESERVE_WORKERS", 8),
             shared_batch_width=env_int(env, "HELIX_SHARED_BATCH_WIDTH", -1),
             max_tokens=env_int(env, "HELIX_MAX_TOKENS", 512),

@@ -72,6 +72,26 @@ def test_job_of_a_live_worker_is_left_alone(client, user, reconciler, redis):
     assert reconciler.run_once()[iid] == "running"
 
 
+def test_jobs_of_live_workers_cost_no_transaction_each(client, user, reconciler, redis, monkeypatch):
+    """A runner holds a hundred chats at once: their jobs and workers are read in two round
+    trips, and only an interaction that may need something done is checked one by one."""
+    ids = [new_session(client, user)[1] for _ in range(20)]
+    for n, iid in enumerate(ids):
+        job = fetch(redis, iid)
+        job.set_status("started")
+        job.worker_name = f"{'gone' if n == 7 else 'busy'}-runner.text-inference.{n}"
+        job.save()
+        if n != 7:
+            redis.set(worker_alive_key(job.worker_name), "1", ex=30)
+    checked = []
+    check = reconciler.check
+    monkeypatch.setattr(reconciler, "check", lambda conn, iid, *rest: checked.append(iid) or check(conn, iid, *rest))
+    results = reconciler.run_once()
+    assert [iid for iid in checked if iid in ids] == [ids[7]]  # (other tests leave interactions too)
+    assert results[ids[7]] == "requeued-dead-worker"
+    assert all(results[iid] == "running" for n, iid in enumerate(ids) if n != 7)
+
+
 def test_failed_job_ends_the_interaction_with_an_error(client, user, reconciler, redis, db):
     _, iid = new_session(client, user)
     job = fetch(redis, iid)

@@ -63,9 +63,14 @@ def chat_history(interactions: list[InteractionRow], upto_id: str) -> list[dict[
 
 def job_stage(interaction: InteractionRow) -> str:
     """Which job an unfinished interaction needs: a fine-tune has two in turn, each its own id."""
-    if interaction.mode != SessionMode.FINETUNE:
+    return stage_of(interaction.mode, interaction.data_prep_stage)
+
+
+def stage_of(mode: str, data_prep_stage: str | None) -> str:
+    """job_stage from an interaction's two columns."""
+    if mode != SessionMode.FINETUNE:
         return ""
-    return "finetune" if interaction.data_prep_stage == DataPrepStage.FINETUNE else "dataprep"
+    return "finetune" if data_prep_stage == DataPrepStage.FINETUNE else "dataprep"
 
 
 def _user_turn_before(interactions: list[InteractionRow], interaction: InteractionRow) -> InteractionRow | None:
@@ -227,8 +232,16 @@ class Dispatcher:
     def holder(self, interaction_id: str, stage: str = "") -> str:
         """The name of the worker running the interaction's job now ("" when it is not running):
         two fields of the job's hash, not the whole job with its payload (a chat's history)."""
-        status, worker = self.redis.hmget(Job.key_for(job_id_for(interaction_id, stage)), "status", "worker_name")
-        return worker.decode() if status == JobStatus.STARTED.value.encode() and worker else ""
+        return self.holders([(interaction_id, stage)])[0]
+
+    def holders(self, jobs: list[tuple[str, str]]) -> list[str]:
+        """holder() of each (interaction id, stage), in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for interaction_id, stage in jobs:
+                pipe.hmget(Job.key_for(job_id_for(interaction_id, stage)), "status", "worker_name")
+            found = pipe.execute()
+        return [worker.decode() if status == JobStatus.STARTED.value.encode() and worker else ""
+                for status, worker in found]
 
     def cancel(self, interaction_id: str) -> None:
         for stage in ("", "dataprep", "finetune"):

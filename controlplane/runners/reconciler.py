@@ -24,7 +24,7 @@ from rq.job import JobStatus
 
 from controlplane import metrics
 from controlplane.fleet import fair_share_store, scheduling
-from controlplane.fleet.dispatch import Dispatcher, job_stage
+from controlplane.fleet.dispatch import Dispatcher, job_stage, stage_of
 from controlplane.sessions import events, fair_share
 from controlplane.sessions import store as sessions_store
 from controlplane.sessions.views import interaction_view
@@ -154,6 +154,23 @@ class Reconciler:
             return False
         return ttl - self.redis.ttl(key) >= self.grace_seconds
 
+    def _running_on_live_workers(self, page: list[dict]) -> set[str]:
+        """The page's interactions whose job a live worker runs: check() would find nothing to do
+        for them, and this learns it in two round trips to Redis, not a transaction each (a
+        runner holds 128 chats at once). Empty when Redis fails: each is then checked."""
+        try:
+            holders = self.dispatcher.holders([(row["id"], stage_of(row["mode"], row["data_prep_stage"]))
+                                               for row in page])
+            started = [(row["id"], holder) for row, holder in zip(page, holders) if holder]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for _, holder in started:
+                    pipe.exists(worker_alive_key(holder))
+                alive = pipe.execute()
+        except Exception as err:
+            log.warning("could not read the jobs of %d interactions at once: %s", len(page), err)
+            return set()
+        return {interaction_id for (interaction_id, _), up in zip(started, alive) if up}
+
     def run_once(self) -> dict[str, str]:
         from controlplane.storage import db
 
@@ -172,7 +189,11 @@ class Reconciler:
                 while page := sessions_store.unfinished_system_interactions(
                         conn, self.grace_seconds, after, self.page_size):
                     conn.commit()
+                    running = self._running_on_live_workers(page)
                     for row in page:
+                        if row["id"] in running:
+                            results[row["id"]] = "running"
+                            continue
                         try:
                             results[row["id"]] = self.check(conn, row["id"], row["session_id"], row["owner"])
                         except Exception:

@@ -233,7 +233,7 @@ def unfinished_system_interactions(conn: psycopg.Connection, older_than_seconds:
     """
     after_clause = " AND (i.created, i.id) > (%s, %s)" if after else ""
     return conn.execute(
-        "SELECT i.id, i.session_id, i.created, s.owner FROM interactions i"
+        "SELECT i.id, i.session_id, i.created, i.mode, i.data_prep_stage, s.owner FROM interactions i"
         " JOIN sessions s ON s.id = i.session_id"
         " WHERE NOT i.finished AND i.creator = 'system' AND i.state <> 'editing'"
         " AND NOT EXISTS (SELECT 1 FROM queued_work q WHERE q.interaction_id = i.id"
