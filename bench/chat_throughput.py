@@ -35,7 +35,7 @@ from bench.stack import REPO, SAMPLING_EXTRA, BenchStack
 from shared.jobs import WorkKind, queue_name
 from shared.processes import die_with_parent
 
-GOAL_DIRECT, GOAL_GENERATE = 0.8, 4.0
+GOAL_DIRECT, GOAL_GENERATE = 0.9, 4.0
 SUBJECTS = ["a lighthouse keeper", "a lost robot", "the first snow", "a river town", "an old map",
             "a night train", "a clockmaker", "a desert garden", "a forgotten song", "a paper boat",
             "a mountain pass", "a quiet library", "a city of bridges", "a fox and a crow", "a broken compass",

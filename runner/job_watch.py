@@ -9,7 +9,7 @@ chat waiting on its model server (runner/text/abortable.py closes the request) o
 (killed: its memory is freed at once).
 
 One thread per process watches all its jobs, and reads the hashes of those due in one pipelined
-round trip: a text worker holds 64 chats at once, and a thread and four reads a second for each
+round trip: a text worker holds 128 chats at once, and a thread and four reads a second for each
 cost more CPU than streaming their tokens did (bench/README.md, P3).
 """
 from __future__ import annotations
@@ -104,22 +104,30 @@ class _Watcher:
 
     def _run(self) -> None:
         while True:
-            self._changed.clear()  # before the snapshot: a watch added from here on wakes the wait
-            with self._lock:
-                watches = list(self._watches)
-            now = time.monotonic()
-            due = [w for w in watches if w.due <= now]
-            for watch in due:
-                watch.due = now + watch.interval
-                if now > watch.deadline:
-                    watch.reason = DEADLINE
-            self._look_at_jobs([w for w in due if not w.reason and w.rq_job is not None])
-            for watch in due:
-                if watch.reason and self._take(watch):  # not if its job ended meanwhile
-                    # Its callbacks (closing a request, killing a trainer) never hold up the others.
-                    threading.Thread(target=watch.fire, name="job-stop", daemon=True).start()
-            wait = min((w.due for w in watches if not w.reason), default=now + 60) - time.monotonic()
-            self._changed.wait(max(wait, 0.0))
+            try:
+                self._round()
+            except Exception:  # never leaves the process's jobs unwatched
+                log.exception("watching jobs failed; looking again")
+                time.sleep(0.1)
+
+    def _round(self) -> None:
+        """Looks at the watches that are due, then waits for the next one to be due (or a new one)."""
+        self._changed.clear()  # before the snapshot: a watch added from here on wakes the wait
+        with self._lock:
+            watches = list(self._watches)
+        now = time.monotonic()
+        due = [w for w in watches if w.due <= now]
+        for watch in due:
+            watch.due = now + watch.interval
+            if now > watch.deadline:
+                watch.reason = DEADLINE
+        self._look_at_jobs([w for w in due if not w.reason and w.rq_job is not None])
+        for watch in due:
+            if watch.reason and self._take(watch):  # not if its job ended meanwhile
+                # Its callbacks (closing a request, killing a trainer) never hold up the others.
+                threading.Thread(target=watch.fire, name="job-stop", daemon=True).start()
+        wait = min((w.due for w in watches if not w.reason), default=now + 60) - time.monotonic()
+        self._changed.wait(max(wait, 0.0))
 
     @staticmethod
     def _look_at_jobs(watches: list[JobWatch]) -> None:
