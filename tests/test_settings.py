@@ -27,7 +27,8 @@ def test_defaults_and_overrides():
     assert (c.max_event_streams, c.reconcile_interval, c.text_models) == (3, 0.5, ["a", "b"])
     assert (d.openai_reply_seconds, Config.from_env({"HELIX_OPENAI_REPLY_SECONDS": "30"}).openai_reply_seconds) == (600, 30)
     r = RunnerConfig.from_env({**RUNNER_ENV, "HELIX_SAMPLING_EXTRA": '{"top_k": 5}'})
-    assert (r.api_url, r.text_workers, r.sampling_extra) == ("http://cp:8080", 64, {"top_k": 5})
+    assert (r.api_url, r.text_workers, r.sampling_extra) == ("http://cp:8080", 128, {"top_k": 5})
+    assert (r.delta_interval, r.persist_interval) == (0.1, 30.0)
     # A runner started alone keeps its files in its installation's state folder, one folder per runner id.
     state = tempfile.mkdtemp()
     for env, folder in (({"HELIX_RUNNER_ID": "a/b"}, ".helix/runner-work/a_b"),
