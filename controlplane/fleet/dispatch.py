@@ -73,6 +73,11 @@ def stage_of(mode: str, data_prep_stage: str | None) -> str:
     return "finetune" if data_prep_stage == DataPrepStage.FINETUNE else "dataprep"
 
 
+def _running_worker(status: bytes | None, worker: bytes | None) -> str:
+    """From a job hash's `status` and `worker_name`: the worker running it, or ""."""
+    return worker.decode() if status == JobStatus.STARTED.value.encode() and worker else ""
+
+
 def _user_turn_before(interactions: list[InteractionRow], interaction: InteractionRow) -> InteractionRow | None:
     """The user's turn just before a system interaction: the documents or images it works on."""
     before = interactions[:next(n for n, i in enumerate(interactions) if i.id == interaction.id)]
@@ -232,16 +237,15 @@ class Dispatcher:
     def holder(self, interaction_id: str, stage: str = "") -> str:
         """The name of the worker running the interaction's job now ("" when it is not running):
         two fields of the job's hash, not the whole job with its payload (a chat's history)."""
-        return self.holders([(interaction_id, stage)])[0]
+        key = Job.key_for(job_id_for(interaction_id, stage))
+        return _running_worker(*self.redis.hmget(key, "status", "worker_name"))
 
     def holders(self, jobs: list[tuple[str, str]]) -> list[str]:
         """holder() of each (interaction id, stage), in one round trip."""
         with self.redis.pipeline(transaction=False) as pipe:
             for interaction_id, stage in jobs:
                 pipe.hmget(Job.key_for(job_id_for(interaction_id, stage)), "status", "worker_name")
-            found = pipe.execute()
-        return [worker.decode() if status == JobStatus.STARTED.value.encode() and worker else ""
-                for status, worker in found]
+            return [_running_worker(status, worker) for status, worker in pipe.execute()]
 
     def cancel(self, interaction_id: str) -> None:
         for stage in ("", "dataprep", "finetune"):

@@ -37,7 +37,7 @@ class TextStream:
     plane store the text every `persist_interval` seconds."""
 
     def __init__(self, client: ControlPlane, redis: Redis, session_id: str, interaction_id: str,
-                 interval: float, persist_interval: float = 30.0):
+                 interval: float, persist_interval: float):
         self.client, self.redis = client, redis
         self.session_id, self.interaction_id = session_id, interaction_id
         self.interval, self.persist_interval = interval, persist_interval
