@@ -9,6 +9,7 @@ from redis import BlockingConnectionPool, Redis
 
 from controlplane import metrics, web
 from controlplane.accounts import auth
+from controlplane.api.poll_shortcut import PollShortcut
 from controlplane.config import Config
 from controlplane.contract.operations import documented
 from controlplane.finetune.image_service import ImageFinetuneService
@@ -111,6 +112,9 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     app.config["SOCK_SERVER_OPTIONS"] = user_socket.SERVER_OPTIONS
     app.before_request(_refuse_nul_in_url)
     web.init_app(app)
+
+    # Last: it reads the status poll's route from the URL map.
+    app.wsgi_app = PollShortcut(app, app.extensions["session_cache"], config.access_log)
 
     @app.get("/healthz")
     @documented("Whether this control-plane process answers", auth="public")

@@ -73,6 +73,16 @@ def _route() -> str:
     return route_template() or "<unmatched>"  # never the raw path: unbounded labels
 
 
+def count_request(method: str, route: str, status: int, started: float | None) -> None:
+    """One answered request in helix_http_requests_total, and its time since `started`
+    (time.perf_counter()) in helix_http_request_duration_seconds."""
+    count, latency = _series((method if method in _METHODS else "other",  # no series per invented method
+                              route, str(status)))
+    count.inc()
+    if started is not None:
+        latency.observe(time.perf_counter() - started)
+
+
 def count_reconciled(results: dict[str, str]) -> None:
     for result in results.values():
         RECONCILER.labels(result).inc()
@@ -161,12 +171,7 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _count(response):
-        started = g.pop("metrics_started", None)
-        method = request.method if request.method in _METHODS else "other"  # no series per invented method
-        count, latency = _series((method, _route(), str(response.status_code)))
-        count.inc()
-        if started is not None:
-            latency.observe(time.perf_counter() - started)
+        count_request(request.method, _route(), response.status_code, g.pop("metrics_started", None))
         return response
 
     @app.get("/metrics")

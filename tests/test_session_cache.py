@@ -3,6 +3,7 @@ session cost no query, and no poll ever shows a session older than a write commi
 was sent, whichever connection, process or worker made the write."""
 from __future__ import annotations
 
+import logging
 import time
 
 import psycopg
@@ -87,6 +88,49 @@ def test_another_user_never_gets_the_copy(client, make_user, db):
     assert response.status_code == 404
 
 
+def _requests_answered(route: str = "/api/v1/sessions/<session_id>") -> float:
+    return REGISTRY.get_sample_value("helix_http_requests_total",
+                                     {"method": "GET", "route": route, "status": "200"}) or 0.0
+
+
+def test_a_remembered_keys_poll_is_answered_before_flask(client, make_user, db, monkeypatch):
+    """controlplane/api/poll_shortcut.py: the same bytes and headers as Flask's answer, counted in the
+    same metrics; another user, a query string or a deleted key go to Flask as before."""
+    owner, other = make_user(), make_user()
+    sid = _finished_session(client, owner, db)
+    _poll_until_copied(client, owner, sid)
+    shortcut = client.application.wsgi_app
+    reached_flask = []
+    flask_wsgi = shortcut.flask_wsgi
+    monkeypatch.setattr(shortcut, "flask_wsgi", lambda environ, start: reached_flask.append(
+        (environ["PATH_INFO"], environ["QUERY_STRING"])) or flask_wsgi(environ, start))
+    path = f"/api/v1/sessions/{sid}"
+
+    by_flask = client.get(path + "?from=flask", headers=owner.headers)  # the view answers from the copy too
+    assert reached_flask == [(path, "from=flask")] and by_flask.status_code == 200
+    copies, answered = _copies(), _requests_answered()
+    for _ in range(10):
+        shortcut_answer = client.get(path, headers=owner.headers)
+        assert shortcut_answer.status_code == 200 and shortcut_answer.data == by_flask.data
+    assert len(reached_flask) == 1
+    assert (_copies() - copies, _requests_answered() - answered) == (10, 10)
+    assert sorted(shortcut_answer.headers.keys()) == sorted(by_flask.headers.keys())
+    assert shortcut_answer.headers["Content-Type"] == by_flask.headers["Content-Type"] == "application/json"
+    assert client.get(path, headers={**owner.headers, "X-Request-Id": "trace-7"}).headers["X-Request-Id"] == "trace-7"
+    fresh = client.get(path, headers={**owner.headers, "X-Request-Id": "bad id!"}).headers["X-Request-Id"]
+    assert len(fresh) == 32 and len(reached_flask) == 1
+
+    # Another user's key, remembered by this process, never gets the owner's copy.
+    assert client.get("/api/v1/sessions", headers=other.headers).status_code == 200
+    assert client.get(path, headers=other.headers).status_code == 404
+    # A deleted key is refused at once, though it was remembered.
+    assert client.delete("/api/v1/api_keys", query_string={"key": owner.key}, headers=owner.headers).status_code == 200
+    refused = client.get(path, headers=owner.headers)
+    assert refused.status_code == 401 and "not valid" in refused.get_json()["error"]
+    assert reached_flask[1:] == [("/api/v1/sessions", ""), (path, ""), ("/api/v1/api_keys", f"key={owner.key}"),
+                                 (path, "")]
+
+
 def test_a_queued_interaction_is_read_each_poll(client, user):
     """Its place in the queue changes with no write to announce it."""
     sid = client.post("/api/v1/sessions", data={"mode": "inference", "type": "text", "input": "hi"},
@@ -143,6 +187,19 @@ def test_a_lost_listener_loses_no_write(client, user, db):
         got = client.get(f"/api/v1/sessions/{sid}", headers=user.headers).get_json()
         assert got["interactions"][-1]["message"] == "written while away"
     assert _poll_until_copied(client, user, sid)["interactions"][-1]["message"] == "written while away"
+
+
+def test_with_every_request_logged_a_shortcut_poll_is_logged_too(config, user, db, tmp_path_factory, caplog):
+    client = app_with(config, tmp_path_factory, access_log="all").test_client()
+    sid = _finished_session(client, user, db)
+    _poll_until_copied(client, user, sid)
+    caplog.set_level(logging.INFO, logger="helix.access")
+    before = _copies()
+    client.get(f"/api/v1/sessions/{sid}", headers={**user.headers, "X-Request-Id": "trace-9"})
+    assert _copies() == before + 1
+    logged, = (r for r in caplog.records if r.name == "helix.access" and getattr(r, "request_id", "") == "trace-9")
+    assert (logged.session_id, logged.status, logged.route) == (sid, 200, "/api/v1/sessions/<session_id>")
+    assert logged.path == f"/api/v1/sessions/{sid}" and logged.duration_ms >= 0
 
 
 def test_a_large_answer_is_not_kept(config, user, db, tmp_path_factory):

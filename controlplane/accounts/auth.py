@@ -79,17 +79,30 @@ def forget_secrets() -> None:
         _valid_secrets.clear()
 
 
-def _lookup_cached(lookup: Callable, secret: str):
-    cache_key = (lookup.__name__, accounts.digest(secret))
+def _remembered(lookup: Callable, secret: str):
     with _cache_lock:
-        found = _valid_secrets.get(cache_key)
+        return _valid_secrets.get((lookup.__name__, accounts.digest(secret)))
+
+
+def _lookup_cached(lookup: Callable, secret: str):
+    found = _remembered(lookup, secret)
     if found is None:
         with db.transaction() as conn:
             found = lookup(conn, secret)
         if found is not None:
             with _cache_lock:
-                _valid_secrets[cache_key] = found
+                _valid_secrets[(lookup.__name__, accounts.digest(secret))] = found
     return found
+
+
+def remembered_key_user(authorization: str) -> dict | None:
+    """The user of an `Authorization: Bearer <API key>` header when this process checked that key
+    within SECRET_CACHE_SECONDS; None otherwise (no database lookup: the status poll's shortcut)."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token.startswith(API_KEY_PREFIX):
+        return None
+    return _remembered(accounts.user_for_api_key, token)
 
 
 def _lookup_now(lookup: Callable, secret: str):

@@ -24,21 +24,34 @@ ACCESS_LOG_CHOICES = ("writes", "all", "off")
 access_log = logging.getLogger("helix.access")
 
 
-def _is_logged_write(status: int) -> bool:
-    """A user's write, any server error, and a runner's refused report. A runner's accepted
-    reports (every few seconds per runner and per running job) are not logged."""
+def request_id(sent: str) -> str:
+    """The client's X-Request-Id when it is a plain token, else a new one."""
+    return sent if _PLAIN_ID.fullmatch(sent) else os.urandom(16).hex()
+
+
+def wants_access_record(access: str, method: str, status: int, blueprint: str | None) -> bool:
+    """With `writes` (the default): a user's write, any server error, and a runner's refused
+    report. A runner's accepted reports (every few seconds per runner and per running job) are
+    not logged."""
+    if access != "writes":
+        return access == "all"
     if status >= 500:
         return True
-    if request.blueprint == "runner":
+    if blueprint == "runner":
         return status >= 400
-    return request.method not in ("GET", "HEAD", "OPTIONS")
+    return method not in ("GET", "HEAD", "OPTIONS")
+
+
+def write_access_record(method: str, path: str, status: int, route: str | None, started: float | None) -> None:
+    access_log.info("%s %s %s", method, path, status,
+                    extra={**logs.current(), "method": method, "path": path, "status": status, "route": route,
+                           "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None})
 
 
 def init_app(app: Flask, access: str = "writes") -> None:
     @app.before_request
     def _bind_ids():
-        sent = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = sent if _PLAIN_ID.fullmatch(sent) else os.urandom(16).hex()
+        g.request_id = request_id(request.headers.get(REQUEST_ID_HEADER, ""))
         g.log_started = time.perf_counter()
         args = request.view_args or {}
         ids = {"session_id": args.get("session_id"), "interaction_id": args.get("interaction_id")}
@@ -47,13 +60,9 @@ def init_app(app: Flask, access: str = "writes") -> None:
     @app.after_request
     def _send_id(response):
         response.headers[REQUEST_ID_HEADER] = g.get("request_id") or os.urandom(16).hex()
-        wanted = access == "all" or (access == "writes" and _is_logged_write(response.status_code))
-        if wanted:
-            started = g.get("log_started")
-            access_log.info("%s %s %s", request.method, request.path, response.status_code,
-                            extra={**logs.current(), "method": request.method, "path": request.path, "status": response.status_code,
-                                   "route": route_template(),
-                                   "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None})
+        if wants_access_record(access, request.method, response.status_code, request.blueprint):
+            write_access_record(request.method, request.path, response.status_code, route_template(),
+                                g.get("log_started"))
         return response
 
     @app.teardown_request
@@ -70,4 +79,9 @@ def route_template() -> str | None:
     """The route the request matched, its variables named without their converters
     (/api/v1/sessions/<session_id>): a label per route, never per path."""
     rule = request.url_rule
-    return re.sub(r"<\w+:(\w+)>", r"<\1>", rule.rule) if rule is not None else None
+    return template_of(rule.rule) if rule is not None else None
+
+
+def template_of(rule: str) -> str:
+    """/api/v1/sessions/<session_id:session_id> -> /api/v1/sessions/<session_id>"""
+    return re.sub(r"<\w+:(\w+)>", r"<\1>", rule)
