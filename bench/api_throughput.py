@@ -14,7 +14,7 @@ from bench.stack import BenchStack
 from controlplane.storage.rows import SessionRow
 from controlplane.usage.plans import Limits
 
-GOAL = 0.6
+GOAL = 0.9
 
 
 BUSY_PLAN = Limits(requests_per_minute=10**6, tokens_per_minute=10**9, concurrent_jobs=1000, queued_jobs=10**5,

@@ -59,7 +59,7 @@ class Plan:
 
 
 PLANS: dict[str, Plan] = {
-    "P1": Plan("GET /api/v1/sessions/{id} req/s / a bare Flask route, same gunicorn command line", ">= 0.6",
+    "P1": Plan("GET /api/v1/sessions/{id} req/s / a bare Flask route, same gunicorn command line", ">= 0.9",
                dict(concurrency=16, seconds=5.0, repetitions=3), dict(concurrency=8, seconds=1.0, repetitions=1), 300),
     "S1": Plan("open event streams one control-plane process holds while a poller's p99 < 250 ms", ">= 10000",
                dict(levels=[1000, 2500, 5000, 10000], poll_seconds=8.0), dict(levels=[50, 100], poll_seconds=2.0), 900),
