@@ -179,9 +179,8 @@ def with_streamed_text(redis: Redis, view: dict[str, Any] | None) -> dict[str, A
 
 
 def streamed_answer(redis: Redis, provider: JSONProvider, stored: bytes) -> bytes:
-    """A session's answer as stored (JSON bytes), with its replies in progress as streamed so far.
-    Read with the standard parser: the bytes are the platform's own, not a request's."""
-    return provider.response(with_streamed_text(redis, json.loads(stored))).get_data()
+    """A session's answer as stored (JSON bytes), with its replies in progress as streamed so far."""
+    return provider.response(with_streamed_text(redis, provider.loads(stored))).get_data()
 
 
 def _unseen(delta: dict[str, Any], known: dict[str, int]) -> dict[str, Any] | None:
