@@ -114,7 +114,7 @@ def create_app(config: Config | None = None, *, start_reconciler: bool = True) -
     web.init_app(app)
 
     # Last: it reads the status poll's route from the URL map.
-    app.wsgi_app = PollShortcut(app, config.access_log)
+    app.wsgi_app = PollShortcut(app, app.extensions["session_cache"], config.access_log)
 
     @app.get("/healthz")
     @documented("Whether this control-plane process answers", auth="public")

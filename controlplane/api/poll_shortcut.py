@@ -4,9 +4,9 @@ The status poll (GET /api/v1/sessions/{id}) is the platform's most frequent requ
 and SDKs poll many times per change, and most polls find the session unchanged. When the poll's
 API key was checked by this process within the last few seconds (accounts/auth.py remembers it)
 and the copy holds the session's answer for the key's user (sessions/cache.py, which first makes
-sure every change committed before the poll was heard), the answer is already bytes (a reply in
-progress has its text as streamed laid over them). Flask would then add its request context, URL
-routing and its hooks: about as much CPU again as the rest of the poll (bench/README.md, P1).
+sure every change committed before the poll was heard), the answer is already bytes. Flask would
+then add its request context, URL routing and its hooks: about as much CPU again as the rest of
+the poll (bench/README.md, P1).
 
 This WSGI middleware answers such a poll itself with those bytes and the headers Flask's answer
 has (Content-Type, Content-Length, X-Request-Id), counted in the same metrics and access log. Any
@@ -25,7 +25,6 @@ from flask import Flask
 from controlplane import metrics
 from controlplane.accounts import auth
 from controlplane.http import request_context
-from controlplane.sessions import events
 from controlplane.sessions.cache import SessionCache
 from shared import logs
 
@@ -37,10 +36,10 @@ log = logging.getLogger(__name__)
 class PollShortcut:
     """Wraps a Flask app's wsgi_app (app.wsgi_app = PollShortcut(app, ...))."""
 
-    def __init__(self, app: Flask, access: str):
+    def __init__(self, app: Flask, cache: SessionCache, access: str):
         self.flask_wsgi = app.wsgi_app
-        self.cache: SessionCache = app.extensions["session_cache"]
-        self.redis, self.json, self.access = app.extensions["redis"], app.json, access
+        self.cache = cache
+        self.access = access
         rule, = (r for r in app.url_map.iter_rules() if r.endpoint == POLL_ENDPOINT)
         prefix, _, variable = rule.rule.partition("<")
         if variable != "session_id:session_id>" or "GET" not in (rule.methods or ()):
@@ -66,10 +65,9 @@ class PollShortcut:
         user = auth.remembered_key_user(environ.get("HTTP_AUTHORIZATION", ""))
         if user is None:
             return None
-        kept = self.cache.get(session_id, user["id"])
-        if kept is None:
+        body = self.cache.get(session_id, user["id"])
+        if body is None:
             return None
-        body = events.streamed_answer(self.redis, self.json, kept.body) if kept.live else kept.body
         metrics.POLL_FROM_COPY.inc()
         request_id = request_context.request_id(environ.get("HTTP_X_REQUEST_ID", ""))
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),

@@ -106,25 +106,24 @@ def _full_view(conn, session_id: str) -> dict:
 @documented("One session with its interactions: the status poll", responses={200: helix.Session})
 def get_session(session_id: str):
     """The status poll: answered from this process's copy while no change was announced."""
-    cache, redis = current_app.extensions["session_cache"], current_app.extensions["redis"]
+    cache = current_app.extensions["session_cache"]
     kept = cache.get(session_id, g.user["id"])
     if kept is not None:
         metrics.POLL_FROM_COPY.inc()
-        body = events.streamed_answer(redis, current_app.json, kept.body) if kept.live else kept.body
-        return current_app.response_class(body, mimetype="application/json")
+        return current_app.response_class(kept, mimetype="application/json")
     metrics.POLL_FROM_DATABASE.inc()
     mark = cache.mark()
     with db.read() as conn:
         view = _full_view(conn, session_id)
-    stored = jsonify(view)
-    # A reply in progress shows its text as streamed so far, not as last stored: the copy keeps
-    # the answer as stored, and the streamed text is laid over it at each poll.
+    # A reply in progress shows its text as streamed so far, not as last stored.
     streaming = any(events.streams_text(i) for i in view["interactions"])
-    response = jsonify(events.with_streamed_text(redis, view)) if streaming else stored
+    if streaming:
+        events.with_streamed_text(current_app.extensions["redis"], view)
+    response = jsonify(view)
     # Kept for the owner alone (a reader's right to it ends when the owner stops sharing), and
-    # not while it shows a place in a queue: that changes with no write to announce it.
-    if view["owner"] == g.user["id"] and not scheduling.waits_in_queue(view):
-        cache.put(session_id, g.user["id"], stored.get_data(), mark, live=streaming)
+    # not while it changes with no write to announce it: a queue position, a reply's text.
+    if view["owner"] == g.user["id"] and not scheduling.waits_in_queue(view) and not streaming:
+        cache.put(session_id, g.user["id"], response.get_data(), mark)
     return response
 
 

@@ -20,10 +20,7 @@ While the listener is down or reconnecting, polls read PostgreSQL and nothing is
 (re)connecting the copy is emptied. An answer read before an announcement and offered after it is
 not kept (a count of announcements, taken before the read). Answers whose content changes with
 no write are not kept at all: an interaction still queued shows its place in the queue, read from
-Redis at each poll. A reply in progress is the exception: its text grows in Redis, not in
-PostgreSQL (stored only now and then), so its answer is kept as stored, marked live, and the text
-as streamed so far is laid over it at each poll (sessions/events.py). No answer is kept longer
-than MAX_AGE_SECONDS, a safety net only.
+Redis at each poll. No answer is kept longer than MAX_AGE_SECONDS, a safety net only.
 """
 from __future__ import annotations
 
@@ -49,13 +46,12 @@ SYNC_WAIT_SECONDS = 1.0
 log = logging.getLogger(__name__)
 
 
-class KeptAnswer:
-    """A kept answer (JSON bytes), whose it is, and whether it is live: its replies in progress
-    show their text as streamed, read at each poll."""
-    __slots__ = ("owner", "body", "live")
+class _Answer:
+    """A kept answer and whose it is."""
+    __slots__ = ("owner", "body")
 
-    def __init__(self, owner: str, body: bytes, live: bool):
-        self.owner, self.body, self.live = owner, body, live
+    def __init__(self, owner: str, body: bytes):
+        self.owner, self.body = owner, body
 
 
 class _Sync:
@@ -95,7 +91,7 @@ class SessionCache:
     def enabled(self) -> bool:
         return self._max_bytes > 0
 
-    def get(self, session_id: str, owner: str) -> KeptAnswer | None:
+    def get(self, session_id: str, owner: str) -> bytes | None:
         """The kept answer, once every change committed before this call has been heard; None
         when there is none (or it is another user's, or the listener is away)."""
         if not self.enabled:
@@ -116,7 +112,7 @@ class SessionCache:
             return None
         with self._lock:
             # Still kept: not dropped on hearing of a change (nor expired, nor pushed out) meanwhile.
-            return answer if self._listening and self._answers.get(session_id) is answer else None
+            return answer.body if self._listening and self._answers.get(session_id) is answer else None
 
     def mark(self) -> int | None:
         """Taken before reading a session from PostgreSQL: None when the answer must not be kept."""
@@ -125,13 +121,13 @@ class SessionCache:
         with self._lock:
             return self._heard if self._listening else None
 
-    def put(self, session_id: str, owner: str, answer: bytes, mark: int | None, live: bool = False) -> None:
+    def put(self, session_id: str, owner: str, answer: bytes, mark: int | None) -> None:
         """Keeps an answer read after `mark`, unless a change was announced since."""
         if mark is None or len(answer) * LARGEST_SHARE > self._max_bytes:
             return
         with self._lock:
             if self._heard == mark and self._listening:
-                self._answers[session_id] = KeptAnswer(owner, answer, live)
+                self._answers[session_id] = _Answer(owner, answer)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -13,7 +13,6 @@ import time
 import uuid
 from typing import Any, Callable, Iterator
 
-from flask.json.provider import JSONProvider
 from redis import Redis
 
 from controlplane.errors import ServiceUnavailable, TooManyRequests
@@ -176,11 +175,6 @@ def with_streamed_text(redis: Redis, view: dict[str, Any] | None) -> dict[str, A
                     if "messages" in interaction:
                         interaction["messages"] = turn_messages(interaction["creator"], text)
     return view
-
-
-def streamed_answer(redis: Redis, provider: JSONProvider, stored: bytes) -> bytes:
-    """A session's answer as stored (JSON bytes), with its replies in progress as streamed so far."""
-    return provider.response(with_streamed_text(redis, provider.loads(stored))).get_data()
 
 
 def _unseen(delta: dict[str, Any], known: dict[str, int]) -> dict[str, Any] | None:
