@@ -54,15 +54,20 @@ def _sends_key() -> bool:
     return "HTTP_AUTHORIZATION" in request.environ or _query_names_key()
 
 
+def bearer_token(authorization: str) -> str:
+    """The token of an `Authorization: Bearer <token>` header ("" when it names none)."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def _bearer() -> str:
     in_query = _query_names_key()
     if in_query and not (request.endpoint in QUERY_KEY_ENDPOINTS and request.method == "GET"):
         raise Unauthorized("?access_token= is accepted only by GET /api/v1/sessions/{id}/events, the filestore"
                            " viewer and the user websocket: send the key as 'Authorization: Bearer <key>'")
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if token:
+        return token
     if in_query and request.args.get("access_token"):
         return request.args["access_token"]
     raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
@@ -79,30 +84,31 @@ def forget_secrets() -> None:
         _valid_secrets.clear()
 
 
-def _remembered(lookup: Callable, secret: str):
-    with _cache_lock:
-        return _valid_secrets.get((lookup.__name__, accounts.digest(secret)))
+def _cache_key(lookup: Callable, secret: str) -> tuple[str, str]:
+    return lookup.__name__, accounts.digest(secret)
 
 
 def _lookup_cached(lookup: Callable, secret: str):
-    found = _remembered(lookup, secret)
+    key = _cache_key(lookup, secret)
+    with _cache_lock:
+        found = _valid_secrets.get(key)
     if found is None:
         with db.transaction() as conn:
             found = lookup(conn, secret)
         if found is not None:
             with _cache_lock:
-                _valid_secrets[(lookup.__name__, accounts.digest(secret))] = found
+                _valid_secrets[key] = found
     return found
 
 
 def remembered_key_user(authorization: str) -> dict | None:
     """The user of an `Authorization: Bearer <API key>` header when this process checked that key
     within SECRET_CACHE_SECONDS; None otherwise (no database lookup: the status poll's shortcut)."""
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token.startswith(API_KEY_PREFIX):
+    token = bearer_token(authorization)
+    if not token.startswith(API_KEY_PREFIX):
         return None
-    return _remembered(accounts.user_for_api_key, token)
+    with _cache_lock:
+        return _valid_secrets.get(_cache_key(accounts.user_for_api_key, token))
 
 
 def _lookup_now(lookup: Callable, secret: str):
