@@ -192,6 +192,18 @@ def _unseen(delta: dict[str, Any], known: dict[str, int]) -> dict[str, Any] | No
     return delta
 
 
+def _missed_end(interaction: dict[str, Any], known: dict[str, int]) -> tuple[str, dict[str, Any]] | None:
+    """A finished reply's text past what its deltas brought this client, as one more delta: the
+    deltas it missed (a lost subscription, a delta the runner could not publish, a read that found
+    the reply finished before its last deltas came) would otherwise leave a client that adds up
+    deltas short of the final message. None where the client had none of the reply's text yet
+    (it takes the final message whole) or had all of it."""
+    message, seen = interaction.get("message") or "", known.get(interaction["id"], 0)
+    if interaction.get("mode") != "inference" or not 0 < seen < len(message):
+        return None
+    return EVENT_DELTA, {"interaction_id": interaction["id"], "delta": message[seen:], "offset": seen}
+
+
 def session_events(subscriptions: Subscriptions, session_id: str, read_session: Callable[[], dict[str, Any] | None],
                    max_seconds: float = 3600, follow_on: bool = False) -> Iterator[tuple[str, Any] | None]:
     """The session as it is now (`session`), then every event as (name, data) until its last
@@ -202,9 +214,11 @@ def session_events(subscriptions: Subscriptions, session_id: str, read_session: 
     and whether the stream is over is judged from that same snapshot: a reply that finishes just
     after it still arrives as an event. A reply in progress comes with its text so far, and then
     only the deltas past it (by their offsets), so a client that connects mid-reply gets every
-    token once. Where messages may have been missed (the subscription's connection was lost and
-    made again), the session is read again and sent whole, and ends the stream if its work is
-    done; a stream that missed the final event some other way learns it at a keep-alive's read.
+    token once; its deltas add up to the final message even where some were missed (the missing
+    end comes as one more delta before the reply's final event). Where messages may have been
+    missed (the subscription's connection was lost and made again), the session is read again
+    and sent whole, and ends the stream if its work is done; a stream that missed the final
+    event some other way learns it at a keep-alive's read.
 
     `follow_on`: it does not end when the work does, but goes on with the next prompt's, on the
     same subscription, so that nothing published between two pieces of work is missed (Helix's
@@ -242,6 +256,8 @@ def session_events(subscriptions: Subscriptions, session_id: str, read_session: 
                         if interaction["finished"] and interaction["id"] in unfinished:
                             unfinished.discard(interaction["id"])
                             told_by_reading.add(interaction["id"])
+                            if missed := _missed_end(interaction, known):
+                                yield missed
                             yield EVENT_INTERACTION, interaction
                     finished = _finished(view)
                     if finished or message is RESYNC:
@@ -271,6 +287,8 @@ def session_events(subscriptions: Subscriptions, session_id: str, read_session: 
                     # can arrive after deltas past it. Sent as it was, it would take a client's text
                     # back and the next delta would leave a gap: bring it up to the streamed text.
                     with_streamed_text(redis, {"interactions": [data]})
+                if data.get("finished") and (missed := _missed_end(data, known)):
+                    yield missed
                 known[data["id"]] = len(data.get("message") or "")
                 working = not data.get("finished")
                 if working:
