@@ -1,8 +1,9 @@
 """The soak's short profile (bench/soak.py; `make soak` runs it for 30 minutes): three users' chats,
 streamed chats, images, OpenAI calls, uploads, deletes and text fine-tunes on a stack of its own,
 while a runner worker and a control-plane worker are SIGKILLed, Redis and PostgreSQL restarted
-and the runner's vLLM stalled. Nothing accepted is lost or done twice, no 5xx falls outside a
-fault's window, and the database's connections and the processes' open files stay bounded."""
+and the runner's vLLM stalled, and on until at least 50 sessions were accepted. Nothing accepted
+is lost or done twice, no 5xx falls outside a fault's window, and the database's connections and
+the processes' open files stay bounded."""
 from __future__ import annotations
 
 import json
